@@ -1,0 +1,276 @@
+//! The admin listener (SPEC section 4): health, metrics, peek, sidecar consume, reload, config.
+//!
+//! It listens on loopback unless configured otherwise, and then the config demands a token:
+//! every request must carry `Authorization: Bearer TOKEN` (compared in constant time).
+
+use crate::headers;
+use crate::key;
+use crate::limiter::Charge;
+use crate::node::Node;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The admin HTTP application.
+pub struct AdminApp {
+    pub node: Arc<Node>,
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Vec<u8>> {
+    bytes_response(
+        status,
+        "application/json",
+        body.to_string().into_bytes(),
+        &[],
+    )
+}
+
+fn bytes_response(
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+    extra: &[(&str, String)],
+) -> Response<Vec<u8>> {
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", content_type)
+        .header("content-length", body.len().to_string());
+    for (k, v) in extra {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(body).unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Query parameters, percent-decoded (duplicates: the first wins).
+fn query_get(query: Option<&str>, name: &str) -> Option<String> {
+    key::query_param(query, name).ok().flatten().or_else(|| {
+        // Duplicate parameters are refused by key extraction; for admin calls take the first.
+        query?.split('&').find_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k == name).then(|| v.to_string())
+        })
+    })
+}
+
+impl AdminApp {
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let rt = self.node.runtime();
+        let Some(token) = rt.config.admin.token.as_deref() else {
+            return true;
+        };
+        let Some(auth) = session.req_header().headers.get("authorization") else {
+            return false;
+        };
+        let auth = auth.as_bytes();
+        match auth.strip_prefix(b"Bearer ") {
+            Some(given) => constant_time_eq(given, token.as_bytes()),
+            None => false,
+        }
+    }
+
+    fn health(&self) -> Response<Vec<u8>> {
+        let rt = self.node.runtime();
+        let (status, redis) = if rt.config.redis.is_none() {
+            ("ok", "disabled")
+        } else if self.node.metrics.redis_up.get() == 1 {
+            ("ok", "connected")
+        } else {
+            ("degraded", "disconnected")
+        };
+        json_response(
+            200,
+            &json!({"status": status, "node_id": rt.config.node_id, "redis": redis}),
+        )
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        self.node.refresh_bucket_gauges();
+        bytes_response(
+            200,
+            "text/plain; version=0.0.4",
+            self.node.metrics.encode(),
+            &[],
+        )
+    }
+
+    /// `/rating` and `/consume`: find the limit and key, and the cost for consume.
+    /// Errors are (status, body).
+    fn limit_args(&self, query: Option<&str>) -> Result<(usize, String, u64), (u16, Value)> {
+        let rt = self.node.runtime();
+        let Some(name) = query_get(query, "limit") else {
+            return Err((400, json!({"error": "missing query parameter: limit"})));
+        };
+        let Some(li) = rt.limits.iter().position(|l| l.name == name) else {
+            let known: Vec<&str> = rt.limits.iter().map(|l| l.name.as_str()).collect();
+            return Err((
+                404,
+                json!({"error": format!("unknown limit {name:?}"), "known": known}),
+            ));
+        };
+        let Some(k) = query_get(query, "key") else {
+            return Err((400, json!({"error": "missing query parameter: key"})));
+        };
+        let cost = match query_get(query, "cost") {
+            None => 1,
+            Some(c) => match c.parse::<u64>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err((
+                        400,
+                        json!({"error": "cost must be a whole number of tokens, at least 1"}),
+                    ))
+                }
+            },
+        };
+        Ok((li, k, cost))
+    }
+
+    fn rating(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let (li, k, cost) = match self.limit_args(query) {
+            Ok(a) => a,
+            Err((status, body)) => return json_response(status, &body),
+        };
+        let rt = self.node.runtime();
+        let l = &rt.limits[li];
+        // "remaining" and "full_in" describe the bucket now; "retry_after" the given cost.
+        let now = self.node.store.peek(l, &k, 0);
+        let d = self.node.store.peek(l, &k, cost);
+        json_response(
+            200,
+            &json!({
+                "limit": l.name,
+                "key": k,
+                "remaining": now.remaining,
+                "capacity": l.params.capacity(),
+                "refill_per_second": l.params.refill_per_second(),
+                "retry_after_ms": headers::ceil_ms(d.retry_after_ns),
+                "full_in_ms": headers::ceil_ms(now.full_in_ns),
+            }),
+        )
+    }
+
+    fn consume(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let (li, k, cost) = match self.limit_args(query) {
+            Ok(a) => a,
+            Err((status, body)) => return json_response(status, &body),
+        };
+        let rt = self.node.runtime();
+        let l = &rt.limits[li];
+        if cost > l.params.capacity() {
+            return json_response(
+                413,
+                &json!({"error": "Request cost exceeds the limit's capacity", "limit": l.name,
+                        "cost": cost, "capacity": l.params.capacity()}),
+            );
+        }
+        let result = self.node.store.charge(&[Charge {
+            limit: l,
+            key: &k,
+            cost,
+        }]);
+        let d = &result.decisions[0];
+        let m = &self.node.metrics;
+        if !d.allowed {
+            m.rate_limited_total
+                .with_label_values(&["admin:consume", &l.name])
+                .inc();
+        }
+        if result.allowed() {
+            if d.allowed {
+                m.tokens_consumed_total
+                    .with_label_values(&[&l.name])
+                    .inc_by(cost);
+            }
+            let extra = [
+                ("ratelimit-policy", rt.policies[li].clone()),
+                ("ratelimit", headers::ratelimit_value(&l.name, d)),
+            ];
+            let body =
+                json!({"allowed": true, "remaining": d.remaining, "shadow_limited": !d.allowed});
+            return bytes_response(
+                200,
+                "application/json",
+                body.to_string().into_bytes(),
+                &extra,
+            );
+        }
+        let extra = [
+            ("retry-after", headers::retry_after_secs(d).to_string()),
+            ("ratelimit-policy", rt.policies[li].clone()),
+            ("ratelimit", headers::ratelimit_value(&l.name, d)),
+        ];
+        bytes_response(
+            429,
+            "application/json",
+            headers::rejection_body(&l.name, d),
+            &extra,
+        )
+    }
+
+    fn reload(&self) -> Response<Vec<u8>> {
+        match self.node.reload() {
+            Ok(s) => json_response(
+                200,
+                &json!({"status": "reloaded", "limits_rebased": s.limits_rebased,
+                        "limits_removed": s.limits_removed}),
+            ),
+            Err(e) => {
+                let errors: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
+                json_response(
+                    400,
+                    &json!({"error": "invalid config; the running config is unchanged", "errors": errors}),
+                )
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            return bytes_response(
+                401,
+                "application/json",
+                json!({"error": "admin token required: send Authorization: Bearer TOKEN"})
+                    .to_string()
+                    .into_bytes(),
+                &[("www-authenticate", "Bearer".to_string())],
+            );
+        }
+        let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let q = query.as_deref();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/health") => self.health(),
+            ("GET", "/metrics") => self.metrics(),
+            ("GET", "/rating") => self.rating(q),
+            ("POST", "/consume") => self.consume(q),
+            ("POST", "/reload") => self.reload(),
+            ("GET", "/config") => json_response(200, &self.node.runtime().config.masked_json()),
+            (_, "/health" | "/metrics" | "/rating" | "/consume" | "/reload" | "/config") => {
+                json_response(
+                    405,
+                    &json!({"error": format!("method {method} not allowed on {path}")}),
+                )
+            }
+            _ => json_response(
+                404,
+                &json!({"error": "not found", "endpoints": ["GET /health", "GET /metrics", "GET /rating",
+                        "POST /consume", "POST /reload", "GET /config"]}),
+            ),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The checks that turn a [`RawConfig`] into a [`Config`]. Each check records its error and
+//! goes on, so that one run reports every problem; placeholders stand in for bad values
+//! until the end, where any error discards the whole result.
+
+use super::raw::{RawAdmin, RawConfig, RawLimit, RawListener, RawRedis, RawUpstream};
+use super::spans::{element, member, Spans};
+use super::values::*;
+use super::*;
+
+const MAX_CAPACITY: u64 = 1_000_000_000_000;
+const MIN_RATE: f64 = 1e-9;
+const MAX_RATE: f64 = 1e9;
+pub(super) const MAX_NAME_LEN: usize = 64;
+const MAX_SYNC_INTERVAL_MS: u64 = 60_000;
+
+pub(super) struct Checker<'a> {
+    source: &'a str,
+    spans: &'a Spans,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    pub(super) fn push(&mut self, path: &str, pos: Option<(usize, usize)>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.source.to_string(),
+            line: pos.map(|p| p.0),
+            col: pos.map(|p| p.1),
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    /// An error at the value written at `path`.
+    pub(super) fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.push(path, self.spans.value(path), message.into());
+    }
+
+    /// An error about the key naming the value at `path` (map entries named by the user).
+    pub(super) fn err_key(&mut self, path: &str, message: impl Into<String>) {
+        self.push(path, self.spans.key(path), message.into());
+    }
+
+    /// `Some(value)`, or records `Err(message)` at `path`.
+    pub(super) fn check<T>(&mut self, path: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|m| self.err(path, m)).ok()
+    }
+}
+
+/// Checks everything; all errors or a config.
+pub(super) fn validate(
+    raw: RawConfig,
+    source: &str,
+    spans: &Spans,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        source,
+        spans,
+        errors: Vec::new(),
+    };
+    for (path, pos) in &spans.duplicates {
+        c.push(
+            path,
+            Some(*pos),
+            "duplicate key: the earlier value would be silently ignored".into(),
+        );
+    }
+    objects_not_arrays(&mut c, &raw);
+    let node_id = match &raw.node_id {
+        Some(id) => {
+            let id = id.clone();
+            c.check("node_id", check_name("node_id", &id, usize::MAX))
+                .map(|_| id)
+                .unwrap_or_default()
+        }
+        None => default_node_id(),
+    };
+    let listeners = listeners(&mut c, &raw.listeners);
+    let admin = admin(&mut c, &raw.admin, &listeners);
+    let redis = raw.redis.as_ref().map(|r| redis(&mut c, r));
+    let upstreams: Vec<Upstream> = raw
+        .upstreams
+        .iter()
+        .map(|(n, u)| upstream(&mut c, n, u))
+        .collect();
+    let limits: Vec<Limit> = raw
+        .limits
+        .iter()
+        .map(|(n, l)| limit(&mut c, n, l))
+        .collect();
+    let routes = super::routes::routes(&mut c, &raw.routes, &upstreams, &limits);
+    let mut trusted_proxies = Vec::new();
+    for (i, s) in raw.trusted_proxies.iter().enumerate() {
+        let path = element("trusted_proxies", i);
+        trusted_proxies.extend(c.check(&path, parse_cidr(s)));
+    }
+    if raw.threads == 0 {
+        c.err("threads", "must be at least 1");
+    }
+    if raw.max_buckets == 0 {
+        c.err("max_buckets", "must be at least 1");
+    }
+    if !c.errors.is_empty() {
+        let mut errors = c.errors;
+        errors.sort_by_key(|e| (e.line.is_none(), e.line, e.col));
+        return Err(ConfigErrors(errors));
+    }
+    let mut raw = raw;
+    raw.node_id = Some(node_id.clone());
+    Ok(Config {
+        source: source.to_string(),
+        node_id,
+        listeners,
+        admin,
+        redis,
+        upstreams,
+        limits,
+        routes,
+        trusted_proxies,
+        access_log: raw.access_log,
+        grace_period_seconds: raw.grace_period_seconds,
+        threads: raw.threads,
+        max_buckets: raw.max_buckets,
+        raw,
+    })
+}
+
+/// serde lets a struct be written as an array of its fields in order; the file format is
+/// objects only.
+fn objects_not_arrays(c: &mut Checker, raw: &RawConfig) {
+    let mut paths = vec![String::new(), "admin".to_string(), "redis".to_string()];
+    for (i, l) in raw.listeners.iter().enumerate() {
+        paths.push(element("listeners", i));
+        if l.tls.is_some() {
+            paths.push(format!("{}.tls", element("listeners", i)));
+        }
+    }
+    for name in raw.upstreams.keys() {
+        paths.push(member("upstreams", name));
+        paths.push(format!("{}.health_check", member("upstreams", name)));
+    }
+    paths.extend(raw.limits.keys().map(|name| member("limits", name)));
+    for i in 0..raw.routes.len() {
+        paths.push(element("routes", i));
+        paths.push(format!("{}.match", element("routes", i)));
+    }
+    for p in paths {
+        if c.spans.is_array(&p) {
+            c.err(&p, "expected an object, found an array");
+        }
+    }
+}
+
+/// The hostname when it is usable as a node id, else `tollgate`.
+fn default_node_id() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| check_name("node_id", h, usize::MAX).is_ok())
+        .unwrap_or_else(|| "tollgate".to_string())
+}
+
+fn listeners(c: &mut Checker, raw: &[RawListener]) -> Vec<Listener> {
+    if raw.is_empty() {
+        c.err(
+            "listeners",
+            "no listeners: add at least one, e.g. [{\"address\": \"0.0.0.0:8080\"}]",
+        );
+    }
+    let mut out: Vec<Listener> = Vec::new();
+    for (i, l) in raw.iter().enumerate() {
+        let path = element("listeners", i);
+        let addr_path = format!("{path}.address");
+        let Some(address) = c.check(&addr_path, parse_socket_addr(&l.address, "0.0.0.0:8080"))
+        else {
+            continue;
+        };
+        if let Some(j) = out
+            .iter()
+            .position(|o| o.address == address && address.port() != 0)
+        {
+            c.err(
+                &addr_path,
+                format!("duplicate listener address {address} (also listeners[{j}])"),
+            );
+        }
+        let tls = l.tls.as_ref().map(|t| {
+            c.check(
+                &format!("{path}.tls.cert"),
+                check_certificates(&t.cert, "certificate file"),
+            );
+            c.check(&format!("{path}.tls.key"), check_private_key(&t.key));
+            TlsFiles {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            }
+        });
+        out.push(Listener { address, tls });
+    }
+    out
+}
+
+fn admin(c: &mut Checker, raw: &RawAdmin, listeners: &[Listener]) -> Admin {
+    let address = c.check(
+        "admin.address",
+        parse_socket_addr(&raw.address, "127.0.0.1:9091"),
+    );
+    if let Some(token) = &raw.token {
+        if token.is_empty() {
+            c.err("admin.token", "the token is empty: set a secret, or null for no authentication on a loopback address");
+        } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            c.err("admin.token", "the token must be printable ASCII without spaces (it is sent in an Authorization header)");
+        }
+    }
+    if let Some(addr) = address {
+        if !addr.ip().is_loopback() && raw.token.is_none() {
+            c.err(
+                "admin.address",
+                "admin listener on a non-loopback address needs admin.token",
+            );
+        }
+        if let Some(i) = listeners
+            .iter()
+            .position(|l| l.address == addr && addr.port() != 0)
+        {
+            c.err(
+                "admin.address",
+                format!("the admin address {addr} is also listeners[{i}]: use another port"),
+            );
+        }
+    }
+    Admin {
+        address: address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9091))),
+        token: raw.token.clone(),
+    }
+}
+
+fn redis(c: &mut Checker, raw: &RawRedis) -> RedisConfig {
+    let urls: Vec<(String, String)> = match (&raw.url, &raw.urls) {
+        (Some(u), None) => vec![("redis.url".to_string(), u.clone())],
+        (None, Some(list)) => {
+            if list.is_empty() {
+                c.err("redis.urls", "redis.urls is empty: give at least one URL");
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, u)| (element("redis.urls", i), u.clone()))
+                .collect()
+        }
+        (Some(_), Some(_)) => {
+            c.err(
+                "redis.urls",
+                "give either redis.url or redis.urls, not both",
+            );
+            Vec::new()
+        }
+        (None, None) => {
+            c.err("redis", "redis needs a url (or urls for a cluster); remove the redis section to run standalone");
+            Vec::new()
+        }
+    };
+    if !raw.cluster && urls.len() > 1 {
+        c.err(
+            "redis.urls",
+            "several URLs need \"cluster\": true; without a cluster, give one url",
+        );
+    }
+    for (path, url) in &urls {
+        c.check(path, check_redis_url(url));
+    }
+    if raw.sync_interval_ms == 0 || raw.sync_interval_ms > MAX_SYNC_INTERVAL_MS {
+        c.err(
+            "redis.sync_interval_ms",
+            format!("must be between 1 and {MAX_SYNC_INTERVAL_MS} ms"),
+        );
+    }
+    if raw.timeout_ms == 0 {
+        c.err("redis.timeout_ms", "must be at least 1 ms");
+    }
+    let prefix = &raw.key_prefix;
+    if prefix.is_empty()
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+    {
+        c.err(
+            "redis.key_prefix",
+            format!("key_prefix {prefix:?} must be non-empty printable ASCII without whitespace, '{{' or '}}'"),
+        );
+    }
+    if let Some(ca) = &raw.ca_file {
+        c.check("redis.ca_file", check_certificates(ca, "CA file"));
+    }
+    RedisConfig {
+        urls: urls.into_iter().map(|(_, u)| u).collect(),
+        cluster: raw.cluster,
+        sync_interval: Duration::from_millis(raw.sync_interval_ms),
+        key_prefix: raw.key_prefix.clone(),
+        timeout: Duration::from_millis(raw.timeout_ms),
+        ca_file: raw.ca_file.clone(),
+    }
+}
+
+fn upstream(c: &mut Checker, name: &str, raw: &RawUpstream) -> Upstream {
+    let path = member("upstreams", name);
+    if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.err_key(
+            &path,
+            format!("upstream name {name:?} must be non-empty, without whitespace"),
+        );
+    }
+    if raw.servers.is_empty() {
+        c.err(
+            &format!("{path}.servers"),
+            "an upstream needs at least one server (\"host:port\")",
+        );
+    }
+    for (i, s) in raw.servers.iter().enumerate() {
+        c.check(&element(&format!("{path}.servers"), i), check_server(s));
+    }
+    if raw.tls && raw.sni.is_empty() {
+        c.err(
+            &format!("{path}.sni"),
+            "tls is on but sni is empty: an empty SNI would turn certificate verification off; set the name on the server's certificate",
+        );
+    }
+    if let Some(ca) = &raw.ca_file {
+        c.check(
+            &format!("{path}.ca_file"),
+            check_certificates(ca, "CA file"),
+        );
+    }
+    let health_check = raw.health_check.as_ref().map(|h| {
+        if !h.path.starts_with('/') {
+            c.err(
+                &format!("{path}.health_check.path"),
+                format!("health check path {:?} must start with '/'", h.path),
+            );
+        }
+        if h.interval_ms == 0 {
+            c.err(
+                &format!("{path}.health_check.interval_ms"),
+                "must be at least 1 ms",
+            );
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval: Duration::from_millis(h.interval_ms),
+        }
+    });
+    for (key, ms) in [
+        ("connect_timeout_ms", raw.connect_timeout_ms),
+        ("read_timeout_ms", raw.read_timeout_ms),
+        ("write_timeout_ms", raw.write_timeout_ms),
+    ] {
+        if ms == 0 {
+            c.err(&format!("{path}.{key}"), "must be at least 1 ms");
+        }
+    }
+    Upstream {
+        name: name.to_string(),
+        servers: raw.servers.clone(),
+        tls: raw.tls,
+        sni: raw.sni.clone(),
+        ca_file: raw.ca_file.clone(),
+        health_check,
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+        read_timeout: Duration::from_millis(raw.read_timeout_ms),
+        write_timeout: Duration::from_millis(raw.write_timeout_ms),
+    }
+}
+
+fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> Limit {
+    let path = member("limits", name);
+    if let Err(m) = check_name("limit name", name, MAX_NAME_LEN) {
+        c.err_key(&path, m);
+    }
+    if raw.capacity < 1 {
+        c.err(
+            &format!("{path}.capacity"),
+            "the capacity must be at least 1 token",
+        );
+    } else if raw.capacity > MAX_CAPACITY {
+        c.err(
+            &format!("{path}.capacity"),
+            format!("the capacity must be at most {MAX_CAPACITY}"),
+        );
+    }
+    let rate = raw.refill_per_second;
+    let rate_path = format!("{path}.refill_per_second");
+    if !rate.is_finite() || rate <= 0.0 {
+        c.err(
+            &rate_path,
+            format!("the rate must be a positive number of tokens per second, not {rate}"),
+        );
+    } else if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        c.err(&rate_path, format!("the rate must be between {MIN_RATE:e} and {MAX_RATE:e} tokens per second, not {rate:e}"));
+    }
+    if let Some(initial) = raw.initial_tokens {
+        if initial > raw.capacity {
+            c.err(
+                &format!("{path}.initial_tokens"),
+                format!(
+                    "initial_tokens ({initial}) is more than capacity ({})",
+                    raw.capacity
+                ),
+            );
+        }
+    }
+    let key_path = format!("{path}.key");
+    if raw.key.0.is_empty() {
+        c.err(
+            &key_path,
+            "a limit needs at least one key source, e.g. [\"client_ip\"]",
+        );
+    }
+    let mut key = Vec::new();
+    for (i, s) in raw.key.0.iter().enumerate() {
+        key.extend(c.check(&element(&key_path, i), s.parse::<KeySource>()));
+    }
+    Limit {
+        name: name.to_string(),
+        capacity: raw.capacity,
+        refill_per_second: rate,
+        initial_tokens: raw.initial_tokens.unwrap_or(raw.capacity),
+        key,
+        shadow: raw.shadow,
+    }
+}

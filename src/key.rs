@@ -1,0 +1,275 @@
+//! Building a limit's bucket key from a request.
+//!
+//! A limit names its key sources (`header:NAME`, `client_ip`, `query:NAME`, `path`, `method`,
+//! `host`, `route`); a list is a composite key whose parts are joined with `|`. Each part is
+//! escaped (`%` as `%25`, `|` as `%7C`) so that two different requests can never build the same
+//! composite key by moving a `|` between parts.
+//!
+//! A request that lacks a part (no such header or query parameter) is charged to the bucket of
+//! the missing value, written `-`: key-less requests share one bucket, they are never free.
+//! A header or query parameter that appears twice is refused (400), since an upstream could
+//! read the other copy than the limiter did.
+
+use crate::config::KeySource;
+use http::HeaderMap;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+/// The value charged for a missing key part.
+pub const MISSING: &str = "-";
+
+/// What key extraction reads from a request.
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    /// The normalized path (see [`crate::path::normalize`]).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+    pub route: &'a str,
+}
+
+/// Why no key could be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    DuplicateHeader(String),
+    DuplicateQuery(String),
+    InvalidHeaderValue(String),
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::DuplicateHeader(h) => write!(f, "duplicate {h} header"),
+            KeyError::DuplicateQuery(q) => write!(f, "duplicate query parameter {q}"),
+            KeyError::InvalidHeaderValue(h) => write!(f, "invalid bytes in {h} header"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+fn push_escaped(out: &mut String, part: &str) {
+    if part.is_empty() {
+        out.push_str(MISSING);
+        return;
+    }
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '|' => out.push_str("%7C"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The `Host` of a request, lower-cased, without port and trailing dot.
+pub fn host_of(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(http::header::HOST)?.to_str().ok()?.trim();
+    let no_port = if raw.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop a port after them.
+        match raw.find(']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        }
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let h = no_port.trim_end_matches('.').to_ascii_lowercase();
+    (!h.is_empty()).then_some(h)
+}
+
+/// Percent-decodes a query component (`+` is a space, as in forms); invalid escapes stay as
+/// they are.
+fn decode_query(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The single value of query parameter `name`, decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, KeyError> {
+    let Some(q) = query else { return Ok(None) };
+    let mut found = None;
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode_query(k) == name {
+            if found.is_some() {
+                return Err(KeyError::DuplicateQuery(name.to_string()));
+            }
+            found = Some(decode_query(v));
+        }
+    }
+    Ok(found)
+}
+
+fn header_value(headers: &HeaderMap, name: &str) -> Result<Option<String>, KeyError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(KeyError::DuplicateHeader(name.to_string()));
+    }
+    let s = first
+        .to_str()
+        .map_err(|_| KeyError::InvalidHeaderValue(name.to_string()))?;
+    Ok(Some(s.trim().to_string()))
+}
+
+/// Builds the key of a limit with sources `sources` for request `req`.
+pub fn build_key(sources: &[KeySource], req: &RequestView<'_>) -> Result<String, KeyError> {
+    let mut out = String::with_capacity(32);
+    for (i, src) in sources.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        match src {
+            KeySource::Header(name) => {
+                let v = header_value(req.headers, name)?;
+                push_escaped(&mut out, v.as_deref().unwrap_or(""));
+            }
+            KeySource::ClientIp => {
+                let _ = write!(out, "{}", req.client_ip);
+            }
+            KeySource::Query(name) => {
+                let v = query_param(req.query, name)?;
+                push_escaped(&mut out, v.as_deref().unwrap_or(""));
+            }
+            KeySource::Path => push_escaped(&mut out, req.path),
+            KeySource::Method => push_escaped(&mut out, req.method),
+            KeySource::Host => {
+                push_escaped(&mut out, host_of(req.headers).as_deref().unwrap_or(""))
+            }
+            KeySource::Route => push_escaped(&mut out, req.route),
+        }
+    }
+    Ok(out)
+}
+
+/// A short, stable fingerprint of a key for logs: the raw key (an API key, say) never appears
+/// in a log line. FNV-1a, 64 bits, as 16 hex digits.
+pub fn fingerprint(key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn view<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> RequestView<'a> {
+        RequestView {
+            method: "GET",
+            path: "/rating/1",
+            query,
+            headers,
+            client_ip: "192.0.2.7".parse().unwrap(),
+            route: "rating",
+        }
+    }
+
+    #[test]
+    fn composite_key_joins_escaped_parts() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static(" a|b "));
+        h.insert("host", HeaderValue::from_static("API.Example.com.:8080"));
+        let sources = vec![
+            KeySource::Header("x-api-key".into()),
+            KeySource::ClientIp,
+            KeySource::Query("user".into()),
+            KeySource::Path,
+            KeySource::Method,
+            KeySource::Host,
+            KeySource::Route,
+        ];
+        let k = build_key(&sources, &view(&h, Some("user=j%6Fe&x=1"))).unwrap();
+        assert_eq!(
+            k,
+            "a%7Cb|192.0.2.7|joe|/rating/1|GET|api.example.com|rating"
+        );
+    }
+
+    #[test]
+    fn missing_parts_are_charged_to_the_missing_bucket() {
+        let h = HeaderMap::new();
+        let sources = vec![
+            KeySource::Header("x-api-key".into()),
+            KeySource::Query("u".into()),
+        ];
+        assert_eq!(build_key(&sources, &view(&h, None)).unwrap(), "-|-");
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-api-key", HeaderValue::from_static(""));
+        assert_eq!(build_key(&sources[..1], &view(&h2, None)).unwrap(), "-");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let mut h = HeaderMap::new();
+        h.append("x-api-key", HeaderValue::from_static("a"));
+        h.append("x-api-key", HeaderValue::from_static("b"));
+        let s = vec![KeySource::Header("x-api-key".into())];
+        assert_eq!(
+            build_key(&s, &view(&h, None)),
+            Err(KeyError::DuplicateHeader("x-api-key".into()))
+        );
+        let e = HeaderMap::new();
+        let q = vec![KeySource::Query("k".into())];
+        assert_eq!(
+            build_key(&q, &view(&e, Some("k=1&k=2"))),
+            Err(KeyError::DuplicateQuery("k".into()))
+        );
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_hides_the_key() {
+        let f = fingerprint("secret-api-key");
+        assert_eq!(f.len(), 16);
+        assert_eq!(f, fingerprint("secret-api-key"));
+        assert_ne!(f, fingerprint("secret-api-kez"));
+        assert!(!f.contains("secret"));
+    }
+
+    #[test]
+    fn query_decoding_tolerates_bad_escapes() {
+        assert_eq!(
+            query_param(Some("a=%zz%4"), "a").unwrap().as_deref(),
+            Some("%zz%4")
+        );
+        assert_eq!(
+            query_param(Some("a=x+y"), "a").unwrap().as_deref(),
+            Some("x y")
+        );
+    }
+}

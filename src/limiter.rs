@@ -1,0 +1,238 @@
+//! The in-memory bucket store: every live bucket of every limit, sharded by key hash so that
+//! requests on different keys rarely touch the same lock.
+//!
+//! A route may charge several limits; [`Store::charge`] charges all of them or none: it locks
+//! the shards involved in ascending order (no deadlock), evaluates every bucket, and commits
+//! the costs only when every enforcing limit can pay. A `shadow` limit that cannot pay is
+//! reported but does not block the request, and is not charged (a bucket never goes below zero
+//! on its own node).
+
+use crate::bucket::{Bucket, BucketParams, Decision};
+use crate::clock::Clock;
+use crate::config::KeySource;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const SHARDS: usize = 64;
+
+/// One limit as the running config defines it.
+#[derive(Debug, Clone)]
+pub struct LimitSpec {
+    pub name: String,
+    pub params: BucketParams,
+    pub shadow: bool,
+    pub key: Vec<KeySource>,
+}
+
+/// One bucket to charge.
+pub struct Charge<'a> {
+    pub limit: &'a LimitSpec,
+    pub key: &'a str,
+    pub cost: u64,
+}
+
+/// What [`Store::charge`] decided.
+#[derive(Debug, Clone)]
+pub struct ChargeResult {
+    /// One decision per charge, in order; `allowed` means "could pay".
+    pub decisions: Vec<Decision>,
+    /// The enforcing limit (index into the charges) that refused, if any: the one that needs
+    /// the longest wait.
+    pub rejected_by: Option<usize>,
+    /// Shadow limits that could not pay.
+    pub shadow_rejected: Vec<usize>,
+}
+
+impl ChargeResult {
+    pub fn allowed(&self) -> bool {
+        self.rejected_by.is_none()
+    }
+}
+
+type Shard = HashMap<Box<str>, Bucket>;
+
+/// Sharded map from `"{limit}:{key}"` to bucket.
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    clock: Arc<dyn Clock>,
+}
+
+fn shard_of(key: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // No code panics while holding a shard lock; if one ever did, the map is still consistent
+    // (each operation is a single insert or field update), so keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The store key of a bucket: limit names contain no ':' (checked by the config).
+pub fn store_key(limit: &str, key: &str) -> String {
+    let mut s = String::with_capacity(limit.len() + 1 + key.len());
+    s.push_str(limit);
+    s.push(':');
+    s.push_str(key);
+    s
+}
+
+impl Store {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Store { shards, clock }
+    }
+
+    pub fn now_ns(&self) -> i64 {
+        self.clock.now_ns()
+    }
+
+    /// Charges every bucket in `charges` or none of them.
+    pub fn charge(&self, charges: &[Charge<'_>]) -> ChargeResult {
+        let now = self.clock.now_ns();
+        let keys: Vec<String> = charges
+            .iter()
+            .map(|c| store_key(&c.limit.name, c.key))
+            .collect();
+        let shard_ids: Vec<usize> = keys.iter().map(|k| shard_of(k)).collect();
+        let mut order: Vec<usize> = shard_ids.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+            order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
+
+        let mut decisions = Vec::with_capacity(charges.len());
+        let mut rejected_by: Option<usize> = None;
+        let mut shadow_rejected = Vec::new();
+        for (i, c) in charges.iter().enumerate() {
+            let shard = guard_for(&mut guards, shard_ids[i]);
+            let bucket = bucket_entry(shard, &keys[i], &c.limit.params, now);
+            let d = bucket.evaluate(&c.limit.params, c.cost, now);
+            bucket.record_attempt();
+            if !d.allowed {
+                if c.limit.shadow {
+                    shadow_rejected.push(i);
+                } else {
+                    let longer = rejected_by
+                        .map(|r: usize| d.retry_after_ns > decisions_retry(&decisions, r))
+                        .unwrap_or(true);
+                    if longer {
+                        rejected_by = Some(i);
+                    }
+                }
+            }
+            decisions.push(d);
+        }
+        if rejected_by.is_none() {
+            for (i, c) in charges.iter().enumerate() {
+                if !decisions[i].allowed {
+                    continue; // a shadow limit that could not pay is not charged
+                }
+                let shard = guard_for(&mut guards, shard_ids[i]);
+                if let Some(b) = shard.get_mut(keys[i].as_str()) {
+                    b.commit(c.cost);
+                }
+            }
+        }
+        ChargeResult {
+            decisions,
+            rejected_by,
+            shadow_rejected,
+        }
+    }
+
+    /// Peeks at a bucket without creating or charging it: a missing bucket is a new one.
+    pub fn peek(&self, limit: &LimitSpec, key: &str, cost: u64) -> Decision {
+        let now = self.clock.now_ns();
+        let k = store_key(&limit.name, key);
+        let shard = lock(&self.shards[shard_of(&k)]);
+        match shard.get(k.as_str()) {
+            Some(b) => b.peek(&limit.params, cost, now),
+            None => Bucket::new(&limit.params, now).peek(&limit.params, cost, now),
+        }
+    }
+
+    /// Drops buckets that are full (their state says nothing a new bucket would not) and those
+    /// whose limit no longer exists. Returns how many were dropped.
+    pub fn evict_idle(&self, params_of: impl Fn(&str) -> Option<BucketParams>) -> usize {
+        let now = self.clock.now_ns();
+        let mut dropped = 0;
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            let before = shard.len();
+            shard.retain(|k, b| {
+                let limit = k.split_once(':').map_or(&**k, |(l, _)| l);
+                match params_of(limit) {
+                    Some(p) => !(p.initial_tokens() == p.capacity() && b.is_full(&p, now)),
+                    None => false,
+                }
+            });
+            dropped += before - shard.len();
+        }
+        dropped
+    }
+
+    /// Re-bases every bucket of `limit` onto new parameters, carrying its tokens over.
+    pub fn rebase(&self, limit: &str, old: &BucketParams, new: &BucketParams) {
+        let now = self.clock.now_ns();
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            for (k, b) in shard.iter_mut() {
+                if k.split_once(':').map(|(l, _)| l) == Some(limit) {
+                    *b = b.carry_over(old, new, now);
+                }
+            }
+        }
+    }
+
+    /// Per limit: (live buckets, lowest whole tokens among them).
+    pub fn stats(
+        &self,
+        params_of: impl Fn(&str) -> Option<BucketParams>,
+    ) -> HashMap<String, (u64, u64)> {
+        let now = self.clock.now_ns();
+        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            for (k, b) in shard.iter() {
+                let limit = k.split_once(':').map_or(&**k, |(l, _)| l);
+                let Some(p) = params_of(limit) else { continue };
+                let tokens = b.peek(&p, 0, now).remaining;
+                let e = out.entry(limit.to_string()).or_insert((0, u64::MAX));
+                e.0 += 1;
+                e.1 = e.1.min(tokens);
+            }
+        }
+        out
+    }
+
+    /// Number of live buckets.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn decisions_retry(decisions: &[Decision], i: usize) -> u64 {
+    decisions.get(i).map_or(0, |d| d.retry_after_ns)
+}
+
+fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize) -> &'g mut Shard {
+    let pos = guards.iter().position(|(i, _)| *i == id).unwrap_or(0);
+    &mut guards[pos].1
+}
+
+fn bucket_entry<'s>(shard: &'s mut Shard, key: &str, p: &BucketParams, now: i64) -> &'s mut Bucket {
+    if !shard.contains_key(key) {
+        shard.insert(key.into(), Bucket::new(p, now));
+    }
+    // Just inserted or already there.
+    shard.get_mut(key).expect("bucket present")
+}

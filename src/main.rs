@@ -1,0 +1,120 @@
+//! The `tollgate` command: `run`, `check`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tollgate::clock::SystemClock;
+use tollgate::config::Config;
+use tollgate::node::{Node, Runtime};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "A rate-limiting reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/tollgate.json")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 with a summary, or 2 with every error.
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/tollgate.json")]
+        config: PathBuf,
+    },
+}
+
+/// Loads and compiles a config, printing every error as `FILE:LINE:COL: path: message`.
+fn load(path: &std::path::Path) -> Result<Runtime, ExitCode> {
+    let result = Config::load(path).and_then(Runtime::build);
+    result.map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        eprintln!(
+            "{}: {} error{}",
+            path.display(),
+            errors.0.len(),
+            if errors.0.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    // Two rustls providers are linked (ring through pingora and redis); pick ring explicitly
+    // before any TLS use, or the first handshake panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(rt) => {
+                println!("{}", rt.config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            tollgate::logging::init();
+            let rt = match load(&config) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let listeners: Vec<String> = rt
+                .config
+                .listeners
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{}{}",
+                        l.address,
+                        if l.tls.is_some() { " (tls)" } else { "" }
+                    )
+                })
+                .collect();
+            let redis_mode = match &rt.config.redis {
+                None => "standalone (no redis)".to_string(),
+                Some(r) => format!(
+                    "redis {}",
+                    r.urls
+                        .iter()
+                        .map(|u| tollgate::config::mask_url_password(u))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            };
+            tracing::info!(
+                node_id = %rt.config.node_id,
+                listeners = %listeners.join(", "),
+                admin = %rt.config.admin.address,
+                redis = %redis_mode,
+                config = %config.display(),
+                "tollgate starting"
+            );
+            let node = match Node::new(rt, &config, Arc::new(SystemClock)) {
+                Ok(n) => Arc::new(n),
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let server = match tollgate::server::build(node) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tollgate::server::run(server);
+            tracing::info!("tollgate stopped");
+            ExitCode::SUCCESS
+        }
+    }
+}

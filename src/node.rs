@@ -1,0 +1,293 @@
+//! A gateway node: the long-lived state shared by the proxy, the admin API and the
+//! background services. The running config is compiled into a [`Runtime`] and swapped
+//! atomically on reload (build fully, validate, then swap; on failure keep the old one).
+
+use crate::bucket::BucketParams;
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::limiter::{LimitSpec, Store};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// An upstream pool, compiled: resolved server addresses and a round-robin cursor.
+pub struct UpstreamPool {
+    pub name: String,
+    pub servers: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+impl UpstreamPool {
+    /// The next server in round-robin order.
+    pub fn next_server(&self) -> Option<SocketAddr> {
+        if self.servers.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len();
+        self.servers.get(i).copied()
+    }
+}
+
+/// Everything the request path needs from one config, built once per (re)load.
+pub struct Runtime {
+    pub config: Config,
+    /// Same indices as `config.limits`.
+    pub limits: Vec<LimitSpec>,
+    /// `RateLimit-Policy` value per limit.
+    pub policies: Vec<String>,
+    /// Same indices as `config.upstreams`.
+    pub pools: Vec<UpstreamPool>,
+}
+
+fn error(config: &Config, path: String, message: String) -> ConfigError {
+    ConfigError {
+        file: config.source.clone(),
+        line: None,
+        col: None,
+        path,
+        message,
+    }
+}
+
+impl Runtime {
+    /// Compiles a validated config; resolves upstream server names (an unresolvable name is
+    /// an error here rather than a 502 on every request).
+    pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut limits = Vec::with_capacity(config.limits.len());
+        let mut policies = Vec::with_capacity(config.limits.len());
+        for l in &config.limits {
+            match BucketParams::new(l.capacity, l.refill_per_second, l.initial_tokens) {
+                Ok(params) => {
+                    policies.push(crate::headers::policy_value(&l.name, &params));
+                    limits.push(LimitSpec {
+                        name: l.name.clone(),
+                        params,
+                        shadow: l.shadow,
+                        key: l.key.clone(),
+                    });
+                }
+                Err(e) => errors.push(error(&config, format!("limits.{}", l.name), e.to_string())),
+            }
+        }
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        for u in &config.upstreams {
+            let mut servers = Vec::new();
+            for (i, s) in u.servers.iter().enumerate() {
+                match s.to_socket_addrs() {
+                    Ok(addrs) => servers.extend(addrs.take(1)),
+                    Err(e) => errors.push(error(
+                        &config,
+                        format!("upstreams.{}.servers[{i}]", u.name),
+                        format!("cannot resolve {s:?}: {e}"),
+                    )),
+                }
+            }
+            pools.push(UpstreamPool {
+                name: u.name.clone(),
+                servers,
+                next: AtomicUsize::new(0),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Runtime {
+            config,
+            limits,
+            policies,
+            pools,
+        })
+    }
+
+    /// Limit parameters by name, for the store's sweeps.
+    pub fn params_of(&self, name: &str) -> Option<BucketParams> {
+        self.limits
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.params.clone())
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct ReloadSummary {
+    pub limits_rebased: Vec<String>,
+    pub limits_removed: Vec<String>,
+}
+
+/// The node: running config, buckets, metrics.
+pub struct Node {
+    runtime: ArcSwap<Runtime>,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub config_path: PathBuf,
+    reload_lock: Mutex<()>,
+}
+
+impl Node {
+    pub fn new(
+        runtime: Runtime,
+        config_path: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node, String> {
+        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let node = Node {
+            runtime: ArcSwap::from_pointee(runtime),
+            store: Store::new(clock),
+            metrics,
+            config_path: config_path.to_path_buf(),
+            reload_lock: Mutex::new(()),
+        };
+        node.publish_limit_metrics(&node.runtime());
+        Ok(node)
+    }
+
+    /// The running config (a cheap snapshot: hold it for the whole request).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    fn publish_limit_metrics(&self, rt: &Runtime) {
+        for l in &rt.limits {
+            let cap = i64::try_from(l.params.capacity()).unwrap_or(i64::MAX);
+            self.metrics
+                .limit_capacity
+                .with_label_values(&[&l.name])
+                .set(cap);
+            self.metrics
+                .limit_refill_per_second
+                .with_label_values(&[&l.name])
+                .set(l.params.refill_per_second());
+        }
+    }
+
+    /// Reloads the config file: load, validate, compile, swap. On any error the running
+    /// config stays and the errors are returned (and counted).
+    pub fn reload(&self) -> Result<ReloadSummary, ConfigErrors> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = Config::load(&self.config_path).and_then(|cfg| {
+            let old = self.runtime();
+            check_restart_only(&old.config, &cfg)?;
+            Runtime::build(cfg)
+        });
+        let new = match result {
+            Ok(rt) => rt,
+            Err(e) => {
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::warn!(errors = %e, "config reload failed; keeping the running config");
+                return Err(e);
+            }
+        };
+        let old = self.runtime();
+        let mut summary = ReloadSummary::default();
+        for ol in &old.limits {
+            match new.limits.iter().find(|l| l.name == ol.name) {
+                Some(nl) if nl.params != ol.params => {
+                    self.store.rebase(&ol.name, &ol.params, &nl.params);
+                    summary.limits_rebased.push(ol.name.clone());
+                }
+                Some(_) => {}
+                None => {
+                    summary.limits_removed.push(ol.name.clone());
+                    for m in [
+                        &self.metrics.limit_capacity,
+                        &self.metrics.buckets_active,
+                        &self.metrics.bucket_tokens_min,
+                    ] {
+                        let _ = m.remove_label_values(&[&ol.name]);
+                    }
+                    let _ = self
+                        .metrics
+                        .limit_refill_per_second
+                        .remove_label_values(&[&ol.name]);
+                }
+            }
+        }
+        self.publish_limit_metrics(&new);
+        self.runtime.store(Arc::new(new));
+        if !summary.limits_removed.is_empty() {
+            let rt = self.runtime();
+            self.store.evict_idle(|n| rt.params_of(n));
+        }
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&["success"])
+            .inc();
+        tracing::info!(
+            rebased = ?summary.limits_rebased,
+            removed = ?summary.limits_removed,
+            "config reloaded"
+        );
+        Ok(summary)
+    }
+
+    /// Refreshes the bucket gauges (called on each scrape of /metrics).
+    pub fn refresh_bucket_gauges(&self) {
+        let rt = self.runtime();
+        let stats = self.store.stats(|n| rt.params_of(n));
+        for l in &rt.limits {
+            let (count, min) = stats
+                .get(&l.name)
+                .copied()
+                .unwrap_or((0, l.params.capacity()));
+            let count = i64::try_from(count).unwrap_or(i64::MAX);
+            let min = i64::try_from(min).unwrap_or(i64::MAX);
+            self.metrics
+                .buckets_active
+                .with_label_values(&[&l.name])
+                .set(count);
+            self.metrics
+                .bucket_tokens_min
+                .with_label_values(&[&l.name])
+                .set(min);
+        }
+    }
+}
+
+/// Settings bound to sockets or to the node's identity cannot change on reload.
+fn check_restart_only(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let old_l: Vec<_> = old
+        .listeners
+        .iter()
+        .map(|l| (l.address, l.tls.is_some()))
+        .collect();
+    let new_l: Vec<_> = new
+        .listeners
+        .iter()
+        .map(|l| (l.address, l.tls.is_some()))
+        .collect();
+    if old_l != new_l {
+        errors.push(error(
+            new,
+            "listeners".into(),
+            "listeners cannot change on reload: restart the node".into(),
+        ));
+    }
+    if old.admin.address != new.admin.address {
+        errors.push(error(
+            new,
+            "admin.address".into(),
+            "the admin address cannot change on reload: restart the node".into(),
+        ));
+    }
+    if old.node_id != new.node_id {
+        errors.push(error(
+            new,
+            "node_id".into(),
+            "node_id cannot change on reload: restart the node".into(),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}

@@ -1,0 +1,207 @@
+//! Request-path normalization for route matching and the `path` key source.
+//!
+//! Routes match on a normalized form of the path so that `//rating`, `/./rating`,
+//! `/%72ating` and `/x/../rating` are all charged to the route of `/rating`
+//! (RFC 3986 sections 2.3, 5.2.4 and 6.2.2): percent-escapes of unreserved characters are
+//! decoded, other escapes keep their bytes with upper-case hex, dot segments are removed and
+//! runs of slashes collapse to one. The request forwarded upstream keeps the client's
+//! path as sent; paths that an upstream could read differently from us are refused (400)
+//! instead, see [`PathError`].
+
+use std::fmt;
+
+/// Why a request path is refused before routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// `%2F` or `%5C`: an encoded slash or backslash, which upstreams disagree on.
+    EncodedSlash,
+    /// A backslash, NUL or other control character, raw or percent-encoded.
+    ControlOrBackslash,
+    /// Dot segments that climb above the root (`/../x`).
+    AboveRoot,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::NotAbsolute => "request path must start with '/'",
+            PathError::BadEscape => "malformed percent-escape in request path",
+            PathError::EncodedSlash => "encoded slash or backslash (%2F, %5C) in request path",
+            PathError::ControlOrBackslash => "control character or backslash in request path",
+            PathError::AboveRoot => "dot segments climb above the root of the request path",
+        })
+    }
+}
+
+impl std::error::Error for PathError {}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalizes `path` (the path component only, without the query).
+///
+/// Returns the normalized path, or the reason the path is unsafe to forward.
+pub fn normalize(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Pass 1: decode unreserved escapes, reject what upstreams could read differently.
+    let mut decoded = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (hi, lo) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                (Some(&h), Some(&l)) => (h, l),
+                _ => return Err(PathError::BadEscape),
+            };
+            let v = match (hex_val(hi), hex_val(lo)) {
+                (Some(h), Some(l)) => h * 16 + l,
+                _ => return Err(PathError::BadEscape),
+            };
+            if v == b'/' || v == b'\\' {
+                return Err(PathError::EncodedSlash);
+            }
+            if v < 0x20 || v == 0x7f {
+                return Err(PathError::ControlOrBackslash);
+            }
+            if is_unreserved(v) {
+                decoded.push(v as char);
+            } else {
+                decoded.push('%');
+                decoded.push(hi.to_ascii_uppercase() as char);
+                decoded.push(lo.to_ascii_uppercase() as char);
+            }
+            i += 3;
+            continue;
+        }
+        if b < 0x20 || b == 0x7f || b == b'\\' {
+            return Err(PathError::ControlOrBackslash);
+        }
+        // Non-ASCII bytes cannot occur in a &str that came from a valid URI, but a raw
+        // UTF-8 path is kept as is rather than refused.
+        let ch_len = utf8_len(b);
+        let end = (i + ch_len).min(bytes.len());
+        decoded.push_str(&path[i..end]);
+        i = end;
+    }
+    // Pass 2: remove dot segments and empty segments.
+    let trailing_slash =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+/// Does `path` (normalized) fall under `prefix`? Plain string prefix, as nginx's prefix
+/// `location` and Envoy's `prefix` match: `/rating` covers `/rating`, `/rating/1` and `/ratings`.
+pub fn matches_prefix(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn bypass_attempts_normalize_to_the_same_path() {
+        for p in [
+            "/rating",
+            "//rating",
+            "/./rating",
+            "/%72ating",
+            "/x/../rating",
+            "///./x/./../rating",
+            "/%2e/rating",
+            "/%2E%2E/x/..//rating/../rating",
+        ] {
+            // "/%2E%2E/..." climbs above root and is refused; everything else is /rating.
+            match normalize(p) {
+                Ok(n) => assert_eq!(n, "/rating", "{p}"),
+                Err(e) => assert_eq!(
+                    (p, e),
+                    ("/%2E%2E/x/..//rating/../rating", PathError::AboveRoot)
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_reserved_escapes_and_trailing_slash() {
+        assert_eq!(normalize("/a%3fb/").unwrap(), "/a%3Fb/");
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("/a/b/..").unwrap(), "/a/");
+        assert_eq!(normalize("/a/.").unwrap(), "/a/");
+    }
+
+    #[test]
+    fn refuses_unsafe_paths() {
+        assert_eq!(normalize("rating"), Err(PathError::NotAbsolute));
+        assert_eq!(normalize("/a%2Fb"), Err(PathError::EncodedSlash));
+        assert_eq!(normalize("/a%5cb"), Err(PathError::EncodedSlash));
+        assert_eq!(normalize("/a%00"), Err(PathError::ControlOrBackslash));
+        assert_eq!(normalize("/a\\b"), Err(PathError::ControlOrBackslash));
+        assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%4"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/../a"), Err(PathError::AboveRoot));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_is_idempotent(s in "/[a-zA-Z0-9%./_~-]{0,40}") {
+            if let Ok(n) = normalize(&s) {
+                prop_assert!(n.starts_with('/'));
+                prop_assert!(!n.contains("//"));
+                prop_assert_eq!(normalize(&n).unwrap(), n.clone());
+            }
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(s in any::<String>()) {
+            let _ = normalize(&s);
+        }
+    }
+}

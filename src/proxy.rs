@@ -1,0 +1,495 @@
+//! The pingora proxy hooks: route, key, charge, then answer 429 or forward.
+//!
+//! `request_filter` does all limiting before any upstream work: it normalizes the path,
+//! matches a route, builds each limit's key, and charges all the route's limits at once.
+//! A rejected request is answered here (429 with the IETF headers and a JSON body) without
+//! touching the upstream. Allowed requests get `X-Forwarded-For`/`X-Forwarded-Proto` on the
+//! way up and the `RateLimit` headers on the way down. `fail_to_proxy` turns upstream
+//! failures into JSON 502/504, and `logging` records metrics and the access log line.
+
+use crate::clientip;
+use crate::config::{Cost, Route};
+use crate::headers;
+use crate::key::{self, RequestView};
+use crate::limiter::Charge;
+use crate::node::{Node, Runtime};
+use crate::path;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Request bodies larger than this are not drained after a 429: the connection closes instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// How a request ended, as counted in `requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Limited,
+    ShadowLimited,
+    NoRoute,
+    UpstreamError,
+    BadRequest,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Limited => "limited",
+            Outcome::ShadowLimited => "shadow_limited",
+            Outcome::NoRoute => "no_route",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    runtime: Option<Arc<Runtime>>,
+    route: Option<usize>,
+    client_ip: IpAddr,
+    outcome: Outcome,
+    /// `RateLimit-Policy` and `RateLimit` to add to the response.
+    rate_headers: Option<(String, String)>,
+    /// Fingerprint of the reported limit's key, for the access log.
+    key_fp: Option<String>,
+    status: u16,
+}
+
+/// The proxy service.
+pub struct Gateway {
+    pub node: Arc<Node>,
+}
+
+fn route_matches(route: &Route, method: &str, norm_path: &str, host: Option<&str>) -> bool {
+    if let Some(methods) = &route.methods {
+        if !methods.iter().any(|m| m.as_str() == method) {
+            return false;
+        }
+    }
+    if let Some(h) = &route.host {
+        if host != Some(h.as_str()) {
+            return false;
+        }
+    }
+    path::matches_prefix(norm_path, &route.path_prefix)
+}
+
+/// Writes a complete response from `request_filter` and keeps the connection alive when the
+/// request body is small enough to drain.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    extra: &[(&'static str, String)],
+    body: Vec<u8>,
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in extra {
+        h.insert_header(*name, value.as_str())?;
+    }
+    let req = session.req_header();
+    let declared = req
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let chunked = req.headers.contains_key("transfer-encoding");
+    if chunked || declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        session.set_keepalive(None);
+    } else {
+        // pingora closes a connection answered before its request body was read; a small
+        // body is drained instead when the session is reused, so keep-alive survives.
+        session.set_close_on_response_before_downstream_finish(false);
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
+impl Gateway {
+    async fn reject_bad(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        msg: &str,
+    ) -> Result<bool> {
+        ctx.outcome = Outcome::BadRequest;
+        ctx.status = status;
+        respond(session, status, &[], headers::error_body(status, msg)).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            runtime: None,
+            route: None,
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            outcome: Outcome::Allowed,
+            rate_headers: None,
+            key_fp: None,
+            status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = self.node.runtime();
+        ctx.runtime = Some(rt.clone());
+        let cfg = &rt.config;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let req = session.req_header();
+        ctx.client_ip = clientip::client_ip(
+            peer,
+            req.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
+            &cfg.trusted_proxies,
+        );
+
+        let norm = match path::normalize(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.reject_bad(session, ctx, 400, &msg).await;
+            }
+        };
+        let method = req.method.as_str();
+        let host =
+            key::host_of(&req.headers).or_else(|| req.uri.host().map(|h| h.to_ascii_lowercase()));
+        let Some(ri) = cfg
+            .routes
+            .iter()
+            .position(|r| route_matches(r, method, &norm, host.as_deref()))
+        else {
+            ctx.outcome = Outcome::NoRoute;
+            ctx.status = 404;
+            respond(
+                session,
+                404,
+                &[],
+                headers::error_body(404, "no route matches this request"),
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.route = Some(ri);
+        let route = &cfg.routes[ri];
+
+        // The cost of this request.
+        let cost = match route.cost {
+            Cost::Fixed(n) => n,
+            Cost::PerBytes(n) => {
+                if req.headers.contains_key("transfer-encoding") {
+                    return self
+                        .reject_bad(
+                            session,
+                            ctx,
+                            411,
+                            "this route charges per byte: send Content-Length",
+                        )
+                        .await;
+                }
+                let len = req
+                    .headers
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().parse::<u64>());
+                match len {
+                    None => 1,
+                    Some(Ok(len)) => len.div_ceil(n).max(1),
+                    Some(Err(_)) => {
+                        return self
+                            .reject_bad(session, ctx, 400, "invalid Content-Length")
+                            .await
+                    }
+                }
+            }
+        };
+
+        // Keys of every limit of the route.
+        let view = RequestView {
+            method,
+            path: &norm,
+            query: req.uri.query(),
+            headers: &req.headers,
+            client_ip: ctx.client_ip,
+            route: &route.name,
+        };
+        let mut keys = Vec::with_capacity(route.limits.len());
+        for &li in &route.limits {
+            match key::build_key(&rt.limits[li].key, &view) {
+                Ok(k) => keys.push(k),
+                Err(e) => {
+                    let msg = e.to_string();
+                    return self.reject_bad(session, ctx, 400, &msg).await;
+                }
+            }
+        }
+        if route.limits.is_empty() {
+            return Ok(false);
+        }
+        if let Some(&li) = route
+            .limits
+            .iter()
+            .find(|&&li| !rt.limits[li].shadow && cost > rt.limits[li].params.capacity())
+        {
+            let l = &rt.limits[li];
+            ctx.status = 413;
+            ctx.outcome = Outcome::Limited;
+            let body = serde_json::json!({
+                "error": "Request cost exceeds the limit's capacity",
+                "limit": l.name,
+                "cost": cost,
+                "capacity": l.params.capacity(),
+            })
+            .to_string()
+            .into_bytes();
+            respond(session, 413, &[], body).await?;
+            return Ok(true);
+        }
+
+        let charges: Vec<Charge<'_>> = route
+            .limits
+            .iter()
+            .zip(keys.iter())
+            .map(|(&li, k)| Charge {
+                limit: &rt.limits[li],
+                key: k,
+                cost,
+            })
+            .collect();
+        let result = self.node.store.charge(&charges);
+        let m = &self.node.metrics;
+        for &i in &result.shadow_rejected {
+            m.rate_limited_total
+                .with_label_values(&[&route.name, &charges[i].limit.name])
+                .inc();
+        }
+        if let Some(r) = result.rejected_by {
+            let limit = charges[r].limit;
+            let d = &result.decisions[r];
+            m.rate_limited_total
+                .with_label_values(&[&route.name, &limit.name])
+                .inc();
+            ctx.outcome = Outcome::Limited;
+            ctx.status = 429;
+            ctx.key_fp = Some(key::fingerprint(charges[r].key));
+            let li = route.limits[r];
+            let extra = [
+                ("retry-after", headers::retry_after_secs(d).to_string()),
+                ("ratelimit-policy", rt.policies[li].clone()),
+                ("ratelimit", headers::ratelimit_value(&limit.name, d)),
+            ];
+            respond(
+                session,
+                429,
+                &extra,
+                headers::rejection_body(&limit.name, d),
+            )
+            .await?;
+            return Ok(true);
+        }
+        for (i, c) in charges.iter().enumerate() {
+            if result.decisions[i].allowed {
+                m.tokens_consumed_total
+                    .with_label_values(&[&c.limit.name])
+                    .inc_by(cost);
+            }
+        }
+        if !result.shadow_rejected.is_empty() {
+            ctx.outcome = Outcome::ShadowLimited;
+        }
+        // Report the most restrictive limit: fewest tokens left, then longest until full.
+        if let Some(i) = (0..charges.len()).min_by_key(|&i| {
+            let d = &result.decisions[i];
+            (d.remaining, std::cmp::Reverse(d.full_in_ns))
+        }) {
+            let li = route.limits[i];
+            ctx.key_fp = Some(key::fingerprint(charges[i].key));
+            ctx.rate_headers = Some((
+                rt.policies[li].clone(),
+                headers::ratelimit_value(&charges[i].limit.name, &result.decisions[i]),
+            ));
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(rt), Some(ri)) = (ctx.runtime.as_ref(), ctx.route) else {
+            return Error::e_explain(ErrorType::InternalError, "no route selected");
+        };
+        let route = &rt.config.routes[ri];
+        let up = &rt.config.upstreams[route.upstream];
+        let pool = &rt.pools[route.upstream];
+        let Some(addr) = pool.next_server() else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no upstream server available");
+        };
+        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| clientip::canonical(a.ip()));
+        let trusted = match (peer, ctx.runtime.as_ref()) {
+            (Some(p), Some(rt)) => clientip::is_trusted(p, &rt.config.trusted_proxies),
+            _ => false,
+        };
+        let peer_s = peer.map_or_else(|| ctx.client_ip.to_string(), |p| p.to_string());
+        // From a trusted proxy, extend its chain; from anyone else, start a new one (a client's
+        // own X-Forwarded-For proves nothing and is dropped).
+        let xff = if trusted {
+            let prior: Vec<&str> = upstream_request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if prior.is_empty() {
+                peer_s
+            } else {
+                format!("{}, {peer_s}", prior.join(", "))
+            }
+        } else {
+            peer_s
+        };
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let keep_proto = trusted && upstream_request.headers.contains_key("x-forwarded-proto");
+        if !keep_proto {
+            upstream_request
+                .insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some((policy, rl)) = ctx.rate_headers.take() {
+            upstream_response.insert_header("ratelimit-policy", policy)?;
+            upstream_response.insert_header("ratelimit", rl)?;
+        }
+        ctx.status = upstream_response.status.as_u16();
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (code, msg) = match e.etype() {
+            ErrorType::HTTPStatus(503) => (503, "no healthy upstream server"),
+            ErrorType::HTTPStatus(c) => (*c, "request failed"),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                (504, "upstream timed out")
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "upstream connection failed"),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "")
+                    }
+                    _ => (400, "bad request"),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => (500, "internal error"),
+            },
+        };
+        if code >= 500 || ctx.outcome == Outcome::Allowed {
+            ctx.outcome = if code >= 500 {
+                Outcome::UpstreamError
+            } else {
+                Outcome::BadRequest
+            };
+        }
+        ctx.status = code;
+        if code > 0 {
+            let body = headers::error_body(code, msg);
+            let written = async {
+                let mut h = ResponseHeader::build(code, Some(3))?;
+                h.insert_header("content-type", "application/json")?;
+                h.insert_header("content-length", body.len().to_string())?;
+                session.write_response_header(Box::new(h), false).await?;
+                session
+                    .write_response_body(Some(Bytes::from(body)), true)
+                    .await
+            }
+            .await;
+            if let Err(err) = written {
+                tracing::debug!(error = %err, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let m = &self.node.metrics;
+        let route = match (ctx.runtime.as_ref(), ctx.route) {
+            (Some(rt), Some(ri)) => rt.config.routes[ri].name.as_str(),
+            _ => "none",
+        };
+        let outcome = ctx.outcome.as_str();
+        m.requests_total.with_label_values(&[route, outcome]).inc();
+        let elapsed = ctx.start.elapsed();
+        m.request_duration_seconds
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        let status = session
+            .response_written()
+            .map_or(ctx.status, |r| r.status.as_u16());
+        if ctx.runtime.as_ref().is_some_and(|rt| rt.config.access_log) {
+            tracing::info!(
+                target: "tollgate::access",
+                route,
+                outcome,
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                client_ip = %ctx.client_ip,
+                method = %session.req_header().method,
+                key = ctx.key_fp.as_deref().unwrap_or("-"),
+                "request"
+            );
+        }
+    }
+}

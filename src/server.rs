@@ -1,0 +1,109 @@
+//! Assembles the pingora server: the proxy service on the configured listeners, the admin
+//! service, and the housekeeping service (idle-bucket eviction, SIGHUP reload).
+
+use crate::admin::AdminApp;
+use crate::node::Node;
+use crate::proxy::Gateway;
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often idle (full) buckets are evicted from memory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Periodic housekeeping and the SIGHUP reload handler.
+pub struct Housekeeping {
+    pub node: Arc<Node>,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; use POST /reload instead");
+                None
+            }
+        };
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = sweep.tick() => {
+                    let rt = self.node.runtime();
+                    let n = self.node.store.evict_idle(|name| rt.params_of(name));
+                    if n > 0 {
+                        tracing::debug!(evicted = n, "evicted idle buckets");
+                    }
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading config");
+                    // Errors are logged and counted by reload itself.
+                    let _ = self.node.reload();
+                }
+            }
+        }
+    }
+}
+
+/// Builds the pingora server for `node`. Fails (before any socket opens) on TLS files that
+/// cannot be loaded.
+pub fn build(node: Arc<Node>) -> Result<Server, String> {
+    let rt = node.runtime();
+    let cfg = &rt.config;
+    let first_port = cfg.listeners.first().map_or(0, |l| l.address.port());
+    let conf = ServerConf {
+        threads: cfg.threads,
+        grace_period_seconds: Some(cfg.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(cfg.grace_period_seconds.max(1)),
+        pid_file: format!("/tmp/tollgate-{}-{first_port}.pid", cfg.node_id),
+        upgrade_sock: format!("/tmp/tollgate-{}-{first_port}.upgrade.sock", cfg.node_id),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway { node: node.clone() },
+        "tollgate proxy",
+    );
+    for l in &cfg.listeners {
+        let addr = l.address.to_string();
+        match &l.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => {
+                let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+                let mut settings = TlsSettings::intermediate(&cert, &key)
+                    .map_err(|e| format!("listener {addr}: TLS settings: {e}"))?;
+                settings.enable_h2();
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+    }
+
+    let mut admin = Service::new(
+        "tollgate admin".to_string(),
+        HttpServer::new_app(AdminApp { node: node.clone() }),
+    );
+    admin.add_tcp(&cfg.admin.address.to_string());
+
+    let housekeeping = background_service("tollgate housekeeping", Housekeeping { node });
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(housekeeping);
+    Ok(server)
+}
+
+/// Runs the server until SIGTERM/SIGINT (graceful) completes.
+pub fn run(server: Server) {
+    server.run(RunArgs::default());
+}

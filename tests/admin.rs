@@ -1,0 +1,257 @@
+//! The admin listener, reload (endpoint and SIGHUP), startup refusal and `tollgate check`,
+//! against the real binary.
+
+mod common;
+
+use common::{get, request, wait_until, Gateway, Upstream};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+fn base(up: &Upstream, capacity: u64) -> Value {
+    json!({
+        "node_id": "admin-test",
+        "upstreams": { "api": { "servers": [up.addr.to_string()] } },
+        "limits": { "per-key": { "capacity": capacity, "refill_per_second": 0.01, "key": ["header:x-api-key"] } },
+        "routes": [{ "name": "rating", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] }],
+    })
+}
+
+#[test]
+fn health_metrics_rating_consume_and_config() {
+    let up = Upstream::start();
+    let gw = Gateway::start(base(&up, 3));
+    let h = get(gw.admin, "/health", &[]).json();
+    assert_eq!(
+        h,
+        json!({"status": "ok", "node_id": "admin-test", "redis": "disabled"})
+    );
+
+    // Peek never consumes.
+    for _ in 0..3 {
+        let p = get(gw.admin, "/rating?limit=per-key&key=k", &[]).json();
+        assert_eq!(p["remaining"], 3);
+        assert_eq!(p["capacity"], 3);
+        assert_eq!(p["refill_per_second"], 0.01);
+        assert_eq!(p["full_in_ms"], 0);
+        assert_eq!(p["retry_after_ms"], 0);
+    }
+    // Sidecar consume shares buckets with the proxy.
+    assert_eq!(get(gw.addr, "/x", &[("x-api-key", "k")]).status, 200);
+    let c = request(
+        gw.admin,
+        "POST",
+        "/consume?limit=per-key&key=k&cost=2",
+        &[],
+        b"",
+    );
+    assert_eq!(c.status, 200);
+    assert_eq!(
+        c.json(),
+        json!({"allowed": true, "remaining": 0, "shadow_limited": false})
+    );
+    let c = request(gw.admin, "POST", "/consume?limit=per-key&key=k", &[], b"");
+    assert_eq!(c.status, 429);
+    assert_eq!(c.json()["error"], "Rate limit exceeded");
+    assert_eq!(c.header("retry-after"), Some("100"));
+    assert_eq!(c.header("ratelimit-policy"), Some("\"per-key\";q=3;w=300"));
+    assert_eq!(get(gw.addr, "/x", &[("x-api-key", "k")]).status, 429);
+    let p = get(gw.admin, "/rating?limit=per-key&key=k", &[]).json();
+    assert_eq!(p["remaining"], 0);
+    assert!(p["retry_after_ms"].as_u64().unwrap() > 90_000);
+
+    // Bad admin calls get clear errors.
+    assert_eq!(get(gw.admin, "/rating?limit=nope&key=k", &[]).status, 404);
+    assert_eq!(get(gw.admin, "/rating?limit=per-key", &[]).status, 400);
+    assert_eq!(
+        request(
+            gw.admin,
+            "POST",
+            "/consume?limit=per-key&key=k&cost=0",
+            &[],
+            b""
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        request(
+            gw.admin,
+            "POST",
+            "/consume?limit=per-key&key=k&cost=4",
+            &[],
+            b""
+        )
+        .status,
+        413
+    );
+    assert_eq!(
+        get(gw.admin, "/consume?limit=per-key&key=k", &[]).status,
+        405
+    );
+    assert_eq!(get(gw.admin, "/nope", &[]).status, 404);
+
+    // Requests are counted by the logging hook, just after their response is written.
+    wait_until(Duration::from_secs(5), || {
+        get(gw.admin, "/metrics", &[])
+            .text()
+            .contains("tollgate_requests_total{outcome=\"limited\",route=\"rating\"} 1")
+    });
+    let m = get(gw.admin, "/metrics", &[]);
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    for line in [
+        "tollgate_limit_capacity{limit=\"per-key\"} 3",
+        "tollgate_limit_refill_per_second{limit=\"per-key\"} 0.01",
+        "tollgate_buckets_active{limit=\"per-key\"} 1",
+        "tollgate_bucket_tokens_min{limit=\"per-key\"} 0",
+        "tollgate_tokens_consumed_total{limit=\"per-key\"} 3",
+        "tollgate_requests_total{outcome=\"allowed\",route=\"rating\"} 1",
+        "tollgate_requests_total{outcome=\"limited\",route=\"rating\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(text.contains("tollgate_request_duration_seconds_bucket{route=\"rating\""));
+    // No client-supplied value in any label.
+    assert!(!text.contains("\"k\""));
+
+    let c = get(gw.admin, "/config", &[]).json();
+    assert_eq!(c["node_id"], "admin-test");
+    assert_eq!(c["limits"]["per-key"]["capacity"], 3);
+}
+
+#[test]
+fn admin_token_is_required_and_secrets_are_masked() {
+    let up = Upstream::start();
+    let mut cfg = base(&up, 3);
+    cfg["admin"] = json!({ "token": "s3cret-token" });
+    let gw = Gateway::start(cfg);
+    for path in [
+        "/health",
+        "/metrics",
+        "/config",
+        "/rating?limit=per-key&key=k",
+    ] {
+        assert_eq!(get(gw.admin, path, &[]).status, 401, "{path}");
+        assert_eq!(
+            get(gw.admin, path, &[("authorization", "Bearer wrong")]).status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            get(gw.admin, path, &[("authorization", "Bearer s3cret-token")]).status,
+            200,
+            "{path}"
+        );
+    }
+    let auth = [("authorization", "Bearer s3cret-token")];
+    assert_eq!(request(gw.admin, "POST", "/reload", &[], b"").status, 401);
+    let c = get(gw.admin, "/config", &auth);
+    assert!(!c.text().contains("s3cret-token"), "{}", c.text());
+    assert_eq!(c.json()["admin"]["token"], "***");
+}
+
+#[test]
+fn reload_good_and_bad_by_endpoint_and_sighup() {
+    let up = Upstream::start();
+    let gw = Gateway::start(base(&up, 3));
+    let h = [("x-api-key", "r")];
+    assert_eq!(get(gw.addr, "/x", &h).status, 200);
+
+    // A good reload: capacity 3 -> 10; the bucket keeps its 2 tokens.
+    gw.rewrite_config(base(&up, 10));
+    let r = request(gw.admin, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["limits_rebased"], json!(["per-key"]));
+    assert_eq!(
+        get(gw.admin, "/config", &[]).json()["limits"]["per-key"]["capacity"],
+        10
+    );
+    let r = get(gw.addr, "/x", &h);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"per-key\";q=10;w=1000")
+    );
+    assert_eq!(r.header("ratelimit"), Some("\"per-key\";r=1;t=900"));
+
+    // A bad reload: rejected with the errors, the running config stays.
+    let mut bad = base(&up, 10);
+    bad["routes"][0]["upstream"] = json!("missing");
+    gw.rewrite_config(bad);
+    let r = request(gw.admin, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 400);
+    let errors = r.json()["errors"].to_string();
+    assert!(errors.contains("routes[0].upstream"), "{errors}");
+    assert_eq!(get(gw.addr, "/x", &[("x-api-key", "other")]).status, 200);
+    assert_eq!(
+        get(gw.admin, "/config", &[]).json()["limits"]["per-key"]["capacity"],
+        10
+    );
+
+    // SIGHUP reloads too.
+    gw.rewrite_config(base(&up, 50));
+    gw.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || {
+        get(gw.admin, "/config", &[]).json()["limits"]["per-key"]["capacity"] == 50
+    }));
+    let m = get(gw.admin, "/metrics", &[]).text();
+    assert!(
+        m.contains("tollgate_config_reloads_total{result=\"success\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tollgate_config_reloads_total{result=\"failure\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn run_refuses_a_bad_config_before_listening() {
+    let up = Upstream::start();
+    let mut cfg = base(&up, 3);
+    cfg["limits"]["per-key"]["capacity"] = json!(0);
+    let err = Gateway::try_start(cfg).err().expect("must refuse to start");
+    assert!(err.contains("limits.per-key.capacity"), "{err}");
+}
+
+#[test]
+fn check_accepts_shipped_configs_and_lists_errors() {
+    let bin = env!("CARGO_BIN_EXE_tollgate");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let ok = Command::new(bin)
+        .args(["check", "-c", &format!("{root}/conf/tollgate.json")])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.json");
+    std::fs::write(
+        &path,
+        "{\n  \"listeners\": [{\"address\": \"127.0.0.1:8080\"}],\n  \"upstreams\": {},\n  \"limits\": {\"l\": {\"capacity\": 0, \"refill_per_second\": 1, \"key\": [\"client_ip\"]}},\n  \"routes\": [{\"name\": \"r\", \"upstream\": \"nope\", \"limits\": [\"l\"]}]\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["check", "-c", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let p = path.display().to_string();
+    assert!(
+        err.contains(&format!("{p}:4:")) && err.contains("limits.l.capacity"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:5:")) && err.contains("routes[0].upstream"),
+        "{err}"
+    );
+}
