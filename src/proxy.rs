@@ -481,13 +481,13 @@ impl ProxyHttp for Gateway {
         if ctx.runtime.as_ref().is_some_and(|rt| rt.config.access_log) {
             tracing::info!(
                 target: "tollgate::access",
-                route,
-                outcome,
+                route = %route,
+                outcome = %outcome,
                 status,
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 client_ip = %ctx.client_ip,
                 method = %session.req_header().method,
-                key = ctx.key_fp.as_deref().unwrap_or("-"),
+                key = %ctx.key_fp.as_deref().unwrap_or("-"),
                 "request"
             );
         }

@@ -458,3 +458,58 @@ fn duplicate_key_headers_are_refused() {
         r.text()
     );
 }
+
+#[test]
+fn upstream_servers_take_turns() {
+    let a = Upstream::start();
+    let b = Upstream::start();
+    let mut cfg = one_limit(&a, 100, 10.0, "client_ip");
+    cfg["upstreams"]["api"]["servers"] = json!([a.addr.to_string(), b.addr.to_string()]);
+    let gw = Gateway::start(cfg);
+    let served: Vec<String> = (0..4)
+        .map(|_| {
+            get(gw.addr, "/other", &[]).json()["request"]["server"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let on_a = served.iter().filter(|s| **s == a.addr.to_string()).count();
+    let on_b = served.iter().filter(|s| **s == b.addr.to_string()).count();
+    assert_eq!((on_a, on_b), (2, 2), "{served:?}");
+}
+
+#[test]
+fn access_log_shows_a_key_fingerprint_never_the_key() {
+    let up = Upstream::start();
+    let gw = Gateway::start(one_limit(&up, 1, 0.01, "header:x-api-key"));
+    let secret = "sk-live-very-secret-0123456789";
+    assert_eq!(
+        get(gw.addr, "/rating/1", &[("x-api-key", secret)]).status,
+        200
+    );
+    assert_eq!(
+        get(gw.addr, "/rating/1", &[("x-api-key", secret)]).status,
+        429
+    );
+    let fp = tollgate::key::fingerprint(secret);
+    assert!(wait_until(Duration::from_secs(5), || gw
+        .log()
+        .matches(&fp)
+        .count()
+        >= 2));
+    let log = gw.log();
+    assert!(!log.contains(secret), "raw key in log:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&fp) && l.contains("status=429"))
+        .unwrap_or_else(|| panic!("no access line for the 429:\n{log}"));
+    for field in [
+        "route=rating",
+        "outcome=limited",
+        "client_ip=127.0.0.1",
+        "latency_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+}

@@ -25,6 +25,10 @@ const MAX_BIG_BYTES: usize = 64 * 1024 * 1024;
 /// Why a request could not be read: answered with this status, then the connection closes.
 struct Reject(u16, String);
 
+/// The address this server listens on, echoed as `server` so that tests can see which server
+/// of a pool answered.
+static SERVED_ON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn bad(msg: impl Into<String>) -> Reject {
     Reject(400, msg.into())
 }
@@ -68,6 +72,7 @@ impl Request {
             "body_len": self.body_len,
             "body": body,
             "peer": peer.to_string(),
+            "server": SERVED_ON.get().map_or("", String::as_str),
         })
     }
 
@@ -450,6 +455,7 @@ async fn main() {
         std::process::exit(1);
     });
     let local = listener.local_addr().unwrap_or(addr);
+    let _ = SERVED_ON.set(local.to_string());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "rating-api listening on {local}").and_then(|()| out.flush());
     drop(out);
