@@ -236,3 +236,136 @@ fn bucket_entry<'s>(shard: &'s mut Shard, key: &str, p: &BucketParams, now: i64)
     // Just inserted or already there.
     shard.get_mut(key).expect("bucket present")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn spec(name: &str, capacity: u64, rate: f64, shadow: bool) -> LimitSpec {
+        LimitSpec {
+            name: name.into(),
+            params: BucketParams::new(capacity, rate, capacity).unwrap(),
+            shadow,
+            key: vec![KeySource::ClientIp],
+        }
+    }
+
+    fn store() -> (Arc<ManualClock>, Store) {
+        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
+        (clock.clone(), Store::new(clock))
+    }
+
+    #[test]
+    fn all_or_nothing_across_limits() {
+        let (_clock, s) = store();
+        let wide = spec("wide", 10, 1.0, false);
+        let narrow = spec("narrow", 2, 1.0, false);
+        let charges = [
+            Charge {
+                limit: &wide,
+                key: "k",
+                cost: 1,
+            },
+            Charge {
+                limit: &narrow,
+                key: "k",
+                cost: 1,
+            },
+        ];
+        assert!(s.charge(&charges).allowed());
+        assert!(s.charge(&charges).allowed());
+        let r = s.charge(&charges);
+        assert_eq!(r.rejected_by, Some(1));
+        assert_eq!(s.peek(&wide, "k", 0).remaining, 8);
+        assert_eq!(s.peek(&narrow, "k", 0).remaining, 0);
+    }
+
+    #[test]
+    fn shadow_limits_never_block_and_are_not_charged_when_dry() {
+        let (_clock, s) = store();
+        let real = spec("real", 10, 1.0, false);
+        let shadow = spec("shadow", 1, 1.0, true);
+        let charges = [
+            Charge {
+                limit: &real,
+                key: "k",
+                cost: 1,
+            },
+            Charge {
+                limit: &shadow,
+                key: "k",
+                cost: 1,
+            },
+        ];
+        assert!(s.charge(&charges).allowed());
+        let r = s.charge(&charges);
+        assert!(r.allowed());
+        assert_eq!(r.shadow_rejected, vec![1]);
+        assert_eq!(s.peek(&real, "k", 0).remaining, 8);
+        assert_eq!(s.peek(&shadow, "k", 0).remaining, 0);
+    }
+
+    #[test]
+    fn refill_follows_the_clock_and_full_buckets_are_evicted() {
+        let (clock, s) = store();
+        let l = spec("l", 2, 2.0, false);
+        let c = [Charge {
+            limit: &l,
+            key: "k",
+            cost: 2,
+        }];
+        assert!(s.charge(&c).allowed());
+        assert!(!s.charge(&c).allowed());
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.evict_idle(|_| Some(l.params.clone())), 0);
+        clock.advance_ns(SEC / 2);
+        assert_eq!(s.peek(&l, "k", 0).remaining, 1);
+        clock.advance_ns(SEC / 2);
+        assert!(s.peek(&l, "k", 2).allowed);
+        assert_eq!(s.evict_idle(|_| Some(l.params.clone())), 1);
+        assert!(s.is_empty());
+        // Buckets of limits that no longer exist go too.
+        assert!(s.charge(&c).allowed());
+        assert_eq!(s.evict_idle(|_| None), 1);
+    }
+
+    #[test]
+    fn rebase_carries_tokens_over() {
+        let (_clock, s) = store();
+        let old = spec("l", 10, 1.0, false);
+        assert!(s
+            .charge(&[Charge {
+                limit: &old,
+                key: "k",
+                cost: 7
+            }])
+            .allowed());
+        let bigger = spec("l", 100, 1.0, false);
+        s.rebase("l", &old.params, &bigger.params);
+        assert_eq!(s.peek(&bigger, "k", 0).remaining, 3);
+        let smaller = spec("l", 2, 1.0, false);
+        s.rebase("l", &bigger.params, &smaller.params);
+        assert_eq!(s.peek(&smaller, "k", 0).remaining, 2);
+    }
+
+    #[test]
+    fn stats_report_count_and_lowest_tokens() {
+        let (_clock, s) = store();
+        let l = spec("l", 10, 1.0, false);
+        s.charge(&[Charge {
+            limit: &l,
+            key: "a",
+            cost: 3,
+        }]);
+        s.charge(&[Charge {
+            limit: &l,
+            key: "b",
+            cost: 6,
+        }]);
+        let st = s.stats(|_| Some(l.params.clone()));
+        assert_eq!(st.get("l"), Some(&(2, 4)));
+    }
+}

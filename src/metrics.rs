@@ -32,9 +32,10 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Metrics {
-    /// Creates and registers every metric. Fails only on a programming error (a duplicate
-    /// name), which the test suite would catch.
-    pub fn new() -> prometheus::Result<Self> {
+    /// Creates and registers every metric. The Redis sync metrics are exported only with
+    /// `shared` (a standalone node has no Redis to be down). Fails only on a programming error
+    /// (a duplicate name), which the test suite would catch.
+    pub fn new(shared: bool) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(
             opts("requests_total", "Requests by route and outcome (allowed, limited, shadow_limited, no_route, upstream_error, bad_request)"),
@@ -122,16 +123,18 @@ impl Metrics {
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(tokens_consumed_total.clone()))?;
         registry.register(Box::new(config_reloads_total.clone()))?;
-        registry.register(Box::new(sync_errors_total.clone()))?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
-        registry.register(Box::new(sync_duration_seconds.clone()))?;
         registry.register(Box::new(buckets_active.clone()))?;
         registry.register(Box::new(bucket_tokens_min.clone()))?;
         registry.register(Box::new(limit_capacity.clone()))?;
         registry.register(Box::new(limit_refill_per_second.clone()))?;
-        registry.register(Box::new(sync_lag_seconds.clone()))?;
-        registry.register(Box::new(redis_up.clone()))?;
-        registry.register(Box::new(config_drift.clone()))?;
+        if shared {
+            registry.register(Box::new(sync_errors_total.clone()))?;
+            registry.register(Box::new(sync_duration_seconds.clone()))?;
+            registry.register(Box::new(sync_lag_seconds.clone()))?;
+            registry.register(Box::new(redis_up.clone()))?;
+            registry.register(Box::new(config_drift.clone()))?;
+        }
         for r in ["success", "failure"] {
             config_reloads_total.with_label_values(&[r]);
         }

@@ -134,7 +134,8 @@ impl Node {
         config_path: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<Node, String> {
-        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let metrics =
+            Metrics::new(runtime.config.redis.is_some()).map_err(|e| format!("metrics: {e}"))?;
         let node = Node {
             runtime: ArcSwap::from_pointee(runtime),
             store: Store::new(clock),

@@ -115,6 +115,8 @@ fn health_metrics_rating_consume_and_config() {
         );
     }
     assert!(text.contains("tollgate_request_duration_seconds_bucket{route=\"rating\""));
+    // A standalone node exports no Redis metrics (nothing to alert on).
+    assert!(!text.contains("tollgate_redis_up"), "{text}");
     // No client-supplied value in any label.
     assert!(!text.contains("\"k\""));
 
