@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod headers;
 pub mod key;
+pub mod layout;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;

@@ -1,0 +1,218 @@
+//! The Redis layout of shared buckets (SPEC section 5), as pure functions: key names, field
+//! names, parsing a hash back into per-node counters, and the max-merge script.
+//!
+//! One hash per bucket, key `{key_prefix}:{limit}:{key}`. A client-supplied key longer than 64
+//! bytes, with a byte outside printable ASCII, with `{` or `}`, or starting with `h:` is replaced
+//! by `h:` + the SHA-256 of the key in hex: no client can make a huge key, pick a Redis Cluster
+//! hash slot, or collide with another bucket (a raw key can never look like a digest).
+//!
+//! Fields are `NODE_ID:NAME`; each node writes only its own:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `NODE:consumed` | tokens this node has taken from the bucket, in total |
+//! | `NODE:attempts` | requests this node has decided on this bucket (admitted or not) |
+//! | `NODE:waste` | refill lost at the cap, in 10^-18 token units (see `bucket`) |
+//! | `NODE:capacity` | the node's configured capacity for the limit |
+//! | `NODE:rate` | the node's refill rate, in 10^-9 tokens per second |
+//! | `NODE:seen_ms` | when the node last wrote the hash (Unix ms) |
+//!
+//! Every value is a decimal integer and only grows: [`MERGE_SCRIPT`] writes a value only when
+//! it is greater than the stored one, so a replayed write, or a node restarted with less in
+//! memory, can never lower a field. (`capacity` and `rate` are parameters, not counters: they
+//! are overwritten, so a reload to a smaller value shows.)
+
+use crate::bucket::Counters;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+
+/// Longest client key stored as is.
+pub const MAX_RAW_KEY: usize = 64;
+
+/// The part of a Redis key that names the client key: the key itself when it is safe,
+/// `h:` + SHA-256 hex otherwise.
+pub fn key_part(key: &str) -> String {
+    let safe = key.len() <= MAX_RAW_KEY
+        && !key.starts_with("h:")
+        && key
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b'{' && b != b'}');
+    if safe {
+        return key.to_string();
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(2 + 64);
+    out.push_str("h:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The Redis key of a bucket.
+pub fn redis_key(prefix: &str, limit: &str, key: &str) -> String {
+    format!("{prefix}:{limit}:{}", key_part(key))
+}
+
+/// One node's fields as read from a hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFields {
+    pub counters: Counters,
+    pub capacity: Option<u64>,
+    pub rate_q: Option<u64>,
+    pub seen_ms: Option<u64>,
+}
+
+/// The fields a node writes for one bucket, as (field, value) pairs.
+pub fn node_fields(
+    node: &str,
+    c: &Counters,
+    capacity: u64,
+    rate_q: u64,
+    now_ms: u64,
+) -> Vec<(String, String)> {
+    vec![
+        (format!("{node}:consumed"), c.consumed.to_string()),
+        (format!("{node}:attempts"), c.attempts.to_string()),
+        (format!("{node}:waste"), c.waste.to_string()),
+        (format!("{node}:capacity"), capacity.to_string()),
+        (format!("{node}:rate"), rate_q.to_string()),
+        (format!("{node}:seen_ms"), now_ms.to_string()),
+    ]
+}
+
+/// Parses a hash (as HGETALL returns it) into per-node fields. Fields that are not
+/// `NODE:NAME` with a known name and an integer value are ignored (and counted in the second
+/// value), so a garbage field can neither crash a node nor lower a counter.
+pub fn parse_hash(hash: &HashMap<String, String>) -> (BTreeMap<String, NodeFields>, usize) {
+    let mut nodes: BTreeMap<String, NodeFields> = BTreeMap::new();
+    let mut ignored = 0;
+    for (field, value) in hash {
+        let Some((node, name)) = field.rsplit_once(':') else {
+            ignored += 1;
+            continue;
+        };
+        if node.is_empty() {
+            ignored += 1;
+            continue;
+        }
+        let ok = match name {
+            "consumed" | "attempts" | "capacity" | "rate" | "seen_ms" => match value.parse::<u64>()
+            {
+                Ok(v) => {
+                    let e = nodes.entry(node.to_string()).or_default();
+                    match name {
+                        "consumed" => e.counters.consumed = v,
+                        "attempts" => e.counters.attempts = v,
+                        "capacity" => e.capacity = Some(v),
+                        "rate" => e.rate_q = Some(v),
+                        _ => e.seen_ms = Some(v),
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+            "waste" => match value.parse::<i128>() {
+                Ok(v) => {
+                    nodes.entry(node.to_string()).or_default().counters.waste = v;
+                    true
+                }
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        if !ok {
+            ignored += 1;
+        }
+    }
+    (nodes, ignored)
+}
+
+/// Max-merges fields into a hash, refreshes its TTL, and returns the whole hash.
+///
+/// KEYS[1]: the bucket key. ARGV[1]: TTL in ms. ARGV[2..]: field, value pairs. Values are
+/// signed decimal integers of any length (compared as strings, since Lua numbers are doubles
+/// and would round a 30-digit counter). A field whose stored value is not an integer is
+/// overwritten. Fields ending in `:capacity` or `:rate` are set as given (parameters).
+pub const MERGE_SCRIPT: &str = r#"
+local function valid(s)
+  return type(s) == 'string' and string.match(s, '^%-?%d+$') ~= nil
+end
+local function greater(a, b)
+  local na = string.sub(a, 1, 1) == '-'
+  local nb = string.sub(b, 1, 1) == '-'
+  if na ~= nb then return nb end
+  local x, y = a, b
+  if na then x = string.sub(a, 2); y = string.sub(b, 2) end
+  x = string.gsub(x, '^0+(%d)', '%1')
+  y = string.gsub(y, '^0+(%d)', '%1')
+  local gt
+  if #x ~= #y then gt = #x > #y else gt = x > y end
+  if na then return (not gt) and x ~= y end
+  return gt
+end
+local key = KEYS[1]
+for i = 2, #ARGV, 2 do
+  local f, v = ARGV[i], ARGV[i + 1]
+  if valid(v) then
+    local param = string.match(f, ':capacity$') or string.match(f, ':rate$')
+    local cur = redis.call('HGET', key, f)
+    if param or not valid(cur) or greater(v, cur) then
+      redis.call('HSET', key, f, v)
+    end
+  end
+end
+local ttl = tonumber(ARGV[1])
+if ttl and ttl > 0 then
+  local cur = redis.call('PTTL', key)
+  if cur < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+return redis.call('HGETALL', key)
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_keys_stay_readable_and_unsafe_ones_are_digested() {
+        assert_eq!(
+            redis_key("tollgate", "per-ip", "192.0.2.1"),
+            "tollgate:per-ip:192.0.2.1"
+        );
+        assert_eq!(key_part("abc|-|GET"), "abc|-|GET");
+        for unsafe_key in ["{slot}", "a}b", "tab\there", "é", &"x".repeat(65), "h:abc"] {
+            let k = key_part(unsafe_key);
+            assert!(
+                k.starts_with("h:") && k.len() == 66,
+                "{unsafe_key:?} -> {k}"
+            );
+        }
+        assert_ne!(key_part("h:a"), key_part("h:b"));
+        assert_eq!(key_part(&"x".repeat(64)), "x".repeat(64));
+    }
+
+    #[test]
+    fn parse_round_trips_and_ignores_garbage() {
+        let c = Counters {
+            consumed: 12,
+            attempts: 40,
+            waste: -123_456_789_012_345_678_901_234_567,
+        };
+        let mut hash: HashMap<String, String> = node_fields("edge-1", &c, 100, 2_000_000_000, 99)
+            .into_iter()
+            .collect();
+        hash.insert("edge-2:consumed".into(), "not-a-number".into());
+        hash.insert("nonsense".into(), "1".into());
+        hash.insert("edge-2:unknown".into(), "1".into());
+        let (nodes, ignored) = parse_hash(&hash);
+        assert_eq!(ignored, 3);
+        let f = &nodes["edge-1"];
+        assert_eq!(f.counters, c);
+        assert_eq!(
+            (f.capacity, f.rate_q, f.seen_ms),
+            (Some(100), Some(2_000_000_000), Some(99))
+        );
+        assert!(!nodes.contains_key("edge-2"));
+    }
+}

@@ -1,0 +1,110 @@
+//! The max-merge script of the Redis layout, against a real `redis-server`.
+
+mod common;
+
+use common::RedisServer;
+use std::collections::HashMap;
+use tollgate::bucket::Counters;
+use tollgate::layout::{node_fields, parse_hash, MERGE_SCRIPT};
+
+fn merge(
+    con: &mut redis::Connection,
+    key: &str,
+    ttl_ms: u64,
+    fields: &[(String, String)],
+) -> HashMap<String, String> {
+    let script = redis::Script::new(MERGE_SCRIPT);
+    let mut inv = script.prepare_invoke();
+    inv.key(key).arg(ttl_ms);
+    for (f, v) in fields {
+        inv.arg(f).arg(v);
+    }
+    inv.invoke(con).expect("merge script")
+}
+
+#[test]
+fn merge_never_lowers_a_field_and_keeps_other_nodes() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let key = "tollgate:per-ip:192.0.2.1";
+    let big = Counters {
+        consumed: 500,
+        attempts: 900,
+        waste: 1_700_000_000_000_000_000_000_000_000,
+    };
+    let hash = merge(
+        &mut con,
+        key,
+        60_000,
+        &node_fields("a", &big, 100, 10_000_000_000, 1000),
+    );
+    assert_eq!(parse_hash(&hash).0["a"].counters, big);
+
+    // A replayed or restarted write with smaller values changes nothing, parameters excepted.
+    let small = Counters {
+        consumed: 7,
+        attempts: 8,
+        waste: 999_999_999_999_999_999_999_999_999,
+    };
+    let hash = merge(
+        &mut con,
+        key,
+        60_000,
+        &node_fields("a", &small, 50, 10_000_000_000, 10),
+    );
+    let (nodes, _) = parse_hash(&hash);
+    assert_eq!(nodes["a"].counters, big);
+    assert_eq!(nodes["a"].capacity, Some(50));
+    assert_eq!(nodes["a"].seen_ms, Some(1000));
+
+    // Negative values compare as numbers, not strings.
+    let neg = Counters {
+        consumed: 501,
+        attempts: 900,
+        waste: -5,
+    };
+    let hash = merge(&mut con, "k2", 60_000, &node_fields("b", &neg, 1, 1, 1));
+    assert_eq!(parse_hash(&hash).0["b"].counters.waste, -5);
+    let neg2 = Counters {
+        consumed: 501,
+        attempts: 900,
+        waste: -40,
+    };
+    let hash = merge(&mut con, "k2", 60_000, &node_fields("b", &neg2, 1, 1, 1));
+    assert_eq!(parse_hash(&hash).0["b"].counters.waste, -5);
+    let pos = Counters {
+        consumed: 501,
+        attempts: 900,
+        waste: 3,
+    };
+    let hash = merge(&mut con, "k2", 60_000, &node_fields("b", &pos, 1, 1, 1));
+    assert_eq!(parse_hash(&hash).0["b"].counters.waste, 3);
+
+    // Another node's fields are left alone, and a garbage stored value is replaced.
+    redis.cmd(&["HSET", key, "a:attempts", "garbage"]);
+    let hash = merge(
+        &mut con,
+        key,
+        60_000,
+        &node_fields("c", &small, 100, 10_000_000_000, 5),
+    );
+    let (nodes, ignored) = parse_hash(&hash);
+    assert_eq!(ignored, 1);
+    assert_eq!(nodes["a"].counters.consumed, 500);
+    assert_eq!(nodes["c"].counters, small);
+    let hash = merge(
+        &mut con,
+        key,
+        60_000,
+        &node_fields("a", &big, 100, 10_000_000_000, 1000),
+    );
+    assert_eq!(parse_hash(&hash).1, 0);
+
+    // The TTL is set, and only ever extended.
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut con).unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "{ttl}");
+    merge(&mut con, key, 1_000, &[]);
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut con).unwrap();
+    assert!(ttl > 50_000, "{ttl}");
+}
