@@ -176,12 +176,17 @@ pub fn build_key(sources: &[KeySource], req: &RequestView<'_>) -> Result<String,
 /// A short, stable fingerprint of a key for logs: the raw key (an API key, say) never appears
 /// in a log line. FNV-1a, 64 bits, as 16 hex digits.
 pub fn fingerprint(key: &str) -> String {
+    format!("{:016x}", fnv1a(key.as_bytes()))
+}
+
+/// FNV-1a, 64 bits: a fast, stable hash (fingerprints, shard selection).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
 #[cfg(test)]

@@ -58,12 +58,7 @@ pub struct Store {
 }
 
 fn shard_of(key: &str) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % SHARDS as u64) as usize
+    (crate::key::fnv1a(key.as_bytes()) % SHARDS as u64) as usize
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
