@@ -386,6 +386,29 @@ impl Bucket {
         &self.own
     }
 
+    /// Continues a bucket that was created fresh (counted from zero) from the stored state:
+    /// its own counters become the stored ones plus what it took since its creation, and its
+    /// waste the stored one (the creation's assumption of a new bucket is dropped).
+    pub fn rebase_on_store(
+        &mut self,
+        own_stored: Option<&Counters>,
+        others_consumed: u64,
+        others_waste: Option<i128>,
+    ) {
+        let base = own_stored.copied().unwrap_or(Counters {
+            consumed: 0,
+            attempts: 0,
+            waste: i128::MIN,
+        });
+        self.own = Counters {
+            consumed: base.consumed.saturating_add(self.own.consumed),
+            attempts: base.attempts.saturating_add(self.own.attempts),
+            waste: base.waste,
+        };
+        self.others_consumed = others_consumed;
+        self.others_waste = others_waste.unwrap_or(i128::MIN);
+    }
+
     /// Merges a view read from the shared store: what it holds for this node (a restarted node
     /// continues its counters) and the other nodes' consumption (sum) and waste (max). Nothing
     /// is ever lowered.
@@ -487,6 +510,22 @@ mod tests {
                 .remaining,
             3
         );
+    }
+
+    #[test]
+    fn a_fresh_bucket_continues_the_stored_state() {
+        let p = BucketParams::new(10, 1.0, 10).unwrap();
+        // The store says: this node took 8 at T0 (and nobody else anything).
+        let mut old = Bucket::new(&p, T0);
+        assert!(old.try_take(&p, 8, T0).allowed);
+        let stored = *old.own();
+        // After a restart the node creates the bucket anew and takes 1 before its first sync.
+        let mut fresh = Bucket::new(&p, T0 + SEC);
+        assert!(fresh.try_take(&p, 1, T0 + SEC).allowed);
+        fresh.rebase_on_store(Some(&stored), 0, None);
+        assert_eq!(fresh.own().consumed, 9);
+        // 10 - 8 + 1 (refill) - 1 = 2 tokens, as if the node had never restarted.
+        assert_eq!(fresh.peek(&p, 0, T0 + SEC).remaining, 2);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
-use crate::bucket::{Bucket, BucketParams, Decision};
+use crate::bucket::{Bucket, BucketParams, Counters, Decision};
 use crate::clock::Clock;
 use crate::config::KeySource;
 use std::collections::HashMap;
@@ -49,12 +49,49 @@ impl ChargeResult {
     }
 }
 
-type Shard = HashMap<Box<str>, Bucket>;
+/// A bucket and its sync state.
+struct Entry {
+    bucket: Bucket,
+    /// Changed since the last successful push to the shared store.
+    dirty: bool,
+    /// Created since the last read from the shared store: its counters start from zero and
+    /// must be rebased onto what the store holds (see [`Store::absorb`]).
+    fresh: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Box<str>, Entry>,
+    /// Keys whose entry turned dirty, each listed once until drained.
+    dirty: Vec<Box<str>>,
+}
+
+impl Shard {
+    fn mark_dirty(&mut self, key: &str) {
+        if let Some(e) = self.map.get_mut(key) {
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(key.into());
+            }
+        }
+    }
+}
+
+/// A bucket to push to the shared store: its store key, this node's counters, and whether it
+/// must first be read (fresh).
+#[derive(Debug, Clone)]
+pub struct DirtyBucket {
+    pub store_key: String,
+    pub own: Counters,
+    pub fresh: bool,
+}
 
 /// Sharded map from `"{limit}:{key}"` to bucket.
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     clock: Arc<dyn Clock>,
+    /// Buckets are shared through Redis: track what changed for the sync loop.
+    shared: bool,
 }
 
 fn shard_of(key: &str) -> usize {
@@ -77,9 +114,13 @@ pub fn store_key(limit: &str, key: &str) -> String {
 }
 
 impl Store {
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
-        Store { shards, clock }
+    pub fn new(clock: Arc<dyn Clock>, shared: bool) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        Store {
+            shards,
+            clock,
+            shared,
+        }
     }
 
     pub fn now_ns(&self) -> i64 {
@@ -108,6 +149,9 @@ impl Store {
             let bucket = bucket_entry(shard, &keys[i], &c.limit.params, now);
             let d = bucket.evaluate(&c.limit.params, c.cost, now);
             bucket.record_attempt();
+            if self.shared {
+                shard.mark_dirty(&keys[i]);
+            }
             if !d.allowed {
                 if c.limit.shadow {
                     shadow_rejected.push(i);
@@ -128,8 +172,8 @@ impl Store {
                     continue; // a shadow limit that could not pay is not charged
                 }
                 let shard = guard_for(&mut guards, shard_ids[i]);
-                if let Some(b) = shard.get_mut(keys[i].as_str()) {
-                    b.commit(c.cost);
+                if let Some(e) = shard.map.get_mut(keys[i].as_str()) {
+                    e.bucket.commit(c.cost);
                 }
             }
         }
@@ -145,8 +189,8 @@ impl Store {
         let now = self.clock.now_ns();
         let k = store_key(&limit.name, key);
         let shard = lock(&self.shards[shard_of(&k)]);
-        match shard.get(k.as_str()) {
-            Some(b) => b.peek(&limit.params, cost, now),
+        match shard.map.get(k.as_str()) {
+            Some(e) => e.bucket.peek(&limit.params, cost, now),
             None => Bucket::new(&limit.params, now).peek(&limit.params, cost, now),
         }
     }
@@ -158,15 +202,19 @@ impl Store {
         let mut dropped = 0;
         for s in self.shards.iter() {
             let mut shard = lock(s);
-            let before = shard.len();
-            shard.retain(|k, b| {
+            let before = shard.map.len();
+            shard.map.retain(|k, e| {
                 let limit = k.split_once(':').map_or(&**k, |(l, _)| l);
                 match params_of(limit) {
-                    Some(p) => !(p.initial_tokens() == p.capacity() && b.is_full(&p, now)),
+                    // Unpushed changes stay until the sync loop has written them.
+                    Some(p) => {
+                        e.dirty
+                            || !(p.initial_tokens() == p.capacity() && e.bucket.is_full(&p, now))
+                    }
                     None => false,
                 }
             });
-            dropped += before - shard.len();
+            dropped += before - shard.map.len();
         }
         dropped
     }
@@ -176,9 +224,9 @@ impl Store {
         let now = self.clock.now_ns();
         for s in self.shards.iter() {
             let mut shard = lock(s);
-            for (k, b) in shard.iter_mut() {
+            for (k, e) in shard.map.iter_mut() {
                 if k.split_once(':').map(|(l, _)| l) == Some(limit) {
-                    *b = b.carry_over(old, new, now);
+                    e.bucket = e.bucket.carry_over(old, new, now);
                 }
             }
         }
@@ -193,10 +241,10 @@ impl Store {
         let mut out: HashMap<String, (u64, u64)> = HashMap::new();
         for s in self.shards.iter() {
             let shard = lock(s);
-            for (k, b) in shard.iter() {
+            for (k, e) in shard.map.iter() {
                 let limit = k.split_once(':').map_or(&**k, |(l, _)| l);
                 let Some(p) = params_of(limit) else { continue };
-                let tokens = b.peek(&p, 0, now).remaining;
+                let tokens = e.bucket.peek(&p, 0, now).remaining;
                 let e = out.entry(limit.to_string()).or_insert((0, u64::MAX));
                 e.0 += 1;
                 e.1 = e.1.min(tokens);
@@ -205,9 +253,106 @@ impl Store {
         out
     }
 
+    /// Takes the list of buckets changed since the last call, with this node's counters.
+    /// They stay marked dirty (and are not evicted) until [`Store::absorb`] confirms them;
+    /// on a failed push, [`Store::requeue`] lists them again.
+    pub fn take_dirty(&self) -> Vec<DirtyBucket> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            let keys = std::mem::take(&mut shard.dirty);
+            for k in keys {
+                if let Some(e) = shard.map.get(&*k) {
+                    out.push(DirtyBucket {
+                        store_key: k.to_string(),
+                        own: *e.bucket.own(),
+                        fresh: e.fresh,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Lists buckets again after a failed push.
+    pub fn requeue(&self, keys: impl IntoIterator<Item = String>) {
+        for k in keys {
+            let mut shard = lock(&self.shards[shard_of(&k)]);
+            if let Some(e) = shard.map.get_mut(k.as_str()) {
+                e.dirty = false;
+                shard.mark_dirty(&k);
+            }
+        }
+    }
+
+    /// Lists every bucket for a push (after the shared store lost its data).
+    pub fn mark_all_dirty(&self) {
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            let keys: Vec<Box<str>> = shard.map.keys().cloned().collect();
+            for k in keys {
+                shard.mark_dirty(&k);
+            }
+        }
+    }
+
+    /// Merges what the shared store holds for a bucket: this node's stored counters (if any)
+    /// and the other nodes' consumption (sum) and waste (max). `pushed` says whether this
+    /// node's counters were written in the same round trip (then the entry is clean unless it
+    /// changed meanwhile).
+    ///
+    /// A fresh bucket (created since the last read) counted from zero: its own counters are
+    /// rebased onto the stored ones (stored + what it took since), and its waste becomes the
+    /// stored one, so a bucket evicted from memory, or a restarted node, continues where the
+    /// store says instead of starting full again. It is then pushed on the next sync.
+    pub fn absorb(
+        &self,
+        store_key: &str,
+        own_stored: Option<Counters>,
+        others_consumed: u64,
+        others_waste: Option<i128>,
+        pushed: bool,
+    ) {
+        let mut shard = lock(&self.shards[shard_of(store_key)]);
+        let relist = {
+            let Some(e) = shard.map.get_mut(store_key) else {
+                return;
+            };
+            let has_state = own_stored.is_some() || others_waste.is_some();
+            if e.fresh && has_state {
+                e.bucket
+                    .rebase_on_store(own_stored.as_ref(), others_consumed, others_waste);
+            } else {
+                if let Some(own) = own_stored.as_ref() {
+                    e.bucket
+                        .absorb(own, others_consumed, others_waste.unwrap_or(i128::MIN));
+                } else {
+                    e.bucket.absorb(
+                        &Counters {
+                            consumed: 0,
+                            attempts: 0,
+                            waste: i128::MIN,
+                        },
+                        others_consumed,
+                        others_waste.unwrap_or(i128::MIN),
+                    );
+                }
+            }
+            let was_fresh = e.fresh;
+            e.fresh = false;
+            // Clean only if what was pushed is still all there is.
+            let changed = !pushed || was_fresh || own_stored.is_none_or(|o| o != *e.bucket.own());
+            e.dirty = false;
+            changed
+        };
+        if relist {
+            shard.mark_dirty(store_key);
+        }
+    }
+
     /// Number of live buckets.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -225,11 +370,12 @@ fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize
 }
 
 fn bucket_entry<'s>(shard: &'s mut Shard, key: &str, p: &BucketParams, now: i64) -> &'s mut Bucket {
-    if !shard.contains_key(key) {
-        shard.insert(key.into(), Bucket::new(p, now));
-    }
-    // Just inserted or already there.
-    shard.get_mut(key).expect("bucket present")
+    let entry = shard.map.entry(key.into()).or_insert_with(|| Entry {
+        bucket: Bucket::new(p, now),
+        dirty: false,
+        fresh: true,
+    });
+    &mut entry.bucket
 }
 
 #[cfg(test)]
@@ -250,7 +396,7 @@ mod tests {
 
     fn store() -> (Arc<ManualClock>, Store) {
         let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
-        (clock.clone(), Store::new(clock))
+        (clock.clone(), Store::new(clock, false))
     }
 
     #[test]
@@ -344,6 +490,53 @@ mod tests {
         let smaller = spec("l", 2, 1.0, false);
         s.rebase("l", &bigger.params, &smaller.params);
         assert_eq!(s.peek(&smaller, "k", 0).remaining, 2);
+    }
+
+    #[test]
+    fn dirty_tracking_and_absorb_for_the_sync_loop() {
+        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
+        let s = Store::new(clock, true);
+        let l = spec("l", 10, 1.0, false);
+        assert!(s
+            .charge(&[Charge {
+                limit: &l,
+                key: "k",
+                cost: 1
+            }])
+            .allowed());
+        let d = s.take_dirty();
+        assert_eq!(d.len(), 1);
+        assert!(d[0].fresh);
+        assert_eq!(d[0].store_key, "l:k");
+        assert!(s.take_dirty().is_empty(), "listed once");
+        // The store knew this node had taken 6 already: the fresh bucket continues from there.
+        let stored = Counters {
+            consumed: 6,
+            attempts: 6,
+            waste: d[0].own.waste,
+        };
+        s.absorb("l:k", Some(stored), 0, None, false);
+        assert_eq!(s.peek(&l, "k", 0).remaining, 3);
+        // Rebased counters must be pushed next.
+        let d = s.take_dirty();
+        assert_eq!(d.len(), 1);
+        assert!(!d[0].fresh);
+        assert_eq!(d[0].own.consumed, 7);
+        // Pushed and confirmed: clean, and evictable once full.
+        s.absorb("l:k", Some(d[0].own), 2, None, true);
+        assert!(s.take_dirty().is_empty());
+        assert_eq!(s.peek(&l, "k", 0).remaining, 1);
+        // A failed push lists the bucket again.
+        assert!(s
+            .charge(&[Charge {
+                limit: &l,
+                key: "k",
+                cost: 1
+            }])
+            .allowed());
+        let d = s.take_dirty();
+        s.requeue(d.into_iter().map(|b| b.store_key));
+        assert_eq!(s.take_dirty().len(), 1);
     }
 
     #[test]

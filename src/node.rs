@@ -134,11 +134,11 @@ impl Node {
         config_path: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<Node, String> {
-        let metrics =
-            Metrics::new(runtime.config.redis.is_some()).map_err(|e| format!("metrics: {e}"))?;
+        let shared = runtime.config.redis.is_some();
+        let metrics = Metrics::new(shared).map_err(|e| format!("metrics: {e}"))?;
         let node = Node {
             runtime: ArcSwap::from_pointee(runtime),
-            store: Store::new(clock),
+            store: Store::new(clock, shared),
             metrics,
             config_path: config_path.to_path_buf(),
             reload_lock: Mutex::new(()),
