@@ -26,3 +26,4 @@ pub mod node;
 pub mod path;
 pub mod proxy;
 pub mod server;
+pub mod sync;

@@ -96,10 +96,18 @@ pub fn build(node: Arc<Node>) -> Result<Server, String> {
     );
     admin.add_tcp(&cfg.admin.address.to_string());
 
-    let housekeeping = background_service("tollgate housekeeping", Housekeeping { node });
+    let shared = cfg.redis.is_some();
+    let housekeeping =
+        background_service("tollgate housekeeping", Housekeeping { node: node.clone() });
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(housekeeping);
+    if shared {
+        server.add_service(background_service(
+            "tollgate redis sync",
+            crate::sync::SyncLoop { node },
+        ));
+    }
     Ok(server)
 }
 

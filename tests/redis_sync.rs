@@ -1,0 +1,154 @@
+//! Shared buckets through a real `redis-server`: two gateway processes, Redis down at
+//! startup, Redis restarted empty, a node restart, and the final flush on SIGTERM.
+
+mod common;
+
+use common::{get, wait_until, Gateway, RedisServer, Upstream};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const KEY: &str = "tollgate:per-key:shared";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(up: &Upstream, redis: &RedisServer, node: &str, sync_ms: u64) -> Value {
+    json!({
+        "node_id": node,
+        "redis": { "url": redis.url, "sync_interval_ms": sync_ms, "timeout_ms": 200 },
+        "upstreams": { "api": { "servers": [up.addr.to_string()] } },
+        "limits": { "per-key": { "capacity": 10, "refill_per_second": 0.01, "key": ["header:x-api-key"] } },
+        "routes": [{ "name": "r", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] }],
+    })
+}
+
+fn field(redis: &RedisServer, f: &str) -> Option<u64> {
+    redis.try_cmd(&["HGET", KEY, f]).ok()?.trim().parse().ok()
+}
+
+fn send(gw: &Gateway, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| get(gw.addr, "/x", &[("x-api-key", "shared")]).status)
+        .collect()
+}
+
+fn remaining(gw: &Gateway) -> u64 {
+    get(gw.admin, "/rating?limit=per-key&key=shared", &[]).json()["remaining"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn two_nodes_share_one_bucket() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let b = Gateway::start(config(&up, &redis, "node-b", 50));
+    assert_eq!(send(&a, 6), vec![200; 6]);
+    assert!(
+        wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(6)),
+        "node-a never pushed"
+    );
+    // The parameters are in the hash for operators and drift detection.
+    assert_eq!(field(&redis, "node-a:capacity"), Some(10));
+    assert_eq!(field(&redis, "node-a:rate"), Some(10_000_000));
+    // b creates the bucket, reads the hash, and sees a's six tokens gone.
+    assert_eq!(send(&b, 1), vec![200]);
+    assert!(
+        wait_until(WAIT, || remaining(&b) == 3),
+        "b never merged a's counters: {}",
+        remaining(&b)
+    );
+    assert_eq!(send(&b, 4), vec![200, 200, 200, 429]);
+    assert!(wait_until(WAIT, || field(&redis, "node-b:consumed") == Some(4)));
+    // a reads the hash when it next touches the bucket (syncs carry only buckets that changed
+    // on the node): that one request may still pass on a's older view, then a knows.
+    let late = send(&a, 1);
+    assert!(
+        wait_until(WAIT, || remaining(&a) == 0),
+        "a never merged b's counters"
+    );
+    assert_eq!(send(&a, 1), vec![429]);
+    // Everything admitted is in the record: 6 + 4 + the late one if it passed.
+    let admitted_late = u64::from(late == vec![200]);
+    assert!(wait_until(WAIT, || field(&redis, "node-a:consumed")
+        == Some(6 + admitted_late)));
+    let ttl: i64 = redis.cmd(&["PTTL", KEY]).trim().parse().unwrap();
+    assert!(ttl > 0, "no TTL on the bucket hash: {ttl}");
+    let m = get(a.admin, "/metrics", &[]).text();
+    assert!(m.contains("tollgate_redis_up 1"), "{m}");
+    assert_eq!(get(a.admin, "/health", &[]).json()["redis"], "connected");
+}
+
+#[test]
+fn redis_down_at_startup_then_back_and_restarted_empty() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let up = Upstream::start();
+    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    // Standalone while Redis is away: still limiting, health degraded.
+    assert_eq!(send(&a, 3), vec![200; 3]);
+    let h = get(a.admin, "/health", &[]).json();
+    assert_eq!(
+        (h["status"].as_str(), h["redis"].as_str()),
+        (Some("degraded"), Some("disconnected"))
+    );
+    assert!(get(a.admin, "/metrics", &[])
+        .text()
+        .contains("tollgate_redis_up 0"));
+    // Redis arrives: everything admitted meanwhile is pushed.
+    redis.restart();
+    assert!(
+        wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(3)),
+        "{}",
+        a.log()
+    );
+    assert!(wait_until(WAIT, || get(a.admin, "/health", &[]).json()
+        ["status"]
+        == "ok"));
+    // Redis restarts empty: the node restores the hash from memory.
+    assert_eq!(send(&a, 2), vec![200; 2]);
+    assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(5)));
+    redis.restart();
+    assert_eq!(field(&redis, "node-a:consumed"), None);
+    assert!(
+        wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(5)),
+        "hash not restored:\n{}",
+        a.log()
+    );
+    assert!(a.log().contains("redis restarted empty"));
+}
+
+#[test]
+fn a_restarted_node_continues_its_counters() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    assert_eq!(send(&a, 6), vec![200; 6]);
+    assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(6)));
+    drop(a); // SIGKILL
+    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    assert_eq!(send(&a, 1), vec![200]);
+    assert!(
+        wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(7)),
+        "{}",
+        a.log()
+    );
+    assert!(wait_until(WAIT, || remaining(&a) == 3));
+    assert_eq!(send(&a, 4), vec![200, 200, 200, 429]);
+}
+
+#[test]
+fn sigterm_flushes_the_last_requests() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    // A sync interval far longer than the test: only the first sync (at start) and the final
+    // flush can write.
+    let mut a = Gateway::start(config(&up, &redis, "node-a", 60_000));
+    assert_eq!(send(&a, 4), vec![200; 4]);
+    assert_eq!(field(&redis, "node-a:consumed"), None);
+    a.signal("TERM");
+    let status = a
+        .wait_exit(Duration::from_secs(20))
+        .expect("gateway did not exit");
+    assert!(status.success(), "{status:?}\n{}", a.log());
+    assert_eq!(field(&redis, "node-a:consumed"), Some(4), "{}", a.log());
+}
