@@ -25,6 +25,7 @@ pub struct Metrics {
     pub sync_lag_seconds: Gauge,
     pub redis_up: IntGauge,
     pub config_drift: IntGaugeVec,
+    pub duplicate_node_id: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -119,6 +120,10 @@ impl Metrics {
             ),
             &["limit"],
         )?;
+        let duplicate_node_id = IntGauge::with_opts(opts(
+            "duplicate_node_id",
+            "1 while another live node writes this node's fields (two nodes share one node_id)",
+        ))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(tokens_consumed_total.clone()))?;
@@ -134,6 +139,7 @@ impl Metrics {
             registry.register(Box::new(sync_lag_seconds.clone()))?;
             registry.register(Box::new(redis_up.clone()))?;
             registry.register(Box::new(config_drift.clone()))?;
+            registry.register(Box::new(duplicate_node_id.clone()))?;
         }
         for r in ["success", "failure"] {
             config_reloads_total.with_label_values(&[r]);
@@ -154,6 +160,7 @@ impl Metrics {
             sync_lag_seconds,
             redis_up,
             config_drift,
+            duplicate_node_id,
         })
     }
 

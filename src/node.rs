@@ -173,7 +173,9 @@ impl Node {
         let result = Config::load(&self.config_path).and_then(|cfg| {
             let old = self.runtime();
             check_restart_only(&old.config, &cfg)?;
-            Runtime::build(cfg)
+            let new = Runtime::build(cfg)?;
+            check_shared_rates(&old, &new)?;
+            Ok(new)
         });
         let new = match result {
             Ok(rt) => rt,
@@ -190,7 +192,9 @@ impl Node {
         let mut summary = ReloadSummary::default();
         for ol in &old.limits {
             match new.limits.iter().find(|l| l.name == ol.name) {
-                Some(nl) if nl.params != ol.params => {
+                // Shared buckets keep their counters: a new capacity applies at the next
+                // decision (the rate cannot change, see check_shared_rates).
+                Some(nl) if nl.params != ol.params && old.config.redis.is_none() => {
                     self.store.rebase(&ol.name, &ol.params, &nl.params);
                     summary.limits_rebased.push(ol.name.clone());
                 }
@@ -249,6 +253,34 @@ impl Node {
                 .with_label_values(&[&l.name])
                 .set(min);
         }
+    }
+}
+
+/// In shared mode a limit's refill rate cannot change on reload: the counters in Redis are
+/// credited in units of that rate on every node (see `bucket`), so a new rate would turn them
+/// into a different number of tokens. Use a new limit name for a new rate.
+fn check_shared_rates(old: &Runtime, new: &Runtime) -> Result<(), ConfigErrors> {
+    if old.config.redis.is_none() {
+        return Ok(());
+    }
+    let errors: Vec<ConfigError> = new
+        .limits
+        .iter()
+        .filter_map(|nl| {
+            let ol = old.limits.iter().find(|l| l.name == nl.name)?;
+            (ol.params.rate_q() != nl.params.rate_q()).then(|| {
+                error(
+                    &new.config,
+                    format!("limits.{}.refill_per_second", nl.name),
+                    "the refill rate of a shared limit cannot change on reload: give the limit a new name".into(),
+                )
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 

@@ -35,6 +35,8 @@ struct Link {
     /// An error was seen since the last success: check `run_id` on recovery, log once.
     failing: bool,
     last_ok: Instant,
+    /// Limits whose parameters differ between nodes, as last seen.
+    drifting: std::collections::HashSet<String>,
 }
 
 fn now_ms() -> u64 {
@@ -138,6 +140,8 @@ impl SyncLoop {
             .observe(started.elapsed().as_secs_f64());
         let mut bad_replies = 0usize;
         let mut requeue = Vec::new();
+        let mut drift_seen: HashMap<&str, bool> = HashMap::new();
+        let mut duplicate = false;
         for (d, reply) in sent.iter().zip(
             replies
                 .into_iter()
@@ -148,6 +152,26 @@ impl SyncLoop {
                 Some(Ok(hash)) => {
                     let (nodes, _ignored) = layout::parse_hash(&hash);
                     let own = nodes.get(node_id).map(|f| f.counters);
+                    let limit = d.store_key.split_once(':').map_or("", |(l, _)| l);
+                    if let Some(spec) = rt.limits.iter().find(|l| l.name == limit) {
+                        let p = &spec.params;
+                        let differs = nodes.iter().any(|(n, f)| {
+                            n.as_str() != node_id
+                                && (f.capacity.is_some_and(|c| c != p.capacity())
+                                    || f.rate_q.is_some_and(|r| r != p.rate_q()))
+                        });
+                        let e = drift_seen.entry(spec.name.as_str()).or_insert(false);
+                        *e |= differs;
+                    }
+                    // After a push the hash holds max(stored, ours): more than we pushed means
+                    // another live node writes our fields.
+                    if !d.fresh
+                        && own.is_some_and(|o| {
+                            o.consumed > d.own.consumed || o.attempts > d.own.attempts
+                        })
+                    {
+                        duplicate = true;
+                    }
                     let others = nodes.iter().filter(|(n, _)| n.as_str() != node_id);
                     let (mut consumed, mut waste) = (0u64, None::<i128>);
                     for (_, f) in others {
@@ -163,6 +187,24 @@ impl SyncLoop {
                     requeue.push(d.store_key.clone());
                 }
             }
+        }
+        for (limit, differs) in drift_seen {
+            self.node
+                .metrics
+                .config_drift
+                .with_label_values(&[limit])
+                .set(i64::from(differs));
+            if differs && link.drifting.insert(limit.to_string()) {
+                tracing::warn!(limit, "nodes disagree on this limit's capacity or rate: compare their configs (tollgate inspect, HGETALL)");
+            } else if !differs {
+                link.drifting.remove(limit);
+            }
+        }
+        if duplicate {
+            if self.node.metrics.duplicate_node_id.get() == 0 {
+                tracing::error!(node_id, "another live node writes this node's fields: two nodes share one node_id, so the shared buckets under-count; give every node its own node_id");
+            }
+            self.node.metrics.duplicate_node_id.set(1);
         }
         if !requeue.is_empty() {
             self.node.store.requeue(requeue);
@@ -218,6 +260,7 @@ impl BackgroundService for SyncLoop {
                 run_id: None,
                 failing: false,
                 last_ok: Instant::now(),
+                drifting: Default::default(),
             },
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the redis client; running standalone");

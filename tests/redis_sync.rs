@@ -152,3 +152,79 @@ fn sigterm_flushes_the_last_requests() {
     assert!(status.success(), "{status:?}\n{}", a.log());
     assert_eq!(field(&redis, "node-a:consumed"), Some(4), "{}", a.log());
 }
+
+fn metric_line(gw: &Gateway, line: &str) -> bool {
+    get(gw.admin, "/metrics", &[])
+        .text()
+        .lines()
+        .any(|l| l == line)
+}
+
+#[test]
+fn config_drift_and_duplicate_node_ids_are_reported() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let mut other = config(&up, &redis, "node-b", 50);
+    other["limits"]["per-key"]["capacity"] = json!(20);
+    let b = Gateway::start(other);
+    assert_eq!(send(&a, 1), vec![200]);
+    assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(1)));
+    send(&b, 1);
+    let drift = "tollgate_config_drift{limit=\"per-key\"} 1";
+    assert!(
+        wait_until(WAIT, || {
+            send(&b, 1);
+            metric_line(&b, drift)
+        }),
+        "b saw no drift"
+    );
+    assert!(
+        wait_until(WAIT, || {
+            send(&a, 1);
+            metric_line(&a, drift)
+        }),
+        "a saw no drift"
+    );
+    assert!(a
+        .log()
+        .contains("nodes disagree on this limit's capacity or rate"));
+    drop((a, b));
+
+    // Two live nodes with one node_id: one of them notices the other writing its fields.
+    let c = Gateway::start(config(&up, &redis, "twin", 50));
+    let d = Gateway::start(config(&up, &redis, "twin", 50));
+    let dup = "tollgate_duplicate_node_id 1";
+    assert!(
+        wait_until(WAIT, || {
+            send(&c, 1);
+            send(&d, 1);
+            metric_line(&c, dup) || metric_line(&d, dup)
+        }),
+        "no node noticed the shared node_id"
+    );
+    let logs = c.log() + &d.log();
+    assert!(logs.contains("two nodes share one node_id"));
+}
+
+#[test]
+fn a_shared_limit_keeps_its_rate_on_reload() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let mut cfg = config(&up, &redis, "node-a", 50);
+    cfg["limits"]["per-key"]["refill_per_second"] = json!(5);
+    a.rewrite_config(cfg.clone());
+    let r = common::request(a.admin, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("limits.per-key.refill_per_second"), "{}", r.text());
+    // A new capacity is fine: the counters keep their meaning.
+    assert_eq!(send(&a, 3), vec![200; 3]);
+    cfg["limits"]["per-key"]["refill_per_second"] = json!(0.01);
+    cfg["limits"]["per-key"]["capacity"] = json!(4);
+    a.rewrite_config(cfg);
+    assert_eq!(common::request(a.admin, "POST", "/reload", &[], b"").status, 200);
+    // 7 tokens left, clamped to the new capacity of 4.
+    assert_eq!(send(&a, 2), vec![200, 200]);
+    assert_eq!(remaining(&a), 2);
+}
