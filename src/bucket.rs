@@ -382,6 +382,20 @@ impl Bucket {
         }
     }
 
+    /// The bucket as a merged [`State`] describes it (for reading state from outside, as
+    /// `tollgate inspect` does): every node's consumption summed, the largest waste.
+    pub fn from_state(state: &State) -> Bucket {
+        Bucket {
+            own: Counters {
+                consumed: 0,
+                attempts: 0,
+                waste: i128::MIN,
+            },
+            others_consumed: state.total_consumed(),
+            others_waste: state.max_waste().unwrap_or(i128::MIN),
+        }
+    }
+
     pub fn own(&self) -> &Counters {
         &self.own
     }

@@ -17,6 +17,7 @@ pub mod clientip;
 pub mod clock;
 pub mod config;
 pub mod headers;
+pub mod inspect;
 pub mod key;
 pub mod layout;
 pub mod limiter;

@@ -23,6 +23,24 @@ enum Command {
         #[arg(short, long, default_value = "conf/tollgate.json")]
         config: PathBuf,
     },
+    /// Read bucket state from Redis: list buckets, or explain one (--limit and --key).
+    Inspect {
+        /// Config file (its redis section says where to look).
+        #[arg(short, long, default_value = "conf/tollgate.json")]
+        config: PathBuf,
+        /// Only this limit.
+        #[arg(long)]
+        limit: Option<String>,
+        /// One key, as the limit builds it (composite parts joined with '|').
+        #[arg(long)]
+        key: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Most buckets to list.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
     /// Validate a config file: exit 0 with a summary, or 2 with every error.
     Check {
         /// Config file.
@@ -33,19 +51,23 @@ enum Command {
 
 /// Loads and compiles a config, printing every error as `FILE:LINE:COL: path: message`.
 fn load(path: &std::path::Path) -> Result<Runtime, ExitCode> {
-    let result = Config::load(path).and_then(Runtime::build);
-    result.map_err(|errors| {
-        for e in &errors.0 {
-            eprintln!("{e}");
-        }
-        eprintln!(
-            "{}: {} error{}",
-            path.display(),
-            errors.0.len(),
-            if errors.0.len() == 1 { "" } else { "s" }
-        );
-        ExitCode::from(2)
-    })
+    Config::load(path)
+        .and_then(Runtime::build)
+        .map_err(|e| report(path, e))
+}
+
+/// Prints config errors; the exit code of `check`.
+fn report(path: &std::path::Path, errors: tollgate::config::ConfigErrors) -> ExitCode {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+    let n = errors.0.len();
+    eprintln!(
+        "{}: {n} error{}",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
@@ -61,6 +83,36 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Inspect {
+            config,
+            limit,
+            key,
+            json,
+            max,
+        } => {
+            // The config only says where Redis is and what the limits are: upstream names
+            // need not resolve here.
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return report(&config, e),
+            };
+            let q = tollgate::inspect::Query {
+                limit: limit.as_deref(),
+                key: key.as_deref(),
+                json,
+                max,
+            };
+            match tollgate::inspect::run(&cfg, &q) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate inspect: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             tollgate::logging::init();
             let rt = match load(&config) {

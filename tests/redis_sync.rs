@@ -217,14 +217,92 @@ fn a_shared_limit_keeps_its_rate_on_reload() {
     a.rewrite_config(cfg.clone());
     let r = common::request(a.admin, "POST", "/reload", &[], b"");
     assert_eq!(r.status, 400);
-    assert!(r.text().contains("limits.per-key.refill_per_second"), "{}", r.text());
+    assert!(
+        r.text().contains("limits.per-key.refill_per_second"),
+        "{}",
+        r.text()
+    );
     // A new capacity is fine: the counters keep their meaning.
     assert_eq!(send(&a, 3), vec![200; 3]);
     cfg["limits"]["per-key"]["refill_per_second"] = json!(0.01);
     cfg["limits"]["per-key"]["capacity"] = json!(4);
     a.rewrite_config(cfg);
-    assert_eq!(common::request(a.admin, "POST", "/reload", &[], b"").status, 200);
+    assert_eq!(
+        common::request(a.admin, "POST", "/reload", &[], b"").status,
+        200
+    );
     // 7 tokens left, clamped to the new capacity of 4.
     assert_eq!(send(&a, 2), vec![200, 200]);
     assert_eq!(remaining(&a), 2);
+}
+
+#[test]
+fn inspect_lists_and_explains_buckets() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    assert_eq!(send(&a, 3), vec![200; 3]);
+    let long_key = "k".repeat(100);
+    assert_eq!(get(a.addr, "/x", &[("x-api-key", &long_key)]).status, 200);
+    assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(3)));
+    let digest = tollgate::layout::redis_key("tollgate", "per-key", &long_key);
+    assert!(wait_until(WAIT, || redis
+        .cmd(&["HGET", &digest, "node-a:consumed"])
+        .trim()
+        == "1"));
+
+    let bin = env!("CARGO_BIN_EXE_tollgate");
+    let cfg = a.config_path.to_str().unwrap().to_string();
+    let out = std::process::Command::new(bin)
+        .args([
+            "inspect", "-c", &cfg, "--limit", "per-key", "--key", "shared", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &v[0];
+    assert_eq!(b["redis_key"], KEY);
+    assert_eq!(b["total_consumed"], 3);
+    assert_eq!(b["nodes"]["node-a"]["consumed"], 3);
+    assert_eq!(b["capacity"], 10);
+    assert_eq!(b["tokens_now"], 7);
+    assert!(b["full_in_ms"].as_u64().unwrap() > 290_000);
+    assert_eq!(b["config_drift"], false);
+
+    // The long key is found through its digest.
+    let out = std::process::Command::new(bin)
+        .args([
+            "inspect", "-c", &cfg, "--limit", "per-key", "--key", &long_key, "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["redis_key"], digest.as_str());
+
+    // Listing (SCAN) finds both, in text form.
+    let out = std::process::Command::new(bin)
+        .args(["inspect", "-c", &cfg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(KEY) && text.contains(&digest) && text.contains("2 bucket(s)"),
+        "{text}"
+    );
+    assert!(text.contains("node-a"), "{text}");
+
+    // A missing bucket is a clear error.
+    let out = std::process::Command::new(bin)
+        .args([
+            "inspect", "-c", &cfg, "--limit", "per-key", "--key", "nobody",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no bucket at tollgate:per-key:nobody"));
 }

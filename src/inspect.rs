@@ -1,0 +1,222 @@
+//! `tollgate inspect`: reads bucket state from Redis and explains it. Without `--key` it lists
+//! buckets with SCAN (never KEYS); with `--limit` and `--key` it shows one bucket: each node's
+//! fields, the merged totals, the tokens available now and when the bucket will be full.
+
+use crate::bucket::{Bucket, BucketParams, State};
+use crate::config::Config;
+use crate::layout::{self, NodeFields};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+/// What to inspect.
+pub struct Query<'a> {
+    pub limit: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub json: bool,
+    /// Most buckets listed without `--key`.
+    pub max: usize,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// One bucket, explained.
+fn describe(
+    redis_key: &str,
+    limit: &str,
+    config: &Config,
+    hash: &HashMap<String, String>,
+) -> Value {
+    let (nodes, ignored) = layout::parse_hash(hash);
+    let mut state = State::default();
+    for (n, f) in &nodes {
+        state.insert(n, f.counters);
+    }
+    // Parameters: this config's, else what a node wrote.
+    let params = config
+        .limits
+        .iter()
+        .find(|l| l.name == limit)
+        .and_then(|l| BucketParams::new(l.capacity, l.refill_per_second, l.initial_tokens).ok())
+        .or_else(|| {
+            let f: &NodeFields = nodes
+                .values()
+                .find(|f| f.capacity.is_some() && f.rate_q.is_some())?;
+            let (c, r) = (f.capacity?, f.rate_q?);
+            BucketParams::new(c, r as f64 / 1e9, c).ok()
+        });
+    let node_json: BTreeMap<&String, Value> = nodes
+        .iter()
+        .map(|(n, f)| {
+            (
+                n,
+                json!({
+                    "consumed": f.counters.consumed,
+                    "attempts": f.counters.attempts,
+                    "waste": f.counters.waste.to_string(),
+                    "capacity": f.capacity,
+                    "refill_per_second": f.rate_q.map(|r| r as f64 / 1e9),
+                    "seen_ms": f.seen_ms,
+                }),
+            )
+        })
+        .collect();
+    let mut v = json!({
+        "redis_key": redis_key,
+        "limit": limit,
+        "nodes": node_json,
+        "total_consumed": state.total_consumed(),
+        "total_attempts": nodes.values().map(|f| f.counters.attempts).sum::<u64>(),
+        "ignored_fields": ignored,
+    });
+    if let Some(p) = params {
+        let d = Bucket::from_state(&state).peek(&p, 0, now_ns());
+        v["capacity"] = json!(p.capacity());
+        v["refill_per_second"] = json!(p.refill_per_second());
+        v["tokens_now"] = json!(d.remaining);
+        v["full_in_ms"] = json!(d.full_in_ns.div_ceil(1_000_000));
+    }
+    let caps: Vec<u64> = nodes.values().filter_map(|f| f.capacity).collect();
+    let rates: Vec<u64> = nodes.values().filter_map(|f| f.rate_q).collect();
+    v["config_drift"] =
+        json!(caps.windows(2).any(|w| w[0] != w[1]) || rates.windows(2).any(|w| w[0] != w[1]));
+    v
+}
+
+fn text(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}  limit={}  tokens={}/{}  full_in={}ms  consumed={}{}",
+        v["redis_key"].as_str().unwrap_or(""),
+        v["limit"].as_str().unwrap_or(""),
+        v["tokens_now"],
+        v["capacity"],
+        v["full_in_ms"],
+        v["total_consumed"],
+        if v["config_drift"] == json!(true) {
+            "  CONFIG DRIFT"
+        } else {
+            ""
+        },
+    );
+    if let Some(nodes) = v["nodes"].as_object() {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>12} {:>12} {:>10} {:>12} {:>15}",
+            "node", "consumed", "attempts", "capacity", "rate/s", "seen_ms"
+        );
+        for (n, f) in nodes {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>12} {:>12} {:>10} {:>12} {:>15}",
+                n,
+                f["consumed"],
+                f["attempts"],
+                f["capacity"],
+                f["refill_per_second"],
+                f["seen_ms"]
+            );
+        }
+    }
+    out
+}
+
+/// Runs `inspect`; returns what to print.
+pub fn run(config: &Config, q: &Query<'_>) -> Result<String, String> {
+    let Some(r) = config.redis.as_ref() else {
+        return Err(format!(
+            "{}: no redis section: buckets are node-local (use the admin API's /rating)",
+            config.source
+        ));
+    };
+    let url = r.urls.first().ok_or("no redis url")?;
+    let client = redis::Client::open(url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+    let mut con = client
+        .get_connection_with_timeout(r.timeout.max(std::time::Duration::from_secs(1)))
+        .map_err(|e| {
+            format!(
+                "cannot reach redis at {}: {e}",
+                crate::config::mask_url_password(url)
+            )
+        })?;
+    let io_timeout = Some(r.timeout.max(std::time::Duration::from_secs(2)));
+    let _ = con.set_read_timeout(io_timeout);
+    let _ = con.set_write_timeout(io_timeout);
+    let prefix = &r.key_prefix;
+    let mut results = Vec::new();
+    match (q.limit, q.key) {
+        (Some(limit), Some(key)) => {
+            let rk = layout::redis_key(prefix, limit, key);
+            let hash: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&rk)
+                .query(&mut con)
+                .map_err(|e| e.to_string())?;
+            if hash.is_empty() {
+                return Err(format!(
+                    "no bucket at {rk} (never used, or expired after a full refill)"
+                ));
+            }
+            let mut v = describe(&rk, limit, config, &hash);
+            v["key"] = json!(key);
+            results.push(v);
+        }
+        (None, Some(_)) => return Err("--key needs --limit".into()),
+        (limit, None) => {
+            let pattern = format!("{prefix}:{}:*", limit.unwrap_or("*"));
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(&mut con)
+                    .map_err(|e| e.to_string())?;
+                for k in keys {
+                    if results.len() >= q.max {
+                        break;
+                    }
+                    let Some(rest) = k.strip_prefix(&format!("{prefix}:")) else {
+                        continue;
+                    };
+                    let Some((limit, _)) = rest.split_once(':') else {
+                        continue;
+                    };
+                    let hash: HashMap<String, String> =
+                        match redis::cmd("HGETALL").arg(&k).query(&mut con) {
+                            Ok(h) => h,
+                            Err(e) => {
+                                results.push(json!({"redis_key": k, "error": e.to_string()}));
+                                continue;
+                            }
+                        };
+                    results.push(describe(&k, limit, config, &hash));
+                }
+                cursor = next;
+                if cursor == 0 || results.len() >= q.max {
+                    break;
+                }
+            }
+        }
+    }
+    if q.json {
+        return Ok(serde_json::to_string_pretty(&results).unwrap_or_default());
+    }
+    let mut out = String::new();
+    for v in &results {
+        match v.get("error") {
+            Some(e) => {
+                let _ = writeln!(out, "{}  error: {e}", v["redis_key"].as_str().unwrap_or(""));
+            }
+            None => out.push_str(&text(v)),
+        }
+    }
+    let _ = writeln!(out, "{} bucket(s)", results.len());
+    Ok(out)
+}
