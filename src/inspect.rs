@@ -115,11 +115,11 @@ fn text(v: &Value) -> String {
                 out,
                 "  {:<20} {:>12} {:>12} {:>10} {:>12} {:>15}",
                 n,
-                f["consumed"],
-                f["attempts"],
-                f["capacity"],
-                f["refill_per_second"],
-                f["seen_ms"]
+                f["consumed"].to_string(),
+                f["attempts"].to_string(),
+                f["capacity"].to_string(),
+                f["refill_per_second"].to_string(),
+                f["seen_ms"].to_string()
             );
         }
     }
