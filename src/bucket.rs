@@ -423,6 +423,26 @@ impl Bucket {
         self.others_waste = others_waste.unwrap_or(i128::MIN);
     }
 
+    /// Merges the stored state into a bucket whose view lagged (not synced for a while):
+    /// counters merge by max as usual, but this node's waste becomes the stored one, since
+    /// any waste raised on the lagging view counted refill as lost that the other nodes had
+    /// in fact spent. That waste was never written (a lagging bucket is read before it is
+    /// pushed), so the shared record never saw it.
+    pub fn refresh_from_store(
+        &mut self,
+        own_stored: Option<&Counters>,
+        others_consumed: u64,
+        others_waste: Option<i128>,
+    ) {
+        if let Some(c) = own_stored {
+            self.own.consumed = self.own.consumed.max(c.consumed);
+            self.own.attempts = self.own.attempts.max(c.attempts);
+        }
+        self.own.waste = own_stored.map_or(i128::MIN, |c| c.waste);
+        self.others_consumed = self.others_consumed.max(others_consumed);
+        self.others_waste = self.others_waste.max(others_waste.unwrap_or(i128::MIN));
+    }
+
     /// Merges a view read from the shared store: what it holds for this node (a restarted node
     /// continues its counters) and the other nodes' consumption (sum) and waste (max). Nothing
     /// is ever lowered.

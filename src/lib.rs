@@ -24,6 +24,7 @@ pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod pacing;
 pub mod path;
 pub mod proxy;
 pub mod server;

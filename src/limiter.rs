@@ -10,7 +10,10 @@
 use crate::bucket::{Bucket, BucketParams, Counters, Decision};
 use crate::clock::Clock;
 use crate::config::KeySource;
+use crate::pacing::Pace;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
@@ -57,6 +60,13 @@ struct Entry {
     /// Created since the last read from the shared store: its counters start from zero and
     /// must be rebased onto what the store holds (see [`Store::absorb`]).
     fresh: bool,
+    /// Touched after more than a few sync intervals without a read: the view may lag far
+    /// behind the other nodes, so the next sync reads before it writes (see [`Store::absorb`]).
+    stale: bool,
+    /// When the bucket was last merged with the shared store.
+    synced_ns: i64,
+    /// This node's allowance between syncs (shared mode).
+    pace: Pace,
 }
 
 #[derive(Default)]
@@ -90,8 +100,12 @@ pub struct DirtyBucket {
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     clock: Arc<dyn Clock>,
-    /// Buckets are shared through Redis: track what changed for the sync loop.
+    /// Buckets are shared through Redis: track what changed for the sync loop, and pace.
     shared: bool,
+    /// Live nodes sharing the buckets (from the sync loop's registry).
+    live_nodes: AtomicU32,
+    /// A pace older than this (no sync of its bucket) falls back to the equal share.
+    stale_ns: AtomicI64,
 }
 
 fn shard_of(key: &str) -> usize {
@@ -120,6 +134,8 @@ impl Store {
             shards,
             clock,
             shared,
+            live_nodes: AtomicU32::new(1),
+            stale_ns: AtomicI64::new(300_000_000),
         }
     }
 
@@ -146,9 +162,28 @@ impl Store {
         let mut shadow_rejected = Vec::new();
         for (i, c) in charges.iter().enumerate() {
             let shard = guard_for(&mut guards, shard_ids[i]);
-            let bucket = bucket_entry(shard, &keys[i], &c.limit.params, now);
-            let d = bucket.evaluate(&c.limit.params, c.cost, now);
-            bucket.record_attempt();
+            let entry = bucket_entry(shard, &keys[i], &c.limit.params, now);
+            if self.shared
+                && !entry.fresh
+                && now.saturating_sub(entry.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
+            {
+                entry.stale = true;
+            }
+            let mut d = entry.bucket.evaluate(&c.limit.params, c.cost, now);
+            entry.bucket.record_attempt();
+            if self.shared && d.allowed {
+                let tokens = entry.bucket.tokens_units(&c.limit.params, now);
+                let live = self.live_nodes.load(Ordering::Relaxed);
+                let stale = self.stale_ns.load(Ordering::Relaxed);
+                if let Err(wait) =
+                    entry
+                        .pace
+                        .check(&c.limit.params, c.cost, tokens, now, live, stale)
+                {
+                    d.allowed = false;
+                    d.retry_after_ns = wait;
+                }
+            }
             if self.shared {
                 shard.mark_dirty(&keys[i]);
             }
@@ -174,6 +209,7 @@ impl Store {
                 let shard = guard_for(&mut guards, shard_ids[i]);
                 if let Some(e) = shard.map.get_mut(keys[i].as_str()) {
                     e.bucket.commit(c.cost);
+                    e.pace.spend(c.cost);
                 }
             }
         }
@@ -266,7 +302,7 @@ impl Store {
                     out.push(DirtyBucket {
                         store_key: k.to_string(),
                         own: *e.bucket.own(),
-                        fresh: e.fresh,
+                        fresh: e.fresh || e.stale,
                     });
                 }
             }
@@ -296,8 +332,15 @@ impl Store {
         }
     }
 
-    /// Merges what the shared store holds for a bucket: this node's stored counters (if any)
-    /// and the other nodes' consumption (sum) and waste (max). `pushed` says whether this
+    /// Sets what the sync loop knows of the cluster: live nodes and the sync interval.
+    pub fn set_cluster(&self, live_nodes: u32, sync_interval_ns: i64) {
+        self.live_nodes.store(live_nodes.max(1), Ordering::Relaxed);
+        self.stale_ns
+            .store(sync_interval_ns.saturating_mul(3), Ordering::Relaxed);
+    }
+
+    /// Merges what the shared store holds for a bucket (`nodes`: every node's counters, this
+    /// node's under `me`), then recomputes this node's pace. `pushed` says whether this
     /// node's counters were written in the same round trip (then the entry is clean unless it
     /// changed meanwhile).
     ///
@@ -308,38 +351,47 @@ impl Store {
     pub fn absorb(
         &self,
         store_key: &str,
-        own_stored: Option<Counters>,
-        others_consumed: u64,
-        others_waste: Option<i128>,
+        me: &str,
+        nodes: &BTreeMap<String, Counters>,
+        params: &BucketParams,
         pushed: bool,
     ) {
+        let now = self.clock.now_ns();
+        let own_stored = nodes.get(me).copied();
+        let (mut others_consumed, mut others_waste) = (0u64, None::<i128>);
+        for (_, c) in nodes.iter().filter(|(n, _)| n.as_str() != me) {
+            others_consumed = others_consumed.saturating_add(c.consumed);
+            others_waste = Some(others_waste.map_or(c.waste, |w| w.max(c.waste)));
+        }
+        let live = self.live_nodes.load(Ordering::Relaxed);
         let mut shard = lock(&self.shards[shard_of(store_key)]);
         let relist = {
             let Some(e) = shard.map.get_mut(store_key) else {
                 return;
             };
-            let has_state = own_stored.is_some() || others_waste.is_some();
-            if e.fresh && has_state {
+            if e.fresh && !nodes.is_empty() {
                 e.bucket
                     .rebase_on_store(own_stored.as_ref(), others_consumed, others_waste);
+            } else if e.stale {
+                // Waste raised locally on a lagging view would over-state the refill lost at
+                // the cap by everything the others spent meanwhile: take the stored one.
+                e.bucket
+                    .refresh_from_store(own_stored.as_ref(), others_consumed, others_waste);
             } else {
-                if let Some(own) = own_stored.as_ref() {
-                    e.bucket
-                        .absorb(own, others_consumed, others_waste.unwrap_or(i128::MIN));
-                } else {
-                    e.bucket.absorb(
-                        &Counters {
-                            consumed: 0,
-                            attempts: 0,
-                            waste: i128::MIN,
-                        },
-                        others_consumed,
-                        others_waste.unwrap_or(i128::MIN),
-                    );
-                }
+                let own = own_stored.unwrap_or(Counters {
+                    consumed: 0,
+                    attempts: 0,
+                    waste: i128::MIN,
+                });
+                e.bucket
+                    .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
             }
-            let was_fresh = e.fresh;
+            let tokens = e.bucket.tokens_units(params, now);
+            e.pace.resync(me, nodes, live, tokens, now);
+            let was_fresh = e.fresh || e.stale;
             e.fresh = false;
+            e.stale = false;
+            e.synced_ns = now;
             // Clean only if what was pushed is still all there is.
             let changed = !pushed || was_fresh || own_stored.is_none_or(|o| o != *e.bucket.own());
             e.dirty = false;
@@ -369,13 +421,15 @@ fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize
     &mut guards[pos].1
 }
 
-fn bucket_entry<'s>(shard: &'s mut Shard, key: &str, p: &BucketParams, now: i64) -> &'s mut Bucket {
-    let entry = shard.map.entry(key.into()).or_insert_with(|| Entry {
+fn bucket_entry<'s>(shard: &'s mut Shard, key: &str, p: &BucketParams, now: i64) -> &'s mut Entry {
+    shard.map.entry(key.into()).or_insert_with(|| Entry {
         bucket: Bucket::new(p, now),
         dirty: false,
         fresh: true,
-    });
-    &mut entry.bucket
+        stale: false,
+        synced_ns: now,
+        pace: Pace::default(),
+    })
 }
 
 #[cfg(test)]
@@ -515,7 +569,8 @@ mod tests {
             attempts: 6,
             waste: d[0].own.waste,
         };
-        s.absorb("l:k", Some(stored), 0, None, false);
+        let one = |c: Counters| BTreeMap::from([("me".to_string(), c)]);
+        s.absorb("l:k", "me", &one(stored), &l.params, false);
         assert_eq!(s.peek(&l, "k", 0).remaining, 3);
         // Rebased counters must be pushed next.
         let d = s.take_dirty();
@@ -523,7 +578,16 @@ mod tests {
         assert!(!d[0].fresh);
         assert_eq!(d[0].own.consumed, 7);
         // Pushed and confirmed: clean, and evictable once full.
-        s.absorb("l:k", Some(d[0].own), 2, None, true);
+        let mut both = one(d[0].own);
+        both.insert(
+            "other".into(),
+            Counters {
+                consumed: 2,
+                attempts: 2,
+                waste: d[0].own.waste,
+            },
+        );
+        s.absorb("l:k", "me", &both, &l.params, true);
         assert!(s.take_dirty().is_empty());
         assert_eq!(s.peek(&l, "k", 0).remaining, 1);
         // A failed push lists the bucket again.

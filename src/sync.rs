@@ -37,6 +37,10 @@ struct Link {
     last_ok: Instant,
     /// Limits whose parameters differ between nodes, as last seen.
     drifting: std::collections::HashSet<String>,
+    /// This process's identity in the registry (`NODE -> "ms:instance"`).
+    instance: u64,
+    /// Whether this process has written its registry entry yet.
+    registered: bool,
 }
 
 fn now_ms() -> u64 {
@@ -92,13 +96,16 @@ impl SyncLoop {
             link.run_id = id;
         }
         let dirty: Vec<DirtyBucket> = self.node.store.take_dirty();
-        if dirty.is_empty() {
-            let _: String = redis::cmd("PING").query_async(&mut link.con).await?;
-            return Ok(0);
-        }
         let now = now_ms();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        // The registry of live nodes (for pacing shares), in the same round trip.
+        let registry = format!("{}:nodes", cfg.key_prefix);
+        // Read before writing: another process's instance under our node_id means a twin.
+        pipe.hgetall(&registry);
+        pipe.hset(&registry, node_id, format!("{now}:{:x}", link.instance))
+            .ignore();
+        pipe.pexpire(&registry, 3_600_000).ignore();
         pipe.load_script(script).ignore();
         let mut sent: Vec<&DirtyBucket> = Vec::with_capacity(dirty.len());
         for d in &dirty {
@@ -124,7 +131,7 @@ impl SyncLoop {
             sent.push(d);
         }
         let started = Instant::now();
-        let replies: Vec<redis::RedisResult<HashMap<String, String>>> =
+        let mut replies: Vec<redis::RedisResult<HashMap<String, String>>> =
             match pipe.query_async(&mut link.con).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -134,6 +141,45 @@ impl SyncLoop {
                     return Err(e);
                 }
             };
+        if replies.is_empty() {
+            self.node
+                .store
+                .requeue(dirty.into_iter().map(|d| d.store_key));
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "empty pipeline reply",
+            )));
+        }
+        let live_window = (cfg.sync_interval.as_millis() as u64)
+            .saturating_mul(10)
+            .max(3_000);
+        let (live, twin) = match replies.remove(0) {
+            Ok(reg) => {
+                let parse = |v: &String| -> Option<(u64, String)> {
+                    let (ms, inst) = v.split_once(':')?;
+                    Some((ms.parse().ok()?, inst.to_string()))
+                };
+                let others = reg
+                    .iter()
+                    .filter(|(n, _)| n.as_str() != node_id)
+                    .filter_map(|(_, v)| parse(v))
+                    .filter(|(seen, _)| seen.saturating_add(live_window) >= now)
+                    .count();
+                let mine = format!("{:x}", link.instance);
+                let twin = link.registered
+                    && reg
+                        .get(node_id)
+                        .and_then(parse)
+                        .is_some_and(|(_, inst)| inst != mine);
+                (others + 1, twin)
+            }
+            Err(_) => (1, false),
+        };
+        link.registered = true;
+        let interval_ns = i64::try_from(cfg.sync_interval.as_nanos()).unwrap_or(i64::MAX);
+        self.node
+            .store
+            .set_cluster(u32::try_from(live).unwrap_or(u32::MAX), interval_ns);
         self.node
             .metrics
             .sync_duration_seconds
@@ -172,15 +218,17 @@ impl SyncLoop {
                     {
                         duplicate = true;
                     }
-                    let others = nodes.iter().filter(|(n, _)| n.as_str() != node_id);
-                    let (mut consumed, mut waste) = (0u64, None::<i128>);
-                    for (_, f) in others {
-                        consumed = consumed.saturating_add(f.counters.consumed);
-                        waste = Some(waste.map_or(f.counters.waste, |w| w.max(f.counters.waste)));
+                    let counters: std::collections::BTreeMap<String, crate::bucket::Counters> =
+                        nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
+                    if let Some(spec) = rt.limits.iter().find(|l| l.name == limit) {
+                        self.node.store.absorb(
+                            &d.store_key,
+                            node_id,
+                            &counters,
+                            &spec.params,
+                            !d.fresh,
+                        );
                     }
-                    self.node
-                        .store
-                        .absorb(&d.store_key, own, consumed, waste, !d.fresh);
                 }
                 _ => {
                     bad_replies += 1;
@@ -200,7 +248,7 @@ impl SyncLoop {
                 link.drifting.remove(limit);
             }
         }
-        if duplicate {
+        if duplicate || twin {
             if self.node.metrics.duplicate_node_id.get() == 0 {
                 tracing::error!(node_id, "another live node writes this node's fields: two nodes share one node_id, so the shared buckets under-count; give every node its own node_id");
             }
@@ -219,6 +267,14 @@ impl SyncLoop {
         }
         Ok(sent.len())
     }
+}
+
+/// A number that tells this process from another one with the same node_id.
+fn instance_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// How long an idle bucket's hash lives: a full refill (after which its state says nothing),
@@ -261,6 +317,8 @@ impl BackgroundService for SyncLoop {
                 failing: false,
                 last_ok: Instant::now(),
                 drifting: Default::default(),
+                instance: instance_id(),
+                registered: false,
             },
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the redis client; running standalone");
@@ -303,6 +361,16 @@ impl BackgroundService for SyncLoop {
                 .sync_lag_seconds
                 .set(link.last_ok.elapsed().as_secs_f64());
             if stopping {
+                let rt = self.node.runtime();
+                if let Some(cfg) = rt.config.redis.as_ref() {
+                    // Leave the registry so that the others take back this node's share.
+                    let registry = format!("{}:nodes", cfg.key_prefix);
+                    let _: redis::RedisResult<i64> = redis::cmd("HDEL")
+                        .arg(&registry)
+                        .arg(&rt.config.node_id)
+                        .query_async(&mut link.con)
+                        .await;
+                }
                 tracing::info!("final sync done; sync loop stopped");
                 break;
             }
