@@ -9,8 +9,12 @@
 //! last merged view; failed pushes stay queued, and everything is pushed when Redis returns.
 //! When Redis comes back empty (a new `run_id`), every bucket in memory is pushed again.
 //!
-//! Not yet here (tracked in the sync issue): pacing of spending between syncs across nodes,
-//! Redis Cluster, clock-skew correction, duplicate node id and config drift detection.
+//! The same round trip maintains a registry of live nodes (`{prefix}:nodes`, node -> "ms:instance")
+//! that pacing uses for equal shares and that reveals two processes sharing one node_id.
+//! Config drift (nodes with other parameters for a limit) is reported from the hashes read.
+//!
+//! Not yet here (tracked in the sync issue): Redis Cluster, `rediss://` with a custom CA,
+//! clock-skew correction against Redis `TIME`.
 
 use crate::layout;
 use crate::limiter::DirtyBucket;
