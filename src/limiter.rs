@@ -180,7 +180,9 @@ impl Store {
                         .pace
                         .check(&c.limit.params, c.cost, tokens, now, live, stale)
                 {
+                    // This node's share is spent: nothing left here until it refills.
                     d.allowed = false;
+                    d.remaining = 0;
                     d.retry_after_ns = wait;
                 }
             }
