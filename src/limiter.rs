@@ -71,7 +71,9 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<str>, Entry>,
+    /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
+    /// SipHash on short keys.
+    map: HashMap<Box<str>, Entry, ahash::RandomState>,
     /// Keys whose entry turned dirty, each listed once until drained.
     dirty: Vec<Box<str>>,
 }
@@ -424,14 +426,24 @@ fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize
 }
 
 fn bucket_entry<'s>(shard: &'s mut Shard, key: &str, p: &BucketParams, now: i64) -> &'s mut Entry {
-    shard.map.entry(key.into()).or_insert_with(|| Entry {
-        bucket: Bucket::new(p, now),
-        dirty: false,
-        fresh: true,
-        stale: false,
-        synced_ns: now,
-        pace: Pace::default(),
-    })
+    // Look up before inserting: the entry API would allocate the key on every hit.
+    if !shard.map.contains_key(key) {
+        shard.map.insert(
+            key.into(),
+            Entry {
+                bucket: Bucket::new(p, now),
+                dirty: false,
+                fresh: true,
+                stale: false,
+                synced_ns: now,
+                pace: Pace::default(),
+            },
+        );
+    }
+    shard
+        .map
+        .get_mut(key)
+        .expect("the entry was just looked up or inserted")
 }
 
 #[cfg(test)]
