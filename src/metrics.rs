@@ -26,6 +26,7 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub config_drift: IntGaugeVec,
     pub duplicate_node_id: IntGauge,
+    pub nodes_live: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -124,6 +125,10 @@ impl Metrics {
             "duplicate_node_id",
             "1 while another live node writes this node's fields (two nodes share one node_id)",
         ))?;
+        let nodes_live = IntGauge::with_opts(opts(
+            "nodes_live",
+            "Nodes seen in the shared registry recently, this one included (pacing shares)",
+        ))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(tokens_consumed_total.clone()))?;
@@ -140,6 +145,7 @@ impl Metrics {
             registry.register(Box::new(redis_up.clone()))?;
             registry.register(Box::new(config_drift.clone()))?;
             registry.register(Box::new(duplicate_node_id.clone()))?;
+            registry.register(Box::new(nodes_live.clone()))?;
         }
         for r in ["success", "failure"] {
             config_reloads_total.with_label_values(&[r]);
@@ -161,6 +167,7 @@ impl Metrics {
             redis_up,
             config_drift,
             duplicate_node_id,
+            nodes_live,
         })
     }
 

@@ -180,6 +180,10 @@ impl SyncLoop {
             Err(_) => (1, false),
         };
         link.registered = true;
+        self.node
+            .metrics
+            .nodes_live
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
         let interval_ns = i64::try_from(cfg.sync_interval.as_nanos()).unwrap_or(i64::MAX);
         self.node
             .store

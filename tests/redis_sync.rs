@@ -322,3 +322,59 @@ fn inspect_lists_and_explains_buckets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no bucket at tollgate:per-key:nobody"));
 }
+
+#[test]
+fn three_nodes_burst_onto_a_full_bucket_admits_about_one_capacity_and_all_is_recorded() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let cfg = |node: &str| {
+        let mut c = config(&up, &redis, node, 100);
+        c["limits"]["per-key"]["capacity"] = json!(60);
+        c
+    };
+    let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Gateway::start(cfg(n)))
+        .collect();
+    // Every node has registered and sees three live nodes.
+    for g in &nodes {
+        assert!(wait_until(WAIT, || metric_line(g, "tollgate_nodes_live 3")));
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+    let handles: Vec<_> = nodes
+        .iter()
+        .flat_map(|g| [g.addr, g.addr])
+        .map(|addr| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut conn = common::Conn::open(addr);
+                barrier.wait();
+                (0..30)
+                    .filter(|_| {
+                        conn.request("GET", "/x", &[("x-api-key", "shared")], b"")
+                            .map(|r| r.status == 200)
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    println!("burst through 3 nodes: admitted {admitted} of capacity 60");
+    // 180 requests onto a full bucket of 60 through 3 nodes at once: at most 1.25 x 60 (plus
+    // the refill of the burst's duration, 0.01/s here), and each node got its share.
+    assert!(admitted <= 75, "admitted {admitted}");
+    assert!(admitted >= 20, "admitted {admitted}");
+    // Every admitted request is in the record once the nodes have synced.
+    let total = || {
+        ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| field(&redis, &format!("{n}:consumed")).unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert!(
+        wait_until(WAIT, || total() == admitted as u64),
+        "recorded {} of {admitted}",
+        total()
+    );
+}
