@@ -3,6 +3,7 @@
 //! fields, the merged totals, the tokens available now and when the bucket will be full.
 
 use crate::bucket::{Bucket, BucketParams, State};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::layout::{self, NodeFields};
 use serde_json::{json, Value};
@@ -16,12 +17,6 @@ pub struct Query<'a> {
     pub json: bool,
     /// Most buckets listed without `--key`.
     pub max: usize,
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// One bucket, explained.
@@ -74,7 +69,7 @@ fn describe(
         "ignored_fields": ignored,
     });
     if let Some(p) = params {
-        let d = Bucket::from_state(&state).peek(&p, 0, now_ns());
+        let d = Bucket::from_state(&state).peek(&p, 0, SystemClock.now_ns());
         v["capacity"] = json!(p.capacity());
         v["refill_per_second"] = json!(p.refill_per_second());
         v["tokens_now"] = json!(d.remaining);

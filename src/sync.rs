@@ -47,12 +47,6 @@ struct Link {
     registered: bool,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl SyncLoop {
     /// Connects lazily: a Redis that is down at startup is retried by every sync.
     fn connect(&self) -> Result<ConnectionManager, String> {
@@ -100,7 +94,8 @@ impl SyncLoop {
             link.run_id = id;
         }
         let dirty: Vec<DirtyBucket> = self.node.store.take_dirty();
-        let now = now_ms();
+        // The node's clock, as the buckets see it.
+        let now = u64::try_from(self.node.store.now_ns() / 1_000_000).unwrap_or(0);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         // The registry of live nodes (for pacing shares), in the same round trip.
