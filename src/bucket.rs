@@ -1,47 +1,62 @@
-//! The token bucket, as a CRDT of per-node monotone counters. Pure: no clock reads, no I/O;
-//! callers pass `now_ns` (nanoseconds since the Unix epoch).
+//! The token bucket, as a CRDT of per-node monotone counters. Pure: std only, no clock reads,
+//! no I/O; callers pass `now_ns` (nanoseconds since the Unix epoch), which may go backwards.
 //!
-//! # The algebra
+//! # Units
 //!
 //! Amounts are exact integers: 1 token = 10^18 *units*, and the refill rate is kept as
 //! `rate_q` = round(refill_per_second x 10^9), which is exactly the units refilled per
-//! nanosecond (so the rate's resolution is 10^-9 tokens/s). Refill over `dt` ns is
-//! `dt x rate_q` units: no rounding anywhere.
+//! nanosecond. Refill over `dt` ns is `dt x rate_q` units: no floats and no rounding in any
+//! decision; the rate's resolution is 10^-9 tokens/s. With rate_q <= 10^18 and |t| < 2^63 every
+//! product fits an i128; values read from outside (the store) are combined with saturating
+//! arithmetic, so no input can make this module panic.
 //!
-//! The *credit* of a bucket at time t is A(t) = rate_q x t: everything time has ever refilled.
-//! Each node i owns monotone counters ([`Counters`]): `consumed_i` (tokens it took), `attempts_i`
-//! (requests it decided) and `waste_i` (refill lost at the cap). With X = sum of consumed_i
-//! (in units) and W = max of waste_i, the bucket holds
+//! # Counters and tokens
+//!
+//! The *credit* A(t) = rate_q x t is everything time has ever refilled. Each node i owns
+//! monotone counters ([`Counters`]): `consumed_i` (tokens it took), `attempts_i` (requests it
+//! decided, admitted or not: published for pacing) and `waste_i` (refill lost at the cap, in
+//! units). With X = sum of consumed_i (in units) and W = max of waste_i the bucket holds
 //!
 //! ```text
 //! tokens(t) = A(t) - X - W
 //! ```
 //!
-//! The cap is kept by raising waste: whenever a node evaluates the bucket and finds
-//! A(t) - X - W > capacity, it raises its own waste to A(t) - X - capacity. A new bucket at t0
-//! starts with waste = A(t0) - initial, so it holds `initial` tokens.
+//! (credit, minus what was spent, minus what overflowed the cap). The cap is kept by raising waste: a node
+//! that evaluates the bucket and finds A(t) - X - W > capacity raises *its own* waste to
+//! A(t) - X - capacity. A new bucket at t0 starts with waste = A(t0) - initial.
 //!
-//! **One node is exactly a sequential token bucket.** The sequential bucket refills
-//! `tokens = min(capacity, tokens + rate x dt)` and then takes the cost if it is affordable.
-//! Between two events A - X grows linearly, so the largest excess over the cap is reached at
-//! the later event; raising W to that excess at every event is the Skorokhod reflection of
-//! A - X at the upper barrier, which is exactly what `min(capacity, ·)` applied at each event
-//! computes. Both sides are integer arithmetic, so decisions, remaining tokens and waits are
-//! equal (property-tested below against a literal sequential bucket).
+//! # One node is exactly a sequential token bucket
 //!
-//! **Merge is a CRDT.** Every field only grows and is written by one node only; two views of
-//! the same node merge by field-wise max, and a state (node -> counters) merges node by node.
-//! Max is commutative, associative and idempotent, hence so is the merge ([`State::merge`]);
-//! a replayed or stale view can never lower a counter, so nothing admitted is ever forgotten.
+//! The sequential bucket does, at each event k (time t_k, cost c_k):
+//! `T = min(cap, T + rate x (t_k - t_{k-1}))`, then `T -= c_k` if `T >= c_k`. Let
+//! Y_k = A(t_k) - X (the free credit at event k, before its cost). Suppose T = A - X - W held
+//! after event k-1. The refill adds A(t_k) - A(t_{k-1}) to both sides, so T + refill =
+//! Y_k - W_{k-1}, and `min(cap, Y_k - W_{k-1}) = Y_k - max(W_{k-1}, Y_k - cap)`: the cap *is*
+//! raising W to W_k = max(W_{k-1}, Y_k - cap), that is W_k = max(W_0, max_{j<=k} Y_j - cap),
+//! the (discrete) Skorokhod reflection of A - X at the upper barrier. Paying c_k adds it to X
+//! on one side and subtracts it from T on the other, so T = A - X - W holds after event k.
+//! Both sides are the same integers, so decisions, remaining tokens and waits are equal, even
+//! when dt < 0 (property-tested against a literal sequential bucket below). With perfect sync
+//! (every node sees every counter before deciding) N nodes run the same recurrence, so they
+//! are one sequential bucket too (tested).
 //!
-//! **The cost of concurrency.** A node whose view lags (other nodes spent δ tokens it has not
-//! seen) computes tokens too high by δ: it may admit δ more until the next merge, after which
-//! the debt shows (tokens go negative and it waits). Over long windows the total admitted stays
-//! within one sequential bucket plus what was spent unseen in the last sync interval. If the lag
-//! happens while the bucket is full, the lagging node raises its waste δ too high: that errs on
-//! the side of admitting less, never more. Keeping N nodes from each spending the whole bucket
-//! within one sync interval (a burst) needs pacing, layered on top of this module by the
-//! sync loop; `attempts` is published for that (each node's share of the demand).
+//! # Merge is a CRDT
+//!
+//! Every field only grows and is written by one node only. Two views of one node merge by
+//! field-wise max; a [`State`] (node -> counters) merges node by node. Max is commutative,
+//! associative and idempotent, so is the merge; a replayed or stale view can never lower a
+//! counter, so nothing admitted is ever forgotten.
+//!
+//! # The cost of concurrency
+//!
+//! A node whose view lags by what the others spent unseen (δ) computes δ tokens too many: it
+//! may admit them before the next merge, after which they show as debt (tokens below zero,
+//! `remaining` 0, `retry_after_ns` covering it). Over a run, N nodes syncing every gap G admit
+//! at most initial + rate x T + (N - 1) x (capacity + rate x G) (the naive G-counter bound,
+//! tested). Conversely, a lagging node that finds the bucket full raises its waste too high by
+//! the δ it has not seen: that under-admits, never over-admits, by at most one sync interval
+//! of the others' spending. Keeping N nodes from each spending a whole full bucket within one
+//! sync interval is pacing, layered on top of this module (`pacing`), using `attempts`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,13 +64,13 @@ use std::fmt;
 /// Units per token.
 pub const UNITS_PER_TOKEN: i128 = 1_000_000_000_000_000_000;
 
-/// Largest capacity accepted.
+/// Largest capacity accepted, tokens.
 pub const MAX_CAPACITY: u64 = 1_000_000_000_000;
 
 /// Largest refill rate accepted, tokens per second.
 pub const MAX_RATE: f64 = 1e9;
 
-/// A bucket's parameters.
+/// A bucket's validated parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketParams {
     capacity: u64,
@@ -76,21 +91,14 @@ pub enum ParamError {
 
 impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ParamError::*;
         match self {
-            ParamError::CapacityTooSmall => write!(f, "capacity must be at least 1"),
-            ParamError::CapacityTooLarge(c) => {
-                write!(f, "capacity {c} is above the maximum {MAX_CAPACITY}")
-            }
-            ParamError::BadRate(r) => write!(f, "refill rate must be a positive number, not {r}"),
-            ParamError::RateTooSmall(r) => write!(
-                f,
-                "refill rate {r} is below the resolution of 1e-9 tokens per second"
-            ),
-            ParamError::RateTooLarge(r) => write!(
-                f,
-                "refill rate {r} is above the maximum {MAX_RATE} tokens per second"
-            ),
-            ParamError::InitialAboveCapacity { initial, capacity } => {
+            CapacityTooSmall => write!(f, "capacity must be at least 1"),
+            CapacityTooLarge(c) => write!(f, "capacity {c} is above the maximum {MAX_CAPACITY}"),
+            BadRate(r) => write!(f, "refill rate must be a finite positive number, not {r}"),
+            RateTooSmall(r) => write!(f, "refill rate {r} is below the 1e-9 tokens/s resolution"),
+            RateTooLarge(r) => write!(f, "refill rate {r} is above the maximum, 1e9 tokens/s"),
+            InitialAboveCapacity { initial, capacity } => {
                 write!(f, "initial tokens {initial} exceed the capacity {capacity}")
             }
         }
@@ -100,38 +108,26 @@ impl fmt::Display for ParamError {
 impl std::error::Error for ParamError {}
 
 impl BucketParams {
-    pub fn new(
-        capacity: u64,
-        refill_per_second: f64,
-        initial_tokens: u64,
-    ) -> Result<Self, ParamError> {
-        if capacity < 1 {
-            return Err(ParamError::CapacityTooSmall);
-        }
-        if capacity > MAX_CAPACITY {
-            return Err(ParamError::CapacityTooLarge(capacity));
-        }
-        if !refill_per_second.is_finite() || refill_per_second <= 0.0 {
-            return Err(ParamError::BadRate(refill_per_second));
-        }
-        if refill_per_second > MAX_RATE {
-            return Err(ParamError::RateTooLarge(refill_per_second));
-        }
-        let q = (refill_per_second * 1e9).round();
-        if q < 1.0 {
-            return Err(ParamError::RateTooSmall(refill_per_second));
-        }
-        if initial_tokens > capacity {
-            return Err(ParamError::InitialAboveCapacity {
-                initial: initial_tokens,
-                capacity,
-            });
-        }
-        Ok(BucketParams {
-            capacity,
-            // q is in 1..=1e18, within u64.
-            rate_q: q as u64,
-            initial_tokens,
+    /// Validates the parameters (see [`ParamError`]) and quantizes the rate to 1e-9 tokens/s.
+    pub fn new(capacity: u64, refill_per_second: f64, initial: u64) -> Result<Self, ParamError> {
+        use ParamError::*;
+        let (r, c) = (refill_per_second, capacity);
+        let q = (r * 1e9).round();
+        Err(match () {
+            _ if c < 1 => CapacityTooSmall,
+            _ if c > MAX_CAPACITY => CapacityTooLarge(c),
+            _ if !r.is_finite() || r <= 0.0 => BadRate(r),
+            _ if r > MAX_RATE => RateTooLarge(r),
+            _ if q < 1.0 => RateTooSmall(r),
+            _ if initial > c => InitialAboveCapacity { initial, capacity },
+            // q is in 1..=1e18: the cast is exact.
+            _ => {
+                return Ok(BucketParams {
+                    capacity,
+                    rate_q: q as u64,
+                    initial_tokens: initial,
+                });
+            }
         })
     }
 
@@ -148,11 +144,12 @@ impl BucketParams {
         self.rate_q
     }
 
+    /// For display and headers only; decisions use [`BucketParams::rate_q`].
     pub fn refill_per_second(&self) -> f64 {
         self.rate_q as f64 / 1e9
     }
 
-    /// Seconds to refill an empty bucket.
+    /// Seconds to refill an empty bucket (for headers).
     pub fn seconds_to_fill(&self) -> f64 {
         self.capacity as f64 / self.refill_per_second()
     }
@@ -161,18 +158,19 @@ impl BucketParams {
         i128::from(self.capacity) * UNITS_PER_TOKEN
     }
 
-    /// A(t): all the refill time has ever given.
+    /// A(t). |t| <= 2^63 and rate_q <= 10^18 < 2^60: the product is below 2^123.
     fn credit(&self, now_ns: i64) -> i128 {
         i128::from(now_ns) * i128::from(self.rate_q)
     }
 
-    /// Nanoseconds until `deficit` units have refilled, rounded up.
+    /// Nanoseconds until `deficit` units have refilled, rounded up (saturating).
     fn wait_ns(&self, deficit: i128) -> u64 {
         if deficit <= 0 {
             return 0;
         }
         let rate = i128::from(self.rate_q);
-        u64::try_from((deficit + rate - 1) / rate).unwrap_or(u64::MAX)
+        let ns = deficit / rate + i128::from(deficit % rate != 0);
+        u64::try_from(ns).unwrap_or(u64::MAX)
     }
 }
 
@@ -188,6 +186,13 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// No counters at all: the identity of [`Counters::merge`] (waste may be negative).
+    pub const BOTTOM: Counters = Counters {
+        consumed: 0,
+        attempts: 0,
+        waste: i128::MIN,
+    };
+
     /// Field-wise max.
     pub fn merge(&mut self, other: &Counters) {
         self.consumed = self.consumed.max(other.consumed);
@@ -203,29 +208,25 @@ pub struct State {
 }
 
 impl State {
-    /// Node-by-node, field-wise max.
+    /// Node by node, field-wise max.
     pub fn merge(&mut self, other: &State) {
         for (node, c) in &other.nodes {
             self.insert(node, *c);
         }
     }
 
-    /// Merges one node's counters in (an absent node is taken as is, not merged with zeros:
+    /// Merges one node's counters in. An absent node is taken as is (not merged with zeros:
     /// waste may be negative).
     pub fn insert(&mut self, node: &str, c: Counters) {
-        match self.nodes.get_mut(node) {
-            Some(mine) => mine.merge(&c),
-            None => {
-                self.nodes.insert(node.to_string(), c);
-            }
-        }
+        let mine = self.nodes.entry(node.to_string()).or_insert(c);
+        mine.merge(&c);
     }
 
     pub fn get(&self, node: &str) -> Option<&Counters> {
         self.nodes.get(node)
     }
 
-    /// Sum of every node's consumed tokens.
+    /// Sum of every node's consumed tokens (saturating).
     pub fn total_consumed(&self) -> u64 {
         self.nodes
             .values()
@@ -243,9 +244,9 @@ impl State {
 pub struct Decision {
     /// The cost can be paid now.
     pub allowed: bool,
-    /// Whole tokens left: after paying when allowed, as they stand otherwise (never negative).
+    /// Whole tokens left (floor, never negative): after paying when allowed, now otherwise.
     pub remaining: u64,
-    /// Nanoseconds until the cost is affordable (0 when allowed; time to full when `never`).
+    /// Nanoseconds until the cost is affordable: 0 when allowed, time until full when `never`.
     pub retry_after_ns: u64,
     /// Nanoseconds until the bucket is full (after paying when allowed).
     pub full_in_ns: u64,
@@ -253,8 +254,8 @@ pub struct Decision {
     pub never: bool,
 }
 
-/// The hot-path bucket of one key on this node: its own counters and the merged view of the
-/// other nodes (sum of their consumption, max of their waste). 48 bytes, no heap.
+/// The hot-path bucket of one key on this node: its own counters and its merged view of the
+/// other nodes (sum of their consumption, max of their waste). 64 bytes, no heap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
     own: Counters,
@@ -265,74 +266,64 @@ pub struct Bucket {
 impl Bucket {
     /// A bucket holding the initial tokens at `now_ns`.
     pub fn new(p: &BucketParams, now_ns: i64) -> Self {
-        let waste = p.credit(now_ns) - i128::from(p.initial_tokens) * UNITS_PER_TOKEN;
+        let own = Counters {
+            waste: p.credit(now_ns) - i128::from(p.initial_tokens) * UNITS_PER_TOKEN,
+            ..Counters::default()
+        };
         Bucket {
-            own: Counters {
-                consumed: 0,
-                attempts: 0,
-                waste,
-            },
+            own,
             others_consumed: 0,
             others_waste: i128::MIN,
         }
     }
 
-    fn uncapped(&self, p: &BucketParams, now_ns: i64) -> i128 {
+    /// A(t) - X in units. X <= 2^65 tokens < 2^125 units: exact.
+    fn free_credit(&self, p: &BucketParams, now_ns: i64) -> i128 {
         let consumed = i128::from(self.own.consumed) + i128::from(self.others_consumed);
-        p.credit(now_ns) - consumed * UNITS_PER_TOKEN - self.own.waste.max(self.others_waste)
+        p.credit(now_ns) - consumed * UNITS_PER_TOKEN
     }
 
-    /// Tokens now, in units, after applying the cap (raising own waste when over it: the
-    /// reflection, which does not change what the bucket holds).
+    /// A(t) - X - W, before the cap (saturating: W may come from outside).
+    fn uncapped(&self, p: &BucketParams, now_ns: i64) -> i128 {
+        self.free_credit(p, now_ns)
+            .saturating_sub(self.own.waste.max(self.others_waste))
+    }
+
+    /// Tokens now, in units, after applying the cap. Over the cap, this node's waste is raised
+    /// to A - X - capacity: the reflection, which does not change what the bucket holds.
     pub fn tokens_units(&mut self, p: &BucketParams, now_ns: i64) -> i128 {
-        let t = self.uncapped(p, now_ns);
-        let cap = p.cap_units();
-        if t > cap {
-            // Raise this node's waste to the merged waste plus the excess.
-            self.own.waste = self.own.waste.max(self.others_waste) + (t - cap);
+        let (cap, tokens) = (p.cap_units(), self.uncapped(p, now_ns));
+        if tokens > cap {
+            // Greater than the merged waste, since A - X - W > cap: a raise, never a drop.
+            self.own.waste = self.free_credit(p, now_ns) - cap;
             return cap;
         }
-        t
+        tokens
     }
 
     fn decide(p: &BucketParams, tokens: i128, cost: u64) -> Decision {
-        let cap = p.cap_units();
-        let whole = |u: i128| u64::try_from(u.max(0) / UNITS_PER_TOKEN).unwrap_or(u64::MAX);
-        if cost > p.capacity {
-            let full = p.wait_ns(cap - tokens);
-            return Decision {
-                allowed: false,
-                remaining: whole(tokens),
-                retry_after_ns: full,
-                full_in_ns: full,
-                never: true,
-            };
-        }
         let cost_u = i128::from(cost) * UNITS_PER_TOKEN;
-        if tokens >= cost_u {
-            let after = tokens - cost_u;
-            Decision {
-                allowed: true,
-                remaining: whole(after),
-                retry_after_ns: 0,
-                full_in_ns: p.wait_ns(cap - after),
-                never: false,
-            }
-        } else {
-            Decision {
-                allowed: false,
-                remaining: whole(tokens),
-                retry_after_ns: p.wait_ns(cost_u - tokens),
-                full_in_ns: p.wait_ns(cap - tokens),
-                never: false,
-            }
+        let never = cost > p.capacity;
+        let allowed = !never && tokens >= cost_u;
+        let left = if allowed { tokens - cost_u } else { tokens };
+        let full_in_ns = p.wait_ns(p.cap_units().saturating_sub(left));
+        let retry_after_ns = match never {
+            true => full_in_ns,
+            false => p.wait_ns(cost_u.saturating_sub(tokens)),
+        };
+        Decision {
+            allowed,
+            remaining: u64::try_from(left.max(0) / UNITS_PER_TOKEN).unwrap_or(u64::MAX),
+            retry_after_ns,
+            full_in_ns,
+            never,
         }
     }
 
-    /// Can `cost` be paid now? Takes nothing and counts nothing.
+    /// Can `cost` be paid now? Takes nothing and counts nothing (it may apply the cap).
     pub fn evaluate(&mut self, p: &BucketParams, cost: u64, now_ns: i64) -> Decision {
-        let t = self.tokens_units(p, now_ns);
-        Self::decide(p, t, cost)
+        let tokens = self.tokens_units(p, now_ns);
+        Self::decide(p, tokens, cost)
     }
 
     /// Takes `cost` tokens (after an `evaluate` that allowed it at the same instant).
@@ -340,12 +331,12 @@ impl Bucket {
         self.own.consumed = self.own.consumed.saturating_add(cost);
     }
 
-    /// Counts one decided request.
+    /// Counts one decided request, admitted or not.
     pub fn record_attempt(&mut self) {
         self.own.attempts = self.own.attempts.saturating_add(1);
     }
 
-    /// evaluate, commit when allowed, and count the attempt.
+    /// `evaluate`, `commit` when allowed, and `record_attempt`: the single-limit convenience.
     pub fn try_take(&mut self, p: &BucketParams, cost: u64, now_ns: i64) -> Decision {
         let d = self.evaluate(p, cost, now_ns);
         if d.allowed {
@@ -355,42 +346,38 @@ impl Bucket {
         d
     }
 
-    /// Like `evaluate`, read-only.
+    /// Like `evaluate`, read-only (for the admin endpoint and inspection).
     pub fn peek(&self, p: &BucketParams, cost: u64, now_ns: i64) -> Decision {
         Self::decide(p, self.uncapped(p, now_ns).min(p.cap_units()), cost)
     }
 
-    /// The bucket is full: its state says nothing a new full bucket would not.
+    /// The bucket is full: its state says nothing a new full bucket would not (evictable).
     pub fn is_full(&self, p: &BucketParams, now_ns: i64) -> bool {
         self.uncapped(p, now_ns) >= p.cap_units()
     }
 
-    /// A bucket under `new` parameters holding this one's tokens (clamped to the new capacity).
+    /// This bucket under `new` parameters, holding the same tokens (clamped to the new
+    /// capacity). Counters are kept; the waste is re-derived in the new credit frame. When the
+    /// rate is unchanged this only raises it (a smaller capacity) or keeps it; a rate change
+    /// moves A(t) itself, so it can lower the waste: only valid for a node-local bucket (shared
+    /// buckets must keep their rate, or start a new generation in the store).
     pub fn carry_over(&self, old: &BucketParams, new: &BucketParams, now_ns: i64) -> Bucket {
         let tokens = self
             .uncapped(old, now_ns)
             .min(old.cap_units())
             .min(new.cap_units());
-        Bucket {
-            own: Counters {
-                consumed: 0,
-                attempts: 0,
-                waste: new.credit(now_ns) - tokens,
-            },
-            others_consumed: 0,
-            others_waste: i128::MIN,
-        }
+        let mut b = self.clone();
+        b.own.waste = b.free_credit(new, now_ns).saturating_sub(tokens);
+        b.others_waste = i128::MIN;
+        b
     }
 
-    /// The bucket as a merged [`State`] describes it (for reading state from outside, as
-    /// `tollgate inspect` does): every node's consumption summed, the largest waste.
+    /// The bucket a merged [`State`] describes (for reading state from outside, as
+    /// `tollgate inspect` does): every node's consumption summed, the largest waste. An empty
+    /// state is a full bucket.
     pub fn from_state(state: &State) -> Bucket {
         Bucket {
-            own: Counters {
-                consumed: 0,
-                attempts: 0,
-                waste: i128::MIN,
-            },
+            own: Counters::BOTTOM,
             others_consumed: state.total_consumed(),
             others_waste: state.max_waste().unwrap_or(i128::MIN),
         }
@@ -400,20 +387,26 @@ impl Bucket {
         &self.own
     }
 
-    /// Continues a bucket that was created fresh (counted from zero) from the stored state:
-    /// its own counters become the stored ones plus what it took since its creation, and its
-    /// waste the stored one (the creation's assumption of a new bucket is dropped).
+    /// Merges a view read from the shared store: what it holds for this node (max-merged into
+    /// `own`: a restarted node continues its counters) and the other nodes' consumption (sum)
+    /// and waste (max), each max-merged with what this bucket saw before. Nothing is lowered.
+    pub fn absorb(&mut self, own_stored: &Counters, others_consumed: u64, others_waste: i128) {
+        self.own.merge(own_stored);
+        self.others_consumed = self.others_consumed.max(others_consumed);
+        self.others_waste = self.others_waste.max(others_waste);
+    }
+
+    /// Continues a bucket created fresh (counted from zero, before its first read of the
+    /// store) from the stored state: its counters become the stored ones plus what it did
+    /// since its creation, and its waste the stored one (the creation's assumption of a new
+    /// bucket, A(t0) - initial, is dropped; it was never written).
     pub fn rebase_on_store(
         &mut self,
         own_stored: Option<&Counters>,
         others_consumed: u64,
         others_waste: Option<i128>,
     ) {
-        let base = own_stored.copied().unwrap_or(Counters {
-            consumed: 0,
-            attempts: 0,
-            waste: i128::MIN,
-        });
+        let base = own_stored.copied().unwrap_or(Counters::BOTTOM);
         self.own = Counters {
             consumed: base.consumed.saturating_add(self.own.consumed),
             attempts: base.attempts.saturating_add(self.own.attempts),
@@ -423,11 +416,10 @@ impl Bucket {
         self.others_waste = others_waste.unwrap_or(i128::MIN);
     }
 
-    /// Merges the stored state into a bucket whose view lagged (not synced for a while):
-    /// counters merge by max as usual, but this node's waste becomes the stored one, since
-    /// any waste raised on the lagging view counted refill as lost that the other nodes had
-    /// in fact spent. That waste was never written (a lagging bucket is read before it is
-    /// pushed), so the shared record never saw it.
+    /// Merges the stored state into a bucket whose view lagged (not synced for a while and not
+    /// pushed since): counters merge by max, but this node's waste becomes the stored one,
+    /// since waste raised on the lagging view counted as lost refill what the other nodes had
+    /// in fact spent. That waste was never written, so the shared record never saw it.
     pub fn refresh_from_store(
         &mut self,
         own_stored: Option<&Counters>,
@@ -442,15 +434,6 @@ impl Bucket {
         self.others_consumed = self.others_consumed.max(others_consumed);
         self.others_waste = self.others_waste.max(others_waste.unwrap_or(i128::MIN));
     }
-
-    /// Merges a view read from the shared store: what it holds for this node (a restarted node
-    /// continues its counters) and the other nodes' consumption (sum) and waste (max). Nothing
-    /// is ever lowered.
-    pub fn absorb(&mut self, own_stored: &Counters, others_consumed: u64, others_waste: i128) {
-        self.own.merge(own_stored);
-        self.others_consumed = self.others_consumed.max(others_consumed);
-        self.others_waste = self.others_waste.max(others_waste);
-    }
 }
 
 #[cfg(test)]
@@ -459,107 +442,178 @@ mod tests {
     use proptest::prelude::*;
 
     const SEC: i64 = 1_000_000_000;
+    const S: u64 = SEC as u64;
     const T0: i64 = 1_790_000_000 * SEC;
+
+    fn params(capacity: u64, rate: f64, initial: u64) -> BucketParams {
+        BucketParams::new(capacity, rate, initial).expect("valid test params")
+    }
+
+    fn ctr(consumed: u64, attempts: u64, waste: i128) -> Counters {
+        Counters {
+            consumed,
+            attempts,
+            waste,
+        }
+    }
+
+    /// (allowed, remaining, retry_after_ns, full_in_ns)
+    fn parts(d: Decision) -> (bool, u64, u64, u64) {
+        (d.allowed, d.remaining, d.retry_after_ns, d.full_in_ns)
+    }
 
     #[test]
     fn new_bucket_burst_then_reject_with_exact_waits() {
-        let p = BucketParams::new(10, 2.0, 10).unwrap();
+        let p = params(10, 2.0, 10);
         let mut b = Bucket::new(&p, T0);
-        for i in 0..10 {
+        assert_eq!(b.tokens_units(&p, T0), 10 * UNITS_PER_TOKEN);
+        for i in 1..=10 {
             let d = b.try_take(&p, 1, T0);
-            assert!(d.allowed);
-            assert_eq!(d.remaining, 9 - i);
+            assert_eq!(parts(d), (true, 10 - i, 0, i * S / 2));
         }
         let d = b.try_take(&p, 1, T0);
-        assert!(!d.allowed && !d.never);
-        assert_eq!(d.retry_after_ns, 500_000_000);
-        assert_eq!(d.full_in_ns, 5 * SEC as u64);
-        assert_eq!(b.own().consumed, 10);
-        assert_eq!(b.own().attempts, 11);
+        assert_eq!((parts(d), d.never), ((false, 0, S / 2, 5 * S), false));
+        assert_eq!(b.peek(&p, 3, T0).retry_after_ns, 3 * S / 2);
+        assert_eq!((b.own().consumed, b.own().attempts), (10, 11));
+        assert!(!b.try_take(&p, 1, T0 + SEC / 2 - 1).allowed);
         assert!(b.try_take(&p, 1, T0 + SEC / 2).allowed);
+        assert!(b.is_full(&p, T0 + 6 * SEC) && !b.is_full(&p, T0 + 5 * SEC));
     }
 
     #[test]
     fn fractional_rates_and_initial_tokens() {
-        let p = BucketParams::new(3, 0.5, 1).unwrap();
+        let p = params(3, 0.5, 1);
         let mut b = Bucket::new(&p, T0);
         assert!(b.try_take(&p, 1, T0).allowed);
-        let d = b.try_take(&p, 1, T0);
-        assert_eq!(d.retry_after_ns, 2 * SEC as u64);
+        assert_eq!(parts(b.try_take(&p, 1, T0)), (false, 0, 2 * S, 6 * S));
         assert!(b.try_take(&p, 1, T0 + 2 * SEC).allowed);
-        let slow = BucketParams::new(1, 0.0166, 1).unwrap();
+        let slow = params(1, 0.0166, 1);
+        assert_eq!(slow.rate_q(), 16_600_000);
         let mut b = Bucket::new(&slow, T0);
         assert!(b.try_take(&slow, 1, T0).allowed);
-        let d = b.try_take(&slow, 1, T0);
-        assert_eq!(d.retry_after_ns, 60_240_963_856);
+        // 10^18 / 16.6e6 = 60_240_963_855.4 ns, rounded up.
+        assert_eq!(b.try_take(&slow, 1, T0).retry_after_ns, 60_240_963_856);
+        assert!(!b.try_take(&slow, 1, T0 + 60_240_963_855).allowed);
+        assert!(b.try_take(&slow, 1, T0 + 60_240_963_856).allowed);
+        assert!((slow.seconds_to_fill() - 60.240_963_855).abs() < 1e-6);
     }
 
     #[test]
     fn cost_above_capacity_is_never_payable() {
-        let p = BucketParams::new(5, 1.0, 5).unwrap();
+        let p = params(5, 1.0, 3);
         let mut b = Bucket::new(&p, T0);
         let d = b.try_take(&p, 6, T0);
-        assert!(!d.allowed && d.never);
-        assert_eq!(b.own().consumed, 0);
+        assert_eq!((parts(d), d.never), ((false, 3, 2 * S, 2 * S), true));
+        assert_eq!((b.own().consumed, b.own().attempts), (0, 1));
     }
 
     #[test]
     fn time_going_backwards_neither_panics_nor_refunds() {
-        let p = BucketParams::new(5, 1.0, 5).unwrap();
+        let p = params(5, 1.0, 5);
         let mut b = Bucket::new(&p, T0);
         assert!(b.try_take(&p, 5, T0).allowed);
+        let before = *b.own();
         let d = b.try_take(&p, 1, T0 - 10 * SEC);
-        assert!(!d.allowed);
-        assert_eq!(b.own().consumed, 5);
-        let mut e = Bucket::new(&p, i64::MAX);
-        let _ = e.try_take(&p, 1, i64::MIN);
-        let _ = e.peek(&p, u64::MAX, i64::MAX);
+        assert_eq!(parts(d), (false, 0, 11 * S, 15 * S));
+        assert!(b.own().consumed == before.consumed && b.own().waste >= before.waste);
+        // Back to the present: as if the clock had never jumped.
+        assert!(b.try_take(&p, 1, T0 + SEC).allowed);
+        assert!(!b.try_take(&p, 1, T0 + SEC).allowed);
     }
 
     #[test]
-    fn evaluate_without_commit_and_peek_agree() {
-        let p = BucketParams::new(4, 1.0, 4).unwrap();
+    fn extreme_inputs_never_panic() {
+        let big = params(MAX_CAPACITY, MAX_RATE, MAX_CAPACITY);
+        let small = params(1, 1e-9, 0);
+        for (p, t, t2) in [&big, &small]
+            .into_iter()
+            .flat_map(|p| [i64::MIN, -1, 0, T0, i64::MAX].map(|t| (p, t)))
+            .flat_map(|(p, t)| [i64::MIN, 0, i64::MAX].map(|t2| (p, t, t2)))
+        {
+            let mut b = Bucket::new(p, t);
+            for cost in [0, 1, u64::MAX] {
+                let _ = (b.try_take(p, cost, t2), b.peek(p, cost, t2));
+            }
+            b.commit(u64::MAX);
+            b.commit(u64::MAX);
+            for w in [i128::MIN, 0, i128::MAX] {
+                let mut c = b.clone();
+                let own = ctr(u64::MAX, u64::MAX, w);
+                c.absorb(&own, u64::MAX, w);
+                let _ = (c.tokens_units(p, t2), c.try_take(p, 1, t), c.is_full(p, t));
+                let _ = c.carry_over(p, &big, t2).try_take(&small, 1, t);
+                c.rebase_on_store(Some(&own), u64::MAX, Some(w));
+                c.refresh_from_store(None, u64::MAX, None);
+                let _ = c.try_take(p, u64::MAX, t2);
+            }
+        }
+        let d = Bucket::from_state(&State::default()).peek(&big, 0, T0);
+        assert_eq!((d.remaining, d.full_in_ns), (MAX_CAPACITY, 0));
+        let d = Bucket::new(&small, T0).peek(&small, 1, T0);
+        assert_eq!(d.retry_after_ns, 1_000_000_000_000_000_000);
+    }
+
+    #[test]
+    fn evaluate_without_commit_changes_nothing_and_peek_agrees() {
+        let p = params(4, 1.0, 4);
         let mut b = Bucket::new(&p, T0);
         b.try_take(&p, 3, T0);
-        let peek = b.peek(&p, 2, T0 + SEC / 2);
-        let eval = b.evaluate(&p, 2, T0 + SEC / 2);
-        assert_eq!(peek, eval);
-        assert_eq!(b.own().consumed, 3);
+        for t in [T0 + SEC / 2, T0 + 10 * SEC, T0 - SEC] {
+            let (peek, snapshot) = (b.peek(&p, 2, t), b.clone());
+            assert_eq!(peek, b.evaluate(&p, 2, t));
+            assert_eq!(peek, b.evaluate(&p, 2, t));
+            assert_eq!((b.own().consumed, b.own().attempts), (3, 1));
+            assert_eq!(b.peek(&p, 2, t), snapshot.peek(&p, 2, t));
+        }
     }
 
     #[test]
-    fn carry_over_clamps_to_the_new_capacity() {
-        let p = BucketParams::new(10, 1.0, 10).unwrap();
+    fn carry_over_keeps_tokens_and_counters() {
+        let left = |b: &Bucket, p: &BucketParams, t: i64| b.peek(p, 0, t).remaining;
+        let p = params(10, 1.0, 10);
         let mut b = Bucket::new(&p, T0);
         b.try_take(&p, 4, T0);
-        let bigger = BucketParams::new(100, 1.0, 100).unwrap();
+        b.absorb(&Counters::default(), 2, i128::MIN);
+        let big = params(100, 1.0, 100);
+        let up = b.carry_over(&p, &big, T0);
         assert_eq!(
-            b.carry_over(&p, &bigger, T0).peek(&bigger, 0, T0).remaining,
-            6
+            (left(&up, &big, T0), left(&up, &big, T0 + 9 * SEC)),
+            (4, 13)
         );
-        let smaller = BucketParams::new(3, 1.0, 3).unwrap();
+        assert!(up.own().consumed == 4 && up.own().waste >= b.own().waste);
+        let small = params(3, 1.0, 3);
+        assert_eq!(left(&b.carry_over(&p, &small, T0), &small, T0), 3);
+        let (fast, slow) = (params(10, 1000.0, 10), params(10, 0.5, 10));
+        let mut f = b.carry_over(&p, &fast, T0);
+        assert_eq!(left(&f, &fast, T0), 4);
+        assert_eq!(f.try_take(&fast, 5, T0 + SEC / 1000).remaining, 0);
+        assert_eq!(left(&b.carry_over(&p, &slow, T0), &slow, T0 + 2 * SEC), 5);
+        // A full bucket stays full; an indebted one keeps its debt.
+        let full = Bucket::new(&p, T0).carry_over(&p, &big, T0 + 5 * SEC);
+        assert_eq!(left(&full, &big, T0 + 5 * SEC), 10);
+        b.absorb(&Counters::default(), 15, i128::MIN);
         assert_eq!(
-            b.carry_over(&p, &smaller, T0)
-                .peek(&smaller, 0, T0)
-                .remaining,
-            3
+            b.carry_over(&p, &big, T0).peek(&big, 1, T0).retry_after_ns,
+            10 * S
         );
     }
 
     #[test]
     fn a_fresh_bucket_continues_the_stored_state() {
-        let p = BucketParams::new(10, 1.0, 10).unwrap();
-        // The store says: this node took 8 at T0 (and nobody else anything).
+        let p = params(10, 1.0, 10);
         let mut old = Bucket::new(&p, T0);
         assert!(old.try_take(&p, 8, T0).allowed);
         let stored = *old.own();
-        // After a restart the node creates the bucket anew and takes 1 before its first sync.
+        // After a restart the node creates the bucket anew and takes 1 before its first read.
         let mut fresh = Bucket::new(&p, T0 + SEC);
         assert!(fresh.try_take(&p, 1, T0 + SEC).allowed);
         fresh.rebase_on_store(Some(&stored), 0, None);
         assert_eq!(fresh.own().consumed, 9);
         // 10 - 8 + 1 (refill) - 1 = 2 tokens, as if the node had never restarted.
         assert_eq!(fresh.peek(&p, 0, T0 + SEC).remaining, 2);
+        let mut again = Bucket::new(&p, T0 + SEC);
+        again.absorb(&stored, 0, i128::MIN);
+        assert_eq!(again.own().consumed, 8);
     }
 
     #[test]
@@ -569,15 +623,27 @@ mod tests {
 
     #[test]
     fn params_are_validated() {
-        assert_eq!(
-            BucketParams::new(0, 1.0, 0),
-            Err(ParamError::CapacityTooSmall)
-        );
-        assert!(BucketParams::new(1, 0.0, 1).is_err());
-        assert!(BucketParams::new(1, f64::NAN, 1).is_err());
-        assert!(BucketParams::new(1, 1e-12, 1).is_err());
-        assert!(BucketParams::new(2, 1.0, 3).is_err());
-        assert!(BucketParams::new(MAX_CAPACITY + 1, 1.0, 1).is_err());
+        let e = BucketParams::new(0, 1.0, 0);
+        assert_eq!(e, Err(ParamError::CapacityTooSmall));
+        for (c, r, i) in [
+            (MAX_CAPACITY + 1, 1.0, 1),
+            (1, 0.0, 1),
+            (1, -1.0, 1),
+            (1, f64::NAN, 1),
+            (1, f64::INFINITY, 1),
+            (1, 4e-10, 1),
+            (1, 1.000_001e9, 1),
+            (2, 1.0, 3),
+        ] {
+            let e = BucketParams::new(c, r, i).expect_err("refused");
+            assert!(!e.to_string().is_empty());
+        }
+        let p = params(5, 0.123_456_789_4, 0);
+        let got = (p.rate_q(), p.capacity(), p.initial_tokens());
+        assert_eq!(got, (123_456_789, 5, 0));
+        assert_eq!(params(1, 1e-9, 1).rate_q(), 1);
+        assert_eq!(params(1, MAX_RATE, 1).rate_q(), 1_000_000_000_000_000_000);
+        assert_eq!(params(3, 2.0, 3).refill_per_second(), 2.0);
     }
 
     /// A literal sequential token bucket in the same exact units.
@@ -589,145 +655,149 @@ mod tests {
     }
 
     impl Reference {
-        fn take(&mut self, cost: u64, now: i64) -> (bool, u64, u64) {
-            let dt = i128::from(now - self.last);
-            self.last = now;
-            self.tokens = (self.tokens + dt * self.rate).min(self.cap);
-            let cost_u = i128::from(cost) * UNITS_PER_TOKEN;
-            let wait = |d: i128| {
-                if d <= 0 {
-                    0
-                } else {
-                    ((d + self.rate - 1) / self.rate) as u64
-                }
-            };
-            if cost_u <= self.cap && self.tokens >= cost_u {
-                self.tokens -= cost_u;
-                (true, (self.tokens / UNITS_PER_TOKEN) as u64, 0)
-            } else {
-                let r = (self.tokens.max(0) / UNITS_PER_TOKEN) as u64;
-                let w = if cost_u > self.cap {
-                    wait(self.cap - self.tokens)
-                } else {
-                    wait(cost_u - self.tokens)
-                };
-                (false, r, w)
+        fn new(p: &BucketParams, initial: u64, now: i64) -> Self {
+            let (cap, rate) = (p.cap_units(), i128::from(p.rate_q()));
+            let tokens = i128::from(initial) * UNITS_PER_TOKEN;
+            Reference {
+                cap,
+                rate,
+                tokens,
+                last: now,
             }
+        }
+
+        fn take(&mut self, cost: u64, now: i64) -> (bool, u64, u64, u64) {
+            let wait = |d: i128| ((d.max(0) + self.rate - 1) / self.rate) as u64;
+            let tokens = (self.tokens + i128::from(now - self.last) * self.rate).min(self.cap);
+            self.last = now;
+            let cost_u = i128::from(cost) * UNITS_PER_TOKEN;
+            if tokens >= cost_u {
+                self.tokens = tokens - cost_u;
+                let left = self.tokens / UNITS_PER_TOKEN;
+                return (true, left as u64, 0, wait(self.cap - self.tokens));
+            }
+            self.tokens = tokens;
+            let full = wait(self.cap - tokens);
+            let retry = if cost_u > self.cap {
+                full
+            } else {
+                wait(cost_u - tokens)
+            };
+            (false, (tokens.max(0) / UNITS_PER_TOKEN) as u64, retry, full)
         }
     }
 
-    fn events() -> impl Strategy<Value = Vec<(i64, u64)>> {
-        prop::collection::vec((0i64..=5 * SEC, 1u64..=12), 1..120)
+    /// Every node absorbs every node's counters (its own waste among the others' is harmless:
+    /// the bucket takes the max of both).
+    fn sync_all(nodes: &mut [Bucket]) {
+        let all: Vec<Counters> = nodes.iter().map(|b| *b.own()).collect();
+        let total: u64 = all.iter().map(|c| c.consumed).sum();
+        let waste = all.iter().map(|c| c.waste).max().unwrap_or(i128::MIN);
+        for (b, c) in nodes.iter_mut().zip(&all) {
+            b.absorb(c, total - c.consumed, waste);
+        }
+    }
+
+    /// (capacity, refill_per_second, initial), and events drawn from `ev(capacity)`.
+    fn runs<E: Strategy>(
+        ev: impl Fn(u64) -> E,
+    ) -> impl Strategy<Value = ((u64, f64, u64), Vec<E::Value>)> {
+        (1u64..=1000, 0.001f64..1000.0)
+            .prop_flat_map(|(c, r)| (Just(c), Just(r), 0..=c))
+            .prop_flat_map(move |cfg| (Just(cfg), prop::collection::vec(ev(cfg.0), 1..150)))
+    }
+
+    fn counters() -> impl Strategy<Value = State> {
+        let c = (0u64..100, 0u64..100, -50i128..50);
+        prop::collection::btree_map("[a-c]", c, 0..3).prop_map(|m| State {
+            nodes: m
+                .into_iter()
+                .map(|(k, (c, a, w))| (k, ctr(c, a, w)))
+                .collect(),
+        })
     }
 
     proptest! {
         #[test]
         fn one_node_is_exactly_a_sequential_bucket(
-            capacity in 1u64..=10,
-            rate in 0.001f64..1000.0,
-            initial_frac in 0.0f64..=1.0,
-            evs in events(),
+            ((capacity, rate, initial), evs) in runs(|c| (-SEC..=5 * SEC, 1..=c + 2, 0u8..4)),
         ) {
-            let initial = (capacity as f64 * initial_frac) as u64;
-            let p = BucketParams::new(capacity, rate, initial).unwrap();
-            let mut b = Bucket::new(&p, T0);
-            let mut r = Reference { cap: p.cap_units(), rate: i128::from(p.rate_q()), tokens: i128::from(initial) * UNITS_PER_TOKEN, last: T0 };
-            let mut now = T0;
-            for (dt, cost) in evs {
-                now += dt;
+            let p = params(capacity, rate, initial);
+            let (mut b, mut r, mut now) = (Bucket::new(&p, T0), Reference::new(&p, initial, T0), T0);
+            for (dt, cost, kind) in evs {
+                // Mostly forward; a quarter of the events keep time or move it back.
+                now += if kind == 0 { dt.min(0) } else { dt.max(0) };
                 let d = b.try_take(&p, cost, now);
-                let (allowed, remaining, wait) = r.take(cost, now);
-                prop_assert_eq!(d.allowed, allowed);
-                prop_assert_eq!(d.remaining, remaining);
-                prop_assert_eq!(d.retry_after_ns, wait);
+                prop_assert_eq!(parts(d), r.take(cost, now));
+                prop_assert_eq!(d.never, cost > capacity);
             }
         }
 
         #[test]
         fn perfectly_synced_nodes_are_one_sequential_bucket(
-            capacity in 1u64..=10,
-            rate in 0.01f64..100.0,
-            evs in prop::collection::vec((0i64..=2 * SEC, 1u64..=4, 0usize..3), 1..100),
+            ((capacity, rate, initial), evs) in runs(|c| (0..=2 * SEC, 1..=c + 1, 0usize..6)),
         ) {
-            let p = BucketParams::new(capacity, rate, capacity).unwrap();
-            let mut nodes: Vec<Bucket> = (0..3).map(|_| Bucket::new(&p, T0)).collect();
-            let mut r = Reference { cap: p.cap_units(), rate: i128::from(p.rate_q()), tokens: p.cap_units(), last: T0 };
-            let mut now = T0;
-            for (dt, cost, n) in evs {
+            let p = params(capacity, rate, initial);
+            let n = 2 + evs[0].2 % 2;
+            let mut nodes: Vec<Bucket> = (0..n).map(|_| Bucket::new(&p, T0)).collect();
+            let (mut r, mut now) = (Reference::new(&p, initial, T0), T0);
+            for (dt, cost, i) in evs {
                 now += dt;
-                let d = nodes[n].try_take(&p, cost, now);
-                let (allowed, remaining, _) = r.take(cost, now);
-                prop_assert_eq!(d.allowed, allowed);
-                prop_assert_eq!(d.remaining, remaining);
-                // Perfect sync: every node absorbs every other's counters after each event.
-                let all: Vec<Counters> = nodes.iter().map(|b| *b.own()).collect();
-                for (i, b) in nodes.iter_mut().enumerate() {
-                    let others_consumed = all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c.consumed).sum();
-                    let others_waste = all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c.waste).max().unwrap_or(i128::MIN);
-                    b.absorb(&all[i], others_consumed, others_waste);
-                }
+                prop_assert_eq!(parts(nodes[i % n].try_take(&p, cost, now)), r.take(cost, now));
+                sync_all(&mut nodes);
             }
         }
 
         #[test]
-        fn lagging_nodes_overspend_at_most_one_unseen_gap(
-            capacity in 1u64..=20,
-            rate in 0.1f64..50.0,
-            every in 1usize..10,
-            evs in prop::collection::vec((0i64..=SEC / 2, 0usize..3), 1..200),
+        fn lagging_nodes_stay_within_the_g_counter_bound(
+            ((capacity, rate, initial), evs) in runs(|_| (0..=SEC / 2, 1u64..=3, 0usize..60)),
         ) {
-            let p = BucketParams::new(capacity, rate, capacity).unwrap();
-            let mut nodes: Vec<Bucket> = (0..3).map(|_| Bucket::new(&p, T0)).collect();
-            let mut now = T0;
-            let mut admitted = 0u64;
-            let mut last_sync = T0;
-            let mut longest_gap = 0i64;
-            for (k, (dt, n)) in evs.into_iter().enumerate() {
+            let p = params(capacity, rate, initial);
+            let (n, every) = (2 + evs[0].2 % 2, 1 + evs[0].2 / 6);
+            let mut nodes: Vec<Bucket> = (0..n).map(|_| Bucket::new(&p, T0)).collect();
+            let (mut now, mut last_sync, mut gap, mut admitted) = (T0, T0, 0i64, 0u64);
+            for (k, (dt, cost, i)) in evs.into_iter().enumerate() {
                 now += dt;
-                if nodes[n].try_take(&p, 1, now).allowed {
-                    admitted += 1;
+                if nodes[i % n].try_take(&p, cost, now).allowed {
+                    admitted += cost;
                 }
-                if k % every == 0 {
-                    longest_gap = longest_gap.max(now - last_sync);
-                    last_sync = now;
-                    let all: Vec<Counters> = nodes.iter().map(|b| *b.own()).collect();
-                    for (i, b) in nodes.iter_mut().enumerate() {
-                        let oc = all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c.consumed).sum();
-                        let ow = all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c.waste).max().unwrap_or(i128::MIN);
-                        b.absorb(&all[i], oc, ow);
-                    }
+                if k % every == every - 1 {
+                    (gap, last_sync) = (gap.max(now - last_sync), now);
+                    sync_all(&mut nodes);
                 }
             }
-            longest_gap = longest_gap.max(now - last_sync);
-            // The naive G-counter bound: over the whole run, at most one sequential bucket plus
-            // what the two other nodes could spend unseen in one sync gap.
-            let ideal = capacity as f64 + rate * (now - T0) as f64 / 1e9;
-            let unseen = 2.0 * (capacity as f64 + rate * longest_gap as f64 / 1e9);
-            prop_assert!(admitted as f64 <= ideal + unseen + 1e-6, "admitted {} ideal {} unseen {}", admitted, ideal, unseen);
-            // Nothing admitted is lost from the record.
-            let recorded: u64 = nodes.iter().map(|b| b.own().consumed).sum();
-            prop_assert_eq!(recorded, admitted);
+            gap = gap.max(now - last_sync);
+            sync_all(&mut nodes);
+            // Exact units: one sequential bucket over the run, plus what each other node could
+            // spend unseen within one sync gap (its view's capacity and refill).
+            let rate_q = i128::from(p.rate_q());
+            let ideal = i128::from(initial) * UNITS_PER_TOKEN + rate_q * i128::from(now - T0);
+            let unseen = (n as i128 - 1) * (p.cap_units() + rate_q * i128::from(gap));
+            prop_assert!(i128::from(admitted) * UNITS_PER_TOKEN <= ideal + unseen);
+            // Nothing admitted is lost from the record, and after the sync all views agree.
+            let mut state = State::default();
+            for (i, b) in nodes.iter().enumerate() {
+                state.insert(&i.to_string(), *b.own());
+            }
+            prop_assert_eq!(state.total_consumed(), admitted);
+            let merged = Bucket::from_state(&state).peek(&p, 1, now);
+            prop_assert!(nodes.iter().all(|b| b.peek(&p, 1, now) == merged));
         }
 
         #[test]
-        fn state_merge_is_a_crdt(
-            a in prop::collection::btree_map("[a-c]", (0u64..100, 0u64..100, -50i128..50), 0..3),
-            b in prop::collection::btree_map("[a-c]", (0u64..100, 0u64..100, -50i128..50), 0..3),
-            c in prop::collection::btree_map("[a-c]", (0u64..100, 0u64..100, -50i128..50), 0..3),
-        ) {
-            let mk = |m: &BTreeMap<String, (u64, u64, i128)>| State {
-                nodes: m.iter().map(|(k, &(consumed, attempts, waste))| (k.clone(), Counters { consumed, attempts, waste })).collect(),
-            };
-            let (a, b, c) = (mk(&a), mk(&b), mk(&c));
+        fn state_merge_is_a_crdt(a in counters(), b in counters(), c in counters()) {
             let merged = |x: &State, y: &State| { let mut z = x.clone(); z.merge(y); z };
             prop_assert_eq!(merged(&a, &b), merged(&b, &a));
             prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
             prop_assert_eq!(merged(&a, &a), a.clone());
             let ab = merged(&a, &b);
-            for (node, x) in a.nodes.iter() {
-                let y = ab.get(node).unwrap();
-                prop_assert!(y.consumed >= x.consumed && y.attempts >= x.attempts && y.waste >= x.waste);
+            for (x, y) in a.nodes.iter().chain(b.nodes.iter()) {
+                let z = ab.get(x).expect("merge keeps every node");
+                prop_assert!(z.consumed >= y.consumed && z.attempts >= y.attempts);
+                prop_assert!(z.waste >= y.waste);
             }
+            prop_assert!(ab.total_consumed() >= a.total_consumed().max(b.total_consumed()));
+            prop_assert!(ab.max_waste() >= a.max_waste().max(b.max_waste()));
         }
     }
 }
