@@ -301,7 +301,9 @@ impl Bucket {
         tokens
     }
 
-    fn decide(p: &BucketParams, tokens: i128, cost: u64) -> Decision {
+    /// The decision for `cost` given the bucket's tokens now (from [`Bucket::tokens_units`]);
+    /// `evaluate` is `tokens_units` then this.
+    pub fn decide(p: &BucketParams, tokens: i128, cost: u64) -> Decision {
         let cost_u = i128::from(cost) * UNITS_PER_TOKEN;
         let never = cost > p.capacity;
         let allowed = !never && tokens >= cost_u;

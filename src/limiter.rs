@@ -171,10 +171,10 @@ impl Store {
             {
                 entry.stale = true;
             }
-            let mut d = entry.bucket.evaluate(&c.limit.params, c.cost, now);
+            let tokens = entry.bucket.tokens_units(&c.limit.params, now);
+            let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
             entry.bucket.record_attempt();
             if self.shared && d.allowed {
-                let tokens = entry.bucket.tokens_units(&c.limit.params, now);
                 let live = self.live_nodes.load(Ordering::Relaxed);
                 let stale = self.stale_ns.load(Ordering::Relaxed);
                 if let Err(wait) =

@@ -84,6 +84,21 @@ fn route_matches(route: &Route, method: &str, norm_path: &str, host: Option<&str
     path::matches_prefix(norm_path, &route.path_prefix)
 }
 
+/// The header of a JSON response the gateway writes itself.
+fn json_header(
+    status: u16,
+    len: usize,
+    extra: &[(&'static str, String)],
+) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(2 + extra.len()))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", len.to_string())?;
+    for (name, value) in extra {
+        h.insert_header(*name, value.as_str())?;
+    }
+    Ok(h)
+}
+
 /// Writes a complete response from `request_filter` and keeps the connection alive when the
 /// request body is small enough to drain.
 async fn respond(
@@ -92,12 +107,7 @@ async fn respond(
     extra: &[(&'static str, String)],
     body: Vec<u8>,
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body.len().to_string())?;
-    for (name, value) in extra {
-        h.insert_header(*name, value.as_str())?;
-    }
+    let h = json_header(status, body.len(), extra)?;
     let req = session.req_header();
     let declared = req
         .headers
@@ -444,9 +454,7 @@ impl ProxyHttp for Gateway {
         if code > 0 {
             let body = headers::error_body(code, msg);
             let written = async {
-                let mut h = ResponseHeader::build(code, Some(3))?;
-                h.insert_header("content-type", "application/json")?;
-                h.insert_header("content-length", body.len().to_string())?;
+                let h = json_header(code, body.len(), &[])?;
                 session.write_response_header(Box::new(h), false).await?;
                 session
                     .write_response_body(Some(Bytes::from(body)), true)
