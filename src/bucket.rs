@@ -422,6 +422,10 @@ impl Bucket {
     /// pushed since): counters merge by max, but this node's waste becomes the stored one,
     /// since waste raised on the lagging view counted as lost refill what the other nodes had
     /// in fact spent. That waste was never written, so the shared record never saw it.
+    ///
+    /// When the store holds nothing of this node (it restarted empty, or the hash expired),
+    /// the local waste stays: dropping it would refill the bucket to the brim on every node
+    /// at once, which is exactly the over-admission the shared record is there to prevent.
     pub fn refresh_from_store(
         &mut self,
         own_stored: Option<&Counters>,
@@ -431,8 +435,8 @@ impl Bucket {
         if let Some(c) = own_stored {
             self.own.consumed = self.own.consumed.max(c.consumed);
             self.own.attempts = self.own.attempts.max(c.attempts);
+            self.own.waste = c.waste;
         }
-        self.own.waste = own_stored.map_or(i128::MIN, |c| c.waste);
         self.others_consumed = self.others_consumed.max(others_consumed);
         self.others_waste = self.others_waste.max(others_waste.unwrap_or(i128::MIN));
     }

@@ -129,77 +129,11 @@ pub fn run(config: &Config, q: &Query<'_>) -> Result<String, String> {
             config.source
         ));
     };
-    let url = r.urls.first().ok_or("no redis url")?;
-    let client = redis::Client::open(url.as_str()).map_err(|e| format!("redis url: {e}"))?;
-    let mut con = client
-        .get_connection_with_timeout(r.timeout.max(std::time::Duration::from_secs(1)))
-        .map_err(|e| {
-            format!(
-                "cannot reach redis at {}: {e}",
-                crate::config::mask_url_password(url)
-            )
-        })?;
-    let io_timeout = Some(r.timeout.max(std::time::Duration::from_secs(2)));
-    let _ = con.set_read_timeout(io_timeout);
-    let _ = con.set_write_timeout(io_timeout);
-    let prefix = &r.key_prefix;
-    let mut results = Vec::new();
-    match (q.limit, q.key) {
-        (Some(limit), Some(key)) => {
-            let rk = layout::redis_key(prefix, limit, key);
-            let hash: HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(&rk)
-                .query(&mut con)
-                .map_err(|e| e.to_string())?;
-            if hash.is_empty() {
-                return Err(format!(
-                    "no bucket at {rk} (never used, or expired after a full refill)"
-                ));
-            }
-            let mut v = describe(&rk, limit, config, &hash);
-            v["key"] = json!(key);
-            results.push(v);
-        }
-        (None, Some(_)) => return Err("--key needs --limit".into()),
-        (limit, None) => {
-            let pattern = format!("{prefix}:{}:*", limit.unwrap_or("*"));
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(&mut con)
-                    .map_err(|e| e.to_string())?;
-                for k in keys {
-                    if results.len() >= q.max {
-                        break;
-                    }
-                    let Some(rest) = k.strip_prefix(&format!("{prefix}:")) else {
-                        continue;
-                    };
-                    let Some((limit, _)) = rest.split_once(':') else {
-                        continue;
-                    };
-                    let hash: HashMap<String, String> =
-                        match redis::cmd("HGETALL").arg(&k).query(&mut con) {
-                            Ok(h) => h,
-                            Err(e) => {
-                                results.push(json!({"redis_key": k, "error": e.to_string()}));
-                                continue;
-                            }
-                        };
-                    results.push(describe(&k, limit, config, &hash));
-                }
-                cursor = next;
-                if cursor == 0 || results.len() >= q.max {
-                    break;
-                }
-            }
-        }
-    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let results = rt.block_on(collect(config, r, q))?;
     if q.json {
         return Ok(serde_json::to_string_pretty(&results).unwrap_or_default());
     }
@@ -214,4 +148,69 @@ pub fn run(config: &Config, q: &Query<'_>) -> Result<String, String> {
     }
     let _ = writeln!(out, "{} bucket(s)", results.len());
     Ok(out)
+}
+
+/// Reads the buckets the query names, from a standalone server or every primary of a cluster.
+async fn collect(
+    config: &Config,
+    r: &crate::config::RedisConfig,
+    q: &Query<'_>,
+) -> Result<Vec<Value>, String> {
+    let where_ = r
+        .urls
+        .iter()
+        .map(|u| crate::config::mask_url_password(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    let unreachable = |e: &dyn std::fmt::Display| format!("cannot reach redis at {where_}: {e}");
+    let mut con = crate::redis_conn::connect(r)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let prefix = &r.key_prefix;
+    let mut results = Vec::new();
+    match (q.limit, q.key) {
+        (Some(limit), Some(key)) => {
+            let rk = layout::redis_key(prefix, limit, key);
+            let hash: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&rk)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            if hash.is_empty() {
+                return Err(format!(
+                    "no bucket at {rk} (never used, or expired after a full refill)"
+                ));
+            }
+            let mut v = describe(&rk, limit, config, &hash);
+            v["key"] = json!(key);
+            results.push(v);
+        }
+        (None, Some(_)) => return Err("--key needs --limit".into()),
+        (limit, None) => {
+            let pattern = format!("{prefix}:{}:*", limit.unwrap_or("*"));
+            // The registry of nodes matches the pattern too; it is not a bucket.
+            let keys = con
+                .scan(&pattern, q.max.saturating_add(1))
+                .await
+                .map_err(|e| unreachable(&e))?;
+            for k in keys {
+                if results.len() >= q.max {
+                    break;
+                }
+                let Some(rest) = k.strip_prefix(&format!("{prefix}:")) else {
+                    continue;
+                };
+                let Some((limit, _)) = rest.split_once(':') else {
+                    continue;
+                };
+                let hash: redis::RedisResult<HashMap<String, String>> =
+                    redis::cmd("HGETALL").arg(&k).query_async(&mut con).await;
+                match hash {
+                    Ok(h) => results.push(describe(&k, limit, config, &h)),
+                    Err(e) => results.push(json!({"redis_key": k, "error": e.to_string()})),
+                }
+            }
+        }
+    }
+    Ok(results)
 }

@@ -10,6 +10,8 @@
 //! - [`proxy`]: the pingora hooks; [`admin`]: the admin listener;
 //! - [`node`]: the state shared by them, reload; [`metrics`]; [`server`]: assembly;
 //! - [`logging`]: tracing setup with pingora's `log` bridged in.
+//! - [`layout`]: the Redis key and field layout; [`redis_conn`]: standalone, cluster and TLS
+//!   connections; [`sync`]: the sync loop; [`pacing`]: shares between syncs; [`inspect`].
 
 pub mod admin;
 pub mod bucket;
@@ -27,5 +29,6 @@ pub mod node;
 pub mod pacing;
 pub mod path;
 pub mod proxy;
+pub mod redis_conn;
 pub mod server;
 pub mod sync;

@@ -406,6 +406,24 @@ impl Store {
         }
     }
 
+    /// Loads a bucket that the shared store holds (a starting node reading its own fields
+    /// back): created if absent, then merged as a fresh bucket, so it continues the stored
+    /// counters; it is pushed on the next sync.
+    pub fn preload(
+        &self,
+        store_key: &str,
+        me: &str,
+        nodes: &BTreeMap<String, Counters>,
+        params: &BucketParams,
+    ) {
+        let now = self.clock.now_ns();
+        {
+            let mut shard = lock(&self.shards[shard_of(store_key)]);
+            bucket_entry(&mut shard, store_key, params, now);
+        }
+        self.absorb(store_key, me, nodes, params, false);
+    }
+
     /// Number of live buckets.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).map.len()).sum()

@@ -70,6 +70,26 @@ fn report(path: &std::path::Path, errors: tollgate::config::ConfigErrors) -> Exi
     ExitCode::from(2)
 }
 
+/// The host's clock. `TOLLGATE_CLOCK_OFFSET_MS` shifts it, to simulate a host whose clock is
+/// wrong (tests and drills of the clock-skew correction; see the README).
+fn host_clock() -> Arc<dyn tollgate::clock::Clock> {
+    let skew_ms: i64 = std::env::var("TOLLGATE_CLOCK_OFFSET_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if skew_ms == 0 {
+        return Arc::new(SystemClock);
+    }
+    tracing::warn!(
+        skew_ms,
+        "TOLLGATE_CLOCK_OFFSET_MS: this process's clock is shifted on purpose"
+    );
+    Arc::new(tollgate::clock::SkewedClock {
+        base: Arc::new(SystemClock),
+        skew_ns: skew_ms.saturating_mul(1_000_000),
+    })
+}
+
 fn main() -> ExitCode {
     // Two rustls providers are linked (ring through pingora and redis); pick ring explicitly
     // before any TLS use, or the first handshake panics.
@@ -150,13 +170,24 @@ fn main() -> ExitCode {
                 config = %config.display(),
                 "tollgate starting"
             );
-            let node = match Node::new(rt, &config, Arc::new(SystemClock)) {
+            let node = match Node::new(rt, &config, host_clock()) {
                 Ok(n) => Arc::new(n),
                 Err(e) => {
                     eprintln!("tollgate: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if node.runtime().config.redis.is_some() {
+                // Read this node's counters back before serving (a restart continues them).
+                match tollgate::sync::warm_start(&node) {
+                    Ok(n) => {
+                        tracing::info!(buckets = n, "read this node's buckets back from redis")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read this node's buckets back from redis before serving; each is read on first use instead")
+                    }
+                }
+            }
             let server = match tollgate::server::build(node) {
                 Ok(s) => s,
                 Err(e) => {

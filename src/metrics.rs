@@ -27,6 +27,7 @@ pub struct Metrics {
     pub config_drift: IntGaugeVec,
     pub duplicate_node_id: IntGauge,
     pub nodes_live: IntGauge,
+    pub clock_offset_seconds: Gauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -129,6 +130,10 @@ impl Metrics {
             "nodes_live",
             "Nodes seen in the shared registry recently, this one included (pacing shares)",
         ))?;
+        let clock_offset_seconds = Gauge::with_opts(opts(
+            "clock_offset_seconds",
+            "Correction applied to this host's clock to follow Redis TIME (positive: host behind)",
+        ))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(tokens_consumed_total.clone()))?;
@@ -146,6 +151,7 @@ impl Metrics {
             registry.register(Box::new(config_drift.clone()))?;
             registry.register(Box::new(duplicate_node_id.clone()))?;
             registry.register(Box::new(nodes_live.clone()))?;
+            registry.register(Box::new(clock_offset_seconds.clone()))?;
         }
         for r in ["success", "failure"] {
             config_reloads_total.with_label_values(&[r]);
@@ -168,6 +174,7 @@ impl Metrics {
             config_drift,
             duplicate_node_id,
             nodes_live,
+            clock_offset_seconds,
         })
     }
 

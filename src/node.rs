@@ -3,7 +3,7 @@
 //! atomically on reload (build fully, validate, then swap; on failure keep the old one).
 
 use crate::bucket::BucketParams;
-use crate::clock::Clock;
+use crate::clock::{Clock, OffsetClock};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::limiter::{LimitSpec, Store};
 use crate::metrics::Metrics;
@@ -123,6 +123,8 @@ pub struct ReloadSummary {
 pub struct Node {
     runtime: ArcSwap<Runtime>,
     pub store: Store,
+    /// The store's clock, corrected against Redis `TIME` by the sync loop.
+    pub clock: Arc<OffsetClock>,
     pub metrics: Metrics,
     pub config_path: PathBuf,
     reload_lock: Mutex<()>,
@@ -136,9 +138,11 @@ impl Node {
     ) -> Result<Node, String> {
         let shared = runtime.config.redis.is_some();
         let metrics = Metrics::new(shared).map_err(|e| format!("metrics: {e}"))?;
+        let clock = Arc::new(OffsetClock::new(clock));
         let node = Node {
             runtime: ArcSwap::from_pointee(runtime),
-            store: Store::new(clock, shared),
+            store: Store::new(clock.clone(), shared),
+            clock,
             metrics,
             config_path: config_path.to_path_buf(),
             reload_lock: Mutex::new(()),

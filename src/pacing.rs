@@ -40,6 +40,11 @@ pub struct Pace {
     spent: u64,
     /// Every node's attempts at the previous read, for the next share.
     prev: Option<BTreeMap<String, u64>>,
+    /// The allowance was restarted because no sync came (idle, or Redis unreachable): it
+    /// accrues from there at the equal share of the rate until a sync brings a fresh view.
+    /// Restarting it again from the local view at every stale check would hand this node a
+    /// share of what the others spent unseen, over and over (N x the rate during an outage).
+    stale_restart: bool,
 }
 
 fn scale(units: i128, ppm: u32) -> i128 {
@@ -91,9 +96,10 @@ impl Pace {
             return Ok(());
         }
         if self.share_ppm == 0 && self.prev.is_none()
-            || now_ns.saturating_sub(self.since_ns) > stale_ns
+            || !self.stale_restart && now_ns.saturating_sub(self.since_ns) > stale_ns
         {
             self.restart(WHOLE / live.max(1), tokens_units, now_ns);
+            self.stale_restart = true;
         }
         if self.share_ppm == WHOLE {
             return Ok(());
@@ -151,6 +157,7 @@ impl Pace {
         // Alone in the registry: the whole bucket.
         let share = if live <= 1 { WHOLE } else { share };
         self.restart(share, tokens_units, now_ns);
+        self.stale_restart = false;
         self.prev = Some(attempts);
     }
 }

@@ -13,16 +13,26 @@
 //! that pacing uses for equal shares and that reveals two processes sharing one node_id.
 //! Config drift (nodes with other parameters for a limit) is reported from the hashes read.
 //!
-//! Not yet here (tracked in the sync issue): Redis Cluster, `rediss://` with a custom CA,
-//! clock-skew correction against Redis `TIME`.
+//! Redis Cluster and TLS are the connection's business ([`crate::redis_conn`]): in a cluster
+//! the same commands go out concurrently, pipelined per shard.
+//!
+//! # Clocks
+//!
+//! Refill is computed from time, on every node, against the same counters: a node whose clock
+//! runs Δ ahead sees Δ x rate more tokens than the others. Every few seconds the loop reads
+//! Redis `TIME` three times, takes the sample with the shortest round trip, and estimates this
+//! host's offset as `TIME - (sent + received) / 2` (error at most half that round trip). The
+//! store's clock is corrected by the estimate whenever it moves by more than its error (and at
+//! least 1 ms), so every node refills on Redis's time line; an offset over 50 ms is logged,
+//! and `clock_offset_seconds` shows it. In a cluster, `TIME` comes from one of the primaries.
 
 use crate::layout;
 use crate::limiter::DirtyBucket;
 use crate::node::Node;
+use crate::redis_conn::{self, Conn};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,9 +42,13 @@ pub struct SyncLoop {
     pub node: Arc<Node>,
 }
 
+/// How often the clock offset against Redis `TIME` is measured.
+const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// How the last round trip went.
 struct Link {
-    con: ConnectionManager,
+    /// None until a cluster connection could be made (a standalone one is lazy).
+    con: Option<Conn>,
     run_id: Option<String>,
     /// An error was seen since the last success: check `run_id` on recovery, log once.
     failing: bool,
@@ -45,31 +59,105 @@ struct Link {
     instance: u64,
     /// Whether this process has written its registry entry yet.
     registered: bool,
+    /// When the clock offset was last measured.
+    clock_checked: Option<Instant>,
+}
+
+/// One bucket's command in a round trip.
+enum Op<'s> {
+    /// A bucket new to this node: read the hash first (pushed on the next sync).
+    Read(String),
+    /// Max-merge this node's fields, read the merged hash back, extend the TTL.
+    Merge(redis::ScriptInvocation<'s>),
+}
+
+type HashReply = redis::RedisResult<HashMap<String, String>>;
+
+/// Sends the registry commands and the bucket commands; returns the registry's HGETALL
+/// reply followed by one reply per op. An error for the whole round trip (Redis unreachable)
+/// is an `Err`.
+async fn round_trip(
+    con: &mut Conn,
+    mut registry: redis::Pipeline,
+    script: &redis::Script,
+    ops: &[Op<'_>],
+) -> redis::RedisResult<Vec<HashReply>> {
+    match con {
+        Conn::Single(_) => {
+            // One pipeline: the registry, the script (so EVALSHA finds it), every bucket.
+            registry.load_script(script).ignore();
+            for op in ops {
+                match op {
+                    Op::Read(k) => {
+                        registry.hgetall(k);
+                    }
+                    Op::Merge(inv) => {
+                        registry.invoke_script(inv);
+                    }
+                }
+            }
+            registry.query_async(con).await
+        }
+        Conn::Cluster(c) => {
+            // Keys span slots: commands go concurrently, pipelined per shard by the client.
+            let reg = async {
+                let mut c = c.clone();
+                let r: redis::RedisResult<Vec<HashReply>> = registry.query_async(&mut c).await;
+                r
+            };
+            let each = futures::future::join_all(ops.iter().map(|op| {
+                let mut c = c.clone();
+                async move {
+                    match op {
+                        Op::Read(k) => redis::cmd("HGETALL").arg(k).query_async(&mut c).await,
+                        Op::Merge(inv) => inv.invoke_async(&mut c).await,
+                    }
+                }
+            }));
+            let (reg, each): (_, Vec<HashReply>) = futures::join!(reg, each);
+            let mut out = reg?;
+            out.truncate(1);
+            if out.is_empty() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "empty registry reply",
+                )));
+            }
+            // The registry failing to answer means the cluster is unreachable.
+            if let Some(Err(e)) = out.first() {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "redis cluster unreachable",
+                        e.to_string(),
+                    )));
+                }
+            }
+            out.extend(each);
+            Ok(out)
+        }
+    }
 }
 
 impl SyncLoop {
-    /// Connects lazily: a Redis that is down at startup is retried by every sync.
-    fn connect(&self) -> Result<ConnectionManager, String> {
-        let rt = self.node.runtime();
-        let Some(cfg) = rt.config.redis.as_ref() else {
-            return Err("no redis configured".into());
-        };
-        let url = cfg.urls.first().ok_or("no redis url")?;
-        let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-        let conf = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        ConnectionManager::new_lazy_with_config(client, conf).map_err(|e| e.to_string())
-    }
-
-    async fn run_id(con: &mut ConnectionManager) -> redis::RedisResult<Option<String>> {
-        let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|s| s.trim().to_string()))
+    /// The connection, made on first use (a standalone one connects lazily anyway).
+    async fn con<'l>(&self, link: &'l mut Link) -> redis::RedisResult<&'l mut Conn> {
+        if link.con.is_none() {
+            let rt = self.node.runtime();
+            let Some(cfg) = rt.config.redis.as_ref() else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "no redis configured",
+                )));
+            };
+            let con = redis_conn::connect(cfg).await.map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Io, "cannot connect", e))
+            })?;
+            link.con = Some(con);
+        }
+        link.con.as_mut().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "no redis connection"))
+        })
     }
 
     /// One round trip: push and read every dirty bucket. On error the buckets are queued again.
@@ -83,8 +171,10 @@ impl SyncLoop {
             return Ok(0);
         };
         let node_id = rt.config.node_id.as_str();
+        let mut con = self.con(link).await?.clone();
+        let con = &mut con;
         if link.failing || link.run_id.is_none() {
-            let id = Self::run_id(&mut link.con).await?;
+            let id = con.run_ids().await?;
             if link.run_id.is_some() && id != link.run_id {
                 tracing::warn!(
                     "redis restarted empty (new run_id): pushing every bucket in memory again"
@@ -92,6 +182,13 @@ impl SyncLoop {
                 self.node.store.mark_all_dirty();
             }
             link.run_id = id;
+        }
+        if link
+            .clock_checked
+            .is_none_or(|t| t.elapsed() >= CLOCK_CHECK_EVERY)
+        {
+            check_clock_of(&self.node, con).await?;
+            link.clock_checked = Some(Instant::now());
         }
         let dirty: Vec<DirtyBucket> = self.node.store.take_dirty();
         // The node's clock, as the buckets see it.
@@ -105,8 +202,8 @@ impl SyncLoop {
         pipe.hset(&registry, node_id, format!("{now}:{:x}", link.instance))
             .ignore();
         pipe.pexpire(&registry, 3_600_000).ignore();
-        pipe.load_script(script).ignore();
         let mut sent: Vec<&DirtyBucket> = Vec::with_capacity(dirty.len());
+        let mut ops: Vec<Op<'_>> = Vec::with_capacity(dirty.len());
         for d in &dirty {
             let Some((limit, key)) = d.store_key.split_once(':') else {
                 continue;
@@ -116,7 +213,7 @@ impl SyncLoop {
             };
             let rkey = layout::redis_key(&cfg.key_prefix, limit, key);
             if d.fresh {
-                pipe.hgetall(rkey);
+                ops.push(Op::Read(rkey));
             } else {
                 let p = &spec.params;
                 let ttl_ms = ttl_ms(p.seconds_to_fill(), cfg.sync_interval);
@@ -125,21 +222,21 @@ impl SyncLoop {
                 for (f, v) in layout::node_fields(node_id, &d.own, p.capacity(), p.rate_q(), now) {
                     inv.arg(f).arg(v);
                 }
-                pipe.invoke_script(&inv);
+                ops.push(Op::Merge(inv));
             }
             sent.push(d);
         }
         let started = Instant::now();
-        let mut replies: Vec<redis::RedisResult<HashMap<String, String>>> =
-            match pipe.query_async(&mut link.con).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.node
-                        .store
-                        .requeue(dirty.into_iter().map(|d| d.store_key));
-                    return Err(e);
-                }
-            };
+        let mut replies: Vec<HashReply> = match round_trip(con, pipe, script, &ops).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.node
+                    .store
+                    .requeue(dirty.into_iter().map(|d| d.store_key));
+                return Err(e);
+            }
+        };
+        drop(ops);
         if replies.is_empty() {
             self.node
                 .store
@@ -272,6 +369,130 @@ impl SyncLoop {
     }
 }
 
+/// Measures this node's clock against Redis `TIME` (three samples, the shortest round
+/// trip wins) and corrects the store's clock when the estimate moved by more than its
+/// error: refill is computed from time, so every node must agree on it.
+async fn check_clock_of(node: &Node, con: &mut Conn) -> redis::RedisResult<()> {
+    let clock = &node.clock;
+    let mut samples = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let t0 = clock.base_ns();
+        let r = con.time_ns().await?;
+        let t1 = clock.base_ns();
+        samples.push((t0, t1, r));
+    }
+    if let Some((offset, error)) = crate::clock::estimate_offset(&samples) {
+        let old = clock.offset_ns();
+        if (offset - old).abs() > error.max(1_000_000) {
+            clock.set_offset_ns(offset);
+            if (offset - old).abs() > 50_000_000 {
+                tracing::warn!(
+                    offset_ms = offset / 1_000_000,
+                    error_ms = error / 1_000_000,
+                    "this host's clock differs from redis TIME: refill now follows redis's clock (check NTP on this host)"
+                );
+            }
+        }
+        node.metrics
+            .clock_offset_seconds
+            .set(clock.offset_ns() as f64 / 1e9);
+    }
+    Ok(())
+}
+
+/// How long a starting node may spend reading its own fields back before it serves.
+const WARM_START_BUDGET: Duration = Duration::from_secs(3);
+
+/// Reads this node's fields back before it serves (SPEC section 5: a restarted node continues
+/// its counters). Corrects the clock against Redis first, then SCANs the bucket keys (every
+/// primary of a cluster), reads them in batches, and loads each bucket that holds fields of
+/// this node into memory, rebased on what the store holds. Bounded by a time budget and by
+/// `max_buckets`; what it does not reach (and keys stored as `h:` digests, which cannot be
+/// mapped back to a client key) is read on first use, before the bucket's first push.
+/// Returns the number of buckets loaded, or why it could not.
+pub fn warm_start(node: &Node) -> Result<usize, String> {
+    let rt = node.runtime();
+    let Some(cfg) = rt.config.redis.as_ref() else {
+        return Ok(0);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let max = usize::try_from(rt.config.max_buckets).unwrap_or(usize::MAX);
+    runtime.block_on(async {
+        let loaded = std::sync::atomic::AtomicUsize::new(0);
+        let work = async {
+            let mut con = redis_conn::connect(cfg).await?;
+            check_clock_of(node, &mut con)
+                .await
+                .map_err(|e| e.to_string())?;
+            let prefix = format!("{}:", cfg.key_prefix);
+            let keys = con
+                .scan(&format!("{prefix}*"), max)
+                .await
+                .map_err(|e| e.to_string())?;
+            let node_id = rt.config.node_id.as_str();
+            for batch in keys.chunks(512) {
+                let replies: Vec<HashReply> = match &mut con {
+                    Conn::Single(_) => {
+                        let mut pipe = redis::pipe();
+                        pipe.ignore_errors();
+                        for k in batch {
+                            pipe.hgetall(k);
+                        }
+                        pipe.query_async(&mut con).await.map_err(|e| e.to_string())?
+                    }
+                    Conn::Cluster(c) => {
+                        futures::future::join_all(batch.iter().map(|k| {
+                            let mut c = c.clone();
+                            async move { redis::cmd("HGETALL").arg(k).query_async(&mut c).await }
+                        }))
+                        .await
+                    }
+                };
+                for (k, reply) in batch.iter().zip(replies) {
+                    let Ok(hash) = reply else { continue };
+                    let Some((limit, key)) = k
+                        .strip_prefix(&prefix)
+                        .and_then(|rest| rest.split_once(':'))
+                    else {
+                        continue;
+                    };
+                    let Some(spec) = rt.limits.iter().find(|l| l.name == limit) else {
+                        continue;
+                    };
+                    // Only keys that map back to one client key (not digests).
+                    if layout::redis_key(&cfg.key_prefix, limit, key) != *k {
+                        continue;
+                    }
+                    let (nodes, _) = layout::parse_hash(&hash);
+                    if !nodes.contains_key(node_id) {
+                        continue;
+                    }
+                    let counters: std::collections::BTreeMap<String, crate::bucket::Counters> =
+                        nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
+                    let store_key = crate::limiter::store_key(limit, key);
+                    node.store
+                        .preload(&store_key, node_id, &counters, &spec.params);
+                    loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let n = || loaded.load(std::sync::atomic::Ordering::Relaxed);
+        match tokio::time::timeout(WARM_START_BUDGET, work).await {
+            Ok(Ok(())) => Ok(n()),
+            Ok(Err(e)) => Err(format!("{e} (after loading {} buckets)", n())),
+            Err(_) => Err(format!(
+                "time budget of {:?} spent (after loading {} buckets; the rest are read on first use)",
+                WARM_START_BUDGET,
+                n()
+            )),
+        }
+    })
+}
+
 /// A number that tells this process from another one with the same node_id.
 fn instance_id() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -313,20 +534,15 @@ impl BackgroundService for SyncLoop {
             return;
         };
         let script = redis::Script::new(layout::MERGE_SCRIPT);
-        let mut link = match self.connect() {
-            Ok(con) => Link {
-                con,
-                run_id: None,
-                failing: false,
-                last_ok: Instant::now(),
-                drifting: Default::default(),
-                instance: instance_id(),
-                registered: false,
-            },
-            Err(e) => {
-                tracing::error!(error = %e, "cannot set up the redis client; running standalone");
-                return;
-            }
+        let mut link = Link {
+            con: None,
+            run_id: None,
+            failing: false,
+            last_ok: Instant::now(),
+            drifting: Default::default(),
+            instance: instance_id(),
+            registered: false,
+            clock_checked: None,
         };
         let metrics = &self.node.metrics;
         metrics.redis_up.set(0);
@@ -368,11 +584,13 @@ impl BackgroundService for SyncLoop {
                 if let Some(cfg) = rt.config.redis.as_ref() {
                     // Leave the registry so that the others take back this node's share.
                     let registry = format!("{}:nodes", cfg.key_prefix);
-                    let _: redis::RedisResult<i64> = redis::cmd("HDEL")
-                        .arg(&registry)
-                        .arg(&rt.config.node_id)
-                        .query_async(&mut link.con)
-                        .await;
+                    if let Some(con) = link.con.as_mut() {
+                        let _: redis::RedisResult<i64> = redis::cmd("HDEL")
+                            .arg(&registry)
+                            .arg(&rt.config.node_id)
+                            .query_async(con)
+                            .await;
+                    }
                 }
                 tracing::info!("final sync done; sync loop stopped");
                 break;

@@ -159,6 +159,16 @@ impl Gateway {
     /// Like [`Gateway::start`], but a gateway that exits or never becomes healthy is an `Err`
     /// holding its exit status and log, for tests that expect a refusal.
     pub fn try_start(config: Value) -> Result<Gateway, String> {
+        Gateway::try_start_with_env(config, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment variables for the process.
+    pub fn start_with_env(config: Value, env: &[(&str, &str)]) -> Gateway {
+        Gateway::try_start_with_env(config, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Gateway::try_start`] with extra environment variables for the process.
+    pub fn try_start_with_env(config: Value, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().expect("create a temp dir");
         let default_listeners = json!([{ "address": format!("127.0.0.1:{}", free_port()) }]);
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -183,6 +193,7 @@ impl Gateway {
             .arg("-c")
             .arg(&config_path)
             .env("TOLLGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
