@@ -35,21 +35,46 @@ fn bucket_core(c: &mut Criterion) {
     });
 }
 
+/// A store holding `live` buckets (`key-0` .. `key-{live-1}`).
+fn filled_store(l: &LimitSpec, live: usize) -> (Store, Vec<String>) {
+    let store = Store::new(Arc::new(SystemClock), false);
+    let keys: Vec<String> = (0..live).map(|i| format!("key-{i}")).collect();
+    for k in &keys {
+        store.charge(&[Charge {
+            limit: l,
+            key: k,
+            cost: 1,
+        }]);
+    }
+    (store, keys)
+}
+
+/// The decision on an existing bucket while 1, 1,000 or 1,000,000 buckets are live: a hot key
+/// (the data structure's own cost, cache-warm, as for a busy client), and a different key at
+/// each call (stride through all of them: memory-bound once the buckets outgrow the caches).
 fn store_decision(c: &mut Criterion) {
     let l = spec();
-    let mut group = c.benchmark_group("store/charge_existing_bucket");
+    let mut hot = c.benchmark_group("store/charge_hot_key");
+    let mut stores = Vec::new();
     for live in [1usize, 1_000, 1_000_000] {
-        let store = Store::new(Arc::new(SystemClock), false);
-        let keys: Vec<String> = (0..live).map(|i| format!("key-{i}")).collect();
-        for k in &keys {
-            store.charge(&[Charge {
-                limit: &l,
-                key: k,
-                cost: 1,
-            }]);
-        }
+        let (store, keys) = filled_store(&l, live);
+        let key = keys[live / 2].clone();
+        hot.bench_with_input(BenchmarkId::from_parameter(live), &live, |bench, _| {
+            bench.iter(|| {
+                black_box(store.charge(&[Charge {
+                    limit: &l,
+                    key: &key,
+                    cost: 1,
+                }]))
+            })
+        });
+        stores.push((live, store, keys));
+    }
+    hot.finish();
+    let mut spread = c.benchmark_group("store/charge_existing_bucket");
+    for (live, store, keys) in &stores {
         let mut i = 0usize;
-        group.bench_with_input(BenchmarkId::from_parameter(live), &live, |bench, &live| {
+        spread.bench_with_input(BenchmarkId::from_parameter(live), live, |bench, &live| {
             bench.iter(|| {
                 i = (i + 7919) % live;
                 black_box(store.charge(&[Charge {
@@ -57,6 +82,46 @@ fn store_decision(c: &mut Criterion) {
                     key: &keys[i],
                     cost: 1,
                 }]))
+            })
+        });
+    }
+    spread.finish();
+}
+
+/// Several threads charging at once: all on one hot key (one shard lock), and each on its own
+/// keys (spread over the shards). Reported as the time of one charge seen by one thread.
+fn store_contended(c: &mut Criterion) {
+    let l = spec();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let (store, keys) = filled_store(&l, 10_000);
+    let mut group = c.benchmark_group(format!("store/contended_{threads}_threads"));
+    for (name, hot) in [("one_hot_key", true), ("many_keys", false)] {
+        group.bench_function(name, |bench| {
+            bench.iter_custom(|iters| {
+                let per = iters / threads as u64 + 1;
+                let start = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..threads {
+                        let (store, keys, l) = (&store, &keys, &l);
+                        s.spawn(move || {
+                            let mut i = t * 997;
+                            for _ in 0..per {
+                                i = (i + 7919) % keys.len();
+                                let key = if hot { &keys[0] } else { &keys[i] };
+                                black_box(store.charge(&[Charge {
+                                    limit: l,
+                                    key,
+                                    cost: 1,
+                                }]));
+                            }
+                        });
+                    }
+                });
+                // Each thread made `per` charges in this time: report the time of one charge
+                // as a thread sees it (criterion divides by iters = threads x per).
+                start.elapsed() * threads as u32
             })
         });
     }
@@ -95,5 +160,11 @@ fn key_and_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bucket_core, store_decision, key_and_headers);
+criterion_group!(
+    benches,
+    bucket_core,
+    store_decision,
+    store_contended,
+    key_and_headers
+);
 criterion_main!(benches);

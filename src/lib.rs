@@ -7,7 +7,7 @@
 //! - [`path`], [`key`], [`clientip`]: what a request is charged to;
 //! - [`limiter`]: the sharded in-memory store of buckets, all-or-nothing charging;
 //! - [`headers`]: IETF `RateLimit` headers and the bodies the gateway writes itself;
-//! - [`proxy`]: the pingora hooks; [`admin`]: the admin listener;
+//! - [`proxy`]: the pingora hooks; [`admin`]: the admin listener; [`health`]: upstream checks;
 //! - [`node`]: the state shared by them, reload; [`metrics`]; [`server`]: assembly;
 //! - [`logging`]: tracing setup with pingora's `log` bridged in.
 //! - [`layout`]: the Redis key and field layout; [`redis_conn`]: standalone, cluster and TLS
@@ -19,6 +19,7 @@ pub mod clientip;
 pub mod clock;
 pub mod config;
 pub mod headers;
+pub mod health;
 pub mod inspect;
 pub mod key;
 pub mod layout;

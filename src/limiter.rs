@@ -11,12 +11,18 @@ use crate::bucket::{Bucket, BucketParams, Counters, Decision};
 use crate::clock::Clock;
 use crate::config::KeySource;
 use crate::pacing::Pace;
+use hashbrown::hash_map::RawEntryMut;
+use smallvec::SmallVec;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
+
+/// Per-request lists: a route charges a handful of limits, so these stay on the stack.
+pub type Small<T> = SmallVec<[T; 4]>;
 
 /// One limit as the running config defines it.
 #[derive(Debug, Clone)]
@@ -38,12 +44,12 @@ pub struct Charge<'a> {
 #[derive(Debug, Clone)]
 pub struct ChargeResult {
     /// One decision per charge, in order; `allowed` means "could pay".
-    pub decisions: Vec<Decision>,
+    pub decisions: Small<Decision>,
     /// The enforcing limit (index into the charges) that refused, if any: the one that needs
     /// the longest wait.
     pub rejected_by: Option<usize>,
     /// Shadow limits that could not pay.
-    pub shadow_rejected: Vec<usize>,
+    pub shadow_rejected: Small<usize>,
 }
 
 impl ChargeResult {
@@ -69,11 +75,10 @@ struct Entry {
     pace: Pace,
 }
 
-#[derive(Default)]
 struct Shard {
     /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
-    /// SipHash on short keys.
-    map: HashMap<Box<str>, Entry, ahash::RandomState>,
+    /// SipHash on short keys. One hash per request picks the shard and probes its map.
+    map: hashbrown::HashMap<Box<str>, Entry, ahash::RandomState>,
     /// Keys whose entry turned dirty, each listed once until drained.
     dirty: Vec<Box<str>>,
 }
@@ -101,6 +106,8 @@ pub struct DirtyBucket {
 /// Sharded map from `"{limit}:{key}"` to bucket.
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
+    /// The hasher of every shard's map (same keys), so a key is hashed once.
+    hasher: ahash::RandomState,
     clock: Arc<dyn Clock>,
     /// Buckets are shared through Redis: track what changed for the sync loop, and pace.
     shared: bool,
@@ -110,8 +117,9 @@ pub struct Store {
     stale_ns: AtomicI64,
 }
 
-fn shard_of(key: &str) -> usize {
-    (crate::key::fnv1a(key.as_bytes()) % SHARDS as u64) as usize
+thread_local! {
+    /// The store keys of one charge, concatenated: built without allocating per request.
+    static KEYS: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -131,9 +139,18 @@ pub fn store_key(limit: &str, key: &str) -> String {
 
 impl Store {
     pub fn new(clock: Arc<dyn Clock>, shared: bool) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        let hasher = ahash::RandomState::new();
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: hashbrown::HashMap::with_hasher(hasher.clone()),
+                    dirty: Vec::new(),
+                })
+            })
+            .collect();
         Store {
             shards,
+            hasher,
             clock,
             shared,
             live_nodes: AtomicU32::new(1),
@@ -145,27 +162,58 @@ impl Store {
         self.clock.now_ns()
     }
 
+    /// The hash of a store key, and its shard, from bits 32-37 of the hash: the maps use the
+    /// low bits (slot) and the top seven (tag), which must stay spread within a shard.
+    fn locate(&self, key: &str) -> (u64, usize) {
+        let h = self.hasher.hash_one(key);
+        (h, (h >> 32) as usize % SHARDS)
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        self.locate(key).1
+    }
+
     /// Charges every bucket in `charges` or none of them.
     pub fn charge(&self, charges: &[Charge<'_>]) -> ChargeResult {
+        KEYS.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut buf) => self.charge_with(charges, &mut buf),
+            // Not reentrant in practice; a fresh buffer keeps it correct if it ever were.
+            Err(_) => self.charge_with(charges, &mut String::new()),
+        })
+    }
+
+    fn charge_with(&self, charges: &[Charge<'_>], buf: &mut String) -> ChargeResult {
         let now = self.clock.now_ns();
-        let keys: Vec<String> = charges
-            .iter()
-            .map(|c| store_key(&c.limit.name, c.key))
-            .collect();
-        let shard_ids: Vec<usize> = keys.iter().map(|k| shard_of(k)).collect();
-        let mut order: Vec<usize> = shard_ids.clone();
+        buf.clear();
+        let mut ends: Small<usize> = SmallVec::new();
+        for c in charges {
+            buf.push_str(&c.limit.name);
+            buf.push(':');
+            buf.push_str(c.key);
+            ends.push(buf.len());
+        }
+        let key_of = |i: usize| -> &str {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            &buf[start..ends[i]]
+        };
+        let located: Small<(u64, usize)> =
+            (0..charges.len()).map(|i| self.locate(key_of(i))).collect();
+        let mut order: Small<usize> = located.iter().map(|&(_, s)| s).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+        let mut guards: Small<(usize, MutexGuard<'_, Shard>)> =
             order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
 
-        let mut decisions = Vec::with_capacity(charges.len());
+        let mut decisions: Small<Decision> = SmallVec::with_capacity(charges.len());
         let mut rejected_by: Option<usize> = None;
-        let mut shadow_rejected = Vec::new();
+        let mut shadow_rejected: Small<usize> = SmallVec::new();
         for (i, c) in charges.iter().enumerate() {
-            let shard = guard_for(&mut guards, shard_ids[i]);
-            let entry = bucket_entry(shard, &keys[i], &c.limit.params, now);
-            if self.shared
+            let (hash, sid) = located[i];
+            let key = key_of(i);
+            let shard = guard_for(&mut guards, sid);
+            let shared = self.shared;
+            let entry = bucket_entry(shard, hash, key, &c.limit.params, now);
+            if shared
                 && !entry.fresh
                 && now.saturating_sub(entry.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
             {
@@ -174,7 +222,7 @@ impl Store {
             let tokens = entry.bucket.tokens_units(&c.limit.params, now);
             let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
             entry.bucket.record_attempt();
-            if self.shared && d.allowed {
+            if shared && d.allowed {
                 let live = self.live_nodes.load(Ordering::Relaxed);
                 let stale = self.stale_ns.load(Ordering::Relaxed);
                 if let Err(wait) =
@@ -188,8 +236,10 @@ impl Store {
                     d.retry_after_ns = wait;
                 }
             }
-            if self.shared {
-                shard.mark_dirty(&keys[i]);
+            let newly_dirty = shared && !entry.dirty;
+            if newly_dirty {
+                entry.dirty = true;
+                shard.dirty.push(key.into());
             }
             if !d.allowed {
                 if c.limit.shadow {
@@ -210,8 +260,9 @@ impl Store {
                 if !decisions[i].allowed {
                     continue; // a shadow limit that could not pay is not charged
                 }
-                let shard = guard_for(&mut guards, shard_ids[i]);
-                if let Some(e) = shard.map.get_mut(keys[i].as_str()) {
+                let (hash, sid) = located[i];
+                let shard = guard_for(&mut guards, sid);
+                if let Some(e) = get_hashed(shard, hash, key_of(i)) {
                     e.bucket.commit(c.cost);
                     e.pace.spend(c.cost);
                 }
@@ -228,7 +279,7 @@ impl Store {
     pub fn peek(&self, limit: &LimitSpec, key: &str, cost: u64) -> Decision {
         let now = self.clock.now_ns();
         let k = store_key(&limit.name, key);
-        let shard = lock(&self.shards[shard_of(&k)]);
+        let shard = lock(&self.shards[self.shard_of(&k)]);
         match shard.map.get(k.as_str()) {
             Some(e) => e.bucket.peek(&limit.params, cost, now),
             None => Bucket::new(&limit.params, now).peek(&limit.params, cost, now),
@@ -317,7 +368,7 @@ impl Store {
     /// Lists buckets again after a failed push.
     pub fn requeue(&self, keys: impl IntoIterator<Item = String>) {
         for k in keys {
-            let mut shard = lock(&self.shards[shard_of(&k)]);
+            let mut shard = lock(&self.shards[self.shard_of(&k)]);
             if let Some(e) = shard.map.get_mut(k.as_str()) {
                 e.dirty = false;
                 shard.mark_dirty(&k);
@@ -368,7 +419,7 @@ impl Store {
             others_waste = Some(others_waste.map_or(c.waste, |w| w.max(c.waste)));
         }
         let live = self.live_nodes.load(Ordering::Relaxed);
-        let mut shard = lock(&self.shards[shard_of(store_key)]);
+        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let relist = {
             let Some(e) = shard.map.get_mut(store_key) else {
                 return;
@@ -418,8 +469,9 @@ impl Store {
     ) {
         let now = self.clock.now_ns();
         {
-            let mut shard = lock(&self.shards[shard_of(store_key)]);
-            bucket_entry(&mut shard, store_key, params, now);
+            let (hash, sid) = self.locate(store_key);
+            let mut shard = lock(&self.shards[sid]);
+            bucket_entry(&mut shard, hash, store_key, params, now);
         }
         self.absorb(store_key, me, nodes, params, false);
     }
@@ -443,25 +495,40 @@ fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize
     &mut guards[pos].1
 }
 
-fn bucket_entry<'s>(shard: &'s mut Shard, key: &str, p: &BucketParams, now: i64) -> &'s mut Entry {
-    // Look up before inserting: the entry API would allocate the key on every hit.
-    if !shard.map.contains_key(key) {
-        shard.map.insert(
-            key.into(),
-            Entry {
-                bucket: Bucket::new(p, now),
-                dirty: false,
-                fresh: true,
-                stale: false,
-                synced_ns: now,
-                pace: Pace::default(),
-            },
-        );
+/// The entry of `key` (hash `hash`), created when missing: one probe, and the key is
+/// allocated only on insertion.
+fn bucket_entry<'s>(
+    shard: &'s mut Shard,
+    hash: u64,
+    key: &str,
+    p: &BucketParams,
+    now: i64,
+) -> &'s mut Entry {
+    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
+        RawEntryMut::Occupied(o) => o.into_mut(),
+        RawEntryMut::Vacant(v) => {
+            v.insert_hashed_nocheck(
+                hash,
+                key.into(),
+                Entry {
+                    bucket: Bucket::new(p, now),
+                    dirty: false,
+                    fresh: true,
+                    stale: false,
+                    synced_ns: now,
+                    pace: Pace::default(),
+                },
+            )
+            .1
+        }
     }
-    shard
-        .map
-        .get_mut(key)
-        .expect("the entry was just looked up or inserted")
+}
+
+fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut Entry> {
+    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
+        RawEntryMut::Occupied(o) => Some(o.into_mut()),
+        RawEntryMut::Vacant(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -530,7 +597,7 @@ mod tests {
         assert!(s.charge(&charges).allowed());
         let r = s.charge(&charges);
         assert!(r.allowed());
-        assert_eq!(r.shadow_rejected, vec![1]);
+        assert_eq!(r.shadow_rejected.as_slice(), &[1]);
         assert_eq!(s.peek(&real, "k", 0).remaining, 8);
         assert_eq!(s.peek(&shadow, "k", 0).remaining, 0);
     }

@@ -22,6 +22,10 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "conf/tollgate.json")]
         config: PathBuf,
+        /// Graceful upgrade: take the listening sockets over from the running process with the
+        /// same config (start this, then send SIGQUIT to the old process).
+        #[arg(short, long)]
+        upgrade: bool,
     },
     /// Read bucket state from Redis: list buckets, or explain one (--limit and --key).
     Inspect {
@@ -133,7 +137,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             tollgate::logging::init();
             let rt = match load(&config) {
                 Ok(rt) => rt,
@@ -188,7 +192,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let server = match tollgate::server::build(node) {
+            let server = match tollgate::server::build(node, upgrade) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("tollgate: {e}");

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub duplicate_node_id: IntGauge,
     pub nodes_live: IntGauge,
     pub clock_offset_seconds: Gauge,
+    pub upstream_server_up: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -134,6 +135,14 @@ impl Metrics {
             "clock_offset_seconds",
             "Correction applied to this host's clock to follow Redis TIME (positive: host behind)",
         ))?;
+        let upstream_server_up = IntGaugeVec::new(
+            opts(
+                "upstream_server_up",
+                "1 while an upstream server passes its health checks (servers with checks only)",
+            ),
+            &["upstream", "server"],
+        )?;
+        registry.register(Box::new(upstream_server_up.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(tokens_consumed_total.clone()))?;
@@ -175,6 +184,7 @@ impl Metrics {
             duplicate_node_id,
             nodes_live,
             clock_offset_seconds,
+            upstream_server_up,
         })
     }
 

@@ -10,25 +10,63 @@ use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// An upstream pool, compiled: resolved server addresses and a round-robin cursor.
+/// An upstream pool, compiled: resolved server addresses, their health, a round-robin cursor,
+/// and the TLS roots for its servers (`ca_file`, else the system's).
 pub struct UpstreamPool {
     pub name: String,
     pub servers: Vec<SocketAddr>,
+    /// Per server: passing its health checks (all start healthy; no checks, always healthy).
+    pub healthy: Vec<AtomicBool>,
+    /// The private CA of `ca_file`, parsed once.
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
     next: AtomicUsize,
 }
 
 impl UpstreamPool {
-    /// The next server in round-robin order.
+    /// The next healthy server in round-robin order; None when every server is unhealthy.
     pub fn next_server(&self) -> Option<SocketAddr> {
-        if self.servers.is_empty() {
+        let n = self.servers.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len();
-        self.servers.get(i).copied()
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.healthy[i].load(Ordering::Relaxed))
+            .map(|i| self.servers[i])
     }
+
+    /// Marks a server up or down; returns whether that changed its state.
+    pub fn set_health(&self, server: usize, up: bool) -> bool {
+        self.healthy
+            .get(server)
+            .is_some_and(|h| h.swap(up, Ordering::Relaxed) != up)
+    }
+}
+
+/// Reads a PEM file of CA certificates into the form pingora's TLS connector takes.
+fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<Vec<u8>> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", path.display()));
+    }
+    // pingora's certificate wrapper panics on DER it cannot parse: refuse such a file here.
+    let wrapped = std::panic::catch_unwind(|| {
+        certs
+            .into_iter()
+            .map(|der| pingora::utils::tls::WrappedX509::new(der, pingora::utils::tls::parse_x509))
+            .collect::<Vec<_>>()
+    })
+    .map_err(|_| format!("{}: a certificate cannot be parsed", path.display()))?;
+    Ok(Arc::from(wrapped.into_boxed_slice()))
 }
 
 /// Everything the request path needs from one config, built once per (re)load.
@@ -86,9 +124,21 @@ impl Runtime {
                     )),
                 }
             }
+            let ca = match &u.ca_file {
+                None => None,
+                Some(path) => match load_ca(path) {
+                    Ok(ca) => Some(ca),
+                    Err(e) => {
+                        errors.push(error(&config, format!("upstreams.{}.ca_file", u.name), e));
+                        None
+                    }
+                },
+            };
             pools.push(UpstreamPool {
                 name: u.name.clone(),
+                healthy: servers.iter().map(|_| AtomicBool::new(true)).collect(),
                 servers,
+                ca,
                 next: AtomicUsize::new(0),
             });
         }
@@ -167,6 +217,12 @@ impl Node {
                 .limit_refill_per_second
                 .with_label_values(&[&l.name])
                 .set(l.params.refill_per_second());
+            if rt.config.redis.is_some() {
+                // Present from the start (0 until nodes are seen to disagree), so dashboards
+                // and alerts have a series for every limit.
+                let drift = self.metrics.config_drift.with_label_values(&[&l.name]);
+                drift.set(drift.get());
+            }
         }
     }
 

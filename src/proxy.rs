@@ -63,6 +63,8 @@ pub struct Ctx {
     /// Fingerprint of the reported limit's key, for the access log.
     key_fp: Option<String>,
     status: u16,
+    /// Connection attempts to other servers of the pool after a failed connect.
+    connect_retries: usize,
 }
 
 /// The proxy service.
@@ -158,6 +160,7 @@ impl ProxyHttp for Gateway {
             rate_headers: None,
             key_fp: None,
             status: 0,
+            connect_retries: 0,
         }
     }
 
@@ -364,7 +367,34 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        // Certificate and host name verification stay on (pingora's defaults); a private CA
+        // replaces the system roots for this upstream.
+        peer.options.ca = pool.ca.clone();
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the server: try the next healthy one of the pool (each other server
+        // at most once), so a server that died since its last health check costs no request.
+        let others = match (ctx.runtime.as_ref(), ctx.route) {
+            (Some(rt), Some(ri)) => rt.pools[rt.config.routes[ri].upstream]
+                .servers
+                .len()
+                .saturating_sub(1),
+            _ => 0,
+        };
+        if ctx.connect_retries < others {
+            ctx.connect_retries += 1;
+            tracing::debug!(peer = %peer, error = %e, "upstream connect failed; trying the next server");
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

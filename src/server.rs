@@ -56,7 +56,7 @@ impl BackgroundService for Housekeeping {
 
 /// Builds the pingora server for `node`. Fails (before any socket opens) on TLS files that
 /// cannot be loaded.
-pub fn build(node: Arc<Node>) -> Result<Server, String> {
+pub fn build(node: Arc<Node>, upgrade: bool) -> Result<Server, String> {
     let rt = node.runtime();
     let cfg = &rt.config;
     let first_port = cfg.listeners.first().map_or(0, |l| l.address.port());
@@ -68,7 +68,11 @@ pub fn build(node: Arc<Node>) -> Result<Server, String> {
         upgrade_sock: format!("/tmp/tollgate-{}-{first_port}.upgrade.sock", cfg.node_id),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -102,6 +106,10 @@ pub fn build(node: Arc<Node>) -> Result<Server, String> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(housekeeping);
+    server.add_service(background_service(
+        "tollgate health checks",
+        crate::health::HealthChecks { node: node.clone() },
+    ));
     if shared {
         server.add_service(background_service(
             "tollgate redis sync",

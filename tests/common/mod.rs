@@ -170,8 +170,14 @@ impl Gateway {
     /// [`Gateway::try_start`] with extra environment variables for the process.
     pub fn try_start_with_env(config: Value, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().expect("create a temp dir");
-        let default_listeners = json!([{ "address": format!("127.0.0.1:{}", free_port()) }]);
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let listen_port = free_port();
+        // Two calls may return the same just-released port: draw again until they differ.
+        let mut admin_port = free_port();
+        while admin_port == listen_port {
+            admin_port = free_port();
+        }
+        let default_listeners = json!([{ "address": format!("127.0.0.1:{listen_port}") }]);
+        let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
         let config = place_addresses(config, &default_listeners, admin);
         let listeners = config["listeners"].clone();
         let listener_addrs: Vec<SocketAddr> = listeners
