@@ -17,7 +17,7 @@
 //! | `NODE:rate` | the node's refill rate, in 10^-9 tokens per second |
 //! | `NODE:seen_ms` | when the node last wrote the hash (Unix ms) |
 //!
-//! Every value is a decimal integer and only grows: [`MERGE_SCRIPT`] writes a value only when
+//! Every value is a decimal integer and only grows: [`merge_script`] writes a value only when
 //! it is greater than the stored one, so a replayed write, or a node restarted with less in
 //! memory, can never lower a field. (`capacity` and `rate` are parameters, not counters: they
 //! are overwritten, so a reload to a smaller value shows.)
@@ -81,6 +81,14 @@ pub fn node_fields(
     ]
 }
 
+/// The names of a node's fields, in the order of [`node_fields`].
+pub fn node_field_names(node: &str) -> [String; 6] {
+    [
+        "consumed", "attempts", "waste", "capacity", "rate", "seen_ms",
+    ]
+    .map(|n| format!("{node}:{n}"))
+}
+
 /// Parses a hash (as HGETALL returns it) into per-node fields. Fields that are not
 /// `NODE:NAME` with a known name and an integer value are ignored (and counted in the second
 /// value), so a garbage field can neither crash a node nor lower a counter.
@@ -128,13 +136,52 @@ pub fn parse_hash(hash: &HashMap<String, String>) -> (BTreeMap<String, NodeField
     (nodes, ignored)
 }
 
-/// Max-merges fields into a hash, refreshes its TTL, and returns the whole hash.
+/// Most fields a bucket's hash may have for a node to read it whole: six per node, so about
+/// 680 nodes. A bigger hash is not one that nodes write (a fault, or an attack on Redis):
+/// the scripts then return only this node's own fields and the marker [`TOO_BIG`], so one such
+/// key costs a few bytes per sync instead of stalling every sync, and the node decides that
+/// bucket from its own counters until the hash is repaired.
+pub const MAX_FIELDS: usize = 4096;
+
+/// The marker field of a trimmed reply (its value: the hash's field count).
+pub const TOO_BIG: &str = "!too-big";
+
+/// Lua shared by the scripts: the reply, whole or trimmed to this node's fields.
+const REPLY_LUA: &str = r#"
+local function reply(key, max, own)
+  local n = redis.call('HLEN', key)
+  if n <= max then return redis.call('HGETALL', key) end
+  local out = {}
+  local vals = redis.call('HMGET', key, unpack(own))
+  for i, f in ipairs(own) do
+    if vals[i] then out[#out + 1] = f; out[#out + 1] = vals[i] end
+  end
+  out[#out + 1] = '!too-big'; out[#out + 1] = tostring(n)
+  return out
+end
+"#;
+
+/// Reads a hash ([`MAX_FIELDS`] guard). KEYS[1]: the bucket key. ARGV[1]: the most fields
+/// returned whole. ARGV[2..]: this node's field names, returned alone from a bigger hash.
+pub fn read_script() -> String {
+    format!(
+        "{REPLY_LUA}\nlocal own = {{}}\nfor i = 2, #ARGV do own[#own + 1] = ARGV[i] end\nreturn reply(KEYS[1], tonumber(ARGV[1]), own)\n"
+    )
+}
+
+/// Max-merges fields into a hash, refreshes its TTL, and returns the hash ([`MAX_FIELDS`]
+/// guard: a bigger one returns only the fields written).
 ///
-/// KEYS[1]: the bucket key. ARGV[1]: TTL in ms. ARGV[2..]: field, value pairs. Values are
-/// signed decimal integers of any length (compared as strings, since Lua numbers are doubles
-/// and would round a 30-digit counter). A field whose stored value is not an integer is
-/// overwritten. Fields ending in `:capacity` or `:rate` are set as given (parameters).
-pub const MERGE_SCRIPT: &str = r#"
+/// KEYS[1]: the bucket key. ARGV[1]: TTL in ms. ARGV[2]: the most fields returned whole.
+/// ARGV[3..]: field, value pairs. Values are signed decimal integers of any length (compared
+/// as strings, since Lua numbers are doubles and would round a 30-digit counter). A field
+/// whose stored value is not an integer is overwritten. Fields ending in `:capacity` or
+/// `:rate` are set as given (parameters).
+pub fn merge_script() -> String {
+    format!("{REPLY_LUA}{MERGE_LUA}")
+}
+
+const MERGE_LUA: &str = r#"
 local function valid(s)
   return type(s) == 'string' and string.match(s, '^%-?%d+$') ~= nil
 end
@@ -152,8 +199,10 @@ local function greater(a, b)
   return gt
 end
 local key = KEYS[1]
-for i = 2, #ARGV, 2 do
+local own = {}
+for i = 3, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
+  own[#own + 1] = f
   if valid(v) then
     local param = string.match(f, ':capacity$') or string.match(f, ':rate$')
     local cur = redis.call('HGET', key, f)
@@ -167,9 +216,8 @@ if ttl and ttl > 0 then
   local cur = redis.call('PTTL', key)
   if cur < ttl then redis.call('PEXPIRE', key, ttl) end
 end
-return redis.call('HGETALL', key)
+return reply(key, tonumber(ARGV[2]), own)
 "#;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
@@ -115,6 +115,10 @@ pub struct Store {
     live_nodes: AtomicU32,
     /// A pace older than this (no sync of its bucket) falls back to the equal share.
     stale_ns: AtomicI64,
+    /// Most buckets per shard (`max_buckets` / shards, at least 1).
+    shard_cap: AtomicUsize,
+    /// Requests refused because their bucket could not be created (the store was full).
+    overflows: AtomicU64,
 }
 
 thread_local! {
@@ -155,7 +159,26 @@ impl Store {
             shared,
             live_nodes: AtomicU32::new(1),
             stale_ns: AtomicI64::new(300_000_000),
+            shard_cap: AtomicUsize::new(usize::MAX),
+            overflows: AtomicU64::new(0),
         }
+    }
+
+    /// Caps the buckets held in memory (`max_buckets`). At the cap, a request whose bucket
+    /// does not exist yet is refused (429, retry after one second) rather than evicting a
+    /// bucket that still holds state: evicting one would hand its client a full bucket again.
+    /// Full buckets say nothing a new one would not, and the housekeeping sweep evicts them,
+    /// which makes room (as nginx's `limit_req` zone does, answering 503 when full).
+    pub fn set_max_buckets(&self, max: u64) {
+        let per_shard = usize::try_from(max / SHARDS as u64)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        self.shard_cap.store(per_shard, Ordering::Relaxed);
+    }
+
+    /// Requests refused so far because the store was at `max_buckets`.
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
     }
 
     pub fn now_ns(&self) -> i64 {
@@ -212,7 +235,27 @@ impl Store {
             let key = key_of(i);
             let shard = guard_for(&mut guards, sid);
             let shared = self.shared;
-            let entry = bucket_entry(shard, hash, key, &c.limit.params, now);
+            let cap = self.shard_cap.load(Ordering::Relaxed);
+            let Some(entry) = bucket_entry(shard, hash, key, &c.limit.params, now, cap) else {
+                // No room for a new bucket: refused (a shadow limit only reports it).
+                self.overflows.fetch_add(1, Ordering::Relaxed);
+                let d = Decision {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after_ns: 1_000_000_000,
+                    full_in_ns: 0,
+                    never: false,
+                };
+                if c.limit.shadow {
+                    shadow_rejected.push(i);
+                } else if rejected_by
+                    .is_none_or(|r| d.retry_after_ns > decisions_retry(&decisions, r))
+                {
+                    rejected_by = Some(i);
+                }
+                decisions.push(d);
+                continue;
+            };
             if shared
                 && !entry.fresh
                 && now.saturating_sub(entry.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
@@ -471,7 +514,10 @@ impl Store {
         {
             let (hash, sid) = self.locate(store_key);
             let mut shard = lock(&self.shards[sid]);
-            bucket_entry(&mut shard, hash, store_key, params, now);
+            let cap = self.shard_cap.load(Ordering::Relaxed);
+            if bucket_entry(&mut shard, hash, store_key, params, now, cap).is_none() {
+                return;
+            }
         }
         self.absorb(store_key, me, nodes, params, false);
     }
@@ -495,18 +541,21 @@ fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize
     &mut guards[pos].1
 }
 
-/// The entry of `key` (hash `hash`), created when missing: one probe, and the key is
-/// allocated only on insertion.
+/// The entry of `key` (hash `hash`), created when missing unless the shard holds `cap`
+/// entries already: one probe, and the key is allocated only on insertion.
 fn bucket_entry<'s>(
     shard: &'s mut Shard,
     hash: u64,
     key: &str,
     p: &BucketParams,
     now: i64,
-) -> &'s mut Entry {
+    cap: usize,
+) -> Option<&'s mut Entry> {
+    let len = shard.map.len();
     match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
-        RawEntryMut::Occupied(o) => o.into_mut(),
-        RawEntryMut::Vacant(v) => {
+        RawEntryMut::Occupied(o) => Some(o.into_mut()),
+        RawEntryMut::Vacant(_) if len >= cap => None,
+        RawEntryMut::Vacant(v) => Some(
             v.insert_hashed_nocheck(
                 hash,
                 key.into(),
@@ -519,8 +568,8 @@ fn bucket_entry<'s>(
                     pace: Pace::default(),
                 },
             )
-            .1
-        }
+            .1,
+        ),
     }
 }
 

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub nodes_live: IntGauge,
     pub clock_offset_seconds: Gauge,
     pub upstream_server_up: IntGaugeVec,
+    pub buckets_overflow_total: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -143,6 +144,11 @@ impl Metrics {
             &["upstream", "server"],
         )?;
         registry.register(Box::new(upstream_server_up.clone()))?;
+        let buckets_overflow_total = IntCounter::with_opts(opts(
+            "buckets_overflow_total",
+            "Requests refused because their bucket could not be created: max_buckets reached",
+        ))?;
+        registry.register(Box::new(buckets_overflow_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(rate_limited_total.clone()))?;
         registry.register(Box::new(tokens_consumed_total.clone()))?;
@@ -185,6 +191,7 @@ impl Metrics {
             nodes_live,
             clock_offset_seconds,
             upstream_server_up,
+            buckets_overflow_total,
         })
     }
 

@@ -198,6 +198,8 @@ impl Node {
             reload_lock: Mutex::new(()),
         };
         node.publish_limit_metrics(&node.runtime());
+        node.store
+            .set_max_buckets(node.runtime().config.max_buckets);
         Ok(node)
     }
 
@@ -276,6 +278,7 @@ impl Node {
             }
         }
         self.publish_limit_metrics(&new);
+        self.store.set_max_buckets(new.config.max_buckets);
         self.runtime.store(Arc::new(new));
         if !summary.limits_removed.is_empty() {
             let rt = self.runtime();
@@ -295,6 +298,11 @@ impl Node {
 
     /// Refreshes the bucket gauges (called on each scrape of /metrics).
     pub fn refresh_bucket_gauges(&self) {
+        let overflows = self.store.overflows();
+        let seen = self.metrics.buckets_overflow_total.get();
+        self.metrics
+            .buckets_overflow_total
+            .inc_by(overflows.saturating_sub(seen));
         let rt = self.runtime();
         let stats = self.store.stats(|n| rt.params_of(n));
         for l in &rt.limits {

@@ -32,16 +32,32 @@ impl BackgroundService for Housekeeping {
                 None
             }
         };
-        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = std::time::Instant::now();
+        let mut overflows = 0u64;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = sweep.tick() => {
-                    let rt = self.node.runtime();
-                    let n = self.node.store.evict_idle(|name| rt.params_of(name));
-                    if n > 0 {
-                        tracing::debug!(evicted = n, "evicted idle buckets");
+                _ = tick.tick() => {
+                    // Every 10 s, or every second while the store refuses new buckets.
+                    let now_overflows = self.node.store.overflows();
+                    let full = now_overflows > overflows;
+                    if full {
+                        tracing::warn!(
+                            refused = now_overflows - overflows,
+                            max_buckets = self.node.runtime().config.max_buckets,
+                            "bucket store full: requests for new keys were refused (429); full buckets are evicted as they refill; raise max_buckets if this is not a flood"
+                        );
+                        overflows = now_overflows;
+                    }
+                    if full || last_sweep.elapsed() >= SWEEP_INTERVAL {
+                        last_sweep = std::time::Instant::now();
+                        let rt = self.node.runtime();
+                        let n = self.node.store.evict_idle(|name| rt.params_of(name));
+                        if n > 0 {
+                            tracing::debug!(evicted = n, "evicted idle buckets");
+                        }
                     }
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

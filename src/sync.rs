@@ -1,8 +1,8 @@
 //! The sync loop (SPEC section 5): a background service that, every `sync_interval_ms`, makes
 //! one pipelined round trip to Redis. For every bucket that changed since the last sync it
-//! max-merges this node's fields into the bucket's hash ([`layout::MERGE_SCRIPT`]), reads the
+//! max-merges this node's fields into the bucket's hash ([`layout::merge_script`]), reads the
 //! merged hash back, refreshes the key's TTL, and merges the other nodes' counters into memory.
-//! Buckets created since the last read are read first (HGETALL) and pushed on the next sync,
+//! Buckets created since the last read are read first ([`layout::read_script`]) and pushed on the next sync,
 //! so a restarted node, or a bucket evicted from memory, continues its stored counters.
 //!
 //! The request path never waits on Redis. When Redis is down, nodes keep deciding from their
@@ -61,14 +61,33 @@ struct Link {
     registered: bool,
     /// When the clock offset was last measured.
     clock_checked: Option<Instant>,
+    /// Redis refused some bucket updates in the last sync (logged once per incident).
+    refusing: bool,
+    /// Buckets whose hash was over [`layout::MAX_FIELDS`] when last synced (logged once each).
+    oversized: std::collections::HashSet<String>,
 }
 
-/// One bucket's command in a round trip.
-enum Op<'s> {
-    /// A bucket new to this node: read the hash first (pushed on the next sync).
-    Read(String),
-    /// Max-merge this node's fields, read the merged hash back, extend the TTL.
-    Merge(redis::ScriptInvocation<'s>),
+/// The two scripts of a round trip: a bucket new to this node is read first (and pushed on
+/// the next sync); a known one has this node's fields max-merged, the merged hash read back
+/// and its TTL extended. Both trim a hash over [`layout::MAX_FIELDS`] to this node's fields.
+pub struct Scripts {
+    pub merge: redis::Script,
+    pub read: redis::Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            merge: redis::Script::new(&layout::merge_script()),
+            read: redis::Script::new(&layout::read_script()),
+        }
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 type HashReply = redis::RedisResult<HashMap<String, String>>;
@@ -79,22 +98,16 @@ type HashReply = redis::RedisResult<HashMap<String, String>>;
 async fn round_trip(
     con: &mut Conn,
     mut registry: redis::Pipeline,
-    script: &redis::Script,
-    ops: &[Op<'_>],
+    scripts: &Scripts,
+    ops: &[redis::ScriptInvocation<'_>],
 ) -> redis::RedisResult<Vec<HashReply>> {
     match con {
         Conn::Single(_) => {
-            // One pipeline: the registry, the script (so EVALSHA finds it), every bucket.
-            registry.load_script(script).ignore();
-            for op in ops {
-                match op {
-                    Op::Read(k) => {
-                        registry.hgetall(k);
-                    }
-                    Op::Merge(inv) => {
-                        registry.invoke_script(inv);
-                    }
-                }
+            // One pipeline: the registry, the scripts (so EVALSHA finds them), every bucket.
+            registry.load_script(&scripts.merge).ignore();
+            registry.load_script(&scripts.read).ignore();
+            for inv in ops {
+                registry.invoke_script(inv);
             }
             registry.query_async(con).await
         }
@@ -105,14 +118,9 @@ async fn round_trip(
                 let r: redis::RedisResult<Vec<HashReply>> = registry.query_async(&mut c).await;
                 r
             };
-            let each = futures::future::join_all(ops.iter().map(|op| {
+            let each = futures::future::join_all(ops.iter().map(|inv| {
                 let mut c = c.clone();
-                async move {
-                    match op {
-                        Op::Read(k) => redis::cmd("HGETALL").arg(k).query_async(&mut c).await,
-                        Op::Merge(inv) => inv.invoke_async(&mut c).await,
-                    }
-                }
+                async move { inv.invoke_async(&mut c).await }
             }));
             let (reg, each): (_, Vec<HashReply>) = futures::join!(reg, each);
             let mut out = reg?;
@@ -161,11 +169,7 @@ impl SyncLoop {
     }
 
     /// One round trip: push and read every dirty bucket. On error the buckets are queued again.
-    async fn sync_once(
-        &self,
-        link: &mut Link,
-        script: &redis::Script,
-    ) -> redis::RedisResult<usize> {
+    async fn sync_once(&self, link: &mut Link, scripts: &Scripts) -> redis::RedisResult<usize> {
         let rt = self.node.runtime();
         let Some(cfg) = rt.config.redis.as_ref() else {
             return Ok(0);
@@ -203,7 +207,8 @@ impl SyncLoop {
             .ignore();
         pipe.pexpire(&registry, 3_600_000).ignore();
         let mut sent: Vec<&DirtyBucket> = Vec::with_capacity(dirty.len());
-        let mut ops: Vec<Op<'_>> = Vec::with_capacity(dirty.len());
+        let mut ops: Vec<redis::ScriptInvocation<'_>> = Vec::with_capacity(dirty.len());
+        let own_names = layout::node_field_names(node_id);
         for d in &dirty {
             let Some((limit, key)) = d.store_key.split_once(':') else {
                 continue;
@@ -213,21 +218,26 @@ impl SyncLoop {
             };
             let rkey = layout::redis_key(&cfg.key_prefix, limit, key);
             if d.fresh {
-                ops.push(Op::Read(rkey));
+                let mut inv = scripts.read.prepare_invoke();
+                inv.key(rkey).arg(layout::MAX_FIELDS);
+                for f in &own_names {
+                    inv.arg(f);
+                }
+                ops.push(inv);
             } else {
                 let p = &spec.params;
                 let ttl_ms = ttl_ms(p.seconds_to_fill(), cfg.sync_interval);
-                let mut inv = script.prepare_invoke();
-                inv.key(rkey).arg(ttl_ms);
+                let mut inv = scripts.merge.prepare_invoke();
+                inv.key(rkey).arg(ttl_ms).arg(layout::MAX_FIELDS);
                 for (f, v) in layout::node_fields(node_id, &d.own, p.capacity(), p.rate_q(), now) {
                     inv.arg(f).arg(v);
                 }
-                ops.push(Op::Merge(inv));
+                ops.push(inv);
             }
             sent.push(d);
         }
         let started = Instant::now();
-        let mut replies: Vec<HashReply> = match round_trip(con, pipe, script, &ops).await {
+        let mut replies: Vec<HashReply> = match round_trip(con, pipe, scripts, &ops).await {
             Ok(r) => r,
             Err(e) => {
                 self.node
@@ -285,6 +295,8 @@ impl SyncLoop {
             .sync_duration_seconds
             .observe(started.elapsed().as_secs_f64());
         let mut bad_replies = 0usize;
+        let mut first_error: Option<String> = None;
+        let mut too_big: Option<(String, String)> = None;
         let mut requeue = Vec::new();
         let mut drift_seen: HashMap<&str, bool> = HashMap::new();
         let mut duplicate = false;
@@ -296,6 +308,11 @@ impl SyncLoop {
         ) {
             match reply {
                 Some(Ok(hash)) => {
+                    if let Some(n) = hash.get(layout::TOO_BIG) {
+                        too_big.get_or_insert_with(|| (d.store_key.clone(), n.clone()));
+                    } else if link.oversized.remove(&d.store_key) {
+                        tracing::info!(bucket = %d.store_key, "the bucket's hash in redis is back to a normal size");
+                    }
                     let (nodes, _ignored) = layout::parse_hash(&hash);
                     let own = nodes.get(node_id).map(|f| f.counters);
                     let limit = d.store_key.split_once(':').map_or("", |(l, _)| l);
@@ -330,7 +347,14 @@ impl SyncLoop {
                         );
                     }
                 }
-                _ => {
+                Some(Err(e)) => {
+                    bad_replies += 1;
+                    if first_error.is_none() {
+                        first_error = Some(format!("{}: {e}", d.store_key));
+                    }
+                    requeue.push(d.store_key.clone());
+                }
+                None => {
                     bad_replies += 1;
                     requeue.push(d.store_key.clone());
                 }
@@ -357,13 +381,32 @@ impl SyncLoop {
         if !requeue.is_empty() {
             self.node.store.requeue(requeue);
         }
-        if bad_replies > 0 {
-            // One line per sync, not per bucket; counted as a sync error.
+        if let Some((which, n)) = too_big {
+            // Counted once per sync that meets one; logged once per key until it is repaired.
             self.node.metrics.sync_errors_total.inc();
-            tracing::warn!(
-                buckets = bad_replies,
-                "redis refused some bucket updates (e.g. WRONGTYPE); they are kept and retried"
-            );
+            if link.oversized.insert(which.clone()) {
+                tracing::warn!(
+                    bucket = %which,
+                    fields = %n,
+                    max_fields = layout::MAX_FIELDS,
+                    "a bucket's hash in redis has far more fields than nodes write: reading only this node's fields from it and deciding that bucket locally; delete or repair the key"
+                );
+            }
+        }
+        if bad_replies > 0 {
+            // Counted once per sync; logged once per incident (until every bucket goes through).
+            self.node.metrics.sync_errors_total.inc();
+            if !link.refusing {
+                tracing::warn!(
+                    buckets = bad_replies,
+                    first = first_error.as_deref().unwrap_or("no reply"),
+                    "redis refused some bucket updates (a key that is not a hash: WRONGTYPE; a user without the rights: NOPERM); they are kept, decided locally and retried every sync"
+                );
+            }
+            link.refusing = true;
+        } else if link.refusing {
+            tracing::info!("redis accepts every bucket update again");
+            link.refusing = false;
         }
         Ok(sent.len())
     }
@@ -433,20 +476,34 @@ pub fn warm_start(node: &Node) -> Result<usize, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let node_id = rt.config.node_id.as_str();
+            let scripts = Scripts::new();
+            let own_names = layout::node_field_names(node_id);
             for batch in keys.chunks(512) {
+                let invs: Vec<redis::ScriptInvocation<'_>> = batch
+                    .iter()
+                    .map(|k| {
+                        let mut inv = scripts.read.prepare_invoke();
+                        inv.key(k).arg(layout::MAX_FIELDS);
+                        for f in &own_names {
+                            inv.arg(f);
+                        }
+                        inv
+                    })
+                    .collect();
                 let replies: Vec<HashReply> = match &mut con {
                     Conn::Single(_) => {
                         let mut pipe = redis::pipe();
                         pipe.ignore_errors();
-                        for k in batch {
-                            pipe.hgetall(k);
+                        pipe.load_script(&scripts.read).ignore();
+                        for inv in &invs {
+                            pipe.invoke_script(inv);
                         }
                         pipe.query_async(&mut con).await.map_err(|e| e.to_string())?
                     }
                     Conn::Cluster(c) => {
-                        futures::future::join_all(batch.iter().map(|k| {
+                        futures::future::join_all(invs.iter().map(|inv| {
                             let mut c = c.clone();
-                            async move { redis::cmd("HGETALL").arg(k).query_async(&mut c).await }
+                            async move { inv.invoke_async(&mut c).await }
                         }))
                         .await
                     }
@@ -533,7 +590,7 @@ impl BackgroundService for SyncLoop {
         else {
             return;
         };
-        let script = redis::Script::new(layout::MERGE_SCRIPT);
+        let scripts = Scripts::new();
         let mut link = Link {
             con: None,
             run_id: None,
@@ -543,6 +600,8 @@ impl BackgroundService for SyncLoop {
             instance: instance_id(),
             registered: false,
             clock_checked: None,
+            refusing: false,
+            oversized: Default::default(),
         };
         let metrics = &self.node.metrics;
         metrics.redis_up.set(0);
@@ -553,10 +612,10 @@ impl BackgroundService for SyncLoop {
                 _ = shutdown.changed() => true,
                 _ = tick.tick() => false,
             };
-            let mut result = self.sync_once(&mut link, &script).await;
+            let mut result = self.sync_once(&mut link, &scripts).await;
             if stopping && result.is_ok() {
                 // Buckets read for the first time in that round are pushed by a second one.
-                result = self.sync_once(&mut link, &script).await;
+                result = self.sync_once(&mut link, &scripts).await;
             }
             match result {
                 Ok(_) => {

@@ -5,7 +5,9 @@ mod common;
 use common::RedisServer;
 use std::collections::HashMap;
 use tollgate::bucket::Counters;
-use tollgate::layout::{node_fields, parse_hash, MERGE_SCRIPT};
+use tollgate::layout::{
+    merge_script, node_field_names, node_fields, parse_hash, read_script, MAX_FIELDS, TOO_BIG,
+};
 
 fn merge(
     con: &mut redis::Connection,
@@ -13,9 +15,9 @@ fn merge(
     ttl_ms: u64,
     fields: &[(String, String)],
 ) -> HashMap<String, String> {
-    let script = redis::Script::new(MERGE_SCRIPT);
+    let script = redis::Script::new(&merge_script());
     let mut inv = script.prepare_invoke();
-    inv.key(key).arg(ttl_ms);
+    inv.key(key).arg(ttl_ms).arg(MAX_FIELDS);
     for (f, v) in fields {
         inv.arg(f).arg(v);
     }
@@ -107,4 +109,71 @@ fn merge_never_lowers_a_field_and_keeps_other_nodes() {
     merge(&mut con, key, 1_000, &[]);
     let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut con).unwrap();
     assert!(ttl > 50_000, "{ttl}");
+}
+
+#[test]
+fn an_oversized_hash_is_answered_with_this_nodes_fields_only() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let key = "tollgate:per-ip:big";
+    let mine = Counters {
+        consumed: 3,
+        attempts: 4,
+        waste: -5,
+    };
+    merge(
+        &mut con,
+        key,
+        60_000,
+        &node_fields("a", &mine, 10, 1_000_000_000, 1),
+    );
+    // Fill the hash past the limit with foreign fields.
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(key);
+    for i in 0..MAX_FIELDS {
+        cmd.arg(format!("n{i}:consumed")).arg(1);
+    }
+    let _: i64 = cmd.query(&mut con).unwrap();
+    let more = Counters {
+        consumed: 9,
+        attempts: 10,
+        waste: -5,
+    };
+    let hash = merge(
+        &mut con,
+        key,
+        60_000,
+        &node_fields("a", &more, 10, 1_000_000_000, 2),
+    );
+    assert_eq!(hash.get(TOO_BIG).map(String::as_str), Some("4102"));
+    let (nodes, _) = parse_hash(&hash);
+    assert_eq!(
+        nodes.len(),
+        1,
+        "only this node's fields: {:?}",
+        nodes.keys()
+    );
+    assert_eq!(nodes["a"].counters, more);
+    // The read script trims the same way; a small hash comes back whole.
+    let read = redis::Script::new(&read_script());
+    let mut inv = read.prepare_invoke();
+    inv.key(key).arg(MAX_FIELDS);
+    for f in node_field_names("a") {
+        inv.arg(f);
+    }
+    let hash: HashMap<String, String> = inv.invoke(&mut con).unwrap();
+    assert!(hash.contains_key(TOO_BIG));
+    assert_eq!(parse_hash(&hash).0["a"].counters, more);
+    let _: i64 = redis::cmd("HSET")
+        .arg("small")
+        .arg("b:consumed")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    let mut inv = read.prepare_invoke();
+    inv.key("small").arg(MAX_FIELDS).arg("a:consumed");
+    let hash: HashMap<String, String> = inv.invoke(&mut con).unwrap();
+    assert_eq!(hash.get("b:consumed").map(String::as_str), Some("1"));
+    assert!(!hash.contains_key(TOO_BIG));
 }

@@ -606,6 +606,11 @@ impl RedisServer {
     pub fn try_cmd(&self, args: &[&str]) -> io::Result<String> {
         redis_cmd(self.port, args)
     }
+
+    /// [`RedisServer::try_cmd`] by port, for threads that do not hold the server.
+    pub fn cmd_on(port: u16, args: &[&str]) -> io::Result<String> {
+        redis_cmd(port, args)
+    }
 }
 
 /// Starts `redis-server` on `port` and waits for `PONG`; `Err` (with its log) if it exits or
@@ -619,6 +624,7 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> Result<Child, String> {
         .expect("create redis.log");
     let spawned = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--enable-debug-command", "yes"])
         .args(["--save", "", "--appendonly", "no", "--dir"])
         .arg(dir)
         .stdin(Stdio::null())
