@@ -65,7 +65,13 @@ fn push_escaped(out: &mut String, part: &str) {
 
 /// The `Host` of a request, lower-cased, without port and trailing dot.
 pub fn host_of(headers: &HeaderMap) -> Option<String> {
-    let raw = headers.get(http::header::HOST)?.to_str().ok()?.trim();
+    normalize_host(headers.get(http::header::HOST)?.to_str().ok()?)
+}
+
+/// A `Host` value or the authority of an absolute-form target, normalized as [`host_of`]
+/// does: trimmed, lower-cased, without port and trailing dots; `None` when nothing is left.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let raw = raw.trim();
     let no_port = if raw.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
         match raw.find(']') {

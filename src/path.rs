@@ -126,6 +126,55 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// What routing reads from a raw HTTP/1 request target (RFC 9112 section 3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The authority of an absolute-form target (`http://HOST[:PORT]/...`), as sent.
+    pub authority: Option<String>,
+    /// The path, without query or fragment; `/` for an absolute-form target without one.
+    /// Not normalized (see [`normalize`]).
+    pub path: String,
+}
+
+/// Splits a raw request target, as the upstream will receive it, into the authority and the
+/// path that routing must use: origin-form (`/path?query`) and absolute-form with an `http`
+/// or `https` scheme (`http://host/path?query`, scheme case-insensitive) are accepted;
+/// anything else (`*`, `rating/1`, `host:port`, other schemes) is [`PathError::NotAbsolute`],
+/// since an upstream could read it as a path we did not route. Bytes that are not UTF-8 are
+/// replaced (U+FFFD), which can only make the path differ from every configured prefix.
+pub fn split_target(raw: &[u8]) -> Result<Target, PathError> {
+    let end = raw
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(raw.len());
+    let target = &raw[..end];
+    if target.first() == Some(&b'/') {
+        return Ok(Target {
+            authority: None,
+            path: String::from_utf8_lossy(target).into_owned(),
+        });
+    }
+    let scheme_end = target
+        .windows(3)
+        .position(|w| w == b"://")
+        .ok_or(PathError::NotAbsolute)?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
+        return Err(PathError::NotAbsolute);
+    }
+    let rest = &target[scheme_end + 3..];
+    let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(slash);
+    Ok(Target {
+        authority: Some(String::from_utf8_lossy(authority).into_owned()),
+        path: if path.is_empty() {
+            "/".to_string()
+        } else {
+            String::from_utf8_lossy(path).into_owned()
+        },
+    })
+}
+
 fn utf8_len(first: u8) -> usize {
     match first {
         0x00..=0x7f => 1,
@@ -187,6 +236,34 @@ mod tests {
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%4"), Err(PathError::BadEscape));
         assert_eq!(normalize("/../a"), Err(PathError::AboveRoot));
+    }
+
+    #[test]
+    fn splits_origin_and_absolute_form_targets() {
+        let t = |a: Option<&str>, p: &str| Target {
+            authority: a.map(str::to_string),
+            path: p.to_string(),
+        };
+        assert_eq!(split_target(b"/rating/1?x=/y#f"), Ok(t(None, "/rating/1")));
+        assert_eq!(split_target(b"//rating"), Ok(t(None, "//rating")));
+        assert_eq!(
+            split_target(b"http://Api.Example.com.:80/rating?x"),
+            Ok(t(Some("Api.Example.com.:80"), "/rating"))
+        );
+        assert_eq!(split_target(b"HTTPS://h"), Ok(t(Some("h"), "/")));
+        assert_eq!(split_target(b"http://h?q=/x"), Ok(t(Some("h"), "/")));
+        assert_eq!(split_target(b"/\xffa"), Ok(t(None, "/\u{fffd}a")));
+        for bad in [
+            &b"rating/1"[..],
+            b"*",
+            b"",
+            b"h:80",
+            b"ftp://h/rating",
+            b"?x=1",
+            b"http:/rating",
+        ] {
+            assert_eq!(split_target(bad), Err(PathError::NotAbsolute), "{bad:?}");
+        }
     }
 
     proptest! {

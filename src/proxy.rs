@@ -27,6 +27,9 @@ use std::time::Instant;
 /// Request bodies larger than this are not drained after a 429: the connection closes instead.
 const DRAIN_LIMIT: usize = 64 * 1024;
 
+/// How long a keep-alive connection may wait for (the rest of) its next request head.
+const KEEPALIVE_IDLE_SECS: u64 = 60;
+
 /// How a request ended, as counted in `requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -165,6 +168,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // After an HTTP/1.1 request without a Keep-Alive header pingora's keep-alive wait is
+        // infinite, and it also covers reading the next request head: bound it.
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(KEEPALIVE_IDLE_SECS));
+        }
         let rt = self.node.runtime();
         ctx.runtime = Some(rt.clone());
         let cfg = &rt.config;
@@ -183,7 +191,16 @@ impl ProxyHttp for Gateway {
             &cfg.trusted_proxies,
         );
 
-        let norm = match path::normalize(req.uri.path()) {
+        // Route on the target as the upstream will read it: pingora's `req.uri` holds no
+        // authority for an absolute-form target, and `/` for a target of no known form.
+        let target = match path::split_target(req.raw_path()) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.reject_bad(session, ctx, 400, &msg).await;
+            }
+        };
+        let norm = match path::normalize(&target.path) {
             Ok(p) => p,
             Err(e) => {
                 let msg = e.to_string();
@@ -191,8 +208,16 @@ impl ProxyHttp for Gateway {
             }
         };
         let method = req.method.as_str();
-        let host =
-            key::host_of(&req.headers).or_else(|| req.uri.host().map(|h| h.to_ascii_lowercase()));
+        let host = key::host_of(&req.headers)
+            .or_else(|| target.authority.as_deref().and_then(key::normalize_host));
+        if host.is_none()
+            && req.version == http::Version::HTTP_11
+            && !req.headers.contains_key(http::header::HOST)
+        {
+            return self
+                .reject_bad(session, ctx, 400, "HTTP/1.1 request without Host")
+                .await;
+        }
         let Some(ri) = cfg
             .routes
             .iter()
@@ -430,6 +455,23 @@ impl ProxyHttp for Gateway {
             peer_s
         };
         upstream_request.insert_header("x-forwarded-for", xff)?;
+        // pingora accepts identical duplicate lengths (two lines, or "5, 5") and forwards them
+        // as they came; send the single length it validated.
+        let single_length = {
+            let mut values = upstream_request.headers.get_all("content-length").iter();
+            match (values.next(), values.next()) {
+                (Some(v), None) if !v.as_bytes().contains(&b',') => None,
+                (Some(v), _) => v
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.split(',').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok()),
+                (None, _) => None,
+            }
+        };
+        if let Some(n) = single_length {
+            upstream_request.insert_header("content-length", n.to_string())?;
+        }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let keep_proto = trusted && upstream_request.headers.contains_key("x-forwarded-proto");
         if !keep_proto {

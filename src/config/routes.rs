@@ -84,6 +84,23 @@ pub(super) fn routes(
                 &format!("{path}.match.path_prefix"),
                 format!("path_prefix {:?} must start with '/'", m.path_prefix),
             );
+        } else {
+            // Routes match the normalized path, so a prefix that normalization would change
+            // never matches, and its requests would fall through to a later route.
+            let msg = match crate::path::normalize(&m.path_prefix) {
+                Ok(n) if n == m.path_prefix => None,
+                Ok(n) => Some(format!(
+                    "path_prefix {:?} can never match: requests are routed on their normalized path; write {n:?}",
+                    m.path_prefix
+                )),
+                Err(e) => Some(format!(
+                    "path_prefix {:?} can never match: {e}",
+                    m.path_prefix
+                )),
+            };
+            if let Some(msg) = msg {
+                c.err(&format!("{path}.match.path_prefix"), msg);
+            }
         }
         let methods = m.methods.as_ref().map(|list| {
             let mpath = format!("{path}.match.methods");
