@@ -54,12 +54,30 @@ fn push_escaped(out: &mut String, part: &str) {
         out.push_str(MISSING);
         return;
     }
+    if part.len() > MAX_PART {
+        push_digest(out, part);
+        return;
+    }
     for c in part.chars() {
         match c {
             '%' => out.push_str("%25"),
             '|' => out.push_str("%7C"),
             c => out.push(c),
         }
+    }
+}
+
+/// Longest key part kept as is (bytes). A longer one (a client can send a header of up to a
+/// mebibyte) is replaced by `%H` and its SHA-256 in hex, so that the memory a bucket costs
+/// does not grow with what a client sends. `%H` never appears in an escaped part (every `%`
+/// there is `%25`), so a digest cannot collide with a literal value.
+pub const MAX_PART: usize = 256;
+
+fn push_digest(out: &mut String, part: &str) {
+    use sha2::{Digest, Sha256};
+    out.push_str("%H");
+    for b in Sha256::digest(part.as_bytes()) {
+        let _ = write!(out, "{b:02x}");
     }
 }
 
@@ -199,6 +217,27 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn long_parts_are_digested_and_cannot_collide_with_literals() {
+        let long = "k".repeat(MAX_PART + 1);
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_str(&long).unwrap());
+        let k = build_key(&[KeySource::Header("x-api-key".into())], &view(&h, None)).unwrap();
+        assert!(k.starts_with("%H") && k.len() == 66, "{k}");
+        // The same digest spelled by a client is escaped, so it is another key.
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-api-key", HeaderValue::from_str(&k).unwrap());
+        let k2 = build_key(&[KeySource::Header("x-api-key".into())], &view(&h2, None)).unwrap();
+        assert_ne!(k, k2);
+        assert!(k2.starts_with("%25H"));
+        // At the limit, kept as is.
+        let edge = "e".repeat(MAX_PART);
+        let mut h3 = HeaderMap::new();
+        h3.insert("x-api-key", HeaderValue::from_str(&edge).unwrap());
+        let k3 = build_key(&[KeySource::Header("x-api-key".into())], &view(&h3, None)).unwrap();
+        assert_eq!(k3, edge);
+    }
 
     fn view<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> RequestView<'a> {
         RequestView {
