@@ -327,3 +327,45 @@ impl RedisProbe {
             .collect()
     }
 }
+
+#[test]
+fn three_nodes_under_sustained_balanced_overload_stay_within_the_bounds() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let (cap, rate) = (50u64, 100.0);
+    let nodes: Vec<Gateway> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|n| Gateway::start(config(&up, &redis, n, 50, cap, rate)))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let limited = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = nodes
+        .iter()
+        .map(|g| {
+            let (addr, stop, ok, limited) = (g.addr, stop.clone(), ok.clone(), limited.clone());
+            std::thread::spawn(move || hammer(addr, stop, ok, limited))
+        })
+        .collect();
+    let end = started + Duration::from_secs(5);
+    wait_until(Duration::from_secs(6), || Instant::now() >= end);
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = ok.load(Ordering::Relaxed) as f64;
+    let ideal = cap as f64 + rate * elapsed;
+    let ratio = admitted / ideal;
+    eprintln!(
+        "admitted {admitted}, limited {}, ideal {ideal:.0}, ratio {ratio:.3}",
+        limited.load(Ordering::Relaxed)
+    );
+    assert!(
+        limited.load(Ordering::Relaxed) as f64 > admitted,
+        "not overloaded"
+    );
+    // SPEC section 5: at most 5% over one sequential bucket, at least 95% of it.
+    assert!((0.95..=1.05).contains(&ratio), "admitted/ideal {ratio:.3}");
+}
