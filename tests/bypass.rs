@@ -218,13 +218,9 @@ fn path_spellings_hit_the_same_route_or_are_refused() {
         "///rating//1",
         "/./rating/1",
         "/rating/./1",
-        "/x/../rating/1",
-        "/x/y/../../rating/1",
         "/%72ating/1",
         "/%72%61%74%69%6e%67/1",
         "/%2e/rating/1",
-        "/x/%2e%2e/rating/1",
-        "/x/.%2E/rating/1",
         "/rating/1/",
         "/rating/1/.",
         "/rating.",
@@ -236,7 +232,6 @@ fn path_spellings_hit_the_same_route_or_are_refused() {
         "/rating/%C3%A9",
         "http://t/rating/1",
         "http://t//rating/1",
-        "http://t/x/../rating/1",
     ];
     for target in same_route {
         let r = get_with(gw.addr, target, "");
@@ -257,6 +252,15 @@ fn path_spellings_hit_the_same_route_or_are_refused() {
         "/../rating/1",
         "/%2e%2e/rating/1",
         "/x/../../rating/1",
+        // Any `..`: an upstream that does not resolve it would serve another resource than
+        // the route charged (`/rating/../free` is `/free` here).
+        "/x/../rating/1",
+        "/x/y/../../rating/1",
+        "/x/%2e%2e/rating/1",
+        "/x/.%2E/rating/1",
+        "/rating/..",
+        "/rating/1/..",
+        "http://t/x/../rating/1",
         "*",
     ];
     for target in refused {
@@ -302,7 +306,6 @@ fn path_keyed_buckets_use_the_normalized_path() {
         "//rating/1",
         "/rating//1",
         "/rating/./1",
-        "/rating/x/../1",
         "/%72ating/%31",
         "/rating/%31?x=1",
         "http://t/rating/1",
@@ -773,10 +776,10 @@ fn a_path_prefix_that_could_never_match_is_a_config_error() {
         ("/%72ating", "write \"/rating\""),
         ("//rating", "write \"/rating\""),
         ("/a/./rating", "write \"/a/rating\""),
-        ("/x/../rating", "write \"/rating\""),
+        ("/x/../rating", "'..' segments are refused"),
         ("/a%3fb", "write \"/a%3Fb\""),
         ("/a%2Fb", "encoded slash"),
-        ("/../rating", "climb above the root"),
+        ("/../rating", "'..' segments are refused"),
     ] {
         let errors = tollgate::config::Config::parse(&with_prefix(prefix), "t.json")
             .expect_err(prefix)

@@ -418,7 +418,7 @@ fn path_normalization_bypass_attempts_are_charged_to_the_right_route() {
         "//rating",
         "/./rating",
         "/%72ating",
-        "/x/../rating",
+        "/%2e//rating",
     ] {
         let r = conn
             .send_raw(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
@@ -436,7 +436,7 @@ fn path_normalization_bypass_attempts_are_charged_to_the_right_route() {
         assert_eq!(r.status, 429, "{target}");
     }
     // Paths an upstream could read differently are refused.
-    for target in ["/rating%2Fx", "/../rating", "/a%00b"] {
+    for target in ["/rating%2Fx", "/../rating", "/x/../rating", "/a%00b"] {
         let r = Conn::open(gw.addr)
             .send_raw(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .unwrap();
