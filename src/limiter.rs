@@ -69,9 +69,16 @@ struct Entry {
     /// Touched after more than a few sync intervals without a read: the view may lag far
     /// behind the other nodes, so the next sync reads before it writes (see [`Store::absorb`]).
     stale: bool,
+    /// Shared mode only (boxed, so a standalone bucket stays small): sync time and pace.
+    sync: Option<Box<SyncState>>,
+}
+
+/// What a shared bucket needs besides its counters.
+#[derive(Default)]
+struct SyncState {
     /// When the bucket was last merged with the shared store.
     synced_ns: i64,
-    /// This node's allowance between syncs (shared mode).
+    /// This node's allowance between syncs.
     pace: Pace,
 }
 
@@ -236,7 +243,8 @@ impl Store {
             let shard = guard_for(&mut guards, sid);
             let shared = self.shared;
             let cap = self.shard_cap.load(Ordering::Relaxed);
-            let Some(entry) = bucket_entry(shard, hash, key, &c.limit.params, now, cap) else {
+            let Some(entry) = bucket_entry(shard, hash, key, &c.limit.params, now, (cap, shared))
+            else {
                 // No room for a new bucket: refused (a shadow limit only reports it).
                 self.overflows.fetch_add(1, Ordering::Relaxed);
                 let d = Decision {
@@ -256,21 +264,21 @@ impl Store {
                 decisions.push(d);
                 continue;
             };
-            if shared
-                && !entry.fresh
-                && now.saturating_sub(entry.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
-            {
-                entry.stale = true;
+            if let Some(sync) = entry.sync.as_ref() {
+                if !entry.fresh
+                    && now.saturating_sub(sync.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
+                {
+                    entry.stale = true;
+                }
             }
             let tokens = entry.bucket.tokens_units(&c.limit.params, now);
             let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
             entry.bucket.record_attempt();
-            if shared && d.allowed {
+            if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
                 let live = self.live_nodes.load(Ordering::Relaxed);
                 let stale = self.stale_ns.load(Ordering::Relaxed);
                 if let Err(wait) =
-                    entry
-                        .pace
+                    sync.pace
                         .check(&c.limit.params, c.cost, tokens, now, live, stale)
                 {
                     // This node's share is spent: nothing left here until it refills.
@@ -307,7 +315,9 @@ impl Store {
                 let shard = guard_for(&mut guards, sid);
                 if let Some(e) = get_hashed(shard, hash, key_of(i)) {
                     e.bucket.commit(c.cost);
-                    e.pace.spend(c.cost);
+                    if let Some(sync) = e.sync.as_mut() {
+                        sync.pace.spend(c.cost);
+                    }
                 }
             }
         }
@@ -485,11 +495,12 @@ impl Store {
                     .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
             }
             let tokens = e.bucket.tokens_units(params, now);
-            e.pace.resync(me, nodes, live, tokens, now);
+            let sync = e.sync.get_or_insert_with(Default::default);
+            sync.pace.resync(me, nodes, live, tokens, now);
+            sync.synced_ns = now;
             let was_fresh = e.fresh || e.stale;
             e.fresh = false;
             e.stale = false;
-            e.synced_ns = now;
             // Clean only if what was pushed is still all there is.
             let changed = !pushed || was_fresh || own_stored.is_none_or(|o| o != *e.bucket.own());
             e.dirty = false;
@@ -515,7 +526,8 @@ impl Store {
             let (hash, sid) = self.locate(store_key);
             let mut shard = lock(&self.shards[sid]);
             let cap = self.shard_cap.load(Ordering::Relaxed);
-            if bucket_entry(&mut shard, hash, store_key, params, now, cap).is_none() {
+            if bucket_entry(&mut shard, hash, store_key, params, now, (cap, self.shared)).is_none()
+            {
                 return;
             }
         }
@@ -549,7 +561,7 @@ fn bucket_entry<'s>(
     key: &str,
     p: &BucketParams,
     now: i64,
-    cap: usize,
+    (cap, shared): (usize, bool),
 ) -> Option<&'s mut Entry> {
     let len = shard.map.len();
     match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
@@ -564,8 +576,12 @@ fn bucket_entry<'s>(
                     dirty: false,
                     fresh: true,
                     stale: false,
-                    synced_ns: now,
-                    pace: Pace::default(),
+                    sync: shared.then(|| {
+                        Box::new(SyncState {
+                            synced_ns: now,
+                            pace: Pace::default(),
+                        })
+                    }),
                 },
             )
             .1,
