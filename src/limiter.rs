@@ -122,6 +122,8 @@ pub struct Store {
     live_nodes: AtomicU32,
     /// A pace older than this (no sync of its bucket) falls back to the equal share.
     stale_ns: AtomicI64,
+    /// The sync interval (shared mode), for the Redis TTL of a bucket.
+    sync_interval_ns: AtomicI64,
     /// Most buckets per shard (`max_buckets` / shards, at least 1).
     shard_cap: AtomicUsize,
     /// Requests refused because their bucket could not be created (the store was full).
@@ -167,6 +169,7 @@ impl Store {
             live_nodes: AtomicU32::new(1),
             stale_ns: AtomicI64::new(300_000_000),
             shard_cap: AtomicUsize::new(usize::MAX),
+            sync_interval_ns: AtomicI64::new(100_000_000),
             overflows: AtomicU64::new(0),
         }
     }
@@ -343,6 +346,9 @@ impl Store {
     /// whose limit no longer exists. Returns how many were dropped.
     pub fn evict_idle(&self, params_of: impl Fn(&str) -> Option<BucketParams>) -> usize {
         let now = self.clock.now_ns();
+        let interval = std::time::Duration::from_nanos(
+            u64::try_from(self.sync_interval_ns.load(Ordering::Relaxed)).unwrap_or(0),
+        );
         let mut dropped = 0;
         for s in self.shards.iter() {
             let mut shard = lock(s);
@@ -350,9 +356,19 @@ impl Store {
             shard.map.retain(|k, e| {
                 let limit = k.split_once(':').map_or(&**k, |(l, _)| l);
                 match params_of(limit) {
-                    // Unpushed changes stay until the sync loop has written them.
+                    // Unpushed changes stay until the sync loop has written them, and a shared
+                    // bucket stays as long as its hash may live in Redis (the TTL from its last
+                    // sync): if Redis restarts empty meanwhile, this node restores it from here.
                     Some(p) => {
+                        let kept_for_redis = e.sync.as_ref().is_some_and(|sync| {
+                            let ttl_ms = crate::sync::ttl_ms(p.seconds_to_fill(), interval);
+                            let ttl_ns = i64::try_from(ttl_ms)
+                                .unwrap_or(i64::MAX)
+                                .saturating_mul(1_000_000);
+                            now.saturating_sub(sync.synced_ns) <= ttl_ns
+                        });
                         e.dirty
+                            || kept_for_redis
                             || !(p.initial_tokens() == p.capacity() && e.bucket.is_full(&p, now))
                     }
                     None => false,
@@ -443,6 +459,8 @@ impl Store {
     /// Sets what the sync loop knows of the cluster: live nodes and the sync interval.
     pub fn set_cluster(&self, live_nodes: u32, sync_interval_ns: i64) {
         self.live_nodes.store(live_nodes.max(1), Ordering::Relaxed);
+        self.sync_interval_ns
+            .store(sync_interval_ns, Ordering::Relaxed);
         self.stale_ns
             .store(sync_interval_ns.saturating_mul(3), Ordering::Relaxed);
     }
@@ -495,14 +513,22 @@ impl Store {
                     .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
             }
             let tokens = e.bucket.tokens_units(params, now);
+            let own_attempts = e.bucket.own().attempts;
             let sync = e.sync.get_or_insert_with(Default::default);
-            sync.pace.resync(me, nodes, live, tokens, now);
+            sync.pace
+                .resync((me, own_attempts), nodes, live, tokens, now);
             sync.synced_ns = now;
             let was_fresh = e.fresh || e.stale;
             e.fresh = false;
             e.stale = false;
-            // Clean only if what was pushed is still all there is.
-            let changed = !pushed || was_fresh || own_stored.is_none_or(|o| o != *e.bucket.own());
+            // Clean only if what was pushed is still all there is. Waste alone does not count:
+            // evaluating a full bucket raises it (the cap), which any node recomputes from the
+            // same counters, so pushing it would keep every full bucket syncing forever.
+            let own = e.bucket.own();
+            let changed = !pushed
+                || was_fresh
+                || own_stored
+                    .is_none_or(|o| o.consumed != own.consumed || o.attempts != own.attempts);
             e.dirty = false;
             changed
         };
@@ -765,6 +791,122 @@ mod tests {
         let d = s.take_dirty();
         s.requeue(d.into_iter().map(|b| b.store_key));
         assert_eq!(s.take_dirty().len(), 1);
+    }
+
+    #[test]
+    fn a_shared_bucket_outlives_fullness_until_its_redis_ttl() {
+        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
+        let s = Store::new(clock.clone(), true);
+        s.set_cluster(2, SEC / 10);
+        // Capacity 5, refill 5/s: full again one second after its last token.
+        let l = spec("l", 5, 5.0, false);
+        let c = [Charge {
+            limit: &l,
+            key: "k",
+            cost: 1,
+        }];
+        assert!(s.charge(&c).allowed());
+        // Read (fresh), then pushed: clean.
+        for pushed in [false, true] {
+            let d = s.take_dirty();
+            let mut nodes = BTreeMap::new();
+            nodes.insert("me".to_string(), d[0].own);
+            s.absorb("l:k", "me", &nodes, &l.params, pushed);
+        }
+        assert!(s.take_dirty().is_empty());
+        // Two seconds on: full, clean, but Redis may still hold it (TTL = 1 s + 10 s margin).
+        clock.advance_ns(2 * SEC);
+        assert_eq!(s.evict_idle(|_| Some(l.params.clone())), 0);
+        // Past the TTL: Redis has dropped it too, so may this node.
+        clock.advance_ns(10 * SEC);
+        assert_eq!(s.evict_idle(|_| Some(l.params.clone())), 1);
+    }
+
+    #[test]
+    fn a_full_shared_bucket_stops_syncing() {
+        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
+        let s = Store::new(clock.clone(), true);
+        let l = spec("l", 5, 5.0, false);
+        let c = [Charge {
+            limit: &l,
+            key: "k",
+            cost: 1,
+        }];
+        assert!(s.charge(&c).allowed());
+        for pushed in [false, true] {
+            clock.advance_ns(SEC);
+            let d = s.take_dirty();
+            assert_eq!(d.len(), 1);
+            let mut nodes = BTreeMap::new();
+            nodes.insert("me".to_string(), d[0].own);
+            // Evaluated full at absorb: the cap raises waste, which is not a change to push.
+            s.absorb("l:k", "me", &nodes, &l.params, pushed);
+        }
+        clock.advance_ns(SEC);
+        assert!(
+            s.take_dirty().is_empty(),
+            "a full, unchanged bucket is pushed again"
+        );
+    }
+
+    #[test]
+    fn a_new_demand_waits_for_the_next_sync_at_most() {
+        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
+        let s = Store::new(clock.clone(), true);
+        s.set_cluster(2, SEC / 10);
+        let l = spec("l", 1000, 1000.0, false);
+        let c = [Charge {
+            limit: &l,
+            key: "k",
+            cost: 1,
+        }];
+        assert!(s.charge(&c).allowed());
+        s.take_dirty();
+        // First read keeps the creation allowance; the second sets a share from demand: the
+        // other node asked 1000 times since, this one did not ask at all.
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "me".to_string(),
+            Counters {
+                consumed: 1,
+                attempts: 1,
+                waste: 0,
+            },
+        );
+        nodes.insert(
+            "other".to_string(),
+            Counters {
+                consumed: 0,
+                attempts: 0,
+                waste: 0,
+            },
+        );
+        s.absorb("l:k", "me", &nodes, &l.params, true);
+        nodes.insert(
+            "other".to_string(),
+            Counters {
+                consumed: 100,
+                attempts: 1000,
+                waste: 0,
+            },
+        );
+        s.absorb("l:k", "me", &nodes, &l.params, true);
+        // Its floor (a tenth of the equal share) still admits at once, and when that is spent
+        // the announced wait never goes past the next sync.
+        let mut admitted = 0;
+        let mut last = None;
+        for _ in 0..200 {
+            let r = s.charge(&c);
+            if r.allowed() {
+                admitted += 1;
+            } else {
+                last = Some(r.decisions[0].retry_after_ns);
+                break;
+            }
+        }
+        assert!(admitted >= 1, "shut out until the next sync");
+        let wait = last.expect("the share runs out");
+        assert!(wait <= 3 * (SEC as u64) / 10, "wait {wait} ns");
     }
 
     #[test]

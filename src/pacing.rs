@@ -109,7 +109,16 @@ impl Pace {
             return Ok(());
         }
         let rate = scale(i128::from(p.rate_q()), self.share_ppm).max(1);
-        Err(u64::try_from((need + rate - 1) / rate).unwrap_or(u64::MAX))
+        let wait = u64::try_from((need + rate - 1) / rate).unwrap_or(u64::MAX);
+        // The next sync (or the stale fallback) gives a new share: never announce a wait
+        // longer than that, nor shorter than the bucket's own.
+        let until_resync = u64::try_from(
+            stale_ns
+                .saturating_sub(now_ns.saturating_sub(self.since_ns))
+                .max(1),
+        )
+        .unwrap_or(1);
+        Err(wait.min(until_resync))
     }
 
     pub fn spend(&mut self, cost: u64) {
@@ -117,17 +126,21 @@ impl Pace {
     }
 
     /// After a sync read: new share from every node's attempts since the previous read, and a
-    /// new allowance from the merged tokens now.
+    /// new allowance from the merged tokens now. `own_attempts` is this node's own count.
     pub fn resync(
         &mut self,
-        me: &str,
+        (me, own_attempts): (&str, u64),
         nodes: &BTreeMap<String, Counters>,
         live: u32,
         tokens_units: i128,
         now_ns: i64,
     ) {
-        let attempts: BTreeMap<String, u64> =
+        let mut attempts: BTreeMap<String, u64> =
             nodes.iter().map(|(n, c)| (n.clone(), c.attempts)).collect();
+        // This node's own attempts are what it counted, whatever the store shows (a store
+        // that restarted empty may not hold them yet).
+        let own = own_attempts.max(attempts.get(me).copied().unwrap_or(0));
+        attempts.insert(me.to_string(), own);
         if self.prev.is_none() && self.share_ppm != 0 && live > 1 {
             // First read of a bucket this node has been spending from: the others' spending
             // since its creation is not in the store yet (their first sync only reads), so a
@@ -149,8 +162,13 @@ impl Pace {
                 if total == 0 {
                     WHOLE / live.max(1)
                 } else {
+                    // At least a tenth of the equal share: a node whose demand starts right
+                    // after a sync is not shut out for a whole interval (the shares then add up
+                    // to at most 1 + 1/10 for that interval).
+                    let floor = WHOLE / live.max(1) / 10;
                     u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total))
                         .unwrap_or(WHOLE)
+                        .max(floor)
                 }
             }
         };

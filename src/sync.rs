@@ -63,6 +63,9 @@ struct Link {
     clock_checked: Option<Instant>,
     /// Redis refused some bucket updates in the last sync (logged once per incident).
     refusing: bool,
+    /// The scripts were loaded on this connection and Redis has not restarted since (a
+    /// NOSCRIPT reply or any failure loads them again).
+    scripts_loaded: bool,
     /// Buckets whose hash was over [`layout::MAX_FIELDS`] when last synced (logged once each).
     oversized: std::collections::HashSet<String>,
 }
@@ -98,14 +101,17 @@ type HashReply = redis::RedisResult<HashMap<String, String>>;
 async fn round_trip(
     con: &mut Conn,
     mut registry: redis::Pipeline,
-    scripts: &Scripts,
+    (scripts, load): (&Scripts, bool),
     ops: &[redis::ScriptInvocation<'_>],
 ) -> redis::RedisResult<Vec<HashReply>> {
     match con {
         Conn::Single(_) => {
-            // One pipeline: the registry, the scripts (so EVALSHA finds them), every bucket.
-            registry.load_script(&scripts.merge).ignore();
-            registry.load_script(&scripts.read).ignore();
+            // One pipeline: the registry, the scripts when Redis may not have them yet (so
+            // EVALSHA finds them), every bucket.
+            if load {
+                registry.load_script(&scripts.merge).ignore();
+                registry.load_script(&scripts.read).ignore();
+            }
             for inv in ops {
                 registry.invoke_script(inv);
             }
@@ -184,6 +190,7 @@ impl SyncLoop {
                     "redis restarted empty (new run_id): pushing every bucket in memory again"
                 );
                 self.node.store.mark_all_dirty();
+                link.scripts_loaded = false;
             }
             link.run_id = id;
         }
@@ -237,15 +244,20 @@ impl SyncLoop {
             sent.push(d);
         }
         let started = Instant::now();
-        let mut replies: Vec<HashReply> = match round_trip(con, pipe, scripts, &ops).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.node
-                    .store
-                    .requeue(dirty.into_iter().map(|d| d.store_key));
-                return Err(e);
-            }
-        };
+        let mut replies: Vec<HashReply> =
+            match round_trip(con, pipe, (scripts, !link.scripts_loaded), &ops).await {
+                Ok(r) => {
+                    link.scripts_loaded = true;
+                    r
+                }
+                Err(e) => {
+                    link.scripts_loaded = false;
+                    self.node
+                        .store
+                        .requeue(dirty.into_iter().map(|d| d.store_key));
+                    return Err(e);
+                }
+            };
         drop(ops);
         if replies.is_empty() {
             self.node
@@ -348,6 +360,12 @@ impl SyncLoop {
                     }
                 }
                 Some(Err(e)) => {
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        || e.to_string().contains("NOSCRIPT")
+                    {
+                        // Redis lost its scripts (SCRIPT FLUSH, failover): load them again.
+                        link.scripts_loaded = false;
+                    }
                     bad_replies += 1;
                     if first_error.is_none() {
                         first_error = Some(format!("{}: {e}", d.store_key));
@@ -602,6 +620,7 @@ impl BackgroundService for SyncLoop {
             clock_checked: None,
             refusing: false,
             oversized: Default::default(),
+            scripts_loaded: false,
         };
         let metrics = &self.node.metrics;
         metrics.redis_up.set(0);

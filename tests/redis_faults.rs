@@ -212,6 +212,15 @@ fn slow_redis_and_dropped_connections_do_not_slow_requests() {
     assert!(wait_until(WAIT, || get(gw.admin, "/health", &[]).json()
         ["status"]
         == "ok"));
+    // The scripts are loaded once per connection: a flush makes Redis answer NOSCRIPT, and
+    // the node loads them again.
+    redis.cmd(&["SCRIPT", "FLUSH"]);
+    assert_eq!(send(&gw, "k", 1), vec![200]);
+    assert!(
+        wait_until(WAIT, || field(&redis, "k", "node-a:consumed") == Some(5)),
+        "{}",
+        gw.log()
+    );
 }
 
 #[test]
