@@ -11,6 +11,9 @@
 #   BENCH_PERF=1          afterwards, `perf record -g` tollgate (limits on) under the same load
 #                         for BENCH_SECONDS and print the top of `perf report`
 #   BENCH_KEEP=1          keep the temporary directory (configs, logs, wrk outputs)
+#   BENCH_PIN=1           pin the measured proxies to the last CPU and wrk + the upstream to
+#                         the others (taskset), so that scheduling does not mix them; default
+#                         on when the machine has 2 CPUs or more
 #
 # Fairness: one worker each (tollgate `threads: 1`, nginx `worker_processes 1`; the upstream
 # nginx has its own single worker and is not measured), access logs off on both (tollgate
@@ -32,6 +35,14 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-50}
 WARMUP=${BENCH_WARMUP:-2}
 PERF=${BENCH_PERF:-0}
+NCPU=$(nproc)
+PIN=${BENCH_PIN:-$([ "$NCPU" -ge 2 ] && echo 1 || echo 0)}
+PIN_PROXY=()
+PIN_LOAD=()
+if [ "$PIN" = 1 ] && command -v taskset >/dev/null 2>&1; then
+  PIN_PROXY=(taskset -c "$((NCPU - 1))")
+  PIN_LOAD=(taskset -c "0-$((NCPU - 2))")
+fi
 
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
@@ -166,17 +177,17 @@ EOF
 tollgate_conf tollgate_on "$ON_PORT" "$ON_ADMIN" '["per-api-key", "per-ip"]'
 tollgate_conf tollgate_off "$OFF_PORT" "$OFF_ADMIN" '[]'
 
-"$NGINX" -p "$DIR/upstream" -c "$DIR/upstream/nginx.conf" -e "$DIR/upstream/logs/error.log" \
+"${PIN_LOAD[@]}" "$NGINX" -p "$DIR/upstream" -c "$DIR/upstream/nginx.conf" -e "$DIR/upstream/logs/error.log" \
   >"$DIR/upstream/logs/stdout.log" 2>&1 &
 PIDS+=($!)
-"$NGINX" -p "$DIR/nginx-proxy" -c "$DIR/nginx-proxy/nginx.conf" -e "$DIR/nginx-proxy/logs/error.log" \
+"${PIN_PROXY[@]}" "$NGINX" -p "$DIR/nginx-proxy" -c "$DIR/nginx-proxy/nginx.conf" -e "$DIR/nginx-proxy/logs/error.log" \
   >"$DIR/nginx-proxy/logs/stdout.log" 2>&1 &
 NGX_PID=$!
 PIDS+=($NGX_PID)
-TOLLGATE_LOG=warn "$TOLLGATE" run -c "$DIR/tollgate_on.json" >"$DIR/tollgate_on.log" 2>&1 &
+TOLLGATE_LOG=warn "${PIN_PROXY[@]}" "$TOLLGATE" run -c "$DIR/tollgate_on.json" >"$DIR/tollgate_on.log" 2>&1 &
 ON_PID=$!
 PIDS+=($ON_PID)
-TOLLGATE_LOG=warn "$TOLLGATE" run -c "$DIR/tollgate_off.json" >"$DIR/tollgate_off.log" 2>&1 &
+TOLLGATE_LOG=warn "${PIN_PROXY[@]}" "$TOLLGATE" run -c "$DIR/tollgate_off.json" >"$DIR/tollgate_off.log" 2>&1 &
 OFF_PID=$!
 PIDS+=($OFF_PID)
 
@@ -211,7 +222,7 @@ cpu_ticks() { # utime + stime of a process and its direct children (nginx worker
 
 # A single wrk run, bounded: prints the parsed fields (see summarize.py wrk).
 run_wrk() { # $1 = proxy, $2 = seconds, $3 = output file
-  timeout $(($2 + 30)) wrk -t1 -c"$CONNS" -d"${2}s" --latency -H 'x-api-key: bench' \
+  timeout $(($2 + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${2}s" --latency -H 'x-api-key: bench' \
     "http://127.0.0.1:${PORT[$1]}/rating/42" >"$3" 2>&1
 }
 
@@ -219,6 +230,7 @@ NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
 echo "== proxies: tollgate_on pid $ON_PID (threads 1, limits per-api-key + per-ip), tollgate_off pid $OFF_PID" \
   "(threads 1, no limits), nginx master $NGX_PID worker(s) $NGX_WORKERS(worker_processes 1, limit_req x2);" \
   "access logs off on all; upstream nginx on 127.0.0.1:$UP_PORT"
+echo "== pinning: proxies ${PIN_PROXY[*]:-(none)}, wrk and upstream ${PIN_LOAD[*]:-(none)}"
 echo "== load: wrk -t1 -c$CONNS -d${SECS}s --latency -H 'x-api-key: bench', $ROUNDS rounds, CLK_TCK $HZ"
 
 for p in tollgate_on tollgate_off nginx; do

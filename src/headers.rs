@@ -37,9 +37,34 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
     format!("\"{name}\";q={};w={w}", p.capacity())
 }
 
-/// `RateLimit` value after decision `d`.
+/// `RateLimit` value after decision `d` (on every admitted request: built without the
+/// formatting machinery, in one allocation).
 pub fn ratelimit_value(name: &str, d: &Decision) -> String {
-    format!("\"{name}\";r={};t={}", d.remaining, ceil_secs(d.full_in_ns))
+    let mut out = String::with_capacity(name.len() + 48);
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\";r=");
+    push_u64(&mut out, d.remaining);
+    out.push_str(";t=");
+    push_u64(&mut out, ceil_secs(d.full_in_ns));
+    out
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &digits[i..] {
+        out.push(char::from(b));
+    }
 }
 
 /// `Retry-After` seconds for a rejected decision.

@@ -76,6 +76,8 @@ pub struct Runtime {
     pub limits: Vec<LimitSpec>,
     /// `RateLimit-Policy` value per limit.
     pub policies: Vec<String>,
+    /// The same, as header values (cloned per response without copying).
+    pub policy_values: Vec<http::HeaderValue>,
     /// Same indices as `config.upstreams`.
     pub pools: Vec<UpstreamPool>,
 }
@@ -148,6 +150,13 @@ impl Runtime {
         Ok(Runtime {
             config,
             limits,
+            policy_values: policies
+                .iter()
+                .map(|p| {
+                    http::HeaderValue::from_str(p)
+                        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+                })
+                .collect(),
             policies,
             pools,
         })

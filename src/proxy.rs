@@ -27,6 +27,9 @@ use std::time::Instant;
 /// Request bodies larger than this are not drained after a 429: the connection closes instead.
 const DRAIN_LIMIT: usize = 64 * 1024;
 
+static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 /// How long a keep-alive connection may wait for (the rest of) its next request head.
 const KEEPALIVE_IDLE_SECS: u64 = 60;
 
@@ -62,7 +65,7 @@ pub struct Ctx {
     client_ip: IpAddr,
     outcome: Outcome,
     /// `RateLimit-Policy` and `RateLimit` to add to the response.
-    rate_headers: Option<(String, String)>,
+    rate_headers: Option<(http::HeaderValue, String)>,
     /// Fingerprint of the reported limit's key, for the access log.
     key_fp: Option<String>,
     status: u16,
@@ -367,9 +370,11 @@ impl ProxyHttp for Gateway {
             (d.remaining, std::cmp::Reverse(d.full_in_ns))
         }) {
             let li = route.limits[i];
-            ctx.key_fp = Some(key::fingerprint(charges[i].key));
+            if cfg.access_log {
+                ctx.key_fp = Some(key::fingerprint(charges[i].key));
+            }
             ctx.rate_headers = Some((
-                rt.policies[li].clone(),
+                rt.policy_values[li].clone(),
                 headers::ratelimit_value(&charges[i].limit.name, &result.decisions[i]),
             ));
         }
@@ -488,8 +493,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some((policy, rl)) = ctx.rate_headers.take() {
-            upstream_response.insert_header("ratelimit-policy", policy)?;
-            upstream_response.insert_header("ratelimit", rl)?;
+            upstream_response.insert_header(RATELIMIT_POLICY.clone(), policy)?;
+            upstream_response.insert_header(RATELIMIT.clone(), rl)?;
         }
         ctx.status = upstream_response.status.as_u16();
         Ok(())
