@@ -48,11 +48,28 @@ fn spawn(dir: &Path, args: &[&str]) -> Child {
         .expect("spawn redis-server")
 }
 
+/// A free port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
 /// Three primaries, slots assigned, `cluster_state:ok` on each.
 fn start_cluster(dir: &Path) -> Vec<Server> {
-    let servers: Vec<Server> = (0..3)
+    start_cluster_with(dir, 0)
+}
+
+/// Three primaries and `replicas` replicas of each (the first three servers are the
+/// primaries); a one-second node timeout, and replicas that may always take over, so that a
+/// failover is quick.
+fn start_cluster_with(dir: &Path, replicas: usize) -> Vec<Server> {
+    let servers: Vec<Server> = (0..3 * (1 + replicas))
         .map(|i| {
-            let port = free_port();
+            let port = free_cluster_port();
             let d = dir.join(format!("n{i}"));
             std::fs::create_dir_all(&d).expect("dir");
             let child = spawn(
@@ -64,6 +81,10 @@ fn start_cluster(dir: &Path) -> Vec<Server> {
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-replica-validity-factor",
+                    "0",
                 ],
             );
             Server { port, child }
@@ -84,7 +105,7 @@ fn start_cluster(dir: &Path) -> Vec<Server> {
         .arg("--cluster")
         .arg("create")
         .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .output()
         .expect("redis-cli --cluster create");
     assert!(
@@ -276,4 +297,73 @@ fn rediss_with_a_private_ca() {
     );
     assert!(metrics().contains("tollgate_redis_up 0"));
     assert_eq!(get(b.admin, "/health", &[]).json()["status"], "degraded");
+}
+
+#[test]
+fn a_cluster_failover_loses_no_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut servers = start_cluster_with(dir.path(), 1);
+    let up = Upstream::start();
+    let seeds: Vec<String> = servers
+        .iter()
+        .map(|s| format!("redis://127.0.0.1:{}", s.port))
+        .collect();
+    let redis =
+        json!({ "cluster": true, "urls": seeds, "sync_interval_ms": 50, "timeout_ms": 500 });
+    let mut cfg = config(&up, redis, "node-a");
+    cfg["limits"]["per-key"]["capacity"] = json!(1000);
+    let a = Gateway::start(cfg);
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    let send_all = |n: usize| {
+        for k in &keys {
+            for _ in 0..n {
+                let s = get(a.addr, "/x", &[("x-api-key", k)]).status;
+                assert!(s == 200 || s == 429, "status {s} during the failover");
+            }
+        }
+    };
+    let survivor = servers[1].port;
+    let consumed = |k: &str| -> u64 {
+        Command::new("redis-cli")
+            .args(["-c", "-p", &survivor.to_string(), "HGET"])
+            .arg(format!("tollgate:per-key:{k}"))
+            .arg("node-a:consumed")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
+    };
+    send_all(3);
+    assert!(
+        wait_until(WAIT, || keys.iter().all(|k| consumed(k) == 3)),
+        "{}",
+        a.log()
+    );
+    // The first primary dies; its replica takes over its slots.
+    drop(servers.remove(0));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let nodes = cli(survivor, &["CLUSTER", "NODES"]);
+            let live_primaries = nodes
+                .lines()
+                .filter(|l| l.contains("master") && !l.contains("fail"))
+                .count();
+            nodes.contains("master,fail")
+                && live_primaries == 3
+                && cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        }),
+        "no failover: {}",
+        cli(survivor, &["CLUSTER", "NODES"])
+    );
+    // Requests are decided all along; afterwards every count reaches the cluster, none lower.
+    send_all(2);
+    assert!(
+        wait_until(WAIT, || keys.iter().all(|k| consumed(k) == 5)),
+        "counts after the failover: {:?}\n{}",
+        keys.iter().map(|k| consumed(k)).collect::<Vec<_>>(),
+        a.log()
+    );
+    assert!(wait_until(WAIT, || get(a.admin, "/health", &[]).json()
+        ["status"]
+        == "ok"));
 }
