@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const SHARDS: usize = 64;
 
 /// Per-request lists: a route charges a handful of limits, so these stay on the stack.
-pub type Small<T> = SmallVec<[T; 4]>;
+pub type Small<T> = SmallVec<[T; 2]>;
 
 /// One limit as the running config defines it.
 #[derive(Debug, Clone)]
@@ -237,6 +237,7 @@ impl Store {
         let mut guards: Small<(usize, MutexGuard<'_, Shard>)> =
             order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
 
+        let single = charges.len() == 1;
         let mut decisions: Small<Decision> = SmallVec::with_capacity(charges.len());
         let mut rejected_by: Option<usize> = None;
         let mut shadow_rejected: Small<usize> = SmallVec::new();
@@ -290,6 +291,14 @@ impl Store {
                     d.retry_after_ns = wait;
                 }
             }
+            // A single charge is all or nothing by itself: pay now, with the entry in hand.
+            let paid_now = single && d.allowed;
+            if paid_now {
+                entry.bucket.commit(c.cost);
+                if let Some(sync) = entry.sync.as_mut() {
+                    sync.pace.spend(c.cost);
+                }
+            }
             let newly_dirty = shared && !entry.dirty;
             if newly_dirty {
                 entry.dirty = true;
@@ -309,7 +318,7 @@ impl Store {
             }
             decisions.push(d);
         }
-        if rejected_by.is_none() {
+        if rejected_by.is_none() && !single {
             for (i, c) in charges.iter().enumerate() {
                 if !decisions[i].allowed {
                     continue; // a shadow limit that could not pay is not charged
