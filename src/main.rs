@@ -2,10 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc malloc: pingora allocates per request (see the README's
-/// Performance section for what it saves).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
