@@ -44,21 +44,9 @@ if [ "$PIN" = 1 ] && command -v taskset >/dev/null 2>&1; then
   PIN_LOAD=(taskset -c "0-$((NCPU - 2))")
 fi
 
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-command -v cc >/dev/null 2>&1 || need+=(build-essential)
-if [ "$PERF" = 1 ] && ! command -v perf >/dev/null 2>&1; then need+=(linux-perf); fi
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing: ${need[*]}"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. scripts/lib.sh
+ensure nginx:nginx wrk:wrk curl:curl python3:python3 cmake:cmake cc:build-essential
+if [ "$PERF" = 1 ]; then ensure perf:linux-perf; fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "== cargo build --release"

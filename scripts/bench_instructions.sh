@@ -13,16 +13,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 N=${1:-3000}
 
-need=()
-command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-command -v cc >/dev/null 2>&1 || need+=(build-essential)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. scripts/lib.sh
+ensure valgrind:valgrind cmake:cmake cc:build-essential
 cargo build --release --bins
 DIR=$(mktemp -d /tmp/tollgate-instr.XXXXXX)
 PIDS=()

@@ -24,21 +24,9 @@ SECS=${REDIS_SECONDS:-10}
 NKEYS=${REDIS_KEYS:-5}
 SYNC_MS=100
 
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-command -v cc >/dev/null 2>&1 || need+=(build-essential)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing: ${need[*]}"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. scripts/lib.sh
+ensure redis-server:redis-server redis-cli:redis-tools wrk:wrk curl:curl python3:python3 \
+  cmake:cmake cc:build-essential
 
 echo "== cargo build --release"
 cargo build --release --bins

@@ -5,20 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-command -v cc >/dev/null 2>&1 || need+=(build-essential)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+. scripts/lib.sh
 # promtool (from Debian's prometheus package) checks the alert rules and dashboard queries.
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing: ${need[*]}"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+ensure cmake:cmake cc:build-essential redis-server:redis-server redis-cli:redis-tools \
+  promtool:prometheus
 
 echo "== cargo fmt --check"
 cargo fmt --check
