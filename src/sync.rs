@@ -42,6 +42,10 @@ pub struct SyncLoop {
     pub node: Arc<Node>,
 }
 
+/// Syncs without a sign of another process writing this node's fields before
+/// `duplicate_node_id` goes back to 0.
+const TWIN_QUIET_SYNCS: u32 = 100;
+
 /// How often the clock offset against Redis `TIME` is measured.
 const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -66,6 +70,8 @@ struct Link {
     /// The scripts were loaded on this connection and Redis has not restarted since (a
     /// NOSCRIPT reply or any failure loads them again).
     scripts_loaded: bool,
+    /// Syncs in a row without a sign of a twin (see [`TWIN_QUIET_SYNCS`]).
+    twin_quiet: u32,
     /// Buckets whose hash was over [`layout::MAX_FIELDS`] when last synced (logged once each).
     oversized: std::collections::HashSet<String>,
 }
@@ -395,6 +401,15 @@ impl SyncLoop {
                 tracing::error!(node_id, "another live node writes this node's fields: two nodes share one node_id, so the shared buckets under-count; give every node its own node_id");
             }
             self.node.metrics.duplicate_node_id.set(1);
+            link.twin_quiet = 0;
+        } else if self.node.metrics.duplicate_node_id.get() == 1 {
+            // Cleared once nothing has shown a twin for a while (a graceful upgrade runs two
+            // processes with one node_id for a few seconds).
+            link.twin_quiet += 1;
+            if link.twin_quiet >= TWIN_QUIET_SYNCS {
+                tracing::info!(node_id, "no other node writes this node's fields any more");
+                self.node.metrics.duplicate_node_id.set(0);
+            }
         }
         if !requeue.is_empty() {
             self.node.store.requeue(requeue);
@@ -621,6 +636,7 @@ impl BackgroundService for SyncLoop {
             refusing: false,
             oversized: Default::default(),
             scripts_loaded: false,
+            twin_quiet: 0,
         };
         let metrics = &self.node.metrics;
         metrics.redis_up.set(0);

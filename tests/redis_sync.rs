@@ -221,6 +221,17 @@ fn config_drift_and_duplicate_node_ids_are_reported() {
     );
     let logs = c.log() + &d.log();
     assert!(logs.contains("two nodes share one node_id"));
+    // Once one twin is gone, the other clears the alarm (after 100 quiet syncs).
+    let (noticed, other) = if metric_line(&c, dup) { (c, d) } else { (d, c) };
+    drop(other);
+    assert!(
+        wait_until(Duration::from_secs(30), || metric_line(
+            &noticed,
+            "tollgate_duplicate_node_id 0"
+        )),
+        "{}",
+        noticed.log()
+    );
 }
 
 #[test]
