@@ -139,6 +139,22 @@ fn clock_skew_is_corrected_against_redis_time() {
     );
 }
 
+/// One [`hammer`] thread per node, on shared counters.
+fn hammer_all(
+    nodes: &[Gateway],
+    stop: &Arc<AtomicBool>,
+    ok: &Arc<AtomicU64>,
+    limited: &Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    nodes
+        .iter()
+        .map(|g| {
+            let (addr, stop, ok, limited) = (g.addr, stop.clone(), ok.clone(), limited.clone());
+            std::thread::spawn(move || hammer(addr, stop, ok, limited))
+        })
+        .collect()
+}
+
 /// Sends requests on one keep-alive connection until `stop`, counting 200s and 429s.
 fn hammer(
     addr: std::net::SocketAddr,
@@ -203,13 +219,7 @@ fn three_nodes_lose_nothing_when_redis_is_killed_and_restarted_empty() {
         })
     };
     let started = Instant::now();
-    let clients: Vec<_> = nodes
-        .iter()
-        .map(|g| {
-            let (addr, stop, ok, limited) = (g.addr, stop.clone(), ok.clone(), limited.clone());
-            std::thread::spawn(move || hammer(addr, stop, ok, limited))
-        })
-        .collect();
+    let clients = hammer_all(&nodes, &stop, &ok, &limited);
     // Let the load run with Redis, then kill it, run without, restart it empty, run again.
     let phase = |d: Duration| {
         let end = Instant::now() + d;
@@ -341,13 +351,7 @@ fn three_nodes_under_sustained_balanced_overload_stay_within_the_bounds() {
     let ok = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let clients: Vec<_> = nodes
-        .iter()
-        .map(|g| {
-            let (addr, stop, ok, limited) = (g.addr, stop.clone(), ok.clone(), limited.clone());
-            std::thread::spawn(move || hammer(addr, stop, ok, limited))
-        })
-        .collect();
+    let clients = hammer_all(&nodes, &stop, &ok, &limited);
     let end = started + Duration::from_secs(5);
     wait_until(Duration::from_secs(6), || Instant::now() >= end);
     stop.store(true, Ordering::Relaxed);
