@@ -153,7 +153,7 @@ pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Ke
     Ok(found)
 }
 
-fn header_value(headers: &HeaderMap, name: &str) -> Result<Option<String>, KeyError> {
+fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, KeyError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -164,7 +164,7 @@ fn header_value(headers: &HeaderMap, name: &str) -> Result<Option<String>, KeyEr
     let s = first
         .to_str()
         .map_err(|_| KeyError::InvalidHeaderValue(name.to_string()))?;
-    Ok(Some(s.trim().to_string()))
+    Ok(Some(s.trim()))
 }
 
 /// Builds the key of a limit with sources `sources` for request `req`.
@@ -177,7 +177,7 @@ pub fn build_key(sources: &[KeySource], req: &RequestView<'_>) -> Result<String,
         match src {
             KeySource::Header(name) => {
                 let v = header_value(req.headers, name)?;
-                push_escaped(&mut out, v.as_deref().unwrap_or(""));
+                push_escaped(&mut out, v.unwrap_or(""));
             }
             KeySource::ClientIp => {
                 let _ = write!(out, "{}", req.client_ip);
