@@ -12,3 +12,19 @@ ensure() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 }
+
+# stop_all PID ...   SIGTERM to each process (and, at the end, SIGKILL to it and to the
+# children it had, such as nginx workers), waiting up to 5 s for them to exit.
+stop_all() {
+  local p kids=()
+  for p in "$@"; do mapfile -t -O "${#kids[@]}" kids < <(pgrep -P "$p" || true); done
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for p in "$@" "${kids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}

@@ -648,8 +648,12 @@ mod tests {
     }
 
     fn store() -> (Arc<ManualClock>, Store) {
+        store_shared(false)
+    }
+
+    fn store_shared(shared: bool) -> (Arc<ManualClock>, Store) {
         let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
-        (clock.clone(), Store::new(clock, false))
+        (clock.clone(), Store::new(clock, shared))
     }
 
     #[test]
@@ -747,8 +751,7 @@ mod tests {
 
     #[test]
     fn dirty_tracking_and_absorb_for_the_sync_loop() {
-        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
-        let s = Store::new(clock, true);
+        let (_clock, s) = store_shared(true);
         let l = spec("l", 10, 1.0, false);
         assert!(s
             .charge(&[Charge {
@@ -804,8 +807,7 @@ mod tests {
 
     #[test]
     fn a_shared_bucket_outlives_fullness_until_its_redis_ttl() {
-        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
-        let s = Store::new(clock.clone(), true);
+        let (clock, s) = store_shared(true);
         s.set_cluster(2, SEC / 10);
         // Capacity 5, refill 5/s: full again one second after its last token.
         let l = spec("l", 5, 5.0, false);
@@ -833,8 +835,7 @@ mod tests {
 
     #[test]
     fn a_full_shared_bucket_stops_syncing() {
-        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
-        let s = Store::new(clock.clone(), true);
+        let (clock, s) = store_shared(true);
         let l = spec("l", 5, 5.0, false);
         let c = [Charge {
             limit: &l,
@@ -860,8 +861,7 @@ mod tests {
 
     #[test]
     fn a_new_demand_waits_for_the_next_sync_at_most() {
-        let clock = Arc::new(ManualClock::new(1_700_000_000 * SEC));
-        let s = Store::new(clock.clone(), true);
+        let (_clock, s) = store_shared(true);
         s.set_cluster(2, SEC / 10);
         let l = spec("l", 1000, 1000.0, false);
         let c = [Charge {

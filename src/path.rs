@@ -106,8 +106,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
         i = end;
     }
     // Pass 2: remove dot segments and empty segments.
-    let trailing_slash =
-        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.");
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {

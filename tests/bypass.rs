@@ -198,11 +198,11 @@ fn behind_a_trusted_proxy_the_rightmost_untrusted_address_pays() {
 
 /// Spellings of `/rating/1` against a per-route limit (key `client_ip`, one token, spent by
 /// the plain form first). Decisions, following RFC 3986 and `src/path.rs`:
-/// - duplicate slashes, `.`/`..` segments, percent-encoded unreserved characters (`%72`,
+/// - duplicate slashes, `.` segments, percent-encoded unreserved characters (`%72`,
 ///   `%2e`), lower-case hex, matrix parameters, a query, an absolute-form target: the same
 ///   route, so 429;
 /// - `%2F`/`%5C` (encoded slash or backslash), control characters raw or encoded, malformed
-///   escapes, dot segments above the root, a target that is not absolute: 400, never forwarded;
+///   escapes, any `..` segment, a target that is not absolute: 400, never forwarded;
 /// - `/rating.` and `/rating./1` fall under the plain-prefix route `/rating` (prefixes match
 ///   like nginx's prefix `location`), so they are charged too;
 /// - paths are case-sensitive (RFC 3986 6.2.2.1): `/RATING/1` is another resource and goes to
