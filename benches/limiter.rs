@@ -19,7 +19,9 @@ fn spec() -> LimitSpec {
         // Far above the load: every decision admits.
         params: BucketParams::new(1_000_000_000, 1e9, 1_000_000_000).expect("params"),
         shadow: false,
-        key: vec![KeySource::Header("x-api-key".into())],
+        key: vec![KeySource::Header(http::HeaderName::from_static(
+            "x-api-key",
+        ))],
     }
 }
 
@@ -135,7 +137,10 @@ fn key_and_headers(c: &mut Criterion) {
         HeaderValue::from_static("sk-live-0123456789abcdef"),
     );
     headers.insert("host", HeaderValue::from_static("api.example.com"));
-    let sources = vec![KeySource::Header("x-api-key".into()), KeySource::ClientIp];
+    let sources = vec![
+        KeySource::Header(http::HeaderName::from_static("x-api-key")),
+        KeySource::ClientIp,
+    ];
     let view = RequestView {
         method: "GET",
         path: "/rating/42",

@@ -333,6 +333,19 @@ impl Bucket {
         self.own.consumed = self.own.consumed.saturating_add(cost);
     }
 
+    /// This node's consumed tokens, to hand to [`Bucket::uncommit_to`].
+    pub fn own_consumed(&self) -> u64 {
+        self.own.consumed
+    }
+
+    /// Undoes `commit`s back to `consumed`, as read by [`Bucket::own_consumed`] before them.
+    /// Only for a multi-limit charge that a later limit refused, while it still holds the
+    /// bucket's lock: no sync can have seen the undone tokens, so the counters stay
+    /// grow-only from everyone else's point of view.
+    pub fn uncommit_to(&mut self, consumed: u64) {
+        self.own.consumed = consumed;
+    }
+
     /// Counts one decided request, admitted or not.
     pub fn record_attempt(&mut self) {
         self.own.attempts = self.own.attempts.saturating_add(1);

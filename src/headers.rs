@@ -10,6 +10,7 @@
 //!   at least 1); it wins over `t`.
 
 use crate::bucket::{BucketParams, Decision};
+use http::HeaderValue;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -37,34 +38,45 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
     format!("\"{name}\";q={};w={w}", p.capacity())
 }
 
-/// `RateLimit` value after decision `d` (on every admitted request: built without the
-/// formatting machinery, in one allocation).
+/// `RateLimit` value after decision `d`.
 pub fn ratelimit_value(name: &str, d: &Decision) -> String {
-    let mut out = String::with_capacity(name.len() + 48);
-    out.push('"');
-    out.push_str(name);
-    out.push_str("\";r=");
-    push_u64(&mut out, d.remaining);
-    out.push_str(";t=");
-    push_u64(&mut out, ceil_secs(d.full_in_ns));
-    out
+    let mut out = Vec::with_capacity(name.len() + 48);
+    write_ratelimit(name, d, |part| out.extend_from_slice(part));
+    // Only ASCII digits and punctuation are added to a `&str`.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-/// Appends `n` in decimal.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// The same as a header value, as every admitted request sends it: written into a stack
+/// buffer without the formatting machinery, then copied once into the value. A name that is
+/// not a valid header value (the config allows any name) gives an empty value.
+pub fn ratelimit_header(name: &str, d: &Decision) -> HeaderValue {
+    let mut buf = [0u8; 128];
+    let mut len = 0;
+    let mut fits = true;
+    write_ratelimit(name, d, |part| match buf.get_mut(len..len + part.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(part);
+            len += part.len();
         }
-    }
-    for &b in &digits[i..] {
-        out.push(char::from(b));
-    }
+        None => fits = false,
+    });
+    let value = if fits {
+        HeaderValue::from_bytes(&buf[..len])
+    } else {
+        HeaderValue::from_str(&ratelimit_value(name, d))
+    };
+    value.unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Writes `"NAME";r=REMAINING;t=SECONDS` as a few byte slices.
+fn write_ratelimit(name: &str, d: &Decision, mut put: impl FnMut(&[u8])) {
+    let mut digits = itoa::Buffer::new();
+    put(b"\"");
+    put(name.as_bytes());
+    put(b"\";r=");
+    put(digits.format(d.remaining).as_bytes());
+    put(b";t=");
+    put(digits.format(ceil_secs(d.full_in_ns)).as_bytes());
 }
 
 /// `Retry-After` seconds for a rejected decision.
@@ -115,6 +127,22 @@ mod tests {
         assert_eq!(
             ratelimit_value("per-api-key", &d),
             "\"per-api-key\";r=4987;t=1"
+        );
+        assert_eq!(
+            ratelimit_header("per-api-key", &d),
+            "\"per-api-key\";r=4987;t=1"
+        );
+        let edge = decision(u64::MAX, 0, 0);
+        assert_eq!(
+            ratelimit_header("x", &edge),
+            format!("\"x\";r={};t=0", u64::MAX).as_str()
+        );
+        assert_eq!(ratelimit_header("bad\nname", &d), "");
+        // A name too long for the stack buffer takes the slower way, to the same value.
+        let long = "n".repeat(200);
+        assert_eq!(
+            ratelimit_header(&long, &d),
+            format!("\"{long}\";r=4987;t=1").as_str()
         );
         let slow = BucketParams::new(10, 0.5, 10).unwrap();
         assert_eq!(policy_value("x", &slow), "\"x\";q=10;w=20");

@@ -11,7 +11,7 @@
 //! read the other copy than the limiter did.
 
 use crate::config::KeySource;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -56,6 +56,10 @@ fn push_escaped(out: &mut String, part: &str) {
     }
     if part.len() > MAX_PART {
         push_digest(out, part);
+        return;
+    }
+    if !part.bytes().any(|b| b == b'%' || b == b'|') {
+        out.push_str(part);
         return;
     }
     for c in part.chars() {
@@ -153,7 +157,10 @@ pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Ke
     Ok(found)
 }
 
-fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, KeyError> {
+fn header_value<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h str>, KeyError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -170,6 +177,17 @@ fn header_value<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str
 /// Builds the key of a limit with sources `sources` for request `req`.
 pub fn build_key(sources: &[KeySource], req: &RequestView<'_>) -> Result<String, KeyError> {
     let mut out = String::with_capacity(32);
+    build_key_into(sources, req, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the key [`build_key`] builds to `out` (the request path builds every key of a
+/// route into one reused buffer). On an error `out` may hold part of the key.
+pub fn build_key_into(
+    sources: &[KeySource],
+    req: &RequestView<'_>,
+    out: &mut String,
+) -> Result<(), KeyError> {
     for (i, src) in sources.iter().enumerate() {
         if i > 0 {
             out.push('|');
@@ -177,24 +195,44 @@ pub fn build_key(sources: &[KeySource], req: &RequestView<'_>) -> Result<String,
         match src {
             KeySource::Header(name) => {
                 let v = header_value(req.headers, name)?;
-                push_escaped(&mut out, v.unwrap_or(""));
+                push_escaped(out, v.unwrap_or(""));
             }
-            KeySource::ClientIp => {
-                let _ = write!(out, "{}", req.client_ip);
-            }
+            KeySource::ClientIp => push_ip(out, req.client_ip),
             KeySource::Query(name) => {
                 let v = query_param(req.query, name)?;
-                push_escaped(&mut out, v.as_deref().unwrap_or(""));
+                push_escaped(out, v.as_deref().unwrap_or(""));
             }
-            KeySource::Path => push_escaped(&mut out, req.path),
-            KeySource::Method => push_escaped(&mut out, req.method),
-            KeySource::Host => {
-                push_escaped(&mut out, host_of(req.headers).as_deref().unwrap_or(""))
-            }
-            KeySource::Route => push_escaped(&mut out, req.route),
+            KeySource::Path => push_escaped(out, req.path),
+            KeySource::Method => push_escaped(out, req.method),
+            KeySource::Host => push_escaped(out, host_of(req.headers).as_deref().unwrap_or("")),
+            KeySource::Route => push_escaped(out, req.route),
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Appends an address as `Display` writes it; IPv4, the common case, without the formatting
+/// machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + o / 10 % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// A short, stable fingerprint of a key for logs: the raw key (an API key, say) never appears
@@ -223,19 +261,31 @@ mod tests {
         let long = "k".repeat(MAX_PART + 1);
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_str(&long).unwrap());
-        let k = build_key(&[KeySource::Header("x-api-key".into())], &view(&h, None)).unwrap();
+        let k = build_key(
+            &[KeySource::Header(HeaderName::from_static("x-api-key"))],
+            &view(&h, None),
+        )
+        .unwrap();
         assert!(k.starts_with("%H") && k.len() == 66, "{k}");
         // The same digest spelled by a client is escaped, so it is another key.
         let mut h2 = HeaderMap::new();
         h2.insert("x-api-key", HeaderValue::from_str(&k).unwrap());
-        let k2 = build_key(&[KeySource::Header("x-api-key".into())], &view(&h2, None)).unwrap();
+        let k2 = build_key(
+            &[KeySource::Header(HeaderName::from_static("x-api-key"))],
+            &view(&h2, None),
+        )
+        .unwrap();
         assert_ne!(k, k2);
         assert!(k2.starts_with("%25H"));
         // At the limit, kept as is.
         let edge = "e".repeat(MAX_PART);
         let mut h3 = HeaderMap::new();
         h3.insert("x-api-key", HeaderValue::from_str(&edge).unwrap());
-        let k3 = build_key(&[KeySource::Header("x-api-key".into())], &view(&h3, None)).unwrap();
+        let k3 = build_key(
+            &[KeySource::Header(HeaderName::from_static("x-api-key"))],
+            &view(&h3, None),
+        )
+        .unwrap();
         assert_eq!(k3, edge);
     }
 
@@ -256,7 +306,7 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static(" a|b "));
         h.insert("host", HeaderValue::from_static("API.Example.com.:8080"));
         let sources = vec![
-            KeySource::Header("x-api-key".into()),
+            KeySource::Header(HeaderName::from_static("x-api-key")),
             KeySource::ClientIp,
             KeySource::Query("user".into()),
             KeySource::Path,
@@ -275,7 +325,7 @@ mod tests {
     fn missing_parts_are_charged_to_the_missing_bucket() {
         let h = HeaderMap::new();
         let sources = vec![
-            KeySource::Header("x-api-key".into()),
+            KeySource::Header(HeaderName::from_static("x-api-key")),
             KeySource::Query("u".into()),
         ];
         assert_eq!(build_key(&sources, &view(&h, None)).unwrap(), "-|-");
@@ -289,7 +339,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-api-key", HeaderValue::from_static("a"));
         h.append("x-api-key", HeaderValue::from_static("b"));
-        let s = vec![KeySource::Header("x-api-key".into())];
+        let s = vec![KeySource::Header(HeaderName::from_static("x-api-key"))];
         assert_eq!(
             build_key(&s, &view(&h, None)),
             Err(KeyError::DuplicateHeader("x-api-key".into()))
@@ -300,6 +350,24 @@ mod tests {
             build_key(&q, &view(&e, Some("k=1&k=2"))),
             Err(KeyError::DuplicateQuery("k".into()))
         );
+    }
+
+    #[test]
+    fn client_ip_part_is_written_as_display_writes_it() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "192.0.2.7",
+            "10.0.100.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x|");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x|{ip}"));
+        }
     }
 
     #[test]

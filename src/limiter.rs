@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
+// A charge collects the shards it locks in a 64-bit set.
+const _: () = assert!(SHARDS <= 64);
 
 /// Per-request lists: a route charges a handful of limits, so these stay on the stack.
 pub type Small<T> = SmallVec<[T; 2]>;
@@ -216,7 +218,6 @@ impl Store {
     }
 
     fn charge_with(&self, charges: &[Charge<'_>], buf: &mut String) -> ChargeResult {
-        let now = self.clock.now_ns();
         buf.clear();
         let mut ends: Small<usize> = SmallVec::new();
         for c in charges {
@@ -225,22 +226,50 @@ impl Store {
             buf.push_str(c.key);
             ends.push(buf.len());
         }
-        let key_of = |i: usize| -> &str {
+        self.charge_store_keys(charges, |i| {
             let start = if i == 0 { 0 } else { ends[i - 1] };
             &buf[start..ends[i]]
-        };
-        let located: Small<(u64, usize)> =
-            (0..charges.len()).map(|i| self.locate(key_of(i))).collect();
-        let mut order: Small<usize> = located.iter().map(|&(_, s)| s).collect();
-        order.sort_unstable();
-        order.dedup();
-        let mut guards: Small<(usize, MutexGuard<'_, Shard>)> =
-            order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
+        })
+    }
+
+    /// [`Store::charge`] for charges whose `key` is already the store key (`LIMIT:KEY`, see
+    /// [`store_key`]): the request path writes its keys that way, so they are not copied.
+    pub fn charge_prefixed(&self, charges: &[Charge<'_>]) -> ChargeResult {
+        debug_assert!(charges.iter().all(|c| c
+            .key
+            .strip_prefix(c.limit.name.as_str())
+            .is_some_and(|k| k.starts_with(':'))));
+        self.charge_store_keys(charges, |i| charges[i].key)
+    }
+
+    fn charge_store_keys<'k>(
+        &self,
+        charges: &[Charge<'_>],
+        key_of: impl Fn(usize) -> &'k str,
+    ) -> ChargeResult {
+        let now = self.clock.now_ns();
+        let mut located: Small<(u64, usize)> = SmallVec::new();
+        // The shards to lock, as a set: locked in ascending order, so that two requests
+        // never wait on each other's locks.
+        let mut shards = 0u64;
+        for i in 0..charges.len() {
+            let (hash, sid) = self.locate(key_of(i));
+            located.push((hash, sid));
+            shards |= 1 << sid;
+        }
+        let mut guards: Small<(usize, MutexGuard<'_, Shard>)> = SmallVec::new();
+        while shards != 0 {
+            let sid = shards.trailing_zeros() as usize;
+            guards.push((sid, lock(&self.shards[sid])));
+            shards &= shards - 1;
+        }
 
         let single = charges.len() == 1;
         let mut decisions: Small<Decision> = SmallVec::with_capacity(charges.len());
         let mut rejected_by: Option<usize> = None;
         let mut shadow_rejected: Small<usize> = SmallVec::new();
+        // Charges paid in the first pass: (index, consumed before, spent before).
+        let mut paid: Small<(usize, u64, Option<u64>)> = SmallVec::new();
         for (i, c) in charges.iter().enumerate() {
             let (hash, sid) = located[i];
             let key = key_of(i);
@@ -291,9 +320,17 @@ impl Store {
                     d.retry_after_ns = wait;
                 }
             }
-            // A single charge is all or nothing by itself: pay now, with the entry in hand.
-            let paid_now = single && d.allowed;
-            if paid_now {
+            // Pay now, with the entry in hand; should a later limit refuse, the payments are
+            // undone below, under the same locks (a refusal is the rare case: it alone costs a
+            // second lookup).
+            if d.allowed {
+                if !single {
+                    paid.push((
+                        i,
+                        entry.bucket.own_consumed(),
+                        entry.sync.as_ref().map(|s| s.pace.spent()),
+                    ));
+                }
                 entry.bucket.commit(c.cost);
                 if let Some(sync) = entry.sync.as_mut() {
                     sync.pace.spend(c.cost);
@@ -318,17 +355,14 @@ impl Store {
             }
             decisions.push(d);
         }
-        if rejected_by.is_none() && !single {
-            for (i, c) in charges.iter().enumerate() {
-                if !decisions[i].allowed {
-                    continue; // a shadow limit that could not pay is not charged
-                }
+        if rejected_by.is_some() {
+            for &(i, consumed, spent) in &paid {
                 let (hash, sid) = located[i];
                 let shard = guard_for(&mut guards, sid);
                 if let Some(e) = get_hashed(shard, hash, key_of(i)) {
-                    e.bucket.commit(c.cost);
-                    if let Some(sync) = e.sync.as_mut() {
-                        sync.pace.spend(c.cost);
+                    e.bucket.uncommit_to(consumed);
+                    if let (Some(sync), Some(spent)) = (e.sync.as_mut(), spent) {
+                        sync.pace.unspend_to(spent);
                     }
                 }
             }
@@ -658,7 +692,42 @@ mod tests {
 
     #[test]
     fn all_or_nothing_across_limits() {
-        let (_clock, s) = store();
+        // Standalone and shared (where the pace's spending is undone too).
+        for shared in [false, true] {
+            all_or_nothing(shared);
+        }
+    }
+
+    #[test]
+    fn a_refused_multi_limit_charge_leaves_this_nodes_share_unspent() {
+        let (_clock, s) = store_shared(true);
+        s.set_cluster(2, SEC);
+        // Two nodes: this one may spend half of each new bucket.
+        let wide = spec("wide", 10, 1.0, false);
+        let narrow = spec("narrow", 2, 1.0, false);
+        let charges = [
+            Charge {
+                limit: &wide,
+                key: "k",
+                cost: 1,
+            },
+            Charge {
+                limit: &narrow,
+                key: "k",
+                cost: 1,
+            },
+        ];
+        assert!(s.charge(&charges).allowed());
+        // Narrow's share (1 token) is spent: refused, and wide's payment is undone.
+        assert_eq!(s.charge(&charges).rejected_by, Some(1));
+        for _ in 0..4 {
+            assert!(s.charge(&charges[..1]).allowed());
+        }
+        assert!(!s.charge(&charges[..1]).allowed());
+    }
+
+    fn all_or_nothing(shared: bool) {
+        let (_clock, s) = store_shared(shared);
         let wide = spec("wide", 10, 1.0, false);
         let narrow = spec("narrow", 2, 1.0, false);
         let charges = [
@@ -679,6 +748,11 @@ mod tests {
         assert_eq!(r.rejected_by, Some(1));
         assert_eq!(s.peek(&wide, "k", 0).remaining, 8);
         assert_eq!(s.peek(&narrow, "k", 0).remaining, 0);
+        // The refused charge left the wide bucket as it was: 8 more fit, not 7.
+        for _ in 0..8 {
+            assert!(s.charge(&charges[..1]).allowed(), "shared: {shared}");
+        }
+        assert!(!s.charge(&charges[..1]).allowed(), "shared: {shared}");
     }
 
     #[test]

@@ -3,10 +3,62 @@
 //! only increments. No label carries a client-supplied value: labels are route and limit names
 //! from the config, and fixed outcome words.
 
+use std::sync::OnceLock;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The number of `outcome` label values of `requests_total`.
+pub const OUTCOMES: usize = 6;
+
+/// The children of the labelled metrics that every request touches, for one config: a label
+/// lookup hashes the label values and takes a lock on every call, so each child is looked up
+/// once, on its first use (a series still appears only once it has counted something).
+pub struct RequestMetrics {
+    routes: Vec<String>,
+    limits: Vec<String>,
+    /// `requests_total{route, outcome}`, by route index and outcome index.
+    requests: Vec<[OnceLock<IntCounter>; OUTCOMES]>,
+    /// `request_duration_seconds{route}`, by route index.
+    duration: Vec<OnceLock<Histogram>>,
+    /// `tokens_consumed_total{limit}`, by limit index.
+    consumed: Vec<OnceLock<IntCounter>>,
+}
+
+impl RequestMetrics {
+    /// `requests_total{route, outcome}`; `outcome` is the index of `outcome_label` in the
+    /// caller's fixed list.
+    pub fn requests(
+        &self,
+        m: &Metrics,
+        route: usize,
+        outcome: usize,
+        outcome_label: &str,
+    ) -> &IntCounter {
+        self.requests[route][outcome].get_or_init(|| {
+            m.requests_total
+                .with_label_values(&[&self.routes[route], outcome_label])
+        })
+    }
+
+    /// `request_duration_seconds{route}`.
+    pub fn duration(&self, m: &Metrics, route: usize) -> &Histogram {
+        self.duration[route].get_or_init(|| {
+            m.request_duration_seconds
+                .with_label_values(&[&self.routes[route]])
+        })
+    }
+
+    /// `tokens_consumed_total{limit}`.
+    pub fn consumed(&self, m: &Metrics, limit: usize) -> &IntCounter {
+        self.consumed[limit].get_or_init(|| {
+            m.tokens_consumed_total
+                .with_label_values(&[&self.limits[limit]])
+        })
+    }
+}
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -193,6 +245,17 @@ impl Metrics {
             upstream_server_up,
             buckets_overflow_total,
         })
+    }
+
+    /// Handles for the request path of one config (see [`RequestMetrics`]).
+    pub fn request_metrics(&self, routes: Vec<String>, limits: Vec<String>) -> RequestMetrics {
+        RequestMetrics {
+            requests: routes.iter().map(|_| Default::default()).collect(),
+            duration: routes.iter().map(|_| OnceLock::new()).collect(),
+            consumed: limits.iter().map(|_| OnceLock::new()).collect(),
+            routes,
+            limits,
+        }
     }
 
     /// The registry in Prometheus text format.

@@ -80,6 +80,8 @@ pub struct Runtime {
     pub policy_values: Vec<http::HeaderValue>,
     /// Same indices as `config.upstreams`.
     pub pools: Vec<UpstreamPool>,
+    /// The request path's metric handles for this config, made on first use.
+    pub metrics: std::sync::OnceLock<crate::metrics::RequestMetrics>,
 }
 
 fn error(config: &Config, path: String, message: String) -> ConfigError {
@@ -159,6 +161,17 @@ impl Runtime {
                 .collect(),
             policies,
             pools,
+            metrics: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The request path's metric handles (see [`crate::metrics::RequestMetrics`]).
+    pub fn request_metrics(&self, m: &crate::metrics::Metrics) -> &crate::metrics::RequestMetrics {
+        self.metrics.get_or_init(|| {
+            m.request_metrics(
+                self.config.routes.iter().map(|r| r.name.clone()).collect(),
+                self.limits.iter().map(|l| l.name.clone()).collect(),
+            )
         })
     }
 

@@ -125,6 +125,16 @@ impl Pace {
         self.spent = self.spent.saturating_add(cost);
     }
 
+    /// What was spent so far, to hand to [`Pace::unspend_to`].
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    /// Undoes `spend`s back to `spent` (see [`crate::bucket::Bucket::uncommit_to`]).
+    pub fn unspend_to(&mut self, spent: u64) {
+        self.spent = spent;
+    }
+
     /// After a sync read: new share from every node's attempts since the previous read, and a
     /// new allowance from the merged tokens now. `own_attempts` is this node's own count.
     pub fn resync(

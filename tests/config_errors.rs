@@ -504,7 +504,10 @@ fn every_setting_is_read() {
     assert_eq!(u.write_timeout, Duration::from_millis(30));
     let l = &c.limits[0];
     assert_eq!((l.initial_tokens, l.shadow), (0, true));
-    assert_eq!(l.key[0], KeySource::Header("x-api-key".into()));
+    assert_eq!(
+        l.key[0],
+        KeySource::Header(http::HeaderName::from_static("x-api-key"))
+    );
     assert_eq!(l.key[1], KeySource::Query("user".into()));
     let route = &c.routes[0];
     assert_eq!(
@@ -552,7 +555,12 @@ fn demo_config_is_valid() {
     assert!(c.redis.is_none() && c.admin.token.is_none() && c.trusted_proxies.is_empty());
     let per_key = &c.limits[c.limit_index("per-api-key").unwrap()];
     assert_eq!((per_key.capacity, per_key.refill_per_second), (10, 1.0));
-    assert_eq!(per_key.key, vec![KeySource::Header("x-api-key".into())]);
+    assert_eq!(
+        per_key.key,
+        vec![KeySource::Header(http::HeaderName::from_static(
+            "x-api-key"
+        ))]
+    );
     let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["rating", "default"]);
     assert_eq!(c.routes[0].limits.len(), 2);

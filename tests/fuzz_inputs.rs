@@ -449,7 +449,7 @@ fn header_name() -> impl Strategy<Value = &'static str> {
 
 fn sources() -> Vec<KeySource> {
     vec![
-        KeySource::Header("x-api-key".into()),
+        KeySource::Header(http::HeaderName::from_static("x-api-key")),
         KeySource::ClientIp,
         KeySource::Query("user".into()),
         KeySource::Path,
@@ -524,7 +524,7 @@ proptest! {
         a in "[ab|%7C]{1,5}", b in "[ab|%7C]{1,5}",
         c in "[ab|%7C]{1,5}", d in "[ab|%7C]{1,5}",
     ) {
-        let src = vec![KeySource::Header("x-api-key".into()), KeySource::Header("x-user".into())];
+        let src = vec![KeySource::Header(http::HeaderName::from_static("x-api-key")), KeySource::Header(http::HeaderName::from_static("x-user"))];
         let build = |k: &str, u: &str| {
             let mut h = HeaderMap::new();
             h.insert("x-api-key", HeaderValue::from_str(k).unwrap());

@@ -34,6 +34,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: bool,
+    /// Write HTTP/1 response header names as the upstream spelled them (see the README,
+    /// "HTTP behaviour").
+    pub preserve_header_case: bool,
     pub grace_period_seconds: u64,
     pub threads: usize,
     pub max_buckets: u64,
@@ -107,8 +110,8 @@ pub struct Limit {
 /// One part of a limit's bucket key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeySource {
-    /// `header:NAME`; the name is lowercased.
-    Header(String),
+    /// `header:NAME`; the name is lowercased (parsed once, here, not on every request).
+    Header(http::HeaderName),
     ClientIp,
     /// `query:NAME`.
     Query(String),
@@ -139,7 +142,7 @@ impl std::str::FromStr for KeySource {
                 if let Some(name) = s.strip_prefix("header:") {
                     let name = named("header", name)?.to_ascii_lowercase();
                     match http::HeaderName::from_bytes(name.as_bytes()) {
-                        Ok(_) => Ok(KeySource::Header(name)),
+                        Ok(h) => Ok(KeySource::Header(h)),
                         Err(_) => Err(format!("\"{name}\" is not a valid header name")),
                     }
                 } else if let Some(name) = s.strip_prefix("query:") {
@@ -422,7 +425,9 @@ mod tests {
         }
         assert_eq!(
             "header:X-Api-Key".parse(),
-            Ok(KeySource::Header("x-api-key".into()))
+            Ok(KeySource::Header(http::HeaderName::from_static(
+                "x-api-key"
+            )))
         );
         assert!("header:".parse::<KeySource>().is_err());
         assert!("header:a b".parse::<KeySource>().is_err());

@@ -117,6 +117,7 @@ pub(super) fn validate(
         routes,
         trusted_proxies,
         access_log: raw.access_log,
+        preserve_header_case: raw.preserve_header_case,
         grace_period_seconds: raw.grace_period_seconds,
         threads: raw.threads,
         max_buckets: raw.max_buckets,
