@@ -24,7 +24,8 @@
 # `burst=100000 nodelay` (nginx accounts in milliseconds: without a burst, a second request in
 # the same millisecond is refused whatever the rate).
 # CPU per request = (utime + stime) of the proxy process(es) over the run (/proc/PID/stat,
-# nginx: master + worker) / requests wrk completed. Only ratios from one run mean anything on
+# nginx: master + worker) / requests wrk completed; the table also splits it into user and
+# system (kernel) time. Only ratios from one run mean anything on
 # a shared machine. Everything listens on and talks to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -188,14 +189,16 @@ for p in upstream tollgate_on tollgate_off nginx; do
   fi
 done
 
-cpu_ticks() { # utime + stime of a process and its direct children (nginx workers), in ticks
-  local pids=("$1") total=0 p
+cpu_ticks() { # "utime stime" of a process and its direct children (nginx workers), in ticks
+  local pids=("$1") user=0 sys=0 p u s
   mapfile -t -O 1 pids < <(pgrep -P "$1" || true)
   for p in "${pids[@]}"; do
     [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    read -r u s < <(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12, $13}')
+    user=$((user + u))
+    sys=$((sys + s))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 
 # A single wrk run, bounded: prints the parsed fields (see summarize.py wrk).
@@ -223,11 +226,14 @@ for r in $(seq "$ROUNDS"); do
   for i in 0 1 2; do
     p=${ORDER[$(((i + r - 1) % 3))]}
     out=$DIR/wrk.$p.$r
-    c0=$(cpu_ticks "${PID[$p]}")
+    read -r u0 s0 < <(cpu_ticks "${PID[$p]}")
     run_wrk "$p" "$SECS" "$out" || { echo "FAIL: wrk on $p exited non-zero"; cat "$out"; exit 1; }
-    c1=$(cpu_ticks "${PID[$p]}")
+    read -r u1 s1 < <(cpu_ticks "${PID[$p]}")
+    c0=$((u0 + s0))
+    c1=$((u1 + s1))
     read -r reqs _secs rps p50 p99 bad < <(python3 "$SUMMARIZE" wrk "$out")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$r" $((c1 - c0)) "$reqs" "$rps" "$p50" "$p99" "$bad" "$HZ" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$r" $((c1 - c0)) "$reqs" "$rps" "$p50" "$p99" "$bad" "$HZ" \
+      $((u1 - u0)) $((s1 - s0)) >>"$RESULTS"
     cpu_us=$(python3 -c "print(f'{($c1 - $c0) / $HZ * 1e6 / max($reqs, 1):.2f}')")
     printf 'round %s  %-13s %8s req  %9s req/s  p50 %7s ms  p99 %7s ms  CPU %7s us/req  non-2xx+errors %s\n' \
       "$r" "$p" "$reqs" "$rps" "$p50" "$p99" "$cpu_us" "$bad"

@@ -3,18 +3,22 @@
 # machine is doing: tollgate with limits on and with limits off, each run under
 # `valgrind --tool=callgrind` in front of the example upstream, once idle and once serving N
 # requests on keep-alive connections. Instructions per request = (I(N) - I(idle)) / N, and the
-# ratio on/off is the CPU cost of the limiter the way SPEC section 8 means it, without the
-# scheduling noise of a 2-core machine that `scripts/bench.sh` is exposed to.
+# ratio on/off is the user-space CPU cost of the limiter, without the scheduling noise of a
+# 2-core machine that `scripts/bench.sh` is exposed to. The same runs under `strace -c` count
+# system calls per request: the kernel's share of the CPU (see bench.sh's user/system split)
+# is the same for both when these are equal.
 #
 # Usage: scripts/bench_instructions.sh [N]     (default 3000 requests)
 #   INSTR_KEEP=1   keep the temporary directory (callgrind outputs: callgrind_annotate FILE)
+#   INSTR_ONLY=on  measure one configuration only (on or off), for profiling
+#   CALLGRIND_ARGS extra callgrind options (e.g. --dump-instr=yes for per-instruction costs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 N=${1:-3000}
 
 . scripts/lib.sh
-ensure valgrind:valgrind cmake:cmake cc:build-essential
+ensure valgrind:valgrind strace:strace cmake:cmake cc:build-essential
 cargo build --release --bins
 DIR=$(mktemp -d /tmp/tollgate-instr.XXXXXX)
 PIDS=()
@@ -26,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 python3 - "$ROOT" "$DIR" "$N" <<'PY'
-import http.client, json, os, re, signal, socket, subprocess, sys, time
+import http.client, json, os, re, shutil, signal, socket, subprocess, sys, time
 
 root, work, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 tollgate = os.path.join(root, "target/release/tollgate")
@@ -47,7 +51,9 @@ up = subprocess.Popen([os.path.join(root, "target/release/rating-api"), "--liste
                       stdout=subprocess.PIPE, text=True)
 up_addr = up.stdout.readline().strip().rsplit(" ", 1)[-1]
 
-def run(name, limits, requests):
+def run(name, limits, requests, tool):
+    """Runs tollgate under `tool` ("callgrind" or "strace"), idle or serving `requests`;
+    returns the tool's output file."""
     port, admin = free_port(), free_port()
     cfg = {
         "node_id": "instr", "access_log": False, "threads": 1, "grace_period_seconds": 1,
@@ -62,10 +68,14 @@ def run(name, limits, requests):
     path = os.path.join(work, f"{name}-{requests}.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
-    out = os.path.join(work, f"callgrind.{name}.{requests}")
+    out = os.path.join(work, f"{tool}.{name}.{requests}")
     log = open(out + ".log", "w")
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                          tollgate, "run", "-c", path], stdout=log, stderr=log,
+    if tool == "callgrind":
+        extra = os.environ.get("CALLGRIND_ARGS", "").split()
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *extra]
+    else:
+        cmd = ["strace", "-f", "-c", "-o", out]
+    p = subprocess.Popen([*cmd, tollgate, "run", "-c", path], stdout=log, stderr=log,
                          env=dict(os.environ, TOLLGATE_LOG="warn"))
     wait_port(port, 120)
     wait_port(admin, 120)
@@ -80,8 +90,16 @@ def run(name, limits, requests):
             raise SystemExit(f"{name}: status {r.status}")
     for c in cons:
         c.close()
-    p.send_signal(signal.SIGTERM)
+    # Under strace the gateway is strace's child: signal it, not strace.
+    target = p.pid
+    if tool == "strace":
+        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True)
+        target = int(children.stdout.split()[0])
+    os.kill(target, signal.SIGTERM)
     p.wait(timeout=120)
+    return out
+
+def instructions(out):
     total = None
     with open(out) as f:
         for line in f:
@@ -89,13 +107,35 @@ def run(name, limits, requests):
                 total = int(line.split()[1])
     return total
 
+def syscalls(out):
+    """Total calls from an `strace -c` summary."""
+    with open(out) as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[-1] == "total":
+                return int(fields[3] if len(fields) >= 5 else fields[2])
+    raise SystemExit(f"no total in {out}")
+
 results = {}
+calls = {}
+only = os.environ.get("INSTR_ONLY")
 for name, limits in (("on", ["per-api-key", "per-ip"]), ("off", [])):
-    idle = run(name, limits, 0)
-    busy = run(name, limits, n)
+    if only and name != only:
+        continue
+    idle = instructions(run(name, limits, 0, "callgrind"))
+    busy = instructions(run(name, limits, n, "callgrind"))
     results[name] = (busy - idle) / n
     print(f"limits {name:3}: idle {idle:>14,} instr, {n} requests {busy:>14,} instr -> {results[name]:>10,.0f} instr/request")
+    if shutil.which("strace"):
+        c_idle = syscalls(run(name, limits, 0, "strace"))
+        c_busy = syscalls(run(name, limits, n, "strace"))
+        calls[name] = (c_busy - c_idle) / n
+        print(f"limits {name:3}: {calls[name]:.2f} system calls/request (strace -c, {c_busy - c_idle} over {n} requests)")
 up.kill()
+if only:
+    raise SystemExit(0)
 ratio = results["on"] / results["off"]
 print(f"instructions per request, limits on / limits off = {ratio:.3f}  ({(ratio - 1) * 100:+.1f}%; target at most +3%)")
+if calls:
+    print(f"system calls per request, limits on / limits off = {calls['on'] / calls['off']:.3f}")
 PY

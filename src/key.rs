@@ -212,7 +212,9 @@ pub fn build_key_into(
 }
 
 /// Appends an address as `Display` writes it; IPv4, the common case, without the formatting
-/// machinery.
+/// machinery. Not inlined: the compiler would otherwise compute the digits at the top of
+/// [`build_key_into`], for every key, whatever its sources.
+#[inline(never)]
 fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {

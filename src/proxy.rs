@@ -296,25 +296,33 @@ impl Gateway {
                 key_fp: key_fp(r),
             };
         }
+        // One pass: count the tokens taken, and find the most restrictive limit to report
+        // (fewest tokens left, then longest until full).
         let rm = rt.request_metrics(m);
-        for (i, &li) in route.limits.iter().enumerate() {
-            if result.decisions[i].allowed {
+        let decisions = result.decisions.as_slice();
+        let mut reported: Option<(usize, &Decision)> = None;
+        for ((i, d), &li) in decisions.iter().enumerate().zip(&route.limits) {
+            if d.allowed {
                 rm.consumed(m, li).inc_by(cost);
             }
+            let tighter = reported.is_none_or(|(_, r)| {
+                (d.remaining, std::cmp::Reverse(d.full_in_ns))
+                    < (r.remaining, std::cmp::Reverse(r.full_in_ns))
+            });
+            if tighter {
+                reported = Some((i, d));
+            }
         }
-        // Report the most restrictive limit: fewest tokens left, then longest until full.
-        let reported = (0..charges.len()).min_by_key(|&i| {
-            let d = &result.decisions[i];
-            (d.remaining, std::cmp::Reverse(d.full_in_ns))
-        });
         Decided::Pass {
-            rate_headers: reported.map(|i| {
+            rate_headers: reported.map(|(i, d)| {
                 (
                     rt.policy_values[route.limits[i]].clone(),
-                    headers::ratelimit_header(&charges[i].limit.name, &result.decisions[i]),
+                    headers::ratelimit_header(&charges[i].limit.name, d),
                 )
             }),
-            key_fp: reported.filter(|_| rt.config.access_log).map(key_fp),
+            key_fp: reported
+                .filter(|_| rt.config.access_log)
+                .map(|(i, _)| key_fp(i)),
             shadow_limited: !result.shadow_rejected.is_empty(),
         }
     }

@@ -8,6 +8,7 @@
 
   summarize.py table TSV
       TSV lines: proxy round cpu_ticks requests rps p50_ms p99_ms bad clk_tck
+      [user_ticks system_ticks]
       Prints per proxy the medians across rounds (CPU microseconds per request, requests/s,
       p50, p99) and the ratios tollgate_on/tollgate_off and tollgate_on/nginx of the median
       CPU per request (and the same ratio per round, to show the spread).
@@ -56,14 +57,18 @@ def table(path):
     rows = {}
     for line in open(path, encoding="utf-8"):
         f = line.split()
-        if len(f) != 9:
+        if len(f) not in (9, 11):
             continue
-        proxy, rnd, ticks, reqs, rps, p50, p99, bad, hz = f
-        cpu_us = int(ticks) / int(hz) * 1e6 / max(int(reqs), 1)
+        proxy, rnd, ticks, reqs, rps, p50, p99, bad, hz = f[:9]
+        per_req = lambda t: int(t) / int(hz) * 1e6 / max(int(reqs), 1)  # noqa: E731
+        cpu_us = per_req(ticks)
+        user_us, sys_us = (per_req(f[9]), per_req(f[10])) if len(f) == 11 else (None, None)
         rows.setdefault(proxy, []).append(
             dict(
                 round=int(rnd),
                 cpu=cpu_us,
+                user=user_us,
+                sys=sys_us,
                 rps=float(rps),
                 p50=float(p50),
                 p99=float(p99),
@@ -87,6 +92,16 @@ def table(path):
             f"{p:<14}{len(rs):>7}{med[p]['cpu']:>12.2f}{med[p]['rps']:>10.0f}"
             f"{med[p]['p50']:>9.3f}{med[p]['p99']:>9.3f}{bad:>9}   {per_round}"
         )
+    if all(r["user"] is not None for rs in rows.values() for r in rs):
+        print()
+        print(f"{'proxy':<14}{'user us/req':>12}{'system us/req':>15}{'system share':>14}")
+        for p in ORDER:
+            rs = rows.get(p, [])
+            if not rs:
+                continue
+            u = statistics.median(r["user"] for r in rs)
+            k = statistics.median(r["sys"] for r in rs)
+            print(f"{p:<14}{u:>12.2f}{k:>15.2f}{k / max(u + k, 1e-9):>14.2f}")
     print()
 
     def ratio(a, b):
