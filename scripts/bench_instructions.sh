@@ -33,7 +33,8 @@ python3 - "$ROOT" "$DIR" "$N" <<'PY'
 import http.client, json, os, re, shutil, signal, socket, subprocess, sys, time
 
 root, work, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-tollgate = os.path.join(root, "target/release/tollgate")
+bindir = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target")), "release")
+tollgate = os.path.join(bindir, "tollgate")
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -47,7 +48,7 @@ def wait_port(port, deadline):
             time.sleep(0.1)
     raise SystemExit(f"port {port} never opened")
 
-up = subprocess.Popen([os.path.join(root, "target/release/rating-api"), "--listen", "127.0.0.1:0"],
+up = subprocess.Popen([os.path.join(bindir, "rating-api"), "--listen", "127.0.0.1:0"],
                       stdout=subprocess.PIPE, text=True)
 up_addr = up.stdout.readline().strip().rsplit(" ", 1)[-1]
 

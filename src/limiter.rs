@@ -698,25 +698,26 @@ mod tests {
         }
     }
 
+    /// Two limits on one key: 10 tokens and 2.
+    fn wide_and_narrow() -> (LimitSpec, LimitSpec) {
+        (spec("wide", 10, 1.0, false), spec("narrow", 2, 1.0, false))
+    }
+
+    fn both<'a>(wide: &'a LimitSpec, narrow: &'a LimitSpec) -> [Charge<'a>; 2] {
+        [wide, narrow].map(|limit| Charge {
+            limit,
+            key: "k",
+            cost: 1,
+        })
+    }
+
     #[test]
     fn a_refused_multi_limit_charge_leaves_this_nodes_share_unspent() {
         let (_clock, s) = store_shared(true);
         s.set_cluster(2, SEC);
         // Two nodes: this one may spend half of each new bucket.
-        let wide = spec("wide", 10, 1.0, false);
-        let narrow = spec("narrow", 2, 1.0, false);
-        let charges = [
-            Charge {
-                limit: &wide,
-                key: "k",
-                cost: 1,
-            },
-            Charge {
-                limit: &narrow,
-                key: "k",
-                cost: 1,
-            },
-        ];
+        let (wide, narrow) = wide_and_narrow();
+        let charges = both(&wide, &narrow);
         assert!(s.charge(&charges).allowed());
         // Narrow's share (1 token) is spent: refused, and wide's payment is undone.
         assert_eq!(s.charge(&charges).rejected_by, Some(1));
@@ -728,20 +729,8 @@ mod tests {
 
     fn all_or_nothing(shared: bool) {
         let (_clock, s) = store_shared(shared);
-        let wide = spec("wide", 10, 1.0, false);
-        let narrow = spec("narrow", 2, 1.0, false);
-        let charges = [
-            Charge {
-                limit: &wide,
-                key: "k",
-                cost: 1,
-            },
-            Charge {
-                limit: &narrow,
-                key: "k",
-                cost: 1,
-            },
-        ];
+        let (wide, narrow) = wide_and_narrow();
+        let charges = both(&wide, &narrow);
         assert!(s.charge(&charges).allowed());
         assert!(s.charge(&charges).allowed());
         let r = s.charge(&charges);

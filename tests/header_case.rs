@@ -6,7 +6,7 @@ mod common;
 
 use common::Gateway;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -24,16 +24,7 @@ fn mixed_case_upstream() -> SocketAddr {
                 };
                 let mut reader = BufReader::new(read_half);
                 let mut writer = stream;
-                loop {
-                    // One request head (the tests send no bodies), then the reply.
-                    loop {
-                        let mut line = String::new();
-                        match reader.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
+                while common::read_request_head(&mut reader) {
                     if writer.write_all(REPLY).is_err() {
                         return;
                     }

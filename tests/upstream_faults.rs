@@ -8,7 +8,7 @@ mod common;
 
 use common::{free_port, get, wait_until, Conn, Gateway, Response, Upstream};
 use serde_json::json;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,14 +70,8 @@ fn misbehave(stream: TcpStream, fault: Fault) {
     };
     let mut reader = BufReader::new(read_half);
     let mut writer = stream;
-    // Read the request head (the tests send no bodies).
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line == "\r\n" => break,
-            Ok(_) => {}
-        }
+    if !common::read_request_head(&mut reader) {
+        return;
     }
     match fault {
         Fault::ResetMidBody => {

@@ -307,6 +307,19 @@ impl Drop for Gateway {
     }
 }
 
+/// For hand-written upstreams: reads one request head, up to its blank line (the tests send
+/// no bodies to them). False at the end of the connection.
+pub fn read_request_head(reader: &mut impl BufRead) -> bool {
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) if line == "\r\n" => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A raw HTTP/1.1 client.
 
