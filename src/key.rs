@@ -215,7 +215,7 @@ pub fn build_key_into(
 /// machinery. Not inlined: the compiler would otherwise compute the digits at the top of
 /// [`build_key_into`], for every key, whatever its sources.
 #[inline(never)]
-fn push_ip(out: &mut String, ip: IpAddr) {
+pub fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, o) in v4.octets().into_iter().enumerate() {

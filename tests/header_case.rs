@@ -6,25 +6,45 @@ mod common;
 
 use common::Gateway;
 use serde_json::{json, Value};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const REPLY: &[u8] = b"HTTP/1.1 200 Fine Thanks\r\nX-Request-ID: 7\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
 
-/// An upstream that answers every request (keep-alive) with [`REPLY`].
-fn mixed_case_upstream() -> SocketAddr {
+/// An upstream that answers every request (keep-alive) with [`REPLY`], and keeps the request
+/// heads it received.
+struct MixedCaseUpstream {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+fn mixed_case_upstream() -> MixedCaseUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
             std::thread::spawn(move || {
                 let Ok(read_half) = stream.try_clone() else {
                     return;
                 };
                 let mut reader = BufReader::new(read_half);
                 let mut writer = stream;
-                while common::read_request_head(&mut reader) {
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => head.push_str(&line),
+                        }
+                    }
+                    seen.lock().unwrap().push(head);
                     if writer.write_all(REPLY).is_err() {
                         return;
                     }
@@ -32,13 +52,25 @@ fn mixed_case_upstream() -> SocketAddr {
             });
         }
     });
-    addr
+    MixedCaseUpstream { addr, heads }
 }
 
-fn config(upstream: SocketAddr, preserve: Option<bool>) -> Value {
+impl MixedCaseUpstream {
+    /// The head of the last request received.
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn config(upstream: &MixedCaseUpstream, preserve: Option<bool>) -> Value {
     let mut c = json!({
         "node_id": "case-node",
-        "upstreams": { "api": { "servers": [upstream.to_string()] } },
+        "upstreams": { "api": { "servers": [upstream.addr.to_string()] } },
         "limits": { "per-key": { "capacity": 100, "refill_per_second": 1.0, "key": ["header:x-api-key"] } },
         "routes": [{ "name": "rating", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] }],
     });
@@ -48,20 +80,24 @@ fn config(upstream: SocketAddr, preserve: Option<bool>) -> Value {
     c
 }
 
-/// The raw response head: the status line and the header lines as sent.
-fn raw_head(gw: &Gateway) -> (String, Vec<String>) {
+/// The raw response head to `GET target`: the status line and the header lines as sent.
+fn raw_head_of(gw: &Gateway, target: &str) -> (String, Vec<String>) {
     let mut s = TcpStream::connect(gw.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        b"GET /rating/1 HTTP/1.1\r\nHost: api.test\r\nx-api-key: k\r\nConnection: close\r\n\r\n",
-    )
-    .expect("send");
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: api.test\r\nx-api-key: k\r\nX-Custom-Thing: 1\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).expect("send");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read");
     let head = text.split("\r\n\r\n").next().unwrap_or_default();
     let mut lines = head.split("\r\n").map(str::to_string);
     let status = lines.next().unwrap_or_default();
     (status, lines.collect())
+}
+
+fn raw_head(gw: &Gateway) -> (String, Vec<String>) {
+    raw_head_of(gw, "/rating/1")
 }
 
 fn names(headers: &[String]) -> Vec<&str> {
@@ -74,8 +110,13 @@ fn names(headers: &[String]) -> Vec<&str> {
 #[test]
 fn header_names_are_lower_case_by_default() {
     let up = mixed_case_upstream();
-    let gw = Gateway::start(config(up, None));
+    let gw = Gateway::start(config(&up, None));
     let (status, headers) = raw_head(&gw);
+    // On the way up too, with the gateway's own headers.
+    let sent = up.last_head();
+    assert!(sent.contains("x-custom-thing: 1\r\n"), "{sent}");
+    assert!(sent.contains("x-forwarded-for: 127.0.0.1\r\n"), "{sent}");
+    assert!(sent.contains("x-forwarded-proto: http\r\n"), "{sent}");
     assert_eq!(status, "HTTP/1.1 200 Fine Thanks", "{headers:?}");
     let names = names(&headers);
     for want in [
@@ -102,8 +143,28 @@ fn header_names_are_lower_case_by_default() {
 #[test]
 fn preserve_header_case_keeps_the_upstreams_spelling() {
     let up = mixed_case_upstream();
-    let gw = Gateway::start(config(up, Some(true)));
+    let gw = Gateway::start(config(&up, Some(true)));
     let (status, headers) = raw_head(&gw);
+    let sent = up.last_head();
+    assert!(sent.contains("X-Custom-Thing: 1\r\n"), "{sent}");
+    assert!(sent.contains("x-forwarded-for: 127.0.0.1\r\n"), "{sent}");
+    // Request targets reach the upstream byte for byte the same in both modes.
+    let targets = [
+        "/rating/1?b=%2F&a=1",
+        "http://api.test/rating/2?q=1",
+        "/rating//3/./x",
+    ];
+    let mut preserved = Vec::new();
+    for t in targets {
+        raw_head_of(&gw, t);
+        preserved.push(
+            up.last_head()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
     assert_eq!(status, "HTTP/1.1 200 Fine Thanks", "{headers:?}");
     let names = names(&headers);
     for want in [
@@ -119,7 +180,7 @@ fn preserve_header_case_keeps_the_upstreams_spelling() {
         "{headers:?}"
     );
     // The setting is reloadable: back to the default.
-    gw.rewrite_config(config(up, Some(false)));
+    gw.rewrite_config(config(&up, Some(false)));
     let r = common::request(gw.admin, "POST", "/reload", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
@@ -129,6 +190,16 @@ fn preserve_header_case_keeps_the_upstreams_spelling() {
         "still {:?}",
         names_now(&gw)
     );
+    for (t, before) in targets.iter().zip(&preserved) {
+        raw_head_of(&gw, t);
+        let line = up
+            .last_head()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(&line, before, "request line for {t}");
+    }
 }
 
 fn names_now(gw: &Gateway) -> Vec<String> {

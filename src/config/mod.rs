@@ -34,8 +34,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: bool,
-    /// Write HTTP/1 response header names as the upstream spelled them (see the README,
-    /// "HTTP behaviour").
+    /// Write HTTP/1 header names as the other side spelled them (see the README, "HTTP
+    /// behaviour").
     pub preserve_header_case: bool,
     pub grace_period_seconds: u64,
     pub threads: usize,

@@ -34,8 +34,8 @@ pub struct RawConfig {
     /// One info line per request.
     #[serde(default = "yes")]
     pub access_log: bool,
-    /// Keep the upstream's spelling of HTTP/1 response header names (off: lower case, as
-    /// Envoy and HAProxy send them).
+    /// Keep each side's spelling of HTTP/1 header names (off: lower case, as Envoy and
+    /// HAProxy send them).
     #[serde(default)]
     pub preserve_header_case: bool,
     /// Seconds in-flight requests get to finish on shutdown.
