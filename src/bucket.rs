@@ -168,6 +168,10 @@ impl BucketParams {
         if deficit <= 0 {
             return 0;
         }
+        // A deficit under 2^64 units (18 tokens) divides in one machine instruction.
+        if let Ok(d) = u64::try_from(deficit) {
+            return d.div_ceil(self.rate_q);
+        }
         let rate = i128::from(self.rate_q);
         let ns = deficit / rate + i128::from(deficit % rate != 0);
         u64::try_from(ns).unwrap_or(u64::MAX)
@@ -457,6 +461,30 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn waits_divide_the_same_below_and_above_two_to_the_64() {
+        for rate in [1.0, 3.7, 1e9] {
+            let p = BucketParams::new(1_000_000_000_000, rate, 0).unwrap();
+            let r = i128::from(p.rate_q());
+            for deficit in [
+                1,
+                r - 1,
+                r,
+                r + 1,
+                i128::from(u64::MAX) - 1,
+                i128::from(u64::MAX),
+                i128::from(u64::MAX) + 1,
+                UNITS_PER_TOKEN * 1_000_000_000_000,
+            ] {
+                let slow =
+                    u64::try_from(deficit / r + i128::from(deficit % r != 0)).unwrap_or(u64::MAX);
+                assert_eq!(p.wait_ns(deficit), slow, "rate {rate}, deficit {deficit}");
+            }
+            assert_eq!(p.wait_ns(0), 0);
+            assert_eq!(p.wait_ns(-5), 0);
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 
