@@ -104,15 +104,23 @@ fn route_matches(route: &Route, method: &str, norm_path: &str, host: Option<&str
     path::matches_prefix(norm_path, &route.path_prefix)
 }
 
-/// The header of a JSON response the gateway writes itself.
+/// The header of a JSON response the gateway writes itself. Its names are spelled as the
+/// RateLimit draft and RFC 9110 spell them with `preserve_case`, and lower case (pingora's
+/// title case for the standard ones) without, like the upstream's responses.
 fn json_header(
     status: u16,
     len: usize,
     extra: &[(&'static str, String)],
+    preserve_case: bool,
 ) -> Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(status, Some(2 + extra.len()))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", len.to_string())?;
+    let hint = Some(2 + extra.len());
+    let mut h = if preserve_case {
+        ResponseHeader::build(status, hint)?
+    } else {
+        ResponseHeader::build_no_case(status, hint)?
+    };
+    h.insert_header("Content-Type", "application/json")?;
+    h.insert_header("Content-Length", len.to_string())?;
     for (name, value) in extra {
         h.insert_header(*name, value.as_str())?;
     }
@@ -123,11 +131,12 @@ fn json_header(
 /// request body is small enough to drain.
 async fn respond(
     session: &mut Session,
+    ctx: &Ctx,
     status: u16,
     extra: &[(&'static str, String)],
     body: Vec<u8>,
 ) -> Result<()> {
-    let h = json_header(status, body.len(), extra)?;
+    let h = json_header(status, body.len(), extra, preserve_case(ctx))?;
     let req = session.req_header();
     let declared = req
         .headers
@@ -159,7 +168,7 @@ impl Gateway {
     ) -> Result<bool> {
         ctx.outcome = Outcome::BadRequest;
         ctx.status = status;
-        respond(session, status, &[], headers::error_body(status, msg)).await?;
+        respond(session, ctx, status, &[], headers::error_body(status, msg)).await?;
         Ok(true)
     }
 }
@@ -194,6 +203,13 @@ fn without_header_case(
         resp.set_reason_phrase(reason.as_deref())?;
     }
     Ok(())
+}
+
+/// Whether this request's config asks to keep header-name case (see [`without_header_case`]).
+fn preserve_case(ctx: &Ctx) -> bool {
+    ctx.runtime
+        .as_ref()
+        .is_some_and(|rt| rt.config.preserve_header_case)
 }
 
 /// The headers the gateway sets on a forwarded request.
@@ -466,6 +482,7 @@ impl ProxyHttp for Gateway {
             ctx.status = 404;
             respond(
                 session,
+                ctx,
                 404,
                 &[],
                 headers::error_body(404, "no route matches this request"),
@@ -544,7 +561,7 @@ impl ProxyHttp for Gateway {
                 })
                 .to_string()
                 .into_bytes();
-                respond(session, 413, &[], body).await?;
+                respond(session, ctx, 413, &[], body).await?;
                 Ok(true)
             }
             Decided::Limited {
@@ -557,12 +574,13 @@ impl ProxyHttp for Gateway {
                 ctx.status = 429;
                 ctx.key_fp = Some(key_fp);
                 let extra = [
-                    ("retry-after", headers::retry_after_secs(&d).to_string()),
-                    ("ratelimit-policy", rt.policies[li].clone()),
-                    ("ratelimit", headers::ratelimit_value(&limit.name, &d)),
+                    ("Retry-After", headers::retry_after_secs(&d).to_string()),
+                    ("RateLimit-Policy", rt.policies[li].clone()),
+                    ("RateLimit", headers::ratelimit_value(&limit.name, &d)),
                 ];
                 respond(
                     session,
+                    ctx,
                     429,
                     &extra,
                     headers::rejection_body(&limit.name, &d),
@@ -670,11 +688,7 @@ impl ProxyHttp for Gateway {
             length: single_length,
             proto: (!keep_proto).then_some(if tls { "https" } else { "http" }),
         };
-        let preserve_case = ctx
-            .runtime
-            .as_ref()
-            .is_some_and(|rt| rt.config.preserve_header_case);
-        set_forwarded(upstream_request, forwarded, preserve_case)
+        set_forwarded(upstream_request, forwarded, preserve_case(ctx))
     }
 
     async fn response_filter(
@@ -684,11 +698,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let rate_headers = ctx.rate_headers.take();
-        let preserve_case = ctx
-            .runtime
-            .as_ref()
-            .is_some_and(|rt| rt.config.preserve_header_case);
-        if preserve_case {
+        if preserve_case(ctx) {
             if let Some((policy, rl)) = rate_headers {
                 upstream_response.insert_header(Bytes::from_static(RATELIMIT_POLICY), policy)?;
                 upstream_response.insert_header(Bytes::from_static(RATELIMIT), rl)?;
@@ -731,7 +741,7 @@ impl ProxyHttp for Gateway {
         if code > 0 {
             let body = headers::error_body(code, msg);
             let written = async {
-                let h = json_header(code, body.len(), &[])?;
+                let h = json_header(code, body.len(), &[], preserve_case(ctx))?;
                 session.write_response_header(Box::new(h), false).await?;
                 session
                     .write_response_body(Some(Bytes::from(body)), true)

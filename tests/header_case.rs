@@ -71,8 +71,14 @@ fn config(upstream: &MixedCaseUpstream, preserve: Option<bool>) -> Value {
     let mut c = json!({
         "node_id": "case-node",
         "upstreams": { "api": { "servers": [upstream.addr.to_string()] } },
-        "limits": { "per-key": { "capacity": 100, "refill_per_second": 1.0, "key": ["header:x-api-key"] } },
-        "routes": [{ "name": "rating", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] }],
+        "limits": {
+            "per-key": { "capacity": 100, "refill_per_second": 1.0, "key": ["header:x-api-key"] },
+            "tight": { "capacity": 1, "refill_per_second": 0.01, "key": ["route"] },
+        },
+        "routes": [
+            { "name": "tight", "match": { "path_prefix": "/tight" }, "upstream": "api", "limits": ["tight"] },
+            { "name": "rating", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] },
+        ],
     });
     if let Some(p) = preserve {
         c["preserve_header_case"] = json!(p);
@@ -98,6 +104,14 @@ fn raw_head_of(gw: &Gateway, target: &str) -> (String, Vec<String>) {
 
 fn raw_head(gw: &Gateway) -> (String, Vec<String>) {
     raw_head_of(gw, "/rating/1")
+}
+
+/// The header names of the gateway's own 429 (the second request to `/tight`).
+fn names_of_429(gw: &Gateway) -> Vec<String> {
+    raw_head_of(gw, "/tight");
+    let (status, headers) = raw_head_of(gw, "/tight");
+    assert!(status.starts_with("HTTP/1.1 429"), "{status} {headers:?}");
+    names(&headers).into_iter().map(str::to_string).collect()
 }
 
 fn names(headers: &[String]) -> Vec<&str> {
@@ -179,6 +193,15 @@ fn preserve_header_case_keeps_the_upstreams_spelling() {
         headers.contains(&"RateLimit-Policy: \"per-key\";q=100;w=100".to_string()),
         "{headers:?}"
     );
+    let own = names_of_429(&gw);
+    for want in [
+        "RateLimit-Policy",
+        "RateLimit",
+        "Retry-After",
+        "Content-Type",
+    ] {
+        assert!(own.contains(&want.to_string()), "{want} not in {own:?}");
+    }
     // The setting is reloadable: back to the default.
     gw.rewrite_config(config(&up, Some(false)));
     let r = common::request(gw.admin, "POST", "/reload", &[], b"");
