@@ -21,7 +21,7 @@ use tollgate::bucket::BucketParams;
 use tollgate::clock::SystemClock;
 use tollgate::config::KeySource;
 use tollgate::headers;
-use tollgate::key::{build_key_into, RequestView};
+use tollgate::key::RequestView;
 use tollgate::limiter::{Charge, LimitSpec, Store};
 
 fn limit(name: &str, key: KeySource) -> LimitSpec {
@@ -66,11 +66,7 @@ fn main() {
         buf.clear();
         let mut ends = [0usize; 2];
         for (i, l) in limits.iter().enumerate() {
-            let start = buf.len();
-            buf.push_str(&l.name);
-            buf.push(':');
-            build_key_into(&l.key, &view, &mut buf).expect("key");
-            assert!(buf.len() > start);
+            l.push_store_key(&view, &mut buf).expect("key");
             ends[i] = buf.len();
         }
         let charges = [

@@ -143,6 +143,25 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl LimitSpec {
+    /// Appends this limit's store key for request `req` (`LIMIT:KEY`, as [`store_key`] writes
+    /// it), the form [`Store::charge_prefixed`] takes.
+    pub fn push_store_key(
+        &self,
+        req: &crate::key::RequestView<'_>,
+        out: &mut String,
+    ) -> Result<(), crate::key::KeyError> {
+        out.push_str(&self.name);
+        out.push(':');
+        crate::key::build_key_into(&self.key, req, out)
+    }
+
+    /// The key part of one of this limit's store keys.
+    pub fn key_of<'k>(&self, store_key: &'k str) -> &'k str {
+        store_key.get(self.name.len() + 1..).unwrap_or_default()
+    }
+}
+
 /// The store key of a bucket: limit names contain no ':' (checked by the config).
 pub fn store_key(limit: &str, key: &str) -> String {
     let mut s = String::with_capacity(limit.len() + 1 + key.len());
@@ -235,10 +254,9 @@ impl Store {
     /// [`Store::charge`] for charges whose `key` is already the store key (`LIMIT:KEY`, see
     /// [`store_key`]): the request path writes its keys that way, so they are not copied.
     pub fn charge_prefixed(&self, charges: &[Charge<'_>]) -> ChargeResult {
-        debug_assert!(charges.iter().all(|c| c
-            .key
-            .strip_prefix(c.limit.name.as_str())
-            .is_some_and(|k| k.starts_with(':'))));
+        debug_assert!(charges
+            .iter()
+            .all(|c| store_key(&c.limit.name, c.limit.key_of(c.key)) == c.key));
         self.charge_store_keys(charges, |i| charges[i].key)
     }
 

@@ -321,9 +321,7 @@ impl Gateway {
         buf.clear();
         let mut ends: SmallVec<[usize; 4]> = SmallVec::new();
         for &li in &route.limits {
-            buf.push_str(&rt.limits[li].name);
-            buf.push(':');
-            if let Err(e) = key::build_key_into(&rt.limits[li].key, view, buf) {
+            if let Err(e) = rt.limits[li].push_store_key(view, buf) {
                 return Decided::BadKey(e.to_string());
             }
             ends.push(buf.len());
@@ -352,10 +350,7 @@ impl Gateway {
             .collect();
         let result = self.node.store.charge_prefixed(&charges);
         // The key without its `LIMIT:` prefix, for the access log.
-        let key_fp = |i: usize| {
-            let c = &charges[i];
-            key::fingerprint(&c.key[c.limit.name.len() + 1..])
-        };
+        let key_fp = |i: usize| key::fingerprint(charges[i].limit.key_of(charges[i].key));
         let m = &self.node.metrics;
         for &i in &result.shadow_rejected {
             m.rate_limited_total

@@ -6,7 +6,7 @@ mod common;
 
 use common::Gateway;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,16 +34,7 @@ fn mixed_case_upstream() -> MixedCaseUpstream {
                 };
                 let mut reader = BufReader::new(read_half);
                 let mut writer = stream;
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        match reader.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => head.push_str(&line),
-                        }
-                    }
+                while let Some(head) = common::read_request_head(&mut reader) {
                     seen.lock().unwrap().push(head);
                     if writer.write_all(REPLY).is_err() {
                         return;

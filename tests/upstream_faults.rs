@@ -70,7 +70,7 @@ fn misbehave(stream: TcpStream, fault: Fault) {
     };
     let mut reader = BufReader::new(read_half);
     let mut writer = stream;
-    if !common::read_request_head(&mut reader) {
+    if common::read_request_head(&mut reader).is_none() {
         return;
     }
     match fault {

@@ -308,14 +308,16 @@ impl Drop for Gateway {
 }
 
 /// For hand-written upstreams: reads one request head, up to its blank line (the tests send
-/// no bodies to them). False at the end of the connection.
-pub fn read_request_head(reader: &mut impl BufRead) -> bool {
+/// no bodies to them), and returns its lines without that blank line. `None` at the end of
+/// the connection.
+pub fn read_request_head(reader: &mut impl BufRead) -> Option<String> {
+    let mut head = String::new();
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return false,
-            Ok(_) if line == "\r\n" => return true,
-            Ok(_) => {}
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => return Some(head),
+            Ok(_) => head.push_str(&line),
         }
     }
 }
