@@ -456,6 +456,11 @@ async fn main() {
     });
     let local = listener.local_addr().unwrap_or(addr);
     let _ = SERVED_ON.set(local.to_string());
+    // The handlers exist before the readiness line: a SIGTERM sent as soon as it is read is
+    // a clean stop, not the default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "rating-api listening on {local}").and_then(|()| out.flush());
     drop(out);
@@ -471,12 +476,10 @@ async fn main() {
             }
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
     tokio::select! {
         () = accept => {}
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
     }
     std::process::exit(0);
 }
