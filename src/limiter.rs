@@ -146,6 +146,7 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl LimitSpec {
     /// Appends this limit's store key for request `req` (`LIMIT:KEY`, as [`store_key`] writes
     /// it), the form [`Store::charge_prefixed`] takes.
+    #[inline]
     pub fn push_store_key(
         &self,
         req: &crate::key::RequestView<'_>,
