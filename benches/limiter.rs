@@ -147,6 +147,7 @@ fn key_and_headers(c: &mut Criterion) {
         query: Some("lang=en"),
         headers: &headers,
         client_ip: "192.0.2.7".parse().expect("ip"),
+        client_ip_text: None,
         route: "rating",
     };
     // As the request path does: into a reused buffer.
@@ -166,8 +167,17 @@ fn key_and_headers(c: &mut Criterion) {
         full_in_ns: 13_000_000,
         never: false,
     };
+    // The same value as the last one on this thread (a client well under its limit) ...
     c.bench_function("headers/ratelimit_value", |b| {
         b.iter(|| black_box(tollgate::headers::ratelimit_header(&l.name, &d)))
+    });
+    // ... and a new one on each call (a client spending its bucket).
+    let mut spent = d;
+    c.bench_function("headers/ratelimit_value_new", |b| {
+        b.iter(|| {
+            spent.remaining = spent.remaining.wrapping_sub(1);
+            black_box(tollgate::headers::ratelimit_header(&l.name, &spent))
+        })
     });
 }
 

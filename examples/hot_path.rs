@@ -61,6 +61,7 @@ fn main() {
             query: None,
             headers: black_box(&h),
             client_ip: black_box(ip),
+            client_ip_text: None,
             route: "rating",
         };
         buf.clear();

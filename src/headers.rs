@@ -10,6 +10,7 @@
 //!   at least 1); it wins over `t`.
 
 use crate::bucket::{BucketParams, Decision};
+use bytes::Bytes;
 use http::HeaderValue;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -46,22 +47,91 @@ pub fn ratelimit_value(name: &str, d: &Decision) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// The same as a header value, as every admitted request sends it: written into a stack
-/// buffer without the formatting machinery, then copied once into the value. A name that is
-/// not a valid header value (the config allows any name) gives an empty value.
+/// The same as a header value, as every admitted request sends it. A name that is not a
+/// valid header value (the config allows any name) gives an empty value.
+///
+/// Each thread keeps the last value it built and hands out that value again (a reference
+/// count, no copy) while name, `r` and `t` are the same. They are for every client that stays
+/// well under its limit: its bucket is full or nearly so after each request, so the value
+/// repeats from one request to the next and across keys of the same limit; a client that
+/// spends its bucket quickly gets a new value on each request. A new value is written into a
+/// stack buffer without the formatting machinery and stored with one allocation.
 pub fn ratelimit_header(name: &str, d: &Decision) -> HeaderValue {
-    let mut buf = [0u8; 128];
-    let mut len = 0;
-    let mut fits = true;
-    write_ratelimit(name, d, |part| match buf.get_mut(len..len + part.len()) {
-        Some(dst) => {
-            dst.copy_from_slice(part);
-            len += part.len();
+    let reset = ceil_secs(d.full_in_ns);
+    LAST_RATELIMIT.with(|cell| {
+        let Ok(mut last) = cell.try_borrow_mut() else {
+            return build_ratelimit(name, d);
+        };
+        if let Some(l) = last.as_ref() {
+            if l.remaining == d.remaining && l.reset == reset && *l.name == *name {
+                return l.value.clone();
+            }
         }
-        None => fits = false,
+        let value = build_ratelimit(name, d);
+        match last.as_mut() {
+            Some(l) => {
+                l.name.clear();
+                l.name.push_str(name);
+                l.remaining = d.remaining;
+                l.reset = reset;
+                l.value = value.clone();
+            }
+            None => {
+                *last = Some(LastRateLimit {
+                    name: name.to_owned(),
+                    remaining: d.remaining,
+                    reset,
+                    value: value.clone(),
+                })
+            }
+        }
+        value
+    })
+}
+
+/// The last `RateLimit` value a thread built, with what it was built from.
+struct LastRateLimit {
+    name: String,
+    remaining: u64,
+    reset: u64,
+    value: HeaderValue,
+}
+
+thread_local! {
+    static LAST_RATELIMIT: std::cell::RefCell<Option<LastRateLimit>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A short header value held inline, so that it costs one allocation (the shared owner
+/// [`Bytes::from_owner`] makes) however often it is handed out.
+struct Inline {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl AsRef<[u8]> for Inline {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+fn build_ratelimit(name: &str, d: &Decision) -> HeaderValue {
+    let mut v = Inline {
+        buf: [0u8; 96],
+        len: 0,
+    };
+    let mut fits = true;
+    write_ratelimit(name, d, |part| {
+        match v.buf.get_mut(v.len..v.len + part.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(part);
+                v.len += part.len();
+            }
+            None => fits = false,
+        }
     });
     let value = if fits {
-        HeaderValue::from_bytes(&buf[..len])
+        HeaderValue::from_maybe_shared(Bytes::from_owner(v))
     } else {
         HeaderValue::from_str(&ratelimit_value(name, d))
     };
@@ -146,6 +216,51 @@ mod tests {
         );
         let slow = BucketParams::new(10, 0.5, 10).unwrap();
         assert_eq!(policy_value("x", &slow), "\"x\";q=10;w=20");
+    }
+
+    #[test]
+    fn a_repeated_ratelimit_value_is_shared_and_any_change_makes_a_new_one() {
+        let d = decision(41, 0, 2_500_000_000);
+        let first = ratelimit_header("per-ip", &d);
+        let again = ratelimit_header("per-ip", &d);
+        assert_eq!(again, "\"per-ip\";r=41;t=3");
+        // The same bytes, not a copy of them.
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        // Each part of what the value is built from makes a new one.
+        let cases = [
+            (
+                "per-ip",
+                decision(40, 0, 2_500_000_000),
+                "\"per-ip\";r=40;t=3",
+            ),
+            (
+                "per-ip",
+                decision(40, 0, 3_500_000_000),
+                "\"per-ip\";r=40;t=4",
+            ),
+            (
+                "per-ipx",
+                decision(40, 0, 3_500_000_000),
+                "\"per-ipx\";r=40;t=4",
+            ),
+            // A value the thread built before is built again, not confused with the last one.
+            (
+                "per-ip",
+                decision(41, 0, 2_500_000_000),
+                "\"per-ip\";r=41;t=3",
+            ),
+            ("bad\nname", decision(41, 0, 2_500_000_000), ""),
+            (
+                "per-ip",
+                decision(41, 0, 2_500_000_000),
+                "\"per-ip\";r=41;t=3",
+            ),
+        ];
+        for (name, d, want) in cases {
+            assert_eq!(ratelimit_header(name, &d), want, "{name} {d:?}");
+        }
+        // A value handed out stays valid after the thread has moved on to others.
+        assert_eq!(first, "\"per-ip\";r=41;t=3");
     }
 
     #[test]

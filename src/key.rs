@@ -26,6 +26,9 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub client_ip: IpAddr,
+    /// `client_ip` as [`push_ip`] writes it, when the caller has written it already (the
+    /// proxy has, for `X-Forwarded-For`).
+    pub client_ip_text: Option<&'a str>,
     pub route: &'a str,
 }
 
@@ -171,7 +174,8 @@ fn header_value<'h>(
     let s = first
         .to_str()
         .map_err(|_| KeyError::InvalidHeaderValue(name.to_string()))?;
-    Ok(Some(s.trim()))
+    // `to_str` admits visible ASCII only, so ASCII whitespace is all there is to trim.
+    Ok(Some(s.trim_ascii()))
 }
 
 /// Builds the key of a limit with sources `sources` for request `req`.
@@ -197,7 +201,10 @@ pub fn build_key_into(
                 let v = header_value(req.headers, name)?;
                 push_escaped(out, v.unwrap_or(""));
             }
-            KeySource::ClientIp => push_ip(out, req.client_ip),
+            KeySource::ClientIp => match req.client_ip_text {
+                Some(text) => out.push_str(text),
+                None => push_ip(out, req.client_ip),
+            },
             KeySource::Query(name) => {
                 let v = query_param(req.query, name)?;
                 push_escaped(out, v.as_deref().unwrap_or(""));
@@ -298,6 +305,7 @@ mod tests {
             query,
             headers,
             client_ip: "192.0.2.7".parse().unwrap(),
+            client_ip_text: None,
             route: "rating",
         }
     }

@@ -12,12 +12,13 @@ use crate::clock::Clock;
 use crate::config::KeySource;
 use crate::pacing::Pace;
 use hashbrown::hash_map::RawEntryMut;
+use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 const SHARDS: usize = 64;
 // A charge collects the shards it locks in a 64-bit set.
@@ -137,10 +138,12 @@ thread_local! {
     static KEYS: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Shard locks are parking_lot's: a lock and an unlock are one atomic operation each, with
+/// none of std's poisoning checks. No code panics while holding a shard lock; if one ever
+/// did, the map is still consistent (each operation is a single insert or field update), so
+/// the next request is served as usual.
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // No code panics while holding a shard lock; if one ever did, the map is still consistent
-    // (each operation is a single insert or field update), so keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock()
 }
 
 impl LimitSpec {

@@ -80,6 +80,10 @@ pub struct Ctx {
     rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// Fingerprint of the reported limit's key, for the access log.
     key_fp: Option<String>,
+    /// `X-Forwarded-For` for the upstream (see [`forwarded_for`]); taken when it is sent.
+    xff: String,
+    /// The peer is one of `trusted_proxies`.
+    trusted_peer: bool,
     status: u16,
     /// Connection attempts to other servers of the pool after a failed connect.
     connect_retries: usize,
@@ -212,6 +216,30 @@ fn preserve_case(ctx: &Ctx) -> bool {
         .is_some_and(|rt| rt.config.preserve_header_case)
 }
 
+/// Writes `X-Forwarded-For` for the upstream into `out`: from a trusted proxy, its chain
+/// extended by the peer; from anyone else, a new chain (a client's own X-Forwarded-For proves
+/// nothing and is dropped). `peer` is the peer's address, canonical. Returns where the peer's
+/// address starts in `out`.
+fn forwarded_for(out: &mut String, req: &RequestHeader, trusted: bool, peer: IpAddr) -> usize {
+    out.clear();
+    if trusted {
+        for prior in req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            out.push_str(prior);
+            out.push_str(", ");
+        }
+    } else {
+        out.reserve(48);
+    }
+    let at = out.len();
+    key::push_ip(out, peer);
+    at
+}
+
 /// The headers the gateway sets on a forwarded request.
 struct Forwarded {
     xff: HeaderValue,
@@ -334,20 +362,15 @@ impl Gateway {
             return Decided::TooCostly(li);
         }
         let mut start = 0;
-        let charges: SmallVec<[Charge<'_>; 4]> = route
-            .limits
-            .iter()
-            .zip(&ends)
-            .map(|(&li, &end)| {
-                let key = &buf[start..end];
-                start = end;
-                Charge {
-                    limit: &rt.limits[li],
-                    key,
-                    cost,
-                }
-            })
-            .collect();
+        let mut charges: SmallVec<[Charge<'_>; 4]> = SmallVec::new();
+        for (&li, &end) in route.limits.iter().zip(&ends) {
+            charges.push(Charge {
+                limit: &rt.limits[li],
+                key: &buf[start..end],
+                cost,
+            });
+            start = end;
+        }
         let result = self.node.store.charge_prefixed(&charges);
         // The key without its `LIMIT:` prefix, for the access log.
         let key_fp = |i: usize| key::fingerprint(charges[i].limit.key_of(charges[i].key));
@@ -412,6 +435,8 @@ impl ProxyHttp for Gateway {
             outcome: Outcome::Allowed,
             rate_headers: None,
             key_fp: None,
+            xff: String::new(),
+            trusted_peer: false,
             status: 0,
             connect_retries: 0,
         }
@@ -429,17 +454,21 @@ impl ProxyHttp for Gateway {
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            .map(|a| clientip::canonical(a.ip()));
         let req = session.req_header();
         ctx.client_ip = clientip::client_ip(
-            peer,
+            peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             req.headers
                 .get_all("x-forwarded-for")
                 .iter()
                 .map(|v| v.as_bytes()),
             &cfg.trusted_proxies,
         );
+        ctx.trusted_peer = peer.is_some_and(|p| clientip::is_trusted(p, &cfg.trusted_proxies));
+        // Written now, as the upstream will get it: the client IP of the keys is the same
+        // text when the client is the peer (no trusted proxy in between).
+        let forwarded_ip = peer.unwrap_or(ctx.client_ip);
+        let ip_at = forwarded_for(&mut ctx.xff, req, ctx.trusted_peer, forwarded_ip);
 
         // Route on the target as the upstream will read it: pingora's `req.uri` holds no
         // authority for an absolute-form target, and `/` for a target of no known form.
@@ -528,6 +557,7 @@ impl ProxyHttp for Gateway {
             query: req.uri.query(),
             headers: &req.headers,
             client_ip: ctx.client_ip,
+            client_ip_text: (forwarded_ip == ctx.client_ip).then(|| &ctx.xff[ip_at..]),
             route: &route.name,
         };
         match self.decide(&rt, ri, &view, cost) {
@@ -638,29 +668,21 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| clientip::canonical(a.ip()));
-        let trusted = match (peer, ctx.runtime.as_ref()) {
-            (Some(p), Some(rt)) => clientip::is_trusted(p, &rt.config.trusted_proxies),
-            _ => false,
-        };
-        let mut xff = String::with_capacity(48);
-        // From a trusted proxy, extend its chain; from anyone else, start a new one (a client's
-        // own X-Forwarded-For proves nothing and is dropped).
-        if trusted {
-            for prior in upstream_request
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-            {
-                xff.push_str(prior);
-                xff.push_str(", ");
-            }
+        let trusted = ctx.trusted_peer;
+        let mut xff = std::mem::take(&mut ctx.xff);
+        if xff.is_empty() {
+            // A retry on another server: the first attempt took it.
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| clientip::canonical(a.ip()));
+            forwarded_for(
+                &mut xff,
+                upstream_request,
+                trusted,
+                peer.unwrap_or(ctx.client_ip),
+            );
         }
-        key::push_ip(&mut xff, peer.unwrap_or(ctx.client_ip));
         // pingora accepts identical duplicate lengths (two lines, or "5, 5") and forwards them
         // as they came; send the single length it validated.
         let single_length = {

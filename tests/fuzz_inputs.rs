@@ -492,6 +492,7 @@ proptest! {
             query: query.as_deref(),
             headers: &map,
             client_ip: ip,
+            client_ip_text: None,
             route: &route,
         };
         let all = sources();
@@ -535,6 +536,7 @@ proptest! {
                 query: None,
                 headers: &h,
                 client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                client_ip_text: None,
                 route: "r",
             };
             key::build_key(&src, &view).unwrap()

@@ -182,11 +182,21 @@ fn health_checked_pool_fails_over_then_answers_503() {
         .collect();
     assert_eq!(served.len(), 2, "round robin over both: {served:?}");
     a.kill();
-    // No request fails: a refused connection is retried on the other server.
+    // No request fails: a refused connection is retried on the other server, with the
+    // same X-Forwarded-For as a first attempt.
     for _ in 0..10 {
         let r = get(gw.addr, "/echo", &[]);
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(server_of(&r), b.addr.to_string());
+        let echo = r.json();
+        let xff: Vec<&str> = echo["request"]["headers"]
+            .as_array()
+            .expect("echoed headers")
+            .iter()
+            .filter(|p| p[0] == "x-forwarded-for")
+            .filter_map(|p| p[1].as_str())
+            .collect();
+        assert_eq!(xff, ["127.0.0.1"], "{}", r.text());
     }
     let metrics = || get(gw.admin, "/metrics", &[]).text();
     let down = format!(
@@ -341,4 +351,66 @@ fn graceful_upgrade_drops_no_request() {
     );
     assert!(ok.load(Ordering::Relaxed) >= 40);
     let _ = admin;
+}
+
+/// An upstream whose first connection answers one request, then reads the next and closes
+/// without an answer; every later connection answers each request. Each answer's body is the
+/// request's `X-Forwarded-For`; the heads it read are sent to the returned channel.
+fn dropping_upstream() -> (SocketAddr, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (heads_tx, heads_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(stream) = conn else { return };
+            let heads = heads_tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                for served in 0.. {
+                    let Some(head) = common::read_request_head(&mut reader) else {
+                        return;
+                    };
+                    let _ = heads.send(head.clone());
+                    if n == 0 && served == 1 {
+                        return;
+                    }
+                    let xff = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-forwarded-for: "))
+                        .unwrap_or("-")
+                        .to_string();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{xff}",
+                        xff.len()
+                    );
+                    if writer.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads_rx)
+}
+
+#[test]
+fn a_request_retried_after_a_reused_upstream_connection_closed_keeps_its_forwarded_for() {
+    let (up, heads) = dropping_upstream();
+    let gw = Gateway::start(route_config(json!({ "servers": [up.to_string()] })));
+    let first = get(gw.addr, "/one", &[]);
+    assert_eq!((first.status, first.text()), (200, "127.0.0.1".to_string()));
+    // The pooled connection takes the second request and closes: it is sent again, on a new
+    // connection, with the same X-Forwarded-For.
+    let second = get(gw.addr, "/two", &[]);
+    assert_eq!(
+        (second.status, second.text()),
+        (200, "127.0.0.1".to_string())
+    );
+    let seen: Vec<String> = heads.try_iter().collect();
+    let twos: Vec<&String> = seen.iter().filter(|h| h.starts_with("GET /two ")).collect();
+    assert_eq!(twos.len(), 2, "sent twice: {seen:?}");
+    for head in twos {
+        assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+    }
 }

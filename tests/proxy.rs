@@ -366,6 +366,9 @@ fn x_forwarded_for_is_honoured_only_from_trusted_proxies() {
         get(gw.addr, "/rating", &[("x-forwarded-for", "5.6.7.8")]).status,
         429
     );
+    // The key is the peer's address as text, exactly.
+    let peek = get(gw.admin, "/rating?limit=per-key&key=127.0.0.1", &[]).json();
+    assert_eq!(peek["remaining"], 0, "{peek}");
     drop(gw);
 
     // Trusted peer (loopback): the rightmost untrusted address is the client.
