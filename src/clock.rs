@@ -18,8 +18,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     /// Read with `clock_gettime` directly: every charge reads the clock, and std's
-    /// `SystemTime::now().duration_since(UNIX_EPOCH)` spends five times the instructions of
-    /// the read on checked arithmetic. Saturates in the year 2262.
+    /// `SystemTime::now().duration_since(UNIX_EPOCH)` takes about 110 instructions where this
+    /// takes about 35 (checked arithmetic on the way). Saturates in the year 2262.
     #[cfg(unix)]
     // `time_t` and `c_long` are 32 bits on some targets.
     #[allow(clippy::useless_conversion)]

@@ -228,35 +228,16 @@ mod tests {
         assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
         // Each part of what the value is built from makes a new one.
         let cases = [
-            (
-                "per-ip",
-                decision(40, 0, 2_500_000_000),
-                "\"per-ip\";r=40;t=3",
-            ),
-            (
-                "per-ip",
-                decision(40, 0, 3_500_000_000),
-                "\"per-ip\";r=40;t=4",
-            ),
-            (
-                "per-ipx",
-                decision(40, 0, 3_500_000_000),
-                "\"per-ipx\";r=40;t=4",
-            ),
+            ("per-ip", 40, 2_500_000_000, "\"per-ip\";r=40;t=3"),
+            ("per-ip", 40, 3_500_000_000, "\"per-ip\";r=40;t=4"),
+            ("per-ipx", 40, 3_500_000_000, "\"per-ipx\";r=40;t=4"),
             // A value the thread built before is built again, not confused with the last one.
-            (
-                "per-ip",
-                decision(41, 0, 2_500_000_000),
-                "\"per-ip\";r=41;t=3",
-            ),
-            ("bad\nname", decision(41, 0, 2_500_000_000), ""),
-            (
-                "per-ip",
-                decision(41, 0, 2_500_000_000),
-                "\"per-ip\";r=41;t=3",
-            ),
+            ("per-ip", 41, 2_500_000_000, "\"per-ip\";r=41;t=3"),
+            ("bad\nname", 41, 2_500_000_000, ""),
+            ("per-ip", 41, 2_500_000_000, "\"per-ip\";r=41;t=3"),
         ];
-        for (name, d, want) in cases {
+        for (name, remaining, full_ns, want) in cases {
+            let d = decision(remaining, 0, full_ns);
             assert_eq!(ratelimit_header(name, &d), want, "{name} {d:?}");
         }
         // A value handed out stays valid after the thread has moved on to others.

@@ -671,7 +671,7 @@ impl ProxyHttp for Gateway {
         let trusted = ctx.trusted_peer;
         let mut xff = std::mem::take(&mut ctx.xff);
         if xff.is_empty() {
-            // A retry on another server: the first attempt took it.
+            // A retry on a new connection: the first attempt took it.
             let peer = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
