@@ -8,7 +8,15 @@
 # system calls per request: the kernel's share of the CPU (see bench.sh's user/system split)
 # is the same for both when these are equal.
 #
+# The busy runs are repeated in alternating order (INSTR_ROUNDS, default 3) and the medians
+# reported: part of pingora's work per request depends on wall-clock time (its timer wheel
+# makes a new time slot, a map insert and an allocation, whenever a request crosses one), and a
+# program under callgrind runs about 50 times slower, so that part moves by up to 1,000
+# instructions per request from one run to the next, for both configurations alike. The
+# script prints that part of each run.
+#
 # Usage: scripts/bench_instructions.sh [N]     (default 3000 requests)
+#   INSTR_ROUNDS=R busy runs per configuration (default 3)
 #   INSTR_KEEP=1   keep the temporary directory (callgrind outputs: callgrind_annotate FILE)
 #   INSTR_ONLY=on  measure one configuration only (on or off), for profiling
 #   CALLGRIND_ARGS extra callgrind options (e.g. --dump-instr=yes for per-instruction costs)
@@ -117,26 +125,64 @@ def syscalls(out):
                 return int(fields[3] if len(fields) >= 5 else fields[2])
     raise SystemExit(f"no total in {out}")
 
-results = {}
-calls = {}
+def timer_share(out):
+    """Instructions in pingora's timer wheel (registering timers, the clock thread)."""
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", out],
+                         capture_output=True, text=True).stdout
+    total = 0
+    for line in ann.splitlines():
+        if re.search(r"TimerManager::(register_timer|clock_thread) ", line):
+            total += int(line.split()[0].replace(",", ""))
+    return total
+
+def median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+configs = (("on", ["per-api-key", "per-ip"]), ("off", []))
 only = os.environ.get("INSTR_ONLY")
-for name, limits in (("on", ["per-api-key", "per-ip"]), ("off", [])):
+rounds = max(1, int(os.environ.get("INSTR_ROUNDS", "3")))
+idle = {}
+per_round = {name: [] for name, _ in configs}
+calls = {}
+for name, limits in configs:
     if only and name != only:
         continue
-    idle = instructions(run(name, limits, 0, "callgrind"))
-    busy = instructions(run(name, limits, n, "callgrind"))
-    results[name] = (busy - idle) / n
-    print(f"limits {name:3}: idle {idle:>14,} instr, {n} requests {busy:>14,} instr -> {results[name]:>10,.0f} instr/request")
-    if shutil.which("strace"):
+    idle_out = run(name, limits, 0, "callgrind")
+    idle[name] = (instructions(idle_out), timer_share(idle_out))
+    print(f"limits {name:3}: idle {idle[name][0]:>14,} instr")
+for r in range(rounds):
+    # Alternating order, so that neither configuration always runs first.
+    for name, limits in (configs if r % 2 == 0 else configs[::-1]):
+        if only and name != only:
+            continue
+        out = run(name, limits, n, "callgrind")
+        busy = instructions(out)
+        per_request = (busy - idle[name][0]) / n
+        timers = (timer_share(out) - idle[name][1]) / n
+        per_round[name].append(per_request)
+        print(f"round {r + 1} limits {name:3}: {n} requests {busy:>14,} instr -> {per_request:>10,.0f} instr/request"
+              f"  (of which pingora's timer wheel {timers:,.0f})")
+if shutil.which("strace"):
+    for name, limits in configs:
+        if only and name != only:
+            continue
         c_idle = syscalls(run(name, limits, 0, "strace"))
         c_busy = syscalls(run(name, limits, n, "strace"))
         calls[name] = (c_busy - c_idle) / n
         print(f"limits {name:3}: {calls[name]:.2f} system calls/request (strace -c, {c_busy - c_idle} over {n} requests)")
 up.kill()
+results = {name: median(v) for name, v in per_round.items() if v}
+for name, v in results.items():
+    print(f"limits {name:3}: median {v:,.0f} instr/request over {len(per_round[name])} runs")
 if only:
     raise SystemExit(0)
 ratio = results["on"] / results["off"]
-print(f"instructions per request, limits on / limits off = {ratio:.3f}  ({(ratio - 1) * 100:+.1f}%; target at most +3%)")
+rounds_ratio = " ".join(f"{a / b:.3f}" for a, b in zip(per_round["on"], per_round["off"]))
+print(f"per round, limits on / limits off: {rounds_ratio}")
+print(f"instructions per request, limits on / limits off = {ratio:.3f}  ({(ratio - 1) * 100:+.1f}%; "
+      f"{results['on'] - results['off']:,.0f} instructions; target at most +3%)")
 if calls:
     print(f"system calls per request, limits on / limits off = {calls['on'] / calls['off']:.3f}")
 PY

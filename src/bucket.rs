@@ -313,9 +313,13 @@ impl Bucket {
         let allowed = !never && tokens >= cost_u;
         let left = if allowed { tokens - cost_u } else { tokens };
         let full_in_ns = p.wait_ns(p.cap_units().saturating_sub(left));
-        let retry_after_ns = match never {
-            true => full_in_ns,
-            false => p.wait_ns(cost_u.saturating_sub(tokens)),
+        let retry_after_ns = if never {
+            full_in_ns
+        } else if allowed {
+            // Affordable now (the deficit below would be zero or less).
+            0
+        } else {
+            p.wait_ns(cost_u.saturating_sub(tokens))
         };
         Decision {
             allowed,

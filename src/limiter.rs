@@ -287,7 +287,7 @@ impl Store {
         }
 
         let single = charges.len() == 1;
-        let mut decisions: Small<Decision> = SmallVec::with_capacity(charges.len());
+        let mut decisions: Small<Decision> = SmallVec::new();
         let mut rejected_by: Option<usize> = None;
         let mut shadow_rejected: Small<usize> = SmallVec::new();
         // Charges paid in the first pass: (index, consumed before, spent before).
@@ -646,6 +646,7 @@ fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize
 
 /// The entry of `key` (hash `hash`), created when missing unless the shard holds `cap`
 /// entries already: one probe, and the key is allocated only on insertion.
+#[inline]
 fn bucket_entry<'s>(
     shard: &'s mut Shard,
     hash: u64,
@@ -658,26 +659,39 @@ fn bucket_entry<'s>(
     match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
         RawEntryMut::Occupied(o) => Some(o.into_mut()),
         RawEntryMut::Vacant(_) if len >= cap => None,
-        RawEntryMut::Vacant(v) => Some(
-            v.insert_hashed_nocheck(
-                hash,
-                key.into(),
-                Entry {
-                    bucket: Bucket::new(p, now),
-                    dirty: false,
-                    fresh: true,
-                    stale: false,
-                    sync: shared.then(|| {
-                        Box::new(SyncState {
-                            synced_ns: now,
-                            pace: Pace::default(),
-                        })
-                    }),
-                },
-            )
-            .1,
-        ),
+        RawEntryMut::Vacant(v) => Some(new_entry(v, hash, key, p, now, shared)),
     }
+}
+
+/// Inserts a new bucket's entry: out of line, so that finding an existing one (nearly every
+/// request) is inlined into the charge.
+#[cold]
+#[inline(never)]
+fn new_entry<'s>(
+    v: hashbrown::hash_map::RawVacantEntryMut<'s, Box<str>, Entry, ahash::RandomState>,
+    hash: u64,
+    key: &str,
+    p: &BucketParams,
+    now: i64,
+    shared: bool,
+) -> &'s mut Entry {
+    v.insert_hashed_nocheck(
+        hash,
+        key.into(),
+        Entry {
+            bucket: Bucket::new(p, now),
+            dirty: false,
+            fresh: true,
+            stale: false,
+            sync: shared.then(|| {
+                Box::new(SyncState {
+                    synced_ns: now,
+                    pace: Pace::default(),
+                })
+            }),
+        },
+    )
+    .1
 }
 
 fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut Entry> {

@@ -76,10 +76,8 @@ pub struct Ctx {
     route: Option<usize>,
     client_ip: IpAddr,
     outcome: Outcome,
-    /// `RateLimit-Policy` and `RateLimit` to add to the response.
-    rate_headers: Option<(HeaderValue, HeaderValue)>,
-    /// Fingerprint of the reported limit's key, for the access log.
-    key_fp: Option<String>,
+    /// What the limits report on the response and in the access log.
+    reported: Reported,
     /// `X-Forwarded-For` for the upstream (see [`forwarded_for`]); taken when it is sent.
     xff: String,
     /// The peer is one of `trusted_proxies`.
@@ -300,14 +298,20 @@ fn set_forwarded(req: &mut RequestHeader, f: Forwarded, preserve_case: bool) -> 
     Ok(())
 }
 
+/// What the limits of an admitted request report; [`Gateway::decide`] writes it straight into
+/// the request's [`Ctx`].
+#[derive(Default)]
+struct Reported {
+    /// `RateLimit-Policy` and `RateLimit` to add to the response.
+    rate_headers: Option<(HeaderValue, HeaderValue)>,
+    /// Fingerprint of the reported limit's key, for the access log.
+    key_fp: Option<String>,
+}
+
 /// What the limits of a route decided for one request.
 enum Decided {
-    /// Forward it, with these headers on the response.
-    Pass {
-        rate_headers: Option<(HeaderValue, HeaderValue)>,
-        key_fp: Option<String>,
-        shadow_limited: bool,
-    },
+    /// Forward it, with the headers in [`Reported`] on the response.
+    Pass { shadow_limited: bool },
     /// A key could not be built (400).
     BadKey(String),
     /// The cost exceeds the capacity of limit `.0` (413): no wait would let it pass.
@@ -322,17 +326,24 @@ enum Decided {
 
 thread_local! {
     /// The keys of one request, back to back: reused, so building keys allocates nothing.
-    static KEYS: RefCell<String> = RefCell::new(String::with_capacity(256));
+    static KEYS: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl Gateway {
     /// Builds the keys of route `ri`'s limits and charges them all at once. Synchronous, so
     /// the thread's key buffer is never held across an await.
-    fn decide(&self, rt: &Runtime, ri: usize, view: &RequestView<'_>, cost: u64) -> Decided {
+    fn decide(
+        &self,
+        rt: &Runtime,
+        ri: usize,
+        view: &RequestView<'_>,
+        cost: u64,
+        out: &mut Reported,
+    ) -> Decided {
         KEYS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => self.decide_with(rt, ri, view, cost, &mut buf),
+            Ok(mut buf) => self.decide_with(rt, ri, view, cost, &mut buf, out),
             // Not reentrant in practice; a fresh buffer keeps it correct if it ever were.
-            Err(_) => self.decide_with(rt, ri, view, cost, &mut String::new()),
+            Err(_) => self.decide_with(rt, ri, view, cost, &mut String::new(), out),
         })
     }
 
@@ -343,6 +354,7 @@ impl Gateway {
         view: &RequestView<'_>,
         cost: u64,
         buf: &mut String,
+        out: &mut Reported,
     ) -> Decided {
         let route = &rt.config.routes[ri];
         // Each key is written as its store key, `LIMIT:KEY`, which the store takes as is.
@@ -407,16 +419,16 @@ impl Gateway {
                 reported = Some((i, d));
             }
         }
+        if let Some((i, d)) = reported {
+            out.rate_headers = Some((
+                rt.policy_values[route.limits[i]].clone(),
+                headers::ratelimit_header(&charges[i].limit.name, d),
+            ));
+            if rt.config.access_log {
+                out.key_fp = Some(key_fp(i));
+            }
+        }
         Decided::Pass {
-            rate_headers: reported.map(|(i, d)| {
-                (
-                    rt.policy_values[route.limits[i]].clone(),
-                    headers::ratelimit_header(&charges[i].limit.name, d),
-                )
-            }),
-            key_fp: reported
-                .filter(|_| rt.config.access_log)
-                .map(|(i, _)| key_fp(i)),
             shadow_limited: !result.shadow_rejected.is_empty(),
         }
     }
@@ -433,8 +445,7 @@ impl ProxyHttp for Gateway {
             route: None,
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             outcome: Outcome::Allowed,
-            rate_headers: None,
-            key_fp: None,
+            reported: Reported::default(),
             xff: String::new(),
             trusted_peer: false,
             status: 0,
@@ -560,17 +571,11 @@ impl ProxyHttp for Gateway {
             client_ip_text: (forwarded_ip == ctx.client_ip).then(|| &ctx.xff[ip_at..]),
             route: &route.name,
         };
-        match self.decide(&rt, ri, &view, cost) {
-            Decided::Pass {
-                rate_headers,
-                key_fp,
-                shadow_limited,
-            } => {
+        match self.decide(&rt, ri, &view, cost, &mut ctx.reported) {
+            Decided::Pass { shadow_limited } => {
                 if shadow_limited {
                     ctx.outcome = Outcome::ShadowLimited;
                 }
-                ctx.rate_headers = rate_headers;
-                ctx.key_fp = key_fp;
                 Ok(false)
             }
             Decided::BadKey(msg) => self.reject_bad(session, ctx, 400, &msg).await,
@@ -597,7 +602,7 @@ impl ProxyHttp for Gateway {
                 let limit = &rt.limits[li];
                 ctx.outcome = Outcome::Limited;
                 ctx.status = 429;
-                ctx.key_fp = Some(key_fp);
+                ctx.reported.key_fp = Some(key_fp);
                 let extra = [
                     ("Retry-After", headers::retry_after_secs(&d).to_string()),
                     ("RateLimit-Policy", rt.policies[li].clone()),
@@ -714,7 +719,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let rate_headers = ctx.rate_headers.take();
+        let rate_headers = ctx.reported.rate_headers.take();
         if preserve_case(ctx) {
             if let Some((policy, rl)) = rate_headers {
                 upstream_response.insert_header(Bytes::from_static(RATELIMIT_POLICY), policy)?;
@@ -806,7 +811,7 @@ impl ProxyHttp for Gateway {
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 client_ip = %ctx.client_ip,
                 method = %session.req_header().method,
-                key = %ctx.key_fp.as_deref().unwrap_or("-"),
+                key = %ctx.reported.key_fp.as_deref().unwrap_or("-"),
                 "request"
             );
         }
