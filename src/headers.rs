@@ -51,9 +51,9 @@ pub fn ratelimit_value(name: &str, d: &Decision) -> String {
 /// valid header value (the config allows any name) gives an empty value.
 ///
 /// Each thread keeps the last value it built and hands out that value again (a reference
-/// count, no copy) while name, `r` and `t` are the same. They are for every client that stays
+/// count, no copy) while name, `r` and `t` are the same. They stay the same for every client
 /// well under its limit: its bucket is full or nearly so after each request, so the value
-/// repeats from one request to the next and across keys of the same limit; a client that
+/// repeats from one request to the next and across keys of the same limit. A client that
 /// spends its bucket quickly gets a new value on each request. A new value is written into a
 /// stack buffer without the formatting machinery and stored with one allocation.
 pub fn ratelimit_header(name: &str, d: &Decision) -> HeaderValue {
