@@ -38,7 +38,7 @@ cleanup() {
 trap cleanup EXIT
 
 python3 - "$ROOT" "$DIR" "$N" <<'PY'
-import http.client, json, os, re, shutil, signal, socket, subprocess, sys, time
+import http.client, json, os, re, signal, socket, statistics, subprocess, sys, time
 
 root, work, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 bindir = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target")), "release")
@@ -135,28 +135,20 @@ def timer_share(out):
             total += int(line.split()[0].replace(",", ""))
     return total
 
-def median(xs):
-    xs = sorted(xs)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
-
-configs = (("on", ["per-api-key", "per-ip"]), ("off", []))
 only = os.environ.get("INSTR_ONLY")
+configs = [(name, limits) for name, limits in (("on", ["per-api-key", "per-ip"]), ("off", []))
+           if not only or name == only]
 rounds = max(1, int(os.environ.get("INSTR_ROUNDS", "3")))
 idle = {}
 per_round = {name: [] for name, _ in configs}
 calls = {}
 for name, limits in configs:
-    if only and name != only:
-        continue
     idle_out = run(name, limits, 0, "callgrind")
     idle[name] = (instructions(idle_out), timer_share(idle_out))
     print(f"limits {name:3}: idle {idle[name][0]:>14,} instr")
 for r in range(rounds):
     # Alternating order, so that neither configuration always runs first.
     for name, limits in (configs if r % 2 == 0 else configs[::-1]):
-        if only and name != only:
-            continue
         out = run(name, limits, n, "callgrind")
         busy = instructions(out)
         per_request = (busy - idle[name][0]) / n
@@ -164,16 +156,14 @@ for r in range(rounds):
         per_round[name].append(per_request)
         print(f"round {r + 1} limits {name:3}: {n} requests {busy:>14,} instr -> {per_request:>10,.0f} instr/request"
               f"  (of which pingora's timer wheel {timers:,.0f})")
-if shutil.which("strace"):
-    for name, limits in configs:
-        if only and name != only:
-            continue
-        c_idle = syscalls(run(name, limits, 0, "strace"))
-        c_busy = syscalls(run(name, limits, n, "strace"))
-        calls[name] = (c_busy - c_idle) / n
-        print(f"limits {name:3}: {calls[name]:.2f} system calls/request (strace -c, {c_busy - c_idle} over {n} requests)")
+# strace is installed above, like valgrind.
+for name, limits in configs:
+    c_idle = syscalls(run(name, limits, 0, "strace"))
+    c_busy = syscalls(run(name, limits, n, "strace"))
+    calls[name] = (c_busy - c_idle) / n
+    print(f"limits {name:3}: {calls[name]:.2f} system calls/request (strace -c, {c_busy - c_idle} over {n} requests)")
 up.kill()
-results = {name: median(v) for name, v in per_round.items() if v}
+results = {name: statistics.median(v) for name, v in per_round.items()}
 for name, v in results.items():
     print(f"limits {name:3}: median {v:,.0f} instr/request over {len(per_round[name])} runs")
 if only:
@@ -183,6 +173,5 @@ rounds_ratio = " ".join(f"{a / b:.3f}" for a, b in zip(per_round["on"], per_roun
 print(f"per round, limits on / limits off: {rounds_ratio}")
 print(f"instructions per request, limits on / limits off = {ratio:.3f}  ({(ratio - 1) * 100:+.1f}%; "
       f"{results['on'] - results['off']:,.0f} instructions; target at most +3%)")
-if calls:
-    print(f"system calls per request, limits on / limits off = {calls['on'] / calls['off']:.3f}")
+print(f"system calls per request, limits on / limits off = {calls['on'] / calls['off']:.3f}")
 PY

@@ -465,6 +465,9 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
     #[test]
     fn waits_divide_the_same_below_and_above_two_to_the_64() {
         for rate in [1.0, 3.7, 1e9] {
@@ -488,9 +491,6 @@ mod tests {
             assert_eq!(p.wait_ns(-5), 0);
         }
     }
-
-    use super::*;
-    use proptest::prelude::*;
 
     const SEC: i64 = 1_000_000_000;
     const S: u64 = SEC as u64;

@@ -155,8 +155,7 @@ impl LimitSpec {
         req: &crate::key::RequestView<'_>,
         out: &mut String,
     ) -> Result<(), crate::key::KeyError> {
-        out.push_str(&self.name);
-        out.push(':');
+        push_limit_prefix(out, &self.name);
         crate::key::build_key_into(&self.key, req, out)
     }
 
@@ -169,10 +168,15 @@ impl LimitSpec {
 /// The store key of a bucket: limit names contain no ':' (checked by the config).
 pub fn store_key(limit: &str, key: &str) -> String {
     let mut s = String::with_capacity(limit.len() + 1 + key.len());
-    s.push_str(limit);
-    s.push(':');
+    push_limit_prefix(&mut s, limit);
     s.push_str(key);
     s
+}
+
+/// The `LIMIT:` that starts every store key of `limit`.
+fn push_limit_prefix(out: &mut String, limit: &str) {
+    out.push_str(limit);
+    out.push(':');
 }
 
 impl Store {
@@ -244,8 +248,7 @@ impl Store {
         buf.clear();
         let mut ends: Small<usize> = SmallVec::new();
         for c in charges {
-            buf.push_str(&c.limit.name);
-            buf.push(':');
+            push_limit_prefix(buf, &c.limit.name);
             buf.push_str(c.key);
             ends.push(buf.len());
         }

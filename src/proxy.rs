@@ -214,6 +214,15 @@ fn preserve_case(ctx: &Ctx) -> bool {
         .is_some_and(|rt| rt.config.preserve_header_case)
 }
 
+/// The peer's IP address, canonical (an IPv4-mapped IPv6 address as IPv4); none on a Unix
+/// socket.
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| clientip::canonical(a.ip()))
+}
+
 /// Writes `X-Forwarded-For` for the upstream into `out`: from a trusted proxy, its chain
 /// extended by the peer; from anyone else, a new chain (a client's own X-Forwarded-For proves
 /// nothing and is dropped). `peer` is the peer's address, canonical. Returns where the peer's
@@ -298,13 +307,13 @@ fn set_forwarded(req: &mut RequestHeader, f: Forwarded, preserve_case: bool) -> 
     Ok(())
 }
 
-/// What the limits of an admitted request report; [`Gateway::decide`] writes it straight into
-/// the request's [`Ctx`].
+/// What the limits report on the response and in the access log; [`Gateway::decide`] writes
+/// it straight into the request's [`Ctx`].
 #[derive(Default)]
 struct Reported {
-    /// `RateLimit-Policy` and `RateLimit` to add to the response.
+    /// `RateLimit-Policy` and `RateLimit` to add to an admitted request's response.
     rate_headers: Option<(HeaderValue, HeaderValue)>,
-    /// Fingerprint of the reported limit's key, for the access log.
+    /// Fingerprint of the reported (or refusing) limit's key, for the access log.
     key_fp: Option<String>,
 }
 
@@ -317,11 +326,7 @@ enum Decided {
     /// The cost exceeds the capacity of limit `.0` (413): no wait would let it pass.
     TooCostly(usize),
     /// Limit `li` refused (429).
-    Limited {
-        li: usize,
-        decision: Decision,
-        key_fp: String,
-    },
+    Limited { li: usize, decision: Decision },
 }
 
 thread_local! {
@@ -396,10 +401,10 @@ impl Gateway {
             m.rate_limited_total
                 .with_label_values(&[&route.name, &charges[r].limit.name])
                 .inc();
+            out.key_fp = Some(key_fp(r));
             return Decided::Limited {
                 li: route.limits[r],
                 decision: result.decisions[r],
-                key_fp: key_fp(r),
             };
         }
         // One pass: count the tokens taken, and find the most restrictive limit to report
@@ -462,10 +467,7 @@ impl ProxyHttp for Gateway {
         let rt = self.node.runtime();
         ctx.runtime = Some(rt.clone());
         let cfg = &rt.config;
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| clientip::canonical(a.ip()));
+        let peer = peer_ip(session);
         let req = session.req_header();
         ctx.client_ip = clientip::client_ip(
             peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
@@ -594,15 +596,10 @@ impl ProxyHttp for Gateway {
                 respond(session, ctx, 413, &[], body).await?;
                 Ok(true)
             }
-            Decided::Limited {
-                li,
-                decision: d,
-                key_fp,
-            } => {
+            Decided::Limited { li, decision: d } => {
                 let limit = &rt.limits[li];
                 ctx.outcome = Outcome::Limited;
                 ctx.status = 429;
-                ctx.reported.key_fp = Some(key_fp);
                 let extra = [
                     ("Retry-After", headers::retry_after_secs(&d).to_string()),
                     ("RateLimit-Policy", rt.policies[li].clone()),
@@ -677,16 +674,8 @@ impl ProxyHttp for Gateway {
         let mut xff = std::mem::take(&mut ctx.xff);
         if xff.is_empty() {
             // A retry on a new connection: the first attempt took it.
-            let peer = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| clientip::canonical(a.ip()));
-            forwarded_for(
-                &mut xff,
-                upstream_request,
-                trusted,
-                peer.unwrap_or(ctx.client_ip),
-            );
+            let peer = peer_ip(session).unwrap_or(ctx.client_ip);
+            forwarded_for(&mut xff, upstream_request, trusted, peer);
         }
         // pingora accepts identical duplicate lengths (two lines, or "5, 5") and forwards them
         // as they came; send the single length it validated.

@@ -56,6 +56,15 @@ impl MixedCaseUpstream {
             .cloned()
             .unwrap_or_default()
     }
+
+    /// The request line of the last request received.
+    fn last_request_line(&self) -> String {
+        self.last_head()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 fn config(upstream: &MixedCaseUpstream, preserve: Option<bool>) -> Value {
@@ -105,6 +114,16 @@ fn names_of_429(gw: &Gateway) -> Vec<String> {
     names(&headers).into_iter().map(str::to_string).collect()
 }
 
+/// Asserts that every name of `want` is among `names`.
+fn assert_has_names<N: AsRef<str> + std::fmt::Debug>(names: &[N], want: &[&str]) {
+    for w in want {
+        assert!(
+            names.iter().any(|n| n.as_ref() == *w),
+            "{w} not in {names:?}"
+        );
+    }
+}
+
 fn names(headers: &[String]) -> Vec<&str> {
     headers
         .iter()
@@ -124,14 +143,15 @@ fn header_names_are_lower_case_by_default() {
     assert!(sent.contains("x-forwarded-proto: http\r\n"), "{sent}");
     assert_eq!(status, "HTTP/1.1 200 Fine Thanks", "{headers:?}");
     let names = names(&headers);
-    for want in [
-        "x-request-id",
-        "ratelimit-policy",
-        "ratelimit",
-        "Content-Type",
-    ] {
-        assert!(names.contains(&want), "{want} not in {names:?}");
-    }
+    assert_has_names(
+        &names,
+        &[
+            "x-request-id",
+            "ratelimit-policy",
+            "ratelimit",
+            "Content-Type",
+        ],
+    );
     for unwanted in ["X-Request-ID", "RateLimit-Policy", "RateLimit"] {
         assert!(!names.contains(&unwanted), "{unwanted} in {names:?}");
     }
@@ -162,37 +182,32 @@ fn preserve_header_case_keeps_the_upstreams_spelling() {
     let mut preserved = Vec::new();
     for t in targets {
         raw_head_of(&gw, t);
-        preserved.push(
-            up.last_head()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        );
+        preserved.push(up.last_request_line());
     }
     assert_eq!(status, "HTTP/1.1 200 Fine Thanks", "{headers:?}");
     let names = names(&headers);
-    for want in [
-        "X-Request-ID",
-        "RateLimit-Policy",
-        "RateLimit",
-        "Content-Type",
-    ] {
-        assert!(names.contains(&want), "{want} not in {names:?}");
-    }
+    assert_has_names(
+        &names,
+        &[
+            "X-Request-ID",
+            "RateLimit-Policy",
+            "RateLimit",
+            "Content-Type",
+        ],
+    );
     assert!(
         headers.contains(&"RateLimit-Policy: \"per-key\";q=100;w=100".to_string()),
         "{headers:?}"
     );
-    let own = names_of_429(&gw);
-    for want in [
-        "RateLimit-Policy",
-        "RateLimit",
-        "Retry-After",
-        "Content-Type",
-    ] {
-        assert!(own.contains(&want.to_string()), "{want} not in {own:?}");
-    }
+    assert_has_names(
+        &names_of_429(&gw),
+        &[
+            "RateLimit-Policy",
+            "RateLimit",
+            "Retry-After",
+            "Content-Type",
+        ],
+    );
     // The setting is reloadable: back to the default.
     gw.rewrite_config(config(&up, Some(false)));
     let r = common::request(gw.admin, "POST", "/reload", &[], b"");
@@ -206,13 +221,7 @@ fn preserve_header_case_keeps_the_upstreams_spelling() {
     );
     for (t, before) in targets.iter().zip(&preserved) {
         raw_head_of(&gw, t);
-        let line = up
-            .last_head()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        assert_eq!(&line, before, "request line for {t}");
+        assert_eq!(&up.last_request_line(), before, "request line for {t}");
     }
 }
 
