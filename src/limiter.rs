@@ -174,6 +174,7 @@ pub fn store_key(limit: &str, key: &str) -> String {
 }
 
 /// The `LIMIT:` that starts every store key of `limit`.
+#[inline]
 fn push_limit_prefix(out: &mut String, limit: &str) {
     out.push_str(limit);
     out.push(':');
