@@ -1,6 +1,6 @@
-//! The limiting work of one admitted request, repeated N times: the store keys of two limits
-//! (an API key header and the client IP), one charge of both, and the `RateLimit` header value,
-//! the same steps the proxy's request path takes. It exists to count instructions without a
+//! The limiting work of one admitted request, repeated N times: the decision the proxy's
+//! request path calls ([`decision::decide`]: the store keys of two limits, an API key header
+//! and the client IP, and one charge of both) and the `RateLimit` header value. It exists to count instructions without a
 //! network in the way:
 //!
 //! ```text
@@ -17,21 +17,22 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tollgate::bucket::BucketParams;
-use tollgate::clock::SystemClock;
 use tollgate::config::KeySource;
-use tollgate::headers;
-use tollgate::key::RequestView;
-use tollgate::limiter::{Charge, LimitSpec, Store};
+use tollgate::http::headers;
+use tollgate::limit::bucket::BucketParams;
+use tollgate::limit::clock::SystemClock;
+use tollgate::limit::store::{LimitSpec, Store};
+use tollgate::request::decision::{self, Charged, KeyOf, Verdict};
+use tollgate::request::key::RequestView;
 
-fn limit(name: &str, key: KeySource) -> LimitSpec {
-    LimitSpec {
+fn limit(name: &str, key: KeySource) -> (LimitSpec, Vec<KeySource>) {
+    let spec = LimitSpec {
         name: name.into(),
         // Far above the load, as in the proxy benchmarks: every request is admitted.
         params: BucketParams::new(1_000_000_000, 1e9, 1_000_000_000).expect("params"),
         shadow: false,
-        key: vec![key],
-    }
+    };
+    (spec, vec![key])
 }
 
 fn main() {
@@ -52,7 +53,6 @@ fn main() {
     h.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
     h.insert("user-agent", HeaderValue::from_static("Python-urllib/3.11"));
     let ip: IpAddr = "127.0.0.1".parse().expect("ip");
-    let mut buf = String::new();
     let mut admitted = 0u64;
     for _ in 0..n {
         let view = RequestView {
@@ -64,29 +64,18 @@ fn main() {
             client_ip_text: None,
             route: "rating",
         };
-        buf.clear();
-        let mut ends = [0usize; 2];
-        for (i, l) in limits.iter().enumerate() {
-            l.push_store_key(&view, &mut buf).expect("key");
-            ends[i] = buf.len();
-        }
-        let charges = [
-            Charge {
-                limit: &limits[0],
-                key: &buf[..ends[0]],
-                cost: 1,
-            },
-            Charge {
-                limit: &limits[1],
-                key: &buf[ends[0]..ends[1]],
-                cost: 1,
-            },
-        ];
-        let r = store.charge_prefixed(&charges);
-        if r.allowed() {
+        let charged = [&limits[0], &limits[1]].map(|(spec, key)| Charged {
+            limit: spec,
+            key: KeyOf::Request(key, &view),
+        });
+        if let Verdict::Pass {
+            decisions, report, ..
+        } = decision::decide(&store, &charged, 1, false)
+        {
             admitted += 1;
+            let i = report.unwrap_or(0);
+            black_box(headers::ratelimit_header(&limits[i].0.name, &decisions[i]));
         }
-        black_box(headers::ratelimit_header(&limits[0].name, &r.decisions[0]));
     }
     println!("{admitted} of {n} admitted");
 }

@@ -1,4 +1,4 @@
-//! In-process memory per active bucket (SPEC section 8: under 256 bytes), and eviction.
+//! In-process memory per active bucket (`docs/performance.md`, targets: under 256 bytes), and eviction.
 //!
 //! Builds a standalone `Store` on a manual clock, creates N distinct buckets (default
 //! 1,000,000) through `Store::charge`, the path the proxy takes for every request, and reads
@@ -15,11 +15,10 @@
 //! of longer keys (e.g. API keys).
 
 use std::sync::Arc;
-use tollgate::bucket::{Bucket, BucketParams, Counters};
-use tollgate::clock::ManualClock;
-use tollgate::config::KeySource;
-use tollgate::limiter::{Charge, LimitSpec, Store};
-use tollgate::pacing::Pace;
+use tollgate::limit::bucket::{Bucket, BucketParams, Counters};
+use tollgate::limit::clock::ManualClock;
+use tollgate::limit::pacing::Pace;
+use tollgate::limit::store::{Charge, LimitSpec, Store};
 
 const TARGET_BYTES: f64 = 256.0;
 /// Eviction must leave at most this fraction of the buckets.
@@ -63,7 +62,6 @@ fn main() {
         name: "per-ip".into(),
         params: BucketParams::new(100, 10.0, 100).expect("params"),
         shadow: false,
-        key: vec![KeySource::ClientIp],
     };
     let start_ns = 1_790_000_000_000_000_000i64;
     let clock = Arc::new(ManualClock::new(start_ns));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proxy CPU per request, side by side (SPEC section 8): tollgate with limits on, the same build
+# Proxy CPU per request, side by side (`docs/performance.md`): tollgate with limits on, the same build
 # with limits off, and nginx as a reverse proxy with limit_req, all in front of the same
 # upstream (an nginx returning a small JSON body itself).
 #

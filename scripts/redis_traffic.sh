@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Redis traffic per node against the request rate (SPEC section 8: one pipelined round trip per
+# Redis traffic per node against the request rate (`docs/performance.md`, targets: one pipelined round trip per
 # sync interval, proportional to the buckets that changed, independent of the request rate).
 #
 # Starts its own redis-server (no persistence), the example rating-api upstream and one tollgate

@@ -1,35 +1,29 @@
 //! tollgate: a rate-limiting reverse proxy on pingora.
 //!
-//! Where things live:
-//! - [`bucket`]: the pure token-bucket core, a CRDT of per-node monotone counters;
-//! - [`clock`]: time sources (the core never reads the clock itself);
-//! - [`config`]: the JSON config, parsed then validated into a runtime form;
-//! - [`path`], [`key`], [`clientip`]: what a request is charged to;
-//! - [`limiter`]: the sharded in-memory store of buckets, all-or-nothing charging;
-//! - [`headers`]: IETF `RateLimit` headers and the bodies the gateway writes itself;
-//! - [`proxy`]: the pingora hooks; [`admin`]: the admin listener; [`health`]: upstream checks;
-//! - [`node`]: the state shared by them, reload; [`metrics`]; [`server`]: assembly;
-//! - [`logging`]: tracing setup with pingora's `log` bridged in.
-//! - [`layout`]: the Redis key and field layout; [`redis_conn`]: standalone, cluster and TLS
-//!   connections; [`sync`]: the sync loop; [`pacing`]: shares between syncs; [`inspect`].
+//! The folders are the layers, from the pure core outwards (`docs/design.md` has the long form):
+//! - [`limit`]: the token bucket, a CRDT of per-node monotone counters; pacing between syncs;
+//!   time sources; the in-memory store of buckets. Plain Rust: no pingora, Redis or tokio.
+//! - [`request`]: what a request is charged to: its path, client IP, keys, route, cost, and the
+//!   one decision function that the proxy, the admin API and the benchmarks call.
+//! - [`config`]: the JSON config, parsed, then validated once into the form the rest uses.
+//! - [`http`]: the pingora proxy hooks, the responses the gateway writes, the rate-limit
+//!   headers, upstream pools and their health checks.
+//! - [`shared`]: sharing buckets through Redis: the key and field layout, connections
+//!   (standalone, Cluster, TLS), the sync loop, the registry of live nodes, warm start.
+//! - [`admin`]: the admin listener.
+//! - [`cli`]: the `check` and `inspect` commands.
+//! - [`app`]: the node (running config, store, metrics), reload, server assembly,
+//!   housekeeping, metrics and logging.
+//!
+//! The rule that keeps the core testable with plain `#[test]`s: [`limit`] and [`request`]
+//! import nothing from [`http`], [`shared`], [`admin`], [`app`] or [`cli`], nor from pingora,
+//! redis or tokio (checked by `tests/layers.rs`).
 
 pub mod admin;
-pub mod bucket;
-pub mod clientip;
-pub mod clock;
+pub mod app;
+pub mod cli;
 pub mod config;
-pub mod headers;
-pub mod health;
-pub mod inspect;
-pub mod key;
-pub mod layout;
-pub mod limiter;
-pub mod logging;
-pub mod metrics;
-pub mod node;
-pub mod pacing;
-pub mod path;
-pub mod proxy;
-pub mod redis_conn;
-pub mod server;
-pub mod sync;
+pub mod http;
+pub mod limit;
+pub mod request;
+pub mod shared;

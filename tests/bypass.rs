@@ -197,7 +197,7 @@ fn behind_a_trusted_proxy_the_rightmost_untrusted_address_pays() {
 // Path tricks.
 
 /// Spellings of `/rating/1` against a per-route limit (key `client_ip`, one token, spent by
-/// the plain form first). Decisions, following RFC 3986 and `src/path.rs`:
+/// the plain form first). Decisions, following RFC 3986 and `src/request/path.rs`:
 /// - duplicate slashes, `.` segments, percent-encoded unreserved characters (`%72`,
 ///   `%2e`), lower-case hex, matrix parameters, a query, an absolute-form target: the same
 ///   route, so 429;

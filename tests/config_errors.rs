@@ -411,10 +411,18 @@ fn minimal_config_gets_every_default() {
 
     let l = &c.limits[0];
     assert_eq!(
-        (l.name.as_str(), l.capacity, l.refill_per_second),
+        (
+            l.name.as_str(),
+            l.params.capacity(),
+            l.params.refill_per_second()
+        ),
         ("per-ip", 10, 0.5)
     );
-    assert_eq!(l.initial_tokens, 10, "initial_tokens defaults to capacity");
+    assert_eq!(
+        l.params.initial_tokens(),
+        10,
+        "initial_tokens defaults to capacity"
+    );
     assert_eq!(
         l.key,
         vec![KeySource::ClientIp],
@@ -503,7 +511,7 @@ fn every_setting_is_read() {
     );
     assert_eq!(u.write_timeout, Duration::from_millis(30));
     let l = &c.limits[0];
-    assert_eq!((l.initial_tokens, l.shadow), (0, true));
+    assert_eq!((l.params.initial_tokens(), l.shadow), (0, true));
     assert_eq!(
         l.key[0],
         KeySource::Header(http::HeaderName::from_static("x-api-key"))
@@ -554,7 +562,13 @@ fn demo_config_is_valid() {
     );
     assert!(c.redis.is_none() && c.admin.token.is_none() && c.trusted_proxies.is_empty());
     let per_key = &c.limits[c.limit_index("per-api-key").unwrap()];
-    assert_eq!((per_key.capacity, per_key.refill_per_second), (10, 1.0));
+    assert_eq!(
+        (
+            per_key.params.capacity(),
+            per_key.params.refill_per_second()
+        ),
+        (10, 1.0)
+    );
     assert_eq!(
         per_key.key,
         vec![KeySource::Header(http::HeaderName::from_static(

@@ -9,10 +9,10 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use tollgate::clientip;
 use tollgate::config::{Config, KeySource};
-use tollgate::key::{self, RequestView};
-use tollgate::path;
+use tollgate::request::client_ip;
+use tollgate::request::key::{self, RequestView};
+use tollgate::request::path;
 
 const CASES: u32 = 2000;
 
@@ -582,10 +582,10 @@ proptest! {
     ) {
         let mut values: Vec<Vec<u8>> = lines.iter().map(|l| l.join(",").into_bytes()).collect();
         values.extend(raw_lines);
-        let ip = clientip::client_ip(peer, values.iter().map(|v| v.as_slice()), &trusted);
-        prop_assert_eq!(ip, clientip::canonical(ip), "not canonical");
-        let peer_c = clientip::canonical(peer);
-        if trusted.is_empty() || !clientip::is_trusted(peer, &trusted) {
+        let ip = client_ip::client_ip(peer, values.iter().map(|v| v.as_slice()), &trusted);
+        prop_assert_eq!(ip, client_ip::canonical(ip), "not canonical");
+        let peer_c = client_ip::canonical(peer);
+        if trusted.is_empty() || !client_ip::is_trusted(peer, &trusted) {
             prop_assert_eq!(ip, peer_c);
         } else if ip != peer_c {
             // Some element of the header, read as an address, is the client.
@@ -595,7 +595,7 @@ proptest! {
                     e.parse::<IpAddr>()
                         .ok()
                         .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
-                        .is_some_and(|x| clientip::canonical(x) == ip)
+                        .is_some_and(|x| client_ip::canonical(x) == ip)
                 })
             });
             prop_assert!(found, "{} is neither the peer nor in the header", ip);

@@ -1,14 +1,13 @@
 //! A deterministic simulation of N nodes sharing one bucket: each node is a real [`Store`]
 //! (the code the gateway runs), Redis is a map merged by max, time is a manual clock, and
-//! syncs run every 100 ms at staggered phases. Asserts the bounds of SPEC section 5 against a
+//! syncs run every 100 ms at staggered phases. Asserts the bounds of `docs/shared-state.md` ("Accuracy") against a
 //! sequential reference (capacity + rate x time).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tollgate::bucket::{BucketParams, Counters};
-use tollgate::clock::{Clock, ManualClock};
-use tollgate::config::KeySource;
-use tollgate::limiter::{Charge, LimitSpec, Store};
+use tollgate::limit::bucket::{BucketParams, Counters};
+use tollgate::limit::clock::{Clock, ManualClock};
+use tollgate::limit::store::{Charge, LimitSpec, Store};
 
 const MS: i64 = 1_000_000;
 const T0: i64 = 1_790_000_000_000 * MS;
@@ -37,7 +36,6 @@ impl Cluster {
             name: "l".into(),
             params: BucketParams::new(CAPACITY, RATE, CAPACITY).unwrap(),
             shadow: false,
-            key: vec![KeySource::Route],
         };
         Cluster {
             clock,

@@ -495,7 +495,7 @@ fn access_log_shows_a_key_fingerprint_never_the_key() {
         get(gw.addr, "/rating/1", &[("x-api-key", secret)]).status,
         429
     );
-    let fp = tollgate::key::fingerprint(secret);
+    let fp = tollgate::request::key::fingerprint(secret);
     assert!(wait_until(Duration::from_secs(5), || gw
         .log()
         .matches(&fp)

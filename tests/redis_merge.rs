@@ -4,8 +4,8 @@ mod common;
 
 use common::RedisServer;
 use std::collections::HashMap;
-use tollgate::bucket::Counters;
-use tollgate::layout::{
+use tollgate::limit::bucket::Counters;
+use tollgate::shared::layout::{
     merge_script, node_field_names, node_fields, parse_hash, read_script, MAX_FIELDS, TOO_BIG,
 };
 

@@ -370,6 +370,6 @@ fn three_nodes_under_sustained_balanced_overload_stay_within_the_bounds() {
         limited.load(Ordering::Relaxed) as f64 > admitted,
         "not overloaded"
     );
-    // SPEC section 5: at most 5% over one sequential bucket, at least 95% of it.
+    // docs/shared-state.md, "Accuracy": at most 5% over one sequential bucket, at least 95% of it.
     assert!((0.95..=1.05).contains(&ratio), "admitted/ideal {ratio:.3}");
 }

@@ -272,7 +272,7 @@ fn inspect_lists_and_explains_buckets() {
     let long_key = "k".repeat(100);
     assert_eq!(get(a.addr, "/x", &[("x-api-key", &long_key)]).status, 200);
     assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(3)));
-    let digest = tollgate::layout::redis_key("tollgate", "per-key", &long_key);
+    let digest = tollgate::shared::layout::redis_key("tollgate", "per-key", &long_key);
     assert!(wait_until(WAIT, || redis
         .cmd(&["HGET", &digest, "node-a:consumed"])
         .trim()

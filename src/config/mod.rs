@@ -1,4 +1,4 @@
-//! The configuration: a JSON file (SPEC section 2) parsed into [`raw`] serde structs, then
+//! The configuration: a JSON file (`docs/configuration.md`) parsed into [`raw`] serde structs, then
 //! checked once, here, into a [`Config`] that the rest of the program uses without
 //! re-checking anything: names are resolved to indices, durations are `Duration`s, optional
 //! settings have their defaults.
@@ -13,6 +13,7 @@ pub mod spans;
 mod validate;
 mod values;
 
+use crate::limit::bucket::BucketParams;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: bool,
-    /// Write HTTP/1 header names as the other side spelled them (see the README, "HTTP
+    /// Write HTTP/1 header names as the other side spelled them (see `docs/http.md`, "HTTP
     /// behaviour").
     pub preserve_header_case: bool,
     pub grace_period_seconds: u64,
@@ -98,9 +99,8 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limit {
     pub name: String,
-    pub capacity: u64,
-    pub refill_per_second: f64,
-    pub initial_tokens: u64,
+    /// Capacity, refill rate and initial tokens, validated once here.
+    pub params: BucketParams,
     /// The parts of the bucket key, in order (a composite key when several).
     pub key: Vec<KeySource>,
     /// Counts and reports but never rejects.

@@ -1,4 +1,4 @@
-//! The config file as written (SPEC section 2): serde structs that mirror the JSON one to one,
+//! The config file as written (`docs/configuration.md`): serde structs that mirror the JSON one to one,
 //! with defaults filled in and unknown keys refused. Nothing here is validated beyond JSON
 //! types; [`super::Config`] is the checked form. Serializing gives the effective config
 //! (defaults included) for `GET /config`.

@@ -20,7 +20,7 @@ pub(super) fn routes(
     c: &mut Checker,
     raw: &[RawRoute],
     upstreams: &[Upstream],
-    limits: &[Limit],
+    (limits, capacities): (&[Limit], &[Option<u64>]),
 ) -> Vec<Route> {
     if raw.is_empty() {
         c.err(
@@ -87,7 +87,7 @@ pub(super) fn routes(
         } else {
             // Routes match the normalized path, so a prefix that normalization would change
             // never matches, and its requests would fall through to a later route.
-            let msg = match crate::path::normalize(&m.path_prefix) {
+            let msg = match crate::request::path::normalize(&m.path_prefix) {
                 Ok(n) if n == m.path_prefix => None,
                 Ok(n) => Some(format!(
                     "path_prefix {:?} can never match: requests are routed on their normalized path; write {n:?}",
@@ -132,11 +132,13 @@ pub(super) fn routes(
             }
             Cost::Fixed(n) => {
                 for &li in &route_limits {
-                    let l = &limits[li];
-                    if l.capacity > 0 && n > l.capacity {
+                    let Some(capacity) = capacities[li] else {
+                        continue;
+                    };
+                    if n > capacity {
                         let msg = format!(
-                            "cost {n} is more than the capacity {} of limit \"{}\": no request could ever pass",
-                            l.capacity, l.name
+                            "cost {n} is more than the capacity {capacity} of limit \"{}\": no request could ever pass",
+                            limits[li].name
                         );
                         c.err(&format!("{path}.cost"), msg);
                     }

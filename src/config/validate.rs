@@ -82,12 +82,10 @@ pub(super) fn validate(
         .iter()
         .map(|(n, u)| upstream(&mut c, n, u))
         .collect();
-    let limits: Vec<Limit> = raw
-        .limits
-        .iter()
-        .map(|(n, l)| limit(&mut c, n, l))
-        .collect();
-    let routes = super::routes::routes(&mut c, &raw.routes, &upstreams, &limits);
+    // Each limit, and its capacity when its parameters are valid (for the routes' costs).
+    let (limits, capacities): (Vec<Limit>, Vec<Option<u64>>) =
+        raw.limits.iter().map(|(n, l)| limit(&mut c, n, l)).unzip();
+    let routes = super::routes::routes(&mut c, &raw.routes, &upstreams, (&limits, &capacities));
     let mut trusted_proxies = Vec::new();
     for (i, s) in raw.trusted_proxies.iter().enumerate() {
         let path = element("trusted_proxies", i);
@@ -370,7 +368,9 @@ fn upstream(c: &mut Checker, name: &str, raw: &RawUpstream) -> Upstream {
     }
 }
 
-fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> Limit {
+/// A limit, and its capacity when its parameters are valid.
+fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
+    let errors_before = c.errors.len();
     let path = member("limits", name);
     if let Err(m) = check_name("limit name", name, MAX_NAME_LEN) {
         c.err_key(&path, m);
@@ -418,12 +418,27 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> Limit {
     for (i, s) in raw.key.0.iter().enumerate() {
         key.extend(c.check(&element(&key_path, i), s.parse::<KeySource>()));
     }
-    Limit {
+    let params = BucketParams::new(
+        raw.capacity,
+        rate,
+        raw.initial_tokens.unwrap_or(raw.capacity),
+    );
+    let capacity = params.as_ref().ok().map(BucketParams::capacity);
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => {
+            // The checks above have said why, with the value's position; this one is a net.
+            if c.errors.len() == errors_before {
+                c.err(&path, e.to_string());
+            }
+            BucketParams::default()
+        }
+    };
+    let limit = Limit {
         name: name.to_string(),
-        capacity: raw.capacity,
-        refill_per_second: rate,
-        initial_tokens: raw.initial_tokens.unwrap_or(raw.capacity),
+        params,
         key,
         shadow: raw.shadow,
-    }
+    };
+    (limit, capacity)
 }

@@ -2,10 +2,10 @@
 //! buckets with SCAN (never KEYS); with `--limit` and `--key` it shows one bucket: each node's
 //! fields, the merged totals, the tokens available now and when the bucket will be full.
 
-use crate::bucket::{Bucket, BucketParams, State};
-use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::layout::{self, NodeFields};
+use crate::limit::bucket::{Bucket, BucketParams, State};
+use crate::limit::clock::{Clock, SystemClock};
+use crate::shared::layout::{self, NodeFields};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -36,7 +36,7 @@ fn describe(
         .limits
         .iter()
         .find(|l| l.name == limit)
-        .and_then(|l| BucketParams::new(l.capacity, l.refill_per_second, l.initial_tokens).ok())
+        .map(|l| l.params.clone())
         .or_else(|| {
             let f: &NodeFields = nodes
                 .values()
@@ -163,7 +163,7 @@ async fn collect(
         .collect::<Vec<_>>()
         .join(",");
     let unreachable = |e: &dyn std::fmt::Display| format!("cannot reach redis at {where_}: {e}");
-    let mut con = crate::redis_conn::connect(r)
+    let mut con = crate::shared::conn::connect(r)
         .await
         .map_err(|e| unreachable(&e))?;
     let prefix = &r.key_prefix;
@@ -213,4 +213,26 @@ async fn collect(
         }
     }
     Ok(results)
+}
+
+/// `tollgate inspect`: prints what [`run`] finds, or the error (exit 1); a config that does
+/// not load exits 2 with its errors.
+pub fn command(config: &std::path::Path, q: &Query<'_>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    // The config only says where Redis is and what the limits are: upstream names need not
+    // resolve here.
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return super::check::report(config, e),
+    };
+    match run(&cfg, q) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate inspect: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

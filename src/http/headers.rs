@@ -9,7 +9,7 @@
 //! - `Retry-After` on a 429: whole seconds until the request's cost is affordable (rounded up,
 //!   at least 1); it wins over `t`.
 
-use crate::bucket::{BucketParams, Decision};
+use crate::limit::bucket::{BucketParams, Decision};
 use bytes::Bytes;
 use http::HeaderValue;
 
@@ -160,6 +160,28 @@ pub fn rejection_body(limit: &str, d: &Decision) -> Vec<u8> {
         "error": "Rate limit exceeded",
         "limit": limit,
         "retry_after_ms": ceil_ms(d.retry_after_ns).max(1),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The headers of a 429: `Retry-After`, and the limit's `RateLimit-Policy` (`policy`, as
+/// [`policy_value`] wrote it) and `RateLimit`.
+pub fn rejection_headers(limit: &str, policy: &str, d: &Decision) -> [(&'static str, String); 3] {
+    [
+        ("Retry-After", retry_after_secs(d).to_string()),
+        ("RateLimit-Policy", policy.to_string()),
+        ("RateLimit", ratelimit_value(limit, d)),
+    ]
+}
+
+/// The 413 body: a cost that the limit's capacity can never pay.
+pub fn too_costly_body(limit: &str, cost: u64, capacity: u64) -> Vec<u8> {
+    serde_json::json!({
+        "error": "Request cost exceeds the limit's capacity",
+        "limit": limit,
+        "cost": cost,
+        "capacity": capacity,
     })
     .to_string()
     .into_bytes()

@@ -1,4 +1,4 @@
-//! The sync loop (SPEC section 5): a background service that, every `sync_interval_ms`, makes
+//! The sync loop (`docs/shared-state.md`): a background service that, every `sync_interval_ms`, makes
 //! one pipelined round trip to Redis. For every bucket that changed since the last sync it
 //! max-merges this node's fields into the bucket's hash ([`layout::merge_script`]), reads the
 //! merged hash back, refreshes the key's TTL, and merges the other nodes' counters into memory.
@@ -13,7 +13,7 @@
 //! that pacing uses for equal shares and that reveals two processes sharing one node_id.
 //! Config drift (nodes with other parameters for a limit) is reported from the hashes read.
 //!
-//! Redis Cluster and TLS are the connection's business ([`crate::redis_conn`]): in a cluster
+//! Redis Cluster and TLS are the connection's business ([`crate::shared::conn`]): in a cluster
 //! the same commands go out concurrently, pipelined per shard.
 //!
 //! # Clocks
@@ -26,10 +26,10 @@
 //! least 1 ms), so every node refills on Redis's time line; an offset over 50 ms is logged,
 //! and `clock_offset_seconds` shows it. In a cluster, `TIME` comes from one of the primaries.
 
-use crate::layout;
-use crate::limiter::DirtyBucket;
-use crate::node::Node;
-use crate::redis_conn::{self, Conn};
+use crate::app::node::Node;
+use crate::limit::store::DirtyBucket;
+use crate::shared::conn::{self, Conn};
+use crate::shared::layout;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -170,7 +170,7 @@ impl SyncLoop {
                     "no redis configured",
                 )));
             };
-            let con = redis_conn::connect(cfg).await.map_err(|e| {
+            let con = conn::connect(cfg).await.map_err(|e| {
                 redis::RedisError::from((redis::ErrorKind::Io, "cannot connect", e))
             })?;
             link.con = Some(con);
@@ -239,7 +239,7 @@ impl SyncLoop {
                 ops.push(inv);
             } else {
                 let p = &spec.params;
-                let ttl_ms = ttl_ms(p.seconds_to_fill(), cfg.sync_interval);
+                let ttl_ms = p.state_ttl_ms(cfg.sync_interval);
                 let mut inv = scripts.merge.prepare_invoke();
                 inv.key(rkey).arg(ttl_ms).arg(layout::MAX_FIELDS);
                 for (f, v) in layout::node_fields(node_id, &d.own, p.capacity(), p.rate_q(), now) {
@@ -353,8 +353,10 @@ impl SyncLoop {
                     {
                         duplicate = true;
                     }
-                    let counters: std::collections::BTreeMap<String, crate::bucket::Counters> =
-                        nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
+                    let counters: std::collections::BTreeMap<
+                        String,
+                        crate::limit::bucket::Counters,
+                    > = nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
                     if let Some(spec) = rt.limits.iter().find(|l| l.name == limit) {
                         self.node.store.absorb(
                             &d.store_key,
@@ -457,7 +459,7 @@ async fn check_clock_of(node: &Node, con: &mut Conn) -> redis::RedisResult<()> {
         let t1 = clock.base_ns();
         samples.push((t0, t1, r));
     }
-    if let Some((offset, error)) = crate::clock::estimate_offset(&samples) {
+    if let Some((offset, error)) = crate::limit::clock::estimate_offset(&samples) {
         let old = clock.offset_ns();
         if (offset - old).abs() > error.max(1_000_000) {
             clock.set_offset_ns(offset);
@@ -479,7 +481,7 @@ async fn check_clock_of(node: &Node, con: &mut Conn) -> redis::RedisResult<()> {
 /// How long a starting node may spend reading its own fields back before it serves.
 const WARM_START_BUDGET: Duration = Duration::from_secs(3);
 
-/// Reads this node's fields back before it serves (SPEC section 5: a restarted node continues
+/// Reads this node's fields back before it serves (`docs/shared-state.md`: a restarted node continues
 /// its counters). Corrects the clock against Redis first, then SCANs the bucket keys (every
 /// primary of a cluster), reads them in batches, and loads each bucket that holds fields of
 /// this node into memory, rebased on what the store holds. Bounded by a time budget and by
@@ -499,7 +501,7 @@ pub fn warm_start(node: &Node) -> Result<usize, String> {
     runtime.block_on(async {
         let loaded = std::sync::atomic::AtomicUsize::new(0);
         let work = async {
-            let mut con = redis_conn::connect(cfg).await?;
+            let mut con = conn::connect(cfg).await?;
             check_clock_of(node, &mut con)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -560,9 +562,9 @@ pub fn warm_start(node: &Node) -> Result<usize, String> {
                     if !nodes.contains_key(node_id) {
                         continue;
                     }
-                    let counters: std::collections::BTreeMap<String, crate::bucket::Counters> =
+                    let counters: std::collections::BTreeMap<String, crate::limit::bucket::Counters> =
                         nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
-                    let store_key = crate::limiter::store_key(limit, key);
+                    let store_key = crate::limit::store::store_key(limit, key);
                     node.store
                         .preload(&store_key, node_id, &counters, &spec.params);
                     loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -589,25 +591,6 @@ fn instance_id() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 32)
-}
-
-/// How long an idle bucket's hash lives: a full refill (after which its state says nothing),
-/// plus ten sync intervals, at least ten seconds.
-pub fn ttl_ms(seconds_to_fill: f64, sync_interval: Duration) -> u64 {
-    let fill = if seconds_to_fill.is_finite() {
-        (seconds_to_fill * 1000.0).ceil()
-    } else {
-        0.0
-    };
-    let fill = if fill < u64::MAX as f64 {
-        fill as u64
-    } else {
-        u64::MAX
-    };
-    let margin = (sync_interval.as_millis() as u64)
-        .saturating_mul(10)
-        .max(10_000);
-    fill.saturating_add(margin)
 }
 
 #[async_trait]

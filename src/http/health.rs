@@ -9,7 +9,7 @@
 //! next healthy server of the pool (see `proxy`), so a server that dies between two checks
 //! costs no failed request.
 
-use crate::node::{Node, Runtime, UpstreamPool};
+use crate::app::node::{Node, Runtime, UpstreamPool};
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};

@@ -1,4 +1,4 @@
-//! The Redis layout of shared buckets (SPEC section 5), as pure functions: key names, field
+//! The Redis layout of shared buckets (`docs/shared-state.md`), as pure functions: key names, field
 //! names, parsing a hash back into per-node counters, and the max-merge script.
 //!
 //! One hash per bucket, key `{key_prefix}:{limit}:{key}`. A client-supplied key longer than 64
@@ -22,7 +22,7 @@
 //! memory, can never lower a field. (`capacity` and `rate` are parameters, not counters: they
 //! are overwritten, so a reload to a smaller value shows.)
 
-use crate::bucket::Counters;
+use crate::limit::bucket::Counters;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 

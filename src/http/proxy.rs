@@ -7,14 +7,12 @@
 //! way up and the `RateLimit` headers on the way down. `fail_to_proxy` turns upstream
 //! failures into JSON 502/504, and `logging` records metrics and the access log line.
 
-use crate::bucket::Decision;
-use crate::clientip;
-use crate::config::{Cost, Route};
-use crate::headers;
-use crate::key::{self, RequestView};
-use crate::limiter::Charge;
-use crate::node::{Node, Runtime};
-use crate::path;
+use crate::app::node::{Node, Runtime};
+use crate::http::headers;
+use crate::request::client_ip;
+use crate::request::decision::{self, Charged, KeyOf, Verdict};
+use crate::request::key::{self, Fingerprint, RequestView};
+use crate::request::{path, route};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -23,7 +21,6 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use smallvec::SmallVec;
-use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,7 +51,7 @@ pub enum Outcome {
 }
 
 // `requests_total` handles are kept per outcome, by discriminant.
-const _: () = assert!(Outcome::BadRequest as usize + 1 == crate::metrics::OUTCOMES);
+const _: () = assert!(Outcome::BadRequest as usize + 1 == crate::app::metrics::OUTCOMES);
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
@@ -90,20 +87,6 @@ pub struct Ctx {
 /// The proxy service.
 pub struct Gateway {
     pub node: Arc<Node>,
-}
-
-fn route_matches(route: &Route, method: &str, norm_path: &str, host: Option<&str>) -> bool {
-    if let Some(methods) = &route.methods {
-        if !methods.iter().any(|m| m.as_str() == method) {
-            return false;
-        }
-    }
-    if let Some(h) = &route.host {
-        if host != Some(h.as_str()) {
-            return false;
-        }
-    }
-    path::matches_prefix(norm_path, &route.path_prefix)
 }
 
 /// The header of a JSON response the gateway writes itself. Its names are spelled as the
@@ -220,7 +203,7 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| clientip::canonical(a.ip()))
+        .map(|a| client_ip::canonical(a.ip()))
 }
 
 /// Writes `X-Forwarded-For` for the upstream into `out`: from a trusted proxy, its chain
@@ -307,36 +290,19 @@ fn set_forwarded(req: &mut RequestHeader, f: Forwarded, preserve_case: bool) -> 
     Ok(())
 }
 
-/// What the limits report on the response and in the access log; [`Gateway::decide`] writes
-/// it straight into the request's [`Ctx`].
+/// What the limits report on the response and in the access log.
 #[derive(Default)]
 struct Reported {
     /// `RateLimit-Policy` and `RateLimit` to add to an admitted request's response.
     rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// Fingerprint of the reported (or refusing) limit's key, for the access log.
-    key_fp: Option<String>,
-}
-
-/// What the limits of a route decided for one request.
-enum Decided {
-    /// Forward it, with the headers in [`Reported`] on the response.
-    Pass { shadow_limited: bool },
-    /// A key could not be built (400).
-    BadKey(String),
-    /// The cost exceeds the capacity of limit `.0` (413): no wait would let it pass.
-    TooCostly(usize),
-    /// Limit `li` refused (429).
-    Limited { li: usize, decision: Decision },
-}
-
-thread_local! {
-    /// The keys of one request, back to back: reused, so building keys allocates nothing.
-    static KEYS: RefCell<String> = const { RefCell::new(String::new()) };
+    key_fp: Option<Fingerprint>,
 }
 
 impl Gateway {
-    /// Builds the keys of route `ri`'s limits and charges them all at once. Synchronous, so
-    /// the thread's key buffer is never held across an await.
+    /// Charges route `ri`'s limits for this request ([`decision::decide`]), counts what the
+    /// verdict says in the metrics, and notes in `out` what the response and the access log
+    /// report.
     fn decide(
         &self,
         rt: &Runtime,
@@ -344,97 +310,97 @@ impl Gateway {
         view: &RequestView<'_>,
         cost: u64,
         out: &mut Reported,
-    ) -> Decided {
-        KEYS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => self.decide_with(rt, ri, view, cost, &mut buf, out),
-            // Not reentrant in practice; a fresh buffer keeps it correct if it ever were.
-            Err(_) => self.decide_with(rt, ri, view, cost, &mut String::new(), out),
-        })
-    }
-
-    fn decide_with(
-        &self,
-        rt: &Runtime,
-        ri: usize,
-        view: &RequestView<'_>,
-        cost: u64,
-        buf: &mut String,
-        out: &mut Reported,
-    ) -> Decided {
+    ) -> Verdict {
         let route = &rt.config.routes[ri];
-        // Each key is written as its store key, `LIMIT:KEY`, which the store takes as is.
-        buf.clear();
-        let mut ends: SmallVec<[usize; 4]> = SmallVec::new();
-        for &li in &route.limits {
-            if let Err(e) = rt.limits[li].push_store_key(view, buf) {
-                return Decided::BadKey(e.to_string());
-            }
-            ends.push(buf.len());
-        }
-        if let Some(&li) = route
+        let charged: SmallVec<[Charged<'_>; 4]> = route
             .limits
             .iter()
-            .find(|&&li| !rt.limits[li].shadow && cost > rt.limits[li].params.capacity())
-        {
-            return Decided::TooCostly(li);
-        }
-        let mut start = 0;
-        let mut charges: SmallVec<[Charge<'_>; 4]> = SmallVec::new();
-        for (&li, &end) in route.limits.iter().zip(&ends) {
-            charges.push(Charge {
+            .map(|&li| Charged {
                 limit: &rt.limits[li],
-                key: &buf[start..end],
-                cost,
-            });
-            start = end;
-        }
-        let result = self.node.store.charge_prefixed(&charges);
-        // The key without its `LIMIT:` prefix, for the access log.
-        let key_fp = |i: usize| key::fingerprint(charges[i].limit.key_of(charges[i].key));
+                key: KeyOf::Request(&rt.config.limits[li].key, view),
+            })
+            .collect();
+        let verdict = decision::decide(&self.node.store, &charged, cost, rt.config.access_log);
         let m = &self.node.metrics;
-        for &i in &result.shadow_rejected {
+        let limited = |i: usize| {
             m.rate_limited_total
-                .with_label_values(&[&route.name, &charges[i].limit.name])
-                .inc();
-        }
-        if let Some(r) = result.rejected_by {
-            m.rate_limited_total
-                .with_label_values(&[&route.name, &charges[r].limit.name])
-                .inc();
-            out.key_fp = Some(key_fp(r));
-            return Decided::Limited {
-                li: route.limits[r],
-                decision: result.decisions[r],
-            };
-        }
-        // One pass: count the tokens taken, and find the most restrictive limit to report
-        // (fewest tokens left, then longest until full).
-        let rm = rt.request_metrics(m);
-        let decisions = result.decisions.as_slice();
-        let mut reported: Option<(usize, &Decision)> = None;
-        for ((i, d), &li) in decisions.iter().enumerate().zip(&route.limits) {
-            if d.allowed {
-                rm.consumed(m, li).inc_by(cost);
+                .with_label_values(&[&route.name, &charged[i].limit.name])
+                .inc()
+        };
+        match &verdict {
+            Verdict::Pass {
+                decisions,
+                report,
+                shadow_limited,
+                key_fp,
+            } => {
+                shadow_limited.iter().for_each(|&i| limited(i));
+                let rm = rt.request_metrics(m);
+                for (d, &li) in decisions.iter().zip(&route.limits) {
+                    if d.allowed {
+                        rm.consumed(m, li).inc_by(cost);
+                    }
+                }
+                if let Some(i) = *report {
+                    out.rate_headers = Some((
+                        rt.policy_values[route.limits[i]].clone(),
+                        headers::ratelimit_header(&charged[i].limit.name, &decisions[i]),
+                    ));
+                }
+                out.key_fp = *key_fp;
             }
-            let tighter = reported.is_none_or(|(_, r)| {
-                (d.remaining, std::cmp::Reverse(d.full_in_ns))
-                    < (r.remaining, std::cmp::Reverse(r.full_in_ns))
-            });
-            if tighter {
-                reported = Some((i, d));
+            Verdict::Limited {
+                at,
+                shadow_limited,
+                key_fp,
+                ..
+            } => {
+                shadow_limited.iter().for_each(|&i| limited(i));
+                limited(*at);
+                out.key_fp = Some(*key_fp);
             }
+            Verdict::BadKey(_) | Verdict::TooCostly(_) => {}
         }
-        if let Some((i, d)) = reported {
-            out.rate_headers = Some((
-                rt.policy_values[route.limits[i]].clone(),
-                headers::ratelimit_header(&charges[i].limit.name, d),
-            ));
-            if rt.config.access_log {
-                out.key_fp = Some(key_fp(i));
+        verdict
+    }
+
+    /// Answers what the gateway must answer itself (400, 413, 429); `Ok(false)` forwards.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        rt: &Runtime,
+        ri: usize,
+        verdict: Verdict,
+        cost: u64,
+    ) -> Result<bool> {
+        let route = &rt.config.routes[ri];
+        match verdict {
+            Verdict::Pass { shadow_limited, .. } => {
+                if !shadow_limited.is_empty() {
+                    ctx.outcome = Outcome::ShadowLimited;
+                }
+                Ok(false)
             }
-        }
-        Decided::Pass {
-            shadow_limited: !result.shadow_rejected.is_empty(),
+            Verdict::BadKey(e) => self.reject_bad(session, ctx, 400, &e.to_string()).await,
+            Verdict::TooCostly(at) => {
+                let l = &rt.limits[route.limits[at]];
+                ctx.status = 413;
+                ctx.outcome = Outcome::Limited;
+                let body = headers::too_costly_body(&l.name, cost, l.params.capacity());
+                respond(session, ctx, 413, &[], body).await?;
+                Ok(true)
+            }
+            Verdict::Limited { at, decision, .. } => {
+                let li = route.limits[at];
+                let limit = &rt.limits[li];
+                ctx.outcome = Outcome::Limited;
+                ctx.status = 429;
+                let extra = headers::rejection_headers(&limit.name, &rt.policies[li], &decision);
+                let body = headers::rejection_body(&limit.name, &decision);
+                respond(session, ctx, 429, &extra, body).await?;
+                Ok(true)
+            }
         }
     }
 }
@@ -469,7 +435,7 @@ impl ProxyHttp for Gateway {
         let cfg = &rt.config;
         let peer = peer_ip(session);
         let req = session.req_header();
-        ctx.client_ip = clientip::client_ip(
+        ctx.client_ip = client_ip::client_ip(
             peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             req.headers
                 .get_all("x-forwarded-for")
@@ -477,7 +443,7 @@ impl ProxyHttp for Gateway {
                 .map(|v| v.as_bytes()),
             &cfg.trusted_proxies,
         );
-        ctx.trusted_peer = peer.is_some_and(|p| clientip::is_trusted(p, &cfg.trusted_proxies));
+        ctx.trusted_peer = peer.is_some_and(|p| client_ip::is_trusted(p, &cfg.trusted_proxies));
         // Written now, as the upstream will get it: the client IP of the keys is the same
         // text when the client is the peer (no trusted proxy in between).
         let forwarded_ip = peer.unwrap_or(ctx.client_ip);
@@ -510,11 +476,7 @@ impl ProxyHttp for Gateway {
                 .reject_bad(session, ctx, 400, "HTTP/1.1 request without Host")
                 .await;
         }
-        let Some(ri) = cfg
-            .routes
-            .iter()
-            .position(|r| route_matches(r, method, &norm, host.as_deref()))
-        else {
+        let Some(ri) = route::find(&cfg.routes, method, &norm, host.as_deref()) else {
             ctx.outcome = Outcome::NoRoute;
             ctx.status = 404;
             respond(
@@ -529,38 +491,13 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(ri);
         let route = &cfg.routes[ri];
-
-        // The cost of this request.
-        let cost = match route.cost {
-            Cost::Fixed(n) => n,
-            Cost::PerBytes(n) => {
-                if req.headers.contains_key("transfer-encoding") {
-                    return self
-                        .reject_bad(
-                            session,
-                            ctx,
-                            411,
-                            "this route charges per byte: send Content-Length",
-                        )
-                        .await;
-                }
-                let len = req
-                    .headers
-                    .get("content-length")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.trim().parse::<u64>());
-                match len {
-                    None => 1,
-                    Some(Ok(len)) => len.div_ceil(n).max(1),
-                    Some(Err(_)) => {
-                        return self
-                            .reject_bad(session, ctx, 400, "invalid Content-Length")
-                            .await
-                    }
-                }
+        let cost = match route::request_cost(route.cost, &req.headers) {
+            Ok(cost) => cost,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.reject_bad(session, ctx, e.status(), &msg).await;
             }
         };
-
         if route.limits.is_empty() {
             return Ok(false);
         }
@@ -573,49 +510,8 @@ impl ProxyHttp for Gateway {
             client_ip_text: (forwarded_ip == ctx.client_ip).then(|| &ctx.xff[ip_at..]),
             route: &route.name,
         };
-        match self.decide(&rt, ri, &view, cost, &mut ctx.reported) {
-            Decided::Pass { shadow_limited } => {
-                if shadow_limited {
-                    ctx.outcome = Outcome::ShadowLimited;
-                }
-                Ok(false)
-            }
-            Decided::BadKey(msg) => self.reject_bad(session, ctx, 400, &msg).await,
-            Decided::TooCostly(li) => {
-                let l = &rt.limits[li];
-                ctx.status = 413;
-                ctx.outcome = Outcome::Limited;
-                let body = serde_json::json!({
-                    "error": "Request cost exceeds the limit's capacity",
-                    "limit": l.name,
-                    "cost": cost,
-                    "capacity": l.params.capacity(),
-                })
-                .to_string()
-                .into_bytes();
-                respond(session, ctx, 413, &[], body).await?;
-                Ok(true)
-            }
-            Decided::Limited { li, decision: d } => {
-                let limit = &rt.limits[li];
-                ctx.outcome = Outcome::Limited;
-                ctx.status = 429;
-                let extra = [
-                    ("Retry-After", headers::retry_after_secs(&d).to_string()),
-                    ("RateLimit-Policy", rt.policies[li].clone()),
-                    ("RateLimit", headers::ratelimit_value(&limit.name, &d)),
-                ];
-                respond(
-                    session,
-                    ctx,
-                    429,
-                    &extra,
-                    headers::rejection_body(&limit.name, &d),
-                )
-                .await?;
-                Ok(true)
-            }
-        }
+        let verdict = self.decide(&rt, ri, &view, cost, &mut ctx.reported);
+        self.answer(session, ctx, &rt, ri, verdict, cost).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -800,7 +696,7 @@ impl ProxyHttp for Gateway {
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 client_ip = %ctx.client_ip,
                 method = %session.req_header().method,
-                key = %ctx.reported.key_fp.as_deref().unwrap_or("-"),
+                key = %ctx.reported.key_fp.map_or_else(|| "-".to_string(), |f| f.to_string()),
                 "request"
             );
         }

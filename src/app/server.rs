@@ -2,8 +2,8 @@
 //! service, and the housekeeping service (idle-bucket eviction, SIGHUP reload).
 
 use crate::admin::AdminApp;
-use crate::node::Node;
-use crate::proxy::Gateway;
+use crate::app::node::Node;
+use crate::http::proxy::Gateway;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
@@ -124,12 +124,12 @@ pub fn build(node: Arc<Node>, upgrade: bool) -> Result<Server, String> {
     server.add_service(housekeeping);
     server.add_service(background_service(
         "tollgate health checks",
-        crate::health::HealthChecks { node: node.clone() },
+        crate::http::health::HealthChecks { node: node.clone() },
     ));
     if shared {
         server.add_service(background_service(
             "tollgate redis sync",
-            crate::sync::SyncLoop { node },
+            crate::shared::sync::SyncLoop { node },
         ));
     }
     Ok(server)

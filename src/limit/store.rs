@@ -7,10 +7,9 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
-use crate::bucket::{Bucket, BucketParams, Counters, Decision};
-use crate::clock::Clock;
-use crate::config::KeySource;
-use crate::pacing::Pace;
+use crate::limit::bucket::{Bucket, BucketParams, Counters, Decision};
+use crate::limit::clock::Clock;
+use crate::limit::pacing::Pace;
 use hashbrown::hash_map::RawEntryMut;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -33,7 +32,6 @@ pub struct LimitSpec {
     pub name: String,
     pub params: BucketParams,
     pub shadow: bool,
-    pub key: Vec<KeySource>,
 }
 
 /// One bucket to charge.
@@ -147,18 +145,6 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 impl LimitSpec {
-    /// Appends this limit's store key for request `req` (`LIMIT:KEY`, as [`store_key`] writes
-    /// it), the form [`Store::charge_prefixed`] takes.
-    #[inline]
-    pub fn push_store_key(
-        &self,
-        req: &crate::key::RequestView<'_>,
-        out: &mut String,
-    ) -> Result<(), crate::key::KeyError> {
-        push_limit_prefix(out, &self.name);
-        crate::key::build_key_into(&self.key, req, out)
-    }
-
     /// The key part of one of this limit's store keys.
     pub fn key_of<'k>(&self, store_key: &'k str) -> &'k str {
         store_key.get(self.name.len() + 1..).unwrap_or_default()
@@ -175,7 +161,7 @@ pub fn store_key(limit: &str, key: &str) -> String {
 
 /// The `LIMIT:` that starts every store key of `limit`.
 #[inline]
-fn push_limit_prefix(out: &mut String, limit: &str) {
+pub fn push_limit_prefix(out: &mut String, limit: &str) {
     out.push_str(limit);
     out.push(':');
 }
@@ -430,7 +416,7 @@ impl Store {
                     // sync): if Redis restarts empty meanwhile, this node restores it from here.
                     Some(p) => {
                         let kept_for_redis = e.sync.as_ref().is_some_and(|sync| {
-                            let ttl_ms = crate::sync::ttl_ms(p.seconds_to_fill(), interval);
+                            let ttl_ms = p.state_ttl_ms(interval);
                             let ttl_ns = i64::try_from(ttl_ms)
                                 .unwrap_or(i64::MAX)
                                 .saturating_mul(1_000_000);
@@ -708,7 +694,7 @@ fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::limit::clock::ManualClock;
 
     const SEC: i64 = 1_000_000_000;
 
@@ -717,7 +703,6 @@ mod tests {
             name: name.into(),
             params: BucketParams::new(capacity, rate, capacity).unwrap(),
             shadow,
-            key: vec![KeySource::ClientIp],
         }
     }
 

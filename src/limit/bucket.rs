@@ -107,6 +107,18 @@ impl fmt::Display for ParamError {
 
 impl std::error::Error for ParamError {}
 
+/// One token, refilled at one token a second: what a config whose written values were refused
+/// holds in their place (such a config is never run: its errors are reported instead).
+impl Default for BucketParams {
+    fn default() -> Self {
+        BucketParams {
+            capacity: 1,
+            rate_q: 1_000_000_000,
+            initial_tokens: 1,
+        }
+    }
+}
+
 impl BucketParams {
     /// Validates the parameters (see [`ParamError`]) and quantizes the rate to 1e-9 tokens/s.
     pub fn new(capacity: u64, refill_per_second: f64, initial: u64) -> Result<Self, ParamError> {
@@ -152,6 +164,28 @@ impl BucketParams {
     /// Seconds to refill an empty bucket (for headers).
     pub fn seconds_to_fill(&self) -> f64 {
         self.capacity as f64 / self.refill_per_second()
+    }
+
+    /// How long an idle shared bucket's state matters (its Redis TTL, and how long a node
+    /// keeps it in memory after its last sync): a full refill, after which its state says
+    /// nothing, plus ten sync intervals, at least ten seconds.
+    pub fn state_ttl_ms(&self, sync_interval: std::time::Duration) -> u64 {
+        let seconds_to_fill = self.seconds_to_fill();
+        let fill = if seconds_to_fill.is_finite() {
+            (seconds_to_fill * 1000.0).ceil()
+        } else {
+            0.0
+        };
+        let fill = if fill < u64::MAX as f64 {
+            fill as u64
+        } else {
+            u64::MAX
+        };
+        let margin = u64::try_from(sync_interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(10)
+            .max(10_000);
+        fill.saturating_add(margin)
     }
 
     fn cap_units(&self) -> i128 {

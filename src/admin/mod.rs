@@ -1,12 +1,12 @@
-//! The admin listener (SPEC section 4): health, metrics, peek, sidecar consume, reload, config.
+//! The admin listener (`docs/admin-api.md`): health, metrics, peek, sidecar consume, reload, config.
 //!
 //! It listens on loopback unless configured otherwise, and then the config demands a token:
 //! every request must carry `Authorization: Bearer TOKEN` (compared in constant time).
 
-use crate::headers;
-use crate::key;
-use crate::limiter::Charge;
-use crate::node::Node;
+use crate::app::node::Node;
+use crate::http::headers;
+use crate::request::decision::{self, Charged, KeyOf, Verdict};
+use crate::request::key;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -166,55 +166,60 @@ impl AdminApp {
         };
         let rt = self.node.runtime();
         let l = &rt.limits[li];
+        let too_costly = || {
+            let body = headers::too_costly_body(&l.name, cost, l.params.capacity());
+            bytes_response(413, "application/json", body, &[])
+        };
         if cost > l.params.capacity() {
-            return json_response(
-                413,
-                &json!({"error": "Request cost exceeds the limit's capacity", "limit": l.name,
-                        "cost": cost, "capacity": l.params.capacity()}),
-            );
+            // A shadow limit too: no cost above its capacity is ever tracked.
+            return too_costly();
         }
-        let result = self.node.store.charge(&[Charge {
+        let charged = [Charged {
             limit: l,
-            key: &k,
-            cost,
-        }]);
-        let d = &result.decisions[0];
+            key: KeyOf::Given(&k),
+        }];
         let m = &self.node.metrics;
-        if !d.allowed {
+        let limited = || {
             m.rate_limited_total
                 .with_label_values(&["admin:consume", &l.name])
-                .inc();
-        }
-        if result.allowed() {
-            if d.allowed {
-                m.tokens_consumed_total
-                    .with_label_values(&[&l.name])
-                    .inc_by(cost);
+                .inc()
+        };
+        match decision::decide(&self.node.store, &charged, cost, false) {
+            Verdict::Pass { decisions, .. } => {
+                let d = &decisions[0];
+                if d.allowed {
+                    m.tokens_consumed_total
+                        .with_label_values(&[&l.name])
+                        .inc_by(cost);
+                } else {
+                    limited();
+                }
+                let extra = [
+                    ("ratelimit-policy", rt.policies[li].clone()),
+                    ("ratelimit", headers::ratelimit_value(&l.name, d)),
+                ];
+                let body = json!({"allowed": true, "remaining": d.remaining,
+                                  "shadow_limited": !d.allowed});
+                bytes_response(
+                    200,
+                    "application/json",
+                    body.to_string().into_bytes(),
+                    &extra,
+                )
             }
-            let extra = [
-                ("ratelimit-policy", rt.policies[li].clone()),
-                ("ratelimit", headers::ratelimit_value(&l.name, d)),
-            ];
-            let body =
-                json!({"allowed": true, "remaining": d.remaining, "shadow_limited": !d.allowed});
-            return bytes_response(
-                200,
-                "application/json",
-                body.to_string().into_bytes(),
-                &extra,
-            );
+            Verdict::Limited { decision: d, .. } => {
+                limited();
+                bytes_response(
+                    429,
+                    "application/json",
+                    headers::rejection_body(&l.name, &d),
+                    &headers::rejection_headers(&l.name, &rt.policies[li], &d),
+                )
+            }
+            // A given key needs no building, and the cost was checked above.
+            Verdict::BadKey(e) => json_response(400, &json!({"error": e.to_string()})),
+            Verdict::TooCostly(_) => too_costly(),
         }
-        let extra = [
-            ("retry-after", headers::retry_after_secs(d).to_string()),
-            ("ratelimit-policy", rt.policies[li].clone()),
-            ("ratelimit", headers::ratelimit_value(&l.name, d)),
-        ];
-        bytes_response(
-            429,
-            "application/json",
-            headers::rejection_body(&l.name, d),
-            &extra,
-        )
     }
 
     fn reload(&self) -> Response<Vec<u8>> {

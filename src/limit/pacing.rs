@@ -24,7 +24,7 @@
 //! Shares are computed by each node at its own sync moments, so they can sum a little above 1;
 //! the simulation in the tests bounds the excess.
 
-use crate::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
+use crate::limit::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
 use std::collections::BTreeMap;
 
 /// The whole bucket, in parts per million.
@@ -130,7 +130,7 @@ impl Pace {
         self.spent
     }
 
-    /// Undoes `spend`s back to `spent` (see [`crate::bucket::Bucket::uncommit_to`]).
+    /// Undoes `spend`s back to `spent` (see [`crate::limit::bucket::Bucket::uncommit_to`]).
     pub fn unspend_to(&mut self, spent: u64) {
         self.spent = spent;
     }

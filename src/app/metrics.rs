@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC section 6), in a registry owned by the node rather than a global,
+//! Prometheus metrics (`docs/metrics.md`), in a registry owned by the node rather than a global,
 //! so that two nodes can run in one test process. Handles are created once; the request path
 //! only increments. No label carries a client-supplied value: labels are route and limit names
 //! from the config, and fixed outcome words.

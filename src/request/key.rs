@@ -21,7 +21,7 @@ pub const MISSING: &str = "-";
 /// What key extraction reads from a request.
 pub struct RequestView<'a> {
     pub method: &'a str,
-    /// The normalized path (see [`crate::path::normalize`]).
+    /// The normalized path (see [`crate::request::path::normalize`]).
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
@@ -33,24 +33,15 @@ pub struct RequestView<'a> {
 }
 
 /// Why no key could be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    #[error("duplicate {0} header")]
     DuplicateHeader(String),
+    #[error("duplicate query parameter {0}")]
     DuplicateQuery(String),
+    #[error("invalid bytes in {0} header")]
     InvalidHeaderValue(String),
 }
-
-impl std::fmt::Display for KeyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeyError::DuplicateHeader(h) => write!(f, "duplicate {h} header"),
-            KeyError::DuplicateQuery(q) => write!(f, "duplicate query parameter {q}"),
-            KeyError::InvalidHeaderValue(h) => write!(f, "invalid bytes in {h} header"),
-        }
-    }
-}
-
-impl std::error::Error for KeyError {}
 
 fn push_escaped(out: &mut String, part: &str) {
     if part.is_empty() {
@@ -247,7 +238,24 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
 /// A short, stable fingerprint of a key for logs: the raw key (an API key, say) never appears
 /// in a log line. FNV-1a, 64 bits, as 16 hex digits.
 pub fn fingerprint(key: &str) -> String {
-    format!("{:016x}", fnv1a(key.as_bytes()))
+    Fingerprint::of(key).to_string()
+}
+
+/// A key as logs and admin answers show it: FNV-1a of the key, written as 16 hex digits.
+/// Computed on the request path as a number; formatted only when written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub u64);
+
+impl Fingerprint {
+    pub fn of(key: &str) -> Fingerprint {
+        Fingerprint(fnv1a(key.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 /// FNV-1a, 64 bits: a fast, stable hash (fingerprints, shard selection).

@@ -116,7 +116,7 @@ impl Clock for OffsetClock {
 }
 
 /// A clock that is off by a fixed amount: how tests and drills simulate a host whose clock is
-/// wrong (`TOLLGATE_CLOCK_OFFSET_MS`, see the README).
+/// wrong (`TOLLGATE_CLOCK_OFFSET_MS`, see `docs/shared-state.md`, "Clocks").
 pub struct SkewedClock {
     pub base: Arc<dyn Clock>,
     pub skew_ns: i64,

@@ -2,11 +2,11 @@
 //! background services. The running config is compiled into a [`Runtime`] and swapped
 //! atomically on reload (build fully, validate, then swap; on failure keep the old one).
 
-use crate::bucket::BucketParams;
-use crate::clock::{Clock, OffsetClock};
+use crate::app::metrics::Metrics;
 use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::limiter::{LimitSpec, Store};
-use crate::metrics::Metrics;
+use crate::limit::bucket::BucketParams;
+use crate::limit::clock::{Clock, OffsetClock};
+use crate::limit::store::{LimitSpec, Store};
 use arc_swap::ArcSwap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -81,7 +81,7 @@ pub struct Runtime {
     /// Same indices as `config.upstreams`.
     pub pools: Vec<UpstreamPool>,
     /// The request path's metric handles for this config, made on first use.
-    pub metrics: std::sync::OnceLock<crate::metrics::RequestMetrics>,
+    pub metrics: std::sync::OnceLock<crate::app::metrics::RequestMetrics>,
 }
 
 fn error(config: &Config, path: String, message: String) -> ConfigError {
@@ -99,22 +99,19 @@ impl Runtime {
     /// an error here rather than a 502 on every request).
     pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
         let mut errors = Vec::new();
-        let mut limits = Vec::with_capacity(config.limits.len());
-        let mut policies = Vec::with_capacity(config.limits.len());
-        for l in &config.limits {
-            match BucketParams::new(l.capacity, l.refill_per_second, l.initial_tokens) {
-                Ok(params) => {
-                    policies.push(crate::headers::policy_value(&l.name, &params));
-                    limits.push(LimitSpec {
-                        name: l.name.clone(),
-                        params,
-                        shadow: l.shadow,
-                        key: l.key.clone(),
-                    });
-                }
-                Err(e) => errors.push(error(&config, format!("limits.{}", l.name), e.to_string())),
-            }
-        }
+        let limits: Vec<LimitSpec> = config
+            .limits
+            .iter()
+            .map(|l| LimitSpec {
+                name: l.name.clone(),
+                params: l.params.clone(),
+                shadow: l.shadow,
+            })
+            .collect();
+        let policies: Vec<String> = limits
+            .iter()
+            .map(|l| crate::http::headers::policy_value(&l.name, &l.params))
+            .collect();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
             let mut servers = Vec::new();
@@ -165,8 +162,11 @@ impl Runtime {
         })
     }
 
-    /// The request path's metric handles (see [`crate::metrics::RequestMetrics`]).
-    pub fn request_metrics(&self, m: &crate::metrics::Metrics) -> &crate::metrics::RequestMetrics {
+    /// The request path's metric handles (see [`crate::app::metrics::RequestMetrics`]).
+    pub fn request_metrics(
+        &self,
+        m: &crate::app::metrics::Metrics,
+    ) -> &crate::app::metrics::RequestMetrics {
         self.metrics.get_or_init(|| {
             m.request_metrics(
                 self.config.routes.iter().map(|r| r.name.clone()).collect(),

@@ -1,0 +1,15 @@
+//! The pure core: token buckets and the store that holds them.
+//!
+//! - [`bucket`]: one bucket as a CRDT of per-node monotone counters, and its parameters;
+//! - [`pacing`]: how much of a shared bucket this node may spend between syncs;
+//! - [`clock`]: time sources (the core never reads the clock itself);
+//! - [`store`]: the sharded in-memory store, all-or-nothing charging, and the bookkeeping the
+//!   sync loop needs (what changed, what to read, what the others hold).
+//!
+//! Nothing here does I/O or knows pingora, Redis or tokio: a test drives it with a
+//! [`clock::ManualClock`].
+
+pub mod bucket;
+pub mod clock;
+pub mod pacing;
+pub mod store;
