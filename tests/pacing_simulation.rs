@@ -3,11 +3,12 @@
 //! syncs run every 100 ms at staggered phases. Asserts the bounds of `docs/shared-state.md` ("Accuracy") against a
 //! sequential reference (capacity + rate x time).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tollgate::limit::bucket::{BucketParams, Counters};
+use tollgate::limit::bucket::BucketParams;
 use tollgate::limit::clock::{Clock, ManualClock};
 use tollgate::limit::store::{Charge, LimitSpec, Store};
+use tollgate::shared::round;
 
 const MS: i64 = 1_000_000;
 const T0: i64 = 1_790_000_000_000 * MS;
@@ -18,7 +19,7 @@ const RATE: f64 = 200.0;
 struct Cluster {
     clock: Arc<ManualClock>,
     nodes: Vec<(String, Store)>,
-    redis: HashMap<String, BTreeMap<String, Counters>>,
+    redis: HashMap<String, HashMap<String, String>>,
     limit: LimitSpec,
 }
 
@@ -56,16 +57,33 @@ impl Cluster {
             .allowed()
     }
 
-    /// What the sync loop does for one node, with a map for Redis.
+    /// What the sync loop does for one node: the real round ([`round::build`] and
+    /// [`round::apply`]), with a map that max-merges as the merge script does for Redis.
     fn sync(&mut self, node: usize) {
         let (me, store) = &self.nodes[node];
-        for d in store.take_dirty() {
-            let hash = self.redis.entry(d.store_key.clone()).or_default();
-            if !d.fresh {
-                hash.entry(me.clone()).or_insert(d.own).merge(&d.own);
-            }
-            store.absorb(&d.store_key, me, hash, &self.limit.params, !d.fresh);
-        }
+        let limits = std::slice::from_ref(&self.limit);
+        let ctx = round::Context {
+            node_id: me,
+            key_prefix: "sim",
+            sync_interval: std::time::Duration::from_nanos(SYNC as u64),
+            limits,
+            now_ms: (self.clock.now_ns() / MS) as u64,
+        };
+        let r = round::build(&ctx, store.take_dirty());
+        let replies: Vec<round::Reply> = r
+            .ops
+            .iter()
+            .map(|op| {
+                let hash = self.redis.entry(op.redis_key.clone()).or_default();
+                if let round::Command::Merge { fields, .. } = &op.command {
+                    for (f, v) in fields {
+                        merge_field(hash, f, v);
+                    }
+                }
+                Ok(hash.clone())
+            })
+            .collect();
+        round::apply(store, &ctx, &r, replies, &HashSet::new());
     }
 
     /// Runs `ms` milliseconds; node i gets `load[i]` requests each millisecond.
@@ -90,6 +108,21 @@ impl Cluster {
             let _ = t;
         }
         admitted
+    }
+}
+
+/// The merge script's rule: a counter is written only when greater (parameters always).
+fn merge_field(hash: &mut HashMap<String, String>, field: &str, value: &str) {
+    let Ok(v) = value.parse::<i128>() else {
+        return;
+    };
+    let param = field.ends_with(":capacity") || field.ends_with(":rate");
+    let greater = match hash.get(field).map(|c| c.parse::<i128>()) {
+        Some(Ok(cur)) => v > cur,
+        _ => true,
+    };
+    if param || greater {
+        hash.insert(field.to_string(), value.to_string());
     }
 }
 

@@ -82,7 +82,7 @@ impl AdminApp {
         let rt = self.node.runtime();
         let (status, redis) = if rt.config.redis.is_none() {
             ("ok", "disabled")
-        } else if self.node.metrics.redis_up.get() == 1 {
+        } else if self.node.sync_status.connected() {
             ("ok", "connected")
         } else {
             ("degraded", "disconnected")

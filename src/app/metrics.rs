@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -88,162 +89,262 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("tollgate")
 }
 
+/// Registers each metric in `registry`; the caller keeps its own handles (clones share the
+/// metric).
+fn register_all(registry: &Registry, metrics: Vec<Box<dyn Collector>>) -> prometheus::Result<()> {
+    metrics.into_iter().try_for_each(|m| registry.register(m))
+}
+
+/// What every request counts: its outcome and duration, the limits that rejected it, the
+/// tokens it took, and refusals because its bucket could not be created.
+struct RequestGroup {
+    requests_total: IntCounterVec,
+    rate_limited_total: IntCounterVec,
+    tokens_consumed_total: IntCounterVec,
+    request_duration_seconds: HistogramVec,
+    buckets_overflow_total: IntCounter,
+}
+
+impl RequestGroup {
+    fn new() -> prometheus::Result<Self> {
+        Ok(RequestGroup {
+            requests_total: IntCounterVec::new(
+                opts("requests_total", "Requests by route and outcome (allowed, limited, shadow_limited, no_route, upstream_error, bad_request)"),
+                &["route", "outcome"],
+            )?,
+            rate_limited_total: IntCounterVec::new(
+                opts("rate_limited_total", "Requests rejected (or, for shadow limits, that would have been) by route and limit"),
+                &["route", "limit"],
+            )?,
+            tokens_consumed_total: IntCounterVec::new(
+                opts(
+                    "tokens_consumed_total",
+                    "Tokens taken from buckets by this node, by limit",
+                ),
+                &["limit"],
+            )?,
+            request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "request_duration_seconds",
+                    "Time from request start to the end of the response, by route",
+                )
+                .namespace("tollgate")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0,
+                ]),
+                &["route"],
+            )?,
+            buckets_overflow_total: IntCounter::with_opts(opts(
+                "buckets_overflow_total",
+                "Requests refused because their bucket could not be created: max_buckets reached",
+            ))?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        register_all(
+            registry,
+            vec![
+                Box::new(self.requests_total.clone()),
+                Box::new(self.rate_limited_total.clone()),
+                Box::new(self.tokens_consumed_total.clone()),
+                Box::new(self.request_duration_seconds.clone()),
+                Box::new(self.buckets_overflow_total.clone()),
+            ],
+        )
+    }
+}
+
+/// The gauges of each limit: its buckets in memory, their lowest tokens, and its configured
+/// capacity and refill rate.
+struct BucketGauges {
+    buckets_active: IntGaugeVec,
+    bucket_tokens_min: IntGaugeVec,
+    limit_capacity: IntGaugeVec,
+    limit_refill_per_second: GaugeVec,
+}
+
+impl BucketGauges {
+    fn new() -> prometheus::Result<Self> {
+        Ok(BucketGauges {
+            buckets_active: IntGaugeVec::new(
+                opts("buckets_active", "Buckets held in memory, by limit"),
+                &["limit"],
+            )?,
+            bucket_tokens_min: IntGaugeVec::new(
+                opts(
+                    "bucket_tokens_min",
+                    "Lowest whole tokens among the active buckets of a limit",
+                ),
+                &["limit"],
+            )?,
+            limit_capacity: IntGaugeVec::new(
+                opts("limit_capacity", "Configured capacity of a limit"),
+                &["limit"],
+            )?,
+            limit_refill_per_second: GaugeVec::new(
+                opts(
+                    "limit_refill_per_second",
+                    "Configured refill rate of a limit",
+                ),
+                &["limit"],
+            )?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        register_all(
+            registry,
+            vec![
+                Box::new(self.buckets_active.clone()),
+                Box::new(self.bucket_tokens_min.clone()),
+                Box::new(self.limit_capacity.clone()),
+                Box::new(self.limit_refill_per_second.clone()),
+            ],
+        )
+    }
+}
+
+/// The Redis sync: its errors, round trips and lag, whether Redis answers, and what the
+/// shared registry tells about the other nodes and the clock.
+struct SyncMetrics {
+    sync_errors_total: IntCounter,
+    sync_duration_seconds: Histogram,
+    sync_lag_seconds: Gauge,
+    redis_up: IntGauge,
+    config_drift: IntGaugeVec,
+    duplicate_node_id: IntGauge,
+    nodes_live: IntGauge,
+    clock_offset_seconds: Gauge,
+}
+
+impl SyncMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(SyncMetrics {
+            sync_errors_total: IntCounter::with_opts(opts(
+                "sync_errors_total",
+                "Failed synchronisations with Redis",
+            ))?,
+            sync_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sync_duration_seconds",
+                    "Duration of one Redis sync round trip",
+                )
+                .namespace("tollgate")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
+            )?,
+            sync_lag_seconds: Gauge::with_opts(opts(
+                "sync_lag_seconds",
+                "Seconds since the last successful Redis sync",
+            ))?,
+            redis_up: IntGauge::with_opts(opts("redis_up", "1 while Redis answers, 0 otherwise"))?,
+            config_drift: IntGaugeVec::new(
+                opts(
+                    "config_drift",
+                    "1 while nodes disagree on a limit's parameters",
+                ),
+                &["limit"],
+            )?,
+            duplicate_node_id: IntGauge::with_opts(opts(
+                "duplicate_node_id",
+                "1 while another live node writes this node's fields (two nodes share one node_id)",
+            ))?,
+            nodes_live: IntGauge::with_opts(opts(
+                "nodes_live",
+                "Nodes seen in the shared registry recently, this one included (pacing shares)",
+            ))?,
+            clock_offset_seconds: Gauge::with_opts(opts(
+                "clock_offset_seconds",
+                "Correction applied to this host's clock to follow Redis TIME (positive: host behind)",
+            ))?,
+        })
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        register_all(
+            registry,
+            vec![
+                Box::new(self.sync_errors_total.clone()),
+                Box::new(self.sync_duration_seconds.clone()),
+                Box::new(self.sync_lag_seconds.clone()),
+                Box::new(self.redis_up.clone()),
+                Box::new(self.config_drift.clone()),
+                Box::new(self.duplicate_node_id.clone()),
+                Box::new(self.nodes_live.clone()),
+                Box::new(self.clock_offset_seconds.clone()),
+            ],
+        )
+    }
+}
+
+/// `config_reloads_total{result}`, with both results present from the start.
+fn config_reloads() -> prometheus::Result<IntCounterVec> {
+    let reloads = IntCounterVec::new(
+        opts(
+            "config_reloads_total",
+            "Config reloads by result (success, failure)",
+        ),
+        &["result"],
+    )?;
+    for r in ["success", "failure"] {
+        reloads.with_label_values(&[r]);
+    }
+    Ok(reloads)
+}
+
+/// `upstream_server_up{upstream, server}`.
+fn upstream_server_up() -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(
+        opts(
+            "upstream_server_up",
+            "1 while an upstream server passes its health checks (servers with checks only)",
+        ),
+        &["upstream", "server"],
+    )
+}
+
 impl Metrics {
     /// Creates and registers every metric. The Redis sync metrics are exported only with
     /// `shared` (a standalone node has no Redis to be down). Fails only on a programming error
     /// (a duplicate name), which the test suite would catch.
     pub fn new(shared: bool) -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let requests_total = IntCounterVec::new(
-            opts("requests_total", "Requests by route and outcome (allowed, limited, shadow_limited, no_route, upstream_error, bad_request)"),
-            &["route", "outcome"],
-        )?;
-        let rate_limited_total = IntCounterVec::new(
-            opts("rate_limited_total", "Requests rejected (or, for shadow limits, that would have been) by route and limit"),
-            &["route", "limit"],
-        )?;
-        let tokens_consumed_total = IntCounterVec::new(
-            opts(
-                "tokens_consumed_total",
-                "Tokens taken from buckets by this node, by limit",
-            ),
-            &["limit"],
-        )?;
-        let config_reloads_total = IntCounterVec::new(
-            opts(
-                "config_reloads_total",
-                "Config reloads by result (success, failure)",
-            ),
-            &["result"],
-        )?;
-        let sync_errors_total = IntCounter::with_opts(opts(
-            "sync_errors_total",
-            "Failed synchronisations with Redis",
-        ))?;
-        let request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "Time from request start to the end of the response, by route",
-            )
-            .namespace("tollgate")
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["route"],
-        )?;
-        let sync_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "sync_duration_seconds",
-                "Duration of one Redis sync round trip",
-            )
-            .namespace("tollgate")
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]),
-        )?;
-        let buckets_active = IntGaugeVec::new(
-            opts("buckets_active", "Buckets held in memory, by limit"),
-            &["limit"],
-        )?;
-        let bucket_tokens_min = IntGaugeVec::new(
-            opts(
-                "bucket_tokens_min",
-                "Lowest whole tokens among the active buckets of a limit",
-            ),
-            &["limit"],
-        )?;
-        let limit_capacity = IntGaugeVec::new(
-            opts("limit_capacity", "Configured capacity of a limit"),
-            &["limit"],
-        )?;
-        let limit_refill_per_second = GaugeVec::new(
-            opts(
-                "limit_refill_per_second",
-                "Configured refill rate of a limit",
-            ),
-            &["limit"],
-        )?;
-        let sync_lag_seconds = Gauge::with_opts(opts(
-            "sync_lag_seconds",
-            "Seconds since the last successful Redis sync",
-        ))?;
-        let redis_up = IntGauge::with_opts(opts("redis_up", "1 while Redis answers, 0 otherwise"))?;
-        let config_drift = IntGaugeVec::new(
-            opts(
-                "config_drift",
-                "1 while nodes disagree on a limit's parameters",
-            ),
-            &["limit"],
-        )?;
-        let duplicate_node_id = IntGauge::with_opts(opts(
-            "duplicate_node_id",
-            "1 while another live node writes this node's fields (two nodes share one node_id)",
-        ))?;
-        let nodes_live = IntGauge::with_opts(opts(
-            "nodes_live",
-            "Nodes seen in the shared registry recently, this one included (pacing shares)",
-        ))?;
-        let clock_offset_seconds = Gauge::with_opts(opts(
-            "clock_offset_seconds",
-            "Correction applied to this host's clock to follow Redis TIME (positive: host behind)",
-        ))?;
-        let upstream_server_up = IntGaugeVec::new(
-            opts(
-                "upstream_server_up",
-                "1 while an upstream server passes its health checks (servers with checks only)",
-            ),
-            &["upstream", "server"],
-        )?;
-        registry.register(Box::new(upstream_server_up.clone()))?;
-        let buckets_overflow_total = IntCounter::with_opts(opts(
-            "buckets_overflow_total",
-            "Requests refused because their bucket could not be created: max_buckets reached",
-        ))?;
-        registry.register(Box::new(buckets_overflow_total.clone()))?;
-        registry.register(Box::new(requests_total.clone()))?;
-        registry.register(Box::new(rate_limited_total.clone()))?;
-        registry.register(Box::new(tokens_consumed_total.clone()))?;
-        registry.register(Box::new(config_reloads_total.clone()))?;
-        registry.register(Box::new(request_duration_seconds.clone()))?;
-        registry.register(Box::new(buckets_active.clone()))?;
-        registry.register(Box::new(bucket_tokens_min.clone()))?;
-        registry.register(Box::new(limit_capacity.clone()))?;
-        registry.register(Box::new(limit_refill_per_second.clone()))?;
+        let requests = RequestGroup::new()?;
+        requests.register(&registry)?;
+        let buckets = BucketGauges::new()?;
+        buckets.register(&registry)?;
+        let sync = SyncMetrics::new()?;
         if shared {
-            registry.register(Box::new(sync_errors_total.clone()))?;
-            registry.register(Box::new(sync_duration_seconds.clone()))?;
-            registry.register(Box::new(sync_lag_seconds.clone()))?;
-            registry.register(Box::new(redis_up.clone()))?;
-            registry.register(Box::new(config_drift.clone()))?;
-            registry.register(Box::new(duplicate_node_id.clone()))?;
-            registry.register(Box::new(nodes_live.clone()))?;
-            registry.register(Box::new(clock_offset_seconds.clone()))?;
+            sync.register(&registry)?;
         }
-        for r in ["success", "failure"] {
-            config_reloads_total.with_label_values(&[r]);
-        }
+        let config_reloads_total = config_reloads()?;
+        registry.register(Box::new(config_reloads_total.clone()))?;
+        let upstream_server_up = upstream_server_up()?;
+        registry.register(Box::new(upstream_server_up.clone()))?;
         Ok(Metrics {
             registry,
-            requests_total,
-            rate_limited_total,
-            tokens_consumed_total,
+            requests_total: requests.requests_total,
+            rate_limited_total: requests.rate_limited_total,
+            tokens_consumed_total: requests.tokens_consumed_total,
             config_reloads_total,
-            sync_errors_total,
-            request_duration_seconds,
-            sync_duration_seconds,
-            buckets_active,
-            bucket_tokens_min,
-            limit_capacity,
-            limit_refill_per_second,
-            sync_lag_seconds,
-            redis_up,
-            config_drift,
-            duplicate_node_id,
-            nodes_live,
-            clock_offset_seconds,
+            sync_errors_total: sync.sync_errors_total,
+            request_duration_seconds: requests.request_duration_seconds,
+            sync_duration_seconds: sync.sync_duration_seconds,
+            buckets_active: buckets.buckets_active,
+            bucket_tokens_min: buckets.bucket_tokens_min,
+            limit_capacity: buckets.limit_capacity,
+            limit_refill_per_second: buckets.limit_refill_per_second,
+            sync_lag_seconds: sync.sync_lag_seconds,
+            redis_up: sync.redis_up,
+            config_drift: sync.config_drift,
+            duplicate_node_id: sync.duplicate_node_id,
+            nodes_live: sync.nodes_live,
+            clock_offset_seconds: sync.clock_offset_seconds,
             upstream_server_up,
-            buckets_overflow_total,
+            buckets_overflow_total: requests.buckets_overflow_total,
         })
     }
 

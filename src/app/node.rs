@@ -4,70 +4,15 @@
 
 use crate::app::metrics::Metrics;
 use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::http::upstream::{load_ca, UpstreamPool};
 use crate::limit::bucket::BucketParams;
 use crate::limit::clock::{Clock, OffsetClock};
 use crate::limit::store::{LimitSpec, Store};
+use crate::shared::status::SyncStatus;
 use arc_swap::ArcSwap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// An upstream pool, compiled: resolved server addresses, their health, a round-robin cursor,
-/// and the TLS roots for its servers (`ca_file`, else the system's).
-pub struct UpstreamPool {
-    pub name: String,
-    pub servers: Vec<SocketAddr>,
-    /// Per server: passing its health checks (all start healthy; no checks, always healthy).
-    pub healthy: Vec<AtomicBool>,
-    /// The private CA of `ca_file`, parsed once.
-    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
-    next: AtomicUsize,
-}
-
-impl UpstreamPool {
-    /// The next healthy server in round-robin order; None when every server is unhealthy.
-    pub fn next_server(&self) -> Option<SocketAddr> {
-        let n = self.servers.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.healthy[i].load(Ordering::Relaxed))
-            .map(|i| self.servers[i])
-    }
-
-    /// Marks a server up or down; returns whether that changed its state.
-    pub fn set_health(&self, server: usize, up: bool) -> bool {
-        self.healthy
-            .get(server)
-            .is_some_and(|h| h.swap(up, Ordering::Relaxed) != up)
-    }
-}
-
-/// Reads a PEM file of CA certificates into the form pingora's TLS connector takes.
-fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let certs: Vec<Vec<u8>> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
-    }
-    // pingora's certificate wrapper panics on DER it cannot parse: refuse such a file here.
-    let wrapped = std::panic::catch_unwind(|| {
-        certs
-            .into_iter()
-            .map(|der| pingora::utils::tls::WrappedX509::new(der, pingora::utils::tls::parse_x509))
-            .collect::<Vec<_>>()
-    })
-    .map_err(|_| format!("{}: a certificate cannot be parsed", path.display()))?;
-    Ok(Arc::from(wrapped.into_boxed_slice()))
-}
 
 /// Everything the request path needs from one config, built once per (re)load.
 pub struct Runtime {
@@ -135,13 +80,7 @@ impl Runtime {
                     }
                 },
             };
-            pools.push(UpstreamPool {
-                name: u.name.clone(),
-                healthy: servers.iter().map(|_| AtomicBool::new(true)).collect(),
-                servers,
-                ca,
-                next: AtomicUsize::new(0),
-            });
+            pools.push(UpstreamPool::new(u.name.clone(), servers, ca));
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -198,6 +137,8 @@ pub struct Node {
     /// The store's clock, corrected against Redis `TIME` by the sync loop.
     pub clock: Arc<OffsetClock>,
     pub metrics: Metrics,
+    /// What the sync loop knows of the shared store (shared mode).
+    pub sync_status: SyncStatus,
     pub config_path: PathBuf,
     reload_lock: Mutex<()>,
 }
@@ -216,6 +157,7 @@ impl Node {
             store: Store::new(clock.clone(), shared),
             clock,
             metrics,
+            sync_status: SyncStatus::default(),
             config_path: config_path.to_path_buf(),
             reload_lock: Mutex::new(()),
         };
@@ -257,7 +199,13 @@ impl Node {
         let result = Config::load(&self.config_path).and_then(|cfg| {
             let old = self.runtime();
             check_restart_only(&old.config, &cfg)?;
-            let new = Runtime::build(cfg)?;
+            let mut new = Runtime::build(cfg)?;
+            // Health and the round-robin position survive a reload that keeps a pool.
+            for pool in &mut new.pools {
+                if let Some(was) = old.pools.iter().find(|p| p.name == pool.name) {
+                    pool.keep_state_of(was);
+                }
+            }
             check_shared_rates(&old, &new)?;
             Ok(new)
         });

@@ -75,7 +75,7 @@ pub fn command(config: &Path, upgrade: bool) -> ExitCode {
     };
     if node.runtime().config.redis.is_some() {
         // Read this node's counters back before serving (a restart continues them).
-        match crate::shared::sync::warm_start(&node) {
+        match crate::shared::warm_start::warm_start(&node) {
             Ok(n) => {
                 tracing::info!(buckets = n, "read this node's buckets back from redis")
             }

@@ -7,6 +7,7 @@
 //! for syntax and type errors, from [`spans`] for the checks that run after parsing) and its
 //! JSON path. Checks after parsing report all problems at once, not just the first.
 
+mod checker;
 pub mod raw;
 mod routes;
 pub mod spans;

@@ -1,9 +1,9 @@
 //! Checks of the route list: names, references to upstreams and limits (resolved to
 //! indices), match rules, costs, and routes hidden behind an earlier catch-all.
 
-use super::raw::{RawCost, RawRoute};
+use super::checker::{Checker, MAX_NAME_LEN};
+use super::raw::{RawCost, RawMatch, RawRoute};
 use super::spans::element;
-use super::validate::{Checker, MAX_NAME_LEN};
 use super::values::{check_name, parse_host, parse_method};
 use super::{Cost, Limit, Route, Upstream};
 use std::collections::HashMap;
@@ -35,118 +35,21 @@ pub(super) fn routes(
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let path = element("routes", i);
-        let name_path = format!("{path}.name");
-        if c.check(&name_path, check_name("route name", &r.name, MAX_NAME_LEN))
-            .is_some()
-        {
-            if let Some(j) = seen.insert(&r.name, i) {
-                c.err(
-                    &name_path,
-                    format!("duplicate route name \"{}\" (also routes[{j}])", r.name),
-                );
-            }
-        }
+        unique_name(c, &path, (i, &r.name), &mut seen);
         if let Some(j) = catch_all {
-            c.err(
-                &path,
-                format!("route \"{}\" can never match: routes[{j}] (\"{}\") matches every request first; put the catch-all route last", r.name, raw[j].name),
-            );
+            shadowed(c, &path, &r.name, (j, &raw[j].name));
         }
-        let upstream = upstream_names.iter().position(|n| *n == r.upstream);
-        if upstream.is_none() {
-            let msg = format!(
-                "unknown upstream \"{}\" ({})",
-                r.upstream,
-                known(&upstream_names, "upstreams")
-            );
-            c.err(&format!("{path}.upstream"), msg);
-        }
-        let mut route_limits: Vec<usize> = Vec::new();
-        for (k, name) in r.limits.iter().enumerate() {
-            let lpath = element(&format!("{path}.limits"), k);
-            match limit_names.iter().position(|n| n == name) {
-                None => c.err(
-                    &lpath,
-                    format!(
-                        "unknown limit \"{name}\" ({})",
-                        known(&limit_names, "limits")
-                    ),
-                ),
-                Some(li) if route_limits.contains(&li) => {
-                    c.err(&lpath, format!("limit \"{name}\" is listed twice"))
-                }
-                Some(li) => route_limits.push(li),
-            }
-        }
+        let upstream = upstream_ref(c, &path, &r.upstream, &upstream_names);
+        let route_limits = limit_refs(c, &path, &r.limits, &limit_names);
         let m = &r.matcher;
-        if !m.path_prefix.starts_with('/') {
-            c.err(
-                &format!("{path}.match.path_prefix"),
-                format!("path_prefix {:?} must start with '/'", m.path_prefix),
-            );
-        } else {
-            // Routes match the normalized path, so a prefix that normalization would change
-            // never matches, and its requests would fall through to a later route.
-            let msg = match crate::request::path::normalize(&m.path_prefix) {
-                Ok(n) if n == m.path_prefix => None,
-                Ok(n) => Some(format!(
-                    "path_prefix {:?} can never match: requests are routed on their normalized path; write {n:?}",
-                    m.path_prefix
-                )),
-                Err(e) => Some(format!(
-                    "path_prefix {:?} can never match: {e}",
-                    m.path_prefix
-                )),
-            };
-            if let Some(msg) = msg {
-                c.err(&format!("{path}.match.path_prefix"), msg);
-            }
-        }
-        let methods = m.methods.as_ref().map(|list| {
-            let mpath = format!("{path}.match.methods");
-            if list.is_empty() {
-                c.err(&mpath, "methods is empty, so the route matches nothing: leave it out to match every method");
-            }
-            let mut methods: Vec<http::Method> = Vec::new();
-            for (k, s) in list.iter().enumerate() {
-                if let Some(method) = c.check(&element(&mpath, k), parse_method(s)) {
-                    if !methods.contains(&method) {
-                        methods.push(method);
-                    }
-                }
-            }
-            methods
-        });
+        path_prefix(c, &path, &m.path_prefix);
+        let methods = m.methods.as_ref().map(|list| methods(c, &path, list));
         let host = m
             .host
             .as_ref()
             .and_then(|h| c.check(&format!("{path}.match.host"), parse_host(h)));
-        let cost = match r.cost {
-            RawCost::Fixed(n) => Cost::Fixed(n),
-            RawCost::PerBytes(n) => Cost::PerBytes(n),
-        };
-        match cost {
-            Cost::Fixed(0) => c.err(&format!("{path}.cost"), "cost must be at least 1 token"),
-            Cost::PerBytes(0) => {
-                c.err(&format!("{path}.cost.per_bytes"), "must be at least 1 byte")
-            }
-            Cost::Fixed(n) => {
-                for &li in &route_limits {
-                    let Some(capacity) = capacities[li] else {
-                        continue;
-                    };
-                    if n > capacity {
-                        let msg = format!(
-                            "cost {n} is more than the capacity {capacity} of limit \"{}\": no request could ever pass",
-                            limits[li].name
-                        );
-                        c.err(&format!("{path}.cost"), msg);
-                    }
-                }
-            }
-            Cost::PerBytes(_) => {}
-        }
-        if catch_all.is_none() && m.path_prefix == "/" && m.methods.is_none() && m.host.is_none() {
+        let cost = cost(c, &path, &r.cost, &route_limits, (limits, capacities));
+        if catch_all.is_none() && matches_everything(m) {
             catch_all = Some(i);
         }
         out.push(Route {
@@ -160,4 +63,150 @@ pub(super) fn routes(
         });
     }
     out
+}
+
+/// Checks the name of route `i` and that no earlier route has it; `seen` holds the names so
+/// far, with their index.
+fn unique_name<'a>(
+    c: &mut Checker,
+    path: &str,
+    (i, name): (usize, &'a str),
+    seen: &mut HashMap<&'a str, usize>,
+) {
+    let name_path = format!("{path}.name");
+    if c.check(&name_path, check_name("route name", name, MAX_NAME_LEN))
+        .is_some()
+    {
+        if let Some(j) = seen.insert(name, i) {
+            c.err(
+                &name_path,
+                format!("duplicate route name \"{name}\" (also routes[{j}])"),
+            );
+        }
+    }
+}
+
+/// Reports the route `name`, which comes after the catch-all route `j`, as never matching.
+fn shadowed(c: &mut Checker, path: &str, name: &str, (j, catch_all): (usize, &str)) {
+    c.err(
+        path,
+        format!("route \"{name}\" can never match: routes[{j}] (\"{catch_all}\") matches every request first; put the catch-all route last"),
+    );
+}
+
+/// Whether a route with this match rule takes every request.
+fn matches_everything(m: &RawMatch) -> bool {
+    m.path_prefix == "/" && m.methods.is_none() && m.host.is_none()
+}
+
+/// The index of the route's upstream, or `None` (reported) when no upstream has that name.
+fn upstream_ref(c: &mut Checker, path: &str, upstream: &str, names: &[&str]) -> Option<usize> {
+    let index = names.iter().position(|n| *n == upstream);
+    if index.is_none() {
+        let msg = format!(
+            "unknown upstream \"{upstream}\" ({})",
+            known(names, "upstreams")
+        );
+        c.err(&format!("{path}.upstream"), msg);
+    }
+    index
+}
+
+/// The indices of the route's limits, in the order written; unknown and repeated names are
+/// reported and left out.
+fn limit_refs(c: &mut Checker, path: &str, limits: &[String], names: &[&str]) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for (k, name) in limits.iter().enumerate() {
+        let lpath = element(&format!("{path}.limits"), k);
+        match names.iter().position(|n| n == name) {
+            None => c.err(
+                &lpath,
+                format!("unknown limit \"{name}\" ({})", known(names, "limits")),
+            ),
+            Some(li) if out.contains(&li) => {
+                c.err(&lpath, format!("limit \"{name}\" is listed twice"))
+            }
+            Some(li) => out.push(li),
+        }
+    }
+    out
+}
+
+/// Checks that the path prefix starts with '/' and is already normalized.
+fn path_prefix(c: &mut Checker, path: &str, prefix: &str) {
+    let prefix_path = format!("{path}.match.path_prefix");
+    if !prefix.starts_with('/') {
+        c.err(
+            &prefix_path,
+            format!("path_prefix {prefix:?} must start with '/'"),
+        );
+        return;
+    }
+    // Routes match the normalized path, so a prefix that normalization would change
+    // never matches, and its requests would fall through to a later route.
+    let msg = match crate::request::path::normalize(prefix) {
+        Ok(n) if n == prefix => None,
+        Ok(n) => Some(format!(
+            "path_prefix {prefix:?} can never match: requests are routed on their normalized path; write {n:?}"
+        )),
+        Err(e) => Some(format!("path_prefix {prefix:?} can never match: {e}")),
+    };
+    if let Some(msg) = msg {
+        c.err(&prefix_path, msg);
+    }
+}
+
+/// The route's methods, without repeats; an empty list and bad methods are reported.
+fn methods(c: &mut Checker, path: &str, list: &[String]) -> Vec<http::Method> {
+    let mpath = format!("{path}.match.methods");
+    if list.is_empty() {
+        c.err(
+            &mpath,
+            "methods is empty, so the route matches nothing: leave it out to match every method",
+        );
+    }
+    let mut methods: Vec<http::Method> = Vec::new();
+    for (k, s) in list.iter().enumerate() {
+        if let Some(method) = c.check(&element(&mpath, k), parse_method(s)) {
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+    }
+    methods
+}
+
+/// The route's cost; a zero cost, and a fixed cost above the capacity of one of the route's
+/// limits (no request could ever pass), are reported.
+fn cost(
+    c: &mut Checker,
+    path: &str,
+    raw: &RawCost,
+    route_limits: &[usize],
+    (limits, capacities): (&[Limit], &[Option<u64>]),
+) -> Cost {
+    let cost = match *raw {
+        RawCost::Fixed(n) => Cost::Fixed(n),
+        RawCost::PerBytes(n) => Cost::PerBytes(n),
+    };
+    match cost {
+        Cost::Fixed(0) => c.err(&format!("{path}.cost"), "cost must be at least 1 token"),
+        Cost::PerBytes(0) => c.err(&format!("{path}.cost.per_bytes"), "must be at least 1 byte"),
+        Cost::Fixed(n) => {
+            for &li in route_limits {
+                let Some(capacity) = capacities[li] else {
+                    continue;
+                };
+                if n > capacity {
+                    let msg = format!(
+                        "cost {n} is more than the capacity {capacity} of limit \"{}\": no request could ever pass",
+                        limits[li].name
+                    );
+                    c.err(&format!("{path}.cost"), msg);
+                }
+            }
+        }
+        Cost::PerBytes(_) => {}
+    }
+    cost
 }

@@ -2,6 +2,7 @@
 //! goes on, so that one run reports every problem; placeholders stand in for bad values
 //! until the end, where any error discards the whole result.
 
+use super::checker::{Checker, MAX_NAME_LEN};
 use super::raw::{RawAdmin, RawConfig, RawLimit, RawListener, RawRedis, RawUpstream};
 use super::spans::{element, member, Spans};
 use super::values::*;
@@ -10,41 +11,7 @@ use super::*;
 const MAX_CAPACITY: u64 = 1_000_000_000_000;
 const MIN_RATE: f64 = 1e-9;
 const MAX_RATE: f64 = 1e9;
-pub(super) const MAX_NAME_LEN: usize = 64;
 const MAX_SYNC_INTERVAL_MS: u64 = 60_000;
-
-pub(super) struct Checker<'a> {
-    source: &'a str,
-    spans: &'a Spans,
-    errors: Vec<ConfigError>,
-}
-
-impl Checker<'_> {
-    pub(super) fn push(&mut self, path: &str, pos: Option<(usize, usize)>, message: String) {
-        self.errors.push(ConfigError {
-            file: self.source.to_string(),
-            line: pos.map(|p| p.0),
-            col: pos.map(|p| p.1),
-            path: path.to_string(),
-            message,
-        });
-    }
-
-    /// An error at the value written at `path`.
-    pub(super) fn err(&mut self, path: &str, message: impl Into<String>) {
-        self.push(path, self.spans.value(path), message.into());
-    }
-
-    /// An error about the key naming the value at `path` (map entries named by the user).
-    pub(super) fn err_key(&mut self, path: &str, message: impl Into<String>) {
-        self.push(path, self.spans.key(path), message.into());
-    }
-
-    /// `Some(value)`, or records `Err(message)` at `path`.
-    pub(super) fn check<T>(&mut self, path: &str, result: Result<T, String>) -> Option<T> {
-        result.map_err(|m| self.err(path, m)).ok()
-    }
-}
 
 /// Checks everything; all errors or a config.
 pub(super) fn validate(
@@ -52,11 +19,7 @@ pub(super) fn validate(
     source: &str,
     spans: &Spans,
 ) -> Result<Config, ConfigErrors> {
-    let mut c = Checker {
-        source,
-        spans,
-        errors: Vec::new(),
-    };
+    let mut c = Checker::new(source, spans);
     for (path, pos) in &spans.duplicates {
         c.push(
             path,
@@ -97,8 +60,8 @@ pub(super) fn validate(
     if raw.max_buckets == 0 {
         c.err("max_buckets", "must be at least 1");
     }
-    if !c.errors.is_empty() {
-        let mut errors = c.errors;
+    if c.error_count() > 0 {
+        let mut errors = c.into_errors();
         errors.sort_by_key(|e| (e.line.is_none(), e.line, e.col));
         return Err(ConfigErrors(errors));
     }
@@ -143,7 +106,7 @@ fn objects_not_arrays(c: &mut Checker, raw: &RawConfig) {
         paths.push(format!("{}.match", element("routes", i)));
     }
     for p in paths {
-        if c.spans.is_array(&p) {
+        if c.spans().is_array(&p) {
             c.err(&p, "expected an object, found an array");
         }
     }
@@ -370,7 +333,7 @@ fn upstream(c: &mut Checker, name: &str, raw: &RawUpstream) -> Upstream {
 
 /// A limit, and its capacity when its parameters are valid.
 fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
-    let errors_before = c.errors.len();
+    let errors_before = c.error_count();
     let path = member("limits", name);
     if let Err(m) = check_name("limit name", name, MAX_NAME_LEN) {
         c.err_key(&path, m);
@@ -428,7 +391,7 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
         Ok(p) => p,
         Err(e) => {
             // The checks above have said why, with the value's position; this one is a net.
-            if c.errors.len() == errors_before {
+            if c.error_count() == errors_before {
                 c.err(&path, e.to_string());
             }
             BucketParams::default()

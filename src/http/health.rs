@@ -9,7 +9,8 @@
 //! next healthy server of the pool (see `proxy`), so a server that dies between two checks
 //! costs no failed request.
 
-use crate::app::node::{Node, Runtime, UpstreamPool};
+use crate::app::node::{Node, Runtime};
+use crate::http::upstream::UpstreamPool;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
@@ -113,7 +114,8 @@ impl BackgroundService for HealthChecks {
             }
             let rt = self.node.runtime();
             if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &rt)) {
-                // A reload built new pools (all healthy): new checkers, checked right away.
+                // A reload built new pools (a pool that kept its servers kept their health):
+                // new checkers, checked right away.
                 due = (0..rt.pools.len())
                     .filter_map(|i| checker(&rt, i).map(|d| (i, d)))
                     .collect();

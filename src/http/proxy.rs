@@ -1,14 +1,22 @@
-//! The pingora proxy hooks: route, key, charge, then answer 429 or forward.
+//! The pingora proxy hooks ([`Gateway`]) and their per-request state ([`Ctx`], [`Outcome`]):
+//! route, key, charge, then answer or forward.
 //!
-//! `request_filter` does all limiting before any upstream work: it normalizes the path,
-//! matches a route, builds each limit's key, and charges all the route's limits at once.
-//! A rejected request is answered here (429 with the IETF headers and a JSON body) without
+//! `request_filter` does all limiting before any upstream work: it finds the client's IP,
+//! normalizes the path, matches a route, builds each limit's key, and charges all the route's
+//! limits at once (`decide`). A request refused or malformed is answered here (`answer`,
+//! `reject_bad`: 400, 404, 413, or 429 with the IETF headers, in JSON, see `respond`) without
 //! touching the upstream. Allowed requests get `X-Forwarded-For`/`X-Forwarded-Proto` on the
-//! way up and the `RateLimit` headers on the way down. `fail_to_proxy` turns upstream
-//! failures into JSON 502/504, and `logging` records metrics and the access log line.
+//! way up (`forwarding`) and the `RateLimit` headers on the way down (`header_case`).
+//! `upstream_peer` and `fail_to_connect` pick the pool's server (the next one after a failed
+//! connect), `fail_to_proxy` turns upstream failures into JSON 502/503/504, and `logging`
+//! records metrics and the access log line.
 
 use crate::app::node::{Node, Runtime};
+use crate::config::Config;
+use crate::http::forwarding::{forwarded_for, peer_ip, set_forwarded, single_length, Forwarded};
+use crate::http::header_case::{without_header_case, RATELIMIT, RATELIMIT_POLICY};
 use crate::http::headers;
+use crate::http::respond::{failure_answer, json_header, respond};
 use crate::request::client_ip;
 use crate::request::decision::{self, Charged, KeyOf, Verdict};
 use crate::request::key::{self, Fingerprint, RequestView};
@@ -19,22 +27,11 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{ErrorSource, ErrorType};
+use pingora::ErrorType;
 use smallvec::SmallVec;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Request bodies larger than this are not drained after a 429: the connection closes instead.
-const DRAIN_LIMIT: usize = 64 * 1024;
-
-/// The names of the rate-limit response headers as the draft spells them, for
-/// `preserve_header_case` (given to pingora as static bytes, a name costs no copy).
-const RATELIMIT_POLICY: &[u8] = b"RateLimit-Policy";
-const RATELIMIT: &[u8] = b"RateLimit";
-/// The same names without case (see [`without_header_case`]).
-static RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
-static RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 /// How long a keep-alive connection may wait for (the rest of) its next request head.
 const KEEPALIVE_IDLE_SECS: u64 = 60;
@@ -89,60 +86,6 @@ pub struct Gateway {
     pub node: Arc<Node>,
 }
 
-/// The header of a JSON response the gateway writes itself. Its names are spelled as the
-/// RateLimit draft and RFC 9110 spell them with `preserve_case`, and lower case (pingora's
-/// title case for the standard ones) without, like the upstream's responses.
-fn json_header(
-    status: u16,
-    len: usize,
-    extra: &[(&'static str, String)],
-    preserve_case: bool,
-) -> Result<ResponseHeader> {
-    let hint = Some(2 + extra.len());
-    let mut h = if preserve_case {
-        ResponseHeader::build(status, hint)?
-    } else {
-        ResponseHeader::build_no_case(status, hint)?
-    };
-    h.insert_header("Content-Type", "application/json")?;
-    h.insert_header("Content-Length", len.to_string())?;
-    for (name, value) in extra {
-        h.insert_header(*name, value.as_str())?;
-    }
-    Ok(h)
-}
-
-/// Writes a complete response from `request_filter` and keeps the connection alive when the
-/// request body is small enough to drain.
-async fn respond(
-    session: &mut Session,
-    ctx: &Ctx,
-    status: u16,
-    extra: &[(&'static str, String)],
-    body: Vec<u8>,
-) -> Result<()> {
-    let h = json_header(status, body.len(), extra, preserve_case(ctx))?;
-    let req = session.req_header();
-    let declared = req
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    let chunked = req.headers.contains_key("transfer-encoding");
-    if chunked || declared.is_some_and(|n| n > DRAIN_LIMIT) {
-        session.set_keepalive(None);
-    } else {
-        // pingora closes a connection answered before its request body was read; a small
-        // body is drained instead when the session is reused, so keep-alive survives.
-        session.set_close_on_response_before_downstream_finish(false);
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
-    Ok(())
-}
-
 impl Gateway {
     async fn reject_bad(
         &self,
@@ -153,41 +96,32 @@ impl Gateway {
     ) -> Result<bool> {
         ctx.outcome = Outcome::BadRequest;
         ctx.status = status;
-        respond(session, ctx, status, &[], headers::error_body(status, msg)).await?;
+        let body = headers::error_body(status, msg);
+        respond(session, status, &[], body, preserve_case(ctx)).await?;
         Ok(true)
     }
 }
 
-/// Drops pingora's record of how the upstream spelled its header names, then adds the
-/// rate-limit headers. Header names are case-insensitive (RFC 9110, section 5.1); an HTTP/1
-/// response then carries them in lower case, except the standard names pingora writes
-/// title-cased (`Content-Type`, `Content-Length`, `Date`, `Connection`, `Server`, ...), as
-/// Envoy and HAProxy write theirs. Keeping the spelling costs pingora a copy of every header
-/// name added or changed (`Date`, `Connection`, the two `RateLimit` headers): two allocations
-/// and a second map insert each, about 4% of the proxy's instructions per request, and the
-/// reason the case is dropped unless `preserve_header_case` asks for it. A reason phrase
-/// other than the standard one is kept.
-fn without_header_case(
-    resp: &mut ResponseHeader,
-    rate_headers: Option<(HeaderValue, HeaderValue)>,
-) -> Result<()> {
-    let reason = resp
-        .get_reason_phrase()
-        .filter(|r| Some(*r) != resp.status.canonical_reason())
-        .map(str::to_owned);
-    let placeholder = ResponseHeader::build_no_case(200, Some(0))?;
-    let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
-    // Room for the rate-limit headers and pingora's `Date` and `Connection`, in one growth.
-    parts.headers.reserve(4);
-    if let Some((policy, rl)) = rate_headers {
-        parts.headers.insert(RATELIMIT_POLICY_NAME.clone(), policy);
-        parts.headers.insert(RATELIMIT_NAME.clone(), rl);
-    }
-    *resp = ResponseHeader::from(parts);
-    if reason.is_some() {
-        resp.set_reason_phrase(reason.as_deref())?;
-    }
-    Ok(())
+/// Finds the client's IP (`ctx.client_ip`, through `trusted_proxies`), whether the peer is a
+/// trusted proxy (`ctx.trusted_peer`), and writes `X-Forwarded-For` into `ctx.xff` now, as the
+/// upstream will get it: the client IP of the keys is the same text when the client is the
+/// peer (no trusted proxy in between). Returns the address that ends that chain and where it
+/// starts in `ctx.xff`.
+fn note_client(session: &Session, ctx: &mut Ctx, cfg: &Config) -> (IpAddr, usize) {
+    let peer = peer_ip(session);
+    let req = session.req_header();
+    ctx.client_ip = client_ip::client_ip(
+        peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        req.headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes()),
+        &cfg.trusted_proxies,
+    );
+    ctx.trusted_peer = peer.is_some_and(|p| client_ip::is_trusted(p, &cfg.trusted_proxies));
+    let forwarded_ip = peer.unwrap_or(ctx.client_ip);
+    let ip_at = forwarded_for(&mut ctx.xff, req, ctx.trusted_peer, forwarded_ip);
+    (forwarded_ip, ip_at)
 }
 
 /// Whether this request's config asks to keep header-name case (see [`without_header_case`]).
@@ -195,99 +129,6 @@ fn preserve_case(ctx: &Ctx) -> bool {
     ctx.runtime
         .as_ref()
         .is_some_and(|rt| rt.config.preserve_header_case)
-}
-
-/// The peer's IP address, canonical (an IPv4-mapped IPv6 address as IPv4); none on a Unix
-/// socket.
-fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| client_ip::canonical(a.ip()))
-}
-
-/// Writes `X-Forwarded-For` for the upstream into `out`: from a trusted proxy, its chain
-/// extended by the peer; from anyone else, a new chain (a client's own X-Forwarded-For proves
-/// nothing and is dropped). `peer` is the peer's address, canonical. Returns where the peer's
-/// address starts in `out`.
-fn forwarded_for(out: &mut String, req: &RequestHeader, trusted: bool, peer: IpAddr) -> usize {
-    out.clear();
-    if trusted {
-        for prior in req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            out.push_str(prior);
-            out.push_str(", ");
-        }
-    } else {
-        out.reserve(48);
-    }
-    let at = out.len();
-    key::push_ip(out, peer);
-    at
-}
-
-/// The headers the gateway sets on a forwarded request.
-struct Forwarded {
-    xff: HeaderValue,
-    /// The single `Content-Length` to send instead of identical duplicates.
-    length: Option<u64>,
-    /// `X-Forwarded-Proto`, unless a trusted proxy sent one.
-    proto: Option<&'static str>,
-}
-
-static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-
-/// Sets the [`Forwarded`] headers. Without `preserve_case`, the request loses pingora's record
-/// of how the client spelled its header names, for the reason and in the way
-/// [`without_header_case`] describes; a request target that the URI does not reproduce
-/// byte for byte (absolute form, say) is put back as it came.
-fn set_forwarded(req: &mut RequestHeader, f: Forwarded, preserve_case: bool) -> Result<()> {
-    if preserve_case {
-        req.insert_header("x-forwarded-for", f.xff)?;
-        if let Some(n) = f.length {
-            req.insert_header("content-length", n)?;
-        }
-        if let Some(p) = f.proto {
-            req.insert_header("x-forwarded-proto", p)?;
-        }
-        return Ok(());
-    }
-    let raw_target = {
-        let raw = req.raw_path();
-        let from_uri = req
-            .uri
-            .path_and_query()
-            .map_or(&b"/"[..], |p| p.as_str().as_bytes());
-        (raw != from_uri).then(|| raw.to_vec())
-    };
-    let end_stream = req.send_end_stream();
-    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
-    parts.headers.reserve(2);
-    parts.headers.insert(X_FORWARDED_FOR.clone(), f.xff);
-    if let Some(n) = f.length {
-        parts
-            .headers
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    if let Some(p) = f.proto {
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(p));
-    }
-    *req = RequestHeader::from(parts);
-    if let Some(raw) = raw_target {
-        req.set_raw_path(&raw)?;
-    }
-    if let Some(end_stream) = end_stream {
-        req.set_send_end_stream(end_stream);
-    }
-    Ok(())
 }
 
 /// What the limits report on the response and in the access log.
@@ -388,7 +229,7 @@ impl Gateway {
                 ctx.status = 413;
                 ctx.outcome = Outcome::Limited;
                 let body = headers::too_costly_body(&l.name, cost, l.params.capacity());
-                respond(session, ctx, 413, &[], body).await?;
+                respond(session, 413, &[], body, preserve_case(ctx)).await?;
                 Ok(true)
             }
             Verdict::Limited { at, decision, .. } => {
@@ -398,7 +239,7 @@ impl Gateway {
                 ctx.status = 429;
                 let extra = headers::rejection_headers(&limit.name, &rt.policies[li], &decision);
                 let body = headers::rejection_body(&limit.name, &decision);
-                respond(session, ctx, 429, &extra, body).await?;
+                respond(session, 429, &extra, body, preserve_case(ctx)).await?;
                 Ok(true)
             }
         }
@@ -433,21 +274,8 @@ impl ProxyHttp for Gateway {
         let rt = self.node.runtime();
         ctx.runtime = Some(rt.clone());
         let cfg = &rt.config;
-        let peer = peer_ip(session);
+        let (forwarded_ip, ip_at) = note_client(session, ctx, cfg);
         let req = session.req_header();
-        ctx.client_ip = client_ip::client_ip(
-            peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            req.headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| v.as_bytes()),
-            &cfg.trusted_proxies,
-        );
-        ctx.trusted_peer = peer.is_some_and(|p| client_ip::is_trusted(p, &cfg.trusted_proxies));
-        // Written now, as the upstream will get it: the client IP of the keys is the same
-        // text when the client is the peer (no trusted proxy in between).
-        let forwarded_ip = peer.unwrap_or(ctx.client_ip);
-        let ip_at = forwarded_for(&mut ctx.xff, req, ctx.trusted_peer, forwarded_ip);
 
         // Route on the target as the upstream will read it: pingora's `req.uri` holds no
         // authority for an absolute-form target, and `/` for a target of no known form.
@@ -479,14 +307,8 @@ impl ProxyHttp for Gateway {
         let Some(ri) = route::find(&cfg.routes, method, &norm, host.as_deref()) else {
             ctx.outcome = Outcome::NoRoute;
             ctx.status = 404;
-            respond(
-                session,
-                ctx,
-                404,
-                &[],
-                headers::error_body(404, "no route matches this request"),
-            )
-            .await?;
+            let body = headers::error_body(404, "no route matches this request");
+            respond(session, 404, &[], body, preserve_case(ctx)).await?;
             return Ok(true);
         };
         ctx.route = Some(ri);
@@ -573,20 +395,7 @@ impl ProxyHttp for Gateway {
             let peer = peer_ip(session).unwrap_or(ctx.client_ip);
             forwarded_for(&mut xff, upstream_request, trusted, peer);
         }
-        // pingora accepts identical duplicate lengths (two lines, or "5, 5") and forwards them
-        // as they came; send the single length it validated.
-        let single_length = {
-            let mut values = upstream_request.headers.get_all("content-length").iter();
-            match (values.next(), values.next()) {
-                (Some(v), None) if !v.as_bytes().contains(&b',') => None,
-                (Some(v), _) => v
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.split(',').next())
-                    .and_then(|v| v.trim().parse::<u64>().ok()),
-                (None, _) => None,
-            }
-        };
+        let single_length = single_length(upstream_request);
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let keep_proto = trusted && upstream_request.headers.contains_key("x-forwarded-proto");
         let forwarded = Forwarded {
@@ -618,25 +427,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (code, msg) = match e.etype() {
-            ErrorType::HTTPStatus(503) => (503, "no healthy upstream server"),
-            ErrorType::HTTPStatus(c) => (*c, "request failed"),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                if e.esource() == &ErrorSource::Upstream =>
-            {
-                (504, "upstream timed out")
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => (502, "upstream connection failed"),
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                        (0, "")
-                    }
-                    _ => (400, "bad request"),
-                },
-                ErrorSource::Internal | ErrorSource::Unset => (500, "internal error"),
-            },
-        };
+        let (code, msg) = failure_answer(e);
         if code >= 500 || ctx.outcome == Outcome::Allowed {
             ctx.outcome = if code >= 500 {
                 Outcome::UpstreamError

@@ -13,3 +13,6 @@ pub mod bucket;
 pub mod clock;
 pub mod pacing;
 pub mod store;
+pub mod store_key;
+pub mod store_sweep;
+pub mod store_sync;

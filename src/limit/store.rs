@@ -7,15 +7,14 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
-use crate::limit::bucket::{Bucket, BucketParams, Counters, Decision};
+pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
+use crate::limit::bucket::{Bucket, BucketParams, Decision};
 use crate::limit::clock::Clock;
 use crate::limit::pacing::Pace;
 use hashbrown::hash_map::RawEntryMut;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -60,39 +59,39 @@ impl ChargeResult {
 }
 
 /// A bucket and its sync state.
-struct Entry {
-    bucket: Bucket,
+pub(super) struct Entry {
+    pub(super) bucket: Bucket,
     /// Changed since the last successful push to the shared store.
-    dirty: bool,
+    pub(super) dirty: bool,
     /// Created since the last read from the shared store: its counters start from zero and
     /// must be rebased onto what the store holds (see [`Store::absorb`]).
-    fresh: bool,
+    pub(super) fresh: bool,
     /// Touched after more than a few sync intervals without a read: the view may lag far
     /// behind the other nodes, so the next sync reads before it writes (see [`Store::absorb`]).
-    stale: bool,
+    pub(super) stale: bool,
     /// Shared mode only (boxed, so a standalone bucket stays small): sync time and pace.
-    sync: Option<Box<SyncState>>,
+    pub(super) sync: Option<Box<SyncState>>,
 }
 
 /// What a shared bucket needs besides its counters.
 #[derive(Default)]
-struct SyncState {
+pub(super) struct SyncState {
     /// When the bucket was last merged with the shared store.
-    synced_ns: i64,
+    pub(super) synced_ns: i64,
     /// This node's allowance between syncs.
-    pace: Pace,
+    pub(super) pace: Pace,
 }
 
-struct Shard {
+pub(super) struct Shard {
     /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
     /// SipHash on short keys. One hash per request picks the shard and probes its map.
-    map: hashbrown::HashMap<Box<str>, Entry, ahash::RandomState>,
+    pub(super) map: hashbrown::HashMap<Box<str>, Entry, ahash::RandomState>,
     /// Keys whose entry turned dirty, each listed once until drained.
-    dirty: Vec<Box<str>>,
+    pub(super) dirty: Vec<Box<str>>,
 }
 
 impl Shard {
-    fn mark_dirty(&mut self, key: &str) {
+    pub(super) fn mark_dirty(&mut self, key: &str) {
         if let Some(e) = self.map.get_mut(key) {
             if !e.dirty {
                 e.dirty = true;
@@ -102,33 +101,24 @@ impl Shard {
     }
 }
 
-/// A bucket to push to the shared store: its store key, this node's counters, and whether it
-/// must first be read (fresh).
-#[derive(Debug, Clone)]
-pub struct DirtyBucket {
-    pub store_key: String,
-    pub own: Counters,
-    pub fresh: bool,
-}
-
 /// Sharded map from `"{limit}:{key}"` to bucket.
 pub struct Store {
-    shards: Box<[Mutex<Shard>]>,
+    pub(super) shards: Box<[Mutex<Shard>]>,
     /// The hasher of every shard's map (same keys), so a key is hashed once.
-    hasher: ahash::RandomState,
-    clock: Arc<dyn Clock>,
+    pub(super) hasher: ahash::RandomState,
+    pub(super) clock: Arc<dyn Clock>,
     /// Buckets are shared through Redis: track what changed for the sync loop, and pace.
-    shared: bool,
+    pub(super) shared: bool,
     /// Live nodes sharing the buckets (from the sync loop's registry).
-    live_nodes: AtomicU32,
+    pub(super) live_nodes: AtomicU32,
     /// A pace older than this (no sync of its bucket) falls back to the equal share.
-    stale_ns: AtomicI64,
+    pub(super) stale_ns: AtomicI64,
     /// The sync interval (shared mode), for the Redis TTL of a bucket.
-    sync_interval_ns: AtomicI64,
+    pub(super) sync_interval_ns: AtomicI64,
     /// Most buckets per shard (`max_buckets` / shards, at least 1).
-    shard_cap: AtomicUsize,
+    pub(super) shard_cap: AtomicUsize,
     /// Requests refused because their bucket could not be created (the store was full).
-    overflows: AtomicU64,
+    pub(super) overflows: AtomicU64,
 }
 
 thread_local! {
@@ -140,7 +130,7 @@ thread_local! {
 /// none of std's poisoning checks. No code panics while holding a shard lock; if one ever
 /// did, the map is still consistent (each operation is a single insert or field update), so
 /// the next request is served as usual.
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+pub(super) fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock()
 }
 
@@ -149,21 +139,6 @@ impl LimitSpec {
     pub fn key_of<'k>(&self, store_key: &'k str) -> &'k str {
         store_key.get(self.name.len() + 1..).unwrap_or_default()
     }
-}
-
-/// The store key of a bucket: limit names contain no ':' (checked by the config).
-pub fn store_key(limit: &str, key: &str) -> String {
-    let mut s = String::with_capacity(limit.len() + 1 + key.len());
-    push_limit_prefix(&mut s, limit);
-    s.push_str(key);
-    s
-}
-
-/// The `LIMIT:` that starts every store key of `limit`.
-#[inline]
-pub fn push_limit_prefix(out: &mut String, limit: &str) {
-    out.push_str(limit);
-    out.push(':');
 }
 
 impl Store {
@@ -213,12 +188,12 @@ impl Store {
 
     /// The hash of a store key, and its shard, from bits 32-37 of the hash: the maps use the
     /// low bits (slot) and the top seven (tag), which must stay spread within a shard.
-    fn locate(&self, key: &str) -> (u64, usize) {
+    pub(super) fn locate(&self, key: &str) -> (u64, usize) {
         let h = self.hasher.hash_one(key);
         (h, (h >> 32) as usize % SHARDS)
     }
 
-    fn shard_of(&self, key: &str) -> usize {
+    pub(super) fn shard_of(&self, key: &str) -> usize {
         self.locate(key).1
     }
 
@@ -275,115 +250,80 @@ impl Store {
             guards.push((sid, lock(&self.shards[sid])));
             shards &= shards - 1;
         }
-
         let single = charges.len() == 1;
-        let mut decisions: Small<Decision> = SmallVec::new();
-        let mut rejected_by: Option<usize> = None;
-        let mut shadow_rejected: Small<usize> = SmallVec::new();
+        let mut out = ChargeResult {
+            decisions: SmallVec::new(),
+            rejected_by: None,
+            shadow_rejected: SmallVec::new(),
+        };
         // Charges paid in the first pass: (index, consumed before, spent before).
         let mut paid: Small<(usize, u64, Option<u64>)> = SmallVec::new();
         for (i, c) in charges.iter().enumerate() {
             let (hash, sid) = located[i];
             let key = key_of(i);
             let shard = guard_for(&mut guards, sid);
-            let shared = self.shared;
             let cap = self.shard_cap.load(Ordering::Relaxed);
-            let Some(entry) = bucket_entry(shard, hash, key, &c.limit.params, now, (cap, shared))
+            let Some(entry) =
+                bucket_entry(shard, hash, key, &c.limit.params, now, (cap, self.shared))
             else {
                 // No room for a new bucket: refused (a shadow limit only reports it).
                 self.overflows.fetch_add(1, Ordering::Relaxed);
-                let d = Decision {
-                    allowed: false,
-                    remaining: 0,
-                    retry_after_ns: 1_000_000_000,
-                    full_in_ns: 0,
-                    never: false,
-                };
-                if c.limit.shadow {
-                    shadow_rejected.push(i);
-                } else if rejected_by
-                    .is_none_or(|r| d.retry_after_ns > decisions_retry(&decisions, r))
-                {
-                    rejected_by = Some(i);
-                }
-                decisions.push(d);
+                out.push(i, c.limit.shadow, OVERFLOW);
                 continue;
             };
-            if let Some(sync) = entry.sync.as_ref() {
-                if !entry.fresh
-                    && now.saturating_sub(sync.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
-                {
-                    entry.stale = true;
-                }
-            }
-            let tokens = entry.bucket.tokens_units(&c.limit.params, now);
-            let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
-            entry.bucket.record_attempt();
-            if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
-                let live = self.live_nodes.load(Ordering::Relaxed);
-                let stale = self.stale_ns.load(Ordering::Relaxed);
-                if let Err(wait) =
-                    sync.pace
-                        .check(&c.limit.params, c.cost, tokens, now, live, stale)
-                {
-                    // This node's share is spent: nothing left here until it refills.
-                    d.allowed = false;
-                    d.remaining = 0;
-                    d.retry_after_ns = wait;
-                }
-            }
+            let d = self.evaluate(entry, c, now);
             // Pay now, with the entry in hand; should a later limit refuse, the payments are
             // undone below, under the same locks (a refusal is the rare case: it alone costs a
             // second lookup).
             if d.allowed {
                 if !single {
-                    paid.push((
-                        i,
-                        entry.bucket.own_consumed(),
-                        entry.sync.as_ref().map(|s| s.pace.spent()),
-                    ));
+                    let spent = entry.sync.as_ref().map(|s| s.pace.spent());
+                    paid.push((i, entry.bucket.own_consumed(), spent));
                 }
                 entry.bucket.commit(c.cost);
                 if let Some(sync) = entry.sync.as_mut() {
                     sync.pace.spend(c.cost);
                 }
             }
-            let newly_dirty = shared && !entry.dirty;
-            if newly_dirty {
+            if self.shared && !entry.dirty {
                 entry.dirty = true;
                 shard.dirty.push(key.into());
             }
-            if !d.allowed {
-                if c.limit.shadow {
-                    shadow_rejected.push(i);
-                } else {
-                    let longer = rejected_by
-                        .map(|r: usize| d.retry_after_ns > decisions_retry(&decisions, r))
-                        .unwrap_or(true);
-                    if longer {
-                        rejected_by = Some(i);
-                    }
-                }
-            }
-            decisions.push(d);
+            out.push(i, c.limit.shadow, d);
         }
-        if rejected_by.is_some() {
-            for &(i, consumed, spent) in &paid {
-                let (hash, sid) = located[i];
-                let shard = guard_for(&mut guards, sid);
-                if let Some(e) = get_hashed(shard, hash, key_of(i)) {
-                    e.bucket.uncommit_to(consumed);
-                    if let (Some(sync), Some(spent)) = (e.sync.as_mut(), spent) {
-                        sync.pace.unspend_to(spent);
-                    }
-                }
+        if out.rejected_by.is_some() {
+            undo(&mut guards, &located, &paid, key_of);
+        }
+        out
+    }
+
+    /// One bucket's decision on a charge, pace included; records the attempt.
+    #[inline(always)]
+    fn evaluate(&self, entry: &mut Entry, c: &Charge<'_>, now: i64) -> Decision {
+        if let Some(sync) = entry.sync.as_ref() {
+            if !entry.fresh
+                && now.saturating_sub(sync.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
+            {
+                entry.stale = true;
             }
         }
-        ChargeResult {
-            decisions,
-            rejected_by,
-            shadow_rejected,
+        let tokens = entry.bucket.tokens_units(&c.limit.params, now);
+        let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
+        entry.bucket.record_attempt();
+        if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
+            let live = self.live_nodes.load(Ordering::Relaxed);
+            let stale = self.stale_ns.load(Ordering::Relaxed);
+            if let Err(wait) = sync
+                .pace
+                .check(&c.limit.params, c.cost, tokens, now, live, stale)
+            {
+                // This node's share is spent: nothing left here until it refills.
+                d.allowed = false;
+                d.remaining = 0;
+                d.retry_after_ns = wait;
+            }
         }
+        d
     }
 
     /// Peeks at a bucket without creating or charging it: a missing bucket is a new one.
@@ -397,224 +337,6 @@ impl Store {
         }
     }
 
-    /// Drops buckets that are full (their state says nothing a new bucket would not) and those
-    /// whose limit no longer exists. Returns how many were dropped.
-    pub fn evict_idle(&self, params_of: impl Fn(&str) -> Option<BucketParams>) -> usize {
-        let now = self.clock.now_ns();
-        let interval = std::time::Duration::from_nanos(
-            u64::try_from(self.sync_interval_ns.load(Ordering::Relaxed)).unwrap_or(0),
-        );
-        let mut dropped = 0;
-        for s in self.shards.iter() {
-            let mut shard = lock(s);
-            let before = shard.map.len();
-            shard.map.retain(|k, e| {
-                let limit = k.split_once(':').map_or(&**k, |(l, _)| l);
-                match params_of(limit) {
-                    // Unpushed changes stay until the sync loop has written them, and a shared
-                    // bucket stays as long as its hash may live in Redis (the TTL from its last
-                    // sync): if Redis restarts empty meanwhile, this node restores it from here.
-                    Some(p) => {
-                        let kept_for_redis = e.sync.as_ref().is_some_and(|sync| {
-                            let ttl_ms = p.state_ttl_ms(interval);
-                            let ttl_ns = i64::try_from(ttl_ms)
-                                .unwrap_or(i64::MAX)
-                                .saturating_mul(1_000_000);
-                            now.saturating_sub(sync.synced_ns) <= ttl_ns
-                        });
-                        e.dirty
-                            || kept_for_redis
-                            || !(p.initial_tokens() == p.capacity() && e.bucket.is_full(&p, now))
-                    }
-                    None => false,
-                }
-            });
-            dropped += before - shard.map.len();
-        }
-        dropped
-    }
-
-    /// Re-bases every bucket of `limit` onto new parameters, carrying its tokens over.
-    pub fn rebase(&self, limit: &str, old: &BucketParams, new: &BucketParams) {
-        let now = self.clock.now_ns();
-        for s in self.shards.iter() {
-            let mut shard = lock(s);
-            for (k, e) in shard.map.iter_mut() {
-                if k.split_once(':').map(|(l, _)| l) == Some(limit) {
-                    e.bucket = e.bucket.carry_over(old, new, now);
-                }
-            }
-        }
-    }
-
-    /// Per limit: (live buckets, lowest whole tokens among them).
-    pub fn stats(
-        &self,
-        params_of: impl Fn(&str) -> Option<BucketParams>,
-    ) -> HashMap<String, (u64, u64)> {
-        let now = self.clock.now_ns();
-        let mut out: HashMap<String, (u64, u64)> = HashMap::new();
-        for s in self.shards.iter() {
-            let shard = lock(s);
-            for (k, e) in shard.map.iter() {
-                let limit = k.split_once(':').map_or(&**k, |(l, _)| l);
-                let Some(p) = params_of(limit) else { continue };
-                let tokens = e.bucket.peek(&p, 0, now).remaining;
-                let e = out.entry(limit.to_string()).or_insert((0, u64::MAX));
-                e.0 += 1;
-                e.1 = e.1.min(tokens);
-            }
-        }
-        out
-    }
-
-    /// Takes the list of buckets changed since the last call, with this node's counters.
-    /// They stay marked dirty (and are not evicted) until [`Store::absorb`] confirms them;
-    /// on a failed push, [`Store::requeue`] lists them again.
-    pub fn take_dirty(&self) -> Vec<DirtyBucket> {
-        let mut out = Vec::new();
-        for s in self.shards.iter() {
-            let mut shard = lock(s);
-            let keys = std::mem::take(&mut shard.dirty);
-            for k in keys {
-                if let Some(e) = shard.map.get(&*k) {
-                    out.push(DirtyBucket {
-                        store_key: k.to_string(),
-                        own: *e.bucket.own(),
-                        fresh: e.fresh || e.stale,
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    /// Lists buckets again after a failed push.
-    pub fn requeue(&self, keys: impl IntoIterator<Item = String>) {
-        for k in keys {
-            let mut shard = lock(&self.shards[self.shard_of(&k)]);
-            if let Some(e) = shard.map.get_mut(k.as_str()) {
-                e.dirty = false;
-                shard.mark_dirty(&k);
-            }
-        }
-    }
-
-    /// Lists every bucket for a push (after the shared store lost its data).
-    pub fn mark_all_dirty(&self) {
-        for s in self.shards.iter() {
-            let mut shard = lock(s);
-            let keys: Vec<Box<str>> = shard.map.keys().cloned().collect();
-            for k in keys {
-                shard.mark_dirty(&k);
-            }
-        }
-    }
-
-    /// Sets what the sync loop knows of the cluster: live nodes and the sync interval.
-    pub fn set_cluster(&self, live_nodes: u32, sync_interval_ns: i64) {
-        self.live_nodes.store(live_nodes.max(1), Ordering::Relaxed);
-        self.sync_interval_ns
-            .store(sync_interval_ns, Ordering::Relaxed);
-        self.stale_ns
-            .store(sync_interval_ns.saturating_mul(3), Ordering::Relaxed);
-    }
-
-    /// Merges what the shared store holds for a bucket (`nodes`: every node's counters, this
-    /// node's under `me`), then recomputes this node's pace. `pushed` says whether this
-    /// node's counters were written in the same round trip (then the entry is clean unless it
-    /// changed meanwhile).
-    ///
-    /// A fresh bucket (created since the last read) counted from zero: its own counters are
-    /// rebased onto the stored ones (stored + what it took since), and its waste becomes the
-    /// stored one, so a bucket evicted from memory, or a restarted node, continues where the
-    /// store says instead of starting full again. It is then pushed on the next sync.
-    pub fn absorb(
-        &self,
-        store_key: &str,
-        me: &str,
-        nodes: &BTreeMap<String, Counters>,
-        params: &BucketParams,
-        pushed: bool,
-    ) {
-        let now = self.clock.now_ns();
-        let own_stored = nodes.get(me).copied();
-        let (mut others_consumed, mut others_waste) = (0u64, None::<i128>);
-        for (_, c) in nodes.iter().filter(|(n, _)| n.as_str() != me) {
-            others_consumed = others_consumed.saturating_add(c.consumed);
-            others_waste = Some(others_waste.map_or(c.waste, |w| w.max(c.waste)));
-        }
-        let live = self.live_nodes.load(Ordering::Relaxed);
-        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
-        let relist = {
-            let Some(e) = shard.map.get_mut(store_key) else {
-                return;
-            };
-            if e.fresh && !nodes.is_empty() {
-                e.bucket
-                    .rebase_on_store(own_stored.as_ref(), others_consumed, others_waste);
-            } else if e.stale {
-                // Waste raised locally on a lagging view would over-state the refill lost at
-                // the cap by everything the others spent meanwhile: take the stored one.
-                e.bucket
-                    .refresh_from_store(own_stored.as_ref(), others_consumed, others_waste);
-            } else {
-                let own = own_stored.unwrap_or(Counters {
-                    consumed: 0,
-                    attempts: 0,
-                    waste: i128::MIN,
-                });
-                e.bucket
-                    .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
-            }
-            let tokens = e.bucket.tokens_units(params, now);
-            let own_attempts = e.bucket.own().attempts;
-            let sync = e.sync.get_or_insert_with(Default::default);
-            sync.pace
-                .resync((me, own_attempts), nodes, live, tokens, now);
-            sync.synced_ns = now;
-            let was_fresh = e.fresh || e.stale;
-            e.fresh = false;
-            e.stale = false;
-            // Clean only if what was pushed is still all there is. Waste alone does not count:
-            // evaluating a full bucket raises it (the cap), which any node recomputes from the
-            // same counters, so pushing it would keep every full bucket syncing forever.
-            let own = e.bucket.own();
-            let changed = !pushed
-                || was_fresh
-                || own_stored
-                    .is_none_or(|o| o.consumed != own.consumed || o.attempts != own.attempts);
-            e.dirty = false;
-            changed
-        };
-        if relist {
-            shard.mark_dirty(store_key);
-        }
-    }
-
-    /// Loads a bucket that the shared store holds (a starting node reading its own fields
-    /// back): created if absent, then merged as a fresh bucket, so it continues the stored
-    /// counters; it is pushed on the next sync.
-    pub fn preload(
-        &self,
-        store_key: &str,
-        me: &str,
-        nodes: &BTreeMap<String, Counters>,
-        params: &BucketParams,
-    ) {
-        let now = self.clock.now_ns();
-        {
-            let (hash, sid) = self.locate(store_key);
-            let mut shard = lock(&self.shards[sid]);
-            let cap = self.shard_cap.load(Ordering::Relaxed);
-            if bucket_entry(&mut shard, hash, store_key, params, now, (cap, self.shared)).is_none()
-            {
-                return;
-            }
-        }
-        self.absorb(store_key, me, nodes, params, false);
-    }
-
     /// Number of live buckets.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).map.len()).sum()
@@ -625,8 +347,51 @@ impl Store {
     }
 }
 
-fn decisions_retry(decisions: &[Decision], i: usize) -> u64 {
-    decisions.get(i).map_or(0, |d| d.retry_after_ns)
+/// The decision for a bucket that could not be created (the store is at `max_buckets`).
+const OVERFLOW: Decision = Decision {
+    allowed: false,
+    remaining: 0,
+    retry_after_ns: 1_000_000_000,
+    full_in_ns: 0,
+    never: false,
+};
+
+impl ChargeResult {
+    /// Adds charge `i`'s decision: a refusal by an enforcing limit that needs a longer wait
+    /// than the refusals so far becomes the one reported.
+    #[inline(always)]
+    fn push(&mut self, i: usize, shadow: bool, d: Decision) {
+        if !d.allowed {
+            if shadow {
+                self.shadow_rejected.push(i);
+            } else if self.rejected_by.is_none_or(|r| {
+                d.retry_after_ns > self.decisions.get(r).map_or(0, |x| x.retry_after_ns)
+            }) {
+                self.rejected_by = Some(i);
+            }
+        }
+        self.decisions.push(d);
+    }
+}
+
+/// Undoes the payments of a refused charge, under the locks it holds.
+#[cold]
+fn undo<'k>(
+    guards: &mut [(usize, MutexGuard<'_, Shard>)],
+    located: &[(u64, usize)],
+    paid: &[(usize, u64, Option<u64>)],
+    key_of: impl Fn(usize) -> &'k str,
+) {
+    for &(i, consumed, spent) in paid {
+        let (hash, sid) = located[i];
+        let shard = guard_for(guards, sid);
+        if let Some(e) = get_hashed(shard, hash, key_of(i)) {
+            e.bucket.uncommit_to(consumed);
+            if let (Some(sync), Some(spent)) = (e.sync.as_mut(), spent) {
+                sync.pace.unspend_to(spent);
+            }
+        }
+    }
 }
 
 fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize) -> &'g mut Shard {
@@ -637,7 +402,7 @@ fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize
 /// The entry of `key` (hash `hash`), created when missing unless the shard holds `cap`
 /// entries already: one probe, and the key is allocated only on insertion.
 #[inline]
-fn bucket_entry<'s>(
+pub(super) fn bucket_entry<'s>(
     shard: &'s mut Shard,
     hash: u64,
     key: &str,
@@ -694,7 +459,9 @@ fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limit::bucket::Counters;
     use crate::limit::clock::ManualClock;
+    use std::collections::BTreeMap;
 
     const SEC: i64 = 1_000_000_000;
 

@@ -1,0 +1,167 @@
+//! The store's side of sharing buckets: which buckets changed since the last sync, what this
+//! node holds of each, and merging what the shared store holds (the others' counters) back
+//! into memory, with the pace recomputed. The sync round ([`crate::shared::round`]) drives
+//! these; nothing here does I/O.
+
+use super::bucket::{BucketParams, Counters};
+use super::store::{bucket_entry, lock, Store};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// A bucket to push to the shared store: its store key, this node's counters, and whether it
+/// must first be read (fresh).
+#[derive(Debug, Clone)]
+pub struct DirtyBucket {
+    pub store_key: String,
+    pub own: Counters,
+    pub fresh: bool,
+}
+
+impl Store {
+    /// Takes the list of buckets changed since the last call, with this node's counters.
+    /// They stay marked dirty (and are not evicted) until [`Store::absorb`] confirms them;
+    /// on a failed push, [`Store::requeue`] lists them again.
+    pub fn take_dirty(&self) -> Vec<DirtyBucket> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            let keys = std::mem::take(&mut shard.dirty);
+            for k in keys {
+                if let Some(e) = shard.map.get(&*k) {
+                    out.push(DirtyBucket {
+                        store_key: k.to_string(),
+                        own: *e.bucket.own(),
+                        fresh: e.fresh || e.stale,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Lists buckets again after a failed push.
+    pub fn requeue(&self, keys: impl IntoIterator<Item = String>) {
+        for k in keys {
+            let mut shard = lock(&self.shards[self.shard_of(&k)]);
+            if let Some(e) = shard.map.get_mut(k.as_str()) {
+                e.dirty = false;
+                shard.mark_dirty(&k);
+            }
+        }
+    }
+
+    /// Lists every bucket for a push (after the shared store lost its data).
+    pub fn mark_all_dirty(&self) {
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            let keys: Vec<Box<str>> = shard.map.keys().cloned().collect();
+            for k in keys {
+                shard.mark_dirty(&k);
+            }
+        }
+    }
+
+    /// Sets what the sync loop knows of the cluster: live nodes and the sync interval.
+    pub fn set_cluster(&self, live_nodes: u32, sync_interval_ns: i64) {
+        self.live_nodes.store(live_nodes.max(1), Ordering::Relaxed);
+        self.sync_interval_ns
+            .store(sync_interval_ns, Ordering::Relaxed);
+        self.stale_ns
+            .store(sync_interval_ns.saturating_mul(3), Ordering::Relaxed);
+    }
+
+    /// Merges what the shared store holds for a bucket (`nodes`: every node's counters, this
+    /// node's under `me`), then recomputes this node's pace. `pushed` says whether this
+    /// node's counters were written in the same round trip (then the entry is clean unless it
+    /// changed meanwhile).
+    ///
+    /// A fresh bucket (created since the last read) counted from zero: its own counters are
+    /// rebased onto the stored ones (stored + what it took since), and its waste becomes the
+    /// stored one, so a bucket evicted from memory, or a restarted node, continues where the
+    /// store says instead of starting full again. It is then pushed on the next sync.
+    pub fn absorb(
+        &self,
+        store_key: &str,
+        me: &str,
+        nodes: &BTreeMap<String, Counters>,
+        params: &BucketParams,
+        pushed: bool,
+    ) {
+        let now = self.clock.now_ns();
+        let own_stored = nodes.get(me).copied();
+        let (mut others_consumed, mut others_waste) = (0u64, None::<i128>);
+        for (_, c) in nodes.iter().filter(|(n, _)| n.as_str() != me) {
+            others_consumed = others_consumed.saturating_add(c.consumed);
+            others_waste = Some(others_waste.map_or(c.waste, |w| w.max(c.waste)));
+        }
+        let live = self.live_nodes.load(Ordering::Relaxed);
+        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
+        let relist = {
+            let Some(e) = shard.map.get_mut(store_key) else {
+                return;
+            };
+            if e.fresh && !nodes.is_empty() {
+                e.bucket
+                    .rebase_on_store(own_stored.as_ref(), others_consumed, others_waste);
+            } else if e.stale {
+                // Waste raised locally on a lagging view would over-state the refill lost at
+                // the cap by everything the others spent meanwhile: take the stored one.
+                e.bucket
+                    .refresh_from_store(own_stored.as_ref(), others_consumed, others_waste);
+            } else {
+                let own = own_stored.unwrap_or(Counters {
+                    consumed: 0,
+                    attempts: 0,
+                    waste: i128::MIN,
+                });
+                e.bucket
+                    .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
+            }
+            let tokens = e.bucket.tokens_units(params, now);
+            let own_attempts = e.bucket.own().attempts;
+            let sync = e.sync.get_or_insert_with(Default::default);
+            sync.pace
+                .resync((me, own_attempts), nodes, live, tokens, now);
+            sync.synced_ns = now;
+            let was_fresh = e.fresh || e.stale;
+            e.fresh = false;
+            e.stale = false;
+            // Clean only if what was pushed is still all there is. Waste alone does not count:
+            // evaluating a full bucket raises it (the cap), which any node recomputes from the
+            // same counters, so pushing it would keep every full bucket syncing forever.
+            let own = e.bucket.own();
+            let changed = !pushed
+                || was_fresh
+                || own_stored
+                    .is_none_or(|o| o.consumed != own.consumed || o.attempts != own.attempts);
+            e.dirty = false;
+            changed
+        };
+        if relist {
+            shard.mark_dirty(store_key);
+        }
+    }
+
+    /// Loads a bucket that the shared store holds (a starting node reading its own fields
+    /// back): created if absent, then merged as a fresh bucket, so it continues the stored
+    /// counters; it is pushed on the next sync.
+    pub fn preload(
+        &self,
+        store_key: &str,
+        me: &str,
+        nodes: &BTreeMap<String, Counters>,
+        params: &BucketParams,
+    ) {
+        let now = self.clock.now_ns();
+        {
+            let (hash, sid) = self.locate(store_key);
+            let mut shard = lock(&self.shards[sid]);
+            let cap = self.shard_cap.load(Ordering::Relaxed);
+            if bucket_entry(&mut shard, hash, store_key, params, now, (cap, self.shared)).is_none()
+            {
+                return;
+            }
+        }
+        self.absorb(store_key, me, nodes, params, false);
+    }
+}

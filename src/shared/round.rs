@@ -1,0 +1,298 @@
+//! One sync round, as pure steps around its round trip: [`build`] turns the buckets that
+//! changed into the commands of the round, [`apply`] merges the replies into the store and
+//! says what the round saw (config drift, a twin writing this node's fields, refusals). The
+//! sync loop ([`super::sync`]) sends the commands and reports what [`apply`] found; the
+//! pacing simulation (`tests/pacing_simulation.rs`) drives the same two steps against a map.
+//!
+//! A bucket new to this node (fresh, or stale after a long silence) is read first and pushed
+//! on the next round, so that it continues what the store holds; a known one has this node's
+//! fields max-merged into its hash and the merged hash read back in the same command.
+
+use super::layout;
+use crate::limit::bucket::Counters;
+use crate::limit::store::{split_store_key, LimitSpec, Store};
+use crate::limit::store_sync::DirtyBucket;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+/// What a round needs to know of this node and its config.
+pub struct Context<'a> {
+    pub node_id: &'a str,
+    pub key_prefix: &'a str,
+    pub sync_interval: Duration,
+    pub limits: &'a [LimitSpec],
+    /// The node's clock, as the buckets see it (Unix ms).
+    pub now_ms: u64,
+}
+
+impl Context<'_> {
+    fn limit(&self, name: &str) -> Option<&LimitSpec> {
+        self.limits.iter().find(|l| l.name == name)
+    }
+}
+
+/// One bucket's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Read the hash (this node's field names are sent along, for a hash too big to return
+    /// whole: see [`layout::MAX_FIELDS`]).
+    Read { own_fields: [String; 6] },
+    /// Max-merge these fields, extend the TTL, read the hash back.
+    Merge {
+        ttl_ms: u64,
+        fields: Vec<(String, String)>,
+    },
+}
+
+/// One bucket of the round.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub bucket: DirtyBucket,
+    pub redis_key: String,
+    pub command: Command,
+}
+
+/// The bucket commands of one round trip, in order (the replies come in the same order).
+#[derive(Debug, Default)]
+pub struct Round {
+    pub ops: Vec<Op>,
+}
+
+/// The commands for the buckets that changed. A bucket of a limit that no longer exists is
+/// dropped (its state is evicted with the limit).
+pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
+    let mut ops = Vec::with_capacity(dirty.len());
+    for bucket in dirty {
+        let Some((limit, key)) = split_store_key(&bucket.store_key) else {
+            continue;
+        };
+        let Some(spec) = ctx.limit(limit) else {
+            continue;
+        };
+        let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
+        let command = if bucket.fresh {
+            Command::Read {
+                own_fields: layout::node_field_names(ctx.node_id),
+            }
+        } else {
+            let p = &spec.params;
+            Command::Merge {
+                ttl_ms: p.state_ttl_ms(ctx.sync_interval),
+                fields: layout::node_fields(
+                    ctx.node_id,
+                    &bucket.own,
+                    p.capacity(),
+                    p.rate_q(),
+                    ctx.now_ms,
+                ),
+            }
+        };
+        ops.push(Op {
+            bucket,
+            redis_key,
+            command,
+        });
+    }
+    Round { ops }
+}
+
+/// A bucket command's reply: the hash, or why Redis refused the command.
+pub type Reply = Result<HashMap<String, String>, Refusal>;
+
+/// A command Redis refused (WRONGTYPE, NOPERM, NOSCRIPT, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    /// Redis has lost the scripts (SCRIPT FLUSH, a failover): load them again.
+    pub no_script: bool,
+}
+
+/// What a round saw, for the sync loop to report.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Per limit met in the round: whether another node holds other parameters for it.
+    pub drift: BTreeMap<String, bool>,
+    /// After a push the hash held more of this node's counters than it pushed: another live
+    /// process writes this node's fields.
+    pub duplicate: bool,
+    /// Buckets whose command failed or got no reply: listed again for the next round.
+    pub requeue: Vec<String>,
+    /// The first refusal, as `BUCKET: message`.
+    pub first_error: Option<String>,
+    pub no_script: bool,
+    /// A bucket whose hash is over [`layout::MAX_FIELDS`], and its field count.
+    pub too_big: Option<(String, String)>,
+    /// Buckets of `oversized` whose hash is back to a normal size.
+    pub resized: Vec<String>,
+}
+
+/// Merges the replies into the store, in the order of `round`'s commands (missing replies
+/// count as failures). `oversized`: buckets known to have an oversized hash.
+pub fn apply(
+    store: &Store,
+    ctx: &Context<'_>,
+    round: &Round,
+    replies: impl IntoIterator<Item = Reply>,
+    oversized: &HashSet<String>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut replies = replies.into_iter();
+    for op in &round.ops {
+        let d = &op.bucket;
+        match replies.next() {
+            Some(Ok(hash)) => {
+                if let Some(n) = hash.get(layout::TOO_BIG) {
+                    seen.too_big
+                        .get_or_insert_with(|| (d.store_key.clone(), n.clone()));
+                } else if oversized.contains(&d.store_key) {
+                    seen.resized.push(d.store_key.clone());
+                }
+                absorb_hash(store, ctx, d, &hash, &mut seen);
+            }
+            Some(Err(refusal)) => {
+                seen.no_script |= refusal.no_script;
+                seen.first_error
+                    .get_or_insert_with(|| format!("{}: {}", d.store_key, refusal.message));
+                seen.requeue.push(d.store_key.clone());
+            }
+            None => seen.requeue.push(d.store_key.clone()),
+        }
+    }
+    seen
+}
+
+/// One bucket's hash: drift and twin checks, then the store merges it.
+fn absorb_hash(
+    store: &Store,
+    ctx: &Context<'_>,
+    d: &DirtyBucket,
+    hash: &HashMap<String, String>,
+    seen: &mut Seen,
+) {
+    let (nodes, _ignored) = layout::parse_hash(hash);
+    let Some(spec) = split_store_key(&d.store_key).and_then(|(limit, _)| ctx.limit(limit)) else {
+        return;
+    };
+    let p = &spec.params;
+    let differs = nodes.iter().any(|(n, f)| {
+        n.as_str() != ctx.node_id
+            && (f.capacity.is_some_and(|c| c != p.capacity())
+                || f.rate_q.is_some_and(|r| r != p.rate_q()))
+    });
+    *seen.drift.entry(spec.name.clone()).or_insert(false) |= differs;
+    // After a push the hash holds max(stored, ours): more than we pushed means another live
+    // node writes our fields.
+    let own = nodes.get(ctx.node_id).map(|f| f.counters);
+    if !d.fresh && own.is_some_and(|o| o.consumed > d.own.consumed || o.attempts > d.own.attempts) {
+        seen.duplicate = true;
+    }
+    let counters: BTreeMap<String, Counters> =
+        nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
+    store.absorb(&d.store_key, ctx.node_id, &counters, p, !d.fresh);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::bucket::BucketParams;
+    use crate::limit::clock::ManualClock;
+    use crate::limit::store::{store_key, Charge};
+    use std::sync::Arc;
+
+    fn limit() -> LimitSpec {
+        LimitSpec {
+            name: "l".into(),
+            params: BucketParams::new(10, 1.0, 10).expect("params"),
+            shadow: false,
+        }
+    }
+
+    fn ctx(limits: &[LimitSpec]) -> Context<'_> {
+        Context {
+            node_id: "me",
+            key_prefix: "tg",
+            sync_interval: Duration::from_millis(100),
+            limits,
+            now_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_new_bucket_is_read_then_merged_and_a_refused_one_is_listed_again() {
+        let limits = [limit()];
+        let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
+        let charge = || {
+            store.charge(&[Charge {
+                limit: &limits[0],
+                key: "k",
+                cost: 1,
+            }])
+        };
+        assert!(charge().allowed());
+        let ctx = ctx(&limits);
+        let round = build(&ctx, store.take_dirty());
+        assert_eq!(round.ops.len(), 1);
+        assert_eq!(round.ops[0].redis_key, "tg:l:k");
+        assert!(matches!(round.ops[0].command, Command::Read { .. }));
+        // The store held 4 tokens taken by another node (whose bucket started full, as this
+        // one did): this node continues from there.
+        let other: HashMap<String, String> = layout::node_fields(
+            "other",
+            &Counters {
+                consumed: 4,
+                attempts: 4,
+                waste: round.ops[0].bucket.own.waste,
+            },
+            10,
+            1_000_000_000,
+            1,
+        )
+        .into_iter()
+        .collect();
+        let seen = apply(&store, &ctx, &round, [Ok(other)], &HashSet::new());
+        assert!(seen.requeue.is_empty() && !seen.duplicate);
+        assert_eq!(seen.drift.get("l"), Some(&false));
+        assert_eq!(store.peek(&limits[0], "k", 0).remaining, 5);
+        // Next round: merged, and a refusal lists the bucket again.
+        let round = build(&ctx, store.take_dirty());
+        let Command::Merge { fields, .. } = &round.ops[0].command else {
+            panic!("a known bucket is merged");
+        };
+        assert!(fields.contains(&("me:consumed".to_string(), "1".to_string())));
+        let refused = Refusal {
+            message: "WRONGTYPE".into(),
+            no_script: false,
+        };
+        let seen = apply(&store, &ctx, &round, [Err(refused)], &HashSet::new());
+        assert_eq!(seen.requeue, vec![store_key("l", "k")]);
+        assert_eq!(seen.first_error.as_deref(), Some("l:k: WRONGTYPE"));
+    }
+
+    #[test]
+    fn more_of_our_own_counters_than_we_pushed_means_a_twin() {
+        let limits = [limit()];
+        let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
+        let bucket = DirtyBucket {
+            store_key: store_key("l", "k"),
+            own: Counters {
+                consumed: 1,
+                attempts: 1,
+                waste: 0,
+            },
+            fresh: false,
+        };
+        let ctx = ctx(&limits);
+        let round = build(&ctx, vec![bucket]);
+        let twin = Counters {
+            consumed: 3,
+            attempts: 3,
+            waste: 0,
+        };
+        let hash: HashMap<String, String> = layout::node_fields("me", &twin, 10, 1, 1)
+            .into_iter()
+            .collect();
+        let seen = apply(&store, &ctx, &round, [Ok(hash)], &HashSet::new());
+        assert!(seen.duplicate);
+        assert_eq!(seen.drift.get("l"), Some(&false), "own fields are no drift");
+    }
+}

@@ -1,0 +1,159 @@
+//! Sending a sync round over the connection: the two scripts, the registry commands and every
+//! bucket command in one round trip (in a cluster, the same commands concurrently, pipelined
+//! per shard by the client), and the replies turned into what [`round::apply`] takes.
+
+use super::conn::Conn;
+use super::{layout, registry, round};
+use std::collections::HashMap;
+
+/// The two scripts of a round trip: a bucket new to this node is read first (and pushed on
+/// the next sync); a known one has this node's fields max-merged, the merged hash read back
+/// and its TTL extended. Both trim a hash over [`layout::MAX_FIELDS`] to this node's fields.
+pub struct Scripts {
+    pub merge: redis::Script,
+    pub read: redis::Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            merge: redis::Script::new(&layout::merge_script()),
+            read: redis::Script::new(&layout::read_script()),
+        }
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub(super) type HashReply = redis::RedisResult<HashMap<String, String>>;
+
+/// Sends the registry commands and the bucket commands; returns the registry's HGETALL
+/// reply followed by one reply per op. An error for the whole round trip (Redis unreachable)
+/// is an `Err`.
+async fn round_trip(
+    con: &mut Conn,
+    mut registry: redis::Pipeline,
+    (scripts, load): (&Scripts, bool),
+    ops: &[redis::ScriptInvocation<'_>],
+) -> redis::RedisResult<Vec<HashReply>> {
+    match con {
+        Conn::Single(_) => {
+            // One pipeline: the registry, the scripts when Redis may not have them yet (so
+            // EVALSHA finds them), every bucket.
+            if load {
+                registry.load_script(&scripts.merge).ignore();
+                registry.load_script(&scripts.read).ignore();
+            }
+            for inv in ops {
+                registry.invoke_script(inv);
+            }
+            registry.query_async(con).await
+        }
+        Conn::Cluster(c) => {
+            // Keys span slots: commands go concurrently, pipelined per shard by the client.
+            let reg = async {
+                let mut c = c.clone();
+                let r: redis::RedisResult<Vec<HashReply>> = registry.query_async(&mut c).await;
+                r
+            };
+            let each = futures::future::join_all(ops.iter().map(|inv| {
+                let mut c = c.clone();
+                async move { inv.invoke_async(&mut c).await }
+            }));
+            let (reg, each): (_, Vec<HashReply>) = futures::join!(reg, each);
+            let mut out = reg?;
+            out.truncate(1);
+            if out.is_empty() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "empty registry reply",
+                )));
+            }
+            // The registry failing to answer means the cluster is unreachable.
+            if let Some(Err(e)) = out.first() {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "redis cluster unreachable",
+                        e.to_string(),
+                    )));
+                }
+            }
+            out.extend(each);
+            Ok(out)
+        }
+    }
+}
+
+/// Sends a round: the registry (read, then this node's entry) and every bucket command, in
+/// one round trip. Returns the registry as it was (None when that read failed) and one
+/// reply per bucket command; an error for the whole round trip (Redis unreachable) is an
+/// `Err`.
+pub(super) async fn send(
+    con: &mut Conn,
+    ctx: &round::Context<'_>,
+    (instance, scripts_loaded): (u64, bool),
+    scripts: &Scripts,
+    round: &round::Round,
+) -> redis::RedisResult<(Option<HashMap<String, String>>, Vec<round::Reply>)> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let registry_key = registry::key(ctx.key_prefix);
+    // Read before writing: another process's instance under our node_id means a twin.
+    pipe.hgetall(&registry_key);
+    pipe.hset(
+        &registry_key,
+        ctx.node_id,
+        registry::entry(ctx.now_ms, instance),
+    )
+    .ignore();
+    pipe.pexpire(&registry_key, registry::TTL_MS as i64)
+        .ignore();
+    let ops: Vec<redis::ScriptInvocation<'_>> =
+        round.ops.iter().map(|op| invocation(scripts, op)).collect();
+    let mut replies = round_trip(con, pipe, (scripts, !scripts_loaded), &ops).await?;
+    if replies.is_empty() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "empty pipeline reply",
+        )));
+    }
+    let registry = replies.remove(0).ok();
+    let replies = replies.into_iter().map(|r| r.map_err(refusal)).collect();
+    Ok((registry, replies))
+}
+
+/// The script call of one bucket command.
+fn invocation<'s>(scripts: &'s Scripts, op: &round::Op) -> redis::ScriptInvocation<'s> {
+    match &op.command {
+        round::Command::Read { own_fields } => {
+            let mut inv = scripts.read.prepare_invoke();
+            inv.key(&op.redis_key).arg(layout::MAX_FIELDS);
+            for f in own_fields {
+                inv.arg(f);
+            }
+            inv
+        }
+        round::Command::Merge { ttl_ms, fields } => {
+            let mut inv = scripts.merge.prepare_invoke();
+            inv.key(&op.redis_key).arg(ttl_ms).arg(layout::MAX_FIELDS);
+            for (f, v) in fields {
+                inv.arg(f).arg(v);
+            }
+            inv
+        }
+    }
+}
+
+/// A command Redis refused, as the round sees it.
+fn refusal(e: redis::RedisError) -> round::Refusal {
+    round::Refusal {
+        no_script: e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            || e.to_string().contains("NOSCRIPT"),
+        message: e.to_string(),
+    }
+}
