@@ -3,9 +3,11 @@
 
 mod common;
 
-use common::{get, request, wait_until, Gateway, Upstream};
+use common::{free_port, get, request, wait_until, Gateway, Upstream};
 use serde_json::{json, Value};
-use std::process::Command;
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn base(up: &Upstream, capacity: u64) -> Value {
@@ -20,7 +22,7 @@ fn base(up: &Upstream, capacity: u64) -> Value {
 #[test]
 fn health_metrics_rating_consume_and_config() {
     let up = Upstream::start();
-    let gw = Gateway::start(base(&up, 3));
+    let gw = Gateway::builder(base(&up, 3)).start();
     let h = get(gw.admin, "/health", &[]).json();
     assert_eq!(
         h,
@@ -130,7 +132,7 @@ fn admin_token_is_required_and_secrets_are_masked() {
     let up = Upstream::start();
     let mut cfg = base(&up, 3);
     cfg["admin"] = json!({ "token": "s3cret-token" });
-    let gw = Gateway::start(cfg);
+    let gw = Gateway::builder(cfg).start();
     for path in [
         "/health",
         "/metrics",
@@ -159,7 +161,7 @@ fn admin_token_is_required_and_secrets_are_masked() {
 #[test]
 fn reload_good_and_bad_by_endpoint_and_sighup() {
     let up = Upstream::start();
-    let gw = Gateway::start(base(&up, 3));
+    let gw = Gateway::builder(base(&up, 3)).start();
     let h = [("x-api-key", "r")];
     assert_eq!(get(gw.addr, "/x", &h).status, 200);
 
@@ -210,29 +212,189 @@ fn reload_good_and_bad_by_endpoint_and_sighup() {
     );
 }
 
+/// `tollgate run` on a config with an error exits with code 2 and prints exactly what
+/// `tollgate check` prints (the error as `FILE:LINE:COL: path: message`, then the count), and
+/// never opens the listener or admin port that config names.
 #[test]
 fn run_refuses_a_bad_config_before_listening() {
-    let up = Upstream::start();
-    let mut cfg = base(&up, 3);
-    cfg["limits"]["per-key"]["capacity"] = json!(0);
-    let err = Gateway::try_start(cfg).err().expect("must refuse to start");
-    assert!(err.contains("limits.per-key.capacity"), "{err}");
+    let listen_port = free_port();
+    let admin_port = loop {
+        let p = free_port();
+        if p != listen_port {
+            break p;
+        }
+    };
+    let limits_line = r#"  "limits": { "per-key": { "capacity": 0, "refill_per_second": 0.01, "key": ["header:x-api-key"] } },"#;
+    let text = [
+        "{".to_string(),
+        format!(r#"  "listeners": [{{ "address": "127.0.0.1:{listen_port}" }}],"#),
+        format!(r#"  "admin": {{ "address": "127.0.0.1:{admin_port}" }},"#),
+        r#"  "upstreams": { "api": { "servers": ["127.0.0.1:9"] } },"#.to_string(),
+        limits_line.to_string(),
+        r#"  "routes": [{ "name": "rating", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] }]"#.to_string(),
+        "}".to_string(),
+    ]
+    .join("\n");
+    // Line 5 holds the limit; the column is that of the value 0.
+    let col = limits_line.find(r#""capacity": 0"#).unwrap() + r#""capacity": "#.len() + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(&path, text).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("TOLLGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tollgate run");
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(10), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        exited,
+        "still running after 10 s on a bad config:\n{stdout}{stderr}"
+    );
+    let p = path.display();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "{p}:5:{col}: limits.per-key.capacity: the capacity must be at least 1 token\n\
+             {p}: 1 error\n"
+        )
+    );
+    assert_eq!(stdout, "", "nothing logged: it stopped before starting");
+    // Both ports are free after the refusal: no process of the gateway's (a forked child, a
+    // late listener thread) holds them.
+    for port in [listen_port, admin_port] {
+        TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} of the bad config is not free: {e}"));
+    }
 }
 
+/// The `tollgate check` summary of a valid config, as `Config::summary` writes it, worked out
+/// from the file's JSON: `FILE: ok (node ID, N listeners, N upstreams, N limits, N routes,
+/// redis: disabled | cluster of N seeds | URL with its password masked)`.
+fn expected_summary(file: &str, config: &Value, node: &str) -> String {
+    let count = |key: &str, what: &str| {
+        let n = match &config[key] {
+            Value::Array(a) => a.len(),
+            Value::Object(o) => o.len(),
+            other => panic!("{file}: {key} is {other}"),
+        };
+        format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+    };
+    let redis = &config["redis"];
+    let redis = if redis.is_null() {
+        "disabled".to_string()
+    } else if redis["cluster"] == true {
+        let n = redis["urls"].as_array().map_or(0, Vec::len);
+        format!("cluster of {n} seed{}", if n == 1 { "" } else { "s" })
+    } else {
+        let url = redis["url"]
+            .as_str()
+            .or_else(|| redis["urls"][0].as_str())
+            .unwrap_or_else(|| panic!("{file}: redis without a url"));
+        // user:password@ -> user:***@
+        match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if url[s + 3..at].contains(':') => {
+                let colon = s + 3 + url[s + 3..at].find(':').unwrap();
+                format!("{}:***{}", &url[..colon], &url[at..])
+            }
+            _ => url.to_string(),
+        }
+    };
+    format!(
+        "{file}: ok (node {node}, {}, {}, {}, {}, redis: {redis})",
+        count("listeners", "listener"),
+        count("upstreams", "upstream"),
+        count("limits", "limit"),
+        count("routes", "route"),
+    )
+}
+
+/// Every `conf/*.json` passes `tollgate check` (exit 0, nothing on stderr) with exactly its
+/// one-line summary; a broken config gets every error with its position and exit 2.
 #[test]
 fn check_accepts_shipped_configs_and_lists_errors() {
     let bin = env!("CARGO_BIN_EXE_tollgate");
     let root = env!("CARGO_MANIFEST_DIR");
-    let ok = Command::new(bin)
-        .args(["check", "-c", &format!("{root}/conf/tollgate.json")])
-        .output()
-        .unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(format!("{root}/conf"))
+        .expect("read conf/")
+        .map(|e| {
+            e.expect("conf/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".json"))
+        .map(|n| format!("conf/{n}"))
+        .collect();
+    files.sort();
     assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+        files.iter().any(|f| f == "conf/tollgate.json"),
+        "conf/tollgate.json is missing from {files:?}"
     );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok"));
+    for file in &files {
+        // From the repository root, as the configs name their TLS files from there.
+        let out = Command::new(bin)
+            .args(["check", "-c", file])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(0), "{file}: {stderr}");
+        assert_eq!(stderr, "", "{file}");
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{root}/{file}")).unwrap())
+                .unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
+        // A file without a node_id gets the host name: taken from the output, then checked
+        // to be one word.
+        let node = match config["node_id"].as_str() {
+            Some(node) => node.to_string(),
+            None => {
+                let node = stdout
+                    .split_once("(node ")
+                    .and_then(|(_, rest)| rest.split_once(", "))
+                    .map_or("", |(node, _)| node);
+                assert!(
+                    !node.is_empty() && !node.contains([' ', '(', ')']),
+                    "{file}: {stdout:?}"
+                );
+                node.to_string()
+            }
+        };
+        assert_eq!(
+            stdout,
+            format!("{}\n", expected_summary(file, &config, &node)),
+            "{file}"
+        );
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.json");

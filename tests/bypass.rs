@@ -102,7 +102,7 @@ fn echoed(r: &Response, name: &str) -> Vec<String> {
 #[test]
 fn spoofed_client_ip_headers_from_an_untrusted_peer_pay_the_peer_bucket() {
     let up = Upstream::start();
-    let gw = Gateway::start(rating_route(up.addr, 2, json!(["client_ip"])));
+    let gw = Gateway::builder(rating_route(up.addr, 2, json!(["client_ip"]))).start();
     let first = get_with(gw.addr, "/rating/1", "X-Forwarded-For: 1.2.3.4\r\n");
     assert_eq!(first.status, 200);
     assert_eq!(echoed(&first, "x-forwarded-for"), vec!["127.0.0.1"]);
@@ -142,7 +142,7 @@ fn behind_a_trusted_proxy_the_rightmost_untrusted_address_pays() {
     let up = Upstream::start();
     let mut cfg = rating_route(up.addr, 1, json!(["client_ip"]));
     cfg["trusted_proxies"] = json!(["127.0.0.1/32"]);
-    let gw = Gateway::start(cfg);
+    let gw = Gateway::builder(cfg).start();
     let xff = |v: &str| format!("X-Forwarded-For: {v}\r\n");
     let first = get_with(gw.addr, "/rating/1", &xff("9.9.9.9, 1.2.3.4"));
     assert_eq!(first.status, 200);
@@ -211,7 +211,7 @@ fn behind_a_trusted_proxy_the_rightmost_untrusted_address_pays() {
 #[test]
 fn path_spellings_hit_the_same_route_or_are_refused() {
     let up = Upstream::start();
-    let gw = Gateway::start(rating_route(up.addr, 1, json!(["client_ip"])));
+    let gw = Gateway::builder(rating_route(up.addr, 1, json!(["client_ip"]))).start();
     assert_eq!(get_with(gw.addr, "/rating/1", "").status, 200);
     let same_route = [
         "//rating/1",
@@ -299,7 +299,7 @@ fn path_spellings_hit_the_same_route_or_are_refused() {
 #[test]
 fn path_keyed_buckets_use_the_normalized_path() {
     let up = Upstream::start();
-    let gw = Gateway::start(rating_route(up.addr, 1, json!(["path"])));
+    let gw = Gateway::builder(rating_route(up.addr, 1, json!(["path"]))).start();
     let r = get_with(gw.addr, "/rating/1", "");
     assert_eq!(r.status, 200);
     for target in [
@@ -336,14 +336,14 @@ fn path_keyed_buckets_use_the_normalized_path() {
 #[test]
 fn host_spellings_take_the_host_route() {
     let up = Upstream::start();
-    let gw = Gateway::start(config(
+    let gw = Gateway::builder(config(
         up.addr,
         json!({ "lim": { "capacity": 1, "refill_per_second": RATE, "key": ["client_ip"] } }),
         json!([
             { "name": "api", "match": { "path_prefix": "/", "host": "api.example.com" }, "upstream": "api", "limits": ["lim"] },
             { "name": "free", "match": { "path_prefix": "/" }, "upstream": "api" }
         ]),
-    ));
+    )).start();
     let req = |line: &str, host: Option<&str>| {
         let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
         raw(gw.addr, format!("{line}\r\n{host}\r\n").as_bytes())
@@ -407,14 +407,14 @@ fn host_spellings_take_the_host_route() {
 #[test]
 fn routing_reads_the_raw_request_target() {
     let up = Upstream::start();
-    let gw = Gateway::start(config(
+    let gw = Gateway::builder(config(
         up.addr,
         json!({ "lim": { "capacity": 1, "refill_per_second": RATE, "key": ["client_ip"] } }),
         json!([
             { "name": "api", "match": { "path_prefix": "/rating", "host": "api.example.com" }, "upstream": "api", "limits": ["lim"] },
             { "name": "free", "match": { "path_prefix": "/" }, "upstream": "api" }
         ]),
-    ));
+    )).start();
     let r = raw(
         gw.addr,
         b"GET /rating/1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
@@ -449,14 +449,14 @@ fn routing_reads_the_raw_request_target() {
 #[test]
 fn http11_without_host_is_refused() {
     let up = Upstream::start();
-    let gw = Gateway::start(config(
+    let gw = Gateway::builder(config(
         up.addr,
         json!({ "lim": { "capacity": 1, "refill_per_second": RATE, "key": ["client_ip"] } }),
         json!([
             { "name": "api", "match": { "path_prefix": "/", "host": "api.example.com" }, "upstream": "api", "limits": ["lim"] },
             { "name": "free", "match": { "path_prefix": "/" }, "upstream": "api" }
         ]),
-    ));
+    )).start();
     let r = raw(gw.addr, b"GET /x HTTP/1.1\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.text());
 }
@@ -478,7 +478,7 @@ fn http11_without_host_is_refused() {
 #[test]
 fn api_key_header_tricks_pay_the_right_bucket_or_are_refused() {
     let up = Upstream::start();
-    let gw = Gateway::start(rating_route(up.addr, 1, json!(["header:x-api-key"])));
+    let gw = Gateway::builder(rating_route(up.addr, 1, json!(["header:x-api-key"]))).start();
     assert_eq!(
         get_with(gw.addr, "/rating/1", "x-api-key: k\r\n").status,
         200
@@ -562,11 +562,12 @@ fn api_key_header_tricks_pay_the_right_bucket_or_are_refused() {
 #[test]
 fn composite_key_parts_cannot_be_shifted() {
     let up = Upstream::start();
-    let gw = Gateway::start(rating_route(
+    let gw = Gateway::builder(rating_route(
         up.addr,
         1,
         json!(["header:x-api-key", "header:x-user"]),
-    ));
+    ))
+    .start();
     let r1 = get_with(gw.addr, "/rating/1", "x-api-key: a|b\r\nx-user: c\r\n");
     let r2 = get_with(gw.addr, "/rating/1", "x-api-key: a\r\nx-user: b|c\r\n");
     let r3 = get_with(gw.addr, "/rating/1", "x-api-key: a%7Cb\r\nx-user: c\r\n");
@@ -586,7 +587,7 @@ fn composite_key_parts_cannot_be_shifted() {
 #[test]
 fn query_key_spellings_share_a_bucket_and_duplicates_are_refused() {
     let up = Upstream::start();
-    let gw = Gateway::start(rating_route(up.addr, 1, json!(["query:user"])));
+    let gw = Gateway::builder(rating_route(up.addr, 1, json!(["query:user"]))).start();
     assert_eq!(get_with(gw.addr, "/rating/1?user=a%20b", "").status, 200);
     for target in [
         "/rating/1?user=a+b",
@@ -614,7 +615,7 @@ fn query_key_spellings_share_a_bucket_and_duplicates_are_refused() {
 #[test]
 fn http10_requests_are_charged() {
     let up = Upstream::start();
-    let gw = Gateway::start(rating_route(up.addr, 2, json!(["client_ip"])));
+    let gw = Gateway::builder(rating_route(up.addr, 2, json!(["client_ip"]))).start();
     let r = raw(gw.addr, b"GET /rating/1 HTTP/1.0\r\n\r\n");
     assert_eq!(r.status, 200);
     let mut conn = Conn::open(gw.addr);
@@ -706,7 +707,7 @@ fn serve_counting(stream: TcpStream, targets: &Mutex<Vec<String>>) {
 #[test]
 fn pipelined_requests_are_each_charged_or_dropped() {
     let up = CountingUpstream::start();
-    let gw = Gateway::start(rating_route(up.addr, 2, json!(["client_ip"])));
+    let gw = Gateway::builder(rating_route(up.addr, 2, json!(["client_ip"]))).start();
     let mut conn = Conn::open(gw.addr);
     let mut batch = Vec::new();
     for i in 0..4 {

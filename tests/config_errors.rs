@@ -537,16 +537,71 @@ fn every_setting_is_read() {
         c.summary()
     );
 
-    // GET /config: secrets masked, and what is shown loads back as the same config.
+    // GET /config shows `masked_json`: the raw config with the admin token and the Redis
+    // passwords replaced by "***", and every other value as it is.
     let masked = c.masked_json();
-    assert_eq!(masked["admin"]["token"], "***");
-    assert_eq!(
-        masked["redis"]["urls"],
-        json!(["redis://:***@10.0.0.1:6379", "rediss://u:***@10.0.0.2:6379"])
-    );
+    let mut expected = serde_json::to_value(&c.raw).unwrap();
+    expected["admin"]["token"] = json!("***");
+    expected["redis"]["urls"] =
+        json!(["redis://:***@10.0.0.1:6379", "rediss://u:***@10.0.0.2:6379"]);
+    assert_eq!(masked, expected);
+    let masked_text = masked.to_string();
+    for secret in ["s3cret", "pw@", ":pw"] {
+        assert!(!masked_text.contains(secret), "{secret} in {masked_text}");
+    }
+    // Spot checks that "the rest" is really there, not just equal on both sides.
+    assert_eq!(masked["node_id"], "edge-1");
+    assert_eq!(masked["admin"]["address"], "0.0.0.0:9091");
+    assert_eq!(masked["redis"]["key_prefix"], "tg:prod");
     assert_eq!(masked["routes"][0]["cost"], json!({ "per_bytes": 1024 }));
-    let shown = serde_json::to_string(&c.raw).unwrap();
-    assert_eq!(Config::parse(&shown, "again").unwrap().raw, c.raw);
+    assert_eq!(masked["max_buckets"], 10);
+    // What is shown loads back as the same config, but for the masked secrets.
+    let shown = Config::parse(&masked_text, "shown").unwrap();
+    assert_eq!(shown.admin.token.as_deref(), Some("***"));
+    assert_eq!(
+        shown.redis.as_ref().unwrap().urls,
+        ["redis://:***@10.0.0.1:6379", "rediss://u:***@10.0.0.2:6379"]
+    );
+    let mut unmasked = shown.raw.clone();
+    unmasked.admin = c.raw.admin.clone();
+    unmasked.redis = c.raw.redis.clone();
+    assert_eq!(unmasked, c.raw);
+}
+
+/// A single `redis.url` is masked too; a URL without a password, and a null token, are shown
+/// as they are.
+#[test]
+fn masked_json_masks_a_single_redis_url() {
+    let base = json!({
+        "listeners": [{ "address": "127.0.0.1:8080" }],
+        "admin": { "token": "t0ken-value" },
+        "redis": { "url": "redis://app:hunter2@cache.internal:6379/0" },
+        "upstreams": { "api": { "servers": ["127.0.0.1:8000"] } },
+        "limits": { "l": { "capacity": 1, "refill_per_second": 1, "key": "client_ip" } },
+        "routes": [{ "name": "r", "upstream": "api", "limits": ["l"] }],
+    });
+    let c = Config::parse(&base.to_string(), "inline").unwrap();
+    let mut expected = serde_json::to_value(&c.raw).unwrap();
+    expected["admin"]["token"] = json!("***");
+    expected["redis"]["url"] = json!("redis://app:***@cache.internal:6379/0");
+    let masked = c.masked_json();
+    assert_eq!(masked, expected);
+    let text = masked.to_string();
+    assert!(
+        !text.contains("hunter2") && !text.contains("t0ken-value"),
+        "{text}"
+    );
+
+    let mut plain = base.clone();
+    plain["admin"]["token"] = json!(null);
+    plain["redis"]["url"] = json!("redis://cache.internal:6379/0");
+    let c = Config::parse(&plain.to_string(), "inline").unwrap();
+    assert_eq!(c.masked_json(), serde_json::to_value(&c.raw).unwrap());
+    assert_eq!(
+        c.masked_json()["redis"]["url"],
+        "redis://cache.internal:6379/0"
+    );
+    assert_eq!(c.masked_json()["admin"]["token"], json!(null));
 }
 
 #[test]

@@ -19,7 +19,7 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
 #[test]
 fn a_key_flood_is_bounded_and_bypasses_nothing() {
     let up = Upstream::start();
-    let gw = Gateway::start(json!({
+    let gw = Gateway::builder(json!({
         "access_log": false,
         "max_buckets": 640,
         "upstreams": { "api": { "servers": [up.addr.to_string()] } },
@@ -32,7 +32,7 @@ fn a_key_flood_is_bounded_and_bypasses_nothing() {
             { "name": "victim", "match": { "path_prefix": "/victim" }, "upstream": "api", "limits": ["victim"] },
             { "name": "flood", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["flood"] },
         ],
-    }));
+    })).start();
     let victim = |n: usize| -> Vec<u16> {
         (0..n)
             .map(|_| get(gw.addr, "/victim", &[("x-key", "me")]).status)

@@ -5,9 +5,10 @@
 //!   or the Prometheus alert rules is exported by a running gateway with Redis;
 //! - every shipped config passes `tollgate check`;
 //! - the compose stack is consistent with its Dockerfile, node configs and Prometheus config;
-//! - with `promtool` on the PATH: the rules and the Prometheus config pass `promtool check`,
-//!   every dashboard query parses as PromQL, and each alert fires on a synthetic failure and
-//!   stays quiet on healthy series (`promtool test rules`).
+//! - with `promtool` (required: scripts/test.sh installs it, and the test fails without it):
+//!   the rules and the Prometheus config pass `promtool check`, every dashboard query parses
+//!   as PromQL, and each alert fires on a synthetic failure and stays quiet on healthy series
+//!   (`promtool test rules`).
 //!
 //! No YAML parser is available to the tests, so the YAML files are read line by line; they are
 //! written in a plain style (block mappings, JSON-compatible flow sequences) that this reads.
@@ -371,16 +372,7 @@ fn live_metrics() -> String {
               "limits": ["per-api-key", "per-ip"] }
         ]
     });
-    // The harness picks the listener and admin ports with two free_port() calls, which can
-    // (rarely) return the same port: retry on that collision only.
-    let mut collisions = 0;
-    let gw = loop {
-        match Gateway::try_start(config.clone()) {
-            Ok(gw) => break gw,
-            Err(e) if collisions < 3 && e.contains("use another port") => collisions += 1,
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let gw = Gateway::builder(config).start();
     let key = [("x-api-key", "ops")];
     assert_eq!(get(gw.addr, "/rating/1", &key).status, 200);
     assert_eq!(get(gw.addr, "/rating/1", &key).status, 429);
@@ -997,21 +989,28 @@ fn compose_stack_is_consistent() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// (d) promtool, when installed.
+// (d) promtool (required: a missing promtool fails these tests).
 
-/// `promtool ARGS`: Some(success, output), or None when promtool is not installed.
-fn promtool(args: &[&str]) -> Option<(bool, String)> {
+/// `promtool ARGS` from the repository root: (success, stdout and stderr). Panics when
+/// promtool cannot be run: these checks are part of the suite, and scripts/test.sh installs
+/// promtool (Debian's `prometheus` package), so a missing one is a broken setup, not a skip.
+fn promtool(args: &[&str]) -> (bool, String) {
     let out = Command::new("promtool")
         .args(args)
         .current_dir(repo())
         .output()
-        .ok()?;
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): it is required by these tests; install it with \
+                 `apt-get install prometheus` (scripts/test.sh does)"
+            )
+        });
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some((out.status.success(), text))
+    (out.status.success(), text)
 }
 
 /// The rules without their annotations (promtool's unit tests compare annotations exactly,
@@ -1138,12 +1137,8 @@ tests:
 
 #[test]
 fn promtool_accepts_rules_config_and_dashboard_queries() {
-    if promtool(&["--version"]).is_none() {
-        eprintln!("promtool is not installed: skipping the promtool checks (apt-get install prometheus provides it)");
-        return;
-    }
     let run = |args: &[&str]| {
-        let (ok, out) = promtool(args).expect("promtool ran a moment ago");
+        let (ok, out) = promtool(args);
         assert!(ok, "promtool {}:\n{out}", args.join(" "));
         out
     };

@@ -43,7 +43,7 @@ fn tls_gateway(up: &Upstream, cert: &Path, key: &Path) -> (Gateway, SocketAddr) 
     let mut cfg = route_config(json!({ "servers": [up.addr.to_string()] }));
     cfg["listeners"] =
         json!([{ "address": addr.to_string(), "tls": { "cert": cert, "key": key } }]);
-    (Gateway::start(cfg), addr)
+    (Gateway::builder(cfg).start(), addr)
 }
 
 fn tls_client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -137,10 +137,11 @@ fn upstream_tls_is_verified() {
     // The TLS upstream: a gateway with a TLS listener in front of the example upstream.
     let (_tls_up, tls_addr) = tls_gateway(&up, &cert, &key);
     let front = |sni: &str, ca: &Path| {
-        Gateway::start(route_config(json!({
+        Gateway::builder(route_config(json!({
             "servers": [tls_addr.to_string()], "tls": true, "sni": sni, "ca_file": ca,
             "connect_timeout_ms": 2000, "read_timeout_ms": 5000,
         })))
+        .start()
     };
     let ok = front("localhost", &cert);
     assert_eq!(get(ok.addr, "/rating/1", &[]).status, 200, "{}", ok.log());
@@ -172,11 +173,12 @@ fn server_of(r: &common::Response) -> String {
 fn health_checked_pool_fails_over_then_answers_503() {
     let mut a = Upstream::start();
     let mut b = Upstream::start();
-    let gw = Gateway::start(route_config(json!({
+    let gw = Gateway::builder(route_config(json!({
         "servers": [a.addr.to_string(), b.addr.to_string()],
         "health_check": { "path": "/health", "interval_ms": 100 },
         "connect_timeout_ms": 500,
-    })));
+    })))
+    .start();
     let served: std::collections::HashSet<String> = (0..6)
         .map(|_| server_of(&get(gw.addr, "/echo", &[])))
         .collect();
@@ -257,7 +259,7 @@ fn sigterm_finishes_the_request_in_flight_then_flushes_and_exits() {
     cfg["grace_period_seconds"] = json!(10);
     // A sync interval far longer than the test: only the final flush can write the count.
     cfg["redis"] = json!({ "url": redis.url, "sync_interval_ms": 60000 });
-    let mut gw = Gateway::start(cfg);
+    let mut gw = Gateway::builder(cfg).start();
     let addr = gw.addr;
     let client = std::thread::spawn(move || Conn::open(addr).request("GET", "/slow", &[], b""));
     arrived
@@ -287,7 +289,7 @@ fn graceful_upgrade_drops_no_request() {
     let up = Upstream::start();
     let mut cfg = route_config(json!({ "servers": [up.addr.to_string()] }));
     cfg["grace_period_seconds"] = json!(1);
-    let mut old = Gateway::start(cfg);
+    let mut old = Gateway::builder(cfg).start();
     let (addr, admin) = (old.addr, old.admin);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -397,7 +399,7 @@ fn dropping_upstream() -> (SocketAddr, mpsc::Receiver<String>) {
 #[test]
 fn a_request_retried_after_a_reused_upstream_connection_closed_keeps_its_forwarded_for() {
     let (up, heads) = dropping_upstream();
-    let gw = Gateway::start(route_config(json!({ "servers": [up.to_string()] })));
+    let gw = Gateway::builder(route_config(json!({ "servers": [up.to_string()] }))).start();
     let first = get(gw.addr, "/one", &[]);
     assert_eq!((first.status, first.text()), (200, "127.0.0.1".to_string()));
     // The pooled connection takes the second request and closes: it is sent again, on a new

@@ -181,14 +181,14 @@ fn config(upstream: SocketAddr, limits: Value, routes: Value) -> Value {
 
 /// `/rating` limited by `header:x-api-key` (capacity 100, cost `cost`), everything else free.
 fn gateway(up: &Recorder, cost: Value) -> Gateway {
-    Gateway::start(config(
+    Gateway::builder(config(
         up.addr,
         json!({ "lim": { "capacity": 100, "refill_per_second": RATE, "key": ["header:x-api-key"] } }),
         json!([
             { "name": "rating", "match": { "path_prefix": "/rating" }, "upstream": "api", "limits": ["lim"], "cost": cost },
             { "name": "free", "match": { "path_prefix": "/" }, "upstream": "api" }
         ]),
-    ))
+    )).start()
 }
 
 fn remaining(gw: &Gateway, key: &str) -> u64 {

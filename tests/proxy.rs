@@ -48,7 +48,7 @@ fn assert_metric(gw: &Gateway, line_prefix: &str, want: f64) {
 #[test]
 fn forwards_method_path_query_headers_and_body_intact() {
     let up = Upstream::start();
-    let gw = Gateway::start(one_limit(&up, 100, 10.0, "header:x-api-key"));
+    let gw = Gateway::builder(one_limit(&up, 100, 10.0, "header:x-api-key")).start();
     let body = b"{\"score\": 5}";
     let r = request(
         gw.addr,
@@ -97,7 +97,7 @@ fn forwards_method_path_query_headers_and_body_intact() {
 #[test]
 fn burst_beyond_capacity_gets_429_with_exact_body_and_headers_and_keeps_alive() {
     let up = Upstream::start();
-    let gw = Gateway::start(one_limit(&up, 5, 0.5, "header:x-api-key"));
+    let gw = Gateway::builder(one_limit(&up, 5, 0.5, "header:x-api-key")).start();
     let mut conn = Conn::open(gw.addr);
     for i in 0..5 {
         let r = conn
@@ -148,7 +148,7 @@ fn burst_beyond_capacity_gets_429_with_exact_body_and_headers_and_keeps_alive() 
 #[test]
 fn other_keys_are_unaffected_and_keyless_requests_are_charged() {
     let up = Upstream::start();
-    let gw = Gateway::start(one_limit(&up, 2, 0.1, "header:x-api-key"));
+    let gw = Gateway::builder(one_limit(&up, 2, 0.1, "header:x-api-key")).start();
     for _ in 0..2 {
         assert_eq!(get(gw.addr, "/rating/1", &[("x-api-key", "a")]).status, 200);
     }
@@ -171,7 +171,7 @@ fn other_keys_are_unaffected_and_keyless_requests_are_charged() {
 fn refill_lets_requests_through_again() {
     let up = Upstream::start();
     // 20 tokens/s: one token every 50 ms.
-    let gw = Gateway::start(one_limit(&up, 2, 20.0, "header:x-api-key"));
+    let gw = Gateway::builder(one_limit(&up, 2, 20.0, "header:x-api-key")).start();
     let h = [("x-api-key", "refill")];
     assert_eq!(get(gw.addr, "/rating/1", &h).status, 200);
     assert_eq!(get(gw.addr, "/rating/1", &h).status, 200);
@@ -194,14 +194,14 @@ fn refill_lets_requests_through_again() {
 #[test]
 fn several_limits_are_charged_all_or_nothing() {
     let up = Upstream::start();
-    let gw = Gateway::start(config(
+    let gw = Gateway::builder(config(
         &up,
         json!({
             "wide": { "capacity": 10, "refill_per_second": 0.01, "key": ["header:x-api-key"] },
             "narrow": { "capacity": 2, "refill_per_second": 0.01, "key": ["header:x-api-key"] }
         }),
         json!([{ "name": "rating", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["wide", "narrow"] }]),
-    ));
+    )).start();
     let h = [("x-api-key", "multi")];
     for _ in 0..2 {
         assert_eq!(get(gw.addr, "/rating", &h).status, 200);
@@ -221,11 +221,11 @@ fn several_limits_are_charged_all_or_nothing() {
 #[test]
 fn shadow_limits_count_but_never_reject() {
     let up = Upstream::start();
-    let gw = Gateway::start(config(
+    let gw = Gateway::builder(config(
         &up,
         json!({ "trial": { "capacity": 2, "refill_per_second": 0.01, "key": ["client_ip"], "shadow": true } }),
         json!([{ "name": "rating", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["trial"] }]),
-    ));
+    )).start();
     for i in 0..5 {
         let r = get(gw.addr, "/rating", &[]);
         assert_eq!(r.status, 200, "request {i}");
@@ -253,7 +253,7 @@ fn per_bytes_cost_charges_by_declared_length() {
     let up = Upstream::start();
     let mut cfg = one_limit(&up, 10, 0.01, "header:x-api-key");
     cfg["routes"][0]["cost"] = json!({ "per_bytes": 100 });
-    let gw = Gateway::start(cfg);
+    let gw = Gateway::builder(cfg).start();
     let h = [("x-api-key", "bytes")];
     // 250 bytes: 3 tokens (started hundreds).
     let r = request(gw.addr, "POST", "/rating", &h, &[b'a'; 250]);
@@ -290,11 +290,11 @@ fn per_bytes_cost_charges_by_declared_length() {
 #[test]
 fn no_route_is_404_json() {
     let up = Upstream::start();
-    let gw = Gateway::start(config(
+    let gw = Gateway::builder(config(
         &up,
         json!({}),
         json!([{ "name": "rating", "match": { "path_prefix": "/rating", "methods": ["GET"] }, "upstream": "api" }]),
-    ));
+    )).start();
     let r = get(gw.addr, "/nothing-here", &[]);
     assert_eq!(r.status, 404);
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -316,7 +316,7 @@ fn dead_upstream_is_502_and_slow_upstream_504_quickly() {
     let mut up = Upstream::start();
     let mut cfg = one_limit(&up, 100, 10.0, "client_ip");
     cfg["upstreams"]["api"]["read_timeout_ms"] = json!(300);
-    let gw = Gateway::start(cfg);
+    let gw = Gateway::builder(cfg).start();
     let t0 = Instant::now();
     let r = get(gw.addr, "/slow?ms=3000", &[]);
     assert_eq!(r.status, 504, "{}", r.text());
@@ -347,7 +347,7 @@ fn dead_upstream_is_502_and_slow_upstream_504_quickly() {
 fn x_forwarded_for_is_honoured_only_from_trusted_proxies() {
     let up = Upstream::start();
     // Untrusted peer: XFF is ignored for the key and replaced upstream.
-    let gw = Gateway::start(one_limit(&up, 1, 0.01, "client_ip"));
+    let gw = Gateway::builder(one_limit(&up, 1, 0.01, "client_ip")).start();
     let r = get(gw.addr, "/rating", &[("x-forwarded-for", "1.2.3.4")]);
     assert_eq!(r.status, 200);
     let xff: Vec<String> = r.json()["request"]["headers"]
@@ -374,7 +374,7 @@ fn x_forwarded_for_is_honoured_only_from_trusted_proxies() {
     // Trusted peer (loopback): the rightmost untrusted address is the client.
     let mut cfg = one_limit(&up, 1, 0.01, "client_ip");
     cfg["trusted_proxies"] = json!(["127.0.0.0/8"]);
-    let gw = Gateway::start(cfg);
+    let gw = Gateway::builder(cfg).start();
     let r = get(
         gw.addr,
         "/rating",
@@ -414,7 +414,7 @@ fn x_forwarded_for_is_honoured_only_from_trusted_proxies() {
 #[test]
 fn path_normalization_bypass_attempts_are_charged_to_the_right_route() {
     let up = Upstream::start();
-    let gw = Gateway::start(one_limit(&up, 5, 0.01, "route"));
+    let gw = Gateway::builder(one_limit(&up, 5, 0.01, "route")).start();
     let mut conn = Conn::open(gw.addr);
     for target in [
         "/rating",
@@ -450,7 +450,7 @@ fn path_normalization_bypass_attempts_are_charged_to_the_right_route() {
 #[test]
 fn duplicate_key_headers_are_refused() {
     let up = Upstream::start();
-    let gw = Gateway::start(one_limit(&up, 5, 0.01, "header:x-api-key"));
+    let gw = Gateway::builder(one_limit(&up, 5, 0.01, "header:x-api-key")).start();
     let r = Conn::open(gw.addr)
         .send_raw(b"GET /rating HTTP/1.1\r\nHost: t\r\nx-api-key: a\r\nX-Api-Key: b\r\n\r\n")
         .unwrap();
@@ -468,7 +468,7 @@ fn upstream_servers_take_turns() {
     let b = Upstream::start();
     let mut cfg = one_limit(&a, 100, 10.0, "client_ip");
     cfg["upstreams"]["api"]["servers"] = json!([a.addr.to_string(), b.addr.to_string()]);
-    let gw = Gateway::start(cfg);
+    let gw = Gateway::builder(cfg).start();
     let served: Vec<String> = (0..4)
         .map(|_| {
             get(gw.addr, "/other", &[]).json()["request"]["server"]
@@ -485,7 +485,7 @@ fn upstream_servers_take_turns() {
 #[test]
 fn access_log_shows_a_key_fingerprint_never_the_key() {
     let up = Upstream::start();
-    let gw = Gateway::start(one_limit(&up, 1, 0.01, "header:x-api-key"));
+    let gw = Gateway::builder(one_limit(&up, 1, 0.01, "header:x-api-key")).start();
     let secret = "sk-live-very-secret-0123456789";
     assert_eq!(
         get(gw.addr, "/rating/1", &[("x-api-key", secret)]).status,

@@ -146,8 +146,8 @@ fn buckets_are_shared_through_a_redis_cluster() {
         "sync_interval_ms": 50,
         "timeout_ms": 500,
     });
-    let a = Gateway::start(config(&up, redis.clone(), "node-a"));
-    let b = Gateway::start(config(&up, redis.clone(), "node-b"));
+    let a = Gateway::builder(config(&up, redis.clone(), "node-a")).start();
+    let b = Gateway::builder(config(&up, redis.clone(), "node-b")).start();
     assert!(
         wait_until(WAIT, || get(a.admin, "/health", &[]).json()["status"]
             == "ok"),
@@ -193,16 +193,43 @@ fn buckets_are_shared_through_a_redis_cluster() {
         .filter(|s| cli(s.port, &["DBSIZE"]).trim().parse::<u64>().unwrap_or(0) > 0)
         .count();
     assert!(shards_used >= 2, "keys on {shards_used} shard(s)");
-    // Node B sees A's spending: one token left on every key.
+    // Node B has served none of these keys and read none back (it holds no fields of its own
+    // in Redis), so its first request on each is decided on a full local bucket: admitted,
+    // three tokens less one, and one token refills in 1000 s. Its sync then merges A's two:
+    // B sees the bucket empty (3 - 2 - 1), its count reaches Redis, and the next request is
+    // refused.
     for k in &keys {
         let url = format!("/rating?limit=per-key&key={k}");
-        let _ = get(b.addr, "/x", &[("x-api-key", k)]);
+        let r = get(b.addr, "/x", &[("x-api-key", k)]);
+        assert_eq!(
+            (r.status, r.header("ratelimit")),
+            (200, Some("\"per-key\";r=2;t=1000")),
+            "key {k}: B's first request"
+        );
         assert!(
             wait_until(WAIT, || get(b.admin, &url, &[]).json()["remaining"] == 0),
             "key {k}: B sees {}",
             get(b.admin, &url, &[]).json()
         );
+        let r = get(b.addr, "/x", &[("x-api-key", k)]);
+        assert_eq!(r.status, 429, "key {k}: B's second request: {}", r.text());
     }
+    let b_consumed = |k: &str| -> Option<u64> {
+        let port = servers[0].port.to_string();
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &port, "HGET"])
+            .arg(format!("tollgate:per-key:{k}"))
+            .arg("node-b:consumed")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    assert!(
+        wait_until(WAIT, || keys.iter().all(|k| b_consumed(k) == Some(1))),
+        "B's counts in Redis: {:?}\n{}",
+        keys.iter().map(|k| b_consumed(k)).collect::<Vec<_>>(),
+        b.log()
+    );
     // inspect scans every primary.
     let cfg_path = dir.path().join("inspect.json");
     let mut inspect_cfg = config(&up, redis, "inspector");
@@ -269,7 +296,7 @@ fn rediss_with_a_private_ca() {
     let url = format!("rediss://127.0.0.1:{port}");
     let redis =
         json!({ "url": url, "ca_file": cert_path, "sync_interval_ms": 50, "timeout_ms": 500 });
-    let a = Gateway::start(config(&up, redis, "node-a"));
+    let a = Gateway::builder(config(&up, redis, "node-a")).start();
     assert_eq!(get(a.addr, "/x", &[("x-api-key", "k")]).status, 200);
     let field = || {
         Command::new("redis-cli")
@@ -286,7 +313,7 @@ fn rediss_with_a_private_ca() {
 
     // Without the CA the server's certificate is not trusted: the node runs degraded.
     let redis = json!({ "url": url, "sync_interval_ms": 50, "timeout_ms": 500 });
-    let b = Gateway::start(config(&up, redis, "node-b"));
+    let b = Gateway::builder(config(&up, redis, "node-b")).start();
     assert_eq!(get(b.addr, "/x", &[("x-api-key", "k")]).status, 200);
     let metrics = || get(b.admin, "/metrics", &[]).text();
     assert!(
@@ -312,7 +339,7 @@ fn a_cluster_failover_loses_no_count() {
         json!({ "cluster": true, "urls": seeds, "sync_interval_ms": 50, "timeout_ms": 500 });
     let mut cfg = config(&up, redis, "node-a");
     cfg["limits"]["per-key"]["capacity"] = json!(1000);
-    let a = Gateway::start(cfg);
+    let a = Gateway::builder(cfg).start();
     let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
     let send_all = |n: usize| {
         for k in &keys {

@@ -52,7 +52,7 @@ fn a_key_that_is_not_a_hash_is_an_incident_not_a_crash() {
     let redis = RedisServer::start();
     let up = Upstream::start();
     redis.cmd(&["SET", "tollgate:per-key:bad", "not a hash"]);
-    let gw = Gateway::start(config(&up, &redis));
+    let gw = Gateway::builder(config(&up, &redis)).start();
     // Decided locally all along: five admitted, then refused.
     assert_eq!(send(&gw, "bad", 6), vec![200, 200, 200, 200, 200, 429]);
     assert!(wait_until(WAIT, || sync_errors(&gw) >= 5), "{}", gw.log());
@@ -93,7 +93,7 @@ fn garbage_fields_and_a_huge_foreign_hash_are_survived() {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         redis.cmd(&refs);
     }
-    let gw = Gateway::start(config(&up, &redis));
+    let gw = Gateway::builder(config(&up, &redis)).start();
     assert_eq!(send(&gw, "g", 1), vec![200]);
     assert!(wait_until(WAIT, || field(&redis, "g", "node-a:consumed") == Some(1)));
     // Garbage next to the node's fields: non-numbers, negatives, overflowing numbers, fields
@@ -170,7 +170,7 @@ fn garbage_fields_and_a_huge_foreign_hash_are_survived() {
 fn slow_redis_and_dropped_connections_do_not_slow_requests() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let gw = Gateway::start(config(&up, &redis));
+    let gw = Gateway::builder(config(&up, &redis)).start();
     assert_eq!(send(&gw, "k", 1), vec![200]);
     assert!(wait_until(WAIT, || field(&redis, "k", "node-a:consumed") == Some(1)));
     // Redis stalls for two seconds: syncs time out, requests do not wait.
@@ -227,7 +227,7 @@ fn slow_redis_and_dropped_connections_do_not_slow_requests() {
 fn a_user_denied_the_script_loses_nothing() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let gw = Gateway::start(config(&up, &redis));
+    let gw = Gateway::builder(config(&up, &redis)).start();
     assert_eq!(send(&gw, "k", 1), vec![200]);
     assert!(wait_until(WAIT, || field(&redis, "k", "node-a:consumed") == Some(1)));
     redis.cmd(&["ACL", "SETUSER", "default", "-evalsha", "-eval", "-script"]);

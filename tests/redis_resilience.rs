@@ -59,7 +59,7 @@ fn a_restarted_node_reads_its_fields_back_before_serving() {
     let redis = RedisServer::start();
     let up = Upstream::start();
     let cfg = config(&up, &redis, "node-a", 50, 10, 0.001);
-    let a = Gateway::start(cfg.clone());
+    let a = Gateway::builder(cfg.clone()).start();
     for _ in 0..6 {
         assert_eq!(get(a.addr, "/x", &[("x-api-key", "hot")]).status, 200);
     }
@@ -69,7 +69,7 @@ fn a_restarted_node_reads_its_fields_back_before_serving() {
              // what the restarted node knows.
     let mut slow = cfg;
     slow["redis"]["sync_interval_ms"] = json!(60_000);
-    let a = Gateway::start(slow);
+    let a = Gateway::builder(slow).start();
     assert!(
         a.log().contains("read this node's buckets back from redis"),
         "{}",
@@ -88,11 +88,10 @@ fn clock_skew_is_corrected_against_redis_time() {
     let redis = RedisServer::start();
     let up = Upstream::start();
     // Ten tokens, one every ten seconds: a clock 60 s ahead would see the bucket full again.
-    let a = Gateway::start(config(&up, &redis, "node-a", 50, 10, 0.1));
-    let b = Gateway::start_with_env(
-        config(&up, &redis, "node-b", 50, 10, 0.1),
-        &[("TOLLGATE_CLOCK_OFFSET_MS", "60000")],
-    );
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50, 10, 0.1)).start();
+    let b = Gateway::builder(config(&up, &redis, "node-b", 50, 10, 0.1))
+        .env("TOLLGATE_CLOCK_OFFSET_MS", "60000")
+        .start();
     // B measured its offset: about -60 s.
     let offset = || -> Option<f64> {
         let text = get(b.admin, "/metrics", &[]).text();
@@ -185,7 +184,7 @@ fn three_nodes_lose_nothing_when_redis_is_killed_and_restarted_empty() {
     let names = ["n1", "n2", "n3"];
     let nodes: Vec<Gateway> = names
         .iter()
-        .map(|n| Gateway::start(config(&up, &redis, n, 50, cap, rate)))
+        .map(|n| Gateway::builder(config(&up, &redis, n, 50, cap, rate)).start())
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -345,7 +344,7 @@ fn three_nodes_under_sustained_balanced_overload_stay_within_the_bounds() {
     let (cap, rate) = (50u64, 100.0);
     let nodes: Vec<Gateway> = ["b1", "b2", "b3"]
         .iter()
-        .map(|n| Gateway::start(config(&up, &redis, n, 50, cap, rate)))
+        .map(|n| Gateway::builder(config(&up, &redis, n, 50, cap, rate)).start())
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));

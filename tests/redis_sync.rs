@@ -51,8 +51,8 @@ fn remaining(gw: &Gateway) -> u64 {
 fn two_nodes_share_one_bucket() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let a = Gateway::start(config(&up, &redis, "node-a", 50));
-    let b = Gateway::start(config(&up, &redis, "node-b", 50));
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
+    let b = Gateway::builder(config(&up, &redis, "node-b", 50)).start();
     // With two live nodes a fresh bucket starts at half the tokens for each; a's demand gives
     // it the whole bucket at its next sync.
     admit(&a, 6);
@@ -99,7 +99,7 @@ fn redis_down_at_startup_then_back_and_restarted_empty() {
     let mut redis = RedisServer::start();
     redis.kill();
     let up = Upstream::start();
-    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
     // Standalone while Redis is away: still limiting, health degraded.
     assert_eq!(send(&a, 3), vec![200; 3]);
     let h = get(a.admin, "/health", &[]).json();
@@ -137,11 +137,11 @@ fn redis_down_at_startup_then_back_and_restarted_empty() {
 fn a_restarted_node_continues_its_counters() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
     assert_eq!(send(&a, 6), vec![200; 6]);
     assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(6)));
     drop(a); // SIGKILL
-    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
     assert_eq!(send(&a, 1), vec![200]);
     assert!(
         wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(7)),
@@ -158,7 +158,7 @@ fn sigterm_flushes_the_last_requests() {
     let up = Upstream::start();
     // A sync interval far longer than the test: only the first sync (at start) and the final
     // flush can write.
-    let mut a = Gateway::start(config(&up, &redis, "node-a", 60_000));
+    let mut a = Gateway::builder(config(&up, &redis, "node-a", 60_000)).start();
     assert_eq!(send(&a, 4), vec![200; 4]);
     assert_eq!(field(&redis, "node-a:consumed"), None);
     a.signal("TERM");
@@ -180,10 +180,10 @@ fn metric_line(gw: &Gateway, line: &str) -> bool {
 fn config_drift_and_duplicate_node_ids_are_reported() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
     let mut other = config(&up, &redis, "node-b", 50);
     other["limits"]["per-key"]["capacity"] = json!(20);
-    let b = Gateway::start(other);
+    let b = Gateway::builder(other).start();
     assert_eq!(send(&a, 1), vec![200]);
     assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(1)));
     send(&b, 1);
@@ -208,8 +208,8 @@ fn config_drift_and_duplicate_node_ids_are_reported() {
     drop((a, b));
 
     // Two live nodes with one node_id: one of them notices the other writing its fields.
-    let c = Gateway::start(config(&up, &redis, "twin", 50));
-    let d = Gateway::start(config(&up, &redis, "twin", 50));
+    let c = Gateway::builder(config(&up, &redis, "twin", 50)).start();
+    let d = Gateway::builder(config(&up, &redis, "twin", 50)).start();
     let dup = "tollgate_duplicate_node_id 1";
     assert!(
         wait_until(WAIT, || {
@@ -238,7 +238,7 @@ fn config_drift_and_duplicate_node_ids_are_reported() {
 fn a_shared_limit_keeps_its_rate_on_reload() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
     let mut cfg = config(&up, &redis, "node-a", 50);
     cfg["limits"]["per-key"]["refill_per_second"] = json!(5);
     a.rewrite_config(cfg.clone());
@@ -267,7 +267,7 @@ fn a_shared_limit_keeps_its_rate_on_reload() {
 fn inspect_lists_and_explains_buckets() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let a = Gateway::start(config(&up, &redis, "node-a", 50));
+    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
     assert_eq!(send(&a, 3), vec![200; 3]);
     let long_key = "k".repeat(100);
     assert_eq!(get(a.addr, "/x", &[("x-api-key", &long_key)]).status, 200);
@@ -345,7 +345,7 @@ fn three_nodes_burst_onto_a_full_bucket_admits_about_one_capacity_and_all_is_rec
     };
     let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
         .iter()
-        .map(|n| Gateway::start(cfg(n)))
+        .map(|n| Gateway::builder(cfg(n)).start())
         .collect();
     // Every node has registered and sees three live nodes.
     for g in &nodes {

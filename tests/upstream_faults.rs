@@ -112,7 +112,7 @@ fn setup() -> Setup {
     let refused: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let up = |addr: SocketAddr| json!({ "servers": [addr.to_string()], "connect_timeout_ms": 500, "read_timeout_ms": 300, "write_timeout_ms": 1000 });
     let route = |name: &str| json!({ "name": name, "match": { "path_prefix": format!("/{name}") }, "upstream": name, "limits": ["lim"] });
-    let gw = Gateway::start(json!({
+    let gw = Gateway::builder(json!({
         "node_id": "faults-test",
         "upstreams": {
             "refused": up(refused), "reset": up(reset.addr), "slow": up(silent.addr),
@@ -123,7 +123,7 @@ fn setup() -> Setup {
             route("refused"), route("reset"), route("slow"), route("garbage"), route("empty"),
             { "name": "good", "match": { "path_prefix": "/" }, "upstream": "good", "limits": ["lim"] }
         ],
-    }));
+    })).start();
     Setup {
         gw,
         _good: good,

@@ -2,7 +2,8 @@
 //!
 //! Everything runs for real on ephemeral loopback ports: the `tollgate` binary, the example
 //! upstream (`rating-api`) and `redis-server`. Readiness is polled with a deadline, never waited
-//! for with a fixed sleep. The HTTP client is hand-written on `std::net::TcpStream` so that a
+//! for with a fixed sleep; a process that finds a port the harness picked already taken is
+//! started again on new ports. The HTTP client is hand-written on `std::net::TcpStream` so that a
 //! request goes on the wire byte for byte as the test wrote it (`//rating`, `/%72ating`, odd
 //! header casing, duplicate headers, smuggling attempts).
 //!
@@ -149,43 +150,110 @@ fn write_config(path: &PathBuf, config: &Value) {
     std::fs::rename(&tmp, path).expect("move config into place");
 }
 
+/// How many times [`GatewayBuilder::try_start`] draws new ports after the gateway found one of
+/// the ports the harness picked taken (another process bound it between [`free_port`] and the
+/// gateway's bind).
+const START_ATTEMPTS: usize = 5;
+
+/// What pingora logs (at `WARN`) when a port it binds is taken; it then retries once a second
+/// for 30 s and finally fails with `... ADDR still in use`.
+const IN_USE_RETRY: &str = " is in use, will try again";
+const IN_USE_FINAL: &str = " still in use";
+
+/// How to start a [`Gateway`]: `Gateway::builder(config).env("K", "V").start()`.
+#[must_use = "a builder does nothing until start() or try_start()"]
+pub struct GatewayBuilder {
+    config: Value,
+    env: Vec<(String, String)>,
+}
+
+/// One start attempt's outcome.
+enum Attempt {
+    Ready(Gateway),
+    /// A port the harness picked was taken: worth another attempt with new ports.
+    PortTaken(String),
+    /// Anything else (a refused config, a crash, a timeout, a port the test itself chose).
+    Failed(String),
+}
+
 impl Gateway {
-    /// Starts the gateway and waits (up to 30 s) until the admin `/health` answers 200 and the
-    /// proxy listeners accept connections. Panics with the gateway's log otherwise.
-    pub fn start(config: Value) -> Gateway {
-        Gateway::try_start(config).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Like [`Gateway::start`], but a gateway that exits or never becomes healthy is an `Err`
-    /// holding its exit status and log, for tests that expect a refusal.
-    pub fn try_start(config: Value) -> Result<Gateway, String> {
-        Gateway::try_start_with_env(config, &[])
-    }
-
-    /// [`Gateway::start`] with extra environment variables for the process.
-    pub fn start_with_env(config: Value, env: &[(&str, &str)]) -> Gateway {
-        Gateway::try_start_with_env(config, env).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`Gateway::try_start`] with extra environment variables for the process.
-    pub fn try_start_with_env(config: Value, env: &[(&str, &str)]) -> Result<Gateway, String> {
-        let dir = tempfile::tempdir().expect("create a temp dir");
-        let listen_port = free_port();
-        // Two calls may return the same just-released port: draw again until they differ.
-        let mut admin_port = free_port();
-        while admin_port == listen_port {
-            admin_port = free_port();
+    /// A builder for a gateway running `config`. The harness fills in the admin address, and
+    /// one listener when `config` has none.
+    pub fn builder(config: Value) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            env: Vec::new(),
         }
-        let default_listeners = json!([{ "address": format!("127.0.0.1:{listen_port}") }]);
-        let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
-        let config = place_addresses(config, &default_listeners, admin);
-        let listeners = config["listeners"].clone();
-        let listener_addrs: Vec<SocketAddr> = listeners
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["address"].as_str()?.parse().ok())
+    }
+}
+
+impl GatewayBuilder {
+    /// Sets an environment variable of the gateway process.
+    pub fn env(mut self, key: &str, value: &str) -> GatewayBuilder {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets several environment variables of the gateway process.
+    pub fn envs(self, vars: &[(&str, &str)]) -> GatewayBuilder {
+        vars.iter().fold(self, |b, (k, v)| b.env(k, v))
+    }
+
+    /// Starts the gateway and waits (up to 30 s) until it listens on every listener and the
+    /// admin address itself, the admin `/health` answers 200 and the listeners accept
+    /// connections. Panics with the gateway's log otherwise.
+    pub fn start(self) -> Gateway {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`GatewayBuilder::start`], but a gateway that exits or never becomes healthy is an
+    /// `Err` holding its exit status and log, for tests that expect a refusal. When the
+    /// gateway reports a port the harness picked as taken, it is killed and started again on
+    /// new ports, up to [`START_ATTEMPTS`] times.
+    pub fn try_start(self) -> Result<Gateway, String> {
+        let mut taken = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match self.attempt() {
+                Attempt::Ready(gw) => return Ok(gw),
+                Attempt::PortTaken(why) => taken.push(why),
+                Attempt::Failed(why) => return Err(why),
+            }
+        }
+        Err(format!(
+            "tollgate found a port the harness picked taken in each of {START_ATTEMPTS} attempts:\n{}",
+            taken.join("\n")
+        ))
+    }
+
+    fn attempt(&self) -> Attempt {
+        let dir = tempfile::tempdir().expect("create a temp dir");
+        let given = self
+            .config
+            .get("listeners")
+            .filter(|l| !l.is_null())
+            .cloned();
+        let given_ports: Vec<u16> = addresses_of(given.as_ref().unwrap_or(&Value::Null))
+            .iter()
+            .map(SocketAddr::port)
             .collect();
+        // Distinct ports: two calls may return the same just-released port, and the admin
+        // address must not be one of the test's own listeners.
+        let mut picked: Vec<u16> = Vec::new();
+        let mut pick = |avoid: &[u16]| loop {
+            let p = free_port();
+            if !avoid.contains(&p) && !picked.contains(&p) {
+                picked.push(p);
+                return p;
+            }
+        };
+        let default_listeners = match given {
+            Some(_) => Value::Null,
+            None => json!([{ "address": format!("127.0.0.1:{}", pick(&given_ports)) }]),
+        };
+        let admin: SocketAddr = ([127, 0, 0, 1], pick(&given_ports)).into();
+        let config = place_addresses(self.config.clone(), &default_listeners, admin);
+        let listeners = config["listeners"].clone();
+        let listener_addrs = addresses_of(&listeners);
         let addr = *listener_addrs.first().unwrap_or_else(|| {
             panic!("the config's first listener needs an ip:port address: {listeners}")
         });
@@ -199,7 +267,7 @@ impl Gateway {
             .arg("-c")
             .arg(&config_path)
             .env("TOLLGATE_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -214,35 +282,128 @@ impl Gateway {
             child,
             dir,
         };
+        let mut ports: Vec<u16> = listener_addrs.iter().map(SocketAddr::port).collect();
+        ports.push(admin.port());
 
         let end = Instant::now() + GATEWAY_DEADLINE;
         let mut pending = listener_addrs;
         let mut healthy = false;
         loop {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                return Err(format!(
-                    "tollgate exited ({status}) before becoming healthy; log:\n{}",
-                    gw.log()
+            let exited = gw.child.try_wait().ok().flatten();
+            let log = gw.log();
+            if let Some(taken) = port_in_use(&log) {
+                let report = format!(
+                    "tollgate found {taken} in use ({}); log:\n{log}",
+                    exited.map_or("still retrying".to_string(), |s| format!("exited {s}"))
+                );
+                kill_and_reap(&mut gw.child);
+                // Only a port the harness picked is worth another draw; one the test chose
+                // would be taken again.
+                return if picked.contains(&taken.port()) {
+                    Attempt::PortTaken(report)
+                } else {
+                    Attempt::Failed(report)
+                };
+            }
+            if let Some(status) = exited {
+                return Attempt::Failed(format!(
+                    "tollgate exited ({status}) before becoming healthy; log:\n{log}"
                 ));
             }
-            healthy = healthy || gw.health_ok();
-            if healthy {
-                pending.retain(|a| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_err());
-                if pending.is_empty() {
-                    return Ok(gw);
+            // Until the gateway holds every port itself, a probe may reach whichever process
+            // took one of them.
+            let not_owned: Vec<u16> = match listening_ports_of(gw.pid()) {
+                Some(owned) => ports
+                    .iter()
+                    .copied()
+                    .filter(|p| !owned.contains(p))
+                    .collect(),
+                // Without /proc (not Linux) the probes alone decide.
+                None if !cfg!(target_os = "linux") => Vec::new(),
+                None => ports.clone(),
+            };
+            if not_owned.is_empty() {
+                healthy = healthy || gw.health_ok();
+                if healthy {
+                    pending
+                        .retain(|a| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_err());
+                    if pending.is_empty() {
+                        return Attempt::Ready(gw);
+                    }
                 }
             }
             if Instant::now() >= end {
-                return Err(format!(
-                    "tollgate not ready within {GATEWAY_DEADLINE:?} (admin healthy: {healthy}, \
-                     listeners not accepting: {pending:?}); log:\n{}",
-                    gw.log()
+                return Attempt::Failed(format!(
+                    "tollgate not ready within {GATEWAY_DEADLINE:?} (ports not listened on by \
+                     it: {not_owned:?}, admin healthy: {healthy}, listeners not accepting: \
+                     {pending:?}); log:\n{log}"
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
 
+/// The `ip:port` addresses of a `listeners` array.
+fn addresses_of(listeners: &Value) -> Vec<SocketAddr> {
+    listeners
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["address"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// The address of the first port pingora reported as taken in `log`, if any.
+fn port_in_use(log: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|line| {
+        let before = [IN_USE_RETRY, IN_USE_FINAL]
+            .iter()
+            .find_map(|m| line.find(m).map(|i| &line[..i]))?;
+        before.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+/// The TCP ports on which process `pid` has a listening socket, from `/proc` (the listening
+/// sockets of `/proc/net/tcp{,6}` whose inode is among the process's descriptors). `None`
+/// when `/proc` cannot say (not Linux, or the process is gone).
+fn listening_ports_of(pid: u32) -> Option<std::collections::HashSet<u16>> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let inodes: std::collections::HashSet<u64> = fds
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            t.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut ports = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:tm retrnsmt uid timeout inode ...
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue; // not LISTEN
+            }
+            let port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, f[9].parse::<u64>()) {
+                if inodes.contains(&inode) {
+                    ports.insert(port);
+                }
+            }
+        }
+    }
+    Some(ports)
+}
+
+impl Gateway {
     fn health_ok(&self) -> bool {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> =
