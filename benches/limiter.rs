@@ -20,6 +20,7 @@ fn spec() -> LimitSpec {
         // Far above the load: every decision admits.
         params: BucketParams::new(1_000_000_000, 1e9, 1_000_000_000).expect("params"),
         shadow: false,
+        burst_guard: false,
     }
 }
 

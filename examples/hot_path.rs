@@ -31,6 +31,7 @@ fn limit(name: &str, key: KeySource) -> (LimitSpec, Vec<KeySource>) {
         // Far above the load, as in the proxy benchmarks: every request is admitted.
         params: BucketParams::new(1_000_000_000, 1e9, 1_000_000_000).expect("params"),
         shadow: false,
+        burst_guard: false,
     };
     (spec, vec![key])
 }

@@ -433,8 +433,9 @@ fn minimal_config_gets_every_default() {
     let r = &c.routes[0];
     assert_eq!((r.name.as_str(), r.path_prefix.as_str()), ("default", "/"));
     assert_eq!((r.methods.clone(), r.host.clone()), (None, None));
+    let limit_indices: Vec<usize> = r.limits.iter().map(|l| l.index()).collect();
     assert_eq!(
-        (r.upstream, r.limits.clone(), r.cost),
+        (r.upstream.index(), limit_indices, r.cost),
         (0, vec![0], Cost::Fixed(1))
     );
 
@@ -443,8 +444,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.grace_period_seconds, 5);
     assert_eq!(c.threads, 2);
     assert_eq!(c.max_buckets, 1_000_000);
-    assert_eq!(c.limit_index("per-ip"), Some(0));
-    assert_eq!(c.limit_index("nope"), None);
+    assert_eq!(c.limit_id("per-ip").map(|id| id.index()), Some(0));
+    assert_eq!(c.limit_id("nope"), None);
     assert_eq!(
         c.summary(),
         format!("{DIR}/minimal.json: ok (node {}, 1 listener, 1 upstream, 1 limit, 1 route, redis: disabled)", c.node_id)
@@ -616,7 +617,7 @@ fn demo_config_is_valid() {
         "127.0.0.1:9091".parse::<SocketAddr>().unwrap()
     );
     assert!(c.redis.is_none() && c.admin.token.is_none() && c.trusted_proxies.is_empty());
-    let per_key = &c.limits[c.limit_index("per-api-key").unwrap()];
+    let per_key = c.limit(c.limit_id("per-api-key").unwrap());
     assert_eq!(
         (
             per_key.params.capacity(),
@@ -633,8 +634,5 @@ fn demo_config_is_valid() {
     let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["rating", "default"]);
     assert_eq!(c.routes[0].limits.len(), 2);
-    assert_eq!(
-        c.upstreams[c.routes[0].upstream].servers,
-        ["127.0.0.1:8000"]
-    );
+    assert_eq!(c.upstream(c.routes[0].upstream).servers, ["127.0.0.1:8000"]);
 }

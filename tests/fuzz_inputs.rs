@@ -59,8 +59,8 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(!shown.contains("s3cret"), "token shown: {}", shown);
             prop_assert!(!shown.contains(":pw@"), "password shown: {}", shown);
             for r in &cfg.routes {
-                prop_assert!(r.upstream < cfg.upstreams.len());
-                prop_assert!(r.limits.iter().all(|&l| l < cfg.limits.len()));
+                prop_assert!(r.upstream.index() < cfg.upstreams.len());
+                prop_assert!(r.limits.iter().all(|l| l.index() < cfg.limits.len()));
             }
         }
         Err(errors) => {

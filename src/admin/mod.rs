@@ -4,6 +4,7 @@
 //! every request must carry `Authorization: Bearer TOKEN` (compared in constant time).
 
 use crate::app::node::Node;
+use crate::config::LimitId;
 use crate::http::headers;
 use crate::request::decision::{self, Charged, KeyOf, Verdict};
 use crate::request::key;
@@ -105,13 +106,13 @@ impl AdminApp {
 
     /// `/rating` and `/consume`: find the limit and key, and the cost for consume.
     /// Errors are (status, body).
-    fn limit_args(&self, query: Option<&str>) -> Result<(usize, String, u64), (u16, Value)> {
+    fn limit_args(&self, query: Option<&str>) -> Result<(LimitId, String, u64), (u16, Value)> {
         let rt = self.node.runtime();
         let Some(name) = query_get(query, "limit") else {
             return Err((400, json!({"error": "missing query parameter: limit"})));
         };
-        let Some(li) = rt.limits.iter().position(|l| l.name == name) else {
-            let known: Vec<&str> = rt.limits.iter().map(|l| l.name.as_str()).collect();
+        let Some(li) = rt.config.limit_id(&name) else {
+            let known: Vec<&str> = rt.config.limits.iter().map(|l| l.name.as_str()).collect();
             return Err((
                 404,
                 json!({"error": format!("unknown limit {name:?}"), "known": known}),
@@ -141,7 +142,7 @@ impl AdminApp {
             Err((status, body)) => return json_response(status, &body),
         };
         let rt = self.node.runtime();
-        let l = &rt.limits[li];
+        let l = rt.limit_spec(li);
         // "remaining" and "full_in" describe the bucket now; "retry_after" the given cost.
         let now = self.node.store.peek(l, &k, 0);
         let d = self.node.store.peek(l, &k, cost);
@@ -165,7 +166,7 @@ impl AdminApp {
             Err((status, body)) => return json_response(status, &body),
         };
         let rt = self.node.runtime();
-        let l = &rt.limits[li];
+        let l = rt.limit_spec(li);
         let too_costly = || {
             let body = headers::too_costly_body(&l.name, cost, l.params.capacity());
             bytes_response(413, "application/json", body, &[])
@@ -195,7 +196,7 @@ impl AdminApp {
                     limited();
                 }
                 let extra = [
-                    ("ratelimit-policy", rt.policies[li].clone()),
+                    ("ratelimit-policy", rt.policy(li).to_string()),
                     ("ratelimit", headers::ratelimit_value(&l.name, d)),
                 ];
                 let body = json!({"allowed": true, "remaining": d.remaining,
@@ -213,7 +214,7 @@ impl AdminApp {
                     429,
                     "application/json",
                     headers::rejection_body(&l.name, &d),
-                    &headers::rejection_headers(&l.name, &rt.policies[li], &d),
+                    &headers::rejection_headers(&l.name, rt.policy(li), &d),
                 )
             }
             // A given key needs no building, and the cost was checked above.

@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use crate::config::{LimitId, RouteId};
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -20,11 +21,11 @@ pub const OUTCOMES: usize = 6;
 pub struct RequestMetrics {
     routes: Vec<String>,
     limits: Vec<String>,
-    /// `requests_total{route, outcome}`, by route index and outcome index.
+    /// `requests_total{route, outcome}`, by route and outcome index.
     requests: Vec<[OnceLock<IntCounter>; OUTCOMES]>,
-    /// `request_duration_seconds{route}`, by route index.
+    /// `request_duration_seconds{route}`, by route.
     duration: Vec<OnceLock<Histogram>>,
-    /// `tokens_consumed_total{limit}`, by limit index.
+    /// `tokens_consumed_total{limit}`, by limit.
     consumed: Vec<OnceLock<IntCounter>>,
 }
 
@@ -34,10 +35,11 @@ impl RequestMetrics {
     pub fn requests(
         &self,
         m: &Metrics,
-        route: usize,
+        route: RouteId,
         outcome: usize,
         outcome_label: &str,
     ) -> &IntCounter {
+        let route = route.index();
         self.requests[route][outcome].get_or_init(|| {
             m.requests_total
                 .with_label_values(&[&self.routes[route], outcome_label])
@@ -45,7 +47,8 @@ impl RequestMetrics {
     }
 
     /// `request_duration_seconds{route}`.
-    pub fn duration(&self, m: &Metrics, route: usize) -> &Histogram {
+    pub fn duration(&self, m: &Metrics, route: RouteId) -> &Histogram {
+        let route = route.index();
         self.duration[route].get_or_init(|| {
             m.request_duration_seconds
                 .with_label_values(&[&self.routes[route]])
@@ -53,7 +56,8 @@ impl RequestMetrics {
     }
 
     /// `tokens_consumed_total{limit}`.
-    pub fn consumed(&self, m: &Metrics, limit: usize) -> &IntCounter {
+    pub fn consumed(&self, m: &Metrics, limit: LimitId) -> &IntCounter {
+        let limit = limit.index();
         self.consumed[limit].get_or_init(|| {
             m.tokens_consumed_total
                 .with_label_values(&[&self.limits[limit]])
@@ -348,7 +352,8 @@ impl Metrics {
         })
     }
 
-    /// Handles for the request path of one config (see [`RequestMetrics`]).
+    /// Handles for the request path of one config (see [`RequestMetrics`]): the route names
+    /// by [`RouteId`], the limit names by [`LimitId`].
     pub fn request_metrics(&self, routes: Vec<String>, limits: Vec<String>) -> RequestMetrics {
         RequestMetrics {
             requests: routes.iter().map(|_| Default::default()).collect(),

@@ -3,7 +3,7 @@
 //! atomically on reload (build fully, validate, then swap; on failure keep the old one).
 
 use crate::app::metrics::Metrics;
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors, LimitId, UpstreamId};
 use crate::http::upstream::{load_ca, UpstreamPool};
 use crate::limit::bucket::BucketParams;
 use crate::limit::clock::{Clock, OffsetClock};
@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 /// Everything the request path needs from one config, built once per (re)load.
 pub struct Runtime {
     pub config: Config,
-    /// Same indices as `config.limits`.
+    /// Per limit, by [`LimitId`] (see [`Runtime::limit_spec`]).
     pub limits: Vec<LimitSpec>,
-    /// `RateLimit-Policy` value per limit.
+    /// `RateLimit-Policy` value per limit, by [`LimitId`].
     pub policies: Vec<String>,
     /// The same, as header values (cloned per response without copying).
     pub policy_values: Vec<http::HeaderValue>,
-    /// Same indices as `config.upstreams`.
+    /// Per upstream, by [`UpstreamId`].
     pub pools: Vec<UpstreamPool>,
     /// The request path's metric handles for this config, made on first use.
     pub metrics: std::sync::OnceLock<crate::app::metrics::RequestMetrics>,
@@ -51,6 +51,7 @@ impl Runtime {
                 name: l.name.clone(),
                 params: l.params.clone(),
                 shadow: l.shadow,
+                burst_guard: l.burst_guard,
             })
             .collect();
         let policies: Vec<String> = limits
@@ -75,7 +76,8 @@ impl Runtime {
                 Some(path) => match load_ca(path) {
                     Ok(ca) => Some(ca),
                     Err(e) => {
-                        errors.push(error(&config, format!("upstreams.{}.ca_file", u.name), e));
+                        let path = format!("upstreams.{}.ca_file", u.name);
+                        errors.push(error(&config, path, e.to_string()));
                         None
                     }
                 },
@@ -114,13 +116,46 @@ impl Runtime {
         })
     }
 
+    /// What the store charges for the limit `id`.
+    #[inline]
+    pub fn limit_spec(&self, id: LimitId) -> &LimitSpec {
+        &self.limits[id.index()]
+    }
+
+    /// The limit `id`'s `RateLimit-Policy` value.
+    pub fn policy(&self, id: LimitId) -> &str {
+        &self.policies[id.index()]
+    }
+
+    /// The same, as a header value.
+    #[inline]
+    pub fn policy_value(&self, id: LimitId) -> &http::HeaderValue {
+        &self.policy_values[id.index()]
+    }
+
+    /// The upstream `id`'s pool.
+    #[inline]
+    pub fn pool(&self, id: UpstreamId) -> &UpstreamPool {
+        &self.pools[id.index()]
+    }
+
+    /// The limit named `name` (names from the store's keys, or from another config).
+    pub fn limit_named(&self, name: &str) -> Option<&LimitSpec> {
+        self.config.limit_id(name).map(|id| self.limit_spec(id))
+    }
+
     /// Limit parameters by name, for the store's sweeps.
     pub fn params_of(&self, name: &str) -> Option<BucketParams> {
-        self.limits
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.params.clone())
+        self.limit_named(name).map(|l| l.params.clone())
     }
+}
+
+/// Why a node could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The metrics registry refused a metric.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// What a reload changed.
@@ -148,9 +183,9 @@ impl Node {
         runtime: Runtime,
         config_path: &Path,
         clock: Arc<dyn Clock>,
-    ) -> Result<Node, String> {
+    ) -> Result<Node, NodeError> {
         let shared = runtime.config.redis.is_some();
-        let metrics = Metrics::new(shared).map_err(|e| format!("metrics: {e}"))?;
+        let metrics = Metrics::new(shared)?;
         let clock = Arc::new(OffsetClock::new(clock));
         let node = Node {
             runtime: ArcSwap::from_pointee(runtime),
@@ -223,7 +258,7 @@ impl Node {
         let old = self.runtime();
         let mut summary = ReloadSummary::default();
         for ol in &old.limits {
-            match new.limits.iter().find(|l| l.name == ol.name) {
+            match new.limit_named(&ol.name) {
                 // Shared buckets keep their counters: a new capacity applies at the next
                 // decision (the rate cannot change, see check_shared_rates).
                 Some(nl) if nl.params != ol.params && old.config.redis.is_none() => {
@@ -305,7 +340,7 @@ fn check_shared_rates(old: &Runtime, new: &Runtime) -> Result<(), ConfigErrors> 
         .limits
         .iter()
         .filter_map(|nl| {
-            let ol = old.limits.iter().find(|l| l.name == nl.name)?;
+            let ol = old.limit_named(&nl.name)?;
             (ol.params.rate_q() != nl.params.rate_q()).then(|| {
                 error(
                     &new.config,

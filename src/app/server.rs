@@ -70,9 +70,20 @@ impl BackgroundService for Housekeeping {
     }
 }
 
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A TLS listener's certificate or key cannot be loaded.
+    #[error("listener {addr}: TLS settings: {source}")]
+    ListenerTls {
+        addr: String,
+        source: Box<pingora::Error>,
+    },
+}
+
 /// Builds the pingora server for `node`. Fails (before any socket opens) on TLS files that
 /// cannot be loaded.
-pub fn build(node: Arc<Node>, upgrade: bool) -> Result<Server, String> {
+pub fn build(node: Arc<Node>, upgrade: bool) -> Result<Server, BuildError> {
     let rt = node.runtime();
     let cfg = &rt.config;
     let first_port = cfg.listeners.first().map_or(0, |l| l.address.port());
@@ -102,8 +113,12 @@ pub fn build(node: Arc<Node>, upgrade: bool) -> Result<Server, String> {
             None => proxy.add_tcp(&addr),
             Some(tls) => {
                 let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-                let mut settings = TlsSettings::intermediate(&cert, &key)
-                    .map_err(|e| format!("listener {addr}: TLS settings: {e}"))?;
+                let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|source| {
+                    BuildError::ListenerTls {
+                        addr: addr.clone(),
+                        source,
+                    }
+                })?;
                 settings.enable_h2();
                 proxy.add_tls_with_settings(&addr, None, settings);
             }

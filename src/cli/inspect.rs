@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::limit::bucket::{Bucket, BucketParams, State};
 use crate::limit::clock::{Clock, SystemClock};
+use crate::shared::conn::ConnError;
 use crate::shared::layout::{self, NodeFields};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,32 @@ pub struct Query<'a> {
     pub json: bool,
     /// Most buckets listed without `--key`.
     pub max: usize,
+}
+
+/// Why `inspect` has nothing to show.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// The config has no `redis` section (`file` names the config).
+    #[error("{file}: no redis section: buckets are node-local (use the admin API's /rating)")]
+    NoRedis { file: String },
+    /// No runtime to run the reads on.
+    #[error("cannot start a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// No connection to the Redis at `at` (its URLs, passwords masked).
+    #[error("cannot reach redis at {at}: {source}")]
+    Connect { at: String, source: ConnError },
+    /// A command to the Redis at `at` failed.
+    #[error("cannot reach redis at {at}: {source}")]
+    Redis {
+        at: String,
+        source: redis::RedisError,
+    },
+    /// No hash at this Redis key.
+    #[error("no bucket at {0} (never used, or expired after a full refill)")]
+    NoBucket(String),
+    /// `--key` without `--limit`.
+    #[error("--key needs --limit")]
+    KeyWithoutLimit,
 }
 
 /// One bucket, explained.
@@ -33,10 +60,8 @@ fn describe(
     }
     // Parameters: this config's, else what a node wrote.
     let params = config
-        .limits
-        .iter()
-        .find(|l| l.name == limit)
-        .map(|l| l.params.clone())
+        .limit_id(limit)
+        .map(|id| config.limit(id).params.clone())
         .or_else(|| {
             let f: &NodeFields = nodes
                 .values()
@@ -122,17 +147,16 @@ fn text(v: &Value) -> String {
 }
 
 /// Runs `inspect`; returns what to print.
-pub fn run(config: &Config, q: &Query<'_>) -> Result<String, String> {
+pub fn run(config: &Config, q: &Query<'_>) -> Result<String, InspectError> {
     let Some(r) = config.redis.as_ref() else {
-        return Err(format!(
-            "{}: no redis section: buckets are node-local (use the admin API's /rating)",
-            config.source
-        ));
+        return Err(InspectError::NoRedis {
+            file: config.source.clone(),
+        });
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(InspectError::Runtime)?;
     let results = rt.block_on(collect(config, r, q))?;
     if q.json {
         return Ok(serde_json::to_string_pretty(&results).unwrap_or_default());
@@ -155,17 +179,23 @@ async fn collect(
     config: &Config,
     r: &crate::config::RedisConfig,
     q: &Query<'_>,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, InspectError> {
     let where_ = r
         .urls
         .iter()
         .map(|u| crate::config::mask_url_password(u))
         .collect::<Vec<_>>()
         .join(",");
-    let unreachable = |e: &dyn std::fmt::Display| format!("cannot reach redis at {where_}: {e}");
-    let mut con = crate::shared::conn::connect(r)
+    let unreachable = |source| InspectError::Redis {
+        at: where_.clone(),
+        source,
+    };
+    let mut con = crate::shared::conn::open(r)
         .await
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|source| InspectError::Connect {
+            at: where_.clone(),
+            source,
+        })?;
     let prefix = &r.key_prefix;
     let mut results = Vec::new();
     match (q.limit, q.key) {
@@ -175,24 +205,22 @@ async fn collect(
                 .arg(&rk)
                 .query_async(&mut con)
                 .await
-                .map_err(|e| unreachable(&e))?;
+                .map_err(unreachable)?;
             if hash.is_empty() {
-                return Err(format!(
-                    "no bucket at {rk} (never used, or expired after a full refill)"
-                ));
+                return Err(InspectError::NoBucket(rk));
             }
             let mut v = describe(&rk, limit, config, &hash);
             v["key"] = json!(key);
             results.push(v);
         }
-        (None, Some(_)) => return Err("--key needs --limit".into()),
+        (None, Some(_)) => return Err(InspectError::KeyWithoutLimit),
         (limit, None) => {
             let pattern = format!("{prefix}:{}:*", limit.unwrap_or("*"));
             // The registry of nodes matches the pattern too; it is not a bucket.
             let keys = con
                 .scan(&pattern, q.max.saturating_add(1))
                 .await
-                .map_err(|e| unreachable(&e))?;
+                .map_err(unreachable)?;
             for k in keys {
                 if results.len() >= q.max {
                     break;

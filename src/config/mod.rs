@@ -1,7 +1,7 @@
 //! The configuration: a JSON file (`docs/configuration.md`) parsed into [`raw`] serde structs, then
 //! checked once, here, into a [`Config`] that the rest of the program uses without
-//! re-checking anything: names are resolved to indices, durations are `Duration`s, optional
-//! settings have their defaults.
+//! re-checking anything: names are resolved to ids ([`LimitId`], [`RouteId`], [`UpstreamId`]:
+//! indices underneath), durations are `Duration`s, optional settings have their defaults.
 //!
 //! Every error carries the file, the line and column of the offending value (from serde_json
 //! for syntax and type errors, from [`spans`] for the checks that run after parsing) and its
@@ -106,6 +106,9 @@ pub struct Limit {
     pub key: Vec<KeySource>,
     /// Counts and reports but never rejects.
     pub shadow: bool,
+    /// Shared mode: a node spends only its share of an idle bucket until it has heard from
+    /// the others (see `docs/shared-state.md`, "Bursts").
+    pub burst_guard: bool,
 }
 
 /// One part of a limit's bucket key.
@@ -180,12 +183,46 @@ pub struct Route {
     pub methods: Option<Vec<http::Method>>,
     /// Exact host, lowercased, without port or trailing dot.
     pub host: Option<String>,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
-    /// Indices into [`Config::limits`], in the order written.
-    pub limits: Vec<usize>,
+    /// The route's upstream.
+    pub upstream: UpstreamId,
+    /// The route's limits, in the order written.
+    pub limits: Vec<LimitId>,
     pub cost: Cost,
 }
+
+/// Identity types: a limit, route or upstream of one [`Config`], its index in the config's
+/// list underneath (so the request path indexes, never hashes or searches). Only the config
+/// makes them ([`Config::limit_id`], [`Config::routes_by_id`], [`Config::upstreams_by_id`],
+/// and the references of its routes); the runtime's per-limit and per-upstream tables share
+/// the config's indices.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(usize);
+
+        impl $name {
+            /// The index underneath, into the config's list.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A limit: its position in [`Config::limits`].
+    LimitId
+);
+id_type!(
+    /// A route: its position in [`Config::routes`] (match order).
+    RouteId
+);
+id_type!(
+    /// An upstream: its position in [`Config::upstreams`].
+    UpstreamId
+);
 
 /// Tokens a request takes from each limit of its route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,9 +349,40 @@ impl Config {
         )
     }
 
-    /// Index of the limit named `name` in [`Config::limits`].
-    pub fn limit_index(&self, name: &str) -> Option<usize> {
-        self.limits.iter().position(|l| l.name == name)
+    /// The limit named `name`.
+    pub fn limit_id(&self, name: &str) -> Option<LimitId> {
+        self.limits.iter().position(|l| l.name == name).map(LimitId)
+    }
+
+    /// The limit `id` (panics on an id of a config with fewer limits).
+    #[inline]
+    pub fn limit(&self, id: LimitId) -> &Limit {
+        &self.limits[id.0]
+    }
+
+    /// The route `id`.
+    #[inline]
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0]
+    }
+
+    /// The upstream `id`.
+    #[inline]
+    pub fn upstream(&self, id: UpstreamId) -> &Upstream {
+        &self.upstreams[id.0]
+    }
+
+    /// The routes with their ids, in match order.
+    pub fn routes_by_id(&self) -> impl Iterator<Item = (RouteId, &Route)> {
+        self.routes.iter().enumerate().map(|(i, r)| (RouteId(i), r))
+    }
+
+    /// The upstreams with their ids.
+    pub fn upstreams_by_id(&self) -> impl Iterator<Item = (UpstreamId, &Upstream)> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (UpstreamId(i), u))
     }
 }
 

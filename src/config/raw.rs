@@ -142,6 +142,10 @@ pub struct RawLimit {
     pub key: KeyList,
     #[serde(default)]
     pub shadow: bool,
+    /// Shared mode: hold a burst through several nodes at once to about one capacity (see
+    /// `docs/shared-state.md`, "Bursts").
+    #[serde(default)]
+    pub burst_guard: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,11 +1,11 @@
-//! Checks of the route list: names, references to upstreams and limits (resolved to
-//! indices), match rules, costs, and routes hidden behind an earlier catch-all.
+//! Checks of the route list: names, references to upstreams and limits (resolved to ids),
+//! match rules, costs, and routes hidden behind an earlier catch-all.
 
 use super::checker::{Checker, MAX_NAME_LEN};
 use super::raw::{RawCost, RawMatch, RawRoute};
 use super::spans::element;
 use super::values::{check_name, parse_host, parse_method};
-use super::{Cost, Limit, Route, Upstream};
+use super::{Cost, Limit, LimitId, Route, Upstream, UpstreamId};
 use std::collections::HashMap;
 
 fn known(names: &[&str], what: &str) -> String {
@@ -57,7 +57,7 @@ pub(super) fn routes(
             path_prefix: m.path_prefix.clone(),
             methods,
             host,
-            upstream: upstream.unwrap_or(0),
+            upstream: upstream.unwrap_or(UpstreamId(0)),
             limits: route_limits,
             cost,
         });
@@ -99,26 +99,26 @@ fn matches_everything(m: &RawMatch) -> bool {
     m.path_prefix == "/" && m.methods.is_none() && m.host.is_none()
 }
 
-/// The index of the route's upstream, or `None` (reported) when no upstream has that name.
-fn upstream_ref(c: &mut Checker, path: &str, upstream: &str, names: &[&str]) -> Option<usize> {
-    let index = names.iter().position(|n| *n == upstream);
-    if index.is_none() {
+/// The route's upstream, or `None` (reported) when no upstream has that name.
+fn upstream_ref(c: &mut Checker, path: &str, upstream: &str, names: &[&str]) -> Option<UpstreamId> {
+    let id = names.iter().position(|n| *n == upstream).map(UpstreamId);
+    if id.is_none() {
         let msg = format!(
             "unknown upstream \"{upstream}\" ({})",
             known(names, "upstreams")
         );
         c.err(&format!("{path}.upstream"), msg);
     }
-    index
+    id
 }
 
-/// The indices of the route's limits, in the order written; unknown and repeated names are
-/// reported and left out.
-fn limit_refs(c: &mut Checker, path: &str, limits: &[String], names: &[&str]) -> Vec<usize> {
-    let mut out: Vec<usize> = Vec::new();
+/// The route's limits, in the order written; unknown and repeated names are reported and
+/// left out.
+fn limit_refs(c: &mut Checker, path: &str, limits: &[String], names: &[&str]) -> Vec<LimitId> {
+    let mut out: Vec<LimitId> = Vec::new();
     for (k, name) in limits.iter().enumerate() {
         let lpath = element(&format!("{path}.limits"), k);
-        match names.iter().position(|n| n == name) {
+        match names.iter().position(|n| n == name).map(LimitId) {
             None => c.err(
                 &lpath,
                 format!("unknown limit \"{name}\" ({})", known(names, "limits")),
@@ -182,7 +182,7 @@ fn cost(
     c: &mut Checker,
     path: &str,
     raw: &RawCost,
-    route_limits: &[usize],
+    route_limits: &[LimitId],
     (limits, capacities): (&[Limit], &[Option<u64>]),
 ) -> Cost {
     let cost = match *raw {
@@ -194,13 +194,13 @@ fn cost(
         Cost::PerBytes(0) => c.err(&format!("{path}.cost.per_bytes"), "must be at least 1 byte"),
         Cost::Fixed(n) => {
             for &li in route_limits {
-                let Some(capacity) = capacities[li] else {
+                let Some(capacity) = capacities[li.index()] else {
                     continue;
                 };
                 if n > capacity {
                     let msg = format!(
                         "cost {n} is more than the capacity {capacity} of limit \"{}\": no request could ever pass",
-                        limits[li].name
+                        limits[li.index()].name
                     );
                     c.err(&format!("{path}.cost"), msg);
                 }

@@ -402,6 +402,7 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
         params,
         key,
         shadow: raw.shadow,
+        burst_guard: raw.burst_guard,
     };
     (limit, capacity)
 }

@@ -10,6 +10,7 @@
 //! costs no failed request.
 
 use crate::app::node::{Node, Runtime};
+use crate::config::UpstreamId;
 use crate::http::upstream::UpstreamPool;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -36,11 +37,12 @@ struct Due {
     last: Option<Instant>,
 }
 
-/// The checker of one pool, from its config; None when the pool has no `health_check`.
-fn checker(rt: &Runtime, pool: usize) -> Option<Due> {
-    let up = rt.config.upstreams.get(pool)?;
+/// The checker of the upstream `id`'s pool, from its config; None when the upstream has no
+/// `health_check`.
+fn checker(rt: &Runtime, id: UpstreamId) -> Option<Due> {
+    let up = rt.config.upstream(id);
     let hc = up.health_check.as_ref()?;
-    let p = rt.pools.get(pool)?;
+    let p = rt.pool(id);
     // The Host header: the TLS name when there is one, else the first server as configured.
     let host = if up.sni.is_empty() {
         up.servers.first().cloned().unwrap_or_default()
@@ -106,7 +108,7 @@ impl BackgroundService for HealthChecks {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut current: Option<Arc<Runtime>> = None;
-        let mut due: HashMap<usize, Due> = HashMap::new();
+        let mut due: HashMap<UpstreamId, Due> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -116,13 +118,15 @@ impl BackgroundService for HealthChecks {
             if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &rt)) {
                 // A reload built new pools (a pool that kept its servers kept their health):
                 // new checkers, checked right away.
-                due = (0..rt.pools.len())
-                    .filter_map(|i| checker(&rt, i).map(|d| (i, d)))
+                due = rt
+                    .config
+                    .upstreams_by_id()
+                    .filter_map(|(id, _)| checker(&rt, id).map(|d| (id, d)))
                     .collect();
                 current = Some(rt.clone());
             }
             let now = Instant::now();
-            let ready: Vec<usize> = due
+            let ready: Vec<UpstreamId> = due
                 .iter()
                 .filter(|(_, d)| d.last.is_none_or(|l| now.duration_since(l) >= d.interval))
                 .map(|(&i, _)| i)
@@ -130,11 +134,11 @@ impl BackgroundService for HealthChecks {
             if ready.is_empty() {
                 continue;
             }
-            let runs = ready.iter().filter_map(|i| {
-                let d = due.get_mut(i)?;
+            let runs = ready.iter().filter_map(|id| {
+                let d = due.get_mut(id)?;
                 d.last = Some(now);
                 let check = d.check.clone();
-                let pool = rt.pools.get(*i)?;
+                let pool = rt.pool(*id);
                 Some(async move { self.run(pool, &check).await })
             });
             futures::future::join_all(runs).await;

@@ -12,7 +12,7 @@
 //! records metrics and the access log line.
 
 use crate::app::node::{Node, Runtime};
-use crate::config::Config;
+use crate::config::{Config, RouteId};
 use crate::http::forwarding::{forwarded_for, peer_ip, set_forwarded, single_length, Forwarded};
 use crate::http::header_case::{without_header_case, RATELIMIT, RATELIMIT_POLICY};
 use crate::http::headers;
@@ -67,7 +67,7 @@ impl Outcome {
 pub struct Ctx {
     start: Instant,
     runtime: Option<Arc<Runtime>>,
-    route: Option<usize>,
+    route: Option<RouteId>,
     client_ip: IpAddr,
     outcome: Outcome,
     /// What the limits report on the response and in the access log.
@@ -143,22 +143,22 @@ struct Reported {
 impl Gateway {
     /// Charges route `ri`'s limits for this request ([`decision::decide`]), counts what the
     /// verdict says in the metrics, and notes in `out` what the response and the access log
-    /// report.
+    /// report. The verdict's positions are into the route's limits.
     fn decide(
         &self,
         rt: &Runtime,
-        ri: usize,
+        ri: RouteId,
         view: &RequestView<'_>,
         cost: u64,
         out: &mut Reported,
     ) -> Verdict {
-        let route = &rt.config.routes[ri];
+        let route = rt.config.route(ri);
         let charged: SmallVec<[Charged<'_>; 4]> = route
             .limits
             .iter()
             .map(|&li| Charged {
-                limit: &rt.limits[li],
-                key: KeyOf::Request(&rt.config.limits[li].key, view),
+                limit: rt.limit_spec(li),
+                key: KeyOf::Request(&rt.config.limit(li).key, view),
             })
             .collect();
         let verdict = decision::decide(&self.node.store, &charged, cost, rt.config.access_log);
@@ -184,7 +184,7 @@ impl Gateway {
                 }
                 if let Some(i) = *report {
                     out.rate_headers = Some((
-                        rt.policy_values[route.limits[i]].clone(),
+                        rt.policy_value(route.limits[i]).clone(),
                         headers::ratelimit_header(&charged[i].limit.name, &decisions[i]),
                     ));
                 }
@@ -211,11 +211,11 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
         rt: &Runtime,
-        ri: usize,
+        ri: RouteId,
         verdict: Verdict,
         cost: u64,
     ) -> Result<bool> {
-        let route = &rt.config.routes[ri];
+        let route = rt.config.route(ri);
         match verdict {
             Verdict::Pass { shadow_limited, .. } => {
                 if !shadow_limited.is_empty() {
@@ -225,7 +225,7 @@ impl Gateway {
             }
             Verdict::BadKey(e) => self.reject_bad(session, ctx, 400, &e.to_string()).await,
             Verdict::TooCostly(at) => {
-                let l = &rt.limits[route.limits[at]];
+                let l = rt.limit_spec(route.limits[at]);
                 ctx.status = 413;
                 ctx.outcome = Outcome::Limited;
                 let body = headers::too_costly_body(&l.name, cost, l.params.capacity());
@@ -234,10 +234,10 @@ impl Gateway {
             }
             Verdict::Limited { at, decision, .. } => {
                 let li = route.limits[at];
-                let limit = &rt.limits[li];
+                let limit = rt.limit_spec(li);
                 ctx.outcome = Outcome::Limited;
                 ctx.status = 429;
-                let extra = headers::rejection_headers(&limit.name, &rt.policies[li], &decision);
+                let extra = headers::rejection_headers(&limit.name, rt.policy(li), &decision);
                 let body = headers::rejection_body(&limit.name, &decision);
                 respond(session, 429, &extra, body, preserve_case(ctx)).await?;
                 Ok(true)
@@ -304,7 +304,7 @@ impl ProxyHttp for Gateway {
                 .reject_bad(session, ctx, 400, "HTTP/1.1 request without Host")
                 .await;
         }
-        let Some(ri) = route::find(&cfg.routes, method, &norm, host.as_deref()) else {
+        let Some(ri) = route::find(cfg, method, &norm, host.as_deref()) else {
             ctx.outcome = Outcome::NoRoute;
             ctx.status = 404;
             let body = headers::error_body(404, "no route matches this request");
@@ -312,7 +312,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(ri);
-        let route = &cfg.routes[ri];
+        let route = cfg.route(ri);
         let cost = match route::request_cost(route.cost, &req.headers) {
             Ok(cost) => cost,
             Err(e) => {
@@ -340,9 +340,9 @@ impl ProxyHttp for Gateway {
         let (Some(rt), Some(ri)) = (ctx.runtime.as_ref(), ctx.route) else {
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
-        let route = &rt.config.routes[ri];
-        let up = &rt.config.upstreams[route.upstream];
-        let pool = &rt.pools[route.upstream];
+        let route = rt.config.route(ri);
+        let up = rt.config.upstream(route.upstream);
+        let pool = rt.pool(route.upstream);
         let Some(addr) = pool.next_server() else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no upstream server available");
         };
@@ -368,7 +368,8 @@ impl ProxyHttp for Gateway {
         // Nothing reached the server: try the next healthy one of the pool (each other server
         // at most once), so a server that died since its last health check costs no request.
         let others = match (ctx.runtime.as_ref(), ctx.route) {
-            (Some(rt), Some(ri)) => rt.pools[rt.config.routes[ri].upstream]
+            (Some(rt), Some(ri)) => rt
+                .pool(rt.config.route(ri).upstream)
                 .servers
                 .len()
                 .saturating_sub(1),
@@ -465,7 +466,7 @@ impl ProxyHttp for Gateway {
                 let rm = rt.request_metrics(m);
                 rm.requests(m, ri, ctx.outcome as usize, outcome).inc();
                 rm.duration(m, ri).observe(elapsed.as_secs_f64());
-                rt.config.routes[ri].name.as_str()
+                rt.config.route(ri).name.as_str()
             }
             _ => {
                 m.requests_total.with_label_values(&["none", outcome]).inc();

@@ -2,8 +2,9 @@
 //! the TLS roots for its servers. The health and the cursor are live state: they survive a
 //! reload that keeps the pool's servers (a reload does not make a failing server healthy).
 
+use rustls::pki_types::pem::Error as PemError;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -80,16 +81,40 @@ impl UpstreamPool {
     }
 }
 
+/// Why a CA file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The file cannot be opened.
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: PemError },
+    /// The file is not PEM, or holds something other than certificates.
+    #[error("{}: not PEM certificates: {source}", path.display())]
+    NotPem { path: PathBuf, source: PemError },
+    /// The file holds no certificate.
+    #[error("{}: no certificate in the file", path.display())]
+    Empty { path: PathBuf },
+    /// DER that pingora's certificate wrapper cannot parse.
+    #[error("{}: a certificate cannot be parsed", path.display())]
+    Unparsable { path: PathBuf },
+}
+
 /// Reads a PEM file of CA certificates into the form pingora's TLS connector takes.
-pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, CaError> {
     use rustls::pki_types::pem::PemObject;
+    let path_buf = || path.to_path_buf();
     let certs: Vec<Vec<u8>> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .map_err(|source| CaError::Read {
+            path: path_buf(),
+            source,
+        })?
         .map(|c| c.map(|c| c.to_vec()))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+        .map_err(|source| CaError::NotPem {
+            path: path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
+        return Err(CaError::Empty { path: path_buf() });
     }
     // pingora's certificate wrapper panics on DER it cannot parse: refuse such a file here.
     let wrapped = std::panic::catch_unwind(|| {
@@ -98,7 +123,7 @@ pub fn load_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, Stri
             .map(|der| pingora::utils::tls::WrappedX509::new(der, pingora::utils::tls::parse_x509))
             .collect::<Vec<_>>()
     })
-    .map_err(|_| format!("{}: a certificate cannot be parsed", path.display()))?;
+    .map_err(|_| CaError::Unparsable { path: path_buf() })?;
     Ok(Arc::from(wrapped.into_boxed_slice()))
 }
 

@@ -15,7 +15,7 @@ use hashbrown::hash_map::RawEntryMut;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const SHARDS: usize = 64;
@@ -31,6 +31,8 @@ pub struct LimitSpec {
     pub name: String,
     pub params: BucketParams,
     pub shadow: bool,
+    /// Pacing of a shared bucket: see [`crate::limit::pacing`].
+    pub burst_guard: bool,
 }
 
 /// One bucket to charge.
@@ -115,6 +117,10 @@ pub struct Store {
     pub(super) stale_ns: AtomicI64,
     /// The sync interval (shared mode), for the Redis TTL of a bucket.
     pub(super) sync_interval_ns: AtomicI64,
+    /// The shared store answered the last sync round.
+    pub(super) connected: AtomicBool,
+    /// The oldest last sync among the other live nodes (see [`Store::set_others_synced`]).
+    pub(super) others_synced_ns: AtomicI64,
     /// Most buckets per shard (`max_buckets` / shards, at least 1).
     pub(super) shard_cap: AtomicUsize,
     /// Requests refused because their bucket could not be created (the store was full).
@@ -159,6 +165,8 @@ impl Store {
             shared,
             live_nodes: AtomicU32::new(1),
             stale_ns: AtomicI64::new(300_000_000),
+            connected: AtomicBool::new(true),
+            others_synced_ns: AtomicI64::new(0),
             shard_cap: AtomicUsize::new(usize::MAX),
             sync_interval_ns: AtomicI64::new(100_000_000),
             overflows: AtomicU64::new(0),
@@ -311,11 +319,10 @@ impl Store {
         let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
         entry.bucket.record_attempt();
         if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
-            let live = self.live_nodes.load(Ordering::Relaxed);
-            let stale = self.stale_ns.load(Ordering::Relaxed);
+            let cluster = self.cluster(c.limit.burst_guard);
             if let Err(wait) = sync
                 .pace
-                .check(&c.limit.params, c.cost, tokens, now, live, stale)
+                .check(&c.limit.params, c.cost, tokens, now, &cluster)
             {
                 // This node's share is spent: nothing left here until it refills.
                 d.allowed = false;
@@ -470,6 +477,7 @@ mod tests {
             name: name.into(),
             params: BucketParams::new(capacity, rate, capacity).unwrap(),
             shadow,
+            burst_guard: false,
         }
     }
 
@@ -507,13 +515,20 @@ mod tests {
     fn a_refused_multi_limit_charge_leaves_this_nodes_share_unspent() {
         let (_clock, s) = store_shared(true);
         s.set_cluster(2, SEC);
-        // Two nodes: this one may spend half of each new bucket.
-        let (wide, narrow) = wide_and_narrow();
+        // Two nodes, guarded limits: this one may spend a fifth of each new bucket, 20 tokens
+        // of wide and 2 of narrow.
+        let guarded = |l: LimitSpec| LimitSpec {
+            burst_guard: true,
+            ..l
+        };
+        let wide = guarded(spec("wide", 100, 1.0, false));
+        let narrow = guarded(spec("narrow", 10, 1.0, false));
         let charges = both(&wide, &narrow);
         assert!(s.charge(&charges).allowed());
-        // Narrow's share (1 token) is spent: refused, and wide's payment is undone.
+        assert!(s.charge(&charges).allowed());
+        // Narrow's share is spent: refused, and wide's payment is undone.
         assert_eq!(s.charge(&charges).rejected_by, Some(1));
-        for _ in 0..4 {
+        for _ in 0..18 {
             assert!(s.charge(&charges[..1]).allowed());
         }
         assert!(!s.charge(&charges[..1]).allowed());
@@ -627,7 +642,7 @@ mod tests {
             waste: d[0].own.waste,
         };
         let one = |c: Counters| BTreeMap::from([("me".to_string(), c)]);
-        s.absorb("l:k", "me", &one(stored), &l.params, false);
+        s.absorb("l:k", "me", &one(stored), &BTreeMap::new(), &l, false);
         assert_eq!(s.peek(&l, "k", 0).remaining, 3);
         // Rebased counters must be pushed next.
         let d = s.take_dirty();
@@ -644,7 +659,7 @@ mod tests {
                 waste: d[0].own.waste,
             },
         );
-        s.absorb("l:k", "me", &both, &l.params, true);
+        s.absorb("l:k", "me", &both, &BTreeMap::new(), &l, true);
         assert!(s.take_dirty().is_empty());
         assert_eq!(s.peek(&l, "k", 0).remaining, 1);
         // A failed push lists the bucket again.
@@ -677,7 +692,7 @@ mod tests {
             let d = s.take_dirty();
             let mut nodes = BTreeMap::new();
             nodes.insert("me".to_string(), d[0].own);
-            s.absorb("l:k", "me", &nodes, &l.params, pushed);
+            s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, pushed);
         }
         assert!(s.take_dirty().is_empty());
         // Two seconds on: full, clean, but Redis may still hold it (TTL = 1 s + 10 s margin).
@@ -705,7 +720,7 @@ mod tests {
             let mut nodes = BTreeMap::new();
             nodes.insert("me".to_string(), d[0].own);
             // Evaluated full at absorb: the cap raises waste, which is not a change to push.
-            s.absorb("l:k", "me", &nodes, &l.params, pushed);
+            s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, pushed);
         }
         clock.advance_ns(SEC);
         assert!(
@@ -745,7 +760,7 @@ mod tests {
                 waste: 0,
             },
         );
-        s.absorb("l:k", "me", &nodes, &l.params, true);
+        s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, true);
         nodes.insert(
             "other".to_string(),
             Counters {
@@ -754,7 +769,7 @@ mod tests {
                 waste: 0,
             },
         );
-        s.absorb("l:k", "me", &nodes, &l.params, true);
+        s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, true);
         // Its floor (a tenth of the equal share) still admits at once, and when that is spent
         // the announced wait never goes past the next sync.
         let mut admitted = 0;

@@ -3,7 +3,9 @@
 //! into memory, with the pace recomputed. The sync round ([`crate::shared::round`]) drives
 //! these; nothing here does I/O.
 
-use super::bucket::{BucketParams, Counters};
+use super::bucket::Counters;
+use super::pacing::Cluster;
+use super::store::LimitSpec;
 use super::store::{bucket_entry, lock, Store};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -61,6 +63,29 @@ impl Store {
         }
     }
 
+    /// Sets whether the shared store answers (the last sync round went through): while it
+    /// does not, paces keep their last shares (see [`crate::limit::pacing`]).
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// Sets the oldest last sync among the other live nodes (ns, this node's corrected
+    /// clock), from the registry: a guarded pace waits for it (see [`crate::limit::pacing`]).
+    pub fn set_others_synced(&self, ns: i64) {
+        self.others_synced_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// What a pace needs to know of the cluster, for a limit with this `burst_guard`.
+    pub(super) fn cluster(&self, guard: bool) -> Cluster {
+        Cluster {
+            live: self.live_nodes.load(Ordering::Relaxed),
+            sync_interval_ns: self.sync_interval_ns.load(Ordering::Relaxed),
+            others_synced_ns: self.others_synced_ns.load(Ordering::Relaxed),
+            connected: self.connected.load(Ordering::Relaxed),
+            guard,
+        }
+    }
+
     /// Sets what the sync loop knows of the cluster: live nodes and the sync interval.
     pub fn set_cluster(&self, live_nodes: u32, sync_interval_ns: i64) {
         self.live_nodes.store(live_nodes.max(1), Ordering::Relaxed);
@@ -71,7 +96,8 @@ impl Store {
     }
 
     /// Merges what the shared store holds for a bucket (`nodes`: every node's counters, this
-    /// node's under `me`), then recomputes this node's pace. `pushed` says whether this
+    /// node's under `me`; `seen_ms`: when each node last wrote or announced the bucket), then
+    /// recomputes this node's pace. `pushed` says whether this
     /// node's counters were written in the same round trip (then the entry is clean unless it
     /// changed meanwhile).
     ///
@@ -84,9 +110,11 @@ impl Store {
         store_key: &str,
         me: &str,
         nodes: &BTreeMap<String, Counters>,
-        params: &BucketParams,
+        seen_ms: &BTreeMap<String, u64>,
+        limit: &LimitSpec,
         pushed: bool,
     ) {
+        let params = &limit.params;
         let now = self.clock.now_ns();
         let own_stored = nodes.get(me).copied();
         let (mut others_consumed, mut others_waste) = (0u64, None::<i128>);
@@ -94,7 +122,7 @@ impl Store {
             others_consumed = others_consumed.saturating_add(c.consumed);
             others_waste = Some(others_waste.map_or(c.waste, |w| w.max(c.waste)));
         }
-        let live = self.live_nodes.load(Ordering::Relaxed);
+        let cluster = self.cluster(limit.burst_guard);
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let relist = {
             let Some(e) = shard.map.get_mut(store_key) else {
@@ -118,10 +146,10 @@ impl Store {
                     .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
             }
             let tokens = e.bucket.tokens_units(params, now);
-            let own_attempts = e.bucket.own().attempts;
+            let own = *e.bucket.own();
             let sync = e.sync.get_or_insert_with(Default::default);
             sync.pace
-                .resync((me, own_attempts), nodes, live, tokens, now);
+                .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
             sync.synced_ns = now;
             let was_fresh = e.fresh || e.stale;
             e.fresh = false;
@@ -150,8 +178,9 @@ impl Store {
         store_key: &str,
         me: &str,
         nodes: &BTreeMap<String, Counters>,
-        params: &BucketParams,
+        limit: &LimitSpec,
     ) {
+        let params = &limit.params;
         let now = self.clock.now_ns();
         {
             let (hash, sid) = self.locate(store_key);
@@ -162,6 +191,6 @@ impl Store {
                 return;
             }
         }
-        self.absorb(store_key, me, nodes, params, false);
+        self.absorb(store_key, me, nodes, &BTreeMap::new(), limit, false);
     }
 }

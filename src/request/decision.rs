@@ -162,6 +162,7 @@ mod tests {
             name: name.into(),
             params: BucketParams::new(capacity, 1.0, capacity).expect("params"),
             shadow,
+            burst_guard: false,
         }
     }
 

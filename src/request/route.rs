@@ -1,6 +1,6 @@
 //! Which route a request takes, and what it costs.
 
-use crate::config::{Cost, Route};
+use crate::config::{Config, Cost, Route, RouteId};
 use crate::request::path;
 use http::HeaderMap;
 
@@ -19,11 +19,12 @@ pub fn matches(route: &Route, method: &str, norm_path: &str, host: Option<&str>)
     path::matches_prefix(norm_path, &route.path_prefix)
 }
 
-/// The position of the first route that matches (routes match in order).
-pub fn find(routes: &[Route], method: &str, norm_path: &str, host: Option<&str>) -> Option<usize> {
-    routes
-        .iter()
-        .position(|r| matches(r, method, norm_path, host))
+/// The first route of `config` that matches (routes match in order).
+pub fn find(config: &Config, method: &str, norm_path: &str, host: Option<&str>) -> Option<RouteId> {
+    config
+        .routes_by_id()
+        .find(|(_, r)| matches(r, method, norm_path, host))
+        .map(|(id, _)| id)
 }
 
 /// Why a request's cost cannot be known.

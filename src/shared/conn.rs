@@ -15,8 +15,35 @@ use crate::config::RedisConfig;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Why no connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// `redis.ca_file` cannot be read.
+    #[error("redis.ca_file {}: cannot read: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The cluster client refused the seeds, or the cluster could not be reached.
+    #[error("redis cluster: {0}")]
+    Cluster(#[source] RedisError),
+    /// Discovering the cluster's slots took longer than five response timeouts.
+    #[error("redis cluster: timed out connecting")]
+    ClusterTimeout,
+    /// The config names no URL.
+    #[error("no redis url")]
+    NoUrl,
+    /// The client refused the URL.
+    #[error("redis url: {0}")]
+    Url(#[source] RedisError),
+    /// The connection manager could not be made.
+    #[error("redis: {0}")]
+    Manager(#[source] RedisError),
+}
 
 /// A connection to Redis.
 #[derive(Clone)]
@@ -52,20 +79,28 @@ impl ConnectionLike for Conn {
 }
 
 /// The TLS roots for `rediss://`: the config's CA file, else the system's.
-fn certificates(cfg: &RedisConfig) -> Result<Option<redis::TlsCertificates>, String> {
+fn certificates(cfg: &RedisConfig) -> Result<Option<redis::TlsCertificates>, ConnError> {
     let Some(ca) = &cfg.ca_file else {
         return Ok(None);
     };
-    let pem = std::fs::read(ca)
-        .map_err(|e| format!("redis.ca_file {}: cannot read: {e}", ca.display()))?;
+    let pem = std::fs::read(ca).map_err(|source| ConnError::CaFile {
+        path: ca.clone(),
+        source,
+    })?;
     Ok(Some(redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(pem),
     }))
 }
 
-/// Connects (standalone: lazily, so this succeeds while Redis is down).
+/// [`open`], with the error as text, for a caller that passes it on as text (the sync loop
+/// makes a `RedisError` of it). Goes once that caller takes [`ConnError`].
 pub async fn connect(cfg: &RedisConfig) -> Result<Conn, String> {
+    open(cfg).await.map_err(|e| e.to_string())
+}
+
+/// Connects (standalone: lazily, so this succeeds while Redis is down).
+pub async fn open(cfg: &RedisConfig) -> Result<Conn, ConnError> {
     let certs = certificates(cfg)?;
     if cfg.cluster {
         let mut b = redis::cluster::ClusterClientBuilder::new(cfg.urls.iter().map(String::as_str))
@@ -75,23 +110,23 @@ pub async fn connect(cfg: &RedisConfig) -> Result<Conn, String> {
         if let Some(c) = certs {
             b = b.certs(c);
         }
-        let client = b.build().map_err(|e| format!("redis cluster: {e}"))?;
+        let client = b.build().map_err(ConnError::Cluster)?;
         // Connecting discovers the slots: bound it like any other round trip.
         let con = tokio::time::timeout(
             cfg.timeout.saturating_mul(5).max(Duration::from_secs(1)),
             client.get_async_connection(),
         )
         .await
-        .map_err(|_| "redis cluster: timed out connecting".to_string())?
-        .map_err(|e| format!("redis cluster: {e}"))?;
+        .map_err(|_| ConnError::ClusterTimeout)?
+        .map_err(ConnError::Cluster)?;
         return Ok(Conn::Cluster(con));
     }
-    let url = cfg.urls.first().ok_or("no redis url")?;
+    let url = cfg.urls.first().ok_or(ConnError::NoUrl)?;
     let client = match certs {
         Some(c) => redis::Client::build_with_tls(url.as_str(), c),
         None => redis::Client::open(url.as_str()),
     }
-    .map_err(|e| format!("redis url: {e}"))?;
+    .map_err(ConnError::Url)?;
     let conf = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(cfg.timeout))
         .set_response_timeout(Some(cfg.timeout))
@@ -99,7 +134,7 @@ pub async fn connect(cfg: &RedisConfig) -> Result<Conn, String> {
         .set_max_delay(Duration::from_secs(2));
     ConnectionManager::new_lazy_with_config(client, conf)
         .map(Conn::Single)
-        .map_err(|e| format!("redis: {e}"))
+        .map_err(ConnError::Manager)
 }
 
 /// Every string inside a reply (nested arrays and maps included), for replies that a cluster

@@ -58,6 +58,9 @@ pub fn redis_key(prefix: &str, limit: &str, key: &str) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeFields {
     pub counters: Counters,
+    /// The hash holds at least one of the node's counters (a node that only announced the
+    /// bucket, with `seen_ms`, has none yet: see `round`).
+    pub counted: bool,
     pub capacity: Option<u64>,
     pub rate_q: Option<u64>,
     pub seen_ms: Option<u64>,
@@ -110,8 +113,8 @@ pub fn parse_hash(hash: &HashMap<String, String>) -> (BTreeMap<String, NodeField
                 Ok(v) => {
                     let e = nodes.entry(node.to_string()).or_default();
                     match name {
-                        "consumed" => e.counters.consumed = v,
-                        "attempts" => e.counters.attempts = v,
+                        "consumed" => (e.counters.consumed, e.counted) = (v, true),
+                        "attempts" => (e.counters.attempts, e.counted) = (v, true),
                         "capacity" => e.capacity = Some(v),
                         "rate" => e.rate_q = Some(v),
                         _ => e.seen_ms = Some(v),
@@ -122,7 +125,8 @@ pub fn parse_hash(hash: &HashMap<String, String>) -> (BTreeMap<String, NodeField
             },
             "waste" => match value.parse::<i128>() {
                 Ok(v) => {
-                    nodes.entry(node.to_string()).or_default().counters.waste = v;
+                    let e = nodes.entry(node.to_string()).or_default();
+                    (e.counters.waste, e.counted) = (v, true);
                     true
                 }
                 Err(_) => false,

@@ -35,6 +35,8 @@ pub struct View {
     pub live: usize,
     /// Another process wrote this node's entry since this one last did.
     pub twin: bool,
+    /// The oldest last sync among the other live nodes (Unix ms; 0 when there are none).
+    pub others_synced_ms: u64,
 }
 
 /// Reads the registry as it was before this node's write of this round. `registered`: this
@@ -50,12 +52,13 @@ pub fn read(
         let (ms, inst) = v.split_once(':')?;
         Some((ms.parse().ok()?, inst.to_string()))
     };
-    let others = reg
+    let others: Vec<u64> = reg
         .iter()
         .filter(|(n, _)| n.as_str() != node_id)
         .filter_map(|(_, v)| parse(v))
-        .filter(|(seen, _)| seen.saturating_add(live_window_ms) >= now_ms)
-        .count();
+        .map(|(seen, _)| seen)
+        .filter(|seen| seen.saturating_add(live_window_ms) >= now_ms)
+        .collect();
     let mine = format!("{instance:x}");
     let twin = registered
         && reg
@@ -63,8 +66,9 @@ pub fn read(
             .and_then(parse)
             .is_some_and(|(_, inst)| inst != mine);
     View {
-        live: others + 1,
+        live: others.len() + 1,
         twin,
+        others_synced_ms: others.iter().copied().min().unwrap_or(0),
     }
 }
 
@@ -99,7 +103,8 @@ mod tests {
             view,
             View {
                 live: 2,
-                twin: false
+                twin: false,
+                others_synced_ms: now - 2_999
             }
         );
         assert!(read(&reg, ("me", 0xdef), true, now, window).twin);

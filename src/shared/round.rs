@@ -4,9 +4,11 @@
 //! sync loop ([`super::sync`]) sends the commands and reports what [`apply`] found; the
 //! pacing simulation (`tests/pacing_simulation.rs`) drives the same two steps against a map.
 //!
-//! A bucket new to this node (fresh, or stale after a long silence) is read first and pushed
-//! on the next round, so that it continues what the store holds; a known one has this node's
-//! fields max-merged into its hash and the merged hash read back in the same command.
+//! A bucket new to this node (fresh, or stale after a long silence) is read first and its
+//! counters pushed on the next round, so that it continues what the store holds; the read
+//! already writes its `seen_ms`, which announces its demand to the others. A known bucket has
+//! this node's fields max-merged into its hash and the merged hash read back in the same
+//! command.
 
 use super::layout;
 use crate::limit::bucket::Counters;
@@ -31,25 +33,16 @@ impl Context<'_> {
     }
 }
 
-/// One bucket's command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Read the hash (this node's field names are sent along, for a hash too big to return
-    /// whole: see [`layout::MAX_FIELDS`]).
-    Read { own_fields: [String; 6] },
-    /// Max-merge these fields, extend the TTL, read the hash back.
-    Merge {
-        ttl_ms: u64,
-        fields: Vec<(String, String)>,
-    },
-}
-
-/// One bucket of the round.
+/// One bucket's command: the merge script, which max-merges `fields`, extends the hash's
+/// TTL to `ttl_ms` and returns the hash.
 #[derive(Debug, Clone)]
 pub struct Op {
     pub bucket: DirtyBucket,
     pub redis_key: String,
-    pub command: Command,
+    pub ttl_ms: u64,
+    /// Field, value pairs. A field named without a value is not written, but returned even
+    /// from a hash too big to return whole (see [`layout::MAX_FIELDS`]).
+    pub fields: Vec<(String, String)>,
 }
 
 /// The bucket commands of one round trip, in order (the replies come in the same order).
@@ -70,30 +63,44 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
             continue;
         };
         let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
-        let command = if bucket.fresh {
-            Command::Read {
-                own_fields: layout::node_field_names(ctx.node_id),
-            }
+        let p = &spec.params;
+        let fields = if bucket.fresh {
+            announce(ctx)
         } else {
-            let p = &spec.params;
-            Command::Merge {
-                ttl_ms: p.state_ttl_ms(ctx.sync_interval),
-                fields: layout::node_fields(
-                    ctx.node_id,
-                    &bucket.own,
-                    p.capacity(),
-                    p.rate_q(),
-                    ctx.now_ms,
-                ),
-            }
+            layout::node_fields(
+                ctx.node_id,
+                &bucket.own,
+                p.capacity(),
+                p.rate_q(),
+                ctx.now_ms,
+            )
         };
         ops.push(Op {
             bucket,
             redis_key,
-            command,
+            ttl_ms: p.state_ttl_ms(ctx.sync_interval),
+            fields,
         });
     }
     Round { ops }
+}
+
+/// A fresh bucket's fields: it counted from zero, so its counters are not written before they
+/// are rebased on what the store holds (on the next round). Only `seen_ms` is written: it tells
+/// the other nodes at their next read that this node has begun to spend from the bucket, before
+/// its counters show it.
+fn announce(ctx: &Context<'_>) -> Vec<(String, String)> {
+    layout::node_field_names(ctx.node_id)
+        .into_iter()
+        .map(|f| {
+            let value = if f.ends_with(":seen_ms") {
+                ctx.now_ms.to_string()
+            } else {
+                String::new()
+            };
+            (f, value)
+        })
+        .collect()
 }
 
 /// A bucket command's reply: the hash, or why Redis refused the command.
@@ -182,13 +189,24 @@ fn absorb_hash(
     *seen.drift.entry(spec.name.clone()).or_insert(false) |= differs;
     // After a push the hash holds max(stored, ours): more than we pushed means another live
     // node writes our fields.
-    let own = nodes.get(ctx.node_id).map(|f| f.counters);
+    let own = nodes
+        .get(ctx.node_id)
+        .filter(|f| f.counted)
+        .map(|f| f.counters);
     if !d.fresh && own.is_some_and(|o| o.consumed > d.own.consumed || o.attempts > d.own.attempts) {
         seen.duplicate = true;
     }
-    let counters: BTreeMap<String, Counters> =
-        nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
-    store.absorb(&d.store_key, ctx.node_id, &counters, p, !d.fresh);
+    // Counters of the nodes that wrote some (not of those that only announced the bucket).
+    let counters: BTreeMap<String, Counters> = nodes
+        .iter()
+        .filter(|(_, f)| f.counted)
+        .map(|(n, f)| (n.clone(), f.counters))
+        .collect();
+    let seen: BTreeMap<String, u64> = nodes
+        .iter()
+        .filter_map(|(n, f)| Some((n.clone(), f.seen_ms?)))
+        .collect();
+    store.absorb(&d.store_key, ctx.node_id, &counters, &seen, spec, !d.fresh);
 }
 
 #[cfg(test)]
@@ -204,6 +222,7 @@ mod tests {
             name: "l".into(),
             params: BucketParams::new(10, 1.0, 10).expect("params"),
             shadow: false,
+            burst_guard: false,
         }
     }
 
@@ -233,7 +252,14 @@ mod tests {
         let round = build(&ctx, store.take_dirty());
         assert_eq!(round.ops.len(), 1);
         assert_eq!(round.ops[0].redis_key, "tg:l:k");
-        assert!(matches!(round.ops[0].command, Command::Read { .. }));
+        // Fresh: only seen_ms is written.
+        let written: Vec<&str> = round.ops[0]
+            .fields
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(f, _)| f.as_str())
+            .collect();
+        assert_eq!(written, ["me:seen_ms"]);
         // The store held 4 tokens taken by another node (whose bucket started full, as this
         // one did): this node continues from there.
         let other: HashMap<String, String> = layout::node_fields(
@@ -255,9 +281,7 @@ mod tests {
         assert_eq!(store.peek(&limits[0], "k", 0).remaining, 5);
         // Next round: merged, and a refusal lists the bucket again.
         let round = build(&ctx, store.take_dirty());
-        let Command::Merge { fields, .. } = &round.ops[0].command else {
-            panic!("a known bucket is merged");
-        };
+        let fields = &round.ops[0].fields;
         assert!(fields.contains(&("me:consumed".to_string(), "1".to_string())));
         let refused = Refusal {
             message: "WRONGTYPE".into(),

@@ -154,10 +154,15 @@ impl SyncLoop {
             None => registry::View {
                 live: 1,
                 twin: false,
+                others_synced_ms: 0,
             },
         };
         link.registered = true;
         self.set_cluster(view.live, cfg.sync_interval);
+        let others_synced_ns = i64::try_from(view.others_synced_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
+        self.node.store.set_others_synced(others_synced_ns);
         self.node
             .metrics
             .sync_duration_seconds
@@ -323,11 +328,13 @@ impl BackgroundService for SyncLoop {
                     link.failing = false;
                     link.last_ok = Instant::now();
                     self.node.sync_status.set_connected(true);
+                    self.node.store.set_connected(true);
                     metrics.redis_up.set(1);
                 }
                 Err(e) => {
                     metrics.sync_errors_total.inc();
                     self.node.sync_status.set_connected(false);
+                    self.node.store.set_connected(false);
                     metrics.redis_up.set(0);
                     if !link.failing {
                         tracing::warn!(error = %e, "redis sync failed; deciding from the last merged view until it returns");

@@ -129,24 +129,14 @@ pub(super) async fn send(
 
 /// The script call of one bucket command.
 fn invocation<'s>(scripts: &'s Scripts, op: &round::Op) -> redis::ScriptInvocation<'s> {
-    match &op.command {
-        round::Command::Read { own_fields } => {
-            let mut inv = scripts.read.prepare_invoke();
-            inv.key(&op.redis_key).arg(layout::MAX_FIELDS);
-            for f in own_fields {
-                inv.arg(f);
-            }
-            inv
-        }
-        round::Command::Merge { ttl_ms, fields } => {
-            let mut inv = scripts.merge.prepare_invoke();
-            inv.key(&op.redis_key).arg(ttl_ms).arg(layout::MAX_FIELDS);
-            for (f, v) in fields {
-                inv.arg(f).arg(v);
-            }
-            inv
-        }
+    let mut inv = scripts.merge.prepare_invoke();
+    inv.key(&op.redis_key)
+        .arg(op.ttl_ms)
+        .arg(layout::MAX_FIELDS);
+    for (f, v) in &op.fields {
+        inv.arg(f).arg(v);
     }
+    inv
 }
 
 /// A command Redis refused, as the round sees it.

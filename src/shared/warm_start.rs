@@ -2,7 +2,7 @@
 //! restarted node continues its counters instead of handing its clients full buckets again.
 
 use super::clock_check::check_clock_of;
-use super::conn::{self, Conn};
+use super::conn::{self, Conn, ConnError};
 use super::layout;
 use super::transport::{HashReply, Scripts};
 use crate::app::node::{Node, Runtime};
@@ -16,6 +16,47 @@ use std::time::Duration;
 /// How long a starting node may spend reading its own fields back before it serves.
 const WARM_START_BUDGET: Duration = Duration::from_secs(3);
 
+/// Why the warm start stopped short; `loaded` buckets were loaded before it did.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmStartError {
+    /// No runtime to run the reads on.
+    #[error("cannot start a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// No connection to Redis.
+    #[error("{source} (after loading {loaded} buckets)")]
+    Connect { source: ConnError, loaded: usize },
+    /// A read failed (the clock check, SCAN, or a batch of hashes).
+    #[error("{source} (after loading {loaded} buckets)")]
+    Redis {
+        source: redis::RedisError,
+        loaded: usize,
+    },
+    /// The time budget ran out; the buckets not read yet are read on first use.
+    #[error("time budget of {budget:?} spent (after loading {loaded} buckets; the rest are read on first use)")]
+    OutOfTime { budget: Duration, loaded: usize },
+}
+
+/// A step of the warm start that failed, before the count of loaded buckets is added.
+enum Failed {
+    Connect(ConnError),
+    Redis(redis::RedisError),
+}
+
+impl From<redis::RedisError> for Failed {
+    fn from(e: redis::RedisError) -> Self {
+        Failed::Redis(e)
+    }
+}
+
+impl Failed {
+    fn after(self, loaded: usize) -> WarmStartError {
+        match self {
+            Failed::Connect(source) => WarmStartError::Connect { source, loaded },
+            Failed::Redis(source) => WarmStartError::Redis { source, loaded },
+        }
+    }
+}
+
 /// Reads this node's fields back before it serves (`docs/shared-state.md`: a restarted node continues
 /// its counters). Corrects the clock against Redis first, then SCANs the bucket keys (every
 /// primary of a cluster), reads them in batches, and loads each bucket that holds fields of
@@ -23,7 +64,7 @@ const WARM_START_BUDGET: Duration = Duration::from_secs(3);
 /// `max_buckets`; what it does not reach (and keys stored as `h:` digests, which cannot be
 /// mapped back to a client key) is read on first use, before the bucket's first push.
 /// Returns the number of buckets loaded, or why it could not.
-pub fn warm_start(node: &Node) -> Result<usize, String> {
+pub fn warm_start(node: &Node) -> Result<usize, WarmStartError> {
     let rt = node.runtime();
     let Some(cfg) = rt.config.redis.as_ref() else {
         return Ok(0);
@@ -31,20 +72,15 @@ pub fn warm_start(node: &Node) -> Result<usize, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(WarmStartError::Runtime)?;
     let max = usize::try_from(rt.config.max_buckets).unwrap_or(usize::MAX);
     runtime.block_on(async {
         let loaded = AtomicUsize::new(0);
         let work = async {
-            let mut con = conn::connect(cfg).await?;
-            check_clock_of(node, &mut con)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut con = conn::open(cfg).await.map_err(Failed::Connect)?;
+            check_clock_of(node, &mut con).await?;
             let prefix = format!("{}:", cfg.key_prefix);
-            let keys = con
-                .scan(&format!("{prefix}*"), max)
-                .await
-                .map_err(|e| e.to_string())?;
+            let keys = con.scan(&format!("{prefix}*"), max).await?;
             let scripts = Scripts::new();
             let own_names = layout::node_field_names(&rt.config.node_id);
             for batch in keys.chunks(512) {
@@ -57,17 +93,16 @@ pub fn warm_start(node: &Node) -> Result<usize, String> {
                     }
                 }
             }
-            Ok::<(), String>(())
+            Ok::<(), Failed>(())
         };
         let n = || loaded.load(Ordering::Relaxed);
         match tokio::time::timeout(WARM_START_BUDGET, work).await {
             Ok(Ok(())) => Ok(n()),
-            Ok(Err(e)) => Err(format!("{e} (after loading {} buckets)", n())),
-            Err(_) => Err(format!(
-                "time budget of {:?} spent (after loading {} buckets; the rest are read on first use)",
-                WARM_START_BUDGET,
-                n()
-            )),
+            Ok(Err(e)) => Err(e.after(n())),
+            Err(_) => Err(WarmStartError::OutOfTime {
+                budget: WARM_START_BUDGET,
+                loaded: n(),
+            }),
         }
     })
 }
@@ -78,7 +113,7 @@ async fn read_batch(
     scripts: &Scripts,
     own_names: &[String],
     batch: &[String],
-) -> Result<Vec<HashReply>, String> {
+) -> redis::RedisResult<Vec<HashReply>> {
     let invs: Vec<redis::ScriptInvocation<'_>> = batch
         .iter()
         .map(|k| {
@@ -98,7 +133,7 @@ async fn read_batch(
             for inv in &invs {
                 pipe.invoke_script(inv);
             }
-            pipe.query_async(con).await.map_err(|e| e.to_string())?
+            pipe.query_async(con).await?
         }
         Conn::Cluster(c) => {
             futures::future::join_all(invs.iter().map(|inv| {
@@ -127,19 +162,22 @@ fn load(
     else {
         return false;
     };
-    let Some(spec) = rt.limits.iter().find(|l| l.name == limit) else {
+    let Some(spec) = rt.limit_named(limit) else {
         return false;
     };
     if layout::redis_key(&cfg.key_prefix, limit, key) != k {
         return false;
     }
     let (nodes, _) = layout::parse_hash(hash);
-    if !nodes.contains_key(node_id) {
+    if !nodes.get(node_id).is_some_and(|f| f.counted) {
         return false;
     }
-    let counters: BTreeMap<String, Counters> =
-        nodes.iter().map(|(n, f)| (n.clone(), f.counters)).collect();
+    let counters: BTreeMap<String, Counters> = nodes
+        .iter()
+        .filter(|(_, f)| f.counted)
+        .map(|(n, f)| (n.clone(), f.counters))
+        .collect();
     node.store
-        .preload(&store_key(limit, key), node_id, &counters, &spec.params);
+        .preload(&store_key(limit, key), node_id, &counters, spec);
     true
 }
