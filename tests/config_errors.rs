@@ -50,6 +50,14 @@ fn type_error() {
 }
 
 #[test]
+fn burst_guard_not_bool() {
+    assert_errors(
+        "burst_guard_not_bool",
+        &["4:104: limits.per-ip.burst_guard: invalid type: string \"yes\", expected a boolean"],
+    );
+}
+
+#[test]
 fn missing_field() {
     assert_errors(
         "missing_field",
@@ -429,6 +437,7 @@ fn minimal_config_gets_every_default() {
         "a single string is a one-part key"
     );
     assert!(!l.shadow);
+    assert!(!l.burst_guard, "burst_guard defaults to false");
 
     let r = &c.routes[0];
     assert_eq!((r.name.as_str(), r.path_prefix.as_str()), ("default", "/"));
@@ -480,7 +489,7 @@ fn every_setting_is_read() {
                                 "read_timeout_ms": 20, "write_timeout_ms": 30 } },
         "limits": { "bytes": { "capacity": 1000, "refill_per_second": 0.0166, "initial_tokens": 0,
                                "key": ["header:X-Api-Key", "query:user", "path", "method", "host", "route"],
-                               "shadow": true } },
+                               "shadow": true, "burst_guard": true } },
         "routes": [{ "name": "upload", "match": { "path_prefix": "/up", "methods": ["POST", "PUT", "POST"],
                                                   "host": "API.Example.com." },
                      "upstream": "api", "limits": ["bytes"], "cost": { "per_bytes": 1024 } }],
@@ -512,7 +521,10 @@ fn every_setting_is_read() {
     );
     assert_eq!(u.write_timeout, Duration::from_millis(30));
     let l = &c.limits[0];
-    assert_eq!((l.params.initial_tokens(), l.shadow), (0, true));
+    assert_eq!(
+        (l.params.initial_tokens(), l.shadow, l.burst_guard),
+        (0, true, true)
+    );
     assert_eq!(
         l.key[0],
         KeySource::Header(http::HeaderName::from_static("x-api-key"))
