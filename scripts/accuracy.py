@@ -1,17 +1,54 @@
 #!/usr/bin/env python3
-"""Multi-node accuracy of shared buckets: 3 tollgate nodes, one real redis-server, one key.
+"""Multi-node accuracy of shared buckets, as a check that can fail.
 
-Scenarios (all traffic on loopback, bounded in time):
-  balanced  - every node overloaded equally for DURATION s: admitted / (capacity + rate x time)
-  skewed    - one node takes 80% of the load: same ratio
-  burst     - a full bucket, then a simultaneous burst of 3 x capacity through all nodes at once:
-              admitted / capacity
+Real tollgate nodes (3 unless a row says otherwise) share one real redis-server; real HTTP
+clients (http.client on threads, one keep-alive connection each) send GET /x with an
+`x-api-key` header through them to the example upstream. A request is admitted when it gets a
+200. Each row compares one measured figure with its bound; the Markdown table at the end says
+PASS or FAIL per row, and the exit status is 1 when any row misses (2 for a usage error).
 
-Usage: scripts/accuracy.py TOLLGATE_BIN RATING_API_BIN [DURATION]
+Rows (scenario names, for --only; shell patterns such as 'rtt80-*' work too):
+  balanced          every node overloaded equally (2 clients each) for DURATION s, capacity 100,
+                    50/s: admitted / (capacity + rate x t) in 0.95..1.05
+  skewed            the same with clients 8:1:1: 0.90..1.05
+  one-busy          4 clients on one node, the others idle: 0.90..1.05
+  burst             a full bucket (capacity 100), 100 requests per node at once; rows burst
+                    (admitted / capacity) and burst+refill (admitted / (capacity + refill during
+                    the burst)), default mode: 0.90..3 (at least about the capacity, at
+                    most N x capacity)
+  within-sticky     clients within their limits: capacity 5, 1/s, KEYS keys each sending 5
+                    requests back to back, a key's requests on one keep-alive connection to one
+                    node: at most 1% not admitted
+  within-spread     the same, a key's requests round robin over the nodes
+  burst-300         a full bucket (capacity 300, 1/s), 600 requests per node at once, default
+                    mode: admitted / capacity at most 3
+  guard-together, guard-50ms, guard-150ms
+                    the same with "burst_guard": true on the limit, the nodes' loads starting
+                    together, 50 ms or 150 ms apart: admitted / capacity at most 1.25
+  rtt80-balanced, rtt80-one-busy, rtt80-within-sticky, rtt80-within-spread, and the same with
+  rtt150-           Redis 80 or 150 ms round trip away (examples/tcp_delay): bounds as above
+  outage            Redis stalled 5 s (tcp_delay hold) under steady overload (capacity 50, 20/s,
+                    30 requests/s per node): rows outage (admitted during the stall / refill
+                    during it, 0.85..1.10) and outage-redis (after the release, the sum of every
+                    node's NODE:consumed minus the admitted count, polled up to 10 s: 0)
+  join-leave        balanced overload; a 4th node joins after a third of the run, one node
+                    leaves after two thirds: rows join and leave, admitted / refill over the
+                    window from 1 s after the change to the next change (or the end): 0.95..1.05
+  5n-balanced, 5n-within-sticky, 5n-within-spread
+                    5 nodes: 0.95..1.05 and at most 1%
+
+Usage: scripts/accuracy.py TOLLGATE_BIN RATING_API_BIN [DURATION] [--only NAME,...]
+                           [--keys N] [--tcp-delay BIN] [--list]
+  DURATION (or --duration): seconds of each overload row (default 10)
+  --keys: keys of the within-limits rows (default 300, at least 200)
+  --tcp-delay: the delay proxy (default: examples/tcp_delay next to TOLLGATE_BIN)
 """
+import argparse
+import fnmatch
 import http.client
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -19,161 +56,847 @@ import tempfile
 import threading
 import time
 
-CAPACITY = 100
-RATE = 50.0
+HOST = "127.0.0.1"
 SYNC_MS = 100
+
+# The overload rows (kept from the first version of this script).
+OVER_CAP, OVER_RATE = 100, 50.0
+# Clients within their limits.
+WITHIN_CAP, WITHIN_RATE, WITHIN_REQS = 5, 1.0, 5
+# Bursts onto a full bucket.
+BURST_CAP, BURST_RATE = 300, 1.0
+# Redis stalled.
+OUTAGE_CAP, OUTAGE_RATE, OUTAGE_PER_NODE, OUTAGE_S = 50, 20.0, 30.0, 5.0
+
+# Bounds: (lowest, highest), None for no bound on that side.
+RATIO = (0.95, 1.05)
+RATIO_SKEWED = (0.90, 1.05)
+NOT_ADMITTED = (None, 0.01)
+BURST_DEFAULT = (None, 3.0)  # default mode: at most N x capacity
+# The first version's burst (default mode, capacity per node, so never over 3): at most N x
+# capacity, and a full bucket must admit at least about its capacity.
+BURST_100 = (0.90, 3.0)
+BURST_GUARD = (None, 1.25)
+OUTAGE_RATIO = (0.85, 1.10)
+
+OUTAGE_MEASURE = "admitted during the stall / refill during it"
+REDIS_MEASURE = "sum of NODE:consumed - admitted, after the release"
+WINDOW_MEASURE = "admitted / refill, from 1 s after the change"
+
+
+class ScenarioError(Exception):
+    """A scenario that could not measure: its rows FAIL with this reason."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes.
 
 
 def free_port():
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind((HOST, 0))
     p = s.getsockname()[1]
     s.close()
     return p
 
 
-def wait_port(port, deadline=20.0):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
+def port_open(port):
+    try:
+        socket.create_connection((HOST, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def log_tail(path, lines=3):
+    try:
+        with open(path, errors="replace") as f:
+            text = [l.strip() for l in f if l.strip()]
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[-400:]
+
+
+class Redis:
+    """A minimal RESP client: one connection per command (enough for polling)."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def cmd(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        with socket.create_connection((HOST, self.port), timeout=5) as s:
+            s.sendall(b"".join(out))
+            with s.makefile("rb") as f:
+                return self._reply(f)
+
+    def _reply(self, f):
+        line = f.readline()
+        if not line:
+            raise ConnectionError("redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else f.read(n + 2)[:-2].decode()
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply(f) for _ in range(n)]
+        raise RuntimeError(f"unexpected redis reply {line!r}")
+
+
+class Env:
+    """What every scenario shares: binaries, the Redis, the upstream, the settings."""
+
+    def __init__(self, args, tmp):
+        self.tollgate = args.tollgate
+        self.api = args.api
+        self.tcp_delay = args.tcp_delay
+        self.duration = args.duration
+        self.keys = args.keys
+        self.tmp = tmp
+        self.redis_port = None
+        self.redis = None
+        self.api_port = None
+        self.procs = []
+
+    def spawn(self, argv, **kw):
+        p = subprocess.Popen(argv, **kw)
+        self.procs.append(p)
+        return p
+
+    def start_shared(self):
+        self.redis_port = free_port()
+        self.spawn(["redis-server", "--port", str(self.redis_port), "--bind", HOST, "--save", "",
+                    "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 20
+        while not port_open(self.redis_port):
+            if time.monotonic() > end:
+                raise SystemExit(f"redis-server never listened on {self.redis_port}")
             time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
+        self.redis = Redis(self.redis_port)
+        up = self.spawn([self.api, "--listen", f"{HOST}:0"], stdout=subprocess.PIPE, text=True)
+        self.api_port = int(up.stdout.readline().rsplit(":", 1)[1])
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        end = time.monotonic() + 5
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
-def start_node(bin_, tmp, name, redis_port, up_port, limit):
-    port, admin = free_port(), free_port()
-    cfg = {
-        "node_id": name,
-        "listeners": [{"address": f"127.0.0.1:{port}"}],
-        "admin": {"address": f"127.0.0.1:{admin}"},
-        "redis": {"url": f"redis://127.0.0.1:{redis_port}/0", "sync_interval_ms": SYNC_MS, "key_prefix": f"acc-{limit}"},
-        "upstreams": {"api": {"servers": [f"127.0.0.1:{up_port}"]}},
-        "limits": {limit: {"capacity": CAPACITY, "refill_per_second": RATE, "key": ["header:x-api-key"]}},
-        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "api", "limits": [limit]}],
-        "access_log": False,
-    }
-    path = os.path.join(tmp, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(cfg, f)
-    log = open(os.path.join(tmp, f"{name}.log"), "w")
-    p = subprocess.Popen([bin_, "run", "-c", path], stdout=log, stderr=log)
-    wait_port(port)
-    wait_port(admin)
-    return p, port
+class Node:
+    """One `tollgate run` with a config written for it."""
+
+    def __init__(self, env, name, prefix, redis_port, limit):
+        self.env, self.name = env, name
+        self.port, self.admin = free_port(), free_port()
+        cfg = {
+            "node_id": name,
+            "listeners": [{"address": f"{HOST}:{self.port}"}],
+            "admin": {"address": f"{HOST}:{self.admin}"},
+            "redis": {"url": f"redis://{HOST}:{redis_port}/0", "sync_interval_ms": SYNC_MS,
+                      "key_prefix": prefix},
+            "upstreams": {"api": {"servers": [f"{HOST}:{env.api_port}"]}},
+            "limits": {"acc": limit},
+            "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "api",
+                        "limits": ["acc"]}],
+            "access_log": False,
+            "grace_period_seconds": 1,
+        }
+        path = os.path.join(env.tmp, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.log = os.path.join(env.tmp, f"{name}.log")
+        with open(self.log, "w") as log:
+            self.proc = env.spawn([env.tollgate, "run", "-c", path], stdout=log, stderr=log)
+
+    def wait_ready(self, deadline=30.0):
+        end = time.monotonic() + deadline
+        while not (port_open(self.port) and port_open(self.admin)):
+            rc = self.proc.poll()
+            if rc is not None:
+                raise ScenarioError(f"node {self.name} exited ({rc}) before listening: "
+                                    f"{log_tail(self.log)}")
+            if time.monotonic() > end:
+                raise ScenarioError(f"node {self.name} not listening after {deadline:.0f} s: "
+                                    f"{log_tail(self.log)}")
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
 
 
-def hammer(port, stop_at, key, counts, idx, pause=0.0):
-    con = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    ok = 0
-    while time.time() < stop_at:
+class Cluster:
+    """N nodes sharing one limit under a key prefix of their own (`acc-SCENARIO`); every node
+    listening and in the registry (`PREFIX:nodes`) when the constructor returns."""
+
+    def __init__(self, env, scenario, n, limit, redis_port=None):
+        self.env, self.scenario = env, scenario
+        self.prefix = f"acc-{scenario}"
+        self.limit = limit
+        self.redis_port = redis_port or env.redis_port
+        self.nodes = []
+        self.live = 0
         try:
-            con.request("GET", "/x", headers={"x-api-key": key})
-            r = con.getresponse()
+            for _ in range(n):
+                self.nodes.append(self._node())
+            for node in self.nodes:
+                node.wait_ready()
+            self.live = n
+            self.wait_registry(n)
+        except BaseException:
+            self.close()
+            raise
+
+    def _node(self):
+        name = f"{self.scenario}-{len(self.nodes)}"
+        return Node(self.env, name, self.prefix, self.redis_port, self.limit)
+
+    @property
+    def ports(self):
+        return [n.port for n in self.nodes]
+
+    def add(self):
+        node = self._node()
+        self.nodes.append(node)
+        node.wait_ready()
+        self.live += 1
+        self.wait_registry(self.live)
+        return node
+
+    def remove(self, i):
+        self.nodes[i].stop()
+        self.live -= 1
+
+    def wait_registry(self, n, deadline=15.0):
+        end = time.monotonic() + deadline
+        seen = None
+        while time.monotonic() < end:
+            seen = self.env.redis.cmd("HLEN", f"{self.prefix}:nodes")
+            if seen == n:
+                return
+            time.sleep(0.05)
+        raise ScenarioError(f"{seen} of {n} nodes in the registry after {deadline:.0f} s")
+
+    def consumed(self, key):
+        h = self.env.redis.cmd("HGETALL", f"{self.prefix}:acc:{key}") or []
+        return sum(int(v) for k, v in zip(h[::2], h[1::2]) if k.endswith(":consumed"))
+
+    def close(self):
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class DelayProc:
+    """examples/tcp_delay in front of the Redis, driven through its stdin."""
+
+    def __init__(self, env, rtt_ms):
+        self.log = os.path.join(env.tmp, f"tcp_delay-{free_port()}.log")
+        with open(self.log, "w") as log:
+            self.proc = env.spawn(
+                [env.tcp_delay, "--listen", f"{HOST}:0", "--target", f"{HOST}:{env.redis_port}",
+                 "--delay-ms", str(rtt_ms / 2)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        self.port = int(self._line(10).rsplit(":", 1)[1])
+
+    def ping_ms(self):
+        """The shortest of three PING round trips to Redis through the proxy, in ms."""
+        best = None
+        for _ in range(3):
+            start = time.monotonic()
+            Redis(self.port).cmd("PING")
+            took = (time.monotonic() - start) * 1000
+            best = took if best is None else min(best, took)
+        return best
+
+    def _line(self, timeout):
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise ScenarioError(f"tcp_delay did not answer within {timeout} s: {log_tail(self.log)}")
+        return line.strip()
+
+    def cmd(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        reply = self._line(5)
+        if not reply.startswith("ok"):
+            raise ScenarioError(f"tcp_delay {command!r}: {reply}")
+        return reply
+
+    def close(self):
+        try:
+            self.cmd("quit")
+            self.proc.wait(timeout=5)
+        except (OSError, ScenarioError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients.
+
+
+class Conn:
+    """One keep-alive connection; reconnects after an error."""
+
+    def __init__(self, port):
+        self.port = port
+        self.con = None
+
+    def open(self):
+        self.con = http.client.HTTPConnection(HOST, self.port, timeout=5)
+        self.con.connect()
+
+    def get(self, key):
+        """The status of one GET /x for `key`; 0 for a connection error."""
+        try:
+            if self.con is None:
+                self.open()
+            self.con.request("GET", "/x", headers={"x-api-key": key})
+            r = self.con.getresponse()
             r.read()
-            if r.status == 200:
-                ok += 1
-        except OSError:
-            con = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        if pause:
-            time.sleep(pause)
-    counts[idx] = ok
+            return r.status
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return 0
+
+    def close(self):
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+
+class Tally:
+    """What a set of clients got: the moment of each 200, and the count of every status."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.ok_at = []
+        self.statuses = {}
+
+    def add(self, status, at):
+        with self.lock:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status == 200:
+                self.ok_at.append(at)
+
+    @property
+    def admitted(self):
+        return len(self.ok_at)
+
+    @property
+    def sent(self):
+        return sum(self.statuses.values())
+
+    def between(self, start, end):
+        return sum(1 for t in self.ok_at if start <= t < end)
+
+    def odd(self):
+        """Answers other than 200 and 429, for the detail column."""
+        rest = {s: n for s, n in self.statuses.items() if s not in (200, 429)}
+        if not rest:
+            return ""
+        return "; unexpected: " + ", ".join(
+            f"{n} x {'connection error' if s == 0 else s}" for s, n in sorted(rest.items()))
+
+
+class Hammer(threading.Thread):
+    """One keep-alive connection sending for one key until `stop` is set: as fast as it can, or
+    `per_second`; from `start_at` (time.monotonic) on when given."""
+
+    def __init__(self, port, key, tally, stop, per_second=None, start_at=None):
+        super().__init__(daemon=True)
+        self.conn, self.key, self.tally, self.stop = Conn(port), key, tally, stop
+        self.per_second, self.start_at = per_second, start_at
+
+    def run(self):
+        if self.start_at is not None:
+            self.stop.wait(max(0.0, self.start_at - time.monotonic()))
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            status = self.conn.get(self.key)
+            self.tally.add(status, time.monotonic())
+            if self.per_second:
+                next_at += 1.0 / self.per_second
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
+        self.conn.close()
+
+
+def join_all(threads, deadline=30.0):
+    end = time.monotonic() + deadline
+    for t in threads:
+        t.join(timeout=max(0.1, end - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise ScenarioError(f"clients still running {deadline:.0f} s after they were told to stop")
 
 
 def overload(ports, weights, duration, key):
-    counts = [0] * sum(weights)
+    """Clients per node as `weights`, as fast as they can, for `duration` s. Returns the tally
+    and the elapsed time (from the first client's start to the last one's end)."""
+    tally, stop = Tally(), threading.Event()
+    clients = [Hammer(port, key, tally, stop) for port, w in zip(ports, weights) for _ in range(w)]
+    start = time.monotonic()
+    for c in clients:
+        c.start()
+    time.sleep(duration)
+    stop.set()
+    join_all(clients)
+    return tally, time.monotonic() - start
+
+
+def within(ports, keys, tag, spread):
+    """`keys` keys each sending WITHIN_REQS requests back to back; 2 client threads per node,
+    each on keep-alive connections. Sticky: a thread sends all to one node; spread: request j
+    of key k goes to node (k + j) mod N."""
+    n, tally = len(ports), Tally()
+    threads_n = 2 * n
+
+    def work(t):
+        conns = [Conn(p) for p in ports]
+        for k in range(t, keys, threads_n):
+            key = f"{tag}-{k}"
+            for j in range(WITHIN_REQS):
+                node = (k + j) % n if spread else t % n
+                tally.add(conns[node].get(key), time.monotonic())
+        for c in conns:
+            c.close()
+
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(threads_n)]
+    for t in threads:
+        t.start()
+    join_all(threads, deadline=120.0)
+    return tally
+
+
+def burst(ports, key, per_node, gap=0.0, threads_per_node=4):
+    """`per_node` requests through each node, on connections opened beforehand; node i's
+    clients start at t0 + i x gap. Returns the tally and the time from t0 to the last answer."""
+    tally = Tally()
+    t0 = time.monotonic() + 1.0
+
+    def shoot(i, port, count):
+        conn = Conn(port)
+        try:
+            conn.open()
+        except OSError:
+            pass  # counted as connection errors below
+        time.sleep(max(0.0, t0 + i * gap - time.monotonic()))
+        for _ in range(count):
+            tally.add(conn.get(key), time.monotonic())
+        conn.close()
+
     threads = []
-    start = time.time()
-    stop_at = start + duration
-    i = 0
-    for port, w in zip(ports, weights):
-        for _ in range(w):
-            threads.append(threading.Thread(target=hammer, args=(port, stop_at, key, counts, i)))
-            i += 1
+    for i, port in enumerate(ports):
+        for t in range(threads_per_node):
+            count = per_node // threads_per_node + (t < per_node % threads_per_node)
+            threads.append(threading.Thread(target=shoot, args=(i, port, count), daemon=True))
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.time() - start
-    return sum(counts), CAPACITY + RATE * elapsed
+    join_all(threads, deadline=60.0)
+    return tally, time.monotonic() - t0
 
 
-def burst(ports, key):
-    """Each node gets CAPACITY requests at the same moment, on pre-opened connections."""
-    per_node = CAPACITY
-    results = []
-    barrier = threading.Barrier(len(ports) * 4)
+# ---------------------------------------------------------------------------------------------
+# Rows.
 
-    def shoot(port):
-        con = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        con.connect()
-        barrier.wait()
-        ok = 0
-        for _ in range(per_node // 4):
-            con.request("GET", "/x", headers={"x-api-key": key})
-            r = con.getresponse()
-            r.read()
-            ok += r.status == 200
-        results.append(ok)
 
-    threads = [threading.Thread(target=shoot, args=(p,)) for p in ports for _ in range(4)]
-    start = time.time()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(results), time.time() - start
+class Row:
+    def __init__(self, name, measure, figure, bound, detail, percent=False):
+        self.name, self.measure, self.figure, self.bound = name, measure, figure, bound
+        self.detail, self.percent = detail, percent
+
+    @property
+    def passed(self):
+        lo, hi = self.bound
+        return (self.figure is not None and (lo is None or self.figure >= lo)
+                and (hi is None or self.figure <= hi))
+
+    def fmt(self, x):
+        if self.percent:
+            return f"{100 * x:.2f}%"
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    def figure_text(self):
+        return "-" if self.figure is None else self.fmt(self.figure)
+
+    def bound_text(self):
+        lo, hi = self.bound
+        if lo is None and hi is None:
+            return "-"
+        if lo is not None and lo == hi:
+            return f"= {self.fmt(lo)}"
+        if lo is None:
+            return f"<= {self.fmt(hi)}"
+        if hi is None:
+            return f">= {self.fmt(lo)}"
+        return f"{self.fmt(lo)} .. {self.fmt(hi)}"
+
+
+def ratio_row(name, measure, admitted, reference, bound, detail):
+    return Row(name, measure, admitted / reference if reference else None, bound,
+               f"admitted {admitted}, reference {reference:.1f}; {detail}")
+
+
+def overload_row(name, tally, elapsed, cap, rate, bound, detail):
+    return ratio_row(name, RATIO_MEASURE, tally.admitted,
+                     cap + rate * elapsed, bound,
+                     f"{detail}, {tally.sent} requests in {elapsed:.1f} s{tally.odd()}")
+
+
+def within_row(name, tally, detail):
+    missed = tally.sent - tally.admitted
+    return Row(name, SHARE_MEASURE, missed / tally.sent if tally.sent else None,
+               NOT_ADMITTED,
+               f"{missed} of {tally.sent} not admitted; {detail}{tally.odd()}", percent=True)
+
+
+def over_limit():
+    return {"capacity": OVER_CAP, "refill_per_second": OVER_RATE, "key": ["header:x-api-key"]}
+
+
+def within_limit():
+    return {"capacity": WITHIN_CAP, "refill_per_second": WITHIN_RATE, "key": ["header:x-api-key"]}
+
+
+def burst_limit(guard):
+    limit = {"capacity": BURST_CAP, "refill_per_second": BURST_RATE, "key": ["header:x-api-key"]}
+    if guard:
+        limit["burst_guard"] = True
+    return limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios: each returns its rows; an exception turns them all into FAIL with the reason.
+
+
+def run_overload(env, name, n, weights, bound, redis_port=None, note=""):
+    with Cluster(env, name, n, over_limit(), redis_port) as c:
+        tally, elapsed = overload(c.ports, weights, env.duration, f"key-{name}")
+    clients = ":".join(map(str, weights))
+    return [overload_row(name, tally, elapsed, OVER_CAP, OVER_RATE, bound,
+                         f"{n} nodes, clients {clients}, capacity {OVER_CAP}, "
+                         f"{OVER_RATE:g}/s{note}")]
+
+
+def run_within(env, name, n, spread, redis_port=None, note=""):
+    with Cluster(env, name, n, within_limit(), redis_port) as c:
+        tally = within(c.ports, env.keys, f"key-{name}", spread)
+    how = "round robin over the nodes" if spread else "one connection to one node per key"
+    return [within_row(name, tally, f"{n} nodes, {env.keys} keys x {WITHIN_REQS} requests, "
+                                    f"{how}, capacity {WITHIN_CAP}, {WITHIN_RATE:g}/s{note}")]
+
+
+def run_burst_100(env):
+    name = "burst"
+    with Cluster(env, name, 3, over_limit()) as c:
+        time.sleep(3 * SYNC_MS / 1000.0)  # every node has read the registry since the last joined
+        tally, took = burst(c.ports, f"key-{name}", OVER_CAP)
+    a = tally.admitted
+    detail = f"3 nodes, {OVER_CAP} requests per node at once, took {took:.2f} s{tally.odd()}"
+    return [
+        ratio_row("burst", BURST_MEASURE, a, float(OVER_CAP), BURST_100, detail),
+        ratio_row("burst+refill", "admitted / (capacity + refill during the burst)", a,
+                  OVER_CAP + OVER_RATE * took, BURST_100, detail),
+    ]
+
+
+def run_burst_300(env, name, guard, gap):
+    with Cluster(env, name, 3, burst_limit(guard)) as c:
+        time.sleep(3 * SYNC_MS / 1000.0)
+        tally, took = burst(c.ports, f"key-{name}", 2 * BURST_CAP, gap=gap)
+    bound = BURST_GUARD if guard else BURST_DEFAULT
+    mode = '"burst_guard": true' if guard else "default mode"
+    start = f"loads {gap * 1000:.0f} ms apart" if gap else "loads together"
+    return [ratio_row(name, BURST_MEASURE, tally.admitted, float(BURST_CAP), bound,
+                      f"3 nodes, {mode}, capacity {BURST_CAP}, {BURST_RATE:g}/s, "
+                      f"{2 * BURST_CAP} requests per node, {start}, took {took:.2f} s; "
+                      f"admitted / (capacity + refill) "
+                      f"{tally.admitted / (BURST_CAP + BURST_RATE * took):.3f}{tally.odd()}")]
+
+
+def run_delayed(env, name, rtt_ms, kind):
+    with DelayProc(env, rtt_ms) as proxy:
+        note = (f", Redis {rtt_ms} ms round trip away (PING through tcp_delay: "
+                f"{proxy.ping_ms():.0f} ms)")
+        if kind == "balanced":
+            return run_overload(env, name, 3, [2, 2, 2], RATIO, proxy.port, note)
+        if kind == "one-busy":
+            return run_overload(env, name, 3, [4, 0, 0], RATIO_SKEWED, proxy.port, note)
+        return run_within(env, name, 3, kind == "within-spread", proxy.port, note)
+
+
+def run_outage(env):
+    name, key = "outage", "key-outage"
+    limit = {"capacity": OUTAGE_CAP, "refill_per_second": OUTAGE_RATE, "key": ["header:x-api-key"]}
+    with DelayProc(env, 0) as proxy, Cluster(env, name, 3, limit, proxy.port) as c:
+        tally, stop = Tally(), threading.Event()
+        clients = [Hammer(p, key, tally, stop, per_second=OUTAGE_PER_NODE) for p in c.ports]
+        for h in clients:
+            h.start()
+        try:
+            time.sleep(3.0)
+            proxy.cmd("hold")
+            held_at = time.monotonic()
+            time.sleep(OUTAGE_S)
+            proxy.cmd("release")
+            released_at = time.monotonic()
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            join_all(clients)
+        outage = released_at - held_at
+        during = tally.between(held_at, released_at)
+        # Everything admitted must reach Redis once it is back.
+        end, consumed = time.monotonic() + 10.0, None
+        while time.monotonic() < end:
+            consumed = c.consumed(key)
+            if consumed == tally.admitted:
+                break
+            time.sleep(0.1)
+    setup = (f"3 nodes, capacity {OUTAGE_CAP}, {OUTAGE_RATE:g}/s, {OUTAGE_PER_NODE:g} requests/s "
+             f"per node, Redis held {outage:.2f} s")
+    return [
+        ratio_row("outage", OUTAGE_MEASURE, during, OUTAGE_RATE * outage, OUTAGE_RATIO,
+                  f"{setup}{tally.odd()}"),
+        Row("outage-redis", REDIS_MEASURE,
+            None if consumed is None else consumed - tally.admitted, (0, 0),
+            f"consumed {consumed}, admitted {tally.admitted} (of {tally.sent} requests)"),
+    ]
+
+
+def run_join_leave(env):
+    name, key = "join-leave", "key-join-leave"
+    phase = max(env.duration / 3.0, 3.0)
+    with Cluster(env, name, 3, over_limit()) as c:
+        tally = Tally()
+        stops = []
+        clients = []
+
+        def load(port):
+            stop = threading.Event()
+            stops.append(stop)
+            mine = [Hammer(port, key, tally, stop) for _ in range(2)]
+            clients.extend(mine)
+            for h in mine:
+                h.start()
+            return stop, mine
+
+        first_stop, first_clients = load(c.ports[0])
+        for port in c.ports[1:]:
+            load(port)
+        try:
+            time.sleep(phase)
+            joined = c.add()
+            load(joined.port)
+            joined_at = time.monotonic()
+            time.sleep(phase)
+            first_stop.set()
+            join_all(first_clients)
+            left_at = time.monotonic()
+            c.remove(0)
+            time.sleep(phase)
+            end_at = time.monotonic()
+        finally:
+            for s in stops:
+                s.set()
+            join_all(clients)
+    rows = []
+    for row, start, end, nodes in (("join", joined_at, left_at, "3 -> 4"),
+                                   ("leave", left_at, end_at, "4 -> 3")):
+        w0 = start + 1.0
+        rows.append(ratio_row(row, WINDOW_MEASURE,
+                              tally.between(w0, end), OVER_RATE * (end - w0), RATIO,
+                              f"nodes {nodes}, 2 clients each, window {end - w0:.1f} s, "
+                              f"capacity {OVER_CAP}, {OVER_RATE:g}/s{tally.odd()}"))
+    return rows
+
+
+class Scenario:
+    """A run that measures `rows`: (name, measure, bound, percent) each, so that rows a failed
+    run could not measure still show what they compare."""
+
+    def __init__(self, name, rows, run):
+        self.name, self.rows, self.run = name, rows, run
+
+    @property
+    def names(self):
+        return [r[0] for r in self.rows]
+
+    def unmeasured(self, reason):
+        return [Row(n, m, None, b, f"not measured: {reason}", percent=p)
+                for n, m, b, p in self.rows]
+
+
+RATIO_MEASURE = "admitted / (capacity + rate x t)"
+SHARE_MEASURE = "not admitted / requests"
+BURST_MEASURE = "admitted / capacity"
+
+
+def scenarios():
+    def over(name, bound):
+        return [(name, RATIO_MEASURE, bound, False)]
+
+    def share(name):
+        return [(name, SHARE_MEASURE, NOT_ADMITTED, True)]
+
+    s = [
+        Scenario("balanced", over("balanced", RATIO),
+                 lambda e: run_overload(e, "balanced", 3, [2, 2, 2], RATIO)),
+        Scenario("skewed", over("skewed", RATIO_SKEWED),
+                 lambda e: run_overload(e, "skewed", 3, [8, 1, 1], RATIO_SKEWED)),
+        Scenario("one-busy", over("one-busy", RATIO_SKEWED),
+                 lambda e: run_overload(e, "one-busy", 3, [4, 0, 0], RATIO_SKEWED)),
+        Scenario("burst", [("burst", BURST_MEASURE, BURST_100, False),
+                           ("burst+refill", "admitted / (capacity + refill during the burst)",
+                            BURST_100, False)], run_burst_100),
+        Scenario("within-sticky", share("within-sticky"),
+                 lambda e: run_within(e, "within-sticky", 3, False)),
+        Scenario("within-spread", share("within-spread"),
+                 lambda e: run_within(e, "within-spread", 3, True)),
+        Scenario("burst-300", [("burst-300", BURST_MEASURE, BURST_DEFAULT, False)],
+                 lambda e: run_burst_300(e, "burst-300", False, 0.0)),
+    ]
+    for name, gap in (("guard-together", 0.0), ("guard-50ms", 0.05), ("guard-150ms", 0.15)):
+        s.append(Scenario(name, [(name, BURST_MEASURE, BURST_GUARD, False)],
+                          lambda e, name=name, gap=gap: run_burst_300(e, name, True, gap)))
+    for rtt in (80, 150):
+        for kind in ("balanced", "one-busy", "within-sticky", "within-spread"):
+            name = f"rtt{rtt}-{kind}"
+            rows = (share(name) if kind.startswith("within")
+                    else over(name, RATIO if kind == "balanced" else RATIO_SKEWED))
+            s.append(Scenario(name, rows, lambda e, name=name, rtt=rtt, kind=kind:
+                              run_delayed(e, name, rtt, kind)))
+    s += [
+        Scenario("outage", [("outage", OUTAGE_MEASURE, OUTAGE_RATIO, False),
+                            ("outage-redis", REDIS_MEASURE, (0, 0), False)], run_outage),
+        Scenario("join-leave", [("join", WINDOW_MEASURE, RATIO, False),
+                                ("leave", WINDOW_MEASURE, RATIO, False)], run_join_leave),
+        Scenario("5n-balanced", over("5n-balanced", RATIO),
+                 lambda e: run_overload(e, "5n-balanced", 5, [2] * 5, RATIO)),
+        Scenario("5n-within-sticky", share("5n-within-sticky"),
+                 lambda e: run_within(e, "5n-within-sticky", 5, False)),
+        Scenario("5n-within-spread", share("5n-within-spread"),
+                 lambda e: run_within(e, "5n-within-spread", 5, True)),
+    ]
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("tollgate")
+    p.add_argument("api")
+    p.add_argument("duration_pos", nargs="?", type=float, metavar="DURATION")
+    p.add_argument("--duration", type=float, help="seconds of each overload row (default 10)")
+    p.add_argument("--only", help="comma-separated scenario or row names (shell patterns allowed)")
+    p.add_argument("--keys", type=int, default=300, help="keys of the within-limits rows")
+    p.add_argument("--tcp-delay", help="the delay proxy (examples/tcp_delay)")
+    p.add_argument("--list", action="store_true", help="list the scenarios and their rows")
+    args = p.parse_intermixed_args()
+    args.duration = args.duration or args.duration_pos or 10.0
+    if args.keys < 200:
+        p.error("--keys must be at least 200")
+    if args.tcp_delay is None:
+        args.tcp_delay = os.path.join(os.path.dirname(args.tollgate), "examples", "tcp_delay")
+    return args
+
+
+def select_scenarios(all_, only):
+    if not only:
+        return all_
+    patterns = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = [s for s in all_ if any(fnmatch.fnmatchcase(n, pat) for pat in patterns
+                                     for n in [s.name] + s.names)]
+    unknown = [pat for pat in patterns
+               if not any(fnmatch.fnmatchcase(n, pat) for s in all_ for n in [s.name] + s.names)]
+    if unknown:
+        print(f"--only: no scenario or row named {', '.join(unknown)} (see --list)",
+              file=sys.stderr)
+        sys.exit(2)
+    return chosen
+
+
+def print_table(rows, args):
+    print()
+    print(f"### Accuracy: sync {SYNC_MS} ms, overload rows {args.duration:g} s, "
+          f"within-limits rows {args.keys} keys")
+    print()
+    print("| scenario | measure | figure | bound | result | detail |")
+    print("|---|---|---:|---|---|---|")
+    for r in rows:
+        detail = r.detail.replace("|", "\\|")
+        print(f"| {r.name} | {r.measure} | {r.figure_text()} | {r.bound_text()} | "
+              f"{'PASS' if r.passed else 'FAIL'} | {detail} |")
+    failed = [r.name for r in rows if not r.passed]
+    print()
+    print(f"{len(rows) - len(failed)} of {len(rows)} rows pass"
+          + (f"; failing: {', '.join(failed)}" if failed else ""))
 
 
 def main():
-    bin_, api = sys.argv[1], sys.argv[2]
-    duration = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+    args = parse_args()
+    all_ = scenarios()
+    if args.list:
+        for s in all_:
+            print(f"{s.name:<22} rows: {', '.join(s.names)}")
+        return 0
+    chosen = select_scenarios(all_, args.only)
     tmp = tempfile.mkdtemp(prefix="tollgate-accuracy-")
-    procs = []
+    env = Env(args, tmp)
+    rows = []
     try:
-        redis_port = free_port()
-        procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(redis_port)
-        up = subprocess.Popen([api, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
-        procs.append(up)
-        up_port = int(up.stdout.readline().rsplit(":", 1)[1])
-        rows = []
-        for scenario in ["balanced", "skewed", "burst"]:
-            limit = f"acc-{scenario}"
-            nodes = [start_node(bin_, tmp, f"{scenario}-{i}", redis_port, up_port, limit) for i in range(3)]
-            procs.extend(p for p, _ in nodes)
-            ports = [port for _, port in nodes]
-            key = f"key-{scenario}"
-            if scenario == "balanced":
-                admitted, ideal = overload(ports, [2, 2, 2], duration, key)
-                rows.append((scenario, admitted, ideal, "admitted/ideal"))
-            elif scenario == "skewed":
-                admitted, ideal = overload(ports, [8, 1, 1], duration, key)
-                rows.append((scenario, admitted, ideal, "admitted/ideal"))
-            else:
-                # Let every node register and see the others before the burst.
-                time.sleep(3 * SYNC_MS / 1000.0)
-                admitted, took = burst(ports, key)
-                rows.append((scenario, admitted, float(CAPACITY), "admitted/capacity"))
-                rows.append(("burst+refill", admitted, CAPACITY + RATE * took,
-                             f"admitted/(capacity + refill during the {took:.2f} s burst)"))
-            for p, _ in nodes:
-                p.terminate()
-        print(f"3 nodes, capacity {CAPACITY}, {RATE}/s, sync {SYNC_MS} ms, overload {duration:.0f} s")
-        print(f"{'scenario':<10} {'admitted':>9} {'reference':>10} {'ratio':>7}  measure")
-        for name, admitted, ref, what in rows:
-            print(f"{name:<10} {admitted:>9} {ref:>10.0f} {admitted / ref:>7.3f}  {what}")
-    finally:
-        for p in procs:
+        env.start_shared()
+        for s in chosen:
+            started = time.monotonic()
+            print(f"== {s.name} ...", flush=True)
             try:
-                p.kill()
-            except OSError:
-                pass
+                got = s.run(env)
+            except ScenarioError as e:
+                got = s.unmeasured(e)
+            except Exception as e:  # a bug or a crash in one scenario does not stop the others
+                got = s.unmeasured(f"{type(e).__name__}: {e}")
+            for r in got:
+                print(f"   {r.name}: {r.figure_text()} (bound {r.bound_text()}) "
+                      f"{'PASS' if r.passed else 'FAIL'}", flush=True)
+            print(f"   ({time.monotonic() - started:.1f} s)", flush=True)
+            rows.extend(got)
+    finally:
+        env.stop_all()
+    print_table(rows, args)
+    print(f"\nlogs and configs: {tmp}")
+    return 0 if all(r.passed for r in rows) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -66,8 +66,9 @@ impl Sim {
             store_up: true,
             limit,
         };
-        // Every node has synced twice before the load starts: each knows the others.
-        for _ in 0..2 * SYNC / MS {
+        // Every node has synced a few times before the load starts: each knows the others,
+        // and none is joining any more.
+        for _ in 0..4 * SYNC / MS {
             sim.tick();
         }
         sim
@@ -107,6 +108,7 @@ impl Sim {
         store.set_cluster(view.live as u32, SYNC);
         store.set_others_synced(view.others_synced_ms as i64 * MS);
         store.set_connected(true);
+        store.note_synced();
         let limits = std::slice::from_ref(&self.limit);
         let ctx = round::Context {
             node_id: &node.id,
@@ -121,10 +123,16 @@ impl Sim {
             .iter()
             .map(|op| {
                 let hash = self.redis.entry(op.redis_key.clone()).or_default();
+                // The fresh script answers the hash as it was before its write.
+                let before = hash.clone();
                 for (f, v) in &op.fields {
                     merge_field(hash, f, v);
                 }
-                Ok(hash.clone())
+                Ok(if op.bucket.fresh {
+                    before
+                } else {
+                    hash.clone()
+                })
             })
             .collect();
         round::apply(store, &ctx, &r, replies, &HashSet::new());
@@ -163,6 +171,19 @@ impl Sim {
 
     fn join(&mut self, i: usize) {
         self.nodes[i].up = true;
+    }
+
+    /// A new node (a new process: it knows no bucket) starts, at the next free phase.
+    fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let now_ms = (self.clock.now_ns() - T0) / MS;
+        self.nodes.push(Node {
+            id: format!("node-{i}"),
+            store: Store::new(self.clock.clone(), true),
+            phase_ms: (now_ms + 13) % (SYNC / MS),
+            up: true,
+        });
+        i
     }
 
     /// Tokens consumed on "k", as Redis holds them.
@@ -386,6 +407,27 @@ fn a_node_leaving_returns_its_share_and_a_node_joining_gets_one() {
         assert!(
             (0.95..=1.05).contains(&ratio),
             "join, guard {guard}: {ratio}"
+        );
+    }
+}
+
+#[test]
+fn a_new_node_joining_a_busy_key_is_within_the_bounds_a_second_later() {
+    for guard in [false, true] {
+        // Capacity 100 and 50 tokens/s: a debt of one capacity takes 2 s to wait off.
+        let mut sim = Sim::new(3, limit(100, 50.0, guard));
+        sim.run(3_000, &[1, 1, 1]);
+        // A new process starts; once it has synced (it is in the registry), its clients
+        // hammer the same key. It knows nothing of the bucket, which would look full to it.
+        let new = sim.add_node();
+        sim.run(SYNC / MS, &[1, 1, 1, 0]);
+        let first = sim.run(1_000, &[1, 1, 1, 20]) as f64 / 50.0;
+        let ratio = sim.run(3_000, &[1, 1, 1, 20]) as f64 / (50.0 * 3.0);
+        println!("guard {guard}, node {new} joins: first second {first:.3}, then {ratio:.4}");
+        assert!((0.95..=1.05).contains(&ratio), "guard {guard}: {ratio}");
+        assert!(
+            first <= 1.25,
+            "guard {guard}: the join admitted {first} x the refill"
         );
     }
 }

@@ -170,17 +170,9 @@ impl BucketParams {
     /// keeps it in memory after its last sync): a full refill, after which its state says
     /// nothing, plus ten sync intervals, at least ten seconds.
     pub fn state_ttl_ms(&self, sync_interval: std::time::Duration) -> u64 {
-        let seconds_to_fill = self.seconds_to_fill();
-        let fill = if seconds_to_fill.is_finite() {
-            (seconds_to_fill * 1000.0).ceil()
-        } else {
-            0.0
-        };
-        let fill = if fill < u64::MAX as f64 {
-            fill as u64
-        } else {
-            u64::MAX
-        };
+        let fill_ms = (self.seconds_to_fill() * 1000.0).ceil();
+        // `as` saturates (and maps NaN to 0).
+        let fill = fill_ms as u64;
         let margin = u64::try_from(sync_interval.as_millis())
             .unwrap_or(u64::MAX)
             .saturating_mul(10)
@@ -464,10 +456,13 @@ impl Bucket {
         others_waste: Option<i128>,
     ) {
         let base = own_stored.copied().unwrap_or(Counters::BOTTOM);
+        // A store that holds no waste at all (only counters of nodes whose buckets are new
+        // too) says nothing about the refill lost: the creation's assumption stays.
+        let known = base.waste != i128::MIN || others_waste.is_some_and(|w| w != i128::MIN);
         self.own = Counters {
             consumed: base.consumed.saturating_add(self.own.consumed),
             attempts: base.attempts.saturating_add(self.own.attempts),
-            waste: base.waste,
+            waste: if known { base.waste } else { self.own.waste },
         };
         self.others_consumed = others_consumed;
         self.others_waste = others_waste.unwrap_or(i128::MIN);

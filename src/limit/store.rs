@@ -121,6 +121,9 @@ pub struct Store {
     pub(super) connected: AtomicBool,
     /// The oldest last sync among the other live nodes (see [`Store::set_others_synced`]).
     pub(super) others_synced_ns: AtomicI64,
+    /// The end of this node's joining period (see [`Store::note_synced`]); `i64::MIN` until
+    /// the first sync.
+    pub(super) joining_until_ns: AtomicI64,
     /// Most buckets per shard (`max_buckets` / shards, at least 1).
     pub(super) shard_cap: AtomicUsize,
     /// Requests refused because their bucket could not be created (the store was full).
@@ -167,6 +170,7 @@ impl Store {
             stale_ns: AtomicI64::new(300_000_000),
             connected: AtomicBool::new(true),
             others_synced_ns: AtomicI64::new(0),
+            joining_until_ns: AtomicI64::new(i64::MIN),
             shard_cap: AtomicUsize::new(usize::MAX),
             sync_interval_ns: AtomicI64::new(100_000_000),
             overflows: AtomicU64::new(0),
@@ -319,7 +323,7 @@ impl Store {
         let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
         entry.bucket.record_attempt();
         if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
-            let cluster = self.cluster(c.limit.burst_guard);
+            let cluster = self.cluster(c.limit.burst_guard, now);
             if let Err(wait) = sync
                 .pace
                 .check(&c.limit.params, c.cost, tokens, now, &cluster)

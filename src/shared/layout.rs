@@ -66,6 +66,16 @@ pub struct NodeFields {
     pub seen_ms: Option<u64>,
 }
 
+impl NodeFields {
+    /// No field read yet: counters at the bottom (a waste that is absent is unknown, not 0).
+    fn absent() -> NodeFields {
+        NodeFields {
+            counters: Counters::BOTTOM,
+            ..NodeFields::default()
+        }
+    }
+}
+
 /// The fields a node writes for one bucket, as (field, value) pairs.
 pub fn node_fields(
     node: &str,
@@ -111,7 +121,9 @@ pub fn parse_hash(hash: &HashMap<String, String>) -> (BTreeMap<String, NodeField
             "consumed" | "attempts" | "capacity" | "rate" | "seen_ms" => match value.parse::<u64>()
             {
                 Ok(v) => {
-                    let e = nodes.entry(node.to_string()).or_default();
+                    let e = nodes
+                        .entry(node.to_string())
+                        .or_insert_with(NodeFields::absent);
                     match name {
                         "consumed" => (e.counters.consumed, e.counted) = (v, true),
                         "attempts" => (e.counters.attempts, e.counted) = (v, true),
@@ -125,7 +137,9 @@ pub fn parse_hash(hash: &HashMap<String, String>) -> (BTreeMap<String, NodeField
             },
             "waste" => match value.parse::<i128>() {
                 Ok(v) => {
-                    let e = nodes.entry(node.to_string()).or_default();
+                    let e = nodes
+                        .entry(node.to_string())
+                        .or_insert_with(NodeFields::absent);
                     (e.counters.waste, e.counted) = (v, true);
                     true
                 }
@@ -183,10 +197,21 @@ pub fn read_script() -> String {
 /// whose stored value is not an integer is overwritten. Fields ending in `:capacity` or
 /// `:rate` are set as given (parameters).
 pub fn merge_script() -> String {
-    format!("{REPLY_LUA}{MERGE_LUA}")
+    format!("{REPLY_LUA}{MERGE_HELPERS}{MERGE_FIELDS}return reply(key, tonumber(ARGV[2]), own)\n")
 }
 
-const MERGE_LUA: &str = r#"
+/// The first write of a bucket new to this node: reads the hash ([`MAX_FIELDS`] guard: a
+/// bigger one returns this node's named fields), then max-merges the given fields as
+/// [`merge_script`] does. Same arguments. The reply is the hash as it was *before* the write:
+/// the node counted from zero and rebases its counters on what the store held (its own fields
+/// there, from before a restart or an eviction), while its demand is in the store at once.
+pub fn fresh_script() -> String {
+    format!(
+        "{REPLY_LUA}{MERGE_HELPERS}local names = {{}}\nfor i = 3, #ARGV, 2 do names[#names + 1] = ARGV[i] end\nlocal before = reply(KEYS[1], tonumber(ARGV[2]), names)\n{MERGE_FIELDS}return before\n"
+    )
+}
+
+const MERGE_HELPERS: &str = r#"
 local function valid(s)
   return type(s) == 'string' and string.match(s, '^%-?%d+$') ~= nil
 end
@@ -203,6 +228,10 @@ local function greater(a, b)
   if na then return (not gt) and x ~= y end
   return gt
 end
+"#;
+
+/// Max-merges ARGV[3..] into KEYS[1] and extends its TTL (the part both merge scripts share).
+const MERGE_FIELDS: &str = r#"
 local key = KEYS[1]
 local own, vals = {}, {}
 for i = 3, #ARGV, 2 do
@@ -228,7 +257,6 @@ if ttl and ttl > 0 then
   local cur = redis.call('PTTL', key)
   if cur < ttl then redis.call('PEXPIRE', key, ttl) end
 end
-return reply(key, tonumber(ARGV[2]), own)
 "#;
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@
 //! command.
 
 use super::layout;
-use crate::limit::bucket::Counters;
+use crate::limit::bucket::{BucketParams, Counters};
 use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::limit::store_sync::DirtyBucket;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +37,7 @@ impl Context<'_> {
 /// TTL to `ttl_ms` and returns the hash.
 #[derive(Debug, Clone)]
 pub struct Op {
+    /// `bucket.fresh`: written with [`layout::fresh_script`], else [`layout::merge_script`].
     pub bucket: DirtyBucket,
     pub redis_key: String,
     pub ttl_ms: u64,
@@ -65,7 +66,7 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
         let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
         let p = &spec.params;
         let fields = if bucket.fresh {
-            announce(ctx)
+            fresh_fields(ctx, &bucket, p)
         } else {
             layout::node_fields(
                 ctx.node_id,
@@ -85,22 +86,30 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
     Round { ops }
 }
 
-/// A fresh bucket's fields: it counted from zero, so its counters are not written before they
-/// are rebased on what the store holds (on the next round). Only `seen_ms` is written: it tells
-/// the other nodes at their next read that this node has begun to spend from the bucket, before
-/// its counters show it.
-fn announce(ctx: &Context<'_>) -> Vec<(String, String)> {
-    layout::node_field_names(ctx.node_id)
-        .into_iter()
-        .map(|f| {
-            let value = if f.ends_with(":seen_ms") {
-                ctx.now_ms.to_string()
-            } else {
-                String::new()
-            };
-            (f, value)
-        })
-        .collect()
+/// A fresh bucket's fields (written with [`layout::fresh_script`], which answers the hash as
+/// it was before): its counters, which only grow from zero, so max-merging them never lowers
+/// what the store holds and shows its demand to the others at once, and `seen_ms`, which
+/// announces it; not its waste, which is only right once the bucket is rebased on the stored
+/// counters (it is pushed with them on the next round). The waste field is named without a
+/// value, so that an oversized hash still returns it.
+fn fresh_fields(
+    ctx: &Context<'_>,
+    bucket: &DirtyBucket,
+    p: &BucketParams,
+) -> Vec<(String, String)> {
+    let mut fields = layout::node_fields(
+        ctx.node_id,
+        &bucket.own,
+        p.capacity(),
+        p.rate_q(),
+        ctx.now_ms,
+    );
+    for (f, v) in &mut fields {
+        if f.ends_with(":waste") {
+            v.clear();
+        }
+    }
+    fields
 }
 
 /// A bucket command's reply: the hash, or why Redis refused the command.
@@ -252,14 +261,14 @@ mod tests {
         let round = build(&ctx, store.take_dirty());
         assert_eq!(round.ops.len(), 1);
         assert_eq!(round.ops[0].redis_key, "tg:l:k");
-        // Fresh: only seen_ms is written.
-        let written: Vec<&str> = round.ops[0]
+        // Fresh: everything but the waste is written.
+        let unwritten: Vec<&str> = round.ops[0]
             .fields
             .iter()
-            .filter(|(_, v)| !v.is_empty())
+            .filter(|(_, v)| v.is_empty())
             .map(|(f, _)| f.as_str())
             .collect();
-        assert_eq!(written, ["me:seen_ms"]);
+        assert_eq!(unwritten, ["me:waste"]);
         // The store held 4 tokens taken by another node (whose bucket started full, as this
         // one did): this node continues from there.
         let other: HashMap<String, String> = layout::node_fields(

@@ -2,8 +2,9 @@
 //! one pipelined round trip to Redis. For every bucket that changed since the last sync it
 //! max-merges this node's fields into the bucket's hash ([`layout::merge_script`]), reads the
 //! merged hash back, refreshes the key's TTL, and merges the other nodes' counters into memory.
-//! Buckets created since the last read are read first ([`layout::read_script`]) and pushed on the next sync,
-//! so a restarted node, or a bucket evicted from memory, continues its stored counters.
+//! Buckets created since the last read are read first, their counters merged in the same
+//! call ([`layout::fresh_script`]), and pushed whole on the next sync, so a restarted node, or
+//! a bucket evicted from memory, continues its stored counters.
 //!
 //! The request path never waits on Redis. When Redis is down, nodes keep deciding from their
 //! last merged view; failed pushes stay queued, and everything is pushed when Redis returns.
@@ -329,6 +330,7 @@ impl BackgroundService for SyncLoop {
                     link.last_ok = Instant::now();
                     self.node.sync_status.set_connected(true);
                     self.node.store.set_connected(true);
+                    self.node.store.note_synced();
                     metrics.redis_up.set(1);
                 }
                 Err(e) => {

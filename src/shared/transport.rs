@@ -1,4 +1,4 @@
-//! Sending a sync round over the connection: the two scripts, the registry commands and every
+//! Sending a sync round over the connection: the scripts, the registry commands and every
 //! bucket command in one round trip (in a cluster, the same commands concurrently, pipelined
 //! per shard by the client), and the replies turned into what [`round::apply`] takes.
 
@@ -6,11 +6,15 @@ use super::conn::Conn;
 use super::{layout, registry, round};
 use std::collections::HashMap;
 
-/// The two scripts of a round trip: a bucket new to this node is read first (and pushed on
-/// the next sync); a known one has this node's fields max-merged, the merged hash read back
-/// and its TTL extended. Both trim a hash over [`layout::MAX_FIELDS`] to this node's fields.
+/// The scripts: a bucket new to this node is read and its counters (not its waste) merged
+/// ([`layout::fresh_script`], which answers the hash as it was, for the rebase), then pushed
+/// whole on the next sync; a known one has this node's fields max-merged, the merged hash
+/// read back and its TTL extended ([`layout::merge_script`]); a starting node reads its
+/// buckets back ([`layout::read_script`]). All trim a hash over [`layout::MAX_FIELDS`] to this
+/// node's fields.
 pub struct Scripts {
     pub merge: redis::Script,
+    pub fresh: redis::Script,
     pub read: redis::Script,
 }
 
@@ -18,6 +22,7 @@ impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
             merge: redis::Script::new(&layout::merge_script()),
+            fresh: redis::Script::new(&layout::fresh_script()),
             read: redis::Script::new(&layout::read_script()),
         }
     }
@@ -46,6 +51,7 @@ async fn round_trip(
             // EVALSHA finds them), every bucket.
             if load {
                 registry.load_script(&scripts.merge).ignore();
+                registry.load_script(&scripts.fresh).ignore();
                 registry.load_script(&scripts.read).ignore();
             }
             for inv in ops {
@@ -129,7 +135,12 @@ pub(super) async fn send(
 
 /// The script call of one bucket command.
 fn invocation<'s>(scripts: &'s Scripts, op: &round::Op) -> redis::ScriptInvocation<'s> {
-    let mut inv = scripts.merge.prepare_invoke();
+    let script = if op.bucket.fresh {
+        &scripts.fresh
+    } else {
+        &scripts.merge
+    };
+    let mut inv = script.prepare_invoke();
     inv.key(&op.redis_key)
         .arg(op.ttl_ms)
         .arg(layout::MAX_FIELDS);

@@ -9,6 +9,7 @@
 //!
 //! Each test file uses a subset of this module, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
+pub mod delay;
 
 use serde_json::{json, Value};
 use std::fs::File;
