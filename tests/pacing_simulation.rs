@@ -123,10 +123,13 @@ impl Sim {
             .iter()
             .map(|op| {
                 let hash = self.redis.entry(op.redis_key.clone()).or_default();
-                // The fresh script answers the hash as it was before its write.
+                // The fresh script answers the hash as it was before its write, and writes the
+                // waste only into a new hash.
                 let before = hash.clone();
                 for (f, v) in &op.fields {
-                    merge_field(hash, f, v);
+                    if !(op.bucket.fresh && !before.is_empty() && f.ends_with(":waste")) {
+                        merge_field(hash, f, v);
+                    }
                 }
                 Ok(if op.bucket.fresh {
                     before

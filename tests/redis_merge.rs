@@ -6,7 +6,8 @@ use common::RedisServer;
 use std::collections::HashMap;
 use tollgate::limit::bucket::Counters;
 use tollgate::shared::layout::{
-    merge_script, node_field_names, node_fields, parse_hash, read_script, MAX_FIELDS, TOO_BIG,
+    fresh_script, merge_script, node_field_names, node_fields, parse_hash, read_script, MAX_FIELDS,
+    TOO_BIG,
 };
 
 fn merge(
@@ -15,7 +16,17 @@ fn merge(
     ttl_ms: u64,
     fields: &[(String, String)],
 ) -> HashMap<String, String> {
-    let script = redis::Script::new(&merge_script());
+    run_script(&merge_script(), con, key, ttl_ms, fields)
+}
+
+fn run_script(
+    lua: &str,
+    con: &mut redis::Connection,
+    key: &str,
+    ttl_ms: u64,
+    fields: &[(String, String)],
+) -> HashMap<String, String> {
+    let script = redis::Script::new(lua);
     let mut inv = script.prepare_invoke();
     inv.key(key).arg(ttl_ms).arg(MAX_FIELDS);
     for (f, v) in fields {
@@ -176,4 +187,55 @@ fn an_oversized_hash_is_answered_with_this_nodes_fields_only() {
     let hash: HashMap<String, String> = inv.invoke(&mut con).unwrap();
     assert_eq!(hash.get("b:consumed").map(String::as_str), Some("1"));
     assert!(!hash.contains_key(TOO_BIG));
+}
+
+#[test]
+fn a_fresh_write_answers_the_hash_as_it_was_and_keeps_its_waste_out_of_an_existing_one() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let key = "tollgate:per-key:fresh";
+    let counters = |consumed: u64, waste: i128| Counters {
+        consumed,
+        attempts: consumed,
+        waste,
+    };
+    let fresh = |con: &mut redis::Connection, node: &str, c: Counters| {
+        run_script(
+            &fresh_script(),
+            con,
+            key,
+            60_000,
+            &node_fields(node, &c, 10, 1, 5),
+        )
+    };
+    // A new hash: the answer is empty, and every field is written, the waste included.
+    let before = fresh(&mut con, "a", counters(3, 111));
+    assert!(before.is_empty(), "{before:?}");
+    let stored = parse_hash(&redis_hash(&mut con, key)).0;
+    assert_eq!(stored["a"].counters, counters(3, 111));
+    // Into an existing hash: the answer is the hash before the write (a's fields, none of
+    // b's); b's counters are written, its waste is not.
+    let before = fresh(&mut con, "b", counters(2, 999));
+    let (nodes, _) = parse_hash(&before);
+    assert_eq!(nodes.keys().collect::<Vec<_>>(), ["a"]);
+    let stored = parse_hash(&redis_hash(&mut con, key)).0;
+    assert_eq!(stored["b"].counters.consumed, 2);
+    assert_eq!(
+        stored["b"].counters.waste,
+        i128::MIN,
+        "b's waste is not in the hash"
+    );
+    assert!(!redis_hash(&mut con, key).contains_key("b:waste"));
+    // A fresh write never lowers what a node had stored (a restarted node counts from zero).
+    let before = fresh(&mut con, "a", counters(1, 5));
+    assert_eq!(parse_hash(&before).0["a"].counters, counters(3, 111));
+    assert_eq!(
+        parse_hash(&redis_hash(&mut con, key)).0["a"].counters,
+        counters(3, 111)
+    );
+}
+
+fn redis_hash(con: &mut redis::Connection, key: &str) -> HashMap<String, String> {
+    redis::cmd("HGETALL").arg(key).query(con).expect("HGETALL")
 }

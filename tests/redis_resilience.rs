@@ -105,14 +105,28 @@ fn clock_skew_is_corrected_against_redis_time() {
         offset(),
         b.log()
     );
-    // A empties the bucket; B, once it has read the counters, sees it (nearly) empty too.
-    let mut admitted = 0;
-    assert!(wait_until(WAIT, || {
-        if get(a.addr, "/x", &[("x-api-key", "hot")]).status == 200 {
-            admitted += 1;
-        }
-        admitted >= 10
-    }));
+    assert!(
+        wait_until(WAIT, || get(a.admin, "/metrics", &[])
+            .text()
+            .lines()
+            .any(|l| l == "tollgate_nodes_live 2")),
+        "A never saw B"
+    );
+    // Past A's joining period (three sync intervals from its first round, during which it
+    // paces new buckets as `burst_guard` does): five rounds, at least an interval apart.
+    assert!(
+        wait_until(WAIT, || sync_rounds(&a) >= 5),
+        "A's sync rounds: {}",
+        sync_rounds(&a)
+    );
+    // A empties the bucket at once (a bucket new to a node may spend the whole of it, B
+    // being live); B, once it has read the counters, sees it (nearly) empty too.
+    let statuses: Vec<u16> = (0..11)
+        .map(|_| get(a.addr, "/x", &[("x-api-key", "hot")]).status)
+        .collect();
+    let mut expected = vec![200; 10];
+    expected.push(429);
+    assert_eq!(statuses, expected);
     assert!(wait_until(WAIT, || consumed(&redis, "node-a") == Some(10)));
     // B reads the hash on its first use of the key, then merges every sync.
     let first = get(b.addr, "/x", &[("x-api-key", "hot")]).status;
@@ -371,4 +385,14 @@ fn three_nodes_under_sustained_balanced_overload_stay_within_the_bounds() {
     );
     // docs/shared-state.md, "Accuracy": at most 5% over one sequential bucket, at least 95% of it.
     assert!((0.95..=1.05).contains(&ratio), "admitted/ideal {ratio:.3}");
+}
+
+/// Sync rounds that went through.
+fn sync_rounds(gw: &Gateway) -> u64 {
+    get(gw.admin, "/metrics", &[])
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_sync_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

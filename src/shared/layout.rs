@@ -205,11 +205,23 @@ pub fn merge_script() -> String {
 /// [`merge_script`] does. Same arguments. The reply is the hash as it was *before* the write:
 /// the node counted from zero and rebases its counters on what the store held (its own fields
 /// there, from before a restart or an eviction), while its demand is in the store at once.
+/// The `:waste` field (the bucket's creation assumption, full when the node made it) is
+/// written only into a hash that did not exist: it is the bucket's first record; into an
+/// existing one it waits until the node has rebased on the stored state.
 pub fn fresh_script() -> String {
-    format!(
-        "{REPLY_LUA}{MERGE_HELPERS}local names = {{}}\nfor i = 3, #ARGV, 2 do names[#names + 1] = ARGV[i] end\nlocal before = reply(KEYS[1], tonumber(ARGV[2]), names)\n{MERGE_FIELDS}return before\n"
-    )
+    format!("{REPLY_LUA}{MERGE_HELPERS}{FRESH_LUA}{MERGE_FIELDS}return before\n")
 }
+
+const FRESH_LUA: &str = r#"
+local names = {}
+for i = 3, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+local before = reply(KEYS[1], tonumber(ARGV[2]), names)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 3, #ARGV, 2 do
+    if string.match(ARGV[i], ':waste$') then ARGV[i + 1] = '' end
+  end
+end
+"#;
 
 const MERGE_HELPERS: &str = r#"
 local function valid(s)

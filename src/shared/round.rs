@@ -86,30 +86,24 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
     Round { ops }
 }
 
-/// A fresh bucket's fields (written with [`layout::fresh_script`], which answers the hash as
-/// it was before): its counters, which only grow from zero, so max-merging them never lowers
+/// A fresh bucket's fields, written with [`layout::fresh_script`], which answers the hash as
+/// it was before: its counters, which only grow from zero, so max-merging them never lowers
 /// what the store holds and shows its demand to the others at once, and `seen_ms`, which
-/// announces it; not its waste, which is only right once the bucket is rebased on the stored
-/// counters (it is pushed with them on the next round). The waste field is named without a
-/// value, so that an oversized hash still returns it.
+/// announces it. Its waste (the creation's assumption, a full bucket) is written only into a
+/// hash that did not exist; otherwise it is right only once the bucket is rebased on the
+/// stored counters, and is pushed with them on the next round.
 fn fresh_fields(
     ctx: &Context<'_>,
     bucket: &DirtyBucket,
     p: &BucketParams,
 ) -> Vec<(String, String)> {
-    let mut fields = layout::node_fields(
+    layout::node_fields(
         ctx.node_id,
         &bucket.own,
         p.capacity(),
         p.rate_q(),
         ctx.now_ms,
-    );
-    for (f, v) in &mut fields {
-        if f.ends_with(":waste") {
-            v.clear();
-        }
-    }
-    fields
+    )
 }
 
 /// A bucket command's reply: the hash, or why Redis refused the command.
@@ -261,14 +255,9 @@ mod tests {
         let round = build(&ctx, store.take_dirty());
         assert_eq!(round.ops.len(), 1);
         assert_eq!(round.ops[0].redis_key, "tg:l:k");
-        // Fresh: everything but the waste is written.
-        let unwritten: Vec<&str> = round.ops[0]
-            .fields
-            .iter()
-            .filter(|(_, v)| v.is_empty())
-            .map(|(f, _)| f.as_str())
-            .collect();
-        assert_eq!(unwritten, ["me:waste"]);
+        // Fresh: every field is sent (the script keeps the waste out of an existing hash).
+        assert!(round.ops[0].bucket.fresh);
+        assert!(round.ops[0].fields.iter().all(|(_, v)| !v.is_empty()));
         // The store held 4 tokens taken by another node (whose bucket started full, as this
         // one did): this node continues from there.
         let other: HashMap<String, String> = layout::node_fields(
