@@ -11,7 +11,7 @@
 //! command.
 
 use super::layout;
-use crate::limit::bucket::{BucketParams, Counters};
+use crate::limit::bucket::Counters;
 use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::limit::store_sync::DirtyBucket;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -65,17 +65,17 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
         };
         let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
         let p = &spec.params;
-        let fields = if bucket.fresh {
-            fresh_fields(ctx, &bucket, p)
-        } else {
-            layout::node_fields(
-                ctx.node_id,
-                &bucket.own,
-                p.capacity(),
-                p.rate_q(),
-                ctx.now_ms,
-            )
-        };
+        // A fresh bucket sends the same fields: its counters only grow from zero, so
+        // max-merging them never lowers what the store holds, and the others see its demand
+        // at once; the fresh script answers the hash as it was, for the rebase, and keeps the
+        // waste (the creation's assumption) out of a hash that already existed.
+        let fields = layout::node_fields(
+            ctx.node_id,
+            &bucket.own,
+            p.capacity(),
+            p.rate_q(),
+            ctx.now_ms,
+        );
         ops.push(Op {
             bucket,
             redis_key,
@@ -84,26 +84,6 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
         });
     }
     Round { ops }
-}
-
-/// A fresh bucket's fields, written with [`layout::fresh_script`], which answers the hash as
-/// it was before: its counters, which only grow from zero, so max-merging them never lowers
-/// what the store holds and shows its demand to the others at once, and `seen_ms`, which
-/// announces it. Its waste (the creation's assumption, a full bucket) is written only into a
-/// hash that did not exist; otherwise it is right only once the bucket is rebased on the
-/// stored counters, and is pushed with them on the next round.
-fn fresh_fields(
-    ctx: &Context<'_>,
-    bucket: &DirtyBucket,
-    p: &BucketParams,
-) -> Vec<(String, String)> {
-    layout::node_fields(
-        ctx.node_id,
-        &bucket.own,
-        p.capacity(),
-        p.rate_q(),
-        ctx.now_ms,
-    )
 }
 
 /// A bucket command's reply: the hash, or why Redis refused the command.
