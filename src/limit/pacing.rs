@@ -52,8 +52,11 @@
 //! # When the store is unreachable
 //!
 //! No sync means no new shares. A node keeps its last demand share, and its allowance accrues
-//! at that share of the rate from where it was, so the nodes together admit about the refill;
-//! a bucket that had no share takes the equal share 1/N. Restarting the allowance from the
+//! at that share of the rate from where it was, so the nodes together admit about the refill.
+//! A bucket that had no share (it was under no pressure) keeps the whole bucket by default, so
+//! that a client within its limit stays admitted (a key that only comes under pressure during
+//! the outage can then take up to N x the refill), and takes the equal share 1/N with
+//! `burst_guard`. Restarting the allowance from the
 //! local view at every stale check instead would hand the node a share of what the others
 //! spent unseen, over and over.
 
@@ -228,11 +231,12 @@ impl Pace {
             Phase::Unset => self.start(c, tokens_units, now_ns),
             Phase::Outage if c.connected => self.start(c, tokens_units, now_ns),
             Phase::Starting | Phase::Synced if stale && !c.connected => {
-                if self.share_ppm < WHOLE {
-                    // Keep the share, and the allowance as it accrues at that share.
+                if self.share_ppm < WHOLE || !c.guard {
+                    // Keep the share (the whole bucket for one that had no pressure), and the
+                    // allowance as it accrues at that share.
                     self.phase = Phase::Outage;
                 } else {
-                    // No share: the equal one.
+                    // Guarded, and no share: the equal one.
                     self.restart(Phase::Outage, c.equal_ppm(), tokens_units, now_ns);
                 }
             }

@@ -121,6 +121,8 @@ pub struct Store {
     pub(super) connected: AtomicBool,
     /// The oldest last sync among the other live nodes (see [`Store::set_others_synced`]).
     pub(super) others_synced_ns: AtomicI64,
+    /// The shard [`Store::take_dirty_up_to`] starts from next.
+    pub(super) dirty_cursor: AtomicUsize,
     /// The end of this node's joining period (see [`Store::note_synced`]); `i64::MIN` until
     /// the first sync.
     pub(super) joining_until_ns: AtomicI64,
@@ -171,6 +173,7 @@ impl Store {
             connected: AtomicBool::new(true),
             others_synced_ns: AtomicI64::new(0),
             joining_until_ns: AtomicI64::new(i64::MIN),
+            dirty_cursor: AtomicUsize::new(0),
             shard_cap: AtomicUsize::new(usize::MAX),
             sync_interval_ns: AtomicI64::new(100_000_000),
             overflows: AtomicU64::new(0),
@@ -646,7 +649,7 @@ mod tests {
             waste: d[0].own.waste,
         };
         let one = |c: Counters| BTreeMap::from([("me".to_string(), c)]);
-        s.absorb("l:k", "me", &one(stored), &BTreeMap::new(), &l, false);
+        s.absorb("l:k", "me", &one(stored), &BTreeMap::new(), &l, None);
         assert_eq!(s.peek(&l, "k", 0).remaining, 3);
         // Rebased counters must be pushed next.
         let d = s.take_dirty();
@@ -663,7 +666,7 @@ mod tests {
                 waste: d[0].own.waste,
             },
         );
-        s.absorb("l:k", "me", &both, &BTreeMap::new(), &l, true);
+        s.absorb("l:k", "me", &both, &BTreeMap::new(), &l, Some(&d[0].own));
         assert!(s.take_dirty().is_empty());
         assert_eq!(s.peek(&l, "k", 0).remaining, 1);
         // A failed push lists the bucket again.
@@ -696,7 +699,14 @@ mod tests {
             let d = s.take_dirty();
             let mut nodes = BTreeMap::new();
             nodes.insert("me".to_string(), d[0].own);
-            s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, pushed);
+            s.absorb(
+                "l:k",
+                "me",
+                &nodes,
+                &BTreeMap::new(),
+                &l,
+                pushed.then_some(&d[0].own),
+            );
         }
         assert!(s.take_dirty().is_empty());
         // Two seconds on: full, clean, but Redis may still hold it (TTL = 1 s + 10 s margin).
@@ -724,7 +734,14 @@ mod tests {
             let mut nodes = BTreeMap::new();
             nodes.insert("me".to_string(), d[0].own);
             // Evaluated full at absorb: the cap raises waste, which is not a change to push.
-            s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, pushed);
+            s.absorb(
+                "l:k",
+                "me",
+                &nodes,
+                &BTreeMap::new(),
+                &l,
+                pushed.then_some(&d[0].own),
+            );
         }
         clock.advance_ns(SEC);
         assert!(
@@ -764,7 +781,14 @@ mod tests {
                 waste: 0,
             },
         );
-        s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, true);
+        s.absorb(
+            "l:k",
+            "me",
+            &nodes,
+            &BTreeMap::new(),
+            &l,
+            Some(&nodes["me"].clone()),
+        );
         nodes.insert(
             "other".to_string(),
             Counters {
@@ -773,7 +797,14 @@ mod tests {
                 waste: 0,
             },
         );
-        s.absorb("l:k", "me", &nodes, &BTreeMap::new(), &l, true);
+        s.absorb(
+            "l:k",
+            "me",
+            &nodes,
+            &BTreeMap::new(),
+            &l,
+            Some(&nodes["me"].clone()),
+        );
         // Its floor (a tenth of the equal share) still admits at once, and when that is spent
         // the announced wait never goes past the next sync.
         let mut admitted = 0;

@@ -24,10 +24,23 @@ impl Store {
     /// They stay marked dirty (and are not evicted) until [`Store::absorb`] confirms them;
     /// on a failed push, [`Store::requeue`] lists them again.
     pub fn take_dirty(&self) -> Vec<DirtyBucket> {
+        self.take_dirty_up_to(usize::MAX)
+    }
+
+    /// [`Store::take_dirty`], at most `max` buckets: the oldest of each shard first, the shards
+    /// in turn from one further along at each call; the others stay listed for the next.
+    pub fn take_dirty_up_to(&self, max: usize) -> Vec<DirtyBucket> {
         let mut out = Vec::new();
-        for s in self.shards.iter() {
-            let mut shard = lock(s);
-            let keys = std::mem::take(&mut shard.dirty);
+        let n = self.shards.len();
+        let first = self.dirty_cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let left = max.saturating_sub(out.len());
+            if left == 0 {
+                break;
+            }
+            let mut shard = lock(&self.shards[(first + i) % n]);
+            let take = shard.dirty.len().min(left);
+            let keys: Vec<Box<str>> = shard.dirty.drain(..take).collect();
             for k in keys {
                 if let Some(e) = shard.map.get(&*k) {
                     out.push(DirtyBucket {
@@ -39,6 +52,11 @@ impl Store {
             }
         }
         out
+    }
+
+    /// Whether some bucket waits to be pushed.
+    pub fn has_dirty(&self) -> bool {
+        self.shards.iter().any(|s| !lock(s).dirty.is_empty())
     }
 
     /// Lists buckets again after a failed push.
@@ -113,9 +131,9 @@ impl Store {
 
     /// Merges what the shared store holds for a bucket (`nodes`: every node's counters, this
     /// node's under `me`; `seen_ms`: when each node last wrote or announced the bucket), then
-    /// recomputes this node's pace. `pushed` says whether this
-    /// node's counters were written in the same round trip (then the entry is clean unless it
-    /// changed meanwhile).
+    /// recomputes this node's pace. `pushed`: the counters this round wrote for this node, if
+    /// any (then the entry is clean unless it changed meanwhile, or its counters were rebased
+    /// on stored ones and must be written again).
     ///
     /// A fresh bucket (created since the last read) counted from zero: its own counters are
     /// rebased onto the stored ones (stored + what it took since), and its waste becomes the
@@ -128,7 +146,7 @@ impl Store {
         nodes: &BTreeMap<String, Counters>,
         seen_ms: &BTreeMap<String, u64>,
         limit: &LimitSpec,
-        pushed: bool,
+        pushed: Option<&Counters>,
     ) {
         let params = &limit.params;
         let now = self.clock.now_ns();
@@ -168,16 +186,23 @@ impl Store {
                 .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
             sync.synced_ns = now;
             let was_fresh = e.fresh || e.stale;
+            let e_was_new = e.fresh;
             e.fresh = false;
             e.stale = false;
             // Clean only if what was pushed is still all there is. Waste alone does not count:
             // evaluating a full bucket raises it (the cap), which any node recomputes from the
             // same counters, so pushing it would keep every full bucket syncing forever.
             let own = e.bucket.own();
-            let changed = !pushed
-                || was_fresh
-                || own_stored
-                    .is_none_or(|o| o.consumed != own.consumed || o.attempts != own.attempts);
+            let differs = |o: &Counters| o.consumed != own.consumed || o.attempts != own.attempts;
+            let changed = match pushed {
+                None => true,
+                // A new bucket's counters were written as they were taken (the store answered
+                // the hash as it was before): clean, unless they were rebased on stored ones
+                // or moved since. Its waste is the stored one, or was written with them.
+                Some(w) if was_fresh => (e_was_new && own_stored.is_some()) || differs(w),
+                // A merge answered the hash after it: clean if that is still all there is.
+                Some(_) => own_stored.is_none_or(|o| differs(&o)),
+            };
             e.dirty = false;
             changed
         };
@@ -207,6 +232,44 @@ impl Store {
                 return;
             }
         }
-        self.absorb(store_key, me, nodes, &BTreeMap::new(), limit, false);
+        self.absorb(store_key, me, nodes, &BTreeMap::new(), limit, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::bucket::BucketParams;
+    use crate::limit::clock::ManualClock;
+    use crate::limit::store::Charge;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_round_takes_at_most_its_share_of_the_changed_buckets_and_leaves_the_rest_listed() {
+        let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
+        let l = LimitSpec {
+            name: "l".into(),
+            params: BucketParams::new(10, 1.0, 10).expect("params"),
+            shadow: false,
+            burst_guard: false,
+        };
+        let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            let c = [Charge {
+                limit: &l,
+                key: k,
+                cost: 1,
+            }];
+            assert!(store.charge(&c).allowed());
+        }
+        let mut taken = BTreeSet::new();
+        for want in [4, 4, 2, 0] {
+            let round = store.take_dirty_up_to(4);
+            assert_eq!(round.len(), want);
+            assert_eq!(store.has_dirty(), want == 4);
+            taken.extend(round.into_iter().map(|d| d.store_key));
+        }
+        assert_eq!(taken.len(), 10, "every bucket exactly once: {taken:?}");
     }
 }

@@ -189,7 +189,14 @@ fn absorb_hash(
         .iter()
         .filter_map(|(n, f)| Some((n.clone(), f.seen_ms?)))
         .collect();
-    store.absorb(&d.store_key, ctx.node_id, &counters, &seen, spec, !d.fresh);
+    store.absorb(
+        &d.store_key,
+        ctx.node_id,
+        &counters,
+        &seen,
+        spec,
+        Some(&d.own),
+    );
 }
 
 #[cfg(test)]
@@ -220,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_bucket_is_read_then_merged_and_a_refused_one_is_listed_again() {
+    fn a_new_bucket_is_written_once_then_merged_and_a_refused_one_is_listed_again() {
         let limits = [limit()];
         let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
         let charge = || {
@@ -257,10 +264,15 @@ mod tests {
         assert!(seen.requeue.is_empty() && !seen.duplicate);
         assert_eq!(seen.drift.get("l"), Some(&false));
         assert_eq!(store.peek(&limits[0], "k", 0).remaining, 5);
-        // Next round: merged, and a refusal lists the bucket again.
+        // Its counters were written as they were, and it held nothing of its own before:
+        // nothing left to push.
+        assert!(store.take_dirty().is_empty());
+        // The next request's round is a merge, and a refusal lists the bucket again.
+        assert!(charge().allowed());
         let round = build(&ctx, store.take_dirty());
+        assert!(!round.ops[0].bucket.fresh);
         let fields = &round.ops[0].fields;
-        assert!(fields.contains(&("me:consumed".to_string(), "1".to_string())));
+        assert!(fields.contains(&("me:consumed".to_string(), "2".to_string())));
         let refused = Refusal {
             message: "WRONGTYPE".into(),
             no_script: false,

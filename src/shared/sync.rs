@@ -38,6 +38,12 @@ pub struct SyncLoop {
 /// `duplicate_node_id` goes back to 0.
 const TWIN_QUIET_SYNCS: u32 = 100;
 
+/// Most buckets one round sends. A round is one pipeline, answered as a whole: a round of tens
+/// of thousands of buckets outlives its interval and the Redis timeout, fails, and is sent
+/// again whole, so that nothing ever goes through. What is over stays listed for the next
+/// rounds: at ten rounds a second, a node syncs up to about 20,000 changed buckets a second.
+const MAX_BUCKETS_PER_ROUND: usize = 2_048;
+
 /// How often the clock offset against Redis `TIME` is measured.
 const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -123,7 +129,8 @@ impl SyncLoop {
             limits: &rt.limits,
             now_ms: u64::try_from(self.node.store.now_ns() / 1_000_000).unwrap_or(0),
         };
-        let round = round::build(&ctx, self.node.store.take_dirty());
+        let dirty = self.node.store.take_dirty_up_to(MAX_BUCKETS_PER_ROUND);
+        let round = round::build(&ctx, dirty);
         let started = Instant::now();
         let sent = send(
             &mut con,
@@ -317,9 +324,12 @@ impl BackgroundService for SyncLoop {
                 _ = tick.tick() => false,
             };
             let mut result = self.sync_once(&mut link, &scripts).await;
-            if stopping && result.is_ok() {
-                // Buckets read for the first time in that round are pushed by a second one.
+            // The final flush: rounds until nothing is left (a round carries at most
+            // MAX_BUCKETS_PER_ROUND; buckets rebased in a round are pushed by the next).
+            let mut flushes = 0;
+            while stopping && result.is_ok() && flushes < 1_000 && self.node.store.has_dirty() {
                 result = self.sync_once(&mut link, &scripts).await;
+                flushes += 1;
             }
             match result {
                 Ok(_) => {
