@@ -36,11 +36,30 @@ Rows (scenario names, for --only; shell patterns such as 'rtt80-*' work too):
                     window from 1 s after the change to the next change (or the end): 0.95..1.05
   5n-balanced, 5n-within-sticky, 5n-within-spread
                     5 nodes: 0.95..1.05 and at most 1%
+  many-keys         MANY_KEYS keys (default 50,000) on 3 nodes at the full request rate the
+                    machine drives: one wrk per node (-t1 -c16, scripts/bench/many_keys.lua, a
+                    key picked at random per request) for DURATION s, capacity 5, 1/s. Rows
+                    many-keys (not 2xx / requests: at most 1%; meaningful while a key's requests
+                    stay well within capacity + refill x t, so the detail gives the requests per
+                    key and what an ideal single bucket would refuse at that load),
+                    many-keys-sync-errors (tollgate_sync_errors_total over the nodes, from the
+                    start of the load until Redis is about idle again: 0),
+                    many-keys-redis-cores (Redis INFO cpu sys + user over the load and 0.5 s
+                    after it / that wall time: at most 0.5) and many-keys-redis-us (Redis CPU
+                    from the start of the load until Redis is about idle again, at most 15 s
+                    after it, per proxied request: at most 3 us); the Redis rows also give Redis
+                    commands per request (INFO commandstats, which counts the commands run
+                    inside scripts)
 
 Usage: scripts/accuracy.py TOLLGATE_BIN RATING_API_BIN [DURATION] [--only NAME,...]
-                           [--keys N] [--tcp-delay BIN] [--list]
-  DURATION (or --duration): seconds of each overload row (default 10)
+                           [--keys N] [--many-keys N] [--wrk-connections N] [--pin-wrk CPUS]
+                           [--tcp-delay BIN] [--list]
+  DURATION (or --duration): seconds of each overload row and of the many-keys load (default 10)
   --keys: keys of the within-limits rows (default 300, at least 200)
+  --many-keys: keys of the many-keys rows (default 50000; raise it when the load puts a key
+    near its limit, see the row's detail)
+  --wrk-connections: connections of each wrk in the many-keys rows (default 16)
+  --pin-wrk: run each wrk under `taskset -c CPUS` (default: not pinned)
   --tcp-delay: the delay proxy (default: examples/tcp_delay next to TOLLGATE_BIN)
 """
 import argparse
@@ -48,7 +67,10 @@ import fnmatch
 import http.client
 import json
 import os
+import random
+import re
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,6 +89,13 @@ WITHIN_CAP, WITHIN_RATE, WITHIN_REQS = 5, 1.0, 5
 BURST_CAP, BURST_RATE = 300, 1.0
 # Redis stalled.
 OUTAGE_CAP, OUTAGE_RATE, OUTAGE_PER_NODE, OUTAGE_S = 50, 20.0, 30.0, 5.0
+# Many keys at the full request rate (the within-limits limit: capacity 5, 1/s).
+MANY_NODES = 3
+# After the load: the last sync rounds still push what it changed; counted in the Redis window.
+MANY_TAIL_S = 5 * SYNC_MS / 1000.0
+# Then Redis is polled until it is about idle (the nodes' backlog pushed), at most this long.
+MANY_SETTLE_MAX_S, MANY_SETTLE_STEP_S, MANY_IDLE_CORES = 15.0, 0.5, 0.05
+MANY_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench", "many_keys.lua")
 
 # Bounds: (lowest, highest), None for no bound on that side.
 RATIO = (0.95, 1.05)
@@ -78,10 +107,17 @@ BURST_DEFAULT = (None, 3.0)  # default mode: at most N x capacity
 BURST_100 = (0.90, 3.0)
 BURST_GUARD = (None, 1.25)
 OUTAGE_RATIO = (0.85, 1.10)
+SYNC_ERRORS = (0, 0)
+REDIS_CORES = (None, 0.5)
+REDIS_US_PER_REQUEST = (None, 3.0)
 
 OUTAGE_MEASURE = "admitted during the stall / refill during it"
 REDIS_MEASURE = "sum of NODE:consumed - admitted, after the release"
 WINDOW_MEASURE = "admitted / refill, from 1 s after the change"
+MANY_MEASURE = "not 2xx / requests (wrk)"
+SYNC_ERRORS_MEASURE = "tollgate_sync_errors_total, sum over the nodes"
+REDIS_CORES_MEASURE = "Redis CPU (sys + user) / wall time, cores"
+REDIS_US_MEASURE = "Redis CPU / proxied requests, us"
 
 
 class ScenarioError(Exception):
@@ -162,6 +198,9 @@ class Env:
         self.tcp_delay = args.tcp_delay
         self.duration = args.duration
         self.keys = args.keys
+        self.many_keys = args.many_keys
+        self.wrk_connections = args.wrk_connections
+        self.pin_wrk = args.pin_wrk
         self.tmp = tmp
         self.redis_port = None
         self.redis = None
@@ -739,6 +778,240 @@ def run_join_leave(env):
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# Many keys at the full request rate: wrk, node metrics, Redis INFO.
+
+
+def http_get(port, path, timeout=5):
+    con = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        con.request("GET", path)
+        r = con.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        con.close()
+
+
+def metric_sum(text, name, labels=None):
+    """The sum of every sample of `name` (exact name; with `labels`, only samples whose label
+    set contains each NAME="VALUE" of it) in Prometheus text."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
+            continue
+        total += float(m.group(3))
+    return total
+
+
+def node_metrics(nodes):
+    """What the many-keys rows read from every node's admin /metrics, summed over the nodes
+    (and the sync errors per node)."""
+    out = {"sync_errors": 0.0, "limited": 0.0, "requests": 0.0, "sync_s": 0.0, "rounds": 0.0,
+           "buckets": 0.0, "per_node_errors": []}
+    for node in nodes:
+        status, text = http_get(node.admin, "/metrics")
+        if status != 200:
+            raise ScenarioError(f"node {node.name}: /metrics answered {status}")
+        errors = metric_sum(text, "tollgate_sync_errors_total")
+        out["per_node_errors"].append(int(errors))
+        out["sync_errors"] += errors
+        out["limited"] += metric_sum(text, "tollgate_requests_total", {"outcome": "limited"})
+        out["requests"] += metric_sum(text, "tollgate_requests_total")
+        out["sync_s"] += metric_sum(text, "tollgate_sync_duration_seconds_sum")
+        out["rounds"] += metric_sum(text, "tollgate_sync_duration_seconds_count")
+        out["buckets"] += metric_sum(text, "tollgate_buckets_active")
+    return out
+
+
+def redis_info(redis):
+    """Redis CPU seconds (sys + user) and the calls of each command (INFO commandstats: the
+    commands run inside scripts count too), with this script's own INFO taken out."""
+    cpu = {}
+    for line in redis.cmd("INFO", "cpu").splitlines():
+        k, _, v = line.partition(":")
+        if k in ("used_cpu_sys", "used_cpu_user"):
+            cpu[k] = float(v)
+    calls = {}
+    for line in redis.cmd("INFO", "commandstats").splitlines():
+        m = re.match(r"cmdstat_([^:]+):calls=(\d+)", line.strip())
+        if m:
+            calls[m.group(1)] = int(m.group(2))
+    calls.pop("info", None)
+    if len(cpu) != 2:
+        raise ScenarioError(f"INFO cpu without used_cpu_sys/used_cpu_user: {cpu}")
+    return sum(cpu.values()), calls
+
+
+def ideal_refused(keys, requests, seconds, cap, rate, seed=1):
+    """The share of `requests` that one ideal bucket per key (capacity `cap`, `rate`/s, full at
+    the start) refuses when they fall on `keys` keys uniformly at random and uniformly over
+    `seconds`: the reference for the many-keys row (0 while a key's requests stay well within
+    cap + rate x seconds)."""
+    if not requests or not keys:
+        return 0.0
+    rnd = random.Random(seed)
+    per_key = [[] for _ in range(keys)]
+    for _ in range(requests):
+        per_key[rnd.randrange(keys)].append(rnd.random() * seconds)
+    refused = 0
+    for times in per_key:
+        if len(times) <= cap:
+            continue
+        times.sort()
+        tokens, last = float(cap), 0.0
+        for t in times:
+            tokens = min(float(cap), tokens + (t - last) * rate)
+            last = t
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                refused += 1
+    return refused / requests
+
+
+def log_warnings(paths):
+    """The nodes' own WARN and ERROR lines (tollgate's, not pingora's: wrk closing its
+    connections at the end makes a few of those): how many, and the first one's message."""
+    lines = []
+    for path in paths:
+        try:
+            with open(path, errors="replace") as f:
+                lines += [l.strip() for l in f
+                          if re.search(r" (WARN|ERROR) tollgate", l)]
+        except OSError:
+            pass
+    if not lines:
+        return "no tollgate WARN or ERROR in the node logs"
+    first = re.sub(r"^\S+\s+", "", min(lines))  # the earliest, without its timestamp
+    return f"{len(lines)} tollgate WARN/ERROR lines in the node logs, the first: {first[:200]}"
+
+
+def parse_wrk(path):
+    with open(path, errors="replace") as f:
+        text = f.read()
+    m = re.search(r"^MANYKEYS (.*)$", text, re.M)
+    if not m:
+        raise ScenarioError(f"wrk printed no summary ({path}): {text.strip()[-300:]}")
+    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
+def run_many_keys(env):
+    name = "many-keys"
+    keys, conns, secs = env.many_keys, env.wrk_connections, env.duration
+    if shutil.which("wrk") is None:
+        raise ScenarioError("wrk missing (scripts/accuracy.sh installs it; or apt-get install wrk)")
+    if env.pin_wrk and shutil.which("taskset") is None:
+        raise ScenarioError("--pin-wrk needs taskset (util-linux)")
+    with Cluster(env, name, MANY_NODES, within_limit()) as c:
+        tag = f"mk{int(time.time())}"  # keys of this run only, whatever Redis still holds
+        before_nodes = node_metrics(c.nodes)
+        cpu0, calls0 = redis_info(env.redis)
+        t0 = time.monotonic()
+        procs = []
+        for i, node in enumerate(c.nodes):
+            out = os.path.join(env.tmp, f"wrk-{name}-{i}.out")
+            argv = ["wrk", "-t1", f"-c{conns}", f"-d{secs:g}s", "-s", MANY_LUA,
+                    f"http://{HOST}:{node.port}/", "--", str(keys), tag, str(1000 + i), "/x"]
+            if env.pin_wrk:
+                argv = ["taskset", "-c", env.pin_wrk] + argv
+            with open(out, "w") as f:
+                procs.append((env.spawn(argv, stdout=f, stderr=subprocess.STDOUT), out))
+        for p, out in procs:
+            try:
+                p.wait(timeout=secs + 30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                raise ScenarioError(f"wrk still running {secs + 30:g} s after it started")
+            if p.returncode != 0:
+                raise ScenarioError(f"wrk exited {p.returncode}: {log_tail(out)}")
+        time.sleep(MANY_TAIL_S)
+        cpu1, calls1 = redis_info(env.redis)
+        wall = time.monotonic() - t0
+        after_nodes = node_metrics(c.nodes)
+        # What the nodes still push after that (a backlog of changed buckets) is Redis work
+        # the requests caused too: µs per request counts it, until Redis is about idle.
+        settle_end, cpu2, calls2, settled = time.monotonic() + MANY_SETTLE_MAX_S, cpu1, calls1, False
+        while time.monotonic() < settle_end:
+            time.sleep(MANY_SETTLE_STEP_S)
+            cpu_next, calls2 = redis_info(env.redis)
+            step, cpu2 = cpu_next - cpu2, cpu_next
+            if step < MANY_IDLE_CORES * MANY_SETTLE_STEP_S:
+                settled = True
+                break
+        drain_s = time.monotonic() - t0 - wall
+        after_drain = node_metrics(c.nodes)
+        gone = [n.name for n in c.nodes if n.proc.poll() is not None]
+        if gone:
+            raise ScenarioError(f"node(s) {', '.join(gone)} exited during the load")
+    w = [parse_wrk(out) for _, out in procs]
+    warnings = log_warnings([n.log for n in c.nodes])
+    reqs = sum(x["requests"] for x in w)
+    non2xx = sum(x["non2xx"] for x in w)
+    sock = {k: sum(x[k] for x in w) for k in ("connect", "read", "write", "timeout")}
+    load_s = max(x["duration_us"] for x in w) / 1e6
+    limited = int(after_drain["limited"] - before_nodes["limited"])
+    proxied = int(after_drain["requests"] - before_nodes["requests"])
+    errors_load = int(after_nodes["sync_errors"] - before_nodes["sync_errors"])
+    errors = int(after_drain["sync_errors"] - before_nodes["sync_errors"])
+    per_node_errors = [a - b for a, b in zip(after_drain["per_node_errors"],
+                                             before_nodes["per_node_errors"])]
+    rounds = after_drain["rounds"] - before_nodes["rounds"]
+    sync_s = after_drain["sync_s"] - before_nodes["sync_s"]
+    cpu_load, cpu_all = cpu1 - cpu0, cpu2 - cpu0
+    cmds = {k: v - calls0.get(k, 0) for k, v in calls2.items() if v - calls0.get(k, 0) > 0}
+    total_cmds = sum(cmds.values())
+    load_cmds = sum(v - calls0.get(k, 0) for k, v in calls1.items())
+
+    rps = reqs / load_s if load_s else 0.0
+    per_key = reqs / keys
+    allowance = WITHIN_CAP + WITHIN_RATE * load_s
+    ideal = ideal_refused(keys, reqs, load_s, WITHIN_CAP, WITHIN_RATE)
+    pin = f", wrk pinned to CPUs {env.pin_wrk}" if env.pin_wrk else ""
+    setup = (f"{MANY_NODES} nodes, {keys} keys, capacity {WITHIN_CAP}, {WITHIN_RATE:g}/s; "
+             f"wrk -t1 -c{conns} per node{pin}, {load_s:.1f} s: {reqs} requests, "
+             f"{rps:.0f}/s")
+    sizing = (f"{per_key:.2f} requests per key ({per_key / load_s:.3f}/s per key) where a key "
+              f"may take {allowance:g} ({WITHIN_CAP} + {WITHIN_RATE:g} x {load_s:.1f} s); "
+              f"one ideal bucket per key would refuse {100 * ideal:.3f}% at this load")
+    if ideal > NOT_ADMITTED[1] / 10:
+        sizing += (" - the load is too close to the limit for this bound to mean anything: "
+                   "raise --many-keys")
+    bad = non2xx + sum(sock.values())
+    odd = ", ".join(f"{v} {k}" for k, v in sock.items() if v)
+    per_req = (lambda x: x / reqs) if reqs else (lambda x: 0.0)
+    top = sorted(cmds.items(), key=lambda kv: -kv[1])[:6]
+    top_text = ", ".join(f"{k} {per_req(v):.2f}" for k, v in top)
+    drain = (f"then {drain_s:.1f} s until Redis was about idle (under {MANY_IDLE_CORES:g} core)"
+             if settled else f"Redis still busy {drain_s:.1f} s after that (not settled)")
+    commands = (f"{per_req(total_cmds):.2f} Redis commands per request ({total_cmds} in all, "
+                f"{load_cmds} in the load window; INFO commandstats, commands inside scripts "
+                f"included; per request: {top_text})")
+    sync = (f"{rounds:.0f} sync rounds went through (tollgate_sync_duration_seconds_count "
+            f"over the nodes), {1000 * sync_s / rounds if rounds else 0:.0f} ms each on average")
+    return [
+        Row(name, MANY_MEASURE, bad / reqs if reqs else None, NOT_ADMITTED,
+            f"{bad} of {reqs} not 2xx ({limited} x 429 by the nodes' metrics"
+            f"{', socket errors: ' + odd if odd else ''}; nodes counted {proxied} requests); "
+            f"{setup}; {sizing}", percent=True),
+        Row(f"{name}-sync-errors", SYNC_ERRORS_MEASURE, errors, SYNC_ERRORS,
+            f"{errors_load} in the load window ({wall:.1f} s), {errors - errors_load} after it "
+            f"({drain}); per node {per_node_errors}; {sync}; {warnings}; {setup}"),
+        Row(f"{name}-redis-cores", REDIS_CORES_MEASURE, cpu_load / wall if wall else None,
+            REDIS_CORES,
+            f"Redis CPU {cpu_load:.2f} s over {wall:.2f} s (the load and {MANY_TAIL_S:g} s "
+            f"after it); {commands}; {sync}; {setup}"),
+        Row(f"{name}-redis-us", REDIS_US_MEASURE, 1e6 * per_req(cpu_all) if reqs else None,
+            REDIS_US_PER_REQUEST,
+            f"Redis CPU {cpu_all:.2f} s: {cpu_load:.2f} s in the load window ({wall:.1f} s, "
+            f"{1e6 * per_req(cpu_load):.1f} us per request), {cpu_all - cpu_load:.2f} s after "
+            f"it ({drain}); {commands}; {sync}; {setup}"),
+    ]
+
 class Scenario:
     """A run that measures `rows`: (name, measure, bound, percent) each, so that rows a failed
     run could not measure still show what they compare."""
@@ -805,6 +1078,12 @@ def scenarios():
                  lambda e: run_within(e, "5n-within-sticky", 5, False)),
         Scenario("5n-within-spread", share("5n-within-spread"),
                  lambda e: run_within(e, "5n-within-spread", 5, True)),
+        Scenario("many-keys", [
+            ("many-keys", MANY_MEASURE, NOT_ADMITTED, True),
+            ("many-keys-sync-errors", SYNC_ERRORS_MEASURE, SYNC_ERRORS, False),
+            ("many-keys-redis-cores", REDIS_CORES_MEASURE, REDIS_CORES, False),
+            ("many-keys-redis-us", REDIS_US_MEASURE, REDIS_US_PER_REQUEST, False),
+        ], run_many_keys),
     ]
     return s
 
@@ -821,12 +1100,18 @@ def parse_args():
     p.add_argument("--duration", type=float, help="seconds of each overload row (default 10)")
     p.add_argument("--only", help="comma-separated scenario or row names (shell patterns allowed)")
     p.add_argument("--keys", type=int, default=300, help="keys of the within-limits rows")
+    p.add_argument("--many-keys", type=int, default=50000, help="keys of the many-keys rows")
+    p.add_argument("--wrk-connections", type=int, default=16,
+                   help="connections of each wrk in the many-keys rows")
+    p.add_argument("--pin-wrk", metavar="CPUS", help="taskset -c CPUS for each wrk (many-keys)")
     p.add_argument("--tcp-delay", help="the delay proxy (examples/tcp_delay)")
     p.add_argument("--list", action="store_true", help="list the scenarios and their rows")
     args = p.parse_intermixed_args()
     args.duration = args.duration or args.duration_pos or 10.0
     if args.keys < 200:
         p.error("--keys must be at least 200")
+    if args.many_keys < 1 or args.wrk_connections < 1:
+        p.error("--many-keys and --wrk-connections must be at least 1")
     if args.tcp_delay is None:
         args.tcp_delay = os.path.join(os.path.dirname(args.tollgate), "examples", "tcp_delay")
     return args
@@ -850,7 +1135,7 @@ def select_scenarios(all_, only):
 def print_table(rows, args):
     print()
     print(f"### Accuracy: sync {SYNC_MS} ms, overload rows {args.duration:g} s, "
-          f"within-limits rows {args.keys} keys")
+          f"within-limits rows {args.keys} keys, many-keys rows {args.many_keys} keys")
     print()
     print("| scenario | measure | figure | bound | result | detail |")
     print("|---|---|---:|---|---|---|")
