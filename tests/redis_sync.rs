@@ -41,9 +41,7 @@ fn sync_rounds(gw: &Gateway) -> u64 {
         .unwrap_or(0)
 }
 
-/// The node is past its joining period, three sync intervals from its first round, during
-/// which it paces new buckets as `burst_guard` does: five rounds, at least one interval
-/// apart, have gone through.
+/// The node is settled in the cluster: five sync rounds have gone through.
 fn joined(gw: &Gateway) -> bool {
     sync_rounds(gw) >= 5
 }
@@ -60,9 +58,8 @@ fn two_nodes_share_one_bucket() {
     let up = Upstream::start();
     let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
     let b = Gateway::builder(config(&up, &redis, "node-b", 50)).start();
-    // A bucket new to a node may spend the whole of it (no demand history, no burst guard,
-    // the node past its joining period): a client within its limit is admitted on the first
-    // try, although b is live.
+    // A bucket new to a node may spend the whole of it (no demand history, no burst guard):
+    // a client within its limit is admitted on the first try, although b is live.
     assert!(wait_until(WAIT, || metric_line(
         &a,
         "tollgate_nodes_live 2"
@@ -436,8 +433,7 @@ fn three_nodes(
             Gateway::builder(c).start()
         })
         .collect();
-    // Every node has registered, sees three live nodes (pacing applies) and is past its
-    // joining period (new buckets paced as if guarded).
+    // Every node has registered, sees three live nodes (pacing applies) and has settled.
     for g in &nodes {
         assert!(wait_until(WAIT, || metric_line(g, "tollgate_nodes_live 3")));
         assert!(wait_until(WAIT, || joined(g)));

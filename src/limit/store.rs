@@ -123,9 +123,6 @@ pub struct Store {
     pub(super) others_synced_ns: AtomicI64,
     /// The shard [`Store::take_dirty_up_to`] starts from next.
     pub(super) dirty_cursor: AtomicUsize,
-    /// The end of this node's joining period (see [`Store::note_synced`]); `i64::MIN` until
-    /// the first sync.
-    pub(super) joining_until_ns: AtomicI64,
     /// Most buckets per shard (`max_buckets` / shards, at least 1).
     pub(super) shard_cap: AtomicUsize,
     /// Requests refused because their bucket could not be created (the store was full).
@@ -172,7 +169,6 @@ impl Store {
             stale_ns: AtomicI64::new(300_000_000),
             connected: AtomicBool::new(true),
             others_synced_ns: AtomicI64::new(0),
-            joining_until_ns: AtomicI64::new(i64::MIN),
             dirty_cursor: AtomicUsize::new(0),
             shard_cap: AtomicUsize::new(usize::MAX),
             sync_interval_ns: AtomicI64::new(100_000_000),
@@ -326,7 +322,7 @@ impl Store {
         let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
         entry.bucket.record_attempt();
         if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
-            let cluster = self.cluster(c.limit.burst_guard, now);
+            let cluster = self.cluster(c.limit.burst_guard);
             if let Err(wait) = sync
                 .pace
                 .check(&c.limit.params, c.cost, tokens, now, &cluster)

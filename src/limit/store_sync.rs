@@ -94,29 +94,13 @@ impl Store {
     }
 
     /// What a pace needs to know of the cluster, for a limit with this `burst_guard`.
-    pub(super) fn cluster(&self, guard: bool, now_ns: i64) -> Cluster {
+    pub(super) fn cluster(&self, guard: bool) -> Cluster {
         Cluster {
             live: self.live_nodes.load(Ordering::Relaxed),
             sync_interval_ns: self.sync_interval_ns.load(Ordering::Relaxed),
             others_synced_ns: self.others_synced_ns.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
-            guard: guard || now_ns < self.joining_until_ns.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Notes a sync round that went through: the first one starts this node's joining period
-    /// (three sync intervals), during which new buckets are paced as with `burst_guard`. A
-    /// node that has just started knows nothing of the buckets the others are spending, so a
-    /// busy key would otherwise look full to it: its clients would take a whole capacity
-    /// that the key then owes. Buckets read back by the warm start are not new.
-    pub fn note_synced(&self) {
-        if self.joining_until_ns.load(Ordering::Relaxed) == i64::MIN {
-            let interval = self.sync_interval_ns.load(Ordering::Relaxed);
-            let until = self
-                .clock
-                .now_ns()
-                .saturating_add(interval.saturating_mul(3));
-            self.joining_until_ns.store(until, Ordering::Relaxed);
+            guard,
         }
     }
 
@@ -156,7 +140,7 @@ impl Store {
             others_consumed = others_consumed.saturating_add(c.consumed);
             others_waste = Some(others_waste.map_or(c.waste, |w| w.max(c.waste)));
         }
-        let cluster = self.cluster(limit.burst_guard, now);
+        let cluster = self.cluster(limit.burst_guard);
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let relist = {
             let Some(e) = shard.map.get_mut(store_key) else {

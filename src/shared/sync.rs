@@ -341,7 +341,6 @@ impl BackgroundService for SyncLoop {
                     link.last_ok = Instant::now();
                     self.node.sync_status.set_connected(true);
                     self.node.store.set_connected(true);
-                    self.node.store.note_synced();
                     metrics.redis_up.set(1);
                 }
                 Err(e) => {
