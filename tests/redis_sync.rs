@@ -31,19 +31,9 @@ fn send(gw: &Gateway, n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Sync rounds that went through.
-fn sync_rounds(gw: &Gateway) -> u64 {
-    get(gw.admin, "/metrics", &[])
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix("tollgate_sync_duration_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The node is settled in the cluster: five sync rounds have gone through.
 fn joined(gw: &Gateway) -> bool {
-    sync_rounds(gw) >= 5
+    gw.sync_rounds() >= 5
 }
 
 fn remaining(gw: &Gateway) -> u64 {

@@ -405,6 +405,35 @@ fn listening_ports_of(pid: u32) -> Option<std::collections::HashSet<u16>> {
 }
 
 impl Gateway {
+    /// Sync rounds that went through (`tollgate_sync_duration_seconds_count`).
+    pub fn sync_rounds(&self) -> u64 {
+        get(self.admin, "/metrics", &[])
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_sync_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to 10 s) until this node sees `live` live nodes and five of its sync rounds
+    /// have gone through; panics with its log otherwise.
+    pub fn settle(&self, live: usize) {
+        let line = format!("tollgate_nodes_live {live}");
+        let sees = || {
+            get(self.admin, "/metrics", &[])
+                .text()
+                .lines()
+                .any(|l| l == line)
+        };
+        let settled = || sees() && self.sync_rounds() >= 5;
+        assert!(
+            wait_until(Duration::from_secs(10), settled),
+            "not settled with {live} live nodes ({} sync rounds)\n{}",
+            self.sync_rounds(),
+            self.log()
+        );
+    }
+
     fn health_ok(&self) -> bool {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> =
