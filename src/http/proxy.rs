@@ -3,7 +3,7 @@
 //!
 //! `request_filter` does all limiting before any upstream work: it finds the client's IP,
 //! normalizes the path, matches a route, builds each limit's key, and charges all the route's
-//! limits at once (`decide`). A request refused or malformed is answered here (`answer`,
+//! limits at once (`limits::decide`). A request refused or malformed is answered here (`answer`,
 //! `reject_bad`: 400, 404, 413, or 429 with the IETF headers, in JSON, see `respond`) without
 //! touching the upstream. Allowed requests get `X-Forwarded-For`/`X-Forwarded-Proto` on the
 //! way up (`forwarding`) and the `RateLimit` headers on the way down (`header_case`).
@@ -16,10 +16,10 @@ use crate::config::{Config, RouteId};
 use crate::http::forwarding::{forwarded_for, peer_ip, set_forwarded, single_length, Forwarded};
 use crate::http::header_case::{without_header_case, RATELIMIT, RATELIMIT_POLICY};
 use crate::http::headers;
+use crate::http::limits::{self, Refused, Reported};
 use crate::http::respond::{failure_answer, json_header, respond};
 use crate::request::client_ip;
-use crate::request::decision::{self, Charged, KeyOf, Verdict};
-use crate::request::key::{self, Fingerprint, RequestView};
+use crate::request::key::{self, RequestView};
 use crate::request::{path, route};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,7 +28,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
-use smallvec::SmallVec;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,100 +130,21 @@ fn preserve_case(ctx: &Ctx) -> bool {
         .is_some_and(|rt| rt.config.preserve_header_case)
 }
 
-/// What the limits report on the response and in the access log.
-#[derive(Default)]
-struct Reported {
-    /// `RateLimit-Policy` and `RateLimit` to add to an admitted request's response.
-    rate_headers: Option<(HeaderValue, HeaderValue)>,
-    /// Fingerprint of the reported (or refusing) limit's key, for the access log.
-    key_fp: Option<Fingerprint>,
-}
-
 impl Gateway {
-    /// Charges route `ri`'s limits for this request ([`decision::decide`]), counts what the
-    /// verdict says in the metrics, and notes in `out` what the response and the access log
-    /// report. The verdict's positions are into the route's limits.
-    fn decide(
-        &self,
-        rt: &Runtime,
-        ri: RouteId,
-        view: &RequestView<'_>,
-        cost: u64,
-        out: &mut Reported,
-    ) -> Verdict {
-        let route = rt.config.route(ri);
-        let charged: SmallVec<[Charged<'_>; 4]> = route
-            .limits
-            .iter()
-            .map(|&li| Charged {
-                limit: rt.limit_spec(li),
-                key: KeyOf::Request(&rt.config.limit(li).key, view),
-            })
-            .collect();
-        let verdict = decision::decide(&self.node.store, &charged, cost, rt.config.access_log);
-        let m = &self.node.metrics;
-        let limited = |i: usize| {
-            m.rate_limited_total
-                .with_label_values(&[&route.name, &charged[i].limit.name])
-                .inc()
-        };
-        match &verdict {
-            Verdict::Pass {
-                decisions,
-                report,
-                shadow_limited,
-                key_fp,
-            } => {
-                shadow_limited.iter().for_each(|&i| limited(i));
-                let rm = rt.request_metrics(m);
-                for (d, &li) in decisions.iter().zip(&route.limits) {
-                    if d.allowed {
-                        rm.consumed(m, li).inc_by(cost);
-                    }
-                }
-                if let Some(i) = *report {
-                    out.rate_headers = Some((
-                        rt.policy_value(route.limits[i]).clone(),
-                        headers::ratelimit_header(&charged[i].limit.name, &decisions[i]),
-                    ));
-                }
-                out.key_fp = *key_fp;
-            }
-            Verdict::Limited {
-                at,
-                shadow_limited,
-                key_fp,
-                ..
-            } => {
-                shadow_limited.iter().for_each(|&i| limited(i));
-                limited(*at);
-                out.key_fp = Some(*key_fp);
-            }
-            Verdict::BadKey(_) | Verdict::TooCostly(_) => {}
-        }
-        verdict
-    }
-
-    /// Answers what the gateway must answer itself (400, 413, 429); `Ok(false)` forwards.
+    /// Answers what the gateway must answer itself (400, 413, 429).
     async fn answer(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         rt: &Runtime,
         ri: RouteId,
-        verdict: Verdict,
+        refused: Refused,
         cost: u64,
     ) -> Result<bool> {
         let route = rt.config.route(ri);
-        match verdict {
-            Verdict::Pass { shadow_limited, .. } => {
-                if !shadow_limited.is_empty() {
-                    ctx.outcome = Outcome::ShadowLimited;
-                }
-                Ok(false)
-            }
-            Verdict::BadKey(e) => self.reject_bad(session, ctx, 400, &e.to_string()).await,
-            Verdict::TooCostly(at) => {
+        match refused {
+            Refused::BadKey(e) => self.reject_bad(session, ctx, 400, &e.to_string()).await,
+            Refused::TooCostly(at) => {
                 let l = rt.limit_spec(route.limits[at]);
                 ctx.status = 413;
                 ctx.outcome = Outcome::Limited;
@@ -232,7 +152,7 @@ impl Gateway {
                 respond(session, 413, &[], body, preserve_case(ctx)).await?;
                 Ok(true)
             }
-            Verdict::Limited { at, decision, .. } => {
+            Refused::Limited { at, decision } => {
                 let li = route.limits[at];
                 let limit = rt.limit_spec(li);
                 ctx.outcome = Outcome::Limited;
@@ -329,11 +249,18 @@ impl ProxyHttp for Gateway {
             query: req.uri.query(),
             headers: &req.headers,
             client_ip: ctx.client_ip,
-            client_ip_text: (forwarded_ip == ctx.client_ip).then(|| &ctx.xff[ip_at..]),
+            client_ip_text: (forwarded_ip == ctx.client_ip).then_some(&ctx.xff[ip_at..]),
             route: &route.name,
         };
-        let verdict = self.decide(&rt, ri, &view, cost, &mut ctx.reported);
-        self.answer(session, ctx, &rt, ri, verdict, cost).await
+        match limits::decide(&self.node, &rt, ri, &view, cost, &mut ctx.reported) {
+            Ok(shadow_limited) => {
+                if shadow_limited {
+                    ctx.outcome = Outcome::ShadowLimited;
+                }
+                Ok(false)
+            }
+            Err(refused) => self.answer(session, ctx, &rt, ri, refused, cost).await,
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -63,16 +63,26 @@ impl ChargeResult {
 /// A bucket and its sync state.
 pub(super) struct Entry {
     pub(super) bucket: Bucket,
-    /// Changed since the last successful push to the shared store.
+    /// Changed since the last successful push to the shared store (listed for the next sync).
     pub(super) dirty: bool,
-    /// Created since the last read from the shared store: its counters start from zero and
-    /// must be rebased onto what the store holds (see [`Store::absorb`]).
-    pub(super) fresh: bool,
-    /// Touched after more than a few sync intervals without a read: the view may lag far
-    /// behind the other nodes, so the next sync reads before it writes (see [`Store::absorb`]).
-    pub(super) stale: bool,
+    /// How this node's view of the shared bucket stands.
+    pub(super) view: View,
     /// Shared mode only (boxed, so a standalone bucket stays small): sync time and pace.
     pub(super) sync: Option<Box<SyncState>>,
+}
+
+/// How a node's view of a shared bucket stands, which decides how the next sync merges it
+/// (see [`Store::absorb`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum View {
+    /// Merged with the shared store at the last read.
+    Current,
+    /// Created since the last read: its counters start from zero and are rebased onto what
+    /// the store holds.
+    New,
+    /// Touched after more than a few sync intervals without a read: it may lag far behind the
+    /// other nodes, so the next sync takes the stored state before this node's waste.
+    Lagging,
 }
 
 /// What a shared bucket needs besides its counters.
@@ -225,34 +235,55 @@ impl Store {
             buf.push_str(c.key);
             ends.push(buf.len());
         }
-        self.charge_store_keys(charges, |i| {
+        let of = |i: usize| (charges[i].limit, charges[i].cost);
+        self.charge_store_keys(charges.len(), of, |i| {
             let start = if i == 0 { 0 } else { ends[i - 1] };
             &buf[start..ends[i]]
         })
     }
 
-    /// [`Store::charge`] for charges whose `key` is already the store key (`LIMIT:KEY`, see
-    /// [`store_key`]): the request path writes its keys that way, so they are not copied.
-    pub fn charge_prefixed(&self, charges: &[Charge<'_>]) -> ChargeResult {
-        debug_assert!(charges
-            .iter()
-            .all(|c| store_key(&c.limit.name, c.limit.key_of(c.key)) == c.key));
-        self.charge_store_keys(charges, |i| charges[i].key)
+    /// [`Store::charge`] for `n` charges of `cost` whose keys are already store keys
+    /// (`LIMIT:KEY`, see [`store_key`]): charge `i` is to limit `limit_of(i)` on `key_of(i)`.
+    /// The request path writes its keys that way, so they are neither copied nor listed again.
+    #[inline]
+    pub fn charge_prefixed<'l, 'k>(
+        &self,
+        n: usize,
+        limit_of: impl Fn(usize) -> &'l LimitSpec,
+        key_of: impl Fn(usize) -> &'k str,
+        cost: u64,
+    ) -> ChargeResult {
+        debug_assert!((0..n).all(|i| {
+            let (l, k) = (limit_of(i), key_of(i));
+            store_key(&l.name, l.key_of(k)) == k
+        }));
+        self.charge_store_keys(n, |i| (limit_of(i), cost), key_of)
     }
 
-    fn charge_store_keys<'k>(
+    /// Charges `n` buckets, all or none: charge `i` is to `of(i)` (limit and cost) on store
+    /// key `key_of(i)`, each key read once. Inlined into its two callers (each calls it once),
+    /// so that the request path's decision is one function.
+    #[inline(always)]
+    fn charge_store_keys<'l, 'k>(
         &self,
-        charges: &[Charge<'_>],
+        n: usize,
+        of: impl Fn(usize) -> (&'l LimitSpec, u64),
         key_of: impl Fn(usize) -> &'k str,
     ) -> ChargeResult {
         let now = self.clock.now_ns();
-        let mut located: Small<(u64, usize)> = SmallVec::new();
+        let mut located: Small<Located<'_>> = SmallVec::new();
         // The shards to lock, as a set: locked in ascending order, so that two requests
         // never wait on each other's locks.
         let mut shards = 0u64;
-        for i in 0..charges.len() {
-            let (hash, sid) = self.locate(key_of(i));
-            located.push((hash, sid));
+        for i in 0..n {
+            let key = key_of(i);
+            let (hash, sid) = self.locate(key);
+            located.push(Located {
+                hash,
+                sid,
+                key,
+                paid: None,
+            });
             shards |= 1 << sid;
         }
         let mut guards: Small<(usize, MutexGuard<'_, Shard>)> = SmallVec::new();
@@ -261,72 +292,67 @@ impl Store {
             guards.push((sid, lock(&self.shards[sid])));
             shards &= shards - 1;
         }
-        let single = charges.len() == 1;
+        let single = n == 1;
         let mut out = ChargeResult {
             decisions: SmallVec::new(),
             rejected_by: None,
             shadow_rejected: SmallVec::new(),
         };
-        // Charges paid in the first pass: (index, consumed before, spent before).
-        let mut paid: Small<(usize, u64, Option<u64>)> = SmallVec::new();
-        for (i, c) in charges.iter().enumerate() {
-            let (hash, sid) = located[i];
-            let key = key_of(i);
+        for (i, at) in located.iter_mut().enumerate() {
+            let (limit, cost) = of(i);
+            let (hash, sid, key) = (at.hash, at.sid, at.key);
             let shard = guard_for(&mut guards, sid);
             let cap = self.shard_cap.load(Ordering::Relaxed);
             let Some(entry) =
-                bucket_entry(shard, hash, key, &c.limit.params, now, (cap, self.shared))
+                bucket_entry(shard, hash, key, &limit.params, now, (cap, self.shared))
             else {
                 // No room for a new bucket: refused (a shadow limit only reports it).
                 self.overflows.fetch_add(1, Ordering::Relaxed);
-                out.push(i, c.limit.shadow, OVERFLOW);
+                out.push(i, limit.shadow, OVERFLOW);
                 continue;
             };
-            let d = self.evaluate(entry, c, now);
+            let d = self.evaluate(entry, limit, cost, now);
             // Pay now, with the entry in hand; should a later limit refuse, the payments are
             // undone below, under the same locks (a refusal is the rare case: it alone costs a
             // second lookup).
             if d.allowed {
                 if !single {
                     let spent = entry.sync.as_ref().map(|s| s.pace.spent());
-                    paid.push((i, entry.bucket.own_consumed(), spent));
+                    at.paid = Some((entry.bucket.own_consumed(), spent));
                 }
-                entry.bucket.commit(c.cost);
+                entry.bucket.commit(cost);
                 if let Some(sync) = entry.sync.as_mut() {
-                    sync.pace.spend(c.cost);
+                    sync.pace.spend(cost);
                 }
             }
             if self.shared && !entry.dirty {
                 entry.dirty = true;
                 shard.dirty.push(key.into());
             }
-            out.push(i, c.limit.shadow, d);
+            out.push(i, limit.shadow, d);
         }
         if out.rejected_by.is_some() {
-            undo(&mut guards, &located, &paid, key_of);
+            undo(&mut guards, &located);
         }
         out
     }
 
     /// One bucket's decision on a charge, pace included; records the attempt.
     #[inline(always)]
-    fn evaluate(&self, entry: &mut Entry, c: &Charge<'_>, now: i64) -> Decision {
+    fn evaluate(&self, entry: &mut Entry, limit: &LimitSpec, cost: u64, now: i64) -> Decision {
         if let Some(sync) = entry.sync.as_ref() {
-            if !entry.fresh
+            if entry.view != View::New
                 && now.saturating_sub(sync.synced_ns) > self.stale_ns.load(Ordering::Relaxed)
             {
-                entry.stale = true;
+                entry.view = View::Lagging;
             }
         }
-        let tokens = entry.bucket.tokens_units(&c.limit.params, now);
-        let mut d = Bucket::decide(&c.limit.params, tokens, c.cost);
+        let tokens = entry.bucket.tokens_units(&limit.params, now);
+        let mut d = Bucket::decide(&limit.params, tokens, cost);
         entry.bucket.record_attempt();
         if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
-            let cluster = self.cluster(c.limit.burst_guard);
-            if let Err(wait) = sync
-                .pace
-                .check(&c.limit.params, c.cost, tokens, now, &cluster)
-            {
+            let cluster = self.cluster(limit.burst_guard);
+            if let Err(wait) = sync.pace.check(&limit.params, cost, tokens, now, &cluster) {
                 // This node's share is spent: nothing left here until it refills.
                 d.allowed = false;
                 d.remaining = 0;
@@ -384,18 +410,24 @@ impl ChargeResult {
     }
 }
 
+/// One bucket of a charge: its hash, shard and store key, and what it held before the charge
+/// paid it (consumed, and spent of its pace), should the charge be undone.
+struct Located<'k> {
+    hash: u64,
+    sid: usize,
+    key: &'k str,
+    paid: Option<(u64, Option<u64>)>,
+}
+
 /// Undoes the payments of a refused charge, under the locks it holds.
 #[cold]
-fn undo<'k>(
-    guards: &mut [(usize, MutexGuard<'_, Shard>)],
-    located: &[(u64, usize)],
-    paid: &[(usize, u64, Option<u64>)],
-    key_of: impl Fn(usize) -> &'k str,
-) {
-    for &(i, consumed, spent) in paid {
-        let (hash, sid) = located[i];
-        let shard = guard_for(guards, sid);
-        if let Some(e) = get_hashed(shard, hash, key_of(i)) {
+fn undo(guards: &mut [(usize, MutexGuard<'_, Shard>)], located: &[Located<'_>]) {
+    for at in located {
+        let Some((consumed, spent)) = at.paid else {
+            continue;
+        };
+        let shard = guard_for(guards, at.sid);
+        if let Some(e) = get_hashed(shard, at.hash, at.key) {
             e.bucket.uncommit_to(consumed);
             if let (Some(sync), Some(spent)) = (e.sync.as_mut(), spent) {
                 sync.pace.unspend_to(spent);
@@ -446,8 +478,7 @@ fn new_entry<'s>(
         Entry {
             bucket: Bucket::new(p, now),
             dirty: false,
-            fresh: true,
-            stale: false,
+            view: View::New,
             sync: shared.then(|| {
                 Box::new(SyncState {
                     synced_ns: now,

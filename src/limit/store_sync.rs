@@ -6,7 +6,7 @@
 use super::bucket::Counters;
 use super::pacing::Cluster;
 use super::store::LimitSpec;
-use super::store::{bucket_entry, lock, Store};
+use super::store::{bucket_entry, lock, Store, View};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -46,7 +46,7 @@ impl Store {
                     out.push(DirtyBucket {
                         store_key: k.to_string(),
                         own: *e.bucket.own(),
-                        fresh: e.fresh || e.stale,
+                        fresh: e.view != View::Current,
                     });
                 }
             }
@@ -146,10 +146,10 @@ impl Store {
             let Some(e) = shard.map.get_mut(store_key) else {
                 return;
             };
-            if e.fresh && !nodes.is_empty() {
+            if e.view == View::New && !nodes.is_empty() {
                 e.bucket
                     .rebase_on_store(own_stored.as_ref(), others_consumed, others_waste);
-            } else if e.stale {
+            } else if e.view == View::Lagging {
                 // Waste raised locally on a lagging view would over-state the refill lost at
                 // the cap by everything the others spent meanwhile: take the stored one.
                 e.bucket
@@ -169,10 +169,9 @@ impl Store {
             sync.pace
                 .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
             sync.synced_ns = now;
-            let was_fresh = e.fresh || e.stale;
-            let e_was_new = e.fresh;
-            e.fresh = false;
-            e.stale = false;
+            let was_fresh = e.view != View::Current;
+            let e_was_new = e.view == View::New;
+            e.view = View::Current;
             // Clean only if what was pushed is still all there is. Waste alone does not count:
             // evaluating a full bucket raises it (the cap), which any node recomputes from the
             // same counters, so pushing it would keep every full bucket syncing forever.

@@ -9,10 +9,10 @@
 
 use crate::config::KeySource;
 use crate::limit::bucket::Decision;
-use crate::limit::store::{push_limit_prefix, Charge, LimitSpec, Small, Store};
+use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
-use std::cell::RefCell;
+use std::cell::Cell;
 
 /// One limit to charge, and where its key comes from.
 #[derive(Clone, Copy)]
@@ -62,17 +62,30 @@ pub enum Verdict {
 thread_local! {
     /// The store keys of one decision, back to back: reused, so building keys allocates
     /// nothing.
-    static KEYS: RefCell<String> = const { RefCell::new(String::new()) };
+    static KEYS: Cell<String> = const { Cell::new(String::new()) };
 }
 
 /// Charges `cost` to every limit in `charged` or to none of them. `fingerprint`: whether an
 /// admitted request's `key_fp` is wanted (the access log; a refusal always has one).
 pub fn decide(store: &Store, charged: &[Charged<'_>], cost: u64, fingerprint: bool) -> Verdict {
-    KEYS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => decide_with(store, charged, cost, fingerprint, &mut buf),
-        // Not reentrant in practice; a fresh buffer keeps it correct if it ever were.
-        Err(_) => decide_with(store, charged, cost, fingerprint, &mut String::new()),
-    })
+    // The buffer is taken from the thread and put back, rather than borrowed inside
+    // `KEYS.with`, so that the verdict is written where the caller wants it instead of being
+    // copied out of a closure. Not reentrant in practice; if it were, the inner call would
+    // find the buffer taken and start an empty one.
+    let mut keys = PutBack(KEYS.take());
+    decide_with(store, charged, cost, fingerprint, &mut keys.0)
+}
+
+/// The key buffer while a decision holds it; put back into [`KEYS`] when dropped (the
+/// verdict is written in place meanwhile).
+struct PutBack(String);
+
+impl Drop for PutBack {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        // A thread that is ending has no buffer to keep.
+        let _ = KEYS.try_with(|k| k.set(buf));
+    }
 }
 
 fn decide_with(
@@ -105,19 +118,14 @@ fn decide_with(
     {
         return Verdict::TooCostly(at);
     }
-    let mut start = 0;
-    let mut charges: SmallVec<[Charge<'_>; 4]> = SmallVec::new();
-    for (c, &end) in charged.iter().zip(&ends) {
-        charges.push(Charge {
-            limit: c.limit,
-            key: &buf[start..end],
-            cost,
-        });
-        start = end;
-    }
-    let result = store.charge_prefixed(&charges);
+    let result = store.charge_prefixed(
+        charged.len(),
+        |i| charged[i].limit,
+        |i| key_at(buf, &ends, i),
+        cost,
+    );
     // The key without its `LIMIT:` prefix.
-    let key_fp = |i: usize| Fingerprint::of(charges[i].limit.key_of(charges[i].key));
+    let key_fp = |i: usize| Fingerprint::of(charged[i].limit.key_of(key_at(buf, &ends, i)));
     if let Some(at) = result.rejected_by {
         return Verdict::Limited {
             at,
@@ -133,6 +141,12 @@ fn decide_with(
         report,
         shadow_limited: result.shadow_rejected,
     }
+}
+
+/// The store key `i` in `buf`, where the keys end at `ends`.
+#[inline(always)]
+fn key_at<'b>(buf: &'b str, ends: &[usize], i: usize) -> &'b str {
+    &buf[if i == 0 { 0 } else { ends[i - 1] }..ends[i]]
 }
 
 /// The decision to report: fewest tokens left, then longest until full.
