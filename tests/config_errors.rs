@@ -483,7 +483,8 @@ fn every_setting_is_read() {
         "listeners": [{ "address": "[::1]:8443", "tls": { "cert": cert, "key": key } }],
         "admin": { "address": "0.0.0.0:9091", "token": "s3cret" },
         "redis": { "urls": ["redis://:pw@10.0.0.1:6379", "rediss://u:pw@10.0.0.2:6379"], "cluster": true,
-                   "sync_interval_ms": 50, "key_prefix": "tg:prod", "timeout_ms": 300, "ca_file": ca },
+                   "sync_interval_ms": 50, "key_prefix": "tg:prod", "timeout_ms": 300, "ca_file": ca,
+                   "quiet_buckets": false },
         "upstreams": { "api": { "servers": ["api.internal:443", "[::1]:8000"], "tls": true, "sni": "api.internal",
                                 "ca_file": ca, "health_check": {}, "connect_timeout_ms": 10,
                                 "read_timeout_ms": 20, "write_timeout_ms": 30 } },
@@ -513,6 +514,7 @@ fn every_setting_is_read() {
         (Duration::from_millis(50), Duration::from_millis(300))
     );
     assert_eq!(r.key_prefix, "tg:prod");
+    assert!(!r.quiet_buckets && !c.quiet_buckets());
     let u = &c.upstreams[0];
     let hc = u.health_check.as_ref().unwrap();
     assert_eq!(

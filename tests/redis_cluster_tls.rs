@@ -125,7 +125,10 @@ fn start_cluster_with(dir: &Path, replicas: usize) -> Vec<Server> {
     servers
 }
 
-fn config(up: &Upstream, redis: Value, node: &str) -> Value {
+/// Every change is written (no quiet buckets: see `limit::store_quiet`): these tests follow
+/// each request's count through the cluster and TLS transports.
+fn config(up: &Upstream, mut redis: Value, node: &str) -> Value {
+    redis["quiet_buckets"] = json!(false);
     json!({
         "node_id": node,
         "redis": redis,

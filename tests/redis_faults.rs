@@ -16,7 +16,9 @@ fn config(up: &Upstream, redis: &RedisServer) -> Value {
     json!({
         "node_id": "node-a",
         "access_log": false,
-        "redis": { "url": redis.url, "sync_interval_ms": 50, "timeout_ms": 200 },
+        // Every change is written (no quiet buckets: see limit::store_quiet), so that each
+        // request's count is the fault path's to lose.
+        "redis": { "url": redis.url, "sync_interval_ms": 50, "timeout_ms": 200, "quiet_buckets": false },
         "upstreams": { "api": { "servers": [up.addr.to_string()] } },
         "limits": { "per-key": { "capacity": 5, "refill_per_second": 0.001, "key": ["header:x-api-key"] } },
         "routes": [{ "name": "r", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] }],

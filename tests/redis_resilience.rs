@@ -90,8 +90,14 @@ fn clock_skew_is_corrected_against_redis_time() {
     let redis = RedisServer::start();
     let up = Upstream::start();
     // Ten tokens, one every ten seconds: a clock 60 s ahead would see the bucket full again.
-    let a = Gateway::builder(config(&up, &redis, "node-a", 50, 10, 0.1)).start();
-    let b = Gateway::builder(config(&up, &redis, "node-b", 50, 10, 0.1))
+    // Every change written (no quiet buckets): B's first request is read against A's state.
+    let loud = |node| {
+        let mut c = config(&up, &redis, node, 50, 10, 0.1);
+        c["redis"]["quiet_buckets"] = json!(false);
+        c
+    };
+    let a = Gateway::builder(loud("node-a")).start();
+    let b = Gateway::builder(loud("node-b"))
         .env("TOLLGATE_CLOCK_OFFSET_MS", "60000")
         .start();
     // B measured its offset: about -60 s.

@@ -21,6 +21,14 @@ fn config(up: &Upstream, redis: &RedisServer, node: &str, sync_ms: u64) -> Value
     })
 }
 
+/// [`config`] with every change written (no quiet buckets: see `limit::store_quiet`), for
+/// tests of what reaches Redis after a request or two.
+fn loud_config(up: &Upstream, redis: &RedisServer, node: &str, sync_ms: u64) -> Value {
+    let mut c = config(up, redis, node, sync_ms);
+    c["redis"]["quiet_buckets"] = json!(false);
+    c
+}
+
 fn field(redis: &RedisServer, f: &str) -> Option<u64> {
     redis.try_cmd(&["HGET", KEY, f]).ok()?.trim().parse().ok()
 }
@@ -63,16 +71,18 @@ fn two_nodes_share_one_bucket() {
     // The parameters are in the hash for operators and drift detection.
     assert_eq!(field(&redis, "node-a:capacity"), Some(10));
     assert_eq!(field(&redis, "node-a:rate"), Some(10_000_000));
-    // b creates the bucket, reads the hash, and sees a's six tokens gone.
-    assert_eq!(send(&b, 1), vec![200]);
+    // b creates the bucket. Its first two requests are light (two tokens: the bucket stays
+    // quiet, see limit::store_quiet), decided on b's own full bucket; the third outruns the
+    // refill, so b reads the hash and sees a's six tokens gone.
+    assert_eq!(send(&b, 3), vec![200; 3]);
     assert!(
-        wait_until(WAIT, || remaining(&b) == 3),
+        wait_until(WAIT, || remaining(&b) == 1),
         "b never merged a's counters: {}",
         remaining(&b)
     );
-    // b may spend the 3 tokens left at once (no other node asked since its read, and no
-    // request was turned away: no pacing), and never more.
-    assert_eq!(send(&b, 4), vec![200, 200, 200, 429]);
+    // b may spend the token left (no other node asked since its read, and no request was
+    // turned away: no pacing), and never more.
+    assert_eq!(send(&b, 2), vec![200, 429]);
     assert!(wait_until(WAIT, || field(&redis, "node-b:consumed") == Some(4)));
     // a reads the hash when it next touches the bucket (syncs carry only buckets that changed
     // on the node): that one request may still pass on a's older view, then a knows.
@@ -189,8 +199,8 @@ fn metric_line(gw: &Gateway, line: &str) -> bool {
 fn config_drift_and_duplicate_node_ids_are_reported() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
-    let mut other = config(&up, &redis, "node-b", 50);
+    let a = Gateway::builder(loud_config(&up, &redis, "node-a", 50)).start();
+    let mut other = loud_config(&up, &redis, "node-b", 50);
     other["limits"]["per-key"]["capacity"] = json!(20);
     let b = Gateway::builder(other).start();
     assert_eq!(send(&a, 1), vec![200]);
@@ -276,7 +286,7 @@ fn a_shared_limit_keeps_its_rate_on_reload() {
 fn inspect_lists_and_explains_buckets() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let a = Gateway::builder(config(&up, &redis, "node-a", 50)).start();
+    let a = Gateway::builder(loud_config(&up, &redis, "node-a", 50)).start();
     assert_eq!(send(&a, 3), vec![200; 3]);
     let long_key = "k".repeat(100);
     assert_eq!(get(a.addr, "/x", &[("x-api-key", &long_key)]).status, 200);
@@ -528,4 +538,83 @@ fn a_guarded_burst_through_three_nodes_admits_at_most_a_quarter_more_than_the_ca
         "recorded {} of {admitted}",
         recorded(&redis)
     );
+}
+
+/// The count of `tollgate_quiet_buckets_total{result="RESULT"}` on a node.
+fn quiet_count(gw: &Gateway, result: &str) -> u64 {
+    let prefix = format!("tollgate_quiet_buckets_total{{result=\"{result}\"}} ");
+    get(gw.admin, "/metrics", &[])
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_light_key_stays_out_of_redis_unless_another_node_writes_it() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    // Half a token a second: with two live nodes, one token taken is this node's share of
+    // what the bucket refills in 4 s (see limit::store_quiet).
+    let slow = |node| {
+        let mut c = config(&up, &redis, node, 50);
+        c["limits"]["per-key"]["refill_per_second"] = json!(0.5);
+        c
+    };
+    let a = Gateway::builder(slow("node-a")).start();
+    let b = Gateway::builder(slow("node-b")).start();
+    a.settle(2);
+    b.settle(2);
+    let hash = |k: &str| format!("tollgate:per-key:{k}");
+    let on = |gw: &Gateway, k: &str| get(gw.addr, "/x", &[("x-api-key", k)]).status;
+    let stored = |k: &str, f: &str| -> Option<u64> {
+        redis
+            .try_cmd(&["HGET", &hash(k), f])
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // A light key: one request on a. Nothing is written; a reads the key's hash when the
+    // bucket may be forgotten (none: no node wrote it), then forgets it.
+    assert_eq!(on(&a, "light"), 200);
+    assert!(
+        wait_until(WAIT, || quiet_count(&a, "forgotten") >= 1),
+        "a never forgot its quiet bucket:\n{}",
+        a.log()
+    );
+    assert_eq!(redis.cmd(&["EXISTS", &hash("light")]).trim(), "0");
+    assert_eq!(quiet_count(&a, "synced"), 0);
+    // A key b empties (9 of 10 at once: written), and a uses lightly: a finds the bucket
+    // less than half full in b's hash when it checks its quiet one, and writes its count
+    // there, so that it counts against the key everywhere. Every request is within the
+    // limit, and admitted.
+    assert_eq!(send_key(&b, "busy", 9), vec![200; 9]);
+    assert!(wait_until(WAIT, || stored("busy", "node-b:consumed") == Some(9)));
+    assert_eq!(on(&a, "busy"), 200);
+    assert!(
+        wait_until(WAIT, || stored("busy", "node-a:consumed") == Some(1)),
+        "a's request on a key b empties never reached Redis:\n{}",
+        a.log()
+    );
+    assert_eq!(quiet_count(&a, "synced"), 1);
+    // A key b uses lightly enough that it is written (3 at once), with a's one request it
+    // is still more than half full: a forgets its bucket without writing.
+    let before = quiet_count(&a, "forgotten");
+    assert_eq!(send_key(&b, "half", 3), vec![200; 3]);
+    assert!(wait_until(WAIT, || stored("half", "node-b:consumed") == Some(3)));
+    assert_eq!(on(&a, "half"), 200);
+    assert!(
+        wait_until(WAIT, || quiet_count(&a, "forgotten") > before),
+        "a never forgot its bucket of a key more than half full:\n{}",
+        a.log()
+    );
+    assert_eq!(stored("half", "node-a:consumed"), None);
+}
+
+fn send_key(gw: &Gateway, key: &str, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| get(gw.addr, "/x", &[("x-api-key", key)]).status)
+        .collect()
 }

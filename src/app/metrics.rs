@@ -85,6 +85,7 @@ pub struct Metrics {
     pub duplicate_node_id: IntGauge,
     pub nodes_live: IntGauge,
     pub clock_offset_seconds: Gauge,
+    pub quiet_buckets_total: IntCounterVec,
     pub upstream_server_up: IntGaugeVec,
     pub buckets_overflow_total: IntCounter,
 }
@@ -221,6 +222,7 @@ struct SyncMetrics {
     duplicate_node_id: IntGauge,
     nodes_live: IntGauge,
     clock_offset_seconds: Gauge,
+    quiet_buckets_total: IntCounterVec,
 }
 
 impl SyncMetrics {
@@ -264,6 +266,19 @@ impl SyncMetrics {
                 "clock_offset_seconds",
                 "Correction applied to this host's clock to follow Redis TIME (positive: host behind)",
             ))?,
+            quiet_buckets_total: {
+                let v = IntCounterVec::new(
+                    opts(
+                        "quiet_buckets_total",
+                        "Quiet buckets checked against Redis, by result: forgotten (no node wrote the key) or synced (another node did)",
+                    ),
+                    &["result"],
+                )?;
+                for r in ["forgotten", "synced"] {
+                    v.with_label_values(&[r]);
+                }
+                v
+            },
         })
     }
 
@@ -279,6 +294,7 @@ impl SyncMetrics {
                 Box::new(self.duplicate_node_id.clone()),
                 Box::new(self.nodes_live.clone()),
                 Box::new(self.clock_offset_seconds.clone()),
+                Box::new(self.quiet_buckets_total.clone()),
             ],
         )
     }
@@ -347,6 +363,7 @@ impl Metrics {
             duplicate_node_id: sync.duplicate_node_id,
             nodes_live: sync.nodes_live,
             clock_offset_seconds: sync.clock_offset_seconds,
+            quiet_buckets_total: sync.quiet_buckets_total,
             upstream_server_up,
             buckets_overflow_total: requests.buckets_overflow_total,
         })

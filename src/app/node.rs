@@ -199,6 +199,7 @@ impl Node {
         node.publish_limit_metrics(&node.runtime());
         node.store
             .set_max_buckets(node.runtime().config.max_buckets);
+        node.store.set_quiet(node.runtime().config.quiet_buckets());
         Ok(node)
     }
 
@@ -284,6 +285,7 @@ impl Node {
         }
         self.publish_limit_metrics(&new);
         self.store.set_max_buckets(new.config.max_buckets);
+        self.store.set_quiet(new.config.quiet_buckets());
         self.runtime.store(Arc::new(new));
         if !summary.limits_removed.is_empty() {
             let rt = self.runtime();

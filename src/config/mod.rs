@@ -75,6 +75,9 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
+    /// Light buckets are written only when they matter (`crate::limit::store_quiet`); false
+    /// writes every change.
+    pub quiet_buckets: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +282,12 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
+    /// Whether light shared buckets may stay quiet (`redis.quiet_buckets`; true without Redis,
+    /// where nothing is written anyway).
+    pub fn quiet_buckets(&self) -> bool {
+        self.redis.as_ref().is_none_or(|r| r.quiet_buckets)
+    }
+
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let source = path.display().to_string();

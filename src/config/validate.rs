@@ -259,6 +259,7 @@ fn redis(c: &mut Checker, raw: &RawRedis) -> RedisConfig {
         key_prefix: raw.key_prefix.clone(),
         timeout: Duration::from_millis(raw.timeout_ms),
         ca_file: raw.ca_file.clone(),
+        quiet_buckets: raw.quiet_buckets,
     }
 }
 

@@ -4,7 +4,8 @@
 //! - [`pacing`]: how much of a shared bucket this node may spend between syncs;
 //! - [`clock`]: time sources (the core never reads the clock itself);
 //! - [`store`]: the sharded in-memory store, all-or-nothing charging, and the bookkeeping the
-//!   sync loop needs (what changed, what to read, what the others hold).
+//!   sync loop needs (what changed, what to read, what the others hold), and the quiet
+//!   buckets that need no sync (`store_quiet`).
 //!
 //! Nothing here does I/O or knows pingora, Redis or tokio: a test drives it with a
 //! [`clock::ManualClock`].
@@ -13,6 +14,8 @@ pub mod bucket;
 pub mod clock;
 pub mod pacing;
 pub mod store;
+pub mod store_entry;
 pub mod store_key;
+pub mod store_quiet;
 pub mod store_sweep;
 pub mod store_sync;

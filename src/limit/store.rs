@@ -7,11 +7,10 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
+use super::store_entry::{bucket_entry, get_hashed, guard_for, is_quiet, lock, Entry, Shard, View};
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
 use crate::limit::bucket::{Bucket, BucketParams, Decision};
 use crate::limit::clock::Clock;
-use crate::limit::pacing::Pace;
-use hashbrown::hash_map::RawEntryMut;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::cell::RefCell;
@@ -60,59 +59,6 @@ impl ChargeResult {
     }
 }
 
-/// A bucket and its sync state.
-pub(super) struct Entry {
-    pub(super) bucket: Bucket,
-    /// Changed since the last successful push to the shared store (listed for the next sync).
-    pub(super) dirty: bool,
-    /// How this node's view of the shared bucket stands.
-    pub(super) view: View,
-    /// Shared mode only (boxed, so a standalone bucket stays small): sync time and pace.
-    pub(super) sync: Option<Box<SyncState>>,
-}
-
-/// How a node's view of a shared bucket stands, which decides how the next sync merges it
-/// (see [`Store::absorb`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum View {
-    /// Merged with the shared store at the last read.
-    Current,
-    /// Created since the last read: its counters start from zero and are rebased onto what
-    /// the store holds.
-    New,
-    /// Touched after more than a few sync intervals without a read: it may lag far behind the
-    /// other nodes, so the next sync takes the stored state before this node's waste.
-    Lagging,
-}
-
-/// What a shared bucket needs besides its counters.
-#[derive(Default)]
-pub(super) struct SyncState {
-    /// When the bucket was last merged with the shared store.
-    pub(super) synced_ns: i64,
-    /// This node's allowance between syncs.
-    pub(super) pace: Pace,
-}
-
-pub(super) struct Shard {
-    /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
-    /// SipHash on short keys. One hash per request picks the shard and probes its map.
-    pub(super) map: hashbrown::HashMap<Box<str>, Entry, ahash::RandomState>,
-    /// Keys whose entry turned dirty, each listed once until drained.
-    pub(super) dirty: Vec<Box<str>>,
-}
-
-impl Shard {
-    pub(super) fn mark_dirty(&mut self, key: &str) {
-        if let Some(e) = self.map.get_mut(key) {
-            if !e.dirty {
-                e.dirty = true;
-                self.dirty.push(key.into());
-            }
-        }
-    }
-}
-
 /// Sharded map from `"{limit}:{key}"` to bucket.
 pub struct Store {
     pub(super) shards: Box<[Mutex<Shard>]>,
@@ -137,19 +83,13 @@ pub struct Store {
     pub(super) shard_cap: AtomicUsize,
     /// Requests refused because their bucket could not be created (the store was full).
     pub(super) overflows: AtomicU64,
+    /// Light buckets may stay quiet (see [`crate::limit::store_quiet`]).
+    pub(super) quiet: AtomicBool,
 }
 
 thread_local! {
     /// The store keys of one charge, concatenated: built without allocating per request.
     static KEYS: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-/// Shard locks are parking_lot's: a lock and an unlock are one atomic operation each, with
-/// none of std's poisoning checks. No code panics while holding a shard lock; if one ever
-/// did, the map is still consistent (each operation is a single insert or field update), so
-/// the next request is served as usual.
-pub(super) fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    m.lock()
 }
 
 impl LimitSpec {
@@ -167,6 +107,7 @@ impl Store {
                 Mutex::new(Shard {
                     map: hashbrown::HashMap::with_hasher(hasher.clone()),
                     dirty: Vec::new(),
+                    quiet: Vec::new(),
                 })
             })
             .collect();
@@ -183,6 +124,7 @@ impl Store {
             shard_cap: AtomicUsize::new(usize::MAX),
             sync_interval_ns: AtomicI64::new(100_000_000),
             overflows: AtomicU64::new(0),
+            quiet: AtomicBool::new(true),
         }
     }
 
@@ -201,6 +143,10 @@ impl Store {
     /// Requests refused so far because the store was at `max_buckets`.
     pub fn overflows(&self) -> u64 {
         self.overflows.load(Ordering::Relaxed)
+    }
+
+    fn live(&self) -> u32 {
+        self.live_nodes.load(Ordering::Relaxed)
     }
 
     pub fn now_ns(&self) -> i64 {
@@ -286,12 +232,7 @@ impl Store {
             });
             shards |= 1 << sid;
         }
-        let mut guards: Small<(usize, MutexGuard<'_, Shard>)> = SmallVec::new();
-        while shards != 0 {
-            let sid = shards.trailing_zeros() as usize;
-            guards.push((sid, lock(&self.shards[sid])));
-            shards &= shards - 1;
-        }
+        let mut guards = self.lock_set(shards);
         let single = n == 1;
         let mut out = ChargeResult {
             decisions: SmallVec::new(),
@@ -325,9 +266,18 @@ impl Store {
                     sync.pace.spend(cost);
                 }
             }
-            if self.shared && !entry.dirty {
-                entry.dirty = true;
-                shard.dirty.push(key.into());
+            if self.shared {
+                let quiet = self.quiet.load(Ordering::Relaxed)
+                    && is_quiet(
+                        entry,
+                        (&limit.params, limit.burst_guard),
+                        &d,
+                        now,
+                        self.live(),
+                    );
+                if let Some(list) = entry.note_change(quiet) {
+                    shard.list(list, key);
+                }
             }
             out.push(i, limit.shadow, d);
         }
@@ -335,6 +285,18 @@ impl Store {
             undo(&mut guards, &located);
         }
         out
+    }
+
+    /// Locks the shards of the set `shards` (bit i: shard i), in ascending order.
+    #[inline(always)]
+    fn lock_set(&self, mut shards: u64) -> Small<(usize, MutexGuard<'_, Shard>)> {
+        let mut guards = SmallVec::new();
+        while shards != 0 {
+            let sid = shards.trailing_zeros() as usize;
+            guards.push((sid, lock(&self.shards[sid])));
+            shards &= shards - 1;
+        }
+        guards
     }
 
     /// One bucket's decision on a charge, pace included; records the attempt.
@@ -433,67 +395,6 @@ fn undo(guards: &mut [(usize, MutexGuard<'_, Shard>)], located: &[Located<'_>]) 
                 sync.pace.unspend_to(spent);
             }
         }
-    }
-}
-
-fn guard_for<'g, 'a>(guards: &'g mut [(usize, MutexGuard<'a, Shard>)], id: usize) -> &'g mut Shard {
-    let pos = guards.iter().position(|(i, _)| *i == id).unwrap_or(0);
-    &mut guards[pos].1
-}
-
-/// The entry of `key` (hash `hash`), created when missing unless the shard holds `cap`
-/// entries already: one probe, and the key is allocated only on insertion.
-#[inline]
-pub(super) fn bucket_entry<'s>(
-    shard: &'s mut Shard,
-    hash: u64,
-    key: &str,
-    p: &BucketParams,
-    now: i64,
-    (cap, shared): (usize, bool),
-) -> Option<&'s mut Entry> {
-    let len = shard.map.len();
-    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
-        RawEntryMut::Occupied(o) => Some(o.into_mut()),
-        RawEntryMut::Vacant(_) if len >= cap => None,
-        RawEntryMut::Vacant(v) => Some(new_entry(v, hash, key, p, now, shared)),
-    }
-}
-
-/// Inserts a new bucket's entry: out of line, so that finding an existing one (nearly every
-/// request) is inlined into the charge.
-#[cold]
-#[inline(never)]
-fn new_entry<'s>(
-    v: hashbrown::hash_map::RawVacantEntryMut<'s, Box<str>, Entry, ahash::RandomState>,
-    hash: u64,
-    key: &str,
-    p: &BucketParams,
-    now: i64,
-    shared: bool,
-) -> &'s mut Entry {
-    v.insert_hashed_nocheck(
-        hash,
-        key.into(),
-        Entry {
-            bucket: Bucket::new(p, now),
-            dirty: false,
-            view: View::New,
-            sync: shared.then(|| {
-                Box::new(SyncState {
-                    synced_ns: now,
-                    pace: Pace::default(),
-                })
-            }),
-        },
-    )
-    .1
-}
-
-fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut Entry> {
-    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
-        RawEntryMut::Occupied(o) => Some(o.into_mut()),
-        RawEntryMut::Vacant(_) => None,
     }
 }
 
@@ -656,6 +557,7 @@ mod tests {
     #[test]
     fn dirty_tracking_and_absorb_for_the_sync_loop() {
         let (_clock, s) = store_shared(true);
+        s.set_quiet(false); // the sync of every change, quiet buckets aside
         let l = spec("l", 10, 1.0, false);
         assert!(s
             .charge(&[Charge {
@@ -712,6 +614,7 @@ mod tests {
     #[test]
     fn a_shared_bucket_outlives_fullness_until_its_redis_ttl() {
         let (clock, s) = store_shared(true);
+        s.set_quiet(false); // the sync of every change, quiet buckets aside
         s.set_cluster(2, SEC / 10);
         // Capacity 5, refill 5/s: full again one second after its last token.
         let l = spec("l", 5, 5.0, false);
@@ -747,6 +650,7 @@ mod tests {
     #[test]
     fn a_full_shared_bucket_stops_syncing() {
         let (clock, s) = store_shared(true);
+        s.set_quiet(false); // the sync of every change, quiet buckets aside
         let l = spec("l", 5, 5.0, false);
         let c = [Charge {
             limit: &l,

@@ -3,7 +3,8 @@
 //! reload, and the per-limit statistics that the metrics show.
 
 use super::bucket::BucketParams;
-use super::store::{limit_of, lock, Store};
+use super::store::{limit_of, Store};
+use super::store_entry::lock;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -33,7 +34,9 @@ impl Store {
                                 .saturating_mul(1_000_000);
                             now.saturating_sub(sync.synced_ns) <= ttl_ns
                         });
+                        // A quiet bucket goes when the sync loop has checked it (`store_quiet`).
                         e.dirty
+                            || e.quiet
                             || kept_for_redis
                             || !(p.initial_tokens() == p.capacity() && e.bucket.is_full(&p, now))
                     }

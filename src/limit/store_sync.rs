@@ -6,7 +6,8 @@
 use super::bucket::Counters;
 use super::pacing::Cluster;
 use super::store::LimitSpec;
-use super::store::{bucket_entry, lock, Store, View};
+use super::store::Store;
+use super::store_entry::{bucket_entry, lock, View};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -231,6 +232,7 @@ mod tests {
     #[test]
     fn a_round_takes_at_most_its_share_of_the_changed_buckets_and_leaves_the_rest_listed() {
         let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
+        store.set_quiet(false);
         let l = LimitSpec {
             name: "l".into(),
             params: BucketParams::new(10, 1.0, 10).expect("params"),

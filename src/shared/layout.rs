@@ -187,6 +187,34 @@ pub fn read_script() -> String {
     )
 }
 
+/// Reads many hashes in one call (the checks of quiet buckets, see
+/// `crate::limit::store_quiet`), where most do not exist: KEYS: the bucket keys; ARGV[1]: the
+/// most fields returned whole. The keys are asked about by eights with one `EXISTS`; a group
+/// with a hash in it is read key by key (`HLEN`, then `HGETALL`). The reply lists only the
+/// hashes that exist, as (position in KEYS from 1, hash) pairs, flat; a hash over ARGV[1]
+/// fields is only the marker [`TOO_BIG`] and its field count.
+pub fn check_script() -> String {
+    r#"
+local max = tonumber(ARGV[1])
+local out = {}
+for first = 1, #KEYS, 8 do
+  local last = math.min(first + 7, #KEYS)
+  if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
+    for i = first, last do
+      local n = redis.call('HLEN', KEYS[i])
+      if n > 0 then
+        out[#out + 1] = i
+        if n <= max then out[#out + 1] = redis.call('HGETALL', KEYS[i])
+        else out[#out + 1] = {'!too-big', tostring(n)} end
+      end
+    end
+  end
+end
+return out
+"#
+    .to_string()
+}
+
 /// Max-merges fields into a hash, refreshes its TTL, and returns the hash ([`MAX_FIELDS`]
 /// guard: a bigger one returns only the fields written).
 ///

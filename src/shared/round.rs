@@ -13,6 +13,7 @@
 use super::layout;
 use crate::limit::bucket::Counters;
 use crate::limit::store::{split_store_key, LimitSpec, Store};
+use crate::limit::store_quiet::Stored;
 use crate::limit::store_sync::DirtyBucket;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -84,6 +85,83 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
         });
     }
     Round { ops }
+}
+
+/// A quiet bucket to ask about (see [`crate::limit::store_quiet`]): does its hash exist?
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub store_key: String,
+    pub redis_key: String,
+}
+
+/// The checks for the quiet buckets that may be forgotten. A bucket of a limit that no longer
+/// exists is left out (the housekeeping sweep evicts it).
+pub fn checks(ctx: &Context<'_>, due: Vec<String>) -> Vec<Check> {
+    due.into_iter()
+        .filter_map(|store_key| {
+            let (limit, key) = split_store_key(&store_key)?;
+            ctx.limit(limit)?;
+            let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
+            Some(Check {
+                store_key,
+                redis_key,
+            })
+        })
+        .collect()
+}
+
+/// Hands the answers to the checks to the store: `Ok` holds each bucket's hash (empty when
+/// no node wrote it), in the order of `checks`; on `Err` (no answer) they are checked again
+/// later. Returns how many quiet buckets were forgotten, and how many listed for a sync.
+pub fn settle(
+    store: &Store,
+    ctx: &Context<'_>,
+    checks: Vec<Check>,
+    answers: Result<Vec<HashMap<String, String>>, ()>,
+) -> (u64, u64) {
+    let params_of = |name: &str| ctx.limit(name).map(|l| l.params.clone());
+    let (mut forgotten, mut synced) = (0, 0);
+    match answers {
+        Ok(hashes) if hashes.len() == checks.len() => {
+            for (c, hash) in checks.iter().zip(&hashes) {
+                match store.settle_quiet(&c.store_key, &stored(ctx, hash), params_of) {
+                    Some(true) => forgotten += 1,
+                    Some(false) => synced += 1,
+                    None => {}
+                }
+            }
+        }
+        _ => store.relist_quiet(checks.into_iter().map(|c| c.store_key)),
+    }
+    (forgotten, synced)
+}
+
+/// What a checked hash holds, for [`Store::settle_quiet`].
+fn stored(ctx: &Context<'_>, hash: &HashMap<String, String>) -> Stored {
+    if hash.contains_key(layout::TOO_BIG) {
+        return Stored::Unknown;
+    }
+    let (nodes, _ignored) = layout::parse_hash(hash);
+    if nodes.is_empty() {
+        return Stored::Absent;
+    }
+    let own = nodes
+        .get(ctx.node_id)
+        .filter(|f| f.counted)
+        .map(|f| f.counters);
+    let (mut others_consumed, mut others_waste) = (0u64, None::<i128>);
+    let others = || nodes.iter().filter(|(n, _)| n.as_str() != ctx.node_id);
+    for (_, f) in others().filter(|(_, f)| f.counted) {
+        others_consumed = others_consumed.saturating_add(f.counters.consumed);
+        others_waste = Some(others_waste.map_or(f.counters.waste, |w| w.max(f.counters.waste)));
+    }
+    Stored::State {
+        own,
+        others_consumed,
+        others_waste,
+        // Nodes that only announced the bucket (a read) count: they are using the key.
+        others_seen_ms: others().filter_map(|(_, f)| f.seen_ms).max(),
+    }
 }
 
 /// A bucket command's reply: the hash, or why Redis refused the command.
@@ -230,6 +308,7 @@ mod tests {
     fn a_new_bucket_is_written_once_then_merged_and_a_refused_one_is_listed_again() {
         let limits = [limit()];
         let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
+        store.set_quiet(false); // every change listed (see limit::store_quiet)
         let charge = || {
             store.charge(&[Charge {
                 limit: &limits[0],

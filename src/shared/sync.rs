@@ -20,7 +20,7 @@
 
 use super::clock_check::check_clock_of;
 use super::conn::{self, Conn};
-use super::transport::{send, Scripts};
+use super::transport::{check, send, Scripts};
 use super::{layout, registry, round};
 use crate::app::node::Node;
 use async_trait::async_trait;
@@ -44,6 +44,10 @@ const TWIN_QUIET_SYNCS: u32 = 100;
 /// rounds: at ten rounds a second, a node syncs up to about 5,000 changed buckets a second
 /// (a round of 512 takes Redis about 15 ms; 2,048 still timed out on a loaded 2-core machine).
 const MAX_BUCKETS_PER_ROUND: usize = 512;
+
+/// Most quiet buckets asked about in one round (one `EXISTS` each: see
+/// [`crate::limit::store_quiet`]); the rest wait for the next.
+const MAX_CHECKS_PER_ROUND: usize = 4096;
 
 /// How often the clock offset against Redis `TIME` is measured.
 const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -132,15 +136,25 @@ impl SyncLoop {
         };
         let dirty = self.node.store.take_dirty_up_to(MAX_BUCKETS_PER_ROUND);
         let round = round::build(&ctx, dirty);
+        let due = (self.node.store).take_quiet_due(|n| rt.params_of(n), MAX_CHECKS_PER_ROUND);
+        let checks = round::checks(&ctx, due);
+        let mut check_con = con.clone();
         let started = Instant::now();
-        let sent = send(
-            &mut con,
-            &ctx,
-            (link.instance, link.scripts_loaded),
-            scripts,
-            &round,
-        )
-        .await;
+        let (sent, answers) = futures::join!(
+            send(
+                &mut con,
+                &ctx,
+                (link.instance, link.scripts_loaded),
+                scripts,
+                &round,
+            ),
+            check(&mut check_con, scripts, &checks)
+        );
+        let (forgotten, synced) =
+            round::settle(&self.node.store, &ctx, checks, answers.map_err(|_| ()));
+        let quiet = &self.node.metrics.quiet_buckets_total;
+        quiet.with_label_values(&["forgotten"]).inc_by(forgotten);
+        quiet.with_label_values(&["synced"]).inc_by(synced);
         let (registry, replies) = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -324,6 +338,10 @@ impl BackgroundService for SyncLoop {
                 _ = shutdown.changed() => true,
                 _ = tick.tick() => false,
             };
+            if stopping {
+                // A stopping node writes everything it holds, quiet buckets included.
+                self.node.store.wake_quiet();
+            }
             let mut result = self.sync_once(&mut link, &scripts).await;
             // The final flush: rounds until nothing is left (a round carries at most
             // MAX_BUCKETS_PER_ROUND; buckets rebased in a round are pushed by the next).

@@ -16,6 +16,8 @@ pub struct Scripts {
     pub merge: redis::Script,
     pub fresh: redis::Script,
     pub read: redis::Script,
+    /// The checks of quiet buckets ([`layout::check_script`]).
+    pub check: redis::Script,
 }
 
 impl Scripts {
@@ -24,6 +26,7 @@ impl Scripts {
             merge: redis::Script::new(&layout::merge_script()),
             fresh: redis::Script::new(&layout::fresh_script()),
             read: redis::Script::new(&layout::read_script()),
+            check: redis::Script::new(&layout::check_script()),
         }
     }
 }
@@ -133,6 +136,73 @@ pub(super) async fn send(
     Ok((registry, replies))
 }
 
+/// The hashes of quiet buckets to check, in order (empty: no node wrote the bucket): one
+/// script call for all of them ([`layout::check_script`]), or in a cluster one per key, sent
+/// concurrently (the keys span slots). `invoke_async` loads the script when Redis does not
+/// have it.
+pub(super) async fn check(
+    con: &mut Conn,
+    scripts: &Scripts,
+    checks: &[round::Check],
+) -> redis::RedisResult<Vec<HashMap<String, String>>> {
+    let mut out = vec![HashMap::new(); checks.len()];
+    if checks.is_empty() {
+        return Ok(out);
+    }
+    match con {
+        Conn::Single(_) => {
+            let mut inv = scripts.check.prepare_invoke();
+            for c in checks {
+                inv.key(&c.redis_key);
+            }
+            let found: Vec<redis::Value> = inv.arg(layout::MAX_FIELDS).invoke_async(con).await?;
+            fill_found(&mut out, 0, found)?;
+        }
+        Conn::Cluster(c) => {
+            let each = futures::future::join_all(checks.iter().map(|k| {
+                let mut c = c.clone();
+                async move {
+                    let found: redis::RedisResult<Vec<redis::Value>> = scripts
+                        .check
+                        .key(&k.redis_key)
+                        .arg(layout::MAX_FIELDS)
+                        .invoke_async(&mut c)
+                        .await;
+                    found
+                }
+            }));
+            for (at, found) in each.await.into_iter().enumerate() {
+                fill_found(&mut out, at, found?)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Puts the (position from 1, hash) pairs of a check reply into `out`, positions counted
+/// from `offset`. A reply that is not such pairs is an error (the round's checks come back).
+fn fill_found(
+    out: &mut [HashMap<String, String>],
+    offset: usize,
+    found: Vec<redis::Value>,
+) -> redis::RedisResult<()> {
+    let bad = || redis::RedisError::from((redis::ErrorKind::Parse, "bad check reply"));
+    let mut it = found.into_iter();
+    while let (Some(i), Some(flat)) = (it.next(), it.next()) {
+        let i: usize = redis::from_redis_value(i).map_err(|_| bad())?;
+        let flat: Vec<String> = redis::from_redis_value(flat).map_err(|_| bad())?;
+        let slot = i
+            .checked_sub(1)
+            .and_then(|i| out.get_mut(offset + i))
+            .ok_or_else(bad)?;
+        let mut pairs = flat.into_iter();
+        while let (Some(f), Some(v)) = (pairs.next(), pairs.next()) {
+            slot.insert(f, v);
+        }
+    }
+    Ok(())
+}
+
 /// The script call of one bucket command.
 fn invocation<'s>(scripts: &'s Scripts, op: &round::Op) -> redis::ScriptInvocation<'s> {
     let script = if op.bucket.fresh {
@@ -156,5 +226,35 @@ fn refusal(e: redis::RedisError) -> round::Refusal {
         no_script: e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
             || e.to_string().contains("NOSCRIPT"),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_check_reply_fills_the_hashes_that_exist_and_a_bad_one_is_an_error() {
+        let mut out = vec![HashMap::new(); 3];
+        let found = vec![
+            Value::Int(2),
+            Value::Array(vec![bulk("n1:consumed"), bulk("4")]),
+        ];
+        fill_found(&mut out, 0, found).expect("pairs");
+        assert!(out[0].is_empty() && out[2].is_empty());
+        assert_eq!(out[1].get("n1:consumed").map(String::as_str), Some("4"));
+        for bad in [
+            vec![Value::Int(0), Value::Array(vec![])],
+            vec![Value::Int(4), Value::Array(vec![])],
+            vec![bulk("x"), Value::Array(vec![])],
+            vec![Value::Int(1), Value::Int(3)],
+        ] {
+            assert!(fill_found(&mut out, 0, bad).is_err());
+        }
     }
 }

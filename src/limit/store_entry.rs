@@ -1,0 +1,200 @@
+//! A bucket's entry in the store and the shards that hold them: the types the store
+//! ([`super::store`]) and its sync bookkeeping (`store_sync`, `store_sweep`, `store_quiet`)
+//! share, with the map operations they all use.
+
+use super::bucket::{Bucket, BucketParams, Decision, UNITS_PER_TOKEN};
+use super::pacing::Pace;
+use hashbrown::hash_map::RawEntryMut;
+use parking_lot::{Mutex, MutexGuard};
+
+/// A bucket and its sync state.
+pub(super) struct Entry {
+    pub(super) bucket: Bucket,
+    /// Changed since the last successful push to the shared store (listed for the next sync).
+    pub(super) dirty: bool,
+    /// How this node's view of the shared bucket stands.
+    pub(super) view: View,
+    /// Changed, but quiet: not listed for the next sync (see [`crate::limit::store_quiet`]).
+    pub(super) quiet: bool,
+    /// Shared mode only (boxed, so a standalone bucket stays small): sync time and pace.
+    pub(super) sync: Option<Box<SyncState>>,
+}
+
+/// How a node's view of a shared bucket stands, which decides how the next sync merges it
+/// (see [`Store::absorb`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum View {
+    /// Merged with the shared store at the last read.
+    Current,
+    /// Created since the last read: its counters start from zero and are rebased onto what
+    /// the store holds.
+    New,
+    /// Touched after more than a few sync intervals without a read: it may lag far behind the
+    /// other nodes, so the next sync takes the stored state before this node's waste.
+    Lagging,
+}
+
+/// What a shared bucket needs besides its counters.
+#[derive(Default)]
+pub(super) struct SyncState {
+    /// When the bucket was last merged with the shared store.
+    pub(super) synced_ns: i64,
+    /// This node's allowance between syncs.
+    pub(super) pace: Pace,
+}
+
+pub(super) struct Shard {
+    /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
+    /// SipHash on short keys. One hash per request picks the shard and probes its map.
+    pub(super) map: hashbrown::HashMap<Box<str>, Entry, ahash::RandomState>,
+    /// Keys whose entry turned dirty, each listed once until drained.
+    pub(super) dirty: Vec<Box<str>>,
+    /// Keys whose entry turned quiet, oldest first, each listed once (see
+    /// [`crate::limit::store_quiet`]).
+    pub(super) quiet: Vec<Box<str>>,
+}
+
+impl Shard {
+    pub(super) fn mark_dirty(&mut self, key: &str) {
+        if let Some(e) = self.map.get_mut(key) {
+            e.quiet = false;
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(key.into());
+            }
+        }
+    }
+}
+
+/// Shard locks are parking_lot's: a lock and an unlock are one atomic operation each, with
+/// none of std's poisoning checks. No code panics while holding a shard lock; if one ever
+/// did, the map is still consistent (each operation is a single insert or field update), so
+/// the next request is served as usual.
+pub(super) fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    m.lock()
+}
+
+pub(super) fn guard_for<'g, 'a>(
+    guards: &'g mut [(usize, MutexGuard<'a, Shard>)],
+    id: usize,
+) -> &'g mut Shard {
+    let pos = guards.iter().position(|(i, _)| *i == id).unwrap_or(0);
+    &mut guards[pos].1
+}
+
+/// The entry of `key` (hash `hash`), created when missing unless the shard holds `cap`
+/// entries already: one probe, and the key is allocated only on insertion.
+#[inline]
+pub(super) fn bucket_entry<'s>(
+    shard: &'s mut Shard,
+    hash: u64,
+    key: &str,
+    p: &BucketParams,
+    now: i64,
+    (cap, shared): (usize, bool),
+) -> Option<&'s mut Entry> {
+    let len = shard.map.len();
+    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
+        RawEntryMut::Occupied(o) => Some(o.into_mut()),
+        RawEntryMut::Vacant(_) if len >= cap => None,
+        RawEntryMut::Vacant(v) => Some(new_entry(v, hash, key, p, now, shared)),
+    }
+}
+
+/// Inserts a new bucket's entry: out of line, so that finding an existing one (nearly every
+/// request) is inlined into the charge.
+#[cold]
+#[inline(never)]
+fn new_entry<'s>(
+    v: hashbrown::hash_map::RawVacantEntryMut<'s, Box<str>, Entry, ahash::RandomState>,
+    hash: u64,
+    key: &str,
+    p: &BucketParams,
+    now: i64,
+    shared: bool,
+) -> &'s mut Entry {
+    v.insert_hashed_nocheck(
+        hash,
+        key.into(),
+        Entry {
+            bucket: Bucket::new(p, now),
+            dirty: false,
+            view: View::New,
+            quiet: false,
+            sync: shared.then(|| {
+                Box::new(SyncState {
+                    synced_ns: now,
+                    pace: Pace::default(),
+                })
+            }),
+        },
+    )
+    .1
+}
+
+pub(super) fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut Entry> {
+    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
+        RawEntryMut::Occupied(o) => Some(o.into_mut()),
+        RawEntryMut::Vacant(_) => None,
+    }
+}
+
+/// Which list a changed bucket goes on.
+pub(super) enum Listed {
+    /// Listed for the next sync.
+    Dirty,
+    /// Quiet (see [`super::store_quiet`]).
+    Quiet,
+}
+
+impl Entry {
+    /// Notes a change to this bucket (shared mode): quiet or not (see [`is_quiet`]). Returns
+    /// the list its key must join, if it is on none yet.
+    #[inline(always)]
+    pub(super) fn note_change(&mut self, quiet: bool) -> Option<Listed> {
+        if self.dirty {
+            None
+        } else if quiet {
+            (!std::mem::replace(&mut self.quiet, true)).then_some(Listed::Quiet)
+        } else {
+            self.quiet = false;
+            self.dirty = true;
+            Some(Listed::Dirty)
+        }
+    }
+}
+
+impl Shard {
+    /// Puts `key` on `list` (see [`Entry::note_change`]).
+    #[inline(always)]
+    pub(super) fn list(&mut self, list: Listed, key: &str) {
+        match list {
+            Listed::Dirty => self.dirty.push(key.into()),
+            Listed::Quiet => self.quiet.push(key.into()),
+        }
+    }
+}
+
+/// Whether a bucket just charged stays quiet: the rule of [`super::store_quiet`], for a
+/// limit with parameters `p` and `burst_guard`, with `live` nodes sharing it.
+#[inline(always)]
+pub(super) fn is_quiet(
+    entry: &Entry,
+    (p, burst_guard): (&BucketParams, bool),
+    d: &Decision,
+    now: i64,
+    live: u32,
+) -> bool {
+    if entry.view != View::New || burst_guard || !d.allowed {
+        return false;
+    }
+    let Some(sync) = entry.sync.as_ref() else {
+        return false;
+    };
+    let taken = i128::from(entry.bucket.own_consumed()).saturating_mul(UNITS_PER_TOKEN);
+    let age = i128::from(now.saturating_sub(sync.synced_ns).max(0));
+    let refilled = i128::from(p.rate_q()).saturating_mul(age);
+    let half = i128::from(p.capacity()).saturating_mul(UNITS_PER_TOKEN / 2);
+    taken <= half.saturating_add(refilled / i128::from(live.max(1)))
+        && taken <= (2 * UNITS_PER_TOKEN).saturating_add(refilled)
+}
