@@ -812,7 +812,7 @@ def node_metrics(nodes):
     """What the many-keys rows read from every node's admin /metrics, summed over the nodes
     (and the sync errors per node)."""
     out = {"sync_errors": 0.0, "limited": 0.0, "requests": 0.0, "sync_s": 0.0, "rounds": 0.0,
-           "buckets": 0.0, "per_node_errors": []}
+           "buckets": 0.0, "quiet_forgotten": 0.0, "quiet_synced": 0.0, "per_node_errors": []}
     for node in nodes:
         status, text = http_get(node.admin, "/metrics")
         if status != 200:
@@ -825,6 +825,9 @@ def node_metrics(nodes):
         out["sync_s"] += metric_sum(text, "tollgate_sync_duration_seconds_sum")
         out["rounds"] += metric_sum(text, "tollgate_sync_duration_seconds_count")
         out["buckets"] += metric_sum(text, "tollgate_buckets_active")
+        out["quiet_forgotten"] += metric_sum(text, "tollgate_quiet_buckets_total",
+                                             {"result": "forgotten"})
+        out["quiet_synced"] += metric_sum(text, "tollgate_quiet_buckets_total", {"result": "synced"})
     return out
 
 
@@ -991,8 +994,12 @@ def run_many_keys(env):
     commands = (f"{per_req(total_cmds):.2f} Redis commands per request ({total_cmds} in all, "
                 f"{load_cmds} in the load window; INFO commandstats, commands inside scripts "
                 f"included; per request: {top_text})")
+    forgotten = after_drain["quiet_forgotten"] - before_nodes["quiet_forgotten"]
+    synced = after_drain["quiet_synced"] - before_nodes["quiet_synced"]
     sync = (f"{rounds:.0f} sync rounds went through (tollgate_sync_duration_seconds_count "
-            f"over the nodes), {1000 * sync_s / rounds if rounds else 0:.0f} ms each on average")
+            f"over the nodes), {1000 * sync_s / rounds if rounds else 0:.0f} ms each on average; "
+            f"quiet buckets checked: {forgotten:.0f} forgotten, {synced:.0f} synced "
+            f"(tollgate_quiet_buckets_total)")
     return [
         Row(name, MANY_MEASURE, bad / reqs if reqs else None, NOT_ADMITTED,
             f"{bad} of {reqs} not 2xx ({limited} x 429 by the nodes' metrics"

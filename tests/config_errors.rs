@@ -50,6 +50,33 @@ fn type_error() {
 }
 
 #[test]
+fn reject_out_of_range() {
+    // The unknown key is a parse error: it is reported alone, before any value is checked.
+    assert_errors(
+        "reject_out_of_range",
+        &["6:96: limits.c.reject.code: unknown field `code`, expected `status` or `message`"],
+    );
+    let text = std::fs::read_to_string(format!("{DIR}/reject_out_of_range.json"))
+        .unwrap()
+        .replace(r#""code": 503"#, r#""status": 503, "message": "Slow down""#);
+    let errors: Vec<String> = Config::parse(&text, "inline")
+        .err()
+        .expect("bad statuses and message")
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "inline:4:106: limits.a.reject.status: the status of a rejection must be between 400 and 599, not 200",
+            "inline:5:106: limits.b.reject.status: the status of a rejection must be between 400 and 599, not 600",
+            "inline:5:122: limits.b.reject.message: the message must be 1 to 1024 bytes of text without control characters",
+        ]
+    );
+}
+
+#[test]
 fn burst_guard_not_bool() {
     assert_errors(
         "burst_guard_not_bool",

@@ -192,6 +192,41 @@ fn refill_lets_requests_through_again() {
 }
 
 #[test]
+fn a_limit_answers_its_refusals_with_its_own_status_and_message() {
+    let up = Upstream::start();
+    let mut cfg = one_limit(&up, 1, 0.001, "header:x-api-key");
+    cfg["limits"]["per-key"]["reject"] = json!({ "status": 503, "message": "Busy: try later" });
+    let gw = Gateway::builder(cfg).start();
+    let h = [("x-api-key", "k")];
+    assert_eq!(get(gw.addr, "/rating/1", &h).status, 200);
+    let r = get(gw.addr, "/rating/1", &h);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let body = r.json();
+    assert_eq!(
+        (body["error"].as_str(), body["limit"].as_str()),
+        (Some("Busy: try later"), Some("per-key"))
+    );
+    assert_eq!(r.header("retry-after"), Some("1000"));
+    assert_eq!(r.header("ratelimit"), Some("\"per-key\";r=0;t=1000"));
+    assert_eq!(
+        metric(&gw, "tollgate_requests_total{outcome=\"limited\",route=\"rating\"}"),
+        1.0
+    );
+    // The sidecar endpoint answers the same.
+    let c = request(gw.admin, "POST", "/consume?limit=per-key&key=k", &[], b"");
+    assert_eq!(c.status, 503, "{}", c.text());
+    assert_eq!(c.json()["error"], "Busy: try later");
+    // Without `reject`, a limit answers 429 "Rate limit exceeded".
+    let plain = Gateway::builder(one_limit(&up, 1, 0.001, "header:x-api-key")).start();
+    assert_eq!(get(plain.addr, "/rating/1", &h).status, 200);
+    let r = get(plain.addr, "/rating/1", &h);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str().map(str::to_string)),
+        (429, Some("Rate limit exceeded".to_string()))
+    );
+}
+
+#[test]
 fn several_limits_are_charged_all_or_nothing() {
     let up = Upstream::start();
     let gw = Gateway::builder(config(

@@ -210,10 +210,11 @@ impl AdminApp {
             }
             Verdict::Limited { decision: d, .. } => {
                 limited();
+                let reject = &rt.config.limit(li).reject;
                 bytes_response(
-                    429,
+                    reject.status,
                     "application/json",
-                    headers::rejection_body(&l.name, &d),
+                    headers::rejection_body(&l.name, &reject.message, &d),
                     &headers::rejection_headers(&l.name, rt.policy(li), &d),
                 )
             }

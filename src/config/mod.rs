@@ -112,6 +112,26 @@ pub struct Limit {
     /// Shared mode: a node spends only its share of an idle bucket until it has heard from
     /// the others (see `docs/shared-state.md`, "Bursts").
     pub burst_guard: bool,
+    /// How this limit's refusals are answered.
+    pub reject: Reject,
+}
+
+/// The answer to a request a limit refuses: its status (any 4xx or 5xx) and the `error` text
+/// of its JSON body. The rate-limit headers (`Retry-After`, `RateLimit-Policy`, `RateLimit`)
+/// come with it whatever the status, so that a client can tell when to come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Default for Reject {
+    fn default() -> Self {
+        Reject {
+            status: 429,
+            message: "Rate limit exceeded".to_string(),
+        }
+    }
 }
 
 /// One part of a limit's bucket key.

@@ -152,6 +152,19 @@ pub struct RawLimit {
     /// `docs/shared-state.md`, "Bursts").
     #[serde(default)]
     pub burst_guard: bool,
+    /// How this limit's refusals are answered (default 429, "Rate limit exceeded").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject: Option<RawReject>,
+}
+
+/// `reject` of a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

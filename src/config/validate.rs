@@ -3,7 +3,7 @@
 //! until the end, where any error discards the whole result.
 
 use super::checker::{Checker, MAX_NAME_LEN};
-use super::raw::{RawAdmin, RawConfig, RawLimit, RawListener, RawRedis, RawUpstream};
+use super::raw::{RawAdmin, RawConfig, RawLimit, RawListener, RawRedis, RawReject, RawUpstream};
 use super::spans::{element, member, Spans};
 use super::values::*;
 use super::*;
@@ -404,6 +404,42 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
         key,
         shadow: raw.shadow,
         burst_guard: raw.burst_guard,
+        reject: reject(c, &path, raw.reject.as_ref()),
     };
     (limit, capacity)
+}
+
+/// Longest `reject.message`.
+const MAX_REJECT_MESSAGE: usize = 1024;
+
+/// A limit's `reject`, checked: a 4xx or 5xx status, a message of printable text.
+fn reject(c: &mut Checker, path: &str, raw: Option<&RawReject>) -> Reject {
+    let mut out = Reject::default();
+    let Some(raw) = raw else {
+        return out;
+    };
+    if let Some(status) = raw.status {
+        if (400..=599).contains(&status) {
+            out.status = status;
+        } else {
+            c.err(
+                &format!("{path}.reject.status"),
+                format!("the status of a rejection must be between 400 and 599, not {status}"),
+            );
+        }
+    }
+    if let Some(message) = &raw.message {
+        if message.is_empty()
+            || message.len() > MAX_REJECT_MESSAGE
+            || message.chars().any(char::is_control)
+        {
+            c.err(
+                &format!("{path}.reject.message"),
+                format!("the message must be 1 to {MAX_REJECT_MESSAGE} bytes of text without control characters"),
+            );
+        } else {
+            out.message = message.clone();
+        }
+    }
+    out
 }

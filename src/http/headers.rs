@@ -154,10 +154,11 @@ pub fn retry_after_secs(d: &Decision) -> u64 {
     ceil_secs(d.retry_after_ns).max(1)
 }
 
-/// The 429 body.
-pub fn rejection_body(limit: &str, d: &Decision) -> Vec<u8> {
+/// The body of a refusal: `message` is the limit's `reject.message` ("Rate limit exceeded"
+/// unless configured).
+pub fn rejection_body(limit: &str, message: &str, d: &Decision) -> Vec<u8> {
     serde_json::json!({
-        "error": "Rate limit exceeded",
+        "error": message,
         "limit": limit,
         "retry_after_ms": ceil_ms(d.retry_after_ns).max(1),
     })
@@ -272,7 +273,7 @@ mod tests {
         assert_eq!(retry_after_secs(&decision(0, 740 * NS_PER_MS, 1)), 1);
         assert_eq!(retry_after_secs(&decision(0, 1_000_000_001, 1)), 2);
         let body: serde_json::Value =
-            serde_json::from_slice(&rejection_body("per-ip", &decision(0, 739_500_000, 1)))
+            serde_json::from_slice(&rejection_body("per-ip", "Rate limit exceeded", &decision(0, 739_500_000, 1)))
                 .unwrap();
         assert_eq!(
             body,

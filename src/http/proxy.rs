@@ -155,11 +155,12 @@ impl Gateway {
             Refused::Limited { at, decision } => {
                 let li = route.limits[at];
                 let limit = rt.limit_spec(li);
+                let reject = &rt.config.limit(li).reject;
                 ctx.outcome = Outcome::Limited;
-                ctx.status = 429;
+                ctx.status = reject.status;
                 let extra = headers::rejection_headers(&limit.name, rt.policy(li), &decision);
-                let body = headers::rejection_body(&limit.name, &decision);
-                respond(session, 429, &extra, body, preserve_case(ctx)).await?;
+                let body = headers::rejection_body(&limit.name, &reject.message, &decision);
+                respond(session, reject.status, &extra, body, preserve_case(ctx)).await?;
                 Ok(true)
             }
         }
