@@ -60,8 +60,7 @@ fn reject_out_of_range() {
         .unwrap()
         .replace(r#""code": 503"#, r#""status": 503, "message": "Slow down""#);
     let errors: Vec<String> = Config::parse(&text, "inline")
-        .err()
-        .expect("bad statuses and message")
+        .expect_err("bad statuses and message")
         .0
         .iter()
         .map(|e| e.to_string())

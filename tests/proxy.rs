@@ -209,7 +209,10 @@ fn a_limit_answers_its_refusals_with_its_own_status_and_message() {
     assert_eq!(r.header("retry-after"), Some("1000"));
     assert_eq!(r.header("ratelimit"), Some("\"per-key\";r=0;t=1000"));
     assert_eq!(
-        metric(&gw, "tollgate_requests_total{outcome=\"limited\",route=\"rating\"}"),
+        metric(
+            &gw,
+            "tollgate_requests_total{outcome=\"limited\",route=\"rating\"}"
+        ),
         1.0
     );
     // The sidecar endpoint answers the same.

@@ -272,9 +272,12 @@ mod tests {
         assert_eq!(retry_after_secs(&decision(0, 1, 1)), 1);
         assert_eq!(retry_after_secs(&decision(0, 740 * NS_PER_MS, 1)), 1);
         assert_eq!(retry_after_secs(&decision(0, 1_000_000_001, 1)), 2);
-        let body: serde_json::Value =
-            serde_json::from_slice(&rejection_body("per-ip", "Rate limit exceeded", &decision(0, 739_500_000, 1)))
-                .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&rejection_body(
+            "per-ip",
+            "Rate limit exceeded",
+            &decision(0, 739_500_000, 1),
+        ))
+        .unwrap();
         assert_eq!(
             body,
             serde_json::json!({"error":"Rate limit exceeded","limit":"per-ip","retry_after_ms":740})
