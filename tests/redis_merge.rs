@@ -5,10 +5,13 @@ mod common;
 use common::RedisServer;
 use std::collections::HashMap;
 use tollgate::limit::bucket::Counters;
+use tollgate::limit::store_sync::DirtyBucket;
+use tollgate::shared::batch::{self, batch_script};
 use tollgate::shared::layout::{
     fresh_script, merge_script, node_field_names, node_fields, parse_hash, read_script, MAX_FIELDS,
     TOO_BIG,
 };
+use tollgate::shared::round::Op;
 
 fn merge(
     con: &mut redis::Connection,
@@ -238,4 +241,129 @@ fn a_fresh_write_answers_the_hash_as_it_was_and_keeps_its_waste_out_of_an_existi
 
 fn redis_hash(con: &mut redis::Connection, key: &str) -> HashMap<String, String> {
     redis::cmd("HGETALL").arg(key).query(con).expect("HGETALL")
+}
+
+/// A small deterministic generator (xorshift), so that a failure replays.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+#[test]
+fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let script = redis::Script::new(&batch_script());
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    // Two copies of the same buckets: "one:" written by the per-bucket scripts, "all:" by the
+    // batch script, from the same rounds of random writes of three nodes. Among them: a hash
+    // over the size guard, a key that is not a hash, garbage and negative values.
+    let keys = ["k0", "k1", "k2", "big", "str"];
+    for prefix in ["one", "all"] {
+        for i in 0..(MAX_FIELDS + 1) {
+            let _: () = redis::cmd("HSET")
+                .arg(format!("{prefix}:big"))
+                .arg(format!("junk{i}"))
+                .arg(1)
+                .query(&mut con)
+                .unwrap();
+        }
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}:str"))
+            .arg("x")
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}:k1"))
+            .arg("b:consumed")
+            .arg("garbage")
+            .query(&mut con)
+            .unwrap();
+    }
+    for round in 0..40 {
+        let node = ["a", "b", "c"][g.next(3) as usize];
+        let chosen: Vec<&str> = keys.iter().copied().filter(|_| g.next(3) > 0).collect();
+        let ops: Vec<Op> = chosen
+            .iter()
+            .map(|k| {
+                let own = Counters {
+                    consumed: g.next(50),
+                    attempts: g.next(50),
+                    waste: i128::from(g.next(1000)) - 500,
+                };
+                Op {
+                    bucket: DirtyBucket {
+                        store_key: format!("l:{k}"),
+                        own,
+                        fresh: g.next(2) == 0,
+                    },
+                    redis_key: (*k).to_string(),
+                    ttl_ms: 60_000,
+                    fields: node_fields(node, &own, 10 + g.next(2), 5, 1000 + round),
+                }
+            })
+            .collect();
+        if ops.is_empty() {
+            continue;
+        }
+        let one: Vec<Result<HashMap<String, String>, String>> = ops
+            .iter()
+            .map(|op| {
+                let lua = if op.bucket.fresh {
+                    fresh_script()
+                } else {
+                    merge_script()
+                };
+                let script = redis::Script::new(&lua);
+                let mut inv = script.prepare_invoke();
+                inv.key(format!("one:{}", op.redis_key))
+                    .arg(op.ttl_ms)
+                    .arg(MAX_FIELDS);
+                for (f, v) in &op.fields {
+                    inv.arg(f).arg(v);
+                }
+                inv.invoke(&mut con).map_err(|e| e.to_string())
+            })
+            .collect();
+        let batched: Vec<Op> = ops
+            .iter()
+            .cloned()
+            .map(|mut op| {
+                op.redis_key = format!("all:{}", op.redis_key);
+                op
+            })
+            .collect();
+        let inv = batch::invocation(&script, &batched).expect("same fields");
+        let all = batch::replies(inv.invoke(&mut con), batched.len());
+        for ((op, one), all) in ops.iter().zip(one).zip(all) {
+            match (one, all) {
+                (Ok(one), Ok(all)) => assert_eq!(one, all, "round {round}, {}", op.redis_key),
+                (Err(one), Err(all)) => assert!(
+                    one.contains("WRONGTYPE") && all.message.contains("WRONGTYPE"),
+                    "{one} / {}",
+                    all.message
+                ),
+                (one, all) => panic!("round {round}, {}: {one:?} / {all:?}", op.redis_key),
+            }
+        }
+    }
+    for k in keys.iter().filter(|k| **k != "str") {
+        assert_eq!(
+            redis_hash(&mut con, &format!("one:{k}")),
+            redis_hash(&mut con, &format!("all:{k}")),
+            "{k}"
+        );
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("all:{k}"))
+            .query(&mut con)
+            .unwrap();
+        assert!(ttl > 0, "{k}: no TTL");
+    }
 }

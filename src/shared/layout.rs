@@ -251,6 +251,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 "#;
 
+/// The Lua helpers of the merge scripts (`valid`, `greater`), for scripts built elsewhere.
+pub fn merge_helpers() -> &'static str {
+    MERGE_HELPERS
+}
+
 const MERGE_HELPERS: &str = r#"
 local function valid(s)
   return type(s) == 'string' and string.match(s, '^%-?%d+$') ~= nil

@@ -1,6 +1,7 @@
 //! Sharing buckets between nodes through Redis.
 //!
 //! - [`layout`]: the key and field layout and the merge scripts, as pure functions;
+//! - [`batch`]: every bucket of a round in one script call (a single server);
 //! - [`conn`]: standalone, Cluster and TLS connections;
 //! - [`round`]: one sync round's pure steps: build its commands, apply its replies;
 //! - [`registry`]: the registry of live nodes (pacing shares, twins);
@@ -10,6 +11,7 @@
 //! - [`clock_check`]: this host's clock against Redis `TIME`;
 //! - [`warm_start`]: a starting node reads its own fields back before it serves.
 
+pub mod batch;
 pub mod clock_check;
 pub mod conn;
 pub mod layout;

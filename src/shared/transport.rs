@@ -3,7 +3,7 @@
 //! per shard by the client), and the replies turned into what [`round::apply`] takes.
 
 use super::conn::Conn;
-use super::{layout, registry, round};
+use super::{batch, layout, registry, round};
 use std::collections::HashMap;
 
 /// The scripts: a bucket new to this node is read and its counters (not its waste) merged
@@ -18,6 +18,8 @@ pub struct Scripts {
     pub read: redis::Script,
     /// The checks of quiet buckets ([`layout::check_script`]).
     pub check: redis::Script,
+    /// Every bucket of a round in one call ([`batch::batch_script`]; a single server).
+    pub batch: redis::Script,
 }
 
 impl Scripts {
@@ -27,6 +29,7 @@ impl Scripts {
             fresh: redis::Script::new(&layout::fresh_script()),
             read: redis::Script::new(&layout::read_script()),
             check: redis::Script::new(&layout::check_script()),
+            batch: redis::Script::new(&batch::batch_script()),
         }
     }
 }
@@ -40,62 +43,114 @@ impl Default for Scripts {
 pub(super) type HashReply = redis::RedisResult<HashMap<String, String>>;
 
 /// Sends the registry commands and the bucket commands; returns the registry's HGETALL
-/// reply followed by one reply per op. An error for the whole round trip (Redis unreachable)
-/// is an `Err`.
+/// reply (None when it failed) and one reply per op. An error for the whole round trip
+/// (Redis unreachable) is an `Err`.
 async fn round_trip(
+    con: &mut Conn,
+    registry: redis::Pipeline,
+    scripts: (&Scripts, bool),
+    ops: &[round::Op],
+) -> redis::RedisResult<(Option<HashMap<String, String>>, Vec<round::Reply>)> {
+    match con {
+        Conn::Single(_) => single_round_trip(con, registry, scripts, ops).await,
+        Conn::Cluster(c) => {
+            let mut c = c.clone();
+            cluster_round_trip(&mut c, registry, scripts.0, ops).await
+        }
+    }
+}
+
+/// [`round_trip`] to a single server.
+async fn single_round_trip(
     con: &mut Conn,
     mut registry: redis::Pipeline,
     (scripts, load): (&Scripts, bool),
-    ops: &[redis::ScriptInvocation<'_>],
-) -> redis::RedisResult<Vec<HashReply>> {
-    match con {
-        Conn::Single(_) => {
-            // One pipeline: the registry, the scripts when Redis may not have them yet (so
-            // EVALSHA finds them), every bucket.
-            if load {
-                registry.load_script(&scripts.merge).ignore();
-                registry.load_script(&scripts.fresh).ignore();
-                registry.load_script(&scripts.read).ignore();
-            }
-            for inv in ops {
-                registry.invoke_script(inv);
-            }
-            registry.query_async(con).await
-        }
-        Conn::Cluster(c) => {
-            // Keys span slots: commands go concurrently, pipelined per shard by the client.
-            let reg = async {
-                let mut c = c.clone();
-                let r: redis::RedisResult<Vec<HashReply>> = registry.query_async(&mut c).await;
-                r
-            };
-            let each = futures::future::join_all(ops.iter().map(|inv| {
-                let mut c = c.clone();
-                async move { inv.invoke_async(&mut c).await }
-            }));
-            let (reg, each): (_, Vec<HashReply>) = futures::join!(reg, each);
-            let mut out = reg?;
-            out.truncate(1);
-            if out.is_empty() {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "empty registry reply",
-                )));
-            }
-            // The registry failing to answer means the cluster is unreachable.
-            if let Some(Err(e)) = out.first() {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "redis cluster unreachable",
-                        e.to_string(),
-                    )));
-                }
-            }
-            out.extend(each);
-            Ok(out)
+    ops: &[round::Op],
+) -> redis::RedisResult<(Option<HashMap<String, String>>, Vec<round::Reply>)> {
+    // One pipeline: the registry, the scripts when Redis may not have them yet (so
+    // EVALSHA finds them), every bucket in one call of the batch script.
+    if load {
+        registry.load_script(&scripts.merge).ignore();
+        registry.load_script(&scripts.fresh).ignore();
+        registry.load_script(&scripts.read).ignore();
+        registry.load_script(&scripts.batch).ignore();
+    }
+    let batch = batch::invocation(&scripts.batch, ops);
+    if let Some(inv) = &batch {
+        registry.invoke_script(inv);
+    } else {
+        for op in ops {
+            registry.invoke_script(&invocation(scripts, op));
         }
     }
+    let mut out: Vec<redis::RedisResult<redis::Value>> = registry.query_async(con).await?;
+    if out.is_empty() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "empty pipeline reply",
+        )));
+    }
+    let reg = out
+        .remove(0)
+        .ok()
+        .and_then(|v| redis::from_redis_value(v).ok());
+    let replies = match batch {
+        Some(_) => {
+            let reply = out.into_iter().next().unwrap_or_else(|| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no batch reply",
+                )))
+            });
+            batch::replies(reply, ops.len())
+        }
+        None => out
+            .into_iter()
+            .map(|r| {
+                r.and_then(|v| redis::from_redis_value(v).map_err(Into::into))
+                    .map_err(refusal)
+            })
+            .collect(),
+    };
+    Ok((reg, replies))
+}
+
+/// [`round_trip`] to a cluster.
+async fn cluster_round_trip(
+    c: &mut redis::cluster_async::ClusterConnection,
+    registry: redis::Pipeline,
+    scripts: &Scripts,
+    ops: &[round::Op],
+) -> redis::RedisResult<(Option<HashMap<String, String>>, Vec<round::Reply>)> {
+    // Keys span slots: commands go concurrently, pipelined per shard by the client.
+    let reg = async {
+        let mut c = c.clone();
+        let r: redis::RedisResult<Vec<HashReply>> = registry.query_async(&mut c).await;
+        r
+    };
+    let each = futures::future::join_all(ops.iter().map(|op| {
+        let mut c = c.clone();
+        async move { invocation(scripts, op).invoke_async(&mut c).await }
+    }));
+    let (reg, each): (_, Vec<HashReply>) = futures::join!(reg, each);
+    let first = reg?
+        .into_iter()
+        .next()
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "empty registry reply")))?;
+    // The registry failing to answer means the cluster is unreachable.
+    if let Err(e) = &first {
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "redis cluster unreachable",
+                e.to_string(),
+            )));
+        }
+    }
+    Ok((
+        first.ok(),
+        each.into_iter().map(|r| r.map_err(refusal)).collect(),
+    ))
 }
 
 /// Sends a round: the registry (read, then this node's entry) and every bucket command, in
@@ -122,18 +177,7 @@ pub(super) async fn send(
     .ignore();
     pipe.pexpire(&registry_key, registry::TTL_MS as i64)
         .ignore();
-    let ops: Vec<redis::ScriptInvocation<'_>> =
-        round.ops.iter().map(|op| invocation(scripts, op)).collect();
-    let mut replies = round_trip(con, pipe, (scripts, !scripts_loaded), &ops).await?;
-    if replies.is_empty() {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "empty pipeline reply",
-        )));
-    }
-    let registry = replies.remove(0).ok();
-    let replies = replies.into_iter().map(|r| r.map_err(refusal)).collect();
-    Ok((registry, replies))
+    round_trip(con, pipe, (scripts, !scripts_loaded), &round.ops).await
 }
 
 /// The hashes of quiet buckets to check, in order (empty: no node wrote the bucket): one
