@@ -249,7 +249,9 @@ class Node:
             "listeners": [{"address": f"{HOST}:{self.port}"}],
             "admin": {"address": f"{HOST}:{self.admin}"},
             "redis": {"url": f"redis://{HOST}:{redis_port}/0", "sync_interval_ms": SYNC_MS,
-                      "key_prefix": prefix},
+                      "key_prefix": prefix,
+                      # ACCURACY_QUIET=0: every change written (no quiet buckets), to compare.
+                      "quiet_buckets": os.environ.get("ACCURACY_QUIET", "1") != "0"},
             "upstreams": {"api": {"servers": [f"{HOST}:{env.api_port}"]}},
             "limits": {"acc": limit},
             "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "api",

@@ -7,7 +7,9 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
-use super::store_entry::{bucket_entry, get_hashed, guard_for, is_quiet, lock, Entry, Shard, View};
+use super::store_entry::{
+    bucket_entry, get_hashed, guard_for, is_quiet, lock, Entry, Listed, Shard, View,
+};
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
 use crate::limit::bucket::{Bucket, BucketParams, Decision};
 use crate::limit::clock::Clock;
@@ -85,6 +87,9 @@ pub struct Store {
     pub(super) overflows: AtomicU64,
     /// Light buckets may stay quiet (see [`crate::limit::store_quiet`]).
     pub(super) quiet: AtomicBool,
+    /// Called when a bucket new to this node is listed for a sync: the sync loop then runs a
+    /// round at once instead of at its next tick (see [`Store::set_waker`]).
+    pub(super) waker: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 thread_local! {
@@ -125,6 +130,7 @@ impl Store {
             sync_interval_ns: AtomicI64::new(100_000_000),
             overflows: AtomicU64::new(0),
             quiet: AtomicBool::new(true),
+            waker: std::sync::OnceLock::new(),
         }
     }
 
@@ -234,6 +240,7 @@ impl Store {
         }
         let mut guards = self.lock_set(shards);
         let single = n == 1;
+        let mut wake = false;
         let mut out = ChargeResult {
             decisions: SmallVec::new(),
             rejected_by: None,
@@ -266,25 +273,62 @@ impl Store {
                     sync.pace.spend(cost);
                 }
             }
-            if self.shared {
-                let quiet = self.quiet.load(Ordering::Relaxed)
-                    && is_quiet(
-                        entry,
-                        (&limit.params, limit.burst_guard),
-                        &d,
-                        now,
-                        self.live(),
-                    );
-                if let Some(list) = entry.note_change(quiet) {
-                    shard.list(list, key);
-                }
+            if let Some((list, new)) = self.listing(entry, limit, &d, now) {
+                wake |= new;
+                shard.list(list, key);
             }
             out.push(i, limit.shadow, d);
         }
         if out.rejected_by.is_some() {
             undo(&mut guards, &located);
         }
+        drop(guards);
+        if wake {
+            self.wake();
+        }
         out
+    }
+
+    /// Shared mode: notes a charge's change to `entry` (quiet or not: see
+    /// [`crate::limit::store_quiet`]); returns the list its key must join, if any, and whether
+    /// it is a bucket new to this node listed for a sync (the sync loop is woken for it).
+    #[inline(always)]
+    fn listing(
+        &self,
+        entry: &mut Entry,
+        limit: &LimitSpec,
+        d: &Decision,
+        now: i64,
+    ) -> Option<(Listed, bool)> {
+        if !self.shared {
+            return None;
+        }
+        let quiet = self.quiet.load(Ordering::Relaxed)
+            && is_quiet(
+                entry,
+                (&limit.params, limit.burst_guard),
+                d,
+                now,
+                self.live(),
+            );
+        let list = entry.note_change(quiet)?;
+        let new = matches!(list, Listed::Dirty) && entry.view == View::New;
+        Some((list, new))
+    }
+
+    /// Sets what to call when a bucket new to this node is listed for a sync (the sync loop's
+    /// wake-up; once). Syncing such a bucket at once, rather than at the next tick, shortens
+    /// the time a node spends a bucket it has not read: a node that joins a busy key learns
+    /// its state after one round trip instead of up to one interval later.
+    pub fn set_waker(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.waker.set(Box::new(wake));
+    }
+
+    #[cold]
+    fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            w();
+        }
     }
 
     /// Locks the shards of the set `shards` (bit i: shard i), in ascending order.

@@ -520,3 +520,48 @@ mod tests {
         assert_eq!(store.quiet_len(), 1);
     }
 }
+
+#[cfg(test)]
+mod waker_tests {
+    use crate::limit::bucket::BucketParams;
+    use crate::limit::clock::ManualClock;
+    use crate::limit::store::{Charge, LimitSpec, Store};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_new_bucket_listed_for_a_sync_wakes_the_sync_loop_once() {
+        let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
+        let woken = Arc::new(AtomicUsize::new(0));
+        let count = woken.clone();
+        store.set_waker(move || {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        let l = LimitSpec {
+            name: "l".into(),
+            params: BucketParams::new(10, 1.0, 10).expect("params"),
+            shadow: false,
+            burst_guard: false,
+        };
+        let take = |key: &str| {
+            let c = [Charge {
+                limit: &l,
+                key,
+                cost: 1,
+            }];
+            assert!(store.charge(&c).allowed());
+        };
+        take("a");
+        take("a");
+        assert_eq!(woken.load(Ordering::Relaxed), 0, "quiet: no sync needed");
+        take("a");
+        assert_eq!(
+            woken.load(Ordering::Relaxed),
+            1,
+            "3 tokens at once: listed, woken"
+        );
+        take("a");
+        assert_eq!(woken.load(Ordering::Relaxed), 1, "already listed");
+        assert_eq!(store.take_dirty().len(), 1);
+    }
+}

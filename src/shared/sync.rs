@@ -314,6 +314,60 @@ impl SyncLoop {
     }
 }
 
+impl SyncLoop {
+    /// Reports how a round (or the final flush) went: status, metrics, one log line per
+    /// outage.
+    fn note_result(&self, link: &mut Link, result: redis::RedisResult<usize>) {
+        let metrics = &self.node.metrics;
+        match result {
+            Ok(_) => {
+                if link.failing {
+                    tracing::info!("redis is reachable again; queued bucket state pushed");
+                }
+                link.failing = false;
+                link.last_ok = Instant::now();
+                self.node.sync_status.set_connected(true);
+                self.node.store.set_connected(true);
+                metrics.redis_up.set(1);
+            }
+            Err(e) => {
+                metrics.sync_errors_total.inc();
+                self.node.sync_status.set_connected(false);
+                self.node.store.set_connected(false);
+                metrics.redis_up.set(0);
+                if !link.failing {
+                    tracing::warn!(error = %e, "redis sync failed; deciding from the last merged view until it returns");
+                }
+                link.failing = true;
+            }
+        }
+    }
+
+    /// A stopping node leaves the registry, so that the others take back its share.
+    async fn leave_registry(&self, link: &mut Link) {
+        let rt = self.node.runtime();
+        if let Some(cfg) = rt.config.redis.as_ref() {
+            let registry = super::registry::key(&cfg.key_prefix);
+            if let Some(con) = link.con.as_mut() {
+                let _: redis::RedisResult<i64> = redis::cmd("HDEL")
+                    .arg(&registry)
+                    .arg(&rt.config.node_id)
+                    .query_async(con)
+                    .await;
+            }
+        }
+    }
+
+    /// A bucket new to this node listed for a sync wakes the loop for a round at once (see
+    /// `Store::set_waker`; the loop runs at most one early round per tenth of an interval).
+    fn woken_by_new_buckets(&self) -> Arc<tokio::sync::Notify> {
+        let woken = Arc::new(tokio::sync::Notify::new());
+        let waker = woken.clone();
+        self.node.store.set_waker(move || waker.notify_one());
+        woken
+    }
+}
+
 #[async_trait]
 impl BackgroundService for SyncLoop {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -333,11 +387,16 @@ impl BackgroundService for SyncLoop {
         metrics.redis_up.set(0);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let woken = self.woken_by_new_buckets();
+        let mut last_round = Instant::now();
         loop {
+            let early = last_round.elapsed() >= interval / 10;
             let stopping = tokio::select! {
                 _ = shutdown.changed() => true,
                 _ = tick.tick() => false,
+                _ = woken.notified(), if early => false,
             };
+            last_round = Instant::now();
             if stopping {
                 // A stopping node writes everything it holds, quiet buckets included.
                 self.node.store.wake_quiet();
@@ -350,44 +409,12 @@ impl BackgroundService for SyncLoop {
                 result = self.sync_once(&mut link, &scripts).await;
                 flushes += 1;
             }
-            match result {
-                Ok(_) => {
-                    if link.failing {
-                        tracing::info!("redis is reachable again; queued bucket state pushed");
-                    }
-                    link.failing = false;
-                    link.last_ok = Instant::now();
-                    self.node.sync_status.set_connected(true);
-                    self.node.store.set_connected(true);
-                    metrics.redis_up.set(1);
-                }
-                Err(e) => {
-                    metrics.sync_errors_total.inc();
-                    self.node.sync_status.set_connected(false);
-                    self.node.store.set_connected(false);
-                    metrics.redis_up.set(0);
-                    if !link.failing {
-                        tracing::warn!(error = %e, "redis sync failed; deciding from the last merged view until it returns");
-                    }
-                    link.failing = true;
-                }
-            }
+            self.note_result(&mut link, result);
             metrics
                 .sync_lag_seconds
                 .set(link.last_ok.elapsed().as_secs_f64());
             if stopping {
-                let rt = self.node.runtime();
-                if let Some(cfg) = rt.config.redis.as_ref() {
-                    // Leave the registry so that the others take back this node's share.
-                    let registry = format!("{}:nodes", cfg.key_prefix);
-                    if let Some(con) = link.con.as_mut() {
-                        let _: redis::RedisResult<i64> = redis::cmd("HDEL")
-                            .arg(&registry)
-                            .arg(&rt.config.node_id)
-                            .query_async(con)
-                            .await;
-                    }
-                }
+                self.leave_registry(&mut link).await;
                 tracing::info!("final sync done; sync loop stopped");
                 break;
             }
