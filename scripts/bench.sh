@@ -1,33 +1,78 @@
 #!/usr/bin/env bash
-# Proxy CPU per request, side by side (`docs/performance.md`): tollgate with limits on, the same build
-# with limits off, and nginx as a reverse proxy with limit_req, all in front of the same
-# upstream (an nginx returning a small JSON body itself).
+# Proxy CPU per request and latency, side by side (`docs/performance.md`), all in front of the
+# same upstream (an nginx returning a small JSON body itself):
+#   tollgate_on    tollgate, limits on (per-api-key on the `x-api-key` header, and per-ip)
+#   tollgate_off   the same build, the same route without limits
+#   bare_pingora   examples/bare_proxy.rs: pingora 0.9's ProxyHttp with no limiter and no
+#                  routing, the one upstream from the command line: the floor under tollgate
+#   haproxy        Debian's HAProxy, stick-table limits on the same two keys
+#   nginx          nginx reverse proxy with limit_req on the same two keys
 #
 # Usage: scripts/bench.sh
 #   BENCH_ROUNDS=5        rounds; each round measures every proxy once, in a rotating order
 #   BENCH_SECONDS=10      wrk duration per proxy per round
-#   BENCH_CONNECTIONS=50  wrk connections (one wrk thread)
+#   BENCH_CONNECTIONS=50  wrk connections (one wrk thread per proxy worker)
 #   BENCH_WARMUP=2        seconds of unmeasured load per proxy before the first round
+#   BENCH_WORKERS="1 2"   one table per worker count, in this order (default both)
+#   BENCH_LATENCY_SECONDS duration of each one-client latency run (default BENCH_SECONDS,
+#                         at most 5)
+#   BENCH_NO_TARGETS=1    print the target comparison but do not exit non-zero on a miss
 #   BENCH_PERF=1          afterwards, `perf record -g` tollgate (limits on) under the same load
 #                         for BENCH_SECONDS and print the top of `perf report`
 #   BENCH_KEEP=1          keep the temporary directory (configs, logs, wrk outputs)
-#   BENCH_PIN=1           pin the measured proxies to the last CPU and wrk + the upstream to
-#                         the others (taskset), so that scheduling does not mix them; default
-#                         on when the machine has 2 CPUs or more
+#   BENCH_PIN=1           pin the measured proxies to the last W CPUs (W = workers) and wrk +
+#                         the upstream to the others (taskset), so that scheduling does not mix
+#                         them; default on when the machine has 2 CPUs or more. A table whose
+#                         W workers do not leave a CPU to the load runs unpinned.
 #
-# Fairness: one worker each (tollgate `threads: 1`, nginx `worker_processes 1`; the upstream
-# nginx has its own single worker and is not measured), access logs off on both (tollgate
-# `access_log: false`, nginx `access_log off`), keep-alive to the upstream on both. Tollgate with
-# limits on charges two limits per request (per-api-key on the `x-api-key` header and per-ip),
-# both with capacity 1e9 and 1e9 tokens/s so that every request is admitted; nginx mirrors them
-# with two limit_req zones ($http_x_api_key and $binary_remote_addr) at 100000000r/s,
-# `burst=100000 nodelay` (nginx accounts in milliseconds: without a burst, a second request in
-# the same millisecond is refused whatever the rate).
+# Tables. For each W in BENCH_WORKERS a fresh set of processes is started: tollgate `threads: W`
+# (twice: limits on, limits off), bare_pingora with W threads (pingora's ServerConf), HAProxy
+# `nbthread W`, nginx `worker_processes W`, the upstream nginx with W workers (not measured),
+# and wrk -tW -c$BENCH_CONNECTIONS. Each row of a table is the medians over the rounds of
+# CPU µs/request (total, user, system), req/s and the p50 and p99 of wrk --latency; then the
+# ratios of the median CPU per request tollgate_on / nginx, / haproxy, / bare_pingora,
+# bare_pingora / nginx, tollgate_on / tollgate_off (and tollgate_off / nginx), with each round's
+# ratio to show the spread, and p99 tollgate_on / nginx. On a 2-core machine the 2-worker table
+# cannot give the proxy cores of its own: proxy, wrk and upstream share both, so it measures
+# contention with the load generator rather than the proxies alone (the script says so).
+#
+# One-client latency row: with the 1-worker set (the first table's when 1 is not in
+# BENCH_WORKERS), `wrk -t1 -c1 --latency` against the upstream directly and through nginx,
+# haproxy, bare_pingora and tollgate_on, BENCH_ROUNDS rotating rounds of BENCH_LATENCY_SECONDS:
+# the median p50 of each, the latency each proxy adds (p50 through it - p50 direct) and the
+# ratio tollgate_on-added / nginx-added. This wrk runs on the proxies' CPU(s), not on the
+# upstream's: then the direct path and each proxied path cross between CPUs the same number
+# of times (twice a request, to the upstream and back), and the difference is the proxy's own
+# work. With wrk on the upstream's CPU the direct path would stay on one CPU and each proxied
+# path would cross four times; on a VM a cross-CPU wakeup costs tens of µs (a one-client round
+# trip from one CPU to the other took 72 µs where one on the same CPU took 10 µs), which would
+# add the same 100+ µs to every proxy and hide the difference between them.
+#
+# Targets, checked on the 1-worker table (else the first) and the latency row, each printed
+# PASS or FAIL: CPU µs/request tollgate_on / nginx <= 1.5; p99 tollgate_on / nginx <= 1.5; added
+# p50 latency tollgate_on / nginx <= 1.5; CPU µs/request tollgate_on / tollgate_off <= 1.03.
+# Exit status: 1 when something failed (a proxy did not answer, wrk failed, more than 1% of
+# responses were errors), 2 when a target is missed (0 with BENCH_NO_TARGETS=1), else 0.
+#
+# Fairness: the same worker count for each; access logs off on all (tollgate `access_log: false`,
+# nginx `access_log off`, HAProxy has no `log` line); keep-alive to the upstream on all
+# (tollgate and bare_pingora: pingora's connection pool; nginx `keepalive 64`; HAProxy
+# `http-reuse always`). Tollgate with limits on charges two limits per request (per-api-key
+# and per-ip), both with capacity 1e9 and 1e9 tokens/s so that every request is admitted; nginx
+# mirrors them with two limit_req zones ($http_x_api_key and $binary_remote_addr) at
+# 100000000r/s, `burst=100000 nodelay` (nginx accounts in milliseconds: without a burst, a
+# second request in the same millisecond is refused whatever the rate); HAProxy tracks
+# req.hdr(x-api-key) and src in two stick tables (`store http_req_rate(1s)`) and denies with
+# 429 above 100000000 requests/s, which is never reached. tollgate, nginx and HAProxy add
+# X-Forwarded-For and X-Forwarded-Proto; bare_pingora forwards the request as it came.
 # CPU per request = (utime + stime) of the proxy process(es) over the run (/proc/PID/stat,
-# nginx: master + worker) / requests wrk completed; the table also splits it into user and
-# system (kernel) time. Only ratios from one run mean anything on
-# a shared machine. Everything listens on and talks to 127.0.0.1 only.
+# nginx: master + workers; HAProxy, tollgate and bare_pingora are one process each) / requests
+# wrk completed, and each of user and system (kernel) time alone. Only ratios from one run mean
+# anything on a shared machine. Everything listens on and talks to 127.0.0.1 only; every wrk
+# run is bounded by `timeout`, and the processes and the temporary directory are removed on
+# exit, whatever the exit (trap).
 set -euo pipefail
+export LC_NUMERIC=C
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -36,23 +81,31 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-50}
 WARMUP=${BENCH_WARMUP:-2}
 PERF=${BENCH_PERF:-0}
+WORKERS=${BENCH_WORKERS:-1 2}
+LAT_SECS=${BENCH_LATENCY_SECONDS:-$((SECS < 5 ? SECS : 5))}
+NO_TARGETS=${BENCH_NO_TARGETS:-0}
 NCPU=$(nproc)
 PIN=${BENCH_PIN:-$([ "$NCPU" -ge 2 ] && echo 1 || echo 0)}
-PIN_PROXY=()
-PIN_LOAD=()
-if [ "$PIN" = 1 ] && command -v taskset >/dev/null 2>&1; then
-  PIN_PROXY=(taskset -c "$((NCPU - 1))")
-  PIN_LOAD=(taskset -c "0-$((NCPU - 2))")
-fi
+read -r -a WORKER_LIST <<<"$WORKERS"
+for w in "${WORKER_LIST[@]}"; do
+  [[ $w =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_WORKERS: '$w' is not a positive integer"; exit 1; }
+done
+[ ${#WORKER_LIST[@]} -gt 0 ] || { echo "BENCH_WORKERS is empty"; exit 1; }
+# The table the targets are checked on, and whose processes serve the latency row.
+TARGET_W=${WORKER_LIST[0]}
+for w in "${WORKER_LIST[@]}"; do [ "$w" = 1 ] && TARGET_W=1; done
 
 . scripts/lib.sh
-ensure nginx:nginx wrk:wrk curl:curl python3:python3 cmake:cmake cc:build-essential
+ensure nginx:nginx haproxy:haproxy wrk:wrk curl:curl python3:python3 taskset:util-linux \
+  cmake:cmake cc:build-essential
 if [ "$PERF" = 1 ]; then ensure perf:linux-perf; fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-echo "== cargo build --release"
-cargo build --release --bins
+echo "== cargo build --release --bins --example bare_proxy"
+cargo build --release --bins --example bare_proxy
 TOLLGATE=$ROOT/target/release/tollgate
+BARE=$ROOT/target/release/examples/bare_proxy
 SUMMARIZE=$ROOT/scripts/bench/summarize.py
 HZ=$(getconf CLK_TCK)
 
@@ -68,25 +121,25 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Six free loopback ports.
-read -r UP_PORT NGX_PORT ON_PORT ON_ADMIN OFF_PORT OFF_ADMIN < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(6)]
+free_ports() { # $1 = how many free loopback ports, printed on one line
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
-)
+}
 
 BODY='{"item":"42","rating":4.5,"votes":1234,"source":"bench"}'
 USER_LINE=""
 [ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
 
-nginx_conf() { # $1 = name, $2 = http block body
+nginx_conf() { # $1 = directory name, $2 = worker processes, $3 = http block body
   mkdir -p "$DIR/$1/logs"
   cat >"$DIR/$1/nginx.conf" <<EOF
 $USER_LINE
-worker_processes 1;
+worker_processes $2;
 daemon off;
 master_process on;
 pid $DIR/$1/nginx.pid;
@@ -101,18 +154,129 @@ http {
   scgi_temp_path $DIR/$1/scgi;
   keepalive_requests 1000000;
   keepalive_timeout 65s;
-$2
+$3
 }
 EOF
 }
 
-nginx_conf upstream "
+tollgate_conf() { # $1 = name, $2 = port, $3 = admin port, $4 = route limits (JSON array), $5 = threads
+  cat >"$DIR/$1.json" <<EOF
+{
+  "node_id": "bench-$1",
+  "listeners": [{ "address": "127.0.0.1:$2" }],
+  "admin": { "address": "127.0.0.1:$3", "token": null },
+  "upstreams": { "up": { "servers": ["127.0.0.1:$UP_PORT"] } },
+  "limits": {
+    "per-api-key": { "capacity": 1000000000, "refill_per_second": 1000000000, "key": ["header:x-api-key"] },
+    "per-ip": { "capacity": 1000000000, "refill_per_second": 1000000000, "key": ["client_ip"] }
+  },
+  "routes": [ { "name": "bench", "match": { "path_prefix": "/" }, "upstream": "up", "limits": $4 } ],
+  "threads": $5,
+  "access_log": false,
+  "grace_period_seconds": 1
+}
+EOF
+  "$TOLLGATE" check -c "$DIR/$1.json" >/dev/null
+}
+
+haproxy_conf() { # $1 = directory name, $2 = port, $3 = threads
+  mkdir -p "$DIR/$1"
+  cat >"$DIR/$1/haproxy.cfg" <<EOF
+global
+  nbthread $3
+  maxconn 4096
+  pidfile $DIR/$1/haproxy.pid
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 65s
+  timeout server 65s
+  timeout http-keep-alive 65s
+  option http-keep-alive
+
+# The stick tables: one per limit key, as nginx's two limit_req zones.
+backend per_api_key
+  stick-table type string len 64 size 100k expire 10s store http_req_rate(1s)
+backend per_ip
+  stick-table type ip size 100k expire 10s store http_req_rate(1s)
+
+frontend bench
+  bind 127.0.0.1:$2
+  http-request track-sc0 req.hdr(x-api-key) table per_api_key
+  http-request track-sc1 src table per_ip
+  http-request deny deny_status 429 if { sc0_http_req_rate gt 100000000 } || { sc1_http_req_rate gt 100000000 }
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  default_backend up
+
+backend up
+  http-reuse always
+  server up 127.0.0.1:$UP_PORT
+EOF
+  "$HAPROXY" -c -q -f "$DIR/$1/haproxy.cfg"
+}
+
+cpu_ticks() { # "utime stime" of a process and its direct children (nginx workers), in ticks
+  local pids=("$1") user=0 sys=0 p u s
+  mapfile -t -O 1 pids < <(pgrep -P "$1" || true)
+  for p in "${pids[@]}"; do
+    [ -r "/proc/$p/stat" ] || continue
+    read -r u s < <(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12, $13}')
+    user=$((user + u))
+    sys=$((sys + s))
+  done
+  echo "$user $sys"
+}
+
+# A single wrk run, bounded, on the CPUs in WRK_PIN. $1 = port, $2 = seconds, $3 = output
+# file, $4 = threads, $5 = connections.
+WRK_PIN=()
+run_wrk() {
+  timeout $(($2 + 30)) "${WRK_PIN[@]}" wrk -t"$4" -c"$5" -d"${2}s" --latency -H 'x-api-key: bench' \
+    "http://127.0.0.1:$1/rating/42" >"$3" 2>&1
+}
+
+fail=0
+ORDER=(tollgate_on tollgate_off bare_pingora haproxy nginx)
+LAT_ORDER=(direct nginx haproxy bare_pingora tollgate_on)
+LATENCY=$DIR/latency.tsv
+
+start() { # $1 = name, $2 = worker count, then the command; sets PID[$1], adds it to PIDS
+  local name=$1 w=$2
+  shift 2
+  "$@" >"$DIR/$name-w$w.log" 2>&1 &
+  PID[$name]=$!
+  PIDS+=("$!")
+}
+
+# One table: start the W-worker set, check it, warm it up, measure the rounds, (for TARGET_W)
+# the latency row and perf, print the medians, stop the set.
+run_table() { # $1 = W
+  local W=$1 p r i out port ok
+  local u0 s0 u1 s1 c0 c1 reqs rps p50 p99 bad cpu_us
+  PIN_PROXY=()
+  PIN_LOAD=()
+  local pin_note="none"
+  if [ "$PIN" = 1 ] && [ "$NCPU" -gt "$W" ]; then
+    PIN_PROXY=(taskset -c "$((NCPU - W))-$((NCPU - 1))")
+    PIN_LOAD=(taskset -c "0-$((NCPU - W - 1))")
+    pin_note="proxies ${PIN_PROXY[*]}, wrk and upstream ${PIN_LOAD[*]}"
+  elif [ "$PIN" = 1 ]; then
+    pin_note="none: $W proxy workers on $NCPU CPUs leave no CPU to wrk and the upstream"
+  fi
+  WRK_PIN=("${PIN_LOAD[@]}")
+
+  local UP_PORT NGX_PORT HAP_PORT BARE_PORT ON_PORT ON_ADMIN OFF_PORT OFF_ADMIN
+  read -r UP_PORT NGX_PORT HAP_PORT BARE_PORT ON_PORT ON_ADMIN OFF_PORT OFF_ADMIN < <(free_ports 8)
+
+  local up=upstream-w$W ngx=nginx-w$W hap=haproxy-w$W
+  nginx_conf "$up" "$W" "
   server {
     listen 127.0.0.1:$UP_PORT;
     location / { default_type application/json; return 200 '$BODY'; }
   }"
-
-nginx_conf nginx-proxy "
+  nginx_conf "$ngx" "$W" "
   limit_req_zone \$http_x_api_key zone=per_api_key:10m rate=100000000r/s;
   limit_req_zone \$binary_remote_addr zone=per_ip:10m rate=100000000r/s;
   limit_req_status 429;
@@ -133,135 +297,148 @@ nginx_conf nginx-proxy "
       proxy_pass http://up;
     }
   }"
+  haproxy_conf "$hap" "$HAP_PORT" "$W"
+  tollgate_conf "tollgate_on-w$W" "$ON_PORT" "$ON_ADMIN" '["per-api-key", "per-ip"]' "$W"
+  tollgate_conf "tollgate_off-w$W" "$OFF_PORT" "$OFF_ADMIN" '[]' "$W"
 
-tollgate_conf() { # $1 = name, $2 = port, $3 = admin port, $4 = route limits (JSON array)
-  cat >"$DIR/$1.json" <<EOF
-{
-  "node_id": "bench-$1",
-  "listeners": [{ "address": "127.0.0.1:$2" }],
-  "admin": { "address": "127.0.0.1:$3", "token": null },
-  "upstreams": { "up": { "servers": ["127.0.0.1:$UP_PORT"] } },
-  "limits": {
-    "per-api-key": { "capacity": 1000000000, "refill_per_second": 1000000000, "key": ["header:x-api-key"] },
-    "per-ip": { "capacity": 1000000000, "refill_per_second": 1000000000, "key": ["client_ip"] }
-  },
-  "routes": [ { "name": "bench", "match": { "path_prefix": "/" }, "upstream": "up", "limits": $4 } ],
-  "threads": 1,
-  "access_log": false,
-  "grace_period_seconds": 1
-}
-EOF
-  "$TOLLGATE" check -c "$DIR/$1.json" >/dev/null
-}
-tollgate_conf tollgate_on "$ON_PORT" "$ON_ADMIN" '["per-api-key", "per-ip"]'
-tollgate_conf tollgate_off "$OFF_PORT" "$OFF_ADMIN" '[]'
+  declare -gA PID=() PORT=()
+  start upstream "$W" "${PIN_LOAD[@]}" "$NGINX" -p "$DIR/$up" -c "$DIR/$up/nginx.conf" -e "$DIR/$up/logs/error.log"
+  start nginx "$W" "${PIN_PROXY[@]}" "$NGINX" -p "$DIR/$ngx" -c "$DIR/$ngx/nginx.conf" -e "$DIR/$ngx/logs/error.log"
+  start haproxy "$W" "${PIN_PROXY[@]}" "$HAPROXY" -db -f "$DIR/$hap/haproxy.cfg"
+  start bare_pingora "$W" "${PIN_PROXY[@]}" "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$W"
+  start tollgate_on "$W" env TOLLGATE_LOG=warn "${PIN_PROXY[@]}" "$TOLLGATE" run -c "$DIR/tollgate_on-w$W.json"
+  start tollgate_off "$W" env TOLLGATE_LOG=warn "${PIN_PROXY[@]}" "$TOLLGATE" run -c "$DIR/tollgate_off-w$W.json"
+  PORT=([direct]=$UP_PORT [nginx]=$NGX_PORT [haproxy]=$HAP_PORT [bare_pingora]=$BARE_PORT
+    [tollgate_on]=$ON_PORT [tollgate_off]=$OFF_PORT)
 
-"${PIN_LOAD[@]}" "$NGINX" -p "$DIR/upstream" -c "$DIR/upstream/nginx.conf" -e "$DIR/upstream/logs/error.log" \
-  >"$DIR/upstream/logs/stdout.log" 2>&1 &
-PIDS+=($!)
-"${PIN_PROXY[@]}" "$NGINX" -p "$DIR/nginx-proxy" -c "$DIR/nginx-proxy/nginx.conf" -e "$DIR/nginx-proxy/logs/error.log" \
-  >"$DIR/nginx-proxy/logs/stdout.log" 2>&1 &
-NGX_PID=$!
-PIDS+=($NGX_PID)
-TOLLGATE_LOG=warn "${PIN_PROXY[@]}" "$TOLLGATE" run -c "$DIR/tollgate_on.json" >"$DIR/tollgate_on.log" 2>&1 &
-ON_PID=$!
-PIDS+=($ON_PID)
-TOLLGATE_LOG=warn "${PIN_PROXY[@]}" "$TOLLGATE" run -c "$DIR/tollgate_off.json" >"$DIR/tollgate_off.log" 2>&1 &
-OFF_PID=$!
-PIDS+=($OFF_PID)
-
-declare -A PORT=([tollgate_on]=$ON_PORT [tollgate_off]=$OFF_PORT [nginx]=$NGX_PORT)
-declare -A PID=([tollgate_on]=$ON_PID [tollgate_off]=$OFF_PID [nginx]=$NGX_PID)
-
-# Every proxy must answer 200 with the upstream's body before anything is measured.
-for p in upstream tollgate_on tollgate_off nginx; do
-  port=${PORT[$p]:-$UP_PORT}
-  ok=0
-  for _ in $(seq 100); do
-    out=$(curl -s -o "$DIR/check.$p" -w '%{http_code}' -H 'x-api-key: bench' "http://127.0.0.1:$port/rating/42" 2>/dev/null || true)
-    if [ "$out" = 200 ] && [ "$(cat "$DIR/check.$p")" = "$BODY" ]; then ok=1; break; fi
-    sleep 0.1
-  done
-  if [ $ok != 1 ]; then
-    echo "FAIL: $p on 127.0.0.1:$port did not answer 200 with the upstream body (last: $out)"
-    tail -5 "$DIR"/*.log "$DIR"/*/logs/error.log 2>/dev/null || true
-    exit 1
-  fi
-done
-
-cpu_ticks() { # "utime stime" of a process and its direct children (nginx workers), in ticks
-  local pids=("$1") user=0 sys=0 p u s
-  mapfile -t -O 1 pids < <(pgrep -P "$1" || true)
-  for p in "${pids[@]}"; do
-    [ -r "/proc/$p/stat" ] || continue
-    read -r u s < <(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12, $13}')
-    user=$((user + u))
-    sys=$((sys + s))
-  done
-  echo "$user $sys"
-}
-
-# A single wrk run, bounded: prints the parsed fields (see summarize.py wrk).
-run_wrk() { # $1 = proxy, $2 = seconds, $3 = output file
-  timeout $(($2 + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${2}s" --latency -H 'x-api-key: bench' \
-    "http://127.0.0.1:${PORT[$1]}/rating/42" >"$3" 2>&1
-}
-
-NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
-echo "== proxies: tollgate_on pid $ON_PID (threads 1, limits per-api-key + per-ip), tollgate_off pid $OFF_PID" \
-  "(threads 1, no limits), nginx master $NGX_PID worker(s) $NGX_WORKERS(worker_processes 1, limit_req x2);" \
-  "access logs off on all; upstream nginx on 127.0.0.1:$UP_PORT"
-echo "== pinning: proxies ${PIN_PROXY[*]:-(none)}, wrk and upstream ${PIN_LOAD[*]:-(none)}"
-echo "== load: wrk -t1 -c$CONNS -d${SECS}s --latency -H 'x-api-key: bench', $ROUNDS rounds, CLK_TCK $HZ"
-
-for p in tollgate_on tollgate_off nginx; do
-  run_wrk "$p" "$WARMUP" "$DIR/warmup.$p" || true
-done
-
-ORDER=(tollgate_on tollgate_off nginx)
-RESULTS=$DIR/results.tsv
-: >"$RESULTS"
-fail=0
-for r in $(seq "$ROUNDS"); do
-  for i in 0 1 2; do
-    p=${ORDER[$(((i + r - 1) % 3))]}
-    out=$DIR/wrk.$p.$r
-    read -r u0 s0 < <(cpu_ticks "${PID[$p]}")
-    run_wrk "$p" "$SECS" "$out" || { echo "FAIL: wrk on $p exited non-zero"; cat "$out"; exit 1; }
-    read -r u1 s1 < <(cpu_ticks "${PID[$p]}")
-    c0=$((u0 + s0))
-    c1=$((u1 + s1))
-    read -r reqs _secs rps p50 p99 bad < <(python3 "$SUMMARIZE" wrk "$out")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$r" $((c1 - c0)) "$reqs" "$rps" "$p50" "$p99" "$bad" "$HZ" \
-      $((u1 - u0)) $((s1 - s0)) >>"$RESULTS"
-    cpu_us=$(python3 -c "print(f'{($c1 - $c0) / $HZ * 1e6 / max($reqs, 1):.2f}')")
-    printf 'round %s  %-13s %8s req  %9s req/s  p50 %7s ms  p99 %7s ms  CPU %7s us/req  non-2xx+errors %s\n' \
-      "$r" "$p" "$reqs" "$rps" "$p50" "$p99" "$cpu_us" "$bad"
-    if [ "$reqs" -eq 0 ] || [ $((bad * 100)) -gt "$reqs" ]; then
-      echo "FAIL: $p round $r: $bad of $reqs responses were not 2xx/3xx or failed (> 1%)"
-      fail=1
+  # Every proxy must answer 200 with the upstream's body before anything is measured.
+  for p in direct "${ORDER[@]}"; do
+    port=${PORT[$p]}
+    ok=0
+    out=""
+    for _ in $(seq 100); do
+      out=$(curl -s --max-time 2 -o "$DIR/check.$p" -w '%{http_code}' -H 'x-api-key: bench' \
+        "http://127.0.0.1:$port/rating/42" 2>/dev/null || true)
+      if [ "$out" = 200 ] && [ "$(cat "$DIR/check.$p" 2>/dev/null)" = "$BODY" ]; then ok=1; break; fi
+      sleep 0.1
+    done
+    if [ $ok != 1 ]; then
+      echo "FAIL: $p on 127.0.0.1:$port did not answer 200 with the upstream body (last: $out)"
+      tail -n 5 "$DIR"/*.log "$DIR"/*/logs/error.log 2>/dev/null || true
+      exit 1
     fi
   done
-done
+
+  echo
+  echo "=============== $W worker(s) each ==============="
+  echo "== proxies (pids): tollgate_on ${PID[tollgate_on]} (threads $W, limits per-api-key + per-ip)," \
+    "tollgate_off ${PID[tollgate_off]} (threads $W, no limits), bare_pingora ${PID[bare_pingora]} (threads $W)," \
+    "haproxy ${PID[haproxy]} (nbthread $W, 2 stick tables), nginx master ${PID[nginx]} worker(s)" \
+    "$(pgrep -P "${PID[nginx]}" | tr '\n' ' ')(worker_processes $W, limit_req x2);" \
+    "access logs off on all; upstream nginx (worker_processes $W) on 127.0.0.1:$UP_PORT"
+  echo "== pinning: $pin_note"
+  if [ "$W" -ge "$NCPU" ]; then
+    echo "== NOTE: $W proxy workers on a $NCPU-CPU machine: proxy, wrk and the upstream share the CPUs," \
+      "so this table measures contention with the load generator, not the proxies alone"
+  fi
+  echo "== load: wrk -t$W -c$CONNS -d${SECS}s --latency -H 'x-api-key: bench', $ROUNDS rounds, CLK_TCK $HZ"
+
+  for p in "${ORDER[@]}"; do
+    run_wrk "${PORT[$p]}" "$WARMUP" "$DIR/warmup.$p.w$W" "$W" "$CONNS" || true
+  done
+
+  local results=$DIR/results.w$W.tsv n=${#ORDER[@]}
+  : >"$results"
+  for r in $(seq "$ROUNDS"); do
+    for i in $(seq 0 $((n - 1))); do
+      p=${ORDER[$(((i + r - 1) % n))]}
+      out=$DIR/wrk.$p.w$W.$r
+      read -r u0 s0 < <(cpu_ticks "${PID[$p]}")
+      run_wrk "${PORT[$p]}" "$SECS" "$out" "$W" "$CONNS" ||
+        { echo "FAIL: wrk on $p exited non-zero"; cat "$out"; exit 1; }
+      read -r u1 s1 < <(cpu_ticks "${PID[$p]}")
+      c0=$((u0 + s0))
+      c1=$((u1 + s1))
+      read -r reqs _ rps p50 p99 bad < <(python3 "$SUMMARIZE" wrk "$out")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$r" $((c1 - c0)) "$reqs" "$rps" "$p50" "$p99" \
+        "$bad" "$HZ" $((u1 - u0)) $((s1 - s0)) >>"$results"
+      cpu_us=$(python3 -c "print(f'{($c1 - $c0) / $HZ * 1e6 / max($reqs, 1):.2f}')")
+      printf 'w%s round %s  %-13s %8s req  %9s req/s  p50 %7.3f ms  p99 %7.3f ms  CPU %7s us/req  non-2xx+errors %s\n' \
+        "$W" "$r" "$p" "$reqs" "$rps" "$p50" "$p99" "$cpu_us" "$bad"
+      if [ "$reqs" -eq 0 ] || [ $((bad * 100)) -gt "$reqs" ]; then
+        echo "FAIL: $p round $r: $bad of $reqs responses were not 2xx/3xx or failed (> 1%)"
+        fail=1
+      fi
+    done
+  done
+
+  echo
+  echo "== $W worker(s) each: medians over $ROUNDS rounds of ${SECS}s (CPU in us per request; access logs off)"
+  python3 "$SUMMARIZE" table "$results"
+  if [ "$W" -ge "$NCPU" ]; then
+    echo "(NOTE: $W workers on $NCPU CPUs: these figures include contention with wrk and the upstream)"
+  fi
+  if [ "$W" = "$TARGET_W" ]; then
+    cp "$results" "$DIR/results.target.tsv"
+    echo
+    echo "== one client: wrk -t1 -c1 -d${LAT_SECS}s --latency, direct to the upstream and through each" \
+      "$W-worker proxy, $ROUNDS rotating rounds"
+    echo "   (wrk on the proxies' CPUs: ${PIN_PROXY[*]:-unpinned}; see the header of scripts/bench.sh)"
+    WRK_PIN=("${PIN_PROXY[@]}")
+    : >"$LATENCY"
+    n=${#LAT_ORDER[@]}
+    for r in $(seq "$ROUNDS"); do
+      for i in $(seq 0 $((n - 1))); do
+        p=${LAT_ORDER[$(((i + r - 1) % n))]}
+        out=$DIR/lat.$p.$r
+        run_wrk "${PORT[$p]}" "$LAT_SECS" "$out" 1 1 ||
+          { echo "FAIL: wrk -c1 on $p exited non-zero"; cat "$out"; exit 1; }
+        read -r reqs _ rps p50 p99 bad < <(python3 "$SUMMARIZE" wrk "$out")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$r" "$reqs" "$rps" "$p50" "$p99" "$bad" >>"$LATENCY"
+        if [ "$reqs" -eq 0 ] || [ $((bad * 100)) -gt "$reqs" ]; then
+          echo "FAIL: one client, $p round $r: $bad of $reqs responses were not 2xx/3xx or failed (> 1%)"
+          fail=1
+        fi
+      done
+    done
+    python3 "$SUMMARIZE" latency "$LATENCY"
+    WRK_PIN=("${PIN_LOAD[@]}")
+
+    if [ "$PERF" = 1 ]; then
+      echo
+      echo "== perf record -F 999 -g -p ${PID[tollgate_on]} (tollgate_on, $W worker(s)) for ${SECS}s under the same load"
+      perf record -F 999 -g -p "${PID[tollgate_on]}" -o "$DIR/perf.data" -- sleep "$SECS" >"$DIR/perf.log" 2>&1 &
+      local perf_pid=$!
+      run_wrk "${PORT[tollgate_on]}" "$SECS" "$DIR/wrk.perf" "$W" "$CONNS" || true
+      wait "$perf_pid" || true
+      perf report -i "$DIR/perf.data" --no-children --stdio 2>/dev/null | head -60 || true
+      echo "-- by shared object (self time)"
+      perf report -i "$DIR/perf.data" --no-children --stdio -g none --sort dso 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -8 || true
+      echo "-- flat profile (top 15 symbols, self time)"
+      perf report -i "$DIR/perf.data" --no-children --stdio -g none --percent-limit 0.5 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -15 || true
+    fi
+  fi
+
+  stop_all "${PIDS[@]}"
+  PIDS=()
+}
+
+echo "== $NCPU CPUs; tables for ${WORKERS} worker(s); targets on the $TARGET_W-worker table"
+for w in "${WORKER_LIST[@]}"; do run_table "$w"; done
 
 echo
-echo "== medians over $ROUNDS rounds of ${SECS}s (1 worker each, access logs off)"
-python3 "$SUMMARIZE" table "$RESULTS"
-
-if [ "$PERF" = 1 ]; then
-  echo
-  echo "== perf record -F 999 -g -p $ON_PID (tollgate_on) for ${SECS}s under the same load"
-  perf record -F 999 -g -p "$ON_PID" -o "$DIR/perf.data" -- sleep "$SECS" >"$DIR/perf.log" 2>&1 &
-  PERF_PID=$!
-  run_wrk tollgate_on "$SECS" "$DIR/wrk.perf" || true
-  wait "$PERF_PID" || true
-  perf report -i "$DIR/perf.data" --no-children --stdio 2>/dev/null | head -60 || true
-  echo "-- by shared object (self time)"
-  perf report -i "$DIR/perf.data" --no-children --stdio -g none --sort dso 2>/dev/null |
-    grep -v '^#' | grep -v '^$' | head -8 || true
-  echo "-- flat profile (top 15 symbols, self time)"
-  perf report -i "$DIR/perf.data" --no-children --stdio -g none --percent-limit 0.5 2>/dev/null |
-    grep -v '^#' | grep -v '^$' | head -15 || true
-fi
+echo "== targets ($TARGET_W-worker table; one-client latency row)"
+targets_rc=0
+python3 "$SUMMARIZE" targets "$DIR/results.target.tsv" "$LATENCY" || targets_rc=$?
 
 [ $fail = 0 ] || exit 1
+if [ $targets_rc != 0 ]; then
+  if [ "$NO_TARGETS" = 1 ]; then
+    echo "targets missed (BENCH_NO_TARGETS=1: exit status 0)"
+  else
+    echo "targets missed: exit status 2 (BENCH_NO_TARGETS=1 to report without failing)"
+    exit 2
+  fi
+fi

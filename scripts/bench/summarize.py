@@ -9,9 +9,21 @@
   summarize.py table TSV
       TSV lines: proxy round cpu_ticks requests rps p50_ms p99_ms bad clk_tck
       [user_ticks system_ticks]
-      Prints per proxy the medians across rounds (CPU microseconds per request, requests/s,
-      p50, p99) and the ratios tollgate_on/tollgate_off and tollgate_on/nginx of the median
-      CPU per request (and the same ratio per round, to show the spread).
+      Prints per proxy the medians across rounds (CPU microseconds per request, and its user
+      and system parts, requests/s, p50, p99), then the ratios of the median CPU per request
+      (tollgate_on against nginx, haproxy, bare_pingora and tollgate_off; bare_pingora against
+      nginx; with the same ratio per round, to show the spread) and of the median p99
+      (tollgate_on / nginx).
+
+  summarize.py latency TSV
+      TSV lines: target round requests rps p50_ms p99_ms bad, from `wrk -t1 -c1` runs against
+      the upstream directly (target `direct`) and through each proxy. Prints the median p50 of
+      each, the latency each proxy adds (median p50 through it - median p50 direct) and the
+      ratio tollgate_on-added / nginx-added.
+
+  summarize.py targets TABLE_TSV LATENCY_TSV
+      Checks the targets (see TARGETS) and prints each with PASS or FAIL; exits 1 when one is
+      missed or cannot be computed, 0 otherwise.
 """
 
 import re
@@ -19,6 +31,17 @@ import statistics
 import sys
 
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+ORDER = ["tollgate_on", "tollgate_off", "bare_pingora", "haproxy", "nginx"]
+LATENCY_ORDER = ["direct", "nginx", "haproxy", "bare_pingora", "tollgate_on"]
+
+# (label, what is compared, maximum)
+TARGETS = [
+    ("CPU us/req  tollgate_on / nginx", "cpu_on_nginx", 1.5),
+    ("p99         tollgate_on / nginx", "p99_on_nginx", 1.5),
+    ("added p50, one client, tollgate_on / nginx", "added_on_nginx", 1.5),
+    ("CPU us/req  tollgate_on / tollgate_off", "cpu_on_off", 1.03),
+]
 
 
 def to_ms(text):
@@ -47,13 +70,11 @@ def parse_wrk(path):
     )
     if m:
         bad += sum(int(x) for x in m.groups())
-    print(f"{requests}\t{seconds:.3f}\t{rps:.1f}\t{p50:.3f}\t{p99:.3f}\t{bad}")
+    print(f"{requests}\t{seconds:.3f}\t{rps:.1f}\t{p50:.4f}\t{p99:.4f}\t{bad}")
 
 
-ORDER = ["tollgate_on", "tollgate_off", "nginx"]
-
-
-def table(path):
+def read_table(path):
+    """Rows per proxy, one dict per round."""
     rows = {}
     for line in open(path, encoding="utf-8"):
         f = line.split()
@@ -61,12 +82,11 @@ def table(path):
             continue
         proxy, rnd, ticks, reqs, rps, p50, p99, bad, hz = f[:9]
         per_req = lambda t: int(t) / int(hz) * 1e6 / max(int(reqs), 1)  # noqa: E731
-        cpu_us = per_req(ticks)
         user_us, sys_us = (per_req(f[9]), per_req(f[10])) if len(f) == 11 else (None, None)
         rows.setdefault(proxy, []).append(
             dict(
                 round=int(rnd),
-                cpu=cpu_us,
+                cpu=per_req(ticks),
                 user=user_us,
                 sys=sys_us,
                 rps=float(rps),
@@ -76,59 +96,162 @@ def table(path):
                 reqs=int(reqs),
             )
         )
+    return rows
+
+
+def medians(rows):
     med = {}
+    for p, rs in rows.items():
+        med[p] = {k: statistics.median(r[k] for r in rs) for k in ("cpu", "rps", "p50", "p99")}
+        if all(r["user"] is not None for r in rs):
+            med[p]["user"] = statistics.median(r["user"] for r in rs)
+            med[p]["sys"] = statistics.median(r["sys"] for r in rs)
+    return med
+
+
+def table(path):
+    rows = read_table(path)
+    med = medians(rows)
     print(
-        f"{'proxy':<14}{'rounds':>7}{'CPU us/req':>12}{'req/s':>10}"
+        f"{'proxy':<14}{'rounds':>7}{'CPU us/req':>12}{'user':>8}{'system':>8}{'req/s':>9}"
         f"{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}   CPU us/req per round"
     )
-    for p in ORDER:
+    for p in ORDER + sorted(set(rows) - set(ORDER)):
         rs = rows.get(p, [])
         if not rs:
             continue
-        med[p] = {k: statistics.median(r[k] for r in rs) for k in ("cpu", "rps", "p50", "p99")}
+        m = med[p]
         per_round = " ".join(f"{r['cpu']:.1f}" for r in sorted(rs, key=lambda r: r["round"]))
         bad = sum(r["bad"] for r in rs)
+        user = f"{m['user']:>8.2f}{m['sys']:>8.2f}" if "user" in m else f"{'-':>8}{'-':>8}"
         print(
-            f"{p:<14}{len(rs):>7}{med[p]['cpu']:>12.2f}{med[p]['rps']:>10.0f}"
-            f"{med[p]['p50']:>9.3f}{med[p]['p99']:>9.3f}{bad:>9}   {per_round}"
+            f"{p:<14}{len(rs):>7}{m['cpu']:>12.2f}{user}{m['rps']:>9.0f}"
+            f"{m['p50']:>9.3f}{m['p99']:>9.3f}{bad:>9}   {per_round}"
         )
-    if all(r["user"] is not None for rs in rows.values() for r in rs):
-        print()
-        print(f"{'proxy':<14}{'user us/req':>12}{'system us/req':>15}{'system share':>14}")
-        for p in ORDER:
-            rs = rows.get(p, [])
-            if not rs:
-                continue
-            u = statistics.median(r["user"] for r in rs)
-            k = statistics.median(r["sys"] for r in rs)
-            print(f"{p:<14}{u:>12.2f}{k:>15.2f}{k / max(u + k, 1e-9):>14.2f}")
     print()
 
-    def ratio(a, b):
-        if a not in med or b not in med:
+    def ratio(a, b, key="cpu", label="CPU us/req"):
+        if a not in med or b not in med or med[b][key] <= 0:
             return
-        r = med[a]["cpu"] / med[b]["cpu"]
-        by_round = {r_["round"]: r_["cpu"] for r_ in rows[b]}
+        r = med[a][key] / med[b][key]
+        by_round = {x["round"]: x[key] for x in rows[b]}
         per = [
-            x["cpu"] / by_round[x["round"]]
+            x[key] / by_round[x["round"]]
             for x in sorted(rows[a], key=lambda x: x["round"])
-            if x["round"] in by_round
+            if by_round.get(x["round"], 0) > 0
         ]
         spread = " ".join(f"{x:.3f}" for x in per)
-        print(
-            f"CPU us/req  {a}/{b} = {r:.3f}  ({(r - 1) * 100:+.1f}%)"
-            f"   per round: {spread}"
-        )
+        name = f"{a}/{b}"
+        print(f"{label:<11} {name:<26} = {r:6.3f}  ({(r - 1) * 100:+6.1f}%)   per round: {spread}")
 
-    ratio("tollgate_on", "tollgate_off")
     ratio("tollgate_on", "nginx")
+    ratio("tollgate_on", "haproxy")
+    ratio("tollgate_on", "bare_pingora")
+    ratio("bare_pingora", "nginx")
+    ratio("tollgate_on", "tollgate_off")
     ratio("tollgate_off", "nginx")
+    ratio("tollgate_on", "nginx", key="p99", label="p99")
+
+
+def read_latency(path):
+    rows = {}
+    for line in open(path, encoding="utf-8"):
+        f = line.split()
+        if len(f) != 7:
+            continue
+        target, rnd, reqs, rps, p50, p99, bad = f
+        rows.setdefault(target, []).append(
+            dict(
+                round=int(rnd),
+                reqs=int(reqs),
+                rps=float(rps),
+                p50=float(p50),
+                p99=float(p99),
+                bad=int(bad),
+            )
+        )
+    return rows
+
+
+def added(rows):
+    """Median p50 per target, and median p50 through each proxy minus the direct one (ms)."""
+    p50 = {t: statistics.median(r["p50"] for r in rs) for t, rs in rows.items()}
+    plus = {t: v - p50["direct"] for t, v in p50.items() if t != "direct" and "direct" in p50}
+    return p50, plus
+
+
+def latency(path):
+    rows = read_latency(path)
+    p50, plus = added(rows)
+    print(
+        f"{'target':<14}{'rounds':>7}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'added p50 us':>14}"
+        f"{'non-2xx':>9}   p50 us per round"
+    )
+    for t in LATENCY_ORDER + sorted(set(rows) - set(LATENCY_ORDER)):
+        rs = rows.get(t, [])
+        if not rs:
+            continue
+        rps = statistics.median(r["rps"] for r in rs)
+        p99 = statistics.median(r["p99"] for r in rs)
+        add = f"{plus[t] * 1000:>14.1f}" if t in plus else f"{'-':>14}"
+        per_round = " ".join(f"{r['p50'] * 1000:.0f}" for r in sorted(rs, key=lambda r: r["round"]))
+        bad = sum(r["bad"] for r in rs)
+        print(
+            f"{t:<14}{len(rs):>7}{rps:>9.0f}{p50[t] * 1000:>9.1f}{p99 * 1000:>9.1f}{add}{bad:>9}"
+            f"   {per_round}"
+        )
+    print()
+    for a in ("tollgate_on", "bare_pingora", "haproxy"):
+        if a in plus and "nginx" in plus and plus["nginx"] > 0:
+            r = plus[a] / plus["nginx"]
+            print(
+                f"added p50   {a + '/nginx':<26} = {r:6.3f}"
+                f"  ({plus[a] * 1000:.1f} us / {plus['nginx'] * 1000:.1f} us)"
+            )
+
+
+def targets(table_path, latency_path):
+    med = medians(read_table(table_path))
+    _, plus = added(read_latency(latency_path))
+
+    def ratio(a, b, key):
+        if a in med and b in med and med[b][key] > 0:
+            return med[a][key] / med[b][key]
+        return None
+
+    values = {
+        "cpu_on_nginx": ratio("tollgate_on", "nginx", "cpu"),
+        "p99_on_nginx": ratio("tollgate_on", "nginx", "p99"),
+        "cpu_on_off": ratio("tollgate_on", "tollgate_off", "cpu"),
+        "added_on_nginx": (
+            plus["tollgate_on"] / plus["nginx"]
+            if "tollgate_on" in plus and plus.get("nginx", 0) > 0
+            else None
+        ),
+    }
+    missed = 0
+    for label, key, limit in TARGETS:
+        v = values[key]
+        ok = v is not None and v <= limit
+        missed += not ok
+        shown = f"{v:.3f}" if v is not None else "n/a"
+        why = "" if v is not None else "  (not measured, or nginx added no latency)"
+        print(f"{'PASS' if ok else 'FAIL'}  {label:<44} {shown:>7}  (target <= {limit}){why}")
+    print(f"{len(TARGETS) - missed} of {len(TARGETS)} targets met")
+    return 1 if missed else 0
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("wrk", "table"):
+    cmds = {
+        "wrk": (parse_wrk, 1),
+        "table": (table, 1),
+        "latency": (latency, 1),
+        "targets": (targets, 2),
+    }
+    if len(sys.argv) < 2 or sys.argv[1] not in cmds or len(sys.argv) != 2 + cmds[sys.argv[1]][1]:
         raise SystemExit(__doc__)
-    {"wrk": parse_wrk, "table": table}[sys.argv[1]](sys.argv[2])
+    fn, _ = cmds[sys.argv[1]]
+    sys.exit(fn(*sys.argv[2:]) or 0)
 
 
 if __name__ == "__main__":
