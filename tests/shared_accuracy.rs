@@ -188,6 +188,66 @@ fn clients_within_their_limits_round_robin_over_the_nodes_are_admitted() {
     assert_within("spread clients within their limits", sent, refused, KEYS);
 }
 
+/// The sum of a metric (all its label sets) over the nodes.
+fn metric_sum(nodes: &[Gateway], prefix: &str) -> f64 {
+    nodes
+        .iter()
+        .map(|g| {
+            get(g.admin, "/metrics", &[])
+                .text()
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+#[test]
+fn many_light_keys_cost_redis_a_check_per_bucket_and_no_write() {
+    let _turn = serial();
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let nodes = start_nodes(&up, &redis.url, &["m1", "m2", "m3"], 200, &[WITHIN]);
+    // 1,500 keys, each requested once on each of two nodes: light keys (capacity 5), as real
+    // API traffic is. Every request is admitted, no node writes any of them (quiet buckets):
+    // each bucket is checked once against Redis and forgotten.
+    const MANY: usize = 1_500;
+    let handles: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let addr = g.addr;
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                let mut refused = 0;
+                for k in (0..MANY).filter(|k| k % 3 != i) {
+                    refused += u64::from(send(&mut conn, "within", &format!("mk-{k}")) == 429);
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: u64 = handles.into_iter().map(|h| h.join().expect("client")).sum();
+    assert_eq!(refused, 0, "light clients refused");
+    let pairs = (2 * MANY) as f64;
+    assert!(
+        wait_until(Duration::from_secs(30), || metric_sum(
+            &nodes,
+            "tollgate_quiet_buckets_total{result=\"forgotten\"}"
+        ) >= pairs),
+        "forgotten: {} of {pairs}",
+        metric_sum(&nodes, "tollgate_quiet_buckets_total")
+    );
+    let written: u64 = redis.cmd(&["DBSIZE"]).trim().parse().expect("DBSIZE");
+    assert_eq!(written, 1, "only the registry is in Redis");
+    assert_eq!(metric_sum(&nodes, "tollgate_sync_errors_total"), 0.0);
+    assert_eq!(
+        metric_sum(&nodes, "tollgate_quiet_buckets_total{result=\"synced\"}"),
+        0.0
+    );
+}
+
 /// One client sending to `limit` with `key` on one keep-alive connection at the deadlines
 /// `start + k x period` (at once when late) until `end`. Returns when each request was sent
 /// and its status.
