@@ -20,6 +20,8 @@
 #   INSTR_KEEP=1   keep the temporary directory (callgrind outputs: callgrind_annotate FILE)
 #   INSTR_ONLY=on  measure one configuration only (on or off), for profiling
 #   CALLGRIND_ARGS extra callgrind options (e.g. --dump-instr=yes for per-instruction costs)
+#
+# Exit status: 2 when limits on / limits off is over 1.03 (the target), 1 on an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -174,4 +176,8 @@ print(f"per round, limits on / limits off: {rounds_ratio}")
 print(f"instructions per request, limits on / limits off = {ratio:.3f}  ({(ratio - 1) * 100:+.1f}%; "
       f"{results['on'] - results['off']:,.0f} instructions; target at most +3%)")
 print(f"system calls per request, limits on / limits off = {calls['on'] / calls['off']:.3f}")
+if ratio > 1.03:
+    print(f"FAIL: limits on / off = {ratio:.3f}, over the 1.03 target")
+    raise SystemExit(2)
+print(f"PASS: limits on / off = {ratio:.3f} (target at most 1.03)")
 PY

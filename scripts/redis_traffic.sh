@@ -15,6 +15,10 @@
 #   REDIS_SECONDS=10           seconds per phase
 #   REDIS_KEYS=5               hot API keys
 #   REDIS_KEEP=1               keep the temporary directory
+#
+# Exit status: 0 when Redis commands/s stay flat (at most 1.25x) while the achieved request
+# rate at least doubles; 2 when they do not, or the phases cannot show it; 1 on an error or
+# more than 1% non-2xx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -178,4 +182,15 @@ bad = [r for r in res if r[3] and r[4] * 100 > r[3]]
 if bad:
     print("FAIL: more than 1% non-2xx in " + ", ".join(r[0] for r in bad))
     sys.exit(1)
+# The target: Redis traffic independent of the request rate. Flat within 25% while the request
+# rate at least doubles; a figure that cannot be compared (one loaded phase, or a load that did
+# not double) is a failure too, not a pass.
+if len(loaded) < 2 or hi[1] < 2 * lo[1]:
+    print("FAIL: need two loaded phases whose achieved rates differ by 2x or more")
+    sys.exit(2)
+flat = hi[2] / lo[2]
+if flat > 1.25:
+    print(f"FAIL: redis cmds/s grew {flat:.3f}x with the request rate (target at most 1.25)")
+    sys.exit(2)
+print(f"PASS: redis cmds/s ratio {flat:.3f} (target at most 1.25) for {hi[1] / lo[1]:.1f}x the requests")
 EOF
