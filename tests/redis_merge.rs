@@ -5,6 +5,7 @@ mod common;
 use common::RedisServer;
 use std::collections::HashMap;
 use tollgate::limit::bucket::Counters;
+use tollgate::limit::store_key::StoreKey;
 use tollgate::limit::store_sync::DirtyBucket;
 use tollgate::shared::batch::{self, batch_script};
 use tollgate::shared::layout::{
@@ -300,7 +301,7 @@ fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
                 };
                 Op {
                     bucket: DirtyBucket {
-                        store_key: format!("l:{k}"),
+                        store_key: StoreKey::new("l", k),
                         own,
                         fresh: g.next(2) == 0,
                     },

@@ -4,6 +4,7 @@
 
 use super::bucket::{Bucket, BucketParams, Decision, UNITS_PER_TOKEN};
 use super::pacing::Pace;
+use super::store_key::StoreKey;
 use hashbrown::hash_map::RawEntryMut;
 use parking_lot::{Mutex, MutexGuard};
 
@@ -46,12 +47,12 @@ pub(super) struct SyncState {
 pub(super) struct Shard {
     /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
     /// SipHash on short keys. One hash per request picks the shard and probes its map.
-    pub(super) map: hashbrown::HashMap<Box<str>, Entry, ahash::RandomState>,
+    pub(super) map: hashbrown::HashMap<StoreKey, Entry, ahash::RandomState>,
     /// Keys whose entry turned dirty, each listed once until drained.
-    pub(super) dirty: Vec<Box<str>>,
+    pub(super) dirty: Vec<StoreKey>,
     /// Keys whose entry turned quiet, oldest first, each listed once (see
     /// [`crate::limit::store_quiet`]).
-    pub(super) quiet: Vec<Box<str>>,
+    pub(super) quiet: Vec<StoreKey>,
 }
 
 impl Shard {
@@ -106,7 +107,7 @@ pub(super) fn bucket_entry<'s>(
 #[cold]
 #[inline(never)]
 fn new_entry<'s>(
-    v: hashbrown::hash_map::RawVacantEntryMut<'s, Box<str>, Entry, ahash::RandomState>,
+    v: hashbrown::hash_map::RawVacantEntryMut<'s, StoreKey, Entry, ahash::RandomState>,
     hash: u64,
     key: &str,
     p: &BucketParams,

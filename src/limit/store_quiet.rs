@@ -57,6 +57,7 @@
 use super::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
 use super::store::Store;
 use super::store_entry::{lock, Entry, Shard, View};
+use super::store_key::StoreKey;
 use std::sync::atomic::Ordering;
 
 /// How old (since created) a quiet bucket must be before it may be checked and forgotten.
@@ -152,7 +153,7 @@ impl Store {
         &self,
         params_of: impl Fn(&str) -> Option<BucketParams>,
         max: usize,
-    ) -> Vec<String> {
+    ) -> Vec<StoreKey> {
         let now = self.clock.now_ns();
         let live = self.live_nodes.load(Ordering::Relaxed);
         let mut out = Vec::new();
@@ -176,7 +177,7 @@ impl Store {
                         young = true;
                         kept.push(k);
                     }
-                    Due::Check => out.push(k.to_string()),
+                    Due::Check => out.push(k),
                     Due::Sync => shard.mark_dirty(&k),
                     Due::Later => later.push(k),
                 }
@@ -241,7 +242,7 @@ impl Store {
     }
 
     /// Lists again quiet buckets whose check got no answer.
-    pub fn relist_quiet(&self, keys: impl IntoIterator<Item = String>) {
+    pub fn relist_quiet(&self, keys: impl IntoIterator<Item = StoreKey>) {
         for k in keys {
             let mut shard = lock(&self.shards[self.shard_of(&k)]);
             if shard
@@ -249,7 +250,7 @@ impl Store {
                 .get(k.as_str())
                 .is_some_and(|e| e.quiet && !e.dirty)
             {
-                shard.quiet.push(k.into());
+                shard.quiet.push(k);
             }
         }
     }
@@ -327,7 +328,7 @@ mod tests {
         let mut keys: Vec<String> = store
             .take_dirty()
             .into_iter()
-            .map(|d| d.store_key)
+            .map(|d| d.store_key.to_string())
             .collect();
         keys.sort();
         keys
@@ -488,7 +489,7 @@ mod tests {
         );
         take(&store, &l, "a", 1); // no longer full: must not be dropped
         assert_eq!(store.settle_quiet("l:a", &Stored::Absent, params_of), None);
-        store.relist_quiet(["l:b".to_string()]);
+        store.relist_quiet([StoreKey::new("l", "b")]);
         assert_eq!(store.quiet_len(), 2, "both kept");
         clock.advance_ns(10 * SEC);
         let mut again = store.take_quiet_due(params_of, 100);

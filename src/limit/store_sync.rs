@@ -8,6 +8,7 @@ use super::pacing::Cluster;
 use super::store::LimitSpec;
 use super::store::Store;
 use super::store_entry::{bucket_entry, lock, View};
+use super::store_key::StoreKey;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -15,7 +16,7 @@ use std::sync::atomic::Ordering;
 /// must first be read (fresh).
 #[derive(Debug, Clone)]
 pub struct DirtyBucket {
-    pub store_key: String,
+    pub store_key: StoreKey,
     pub own: Counters,
     pub fresh: bool,
 }
@@ -41,11 +42,11 @@ impl Store {
             }
             let mut shard = lock(&self.shards[(first + i) % n]);
             let take = shard.dirty.len().min(left);
-            let keys: Vec<Box<str>> = shard.dirty.drain(..take).collect();
+            let keys: Vec<StoreKey> = shard.dirty.drain(..take).collect();
             for k in keys {
                 if let Some(e) = shard.map.get(&*k) {
                     out.push(DirtyBucket {
-                        store_key: k.to_string(),
+                        store_key: k,
                         own: *e.bucket.own(),
                         fresh: e.view != View::Current,
                     });
@@ -61,7 +62,7 @@ impl Store {
     }
 
     /// Lists buckets again after a failed push.
-    pub fn requeue(&self, keys: impl IntoIterator<Item = String>) {
+    pub fn requeue(&self, keys: impl IntoIterator<Item = StoreKey>) {
         for k in keys {
             let mut shard = lock(&self.shards[self.shard_of(&k)]);
             if let Some(e) = shard.map.get_mut(k.as_str()) {
@@ -75,7 +76,7 @@ impl Store {
     pub fn mark_all_dirty(&self) {
         for s in self.shards.iter() {
             let mut shard = lock(s);
-            let keys: Vec<Box<str>> = shard.map.keys().cloned().collect();
+            let keys: Vec<StoreKey> = shard.map.keys().cloned().collect();
             for k in keys {
                 shard.mark_dirty(&k);
             }

@@ -13,6 +13,7 @@
 use super::layout;
 use crate::limit::bucket::Counters;
 use crate::limit::store::{split_store_key, LimitSpec, Store};
+use crate::limit::store_key::StoreKey;
 use crate::limit::store_quiet::Stored;
 use crate::limit::store_sync::DirtyBucket;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -90,13 +91,13 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
 /// A quiet bucket to ask about (see [`crate::limit::store_quiet`]): does its hash exist?
 #[derive(Debug, Clone)]
 pub struct Check {
-    pub store_key: String,
+    pub store_key: StoreKey,
     pub redis_key: String,
 }
 
 /// The checks for the quiet buckets that may be forgotten. A bucket of a limit that no longer
 /// exists is left out (the housekeeping sweep evicts it).
-pub fn checks(ctx: &Context<'_>, due: Vec<String>) -> Vec<Check> {
+pub fn checks(ctx: &Context<'_>, due: Vec<StoreKey>) -> Vec<Check> {
     due.into_iter()
         .filter_map(|store_key| {
             let (limit, key) = split_store_key(&store_key)?;
@@ -184,7 +185,7 @@ pub struct Seen {
     /// process writes this node's fields.
     pub duplicate: bool,
     /// Buckets whose command failed or got no reply: listed again for the next round.
-    pub requeue: Vec<String>,
+    pub requeue: Vec<StoreKey>,
     /// The first refusal, as `BUCKET: message`.
     pub first_error: Option<String>,
     pub no_script: bool,
@@ -211,9 +212,9 @@ pub fn apply(
             Some(Ok(hash)) => {
                 if let Some(n) = hash.get(layout::TOO_BIG) {
                     seen.too_big
-                        .get_or_insert_with(|| (d.store_key.clone(), n.clone()));
-                } else if oversized.contains(&d.store_key) {
-                    seen.resized.push(d.store_key.clone());
+                        .get_or_insert_with(|| (d.store_key.to_string(), n.clone()));
+                } else if oversized.contains(d.store_key.as_str()) {
+                    seen.resized.push(d.store_key.to_string());
                 }
                 absorb_hash(store, ctx, d, &hash, &mut seen);
             }
@@ -282,7 +283,7 @@ mod tests {
     use super::*;
     use crate::limit::bucket::BucketParams;
     use crate::limit::clock::ManualClock;
-    use crate::limit::store::{store_key, Charge};
+    use crate::limit::store::Charge;
     use std::sync::Arc;
 
     fn limit() -> LimitSpec {
@@ -357,7 +358,7 @@ mod tests {
             no_script: false,
         };
         let seen = apply(&store, &ctx, &round, [Err(refused)], &HashSet::new());
-        assert_eq!(seen.requeue, vec![store_key("l", "k")]);
+        assert_eq!(seen.requeue, vec![StoreKey::new("l", "k")]);
         assert_eq!(seen.first_error.as_deref(), Some("l:k: WRONGTYPE"));
     }
 
@@ -366,7 +367,7 @@ mod tests {
         let limits = [limit()];
         let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
         let bucket = DirtyBucket {
-            store_key: store_key("l", "k"),
+            store_key: StoreKey::new("l", "k"),
             own: Counters {
                 consumed: 1,
                 attempts: 1,
