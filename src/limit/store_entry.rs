@@ -11,12 +11,12 @@ use parking_lot::{Mutex, MutexGuard};
 /// A bucket and its sync state.
 pub(super) struct Entry {
     pub(super) bucket: Bucket,
-    /// Changed since the last successful push to the shared store (listed for the next sync).
-    pub(super) dirty: bool,
+    /// Changed since the last successful push to the shared store: on the list of the next
+    /// sync (`Dirty`), or quiet (`Quiet`, see [`crate::limit::store_quiet`]); `None` when
+    /// there is nothing to push.
+    pub(super) listed: Option<Listed>,
     /// How this node's view of the shared bucket stands.
     pub(super) view: View,
-    /// Changed, but quiet: not listed for the next sync (see [`crate::limit::store_quiet`]).
-    pub(super) quiet: bool,
     /// Shared mode only (boxed, so a standalone bucket stays small): sync time and pace.
     pub(super) sync: Option<Box<SyncState>>,
 }
@@ -58,9 +58,8 @@ pub(super) struct Shard {
 impl Shard {
     pub(super) fn mark_dirty(&mut self, key: &str) {
         if let Some(e) = self.map.get_mut(key) {
-            e.quiet = false;
-            if !e.dirty {
-                e.dirty = true;
+            if e.listed != Some(Listed::Dirty) {
+                e.listed = Some(Listed::Dirty);
                 self.dirty.push(key.into());
             }
         }
@@ -119,9 +118,8 @@ fn new_entry<'s>(
         key.into(),
         Entry {
             bucket: Bucket::new(p, now),
-            dirty: false,
+            listed: None,
             view: View::New,
-            quiet: false,
             sync: shared.then(|| {
                 Box::new(SyncState {
                     synced_ns: now,
@@ -140,7 +138,8 @@ pub(super) fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Opti
     }
 }
 
-/// Which list a changed bucket goes on.
+/// Which list a changed bucket is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Listed {
     /// Listed for the next sync.
     Dirty,
@@ -153,15 +152,13 @@ impl Entry {
     /// the list its key must join, if it is on none yet.
     #[inline(always)]
     pub(super) fn note_change(&mut self, quiet: bool) -> Option<Listed> {
-        if self.dirty {
-            None
-        } else if quiet {
-            (!std::mem::replace(&mut self.quiet, true)).then_some(Listed::Quiet)
-        } else {
-            self.quiet = false;
-            self.dirty = true;
-            Some(Listed::Dirty)
-        }
+        let list = match (self.listed, quiet) {
+            (Some(Listed::Dirty), _) | (Some(Listed::Quiet), true) => return None,
+            (_, true) => Listed::Quiet,
+            (_, false) => Listed::Dirty,
+        };
+        self.listed = Some(list);
+        Some(list)
     }
 }
 

@@ -56,7 +56,7 @@
 
 use super::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
 use super::store::Store;
-use super::store_entry::{lock, Entry, Shard, View};
+use super::store_entry::{lock, Entry, Listed, Shard, View};
 use super::store_key::StoreKey;
 use std::sync::atomic::Ordering;
 
@@ -76,8 +76,7 @@ fn forgettable(e: &Entry, p: &BucketParams, now: i64, live: u32) -> bool {
         .saturating_mul(UNITS_PER_TOKEN)
         .saturating_mul(i128::from(live.max(1)));
     let refilled = i128::from(p.rate_q()).saturating_mul(i128::from(age));
-    e.quiet
-        && !e.dirty
+    e.listed == Some(Listed::Quiet)
         && e.view == View::New
         && age >= QUIET_MIN_AGE_NS
         && e.bucket.is_full(p, now)
@@ -123,7 +122,7 @@ fn examine(shard: &mut Shard, key: &str, p: Option<BucketParams>, now: i64, live
     let (Some(p), Some(sync)) = (p, e.sync.as_ref()) else {
         return Due::Off;
     };
-    if !e.quiet || e.dirty {
+    if e.listed != Some(Listed::Quiet) {
         return Due::Off;
     }
     let age = now.saturating_sub(sync.synced_ns);
@@ -206,7 +205,7 @@ impl Store {
         let p = params_of(super::store_key::limit_of(store_key))?;
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let e = shard.map.get(store_key)?;
-        if !e.quiet || e.dirty {
+        if e.listed != Some(Listed::Quiet) {
             return None;
         }
         let pressed = match stored {
@@ -248,7 +247,7 @@ impl Store {
             if shard
                 .map
                 .get(k.as_str())
-                .is_some_and(|e| e.quiet && !e.dirty)
+                .is_some_and(|e| e.listed == Some(Listed::Quiet))
             {
                 shard.quiet.push(k);
             }
@@ -269,7 +268,13 @@ impl Store {
     pub fn quiet_len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| lock(s).map.values().filter(|e| e.quiet && !e.dirty).count())
+            .map(|s| {
+                lock(s)
+                    .map
+                    .values()
+                    .filter(|e| e.listed == Some(Listed::Quiet))
+                    .count()
+            })
             .sum()
     }
 }

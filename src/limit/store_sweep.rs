@@ -35,8 +35,7 @@ impl Store {
                             now.saturating_sub(sync.synced_ns) <= ttl_ns
                         });
                         // A quiet bucket goes when the sync loop has checked it (`store_quiet`).
-                        e.dirty
-                            || e.quiet
+                        e.listed.is_some()
                             || kept_for_redis
                             || !(p.initial_tokens() == p.capacity() && e.bucket.is_full(&p, now))
                     }

@@ -66,7 +66,7 @@ impl Store {
         for k in keys {
             let mut shard = lock(&self.shards[self.shard_of(&k)]);
             if let Some(e) = shard.map.get_mut(k.as_str()) {
-                e.dirty = false;
+                e.listed = None;
                 shard.mark_dirty(&k);
             }
         }
@@ -188,7 +188,7 @@ impl Store {
                 // A merge answered the hash after it: clean if that is still all there is.
                 Some(_) => own_stored.is_none_or(|o| differs(&o)),
             };
-            e.dirty = false;
+            e.listed = None;
             changed
         };
         if relist {
