@@ -477,7 +477,11 @@ fn minimal_config_gets_every_default() {
     assert!(c.trusted_proxies.is_empty());
     assert!(c.access_log);
     assert_eq!(c.grace_period_seconds, 5);
-    assert_eq!(c.threads, 2);
+    assert_eq!(
+        c.threads,
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        "threads defaults to the CPU count"
+    );
     assert_eq!(c.max_buckets, 1_000_000);
     assert_eq!(c.limit_id("per-ip").map(|id| id.index()), Some(0));
     assert_eq!(c.limit_id("nope"), None);

@@ -297,8 +297,9 @@ fn yes() -> bool {
 fn default_grace_period() -> u64 {
     5
 }
-fn default_threads() -> usize {
-    2
+/// The machine's CPU count, as nginx's `worker_processes auto` (2 when it cannot be read).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 fn default_max_buckets() -> u64 {
     1_000_000

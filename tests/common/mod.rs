@@ -127,7 +127,9 @@ pub struct Gateway {
 }
 
 /// Fills in the addresses the harness owns: `listeners` (only when the caller gave none) and
-/// `admin.address` (always; any other `admin` field, such as `token`, is kept).
+/// `admin.address` (always; any other `admin` field, such as `token`, is kept); and two worker
+/// `threads` when the caller gave none, so that a test behaves alike on machines with more
+/// CPUs (the default is the CPU count).
 fn place_addresses(mut config: Value, listeners: &Value, admin: SocketAddr) -> Value {
     let obj = config
         .as_object_mut()
@@ -135,6 +137,7 @@ fn place_addresses(mut config: Value, listeners: &Value, admin: SocketAddr) -> V
     if obj.get("listeners").is_none_or(Value::is_null) {
         obj.insert("listeners".into(), listeners.clone());
     }
+    obj.entry("threads").or_insert_with(|| json!(2));
     let admin_obj = obj.entry("admin").or_insert_with(|| json!({}));
     if !admin_obj.is_object() {
         *admin_obj = json!({});
