@@ -21,6 +21,19 @@ pub struct DirtyBucket {
     pub fresh: bool,
 }
 
+/// The other nodes' counters of a bucket, as a merge takes them: their consumption summed,
+/// their waste the greatest (None when there is none).
+pub fn others<'c>(counters: impl IntoIterator<Item = &'c Counters>) -> (u64, Option<i128>) {
+    counters
+        .into_iter()
+        .fold((0u64, None::<i128>), |(consumed, waste), c| {
+            (
+                consumed.saturating_add(c.consumed),
+                Some(waste.map_or(c.waste, |w| w.max(c.waste))),
+            )
+        })
+}
+
 impl Store {
     /// Takes the list of buckets changed since the last call, with this node's counters.
     /// They stay marked dirty (and are not evicted) until [`Store::absorb`] confirms them;
@@ -137,11 +150,12 @@ impl Store {
         let params = &limit.params;
         let now = self.clock.now_ns();
         let own_stored = nodes.get(me).copied();
-        let (mut others_consumed, mut others_waste) = (0u64, None::<i128>);
-        for (_, c) in nodes.iter().filter(|(n, _)| n.as_str() != me) {
-            others_consumed = others_consumed.saturating_add(c.consumed);
-            others_waste = Some(others_waste.map_or(c.waste, |w| w.max(c.waste)));
-        }
+        let (others_consumed, others_waste) = others(
+            nodes
+                .iter()
+                .filter(|(n, _)| n.as_str() != me)
+                .map(|(_, c)| c),
+        );
         let cluster = self.cluster(limit.burst_guard);
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let relist = {

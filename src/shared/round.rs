@@ -15,7 +15,7 @@ use crate::limit::bucket::Counters;
 use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::limit::store_key::StoreKey;
 use crate::limit::store_quiet::Stored;
-use crate::limit::store_sync::DirtyBucket;
+use crate::limit::store_sync::{self, DirtyBucket};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
@@ -150,12 +150,12 @@ fn stored(ctx: &Context<'_>, hash: &HashMap<String, String>) -> Stored {
         .get(ctx.node_id)
         .filter(|f| f.counted)
         .map(|f| f.counters);
-    let (mut others_consumed, mut others_waste) = (0u64, None::<i128>);
     let others = || nodes.iter().filter(|(n, _)| n.as_str() != ctx.node_id);
-    for (_, f) in others().filter(|(_, f)| f.counted) {
-        others_consumed = others_consumed.saturating_add(f.counters.consumed);
-        others_waste = Some(others_waste.map_or(f.counters.waste, |w| w.max(f.counters.waste)));
-    }
+    let (others_consumed, others_waste) = store_sync::others(
+        others()
+            .filter(|(_, f)| f.counted)
+            .map(|(_, f)| &f.counters),
+    );
     Stored::State {
         own,
         others_consumed,
