@@ -172,6 +172,25 @@ fn a_restarted_node_continues_its_counters() {
 }
 
 #[test]
+fn a_joining_node_reads_what_the_others_spent_before_it_serves() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let a = Gateway::builder(loud_config(&up, &redis, "node-a", 50)).start();
+    assert_eq!(send(&a, 10), vec![200; 10]);
+    assert!(wait_until(WAIT, || field(&redis, "node-a:consumed") == Some(10)));
+    // b joins after a emptied the bucket: its warm start loads a's counters, so it does not
+    // hand out a fresh bucket of its own (10 more, at a refill of one token in 100 s), and
+    // writes nothing of its own for a bucket it has not charged.
+    let b = Gateway::builder(loud_config(&up, &redis, "node-b", 50)).start();
+    assert_eq!(remaining(&b), 0, "{}", b.log());
+    b.settle(2);
+    assert_eq!(field(&redis, "node-b:consumed"), None);
+    assert_eq!(send(&b, 1), vec![429]);
+    // A key nobody spent is b's to serve: all of its capacity is admitted.
+    assert_eq!(send_key(&b, "other", 10), vec![200; 10]);
+}
+
+#[test]
 fn sigterm_flushes_the_last_requests() {
     let redis = RedisServer::start();
     let up = Upstream::start();

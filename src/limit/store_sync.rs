@@ -210,9 +210,10 @@ impl Store {
         }
     }
 
-    /// Loads a bucket that the shared store holds (a starting node reading its own fields
-    /// back): created if absent, then merged as a fresh bucket, so it continues the stored
-    /// counters; it is pushed on the next sync.
+    /// Loads a bucket that the shared store holds (a starting node reading the shared state
+    /// back): created if absent, then merged as a fresh bucket, so it continues its own stored
+    /// counters and sees what the others spent. It is pushed on the next sync when it holds
+    /// fields of this node; otherwise it stays clean until this node charges it.
     pub fn preload(
         &self,
         store_key: &str,
@@ -231,7 +232,16 @@ impl Store {
                 return;
             }
         }
-        self.absorb(store_key, me, nodes, &BTreeMap::new(), limit, None);
+        // A bucket that holds no fields of this node has nothing of this node's to push: it
+        // is absorbed as if its (zero) counters had been written, so it stays clean until this
+        // node charges it.
+        let nothing = Counters {
+            consumed: 0,
+            attempts: 0,
+            waste: i128::MIN,
+        };
+        let pushed = (!nodes.contains_key(me)).then_some(&nothing);
+        self.absorb(store_key, me, nodes, &BTreeMap::new(), limit, pushed);
     }
 }
 

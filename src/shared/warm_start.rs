@@ -1,5 +1,6 @@
-//! Warm start: a starting node reads its own fields back from Redis before it serves, so a
-//! restarted node continues its counters instead of handing its clients full buckets again.
+//! Warm start: a starting node reads the shared buckets back from Redis before it serves, so a
+//! restarted node continues its counters instead of handing its clients full buckets again, and
+//! a node joining a busy cluster starts from what the others spent.
 
 use super::clock_check::check_clock_of;
 use super::conn::{self, Conn, ConnError};
@@ -57,10 +58,11 @@ impl Failed {
     }
 }
 
-/// Reads this node's fields back before it serves (`docs/shared-state.md`: a restarted node continues
-/// its counters). Corrects the clock against Redis first, then SCANs the bucket keys (every
-/// primary of a cluster), reads them in batches, and loads each bucket that holds fields of
-/// this node into memory, rebased on what the store holds. Bounded by a time budget and by
+/// Reads the shared buckets back before it serves (`docs/shared-state.md`: a restarted node
+/// continues its counters, a joining one sees what the others spent). Corrects the clock
+/// against Redis first, then SCANs the bucket keys (every primary of a cluster), reads them in
+/// batches, and loads each bucket that holds counted fields into memory, rebased on what the
+/// store holds. Bounded by a time budget and by
 /// `max_buckets`; what it does not reach (and keys stored as `h:` digests, which cannot be
 /// mapped back to a client key) is read on first use, before the bucket's first push.
 /// Returns the number of buckets loaded, or why it could not.
@@ -145,8 +147,8 @@ async fn read_batch(
     })
 }
 
-/// Loads one bucket's hash (Redis key `k`) into the store when it holds fields of this node
-/// and its key maps back to one client key (not a digest). Returns whether it did.
+/// Loads one bucket's hash (Redis key `k`) into the store when it holds counted fields and its
+/// key maps back to one client key (not a digest). Returns whether it did.
 fn load(
     node: &Node,
     rt: &Runtime,
@@ -169,14 +171,14 @@ fn load(
         return false;
     }
     let (nodes, _) = layout::parse_hash(hash);
-    if !nodes.get(node_id).is_some_and(|f| f.counted) {
-        return false;
-    }
     let counters: BTreeMap<String, Counters> = nodes
         .iter()
         .filter(|(_, f)| f.counted)
         .map(|(n, f)| (n.clone(), f.counters))
         .collect();
+    if counters.is_empty() {
+        return false;
+    }
     node.store
         .preload(&store_key(limit, key), node_id, &counters, spec);
     true
