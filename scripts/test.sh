@@ -20,6 +20,10 @@ echo "== tollgate check on every shipped config"
 for f in conf/*.json; do
   ./target/debug/tollgate check -c "$f"
 done
+echo "== ops: Kubernetes manifests and the systemd unit"
+# kubectl kustomize + kubernetes-validate, tollgate check on the configs they mount,
+# systemd-analyze verify (installs kubectl, systemd and kubernetes-validate when missing).
+bash scripts/ops_check.sh
 echo "== cargo test"
 # Benches are compiled by clippy --all-targets above; criterion takes no test flags.
 cargo test -- --test-threads="${TEST_THREADS:-2}"
