@@ -21,6 +21,7 @@ fn spec() -> LimitSpec {
         params: BucketParams::new(1_000_000_000, 1e9, 1_000_000_000).expect("params"),
         shadow: false,
         burst_guard: false,
+        overrides: Default::default(),
     }
 }
 

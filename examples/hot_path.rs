@@ -32,6 +32,7 @@ fn limit(name: &str, key: KeySource) -> (LimitSpec, Vec<KeySource>) {
         params: BucketParams::new(1_000_000_000, 1e9, 1_000_000_000).expect("params"),
         shadow: false,
         burst_guard: false,
+        overrides: Default::default(),
     };
     (spec, vec![key])
 }

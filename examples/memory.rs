@@ -63,6 +63,7 @@ fn main() {
         params: BucketParams::new(100, 10.0, 100).expect("params"),
         shadow: false,
         burst_guard: false,
+        overrides: Default::default(),
     };
     let start_ns = 1_790_000_000_000_000_000i64;
     let clock = Arc::new(ManualClock::new(start_ns));

@@ -680,3 +680,71 @@ fn demo_config_is_valid() {
     assert_eq!(c.routes[0].limits.len(), 2);
     assert_eq!(c.upstream(c.routes[0].upstream).servers, ["127.0.0.1:8000"]);
 }
+
+#[test]
+fn overrides_bad() {
+    // Errors of the config's own overrides are placed in the config, those of the overrides
+    // file in that file; a key in both places is reported in the file.
+    const FILE: &str = "tests/fixtures/config/overrides/bad.json";
+    let errors = load("overrides_bad").expect_err("bad overrides");
+    let c = |e: &str| format!("{DIR}/overrides_bad.json:{e}");
+    let f = |e: &str| format!("{FILE}:{e}");
+    let mut want = vec![
+        c("6:54: limits.per-key.overrides.pro.capacity: the capacity must be at least 1 token"),
+        c("7:41: limits.per-key.overrides.free: an override is an object of parameters (capacity, refill_per_second, initial_tokens), \"unlimited\" or \"deny\", not \"sometimes\""),
+        c("8:33: limits.per-key.overrides[\"a|b\"]: the key \"a|b\" has 2 part(s) but the limit builds keys of 1 (parts joined with '|'; a '|' inside a part is written %7C)"),
+        c("9:41: limits.per-key.overrides.slow: unknown field \"burst\": an override sets capacity, refill_per_second or initial_tokens"),
+        c("9:64: limits.per-key.overrides.slow.refill_per_second: refill_per_second must be a number, not \"fast\""),
+        c("10:75: limits.per-key.overrides.big.initial_tokens: initial_tokens (6) is more than capacity (5)"),
+        c("14:36: limits.missing.overrides_file: cannot read the overrides file \"tests/fixtures/config/overrides/absent.json\": No such file or directory (os error 2)"),
+        f("5:3: ok: duplicate key: the earlier value would be silently ignored"),
+        f("3:3: both: the key \"both\" is overridden in the config too: keep one"),
+        f("4:24: neg.capacity: capacity must be a whole number, not -1"),
+        f("6:8: x: an override is an object of parameters (capacity, refill_per_second, initial_tokens), \"unlimited\" or \"deny\", not null"),
+    ];
+    let mut got = errors.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{errors:#?}");
+}
+
+#[test]
+fn overrides_file_syntax_error() {
+    assert_eq!(
+        load("overrides_syntax").expect_err("a syntax error in the overrides file"),
+        ["tests/fixtures/config/overrides/syntax.json:2:28: ok: trailing comma"]
+    );
+}
+
+#[test]
+fn overrides_load_from_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plans.json");
+    let mut plans = serde_json::Map::new();
+    for i in 0..1000 {
+        plans.insert(format!("key-{i}"), json!({ "capacity": 100 + i }));
+    }
+    plans.insert("leaked".into(), json!("deny"));
+    std::fs::write(&file, serde_json::Value::Object(plans).to_string()).unwrap();
+    let text = json!({
+        "listeners": [{ "address": "127.0.0.1:8080" }],
+        "upstreams": { "api": { "servers": ["127.0.0.1:8000"] } },
+        "limits": { "per-key": { "capacity": 10, "refill_per_second": 1, "key": ["header:x-api-key"],
+                                 "overrides": { "batch": "unlimited", "pro": { "refill_per_second": 100 } },
+                                 "overrides_file": file } },
+        "routes": [{ "name": "default", "upstream": "api", "limits": ["per-key"] }],
+    })
+    .to_string();
+    let config = Config::parse(&text, "inline").expect("valid overrides");
+    let l = config.limits[0].spec();
+    assert_eq!(l.overrides.len(), 1003);
+    let p = l.params_for("key-7").expect("a bucket");
+    assert_eq!(
+        (p.capacity(), p.refill_per_second(), p.initial_tokens()),
+        (107, 1.0, 107)
+    );
+    let p = l.params_for("pro").expect("a bucket");
+    assert_eq!((p.capacity(), p.refill_per_second()), (10, 100.0));
+    assert!(l.params_for("batch").is_none() && l.params_for("leaked").is_none());
+    assert_eq!(l.params_for("other").map(|p| p.capacity()), Some(10));
+}

@@ -23,6 +23,7 @@ fn limit(capacity: u64, rate: f64, burst_guard: bool) -> LimitSpec {
         params: BucketParams::new(capacity, rate, capacity).expect("params"),
         shadow: false,
         burst_guard,
+        overrides: Default::default(),
     }
 }
 

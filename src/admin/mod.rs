@@ -6,6 +6,8 @@
 use crate::app::node::Node;
 use crate::config::LimitId;
 use crate::http::headers;
+use crate::limit::bucket::{BucketParams, Decision};
+use crate::limit::overrides::ForKey;
 use crate::request::decision::{self, Charged, KeyOf, Verdict};
 use crate::request::key;
 use async_trait::async_trait;
@@ -142,7 +144,22 @@ impl AdminApp {
             Err((status, body)) => return json_response(status, &body),
         };
         let rt = self.node.runtime();
-        let l = rt.limit_spec(li);
+        let base = rt.limit_spec(li);
+        let l = match base.for_key(&k) {
+            ForKey::Bucket(l) => l,
+            ForKey::Unlimited => {
+                return json_response(
+                    200,
+                    &json!({"limit": base.name, "key": k, "override": "unlimited"}),
+                )
+            }
+            ForKey::Deny => {
+                return json_response(
+                    200,
+                    &json!({"limit": base.name, "key": k, "override": "deny"}),
+                )
+            }
+        };
         // "remaining" and "full_in" describe the bucket now; "retry_after" the given cost.
         let now = self.node.store.peek(l, &k, 0);
         let d = self.node.store.peek(l, &k, cost);
@@ -151,6 +168,7 @@ impl AdminApp {
             &json!({
                 "limit": l.name,
                 "key": k,
+                "override": (!std::ptr::eq(l, base)).then_some("params"),
                 "remaining": now.remaining,
                 "capacity": l.params.capacity(),
                 "refill_per_second": l.params.refill_per_second(),
@@ -167,13 +185,13 @@ impl AdminApp {
         };
         let rt = self.node.runtime();
         let l = rt.limit_spec(li);
-        let too_costly = || {
-            let body = headers::too_costly_body(&l.name, cost, l.params.capacity());
+        let too_costly = |capacity| {
+            let body = headers::too_costly_body(&l.name, cost, capacity);
             bytes_response(413, "application/json", body, &[])
         };
-        if cost > l.params.capacity() {
+        if let Some(p) = l.params_for(&k).filter(|p| cost > p.capacity()) {
             // A shadow limit too: no cost above its capacity is ever tracked.
-            return too_costly();
+            return too_costly(p.capacity());
         }
         let charged = [Charged {
             limit: l,
@@ -185,8 +203,17 @@ impl AdminApp {
                 .with_label_values(&["admin:consume", &l.name])
                 .inc()
         };
+        let policy = |params: Option<BucketParams>| match params {
+            None => rt.policy(li).to_string(),
+            Some(p) => headers::policy_value(&l.name, &p),
+        };
         match decision::decide(&self.node.store, &charged, cost, false) {
-            Verdict::Pass { decisions, .. } => {
+            Verdict::Pass {
+                decisions,
+                report,
+                params,
+                ..
+            } => {
                 let d = &decisions[0];
                 if d.allowed {
                     m.tokens_consumed_total
@@ -195,32 +222,28 @@ impl AdminApp {
                 } else {
                     limited();
                 }
-                let extra = [
-                    ("ratelimit-policy", rt.policy(li).to_string()),
-                    ("ratelimit", headers::ratelimit_value(&l.name, d)),
-                ];
-                let body = json!({"allowed": true, "remaining": d.remaining,
-                                  "shadow_limited": !d.allowed});
-                bytes_response(
-                    200,
-                    "application/json",
-                    body.to_string().into_bytes(),
-                    &extra,
-                )
+                consumed(&l.name, d, report.map(|_| policy(params)))
             }
-            Verdict::Limited { decision: d, .. } => {
+            Verdict::Limited {
+                decision: d,
+                params,
+                ..
+            } => {
                 limited();
                 let reject = &rt.config.limit(li).reject;
                 bytes_response(
                     reject.status,
                     "application/json",
                     headers::rejection_body(&l.name, &reject.message, &d),
-                    &headers::rejection_headers(&l.name, rt.policy(li), &d),
+                    &headers::rejection_headers(&l.name, &policy(params), &d),
                 )
             }
-            // A given key needs no building, and the cost was checked above.
+            Verdict::Denied { .. } => {
+                bytes_response(403, "application/json", headers::denied_body(&l.name), &[])
+            }
+            // A given key needs no building.
             Verdict::BadKey(e) => json_response(400, &json!({"error": e.to_string()})),
-            Verdict::TooCostly(_) => too_costly(),
+            Verdict::TooCostly { capacity, .. } => too_costly(capacity),
         }
     }
 
@@ -280,4 +303,22 @@ impl ServeHttp for AdminApp {
             ),
         }
     }
+}
+/// The 200 of `/consume`: the decision and its rate-limit headers (`policy`: none for an
+/// unlimited key, which is not charged and has nothing to report).
+fn consumed(limit: &str, d: &Decision, policy: Option<String>) -> Response<Vec<u8>> {
+    let Some(policy) = policy else {
+        return json_response(200, &json!({"allowed": true, "unlimited": true}));
+    };
+    let extra = [
+        ("ratelimit-policy", policy),
+        ("ratelimit", headers::ratelimit_value(limit, d)),
+    ];
+    let body = json!({"allowed": true, "remaining": d.remaining, "shadow_limited": !d.allowed});
+    bytes_response(
+        200,
+        "application/json",
+        body.to_string().into_bytes(),
+        &extra,
+    )
 }

@@ -13,7 +13,7 @@ use prometheus::{
 };
 
 /// The number of `outcome` label values of `requests_total`.
-pub const OUTCOMES: usize = 6;
+pub const OUTCOMES: usize = 7;
 
 /// The children of the labelled metrics that every request touches, for one config: a label
 /// lookup hashes the label values and takes a lock on every call, so each child is looked up
@@ -114,7 +114,7 @@ impl RequestGroup {
     fn new() -> prometheus::Result<Self> {
         Ok(RequestGroup {
             requests_total: IntCounterVec::new(
-                opts("requests_total", "Requests by route and outcome (allowed, limited, shadow_limited, no_route, upstream_error, bad_request)"),
+                opts("requests_total", "Requests by route and outcome (allowed, limited, shadow_limited, no_route, upstream_error, bad_request, denied)"),
                 &["route", "outcome"],
             )?,
             rate_limited_total: IntCounterVec::new(

@@ -7,7 +7,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, LimitId, UpstreamId};
 use crate::http::upstream::{load_ca, UpstreamPool};
 use crate::limit::bucket::BucketParams;
 use crate::limit::clock::{Clock, OffsetClock};
-use crate::limit::store::{LimitSpec, Store};
+use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::shared::status::SyncStatus;
 use arc_swap::ArcSwap;
 use std::net::ToSocketAddrs;
@@ -44,16 +44,7 @@ impl Runtime {
     /// an error here rather than a 502 on every request).
     pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
         let mut errors = Vec::new();
-        let limits: Vec<LimitSpec> = config
-            .limits
-            .iter()
-            .map(|l| LimitSpec {
-                name: l.name.clone(),
-                params: l.params.clone(),
-                shadow: l.shadow,
-                burst_guard: l.burst_guard,
-            })
-            .collect();
+        let limits: Vec<LimitSpec> = config.limits.iter().map(|l| l.spec()).collect();
         let policies: Vec<String> = limits
             .iter()
             .map(|l| crate::http::headers::policy_value(&l.name, &l.params))
@@ -144,9 +135,16 @@ impl Runtime {
         self.config.limit_id(name).map(|id| self.limit_spec(id))
     }
 
-    /// Limit parameters by name, for the store's sweeps.
-    pub fn params_of(&self, name: &str) -> Option<BucketParams> {
-        self.limit_named(name).map(|l| l.params.clone())
+    /// What the bucket of store key `LIMIT:KEY` is charged as: its limit, or the key's
+    /// override (`None` when the limit is gone, or the key is unlimited or denied: no bucket).
+    pub fn spec_at(&self, store_key: &str) -> Option<&LimitSpec> {
+        let (limit, key) = split_store_key(store_key)?;
+        self.limit_named(limit)?.for_key(key).bucket()
+    }
+
+    /// The parameters of the bucket of store key `LIMIT:KEY`, for the store's sweeps.
+    pub fn params_of(&self, store_key: &str) -> Option<BucketParams> {
+        self.spec_at(store_key).map(|l| l.params.clone())
     }
 }
 
@@ -262,8 +260,12 @@ impl Node {
             match new.limit_named(&ol.name) {
                 // Shared buckets keep their counters: a new capacity applies at the next
                 // decision (the rate cannot change, see check_shared_rates).
-                Some(nl) if nl.params != ol.params && old.config.redis.is_none() => {
-                    self.store.rebase(&ol.name, &ol.params, &nl.params);
+                Some(nl)
+                    if (nl.params != ol.params || nl.overrides != ol.overrides)
+                        && old.config.redis.is_none() =>
+                {
+                    self.store
+                        .rebase(&ol.name, |k| ol.params_for(k), |k| nl.params_for(k));
                     summary.limits_rebased.push(ol.name.clone());
                 }
                 Some(_) => {}
@@ -333,25 +335,50 @@ impl Node {
 
 /// In shared mode a limit's refill rate cannot change on reload: the counters in Redis are
 /// credited in units of that rate on every node (see `bucket`), so a new rate would turn them
-/// into a different number of tokens. Use a new limit name for a new rate.
+/// into a different number of tokens. Use a new limit name for a new rate. The same holds for
+/// each key with an override: its rate (the override's, or the limit's when it has none) must
+/// stay; its capacity may change, and a key may become unlimited or denied, or stop being so.
 fn check_shared_rates(old: &Runtime, new: &Runtime) -> Result<(), ConfigErrors> {
     if old.config.redis.is_none() {
         return Ok(());
     }
-    let errors: Vec<ConfigError> = new
-        .limits
-        .iter()
-        .filter_map(|nl| {
-            let ol = old.limit_named(&nl.name)?;
-            (ol.params.rate_q() != nl.params.rate_q()).then(|| {
-                error(
-                    &new.config,
-                    format!("limits.{}.refill_per_second", nl.name),
-                    "the refill rate of a shared limit cannot change on reload: give the limit a new name".into(),
-                )
+    let mut errors: Vec<ConfigError> = Vec::new();
+    for nl in &new.limits {
+        let Some(ol) = old.limit_named(&nl.name) else {
+            continue;
+        };
+        if ol.params.rate_q() != nl.params.rate_q() {
+            errors.push(error(
+                &new.config,
+                format!("limits.{}.refill_per_second", nl.name),
+                "the refill rate of a shared limit cannot change on reload: give the limit a new name".into(),
+            ));
+            continue;
+        }
+        let keys = ol
+            .overrides
+            .iter()
+            .chain(nl.overrides.iter())
+            .map(|(k, _)| k);
+        let mut changed: Vec<&str> = keys
+            .filter(|k| match (ol.params_for(k), nl.params_for(k)) {
+                (Some(o), Some(n)) => o.rate_q() != n.rate_q(),
+                _ => false,
             })
-        })
-        .collect();
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        if let Some(first) = changed.first() {
+            errors.push(error(
+                &new.config,
+                format!("limits.{}.overrides", nl.name),
+                format!(
+                    "the refill rate of a shared key cannot change on reload ({} key(s), first {first:?}): its counters in Redis are in units of the rate; change its capacity, or restart every node with the new rate once its hash has expired",
+                    changed.len()
+                ),
+            ));
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {

@@ -41,6 +41,11 @@ impl Checker<'_> {
         });
     }
 
+    /// An error found elsewhere (another file), placed already.
+    pub(super) fn push_error(&mut self, e: ConfigError) {
+        self.errors.push(e);
+    }
+
     /// An error at the value written at `path`.
     pub(super) fn err(&mut self, path: &str, message: impl Into<String>) {
         self.push(path, self.spans.value(path), message.into());
@@ -64,5 +69,54 @@ impl Checker<'_> {
     /// The errors recorded, in the order they were found.
     pub(super) fn into_errors(self) -> Vec<ConfigError> {
         self.errors
+    }
+}
+
+/// A serde_json error (syntax, type, unknown or missing key) with its position and path (the
+/// config file's, or an overrides file's).
+pub(super) fn serde_error(e: &serde_json::Error, source: &str, spans: &Spans) -> ConfigError {
+    let text = e.to_string();
+    let mut message = match text.rfind(" at line ") {
+        Some(i) if e.line() > 0 => text[..i].to_string(),
+        _ => text,
+    };
+    // "expected struct RawTls" names our types, not the file's: say "an object".
+    const RAW: &str = "expected struct Raw";
+    if let Some(i) = message.find(RAW) {
+        let rest = &message[i + RAW.len()..];
+        let end = i
+            + RAW.len()
+            + rest
+                .find(|ch: char| !ch.is_ascii_alphanumeric())
+                .unwrap_or(rest.len());
+        message.replace_range(i..end, "expected an object");
+    }
+    if e.line() == 0 {
+        return ConfigError {
+            file: source.to_string(),
+            line: None,
+            col: None,
+            path: String::new(),
+            message,
+        };
+    }
+    let mut at = (e.line(), e.column().max(1));
+    let path = spans.innermost(at.0, at.1).unwrap_or("").to_string();
+    // A value that parsed but does not fit: point at its start (at the key if it is unknown),
+    // like the checks after parsing do. Syntax errors keep the parser's position.
+    if e.is_data() {
+        let found = if message.starts_with("unknown field") {
+            spans.key(&path)
+        } else {
+            spans.value(&path)
+        };
+        at = found.unwrap_or(at);
+    }
+    ConfigError {
+        file: source.to_string(),
+        line: Some(at.0),
+        col: Some(at.1),
+        path,
+        message,
     }
 }

@@ -8,6 +8,7 @@
 //! JSON path. Checks after parsing report all problems at once, not just the first.
 
 mod checker;
+mod overrides;
 pub mod raw;
 mod routes;
 pub mod spans;
@@ -15,6 +16,9 @@ mod validate;
 mod values;
 
 use crate::limit::bucket::BucketParams;
+use crate::limit::overrides::Overrides;
+use crate::limit::store::LimitSpec;
+use raw::RawLimit;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,6 +118,21 @@ pub struct Limit {
     pub burst_guard: bool,
     /// How this limit's refusals are answered.
     pub reject: Reject,
+    /// Per-key parameters, `unlimited` and `deny` (`overrides` and `overrides_file`).
+    pub overrides: Overrides,
+}
+
+impl Limit {
+    /// What the store charges for this limit (its overrides included).
+    pub fn spec(&self) -> LimitSpec {
+        LimitSpec {
+            name: self.name.clone(),
+            params: self.params.clone(),
+            shadow: self.shadow,
+            burst_guard: self.burst_guard,
+            overrides: self.overrides.clone(),
+        }
+    }
 }
 
 /// The answer to a request a limit refuses: its status (any 4xx or 5xx) and the `error` text
@@ -328,7 +347,7 @@ impl Config {
         let spans = spans::Spans::index(text);
         match serde_json::from_str::<raw::RawConfig>(text) {
             Ok(raw) => validate::validate(raw, source, &spans),
-            Err(e) => Err(ConfigErrors(vec![serde_error(&e, source, &spans)])),
+            Err(e) => Err(ConfigErrors(vec![checker::serde_error(&e, source, &spans)])),
         }
     }
 
@@ -438,54 +457,6 @@ pub fn mask_url_password(url: &str) -> String {
             &rest[at..]
         ),
         None => url.to_string(),
-    }
-}
-
-/// A serde_json error (syntax, type, unknown or missing key) with its position and path.
-fn serde_error(e: &serde_json::Error, source: &str, spans: &spans::Spans) -> ConfigError {
-    let text = e.to_string();
-    let mut message = match text.rfind(" at line ") {
-        Some(i) if e.line() > 0 => text[..i].to_string(),
-        _ => text,
-    };
-    // "expected struct RawTls" names our types, not the file's: say "an object".
-    const RAW: &str = "expected struct Raw";
-    if let Some(i) = message.find(RAW) {
-        let rest = &message[i + RAW.len()..];
-        let end = i
-            + RAW.len()
-            + rest
-                .find(|ch: char| !ch.is_ascii_alphanumeric())
-                .unwrap_or(rest.len());
-        message.replace_range(i..end, "expected an object");
-    }
-    if e.line() == 0 {
-        return ConfigError {
-            file: source.to_string(),
-            line: None,
-            col: None,
-            path: String::new(),
-            message,
-        };
-    }
-    let mut at = (e.line(), e.column().max(1));
-    let path = spans.innermost(at.0, at.1).unwrap_or("").to_string();
-    // A value that parsed but does not fit: point at its start (at the key if it is unknown),
-    // like the checks after parsing do. Syntax errors keep the parser's position.
-    if e.is_data() {
-        let found = if message.starts_with("unknown field") {
-            spans.key(&path)
-        } else {
-            spans.value(&path)
-        };
-        at = found.unwrap_or(at);
-    }
-    ConfigError {
-        file: source.to_string(),
-        line: Some(at.0),
-        col: Some(at.1),
-        path,
-        message,
     }
 }
 

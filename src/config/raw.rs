@@ -155,6 +155,13 @@ pub struct RawLimit {
     /// How this limit's refusals are answered (default 429, "Rate limit exceeded").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject: Option<RawReject>,
+    /// Per-key parameters, `"unlimited"` or `"deny"`, by key as the limit builds it; each
+    /// value is checked by `config::overrides`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<BTreeMap<String, serde_json::Value>>,
+    /// The same object in a JSON file of its own (read at start, by `check`, on reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides_file: Option<PathBuf>,
 }
 
 /// `reject` of a limit.

@@ -8,9 +8,6 @@ use super::spans::{element, member, Spans};
 use super::values::*;
 use super::*;
 
-const MAX_CAPACITY: u64 = 1_000_000_000_000;
-const MIN_RATE: f64 = 1e-9;
-const MAX_RATE: f64 = 1e9;
 const MAX_SYNC_INTERVAL_MS: u64 = 60_000;
 
 /// Checks everything; all errors or a config.
@@ -339,37 +336,8 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
     if let Err(m) = check_name("limit name", name, MAX_NAME_LEN) {
         c.err_key(&path, m);
     }
-    if raw.capacity < 1 {
-        c.err(
-            &format!("{path}.capacity"),
-            "the capacity must be at least 1 token",
-        );
-    } else if raw.capacity > MAX_CAPACITY {
-        c.err(
-            &format!("{path}.capacity"),
-            format!("the capacity must be at most {MAX_CAPACITY}"),
-        );
-    }
-    let rate = raw.refill_per_second;
-    let rate_path = format!("{path}.refill_per_second");
-    if !rate.is_finite() || rate <= 0.0 {
-        c.err(
-            &rate_path,
-            format!("the rate must be a positive number of tokens per second, not {rate}"),
-        );
-    } else if !(MIN_RATE..=MAX_RATE).contains(&rate) {
-        c.err(&rate_path, format!("the rate must be between {MIN_RATE:e} and {MAX_RATE:e} tokens per second, not {rate:e}"));
-    }
-    if let Some(initial) = raw.initial_tokens {
-        if initial > raw.capacity {
-            c.err(
-                &format!("{path}.initial_tokens"),
-                format!(
-                    "initial_tokens ({initial}) is more than capacity ({})",
-                    raw.capacity
-                ),
-            );
-        }
+    for (field, m) in param_errors(raw.capacity, raw.refill_per_second, raw.initial_tokens) {
+        c.err(&format!("{path}.{field}"), m);
     }
     let key_path = format!("{path}.key");
     if raw.key.0.is_empty() {
@@ -384,7 +352,7 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
     }
     let params = BucketParams::new(
         raw.capacity,
-        rate,
+        raw.refill_per_second,
         raw.initial_tokens.unwrap_or(raw.capacity),
     );
     let capacity = params.as_ref().ok().map(BucketParams::capacity);
@@ -398,14 +366,20 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
             BucketParams::default()
         }
     };
-    let limit = Limit {
+    let parts = key.len();
+    let mut limit = Limit {
         name: name.to_string(),
         params,
         key,
         shadow: raw.shadow,
         burst_guard: raw.burst_guard,
         reject: reject(c, &path, raw.reject.as_ref()),
+        overrides: Overrides::default(),
     };
+    if raw.overrides.is_some() || raw.overrides_file.is_some() {
+        let base = limit.spec();
+        limit.overrides = super::overrides::overrides(c, &path, raw, &base, parts);
+    }
     (limit, capacity)
 }
 

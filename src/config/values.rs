@@ -2,6 +2,7 @@
 //! to write instead: names, addresses, URLs, hosts, methods, CIDRs and PEM files.
 
 use super::mask_url_password;
+use crate::limit::bucket::BucketParams;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -166,6 +167,65 @@ pub(super) fn check_private_key(path: &Path) -> Result<(), String> {
         )),
         Err(e) => Err(bad_pem(path, what, e)),
     }
+}
+
+pub(super) const MAX_CAPACITY: u64 = 1_000_000_000_000;
+pub(super) const MIN_RATE: f64 = 1e-9;
+pub(super) const MAX_RATE: f64 = 1e9;
+
+/// What is wrong with a bucket's parameters, as (field, message) pairs: a capacity of
+/// 1..=[`MAX_CAPACITY`] tokens, a rate of [`MIN_RATE`]..=[`MAX_RATE`] tokens per second, initial
+/// tokens at most the capacity.
+pub(super) fn param_errors(
+    capacity: u64,
+    rate: f64,
+    initial: Option<u64>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if capacity < 1 {
+        out.push((
+            "capacity",
+            "the capacity must be at least 1 token".to_string(),
+        ));
+    } else if capacity > MAX_CAPACITY {
+        out.push((
+            "capacity",
+            format!("the capacity must be at most {MAX_CAPACITY}"),
+        ));
+    }
+    if !rate.is_finite() || rate <= 0.0 {
+        out.push((
+            "refill_per_second",
+            format!("the rate must be a positive number of tokens per second, not {rate}"),
+        ));
+    } else if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        out.push((
+            "refill_per_second",
+            format!("the rate must be between {MIN_RATE:e} and {MAX_RATE:e} tokens per second, not {rate:e}"),
+        ));
+    }
+    if let Some(initial) = initial.filter(|&i| i > capacity) {
+        out.push((
+            "initial_tokens",
+            format!("initial_tokens ({initial}) is more than capacity ({capacity})"),
+        ));
+    }
+    out
+}
+
+/// Checked bucket parameters, or the first thing wrong with them as (field, message).
+pub(super) fn bucket_params(
+    capacity: u64,
+    rate: f64,
+    initial: u64,
+) -> Result<BucketParams, (&'static str, String)> {
+    if let Some(e) = param_errors(capacity, rate, Some(initial))
+        .into_iter()
+        .next()
+    {
+        return Err(e);
+    }
+    BucketParams::new(capacity, rate, initial).map_err(|e| ("", e.to_string()))
 }
 
 #[cfg(test)]

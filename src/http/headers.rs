@@ -39,6 +39,13 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
     format!("\"{name}\";q={};w={w}", p.capacity())
 }
 
+/// The same as a header value, for a key with its own parameters (an override); the
+/// limit's own value is built once per config. A name that is not a valid header value gives
+/// an empty value.
+pub fn policy_header(name: &str, p: &BucketParams) -> HeaderValue {
+    HeaderValue::from_str(&policy_value(name, p)).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// `RateLimit` value after decision `d`.
 pub fn ratelimit_value(name: &str, d: &Decision) -> String {
     let mut out = Vec::with_capacity(name.len() + 48);
@@ -186,6 +193,13 @@ pub fn too_costly_body(limit: &str, cost: u64, capacity: u64) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
+}
+
+/// The 403 body of a key that a limit denies (an override, `"deny"`).
+pub fn denied_body(limit: &str) -> Vec<u8> {
+    serde_json::json!({ "error": "Forbidden", "limit": limit, "status": 403 })
+        .to_string()
+        .into_bytes()
 }
 
 /// A JSON error body `{"error": message, "status": code}`.

@@ -4,9 +4,9 @@
 //! [`Refused`].
 
 use crate::app::node::{Node, Runtime};
-use crate::config::RouteId;
+use crate::config::{LimitId, RouteId};
 use crate::http::headers;
-use crate::limit::bucket::Decision;
+use crate::limit::bucket::{BucketParams, Decision};
 use crate::request::decision::{self, Charged, KeyOf, Verdict};
 use crate::request::key::{Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
@@ -25,10 +25,16 @@ pub(super) struct Reported {
 pub(super) enum Refused {
     /// A key could not be built (400).
     BadKey(KeyError),
-    /// The cost exceeds this limit's capacity (413).
-    TooCostly(usize),
-    /// This limit refused (429).
-    Limited { at: usize, decision: Decision },
+    /// The cost exceeds this limit's capacity for the key (413).
+    TooCostly { at: usize, capacity: u64 },
+    /// The key is denied by this limit (an override: 403).
+    Denied(usize),
+    /// This limit refused (429); `params` are the key's own, when it has an override.
+    Limited {
+        at: usize,
+        decision: Decision,
+        params: Option<BucketParams>,
+    },
 }
 
 /// Charges route `ri`'s limits for this request, counts the verdict in the metrics and notes in
@@ -65,31 +71,24 @@ pub(super) fn decide(
         }
     };
     let m = &node.metrics;
-    let limit_name = |i: usize| &rt.limit_spec(route.limits[i]).name;
     let limited = |i: usize| {
+        let limit = &rt.limit_spec(route.limits[i]).name;
         m.rate_limited_total
-            .with_label_values(&[&route.name, limit_name(i)])
+            .with_label_values(&[&route.name, limit])
             .inc()
     };
     match verdict {
         Verdict::Pass {
             decisions,
             report,
+            params,
             shadow_limited,
             key_fp,
         } => {
             shadow_limited.iter().for_each(|&i| limited(i));
-            let rm = rt.request_metrics(m);
-            for (d, &li) in decisions.iter().zip(&route.limits) {
-                if d.allowed {
-                    rm.consumed(m, li).inc_by(cost);
-                }
-            }
+            count_consumed(node, rt, &route.limits, &decisions, cost);
             if let Some(i) = report {
-                out.rate_headers = Some((
-                    rt.policy_value(route.limits[i]).clone(),
-                    headers::ratelimit_header(limit_name(i), &decisions[i]),
-                ));
+                out.rate_headers = Some(rate_headers(rt, route.limits[i], &decisions[i], params));
             }
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
@@ -97,15 +96,56 @@ pub(super) fn decide(
         Verdict::Limited {
             at,
             decision,
+            params,
             shadow_limited,
             key_fp,
         } => {
             shadow_limited.iter().for_each(|&i| limited(i));
             limited(at);
             out.key_fp = Some(key_fp);
-            Err(Refused::Limited { at, decision })
+            Err(Refused::Limited {
+                at,
+                decision,
+                params,
+            })
+        }
+        Verdict::Denied { at, key_fp } => {
+            out.key_fp = Some(key_fp);
+            Err(Refused::Denied(at))
         }
         Verdict::BadKey(e) => Err(Refused::BadKey(e)),
-        Verdict::TooCostly(at) => Err(Refused::TooCostly(at)),
+        Verdict::TooCostly { at, capacity } => Err(Refused::TooCostly { at, capacity }),
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` of an admitted request, reported for limit `li`: the
+/// policy built once per config, or the key's own (`params`, an override).
+fn rate_headers(
+    rt: &Runtime,
+    li: LimitId,
+    d: &Decision,
+    params: Option<BucketParams>,
+) -> (HeaderValue, HeaderValue) {
+    let name = &rt.limit_spec(li).name;
+    let policy = match params {
+        None => rt.policy_value(li).clone(),
+        Some(p) => headers::policy_header(name, &p),
+    };
+    (policy, headers::ratelimit_header(name, d))
+}
+
+/// Counts the tokens each limit that paid took, in `tokens_consumed_total`.
+fn count_consumed(
+    node: &Node,
+    rt: &Runtime,
+    limits: &[LimitId],
+    decisions: &[Decision],
+    cost: u64,
+) {
+    let (m, rm) = (&node.metrics, rt.request_metrics(&node.metrics));
+    for (d, &li) in decisions.iter().zip(limits) {
+        if d.allowed {
+            rm.consumed(m, li).inc_by(cost);
+        }
     }
 }

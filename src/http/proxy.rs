@@ -44,10 +44,12 @@ pub enum Outcome {
     NoRoute,
     UpstreamError,
     BadRequest,
+    /// A key denied by a limit's override (403).
+    Denied,
 }
 
 // `requests_total` handles are kept per outcome, by discriminant.
-const _: () = assert!(Outcome::BadRequest as usize + 1 == crate::app::metrics::OUTCOMES);
+const _: () = assert!(Outcome::Denied as usize + 1 == crate::app::metrics::OUTCOMES);
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
@@ -58,6 +60,7 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::UpstreamError => "upstream_error",
             Outcome::BadRequest => "bad_request",
+            Outcome::Denied => "denied",
         }
     }
 }
@@ -144,21 +147,35 @@ impl Gateway {
         let route = rt.config.route(ri);
         match refused {
             Refused::BadKey(e) => self.reject_bad(session, ctx, 400, &e.to_string()).await,
-            Refused::TooCostly(at) => {
+            Refused::TooCostly { at, capacity } => {
                 let l = rt.limit_spec(route.limits[at]);
                 ctx.status = 413;
                 ctx.outcome = Outcome::Limited;
-                let body = headers::too_costly_body(&l.name, cost, l.params.capacity());
+                let body = headers::too_costly_body(&l.name, cost, capacity);
                 respond(session, 413, &[], body, preserve_case(ctx)).await?;
                 Ok(true)
             }
-            Refused::Limited { at, decision } => {
+            Refused::Denied(at) => {
+                let l = rt.limit_spec(route.limits[at]);
+                ctx.status = 403;
+                ctx.outcome = Outcome::Denied;
+                let body = headers::denied_body(&l.name);
+                respond(session, 403, &[], body, preserve_case(ctx)).await?;
+                Ok(true)
+            }
+            Refused::Limited {
+                at,
+                decision,
+                params,
+            } => {
                 let li = route.limits[at];
                 let limit = rt.limit_spec(li);
                 let reject = &rt.config.limit(li).reject;
                 ctx.outcome = Outcome::Limited;
                 ctx.status = reject.status;
-                let extra = headers::rejection_headers(&limit.name, rt.policy(li), &decision);
+                let own_policy = params.map(|p| headers::policy_value(&limit.name, &p));
+                let policy = own_policy.as_deref().unwrap_or(rt.policy(li));
+                let extra = headers::rejection_headers(&limit.name, policy, &decision);
                 let body = headers::rejection_body(&limit.name, &reject.message, &decision);
                 respond(session, reject.status, &extra, body, preserve_case(ctx)).await?;
                 Ok(true)

@@ -3,6 +3,7 @@
 //! - [`bucket`]: one bucket as a CRDT of per-node monotone counters, and its parameters;
 //! - [`pacing`]: how much of a shared bucket this node may spend between syncs;
 //! - [`clock`]: time sources (the core never reads the clock itself);
+//! - [`overrides`]: per-key parameters, `unlimited` and `deny` (plans);
 //! - [`store`]: the sharded in-memory store, all-or-nothing charging, and the bookkeeping the
 //!   sync loop needs (what changed, what to read, what the others hold), and the quiet
 //!   buckets that need no sync (`store_quiet`).
@@ -12,6 +13,7 @@
 
 pub mod bucket;
 pub mod clock;
+pub mod overrides;
 pub mod pacing;
 pub mod store;
 pub mod store_entry;

@@ -11,8 +11,9 @@ use super::store_entry::{
     bucket_entry, get_hashed, guard_for, is_quiet, lock, Entry, Listed, Shard, View,
 };
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
-use crate::limit::bucket::{Bucket, BucketParams, Decision};
+use crate::limit::bucket::{Bucket, Decision};
 use crate::limit::clock::Clock;
+pub use crate::limit::overrides::LimitSpec;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::cell::RefCell;
@@ -25,16 +26,6 @@ const _: () = assert!(SHARDS <= 64);
 
 /// Per-request lists: a route charges a handful of limits, so these stay on the stack.
 pub type Small<T> = SmallVec<[T; 2]>;
-
-/// One limit as the running config defines it.
-#[derive(Debug, Clone)]
-pub struct LimitSpec {
-    pub name: String,
-    pub params: BucketParams,
-    pub shadow: bool,
-    /// Pacing of a shared bucket: see [`crate::limit::pacing`].
-    pub burst_guard: bool,
-}
 
 /// One bucket to charge.
 pub struct Charge<'a> {
@@ -445,7 +436,7 @@ fn undo(guards: &mut [(usize, MutexGuard<'_, Shard>)], located: &[Located<'_>]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::bucket::Counters;
+    use crate::limit::bucket::{BucketParams, Counters};
     use crate::limit::clock::ManualClock;
     use std::collections::BTreeMap;
 
@@ -457,6 +448,7 @@ mod tests {
             params: BucketParams::new(capacity, rate, capacity).unwrap(),
             shadow,
             burst_guard: false,
+            overrides: Default::default(),
         }
     }
 
@@ -498,6 +490,7 @@ mod tests {
         // of wide and 2 of narrow.
         let guarded = |l: LimitSpec| LimitSpec {
             burst_guard: true,
+            overrides: Default::default(),
             ..l
         };
         let wide = guarded(spec("wide", 100, 1.0, false));
@@ -591,10 +584,10 @@ mod tests {
             }])
             .allowed());
         let bigger = spec("l", 100, 1.0, false);
-        s.rebase("l", &old.params, &bigger.params);
+        s.rebase("l", |_| Some(&old.params), |_| Some(&bigger.params));
         assert_eq!(s.peek(&bigger, "k", 0).remaining, 3);
         let smaller = spec("l", 2, 1.0, false);
-        s.rebase("l", &bigger.params, &smaller.params);
+        s.rebase("l", |_| Some(&bigger.params), |_| Some(&smaller.params));
         assert_eq!(s.peek(&smaller, "k", 0).remaining, 2);
     }
 

@@ -147,7 +147,8 @@ impl Store {
     /// The quiet buckets that may be forgotten now, at most `max`, by store key: the caller
     /// asks the shared store whether each one's hash exists and answers with
     /// [`Store::settle_quiet`] (or [`Store::relist_quiet`] when it could not ask). Quiet
-    /// buckets too old to stay quiet are listed for the next sync instead.
+    /// buckets too old to stay quiet are listed for the next sync instead. `params_of` gives
+    /// a bucket's parameters by its store key (a key may have its own: an override).
     pub fn take_quiet_due(
         &self,
         params_of: impl Fn(&str) -> Option<BucketParams>,
@@ -169,7 +170,7 @@ impl Store {
                     kept.push(k);
                     continue;
                 }
-                let p = params_of(super::store_key::limit_of(&k));
+                let p = params_of(&k);
                 match examine(&mut shard, &k, p, now, live) {
                     Due::Off => {}
                     Due::Young => {
@@ -202,7 +203,7 @@ impl Store {
     ) -> Option<bool> {
         let now = self.clock.now_ns();
         let live = self.live_nodes.load(Ordering::Relaxed);
-        let p = params_of(super::store_key::limit_of(store_key))?;
+        let p = params_of(store_key)?;
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let e = shard.map.get(store_key)?;
         if e.listed != Some(Listed::Quiet) {
@@ -295,6 +296,7 @@ mod tests {
             params: BucketParams::new(capacity, rate, capacity).expect("params"),
             shadow: false,
             burst_guard,
+            overrides: Default::default(),
         }
     }
 
@@ -548,6 +550,7 @@ mod waker_tests {
             params: BucketParams::new(10, 1.0, 10).expect("params"),
             shadow: false,
             burst_guard: false,
+            overrides: Default::default(),
         };
         let take = |key: &str| {
             let c = [Charge {

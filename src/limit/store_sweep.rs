@@ -3,14 +3,16 @@
 //! reload, and the per-limit statistics that the metrics show.
 
 use super::bucket::BucketParams;
-use super::store::{limit_of, Store};
+use super::store::{limit_of, split_store_key, Store};
 use super::store_entry::lock;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 impl Store {
     /// Drops buckets that are full (their state says nothing a new bucket would not) and those
-    /// whose limit no longer exists. Returns how many were dropped.
+    /// whose limit no longer exists (or whose key has no bucket any more: an override made it
+    /// unlimited or denied). `params_of` gives a bucket's parameters by its store key.
+    /// Returns how many were dropped.
     pub fn evict_idle(&self, params_of: impl Fn(&str) -> Option<BucketParams>) -> usize {
         let now = self.clock.now_ns();
         let interval = std::time::Duration::from_nanos(
@@ -21,8 +23,7 @@ impl Store {
             let mut shard = lock(s);
             let before = shard.map.len();
             shard.map.retain(|k, e| {
-                let limit = limit_of(k);
-                match params_of(limit) {
+                match params_of(k) {
                     // Unpushed changes stay until the sync loop has written them, and a shared
                     // bucket stays as long as its hash may live in Redis (the TTL from its last
                     // sync): if Redis restarts empty meanwhile, this node restores it from here.
@@ -47,20 +48,41 @@ impl Store {
         dropped
     }
 
-    /// Re-bases every bucket of `limit` onto new parameters, carrying its tokens over.
-    pub fn rebase(&self, limit: &str, old: &BucketParams, new: &BucketParams) {
+    /// Re-bases every bucket of `limit` whose parameters change onto the new ones, carrying
+    /// its tokens over (clamped to the new capacity). `old` and `new` give a key's parameters
+    /// (the key without its `LIMIT:` prefix; a key may have its own: an override); a key
+    /// without a bucket under either (unlimited, denied) is left to the sweep. Returns how
+    /// many buckets were re-based.
+    pub fn rebase<'p>(
+        &self,
+        limit: &str,
+        old: impl Fn(&str) -> Option<&'p BucketParams>,
+        new: impl Fn(&str) -> Option<&'p BucketParams>,
+    ) -> usize {
         let now = self.clock.now_ns();
+        let mut rebased = 0;
         for s in self.shards.iter() {
             let mut shard = lock(s);
             for (k, e) in shard.map.iter_mut() {
-                if limit_of(k) == limit {
-                    e.bucket = e.bucket.carry_over(old, new, now);
+                let Some((l, key)) = split_store_key(k) else {
+                    continue;
+                };
+                if l != limit {
+                    continue;
+                }
+                if let (Some(o), Some(n)) = (old(key), new(key)) {
+                    if o != n {
+                        e.bucket = e.bucket.carry_over(o, n, now);
+                        rebased += 1;
+                    }
                 }
             }
         }
+        rebased
     }
 
-    /// Per limit: (live buckets, lowest whole tokens among them).
+    /// Per limit: (live buckets, lowest whole tokens among them); `params_of` as for
+    /// [`Store::evict_idle`].
     pub fn stats(
         &self,
         params_of: impl Fn(&str) -> Option<BucketParams>,
@@ -70,8 +92,8 @@ impl Store {
         for s in self.shards.iter() {
             let shard = lock(s);
             for (k, e) in shard.map.iter() {
+                let Some(p) = params_of(k) else { continue };
                 let limit = limit_of(k);
-                let Some(p) = params_of(limit) else { continue };
                 let tokens = e.bucket.peek(&p, 0, now).remaining;
                 let e = out.entry(limit.to_string()).or_insert((0, u64::MAX));
                 e.0 += 1;

@@ -263,6 +263,7 @@ mod tests {
             params: BucketParams::new(10, 1.0, 10).expect("params"),
             shadow: false,
             burst_guard: false,
+            overrides: Default::default(),
         };
         let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
         for k in &keys {

@@ -8,7 +8,8 @@
 //! the response reports. What to answer, and which metrics to count, is the caller's business.
 
 use crate::config::KeySource;
-use crate::limit::bucket::Decision;
+use crate::limit::bucket::{BucketParams, Decision};
+use crate::limit::overrides::ForKey;
 use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
@@ -36,10 +37,15 @@ pub enum Verdict {
     /// Admitted: every enforcing limit paid.
     Pass {
         /// One decision per charged limit; `allowed` is false only for shadow limits that
-        /// could not pay (and were not charged).
+        /// could not pay (and were not charged). A key that is `unlimited` under a limit
+        /// (an override) has [`UNLIMITED`] there.
         decisions: Small<Decision>,
-        /// The limit to report on the response: fewest tokens left, then longest until full.
+        /// The limit to report on the response: fewest tokens left, then longest until full
+        /// (never an unlimited key's).
         report: Option<usize>,
+        /// The reported limit's parameters for this key, when the key has its own (an
+        /// override): the `RateLimit-Policy` to send instead of the limit's.
+        params: Option<BucketParams>,
         /// Shadow limits that could not pay.
         shadow_limited: Small<usize>,
         /// The fingerprint of the reported limit's key, when asked for.
@@ -47,12 +53,17 @@ pub enum Verdict {
     },
     /// A key could not be built (400).
     BadKey(KeyError),
-    /// The cost exceeds the capacity of this enforcing limit: no wait would let it pass (413).
-    TooCostly(usize),
+    /// The cost exceeds the capacity of this enforcing limit (for this key): no wait would
+    /// let it pass (413).
+    TooCostly { at: usize, capacity: u64 },
+    /// The key is denied by this limit (an override, `"deny"`: 403); nothing was charged.
+    Denied { at: usize, key_fp: Fingerprint },
     /// This enforcing limit refused (429); nothing was charged.
     Limited {
         at: usize,
         decision: Decision,
+        /// The limit's parameters for this key, when the key has its own (an override).
+        params: Option<BucketParams>,
         /// Shadow limits that could not pay either.
         shadow_limited: Small<usize>,
         key_fp: Fingerprint,
@@ -98,6 +109,7 @@ fn decide_with(
     // Each key is written as its store key, `LIMIT:KEY`, which the store takes as is.
     buf.clear();
     let mut ends: SmallVec<[usize; 4]> = SmallVec::new();
+    let mut overridden = false;
     for c in charged {
         push_limit_prefix(buf, &c.limit.name);
         let built = match c.key {
@@ -111,12 +123,17 @@ fn decide_with(
             return Verdict::BadKey(e);
         }
         ends.push(buf.len());
+        overridden |= !c.limit.overrides.is_empty();
+    }
+    if overridden {
+        return decide_overridden(store, charged, cost, fingerprint, buf, &ends);
     }
     if let Some(at) = charged
         .iter()
         .position(|c| !c.limit.shadow && cost > c.limit.params.capacity())
     {
-        return Verdict::TooCostly(at);
+        let capacity = charged[at].limit.params.capacity();
+        return Verdict::TooCostly { at, capacity };
     }
     let result = store.charge_prefixed(
         charged.len(),
@@ -130,6 +147,7 @@ fn decide_with(
         return Verdict::Limited {
             at,
             decision: result.decisions[at],
+            params: None,
             shadow_limited: result.shadow_rejected,
             key_fp: key_fp(at),
         };
@@ -139,9 +157,99 @@ fn decide_with(
         key_fp: report.filter(|_| fingerprint).map(key_fp),
         decisions: result.decisions,
         report,
+        params: None,
         shadow_limited: result.shadow_rejected,
     }
 }
+
+/// The decision of a request some of whose limits have overrides: each key's override is
+/// looked up once (one hash lookup), a denied key is refused before anything is charged, an
+/// unlimited one is left out of the charge, and the rest are charged with their own
+/// parameters. Out of line: requests on limits without overrides never come here.
+#[inline(never)]
+fn decide_overridden(
+    store: &Store,
+    charged: &[Charged<'_>],
+    cost: u64,
+    fingerprint: bool,
+    buf: &str,
+    ends: &[usize],
+) -> Verdict {
+    let key = |i: usize| charged[i].limit.key_of(key_at(buf, ends, i));
+    // (position in `charged`, the limit as this key is subject to it), for keys with a bucket.
+    let mut bucketed: SmallVec<[(usize, &LimitSpec); 4]> = SmallVec::new();
+    for (i, c) in charged.iter().enumerate() {
+        match c.limit.for_key(key(i)) {
+            ForKey::Bucket(l) => bucketed.push((i, l)),
+            ForKey::Unlimited => {}
+            ForKey::Deny => {
+                return Verdict::Denied {
+                    at: i,
+                    key_fp: Fingerprint::of(key(i)),
+                }
+            }
+        }
+    }
+    if let Some(&(at, l)) = bucketed
+        .iter()
+        .find(|(_, l)| !l.shadow && cost > l.params.capacity())
+    {
+        let capacity = l.params.capacity();
+        return Verdict::TooCostly { at, capacity };
+    }
+    let result = store.charge_prefixed(
+        bucketed.len(),
+        |j| bucketed[j].1,
+        |j| key_at(buf, ends, bucketed[j].0),
+        cost,
+    );
+    let own_params = |j: usize| {
+        let (i, l) = bucketed[j];
+        (!std::ptr::eq(l, charged[i].limit)).then(|| l.params.clone())
+    };
+    if let Some(j) = result.rejected_by {
+        let at = bucketed[j].0;
+        return Verdict::Limited {
+            at,
+            decision: result.decisions[j],
+            params: own_params(j),
+            shadow_limited: result
+                .shadow_rejected
+                .iter()
+                .map(|&j| bucketed[j].0)
+                .collect(),
+            key_fp: Fingerprint::of(key(at)),
+        };
+    }
+    let reported = most_restrictive(&result.decisions);
+    let mut decisions: Small<Decision> = charged.iter().map(|_| UNLIMITED).collect();
+    for (j, d) in result.decisions.iter().enumerate() {
+        decisions[bucketed[j].0] = *d;
+    }
+    let report = reported.map(|j| bucketed[j].0);
+    Verdict::Pass {
+        key_fp: report
+            .filter(|_| fingerprint)
+            .map(|i| Fingerprint::of(key(i))),
+        decisions,
+        report,
+        params: reported.and_then(own_params),
+        shadow_limited: result
+            .shadow_rejected
+            .iter()
+            .map(|&j| bucketed[j].0)
+            .collect(),
+    }
+}
+
+/// The decision reported for a key that is `unlimited` under a limit: allowed, nothing taken.
+pub const UNLIMITED: Decision = Decision {
+    allowed: true,
+    remaining: u64::MAX,
+    retry_after_ns: 0,
+    full_in_ns: 0,
+    never: false,
+};
 
 /// The store key `i` in `buf`, where the keys end at `ends`.
 #[inline(always)]
@@ -177,6 +285,7 @@ mod tests {
             params: BucketParams::new(capacity, 1.0, capacity).expect("params"),
             shadow,
             burst_guard: false,
+            overrides: Default::default(),
         }
     }
 
@@ -228,11 +337,131 @@ mod tests {
         });
         assert!(matches!(
             decide(&s, &charged, 6, false),
-            Verdict::TooCostly(1)
+            Verdict::TooCostly { at: 1, capacity: 5 }
         ));
         match decide(&s, &charged, 3, false) {
             Verdict::Pass { shadow_limited, .. } => assert_eq!(shadow_limited.as_slice(), &[0]),
             v => panic!("a shadow limit never refuses, got {v:?}"),
         }
+    }
+
+    /// `narrow` (capacity 2) with overrides: "pro" gets 5, "batch" is unlimited, "leaked"
+    /// denied.
+    fn with_overrides() -> LimitSpec {
+        use crate::limit::overrides::{Override, Overrides};
+        let mut l = spec("narrow", 2, false);
+        let pro = l.with_params(BucketParams::new(5, 1.0, 5).expect("params"));
+        l.overrides = Overrides::new([
+            ("pro".to_string(), Override::Bucket(Box::new(pro))),
+            ("batch".to_string(), Override::Unlimited),
+            ("leaked".to_string(), Override::Deny),
+        ]);
+        l
+    }
+
+    fn admitted(s: &Store, charged: &[Charged<'_>], n: usize) -> usize {
+        (0..n)
+            .filter(|_| matches!(decide(s, charged, 1, false), Verdict::Pass { .. }))
+            .count()
+    }
+
+    #[test]
+    fn an_overridden_key_has_its_own_capacity_and_reports_it() {
+        let s = store();
+        let l = with_overrides();
+        let on = |k| {
+            [Charged {
+                limit: &l,
+                key: KeyOf::Given(k),
+            }]
+        };
+        assert_eq!(admitted(&s, &on("plain"), 4), 2);
+        match decide(&s, &on("pro"), 1, false) {
+            Verdict::Pass {
+                params,
+                report,
+                decisions,
+                ..
+            } => {
+                assert_eq!(params.map(|p| p.capacity()), Some(5));
+                assert_eq!(report, Some(0));
+                assert_eq!(decisions[0].remaining, 4);
+            }
+            v => panic!("pro's first request, got {v:?}"),
+        }
+        assert_eq!(admitted(&s, &on("pro"), 6), 4);
+        match decide(&s, &on("pro"), 1, false) {
+            Verdict::Limited { params, .. } => assert_eq!(params.map(|p| p.capacity()), Some(5)),
+            v => panic!("pro's bucket is empty, got {v:?}"),
+        }
+        match decide(&s, &on("plain"), 1, false) {
+            Verdict::Limited { params, .. } => assert!(params.is_none()),
+            v => panic!("plain's bucket is empty, got {v:?}"),
+        }
+        // A cost over the key's own capacity, not the limit's, is too costly.
+        assert!(matches!(
+            decide(&s, &on("pro"), 6, false),
+            Verdict::TooCostly { at: 0, capacity: 5 }
+        ));
+    }
+
+    #[test]
+    fn an_unlimited_key_is_not_charged_and_a_denied_one_charges_nothing() {
+        let s = store();
+        let l = with_overrides();
+        let wide = spec("wide", 3, false);
+        let both = |k| {
+            [
+                Charged {
+                    limit: &wide,
+                    key: KeyOf::Given(k),
+                },
+                Charged {
+                    limit: &l,
+                    key: KeyOf::Given(k),
+                },
+            ]
+        };
+        // batch: unlimited on narrow, so only wide's 3 tokens count, and wide is reported.
+        match decide(&s, &both("batch"), 1, false) {
+            Verdict::Pass {
+                report,
+                decisions,
+                params,
+                ..
+            } => {
+                assert_eq!(report, Some(0));
+                assert!(params.is_none());
+                assert_eq!(decisions[1], UNLIMITED);
+            }
+            v => panic!("batch is unlimited on narrow, got {v:?}"),
+        }
+        assert_eq!(admitted(&s, &both("batch"), 5), 2);
+        match decide(&s, &both("batch"), 1, false) {
+            Verdict::Limited { at, .. } => assert_eq!(at, 0, "wide refuses"),
+            v => panic!("wide is empty, got {v:?}"),
+        }
+        // Alone on an unlimited key: admitted every time, nothing to report.
+        let alone = [Charged {
+            limit: &l,
+            key: KeyOf::Given("batch"),
+        }];
+        assert_eq!(admitted(&s, &alone, 100), 100);
+        assert!(matches!(
+            decide(&s, &alone, 1, false),
+            Verdict::Pass { report: None, .. }
+        ));
+        // leaked: denied by narrow before anything is charged, so wide keeps its 3 tokens.
+        for _ in 0..5 {
+            assert!(matches!(
+                decide(&s, &both("leaked"), 1, false),
+                Verdict::Denied { at: 1, .. }
+            ));
+        }
+        let wide_alone = [Charged {
+            limit: &wide,
+            key: KeyOf::Given("leaked"),
+        }];
+        assert_eq!(admitted(&s, &wide_alone, 5), 3);
     }
 }

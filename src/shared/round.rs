@@ -33,6 +33,18 @@ impl Context<'_> {
     fn limit(&self, name: &str) -> Option<&LimitSpec> {
         self.limits.iter().find(|l| l.name == name)
     }
+
+    /// What the bucket of `key` under `limit` is charged as: the limit, or the key's
+    /// override; `None` when the limit is gone or the key has no bucket (unlimited, denied).
+    fn spec(&self, limit: &str, key: &str) -> Option<&LimitSpec> {
+        self.limit(limit)?.for_key(key).bucket()
+    }
+
+    /// The same by store key.
+    fn spec_at(&self, store_key: &str) -> Option<&LimitSpec> {
+        let (limit, key) = split_store_key(store_key)?;
+        self.spec(limit, key)
+    }
 }
 
 /// One bucket's command: the merge script, which max-merges `fields`, extends the hash's
@@ -62,7 +74,7 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
         let Some((limit, key)) = split_store_key(&bucket.store_key) else {
             continue;
         };
-        let Some(spec) = ctx.limit(limit) else {
+        let Some(spec) = ctx.spec(limit, key) else {
             continue;
         };
         let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
@@ -101,7 +113,7 @@ pub fn checks(ctx: &Context<'_>, due: Vec<StoreKey>) -> Vec<Check> {
     due.into_iter()
         .filter_map(|store_key| {
             let (limit, key) = split_store_key(&store_key)?;
-            ctx.limit(limit)?;
+            ctx.spec(limit, key)?;
             let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
             Some(Check {
                 store_key,
@@ -120,7 +132,7 @@ pub fn settle(
     checks: Vec<Check>,
     answers: Result<Vec<HashMap<String, String>>, ()>,
 ) -> (u64, u64) {
-    let params_of = |name: &str| ctx.limit(name).map(|l| l.params.clone());
+    let params_of = |store_key: &str| ctx.spec_at(store_key).map(|l| l.params.clone());
     let (mut forgotten, mut synced) = (0, 0);
     match answers {
         Ok(hashes) if hashes.len() == checks.len() => {
@@ -239,7 +251,7 @@ fn absorb_hash(
     seen: &mut Seen,
 ) {
     let (nodes, _ignored) = layout::parse_hash(hash);
-    let Some(spec) = split_store_key(&d.store_key).and_then(|(limit, _)| ctx.limit(limit)) else {
+    let Some(spec) = ctx.spec_at(&d.store_key) else {
         return;
     };
     let p = &spec.params;
@@ -292,6 +304,7 @@ mod tests {
             params: BucketParams::new(10, 1.0, 10).expect("params"),
             shadow: false,
             burst_guard: false,
+            overrides: Default::default(),
         }
     }
 

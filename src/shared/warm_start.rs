@@ -164,7 +164,7 @@ fn load(
     else {
         return false;
     };
-    let Some(spec) = rt.limit_named(limit) else {
+    let Some(spec) = rt.limit_named(limit).and_then(|l| l.for_key(key).bucket()) else {
         return false;
     };
     if layout::redis_key(&cfg.key_prefix, limit, key) != k {

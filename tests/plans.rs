@@ -1,0 +1,234 @@
+//! Plans: per-key overrides (`overrides`, `overrides_file`) through the real binary, in front
+//! of the real upstream: a plain key, an overridden key, an unlimited and a denied key on one
+//! limit with the headers each gets; the overrides file changed and reloaded (the bucket keeps
+//! its tokens, clamped), and broken (the running config stays); in shared mode, nodes that
+//! disagree about a key's override show as drift.
+
+mod common;
+
+use common::{get, request, wait_until, Gateway, RedisServer, Upstream};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `per-key`: 2 tokens, one per 100 s; "batch" unlimited and "leaked" denied in the config,
+/// the plans of `file` (written by the test) on top.
+fn config(up: &Upstream, file: &Path) -> Value {
+    json!({
+        "upstreams": { "api": { "servers": [up.addr.to_string()] } },
+        "limits": { "per-key": {
+            "capacity": 2, "refill_per_second": 0.01, "key": ["header:x-api-key"],
+            "overrides": { "batch": "unlimited", "leaked": "deny" },
+            "overrides_file": file,
+        } },
+        "routes": [{ "name": "r", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-key"] }],
+    })
+}
+
+fn statuses(gw: &Gateway, key: &str, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| get(gw.addr, "/x", &[("x-api-key", key)]).status)
+        .collect()
+}
+
+fn counted(gw: &Gateway, line: &str) -> bool {
+    get(gw.admin, "/metrics", &[])
+        .text()
+        .lines()
+        .any(|l| l == line)
+}
+
+#[test]
+fn plain_overridden_unlimited_and_denied_keys_get_what_their_plan_says() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plans.json");
+    std::fs::write(&file, r#"{ "pro": { "capacity": 5 } }"#).unwrap();
+    let gw = Gateway::builder(config(&up, &file)).start();
+
+    // A plain key: the limit's 2 tokens.
+    let r = get(gw.addr, "/x", &[("x-api-key", "plain")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"per-key\";q=2;w=200"));
+    assert_eq!(statuses(&gw, "plain", 2), [200, 429]);
+
+    // An overridden key: its own 5 tokens, reported in both headers and in the 429.
+    let r = get(gw.addr, "/x", &[("x-api-key", "pro")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"per-key\";q=5;w=500"));
+    assert_eq!(r.header("ratelimit"), Some("\"per-key\";r=4;t=100"));
+    assert_eq!(statuses(&gw, "pro", 4), [200; 4]);
+    let r = get(gw.addr, "/x", &[("x-api-key", "pro")]);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"per-key\";q=5;w=500"));
+    assert_eq!(r.header("retry-after"), Some("100"));
+
+    // An unlimited key: every request forwarded, no rate-limit headers, counted as allowed.
+    let r = get(gw.addr, "/x", &[("x-api-key", "batch")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-policy"), None);
+    assert_eq!(r.header("ratelimit"), None);
+    assert_eq!(statuses(&gw, "batch", 50), [200; 50]);
+
+    // A denied key: 403 JSON from the gateway, never forwarded, its own outcome.
+    let r = get(gw.addr, "/x", &[("x-api-key", "leaked")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json(),
+        json!({"error": "Forbidden", "limit": "per-key", "status": 403})
+    );
+    // Counted when the request is logged, just after its response: polled.
+    // 2 (plain) + 5 (pro) + 51 (batch) forwarded; 2 refused (plain, pro); 1 denied.
+    for line in [
+        "tollgate_requests_total{outcome=\"denied\",route=\"r\"} 1",
+        "tollgate_requests_total{outcome=\"allowed\",route=\"r\"} 58",
+        "tollgate_requests_total{outcome=\"limited\",route=\"r\"} 2",
+    ] {
+        assert!(wait_until(WAIT, || counted(&gw, line)), "{line}");
+    }
+
+    // The admin API answers for each key as the proxy does.
+    let rating = |k: &str| get(gw.admin, &format!("/rating?limit=per-key&key={k}"), &[]).json();
+    assert_eq!(rating("pro")["capacity"], 5);
+    assert_eq!(rating("pro")["override"], "params");
+    assert_eq!(rating("plain")["capacity"], 2);
+    assert_eq!(rating("plain")["override"], Value::Null);
+    assert_eq!(rating("batch")["override"], "unlimited");
+    assert_eq!(rating("leaked")["override"], "deny");
+    let consume = |k: &str| {
+        request(
+            gw.admin,
+            "POST",
+            &format!("/consume?limit=per-key&key={k}"),
+            &[],
+            b"",
+        )
+    };
+    assert_eq!(consume("leaked").status, 403);
+    assert_eq!(
+        consume("batch").json(),
+        json!({"allowed": true, "unlimited": true})
+    );
+}
+
+#[test]
+fn a_changed_overrides_file_reloads_and_a_broken_one_keeps_the_running_plans() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plans.json");
+    std::fs::write(&file, r#"{ "pro": { "capacity": 5 } }"#).unwrap();
+    let gw = Gateway::builder(config(&up, &file)).start();
+    assert_eq!(statuses(&gw, "pro", 1), [200]);
+
+    // pro: 5 -> 3 tokens. Its bucket held 4: it keeps 3 (clamped); "gold" is a new plan.
+    std::fs::write(
+        &file,
+        r#"{ "pro": { "capacity": 3 }, "gold": { "capacity": 8, "refill_per_second": 1 } }"#,
+    )
+    .unwrap();
+    let r = request(gw.admin, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["limits_rebased"], json!(["per-key"]));
+    let r = get(gw.addr, "/x", &[("x-api-key", "pro")]);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"per-key\";q=3;w=300"));
+    assert_eq!(r.header("ratelimit"), Some("\"per-key\";r=2;t=100"));
+    assert_eq!(statuses(&gw, "pro", 3), [200, 200, 429]);
+    let r = get(gw.addr, "/x", &[("x-api-key", "gold")]);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"per-key\";q=8;w=8"));
+
+    // A broken file: the reload is refused with the file's own line and column, and the
+    // plans that run stay.
+    std::fs::write(
+        &file,
+        "{ \"pro\": { \"capacity\": 3 },\n  \"gold\": { \"capacity\": 0 } }",
+    )
+    .unwrap();
+    let r = request(gw.admin, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let errors = r.json()["errors"].to_string();
+    let at = format!(
+        "{}:2:25: gold.capacity: the capacity must be at least 1 token",
+        file.display()
+    );
+    assert!(errors.contains(&at), "{errors}");
+    assert_eq!(
+        get(gw.admin, "/rating?limit=per-key&key=gold", &[]).json()["capacity"],
+        8
+    );
+    // And `check` says the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains(&at), "{text}");
+}
+
+#[test]
+fn nodes_that_disagree_about_a_key_override_show_drift() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = |node: &str, pro: u64| {
+        let file = dir.path().join(format!("{node}.json"));
+        std::fs::write(&file, json!({ "pro": { "capacity": pro } }).to_string()).unwrap();
+        let mut c = config(&up, &file);
+        c["node_id"] = json!(node);
+        c["redis"] = json!({ "url": redis.url, "sync_interval_ms": 50, "quiet_buckets": false });
+        c
+    };
+    let a = Gateway::builder(shared("node-a", 5)).start();
+    let b = Gateway::builder(shared("node-b", 7)).start();
+    let drift = "tollgate_config_drift{limit=\"per-key\"} 1";
+    // A plain key: both agree, no drift.
+    assert_eq!(statuses(&a, "plain", 1), [200]);
+    assert_eq!(statuses(&b, "plain", 1), [200]);
+    let hash = "tollgate:per-key:pro";
+    // Each node writes the key's parameters as it sees them into the hash.
+    assert!(wait_until(WAIT, || {
+        statuses(&a, "pro", 1);
+        statuses(&b, "pro", 1);
+        redis.cmd(&["HGET", hash, "node-a:capacity"]).trim() == "5"
+            && redis.cmd(&["HGET", hash, "node-b:capacity"]).trim() == "7"
+    }));
+    assert!(
+        wait_until(WAIT, || {
+            statuses(&a, "pro", 1);
+            counted(&a, drift)
+        }),
+        "a saw no drift:\n{}",
+        a.log()
+    );
+    assert!(a
+        .log()
+        .contains("nodes disagree on this limit's capacity or rate"));
+    // In shared mode a key's rate is fixed while its hash lives: a reload that changes it is
+    // refused, one that changes its capacity is taken.
+    let file = dir.path().join("node-a.json");
+    std::fs::write(
+        &file,
+        r#"{ "pro": { "capacity": 5, "refill_per_second": 1 } }"#,
+    )
+    .unwrap();
+    let r = request(a.admin, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["errors"][0].as_str().is_some_and(|e| e.contains(
+            "the refill rate of a shared key cannot change on reload (1 key(s), first \"pro\")"
+        )),
+        "{}",
+        r.text()
+    );
+    std::fs::write(&file, r#"{ "pro": { "capacity": 7 } }"#).unwrap();
+    let r = request(a.admin, "POST", "/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        get(a.admin, "/rating?limit=per-key&key=pro", &[]).json()["capacity"],
+        7
+    );
+}
