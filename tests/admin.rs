@@ -419,3 +419,56 @@ fn check_accepts_shipped_configs_and_lists_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn buckets_lists_the_most_refused_keys_and_the_emptiest_as_fingerprints() {
+    let up = Upstream::start();
+    let gw = Gateway::builder(base(&up, 3)).start();
+    let send = |k: &str, n: usize| {
+        for _ in 0..n {
+            get(gw.addr, "/x", &[("x-api-key", k)]);
+        }
+    };
+    // noisy: 3 admitted, 9 refused; pushy: 3 + 2; calm: 1 admitted, never refused.
+    send("noisy", 12);
+    send("pushy", 5);
+    send("calm", 1);
+    let top = get(gw.admin, "/buckets?limit=per-key&top=5&by=rejected", &[]).json();
+    let fp = |k: &str| format!("{:016x}", tollgate::request::key::fnv1a(k.as_bytes()));
+    assert_eq!(
+        top,
+        json!({"limit": "per-key", "by": "rejected", "raw": false, "buckets": [
+            {"key": fp("noisy"), "tokens": 0, "capacity": 3, "rejected_last_minute": 9},
+            {"key": fp("pushy"), "tokens": 0, "capacity": 3, "rejected_last_minute": 2},
+        ]})
+    );
+    let raw = get(gw.admin, "/buckets?limit=per-key&top=1&raw=1", &[]).json();
+    assert_eq!(raw["buckets"][0]["key"], "noisy");
+    assert_eq!(raw["buckets"].as_array().map(Vec::len), Some(1));
+    let emptiest = get(gw.admin, "/buckets?limit=per-key&by=tokens&raw=1", &[]).json();
+    let keys: Vec<&str> = emptiest["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["noisy", "pushy", "calm"]);
+    assert_eq!(emptiest["buckets"][2]["tokens"], 2);
+    // No key ever shows in a metric label.
+    let metrics = get(gw.admin, "/metrics", &[]).text();
+    assert!(!metrics.contains("noisy") && !metrics.contains(&fp("noisy")));
+    // Bad queries.
+    for (q, status) in [
+        ("", 400),
+        ("?limit=nope", 404),
+        ("?limit=per-key&top=0", 400),
+        ("?limit=per-key&top=x", 400),
+        ("?limit=per-key&by=age", 400),
+    ] {
+        assert_eq!(
+            get(gw.admin, &format!("/buckets{q}"), &[]).status,
+            status,
+            "{q}"
+        );
+    }
+}

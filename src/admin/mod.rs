@@ -3,6 +3,8 @@
 //! It listens on loopback unless configured otherwise, and then the config demands a token:
 //! every request must carry `Authorization: Bearer TOKEN` (compared in constant time).
 
+mod buckets;
+
 use crate::app::node::Node;
 use crate::config::LimitId;
 use crate::http::headers;
@@ -290,20 +292,24 @@ impl ServeHttp for AdminApp {
             ("POST", "/consume") => self.consume(q),
             ("POST", "/reload") => self.reload(),
             ("GET", "/config") => json_response(200, &self.node.runtime().config.masked_json()),
-            (_, "/health" | "/metrics" | "/rating" | "/consume" | "/reload" | "/config") => {
-                json_response(
-                    405,
-                    &json!({"error": format!("method {method} not allowed on {path}")}),
-                )
-            }
+            ("GET", "/buckets") => buckets::buckets(&self.node, q),
+            (
+                _,
+                "/health" | "/metrics" | "/rating" | "/consume" | "/reload" | "/config"
+                | "/buckets",
+            ) => json_response(
+                405,
+                &json!({"error": format!("method {method} not allowed on {path}")}),
+            ),
             _ => json_response(
                 404,
                 &json!({"error": "not found", "endpoints": ["GET /health", "GET /metrics", "GET /rating",
-                        "POST /consume", "POST /reload", "GET /config"]}),
+                        "POST /consume", "POST /reload", "GET /config", "GET /buckets"]}),
             ),
         }
     }
 }
+
 /// The 200 of `/consume`: the decision and its rate-limit headers (`policy`: none for an
 /// unlimited key, which is not charged and has nothing to report).
 fn consumed(limit: &str, d: &Decision, policy: Option<String>) -> Response<Vec<u8>> {

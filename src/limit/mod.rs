@@ -21,3 +21,4 @@ pub mod store_key;
 pub mod store_quiet;
 pub mod store_sweep;
 pub mod store_sync;
+pub mod store_top;

@@ -264,6 +264,9 @@ impl Store {
                     sync.pace.spend(cost);
                 }
             }
+            if !d.allowed && !limit.shadow {
+                entry.refused.note(now);
+            }
             if let Some((list, new)) = self.listing(entry, limit, &d, now) {
                 wake |= new;
                 shard.list(list, key);

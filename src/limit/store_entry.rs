@@ -19,6 +19,56 @@ pub(super) struct Entry {
     pub(super) view: View,
     /// Shared mode only (boxed, so a standalone bucket stays small): sync time and pace.
     pub(super) sync: Option<Box<SyncState>>,
+    /// Refusals in the last minutes, for `/buckets` (see [`crate::limit::store_top`]); in
+    /// the entry's padding, so a bucket costs no more memory for them.
+    pub(super) refused: Refusals,
+}
+
+/// Refusals of one bucket in the current and the previous minute (minutes since the epoch,
+/// modulo 2^16: only compared for equality with now and one before; a bucket untouched for
+/// 45 days that is refused again in the very minute its count was taken would count its old
+/// refusals too).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Refusals {
+    minute: u16,
+    current: u16,
+    previous: u16,
+}
+
+const NS_PER_MINUTE: i64 = 60_000_000_000;
+
+impl Refusals {
+    /// One more refusal at `now_ns`.
+    #[cold]
+    pub(super) fn note(&mut self, now_ns: i64) {
+        let minute = now_ns.div_euclid(NS_PER_MINUTE) as u16;
+        if minute == self.minute {
+            self.current = self.current.saturating_add(1);
+            return;
+        }
+        self.previous = if minute == self.minute.wrapping_add(1) {
+            self.current
+        } else {
+            0
+        };
+        self.minute = minute;
+        self.current = 1;
+    }
+
+    /// Refusals in the 60 s before `now_ns`: this minute's, and the previous minute's
+    /// weighted by how much of it the last 60 s still cover (a sliding window's estimate).
+    pub(super) fn last_minute(&self, now_ns: i64) -> u64 {
+        let minute = now_ns.div_euclid(NS_PER_MINUTE) as u16;
+        let into = now_ns.rem_euclid(NS_PER_MINUTE) as f64 / NS_PER_MINUTE as f64;
+        let (current, previous) = if minute == self.minute {
+            (self.current, self.previous)
+        } else if minute == self.minute.wrapping_add(1) {
+            (0, self.current)
+        } else {
+            (0, 0)
+        };
+        (f64::from(current) + f64::from(previous) * (1.0 - into)).round() as u64
+    }
 }
 
 /// How a node's view of a shared bucket stands, which decides how the next sync merges it
@@ -120,6 +170,7 @@ fn new_entry<'s>(
             bucket: Bucket::new(p, now),
             listed: None,
             view: View::New,
+            refused: Refusals::default(),
             sync: shared.then(|| {
                 Box::new(SyncState {
                     synced_ns: now,
@@ -196,3 +247,6 @@ pub(super) fn is_quiet(
     taken <= half.saturating_add(refilled / i128::from(live.max(1)))
         && taken <= (2 * UNITS_PER_TOKEN).saturating_add(refilled)
 }
+
+// The refusal counts live in what would otherwise be padding.
+const _: () = assert!(std::mem::size_of::<Entry>() <= 80);
