@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 # promtool (from Debian's prometheus package) checks the alert rules and dashboard queries.
 ensure cmake:cmake cc:build-essential redis-server:redis-server redis-cli:redis-tools \
-  promtool:prometheus
+  promtool:prometheus chromium:chromium
 
 echo "== cargo fmt --check"
 cargo fmt --check

@@ -4,6 +4,8 @@
 //! every request must carry `Authorization: Bearer TOKEN` (compared in constant time).
 
 mod buckets;
+mod status;
+mod status_page;
 
 use crate::app::node::Node;
 use crate::config::LimitId;
@@ -271,6 +273,10 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
+            let req = session.req_header();
+            if req.method == http::Method::GET && req.uri.path() == "/" {
+                return status_page::login();
+            }
             return bytes_response(
                 401,
                 "application/json",
@@ -293,10 +299,14 @@ impl ServeHttp for AdminApp {
             ("POST", "/reload") => self.reload(),
             ("GET", "/config") => json_response(200, &self.node.runtime().config.masked_json()),
             ("GET", "/buckets") => buckets::buckets(&self.node, q),
+            ("GET", "/") => {
+                status_page::page(&status::status(&self.node), &status::tops(&self.node))
+            }
+            ("GET", "/status") => json_response(200, &status::status(&self.node)),
             (
                 _,
                 "/health" | "/metrics" | "/rating" | "/consume" | "/reload" | "/config"
-                | "/buckets",
+                | "/buckets" | "/" | "/status",
             ) => json_response(
                 405,
                 &json!({"error": format!("method {method} not allowed on {path}")}),
@@ -304,7 +314,7 @@ impl ServeHttp for AdminApp {
             _ => json_response(
                 404,
                 &json!({"error": "not found", "endpoints": ["GET /health", "GET /metrics", "GET /rating",
-                        "POST /consume", "POST /reload", "GET /config", "GET /buckets"]}),
+                        "POST /consume", "POST /reload", "GET /config", "GET /buckets", "GET /", "GET /status"]}),
             ),
         }
     }

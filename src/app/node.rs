@@ -2,6 +2,7 @@
 //! background services. The running config is compiled into a [`Runtime`] and swapped
 //! atomically on reload (build fully, validate, then swap; on failure keep the old one).
 
+use crate::app::history::History;
 use crate::app::metrics::Metrics;
 use crate::config::{Config, ConfigError, ConfigErrors, LimitId, UpstreamId};
 use crate::http::upstream::{load_ca, UpstreamPool};
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub pools: Vec<UpstreamPool>,
     /// The request path's metric handles for this config, made on first use.
     pub metrics: std::sync::OnceLock<crate::app::metrics::RequestMetrics>,
+    /// When this config was loaded (the status page shows it).
+    pub loaded_at: std::time::SystemTime,
 }
 
 fn error(config: &Config, path: String, message: String) -> ConfigError {
@@ -91,6 +94,7 @@ impl Runtime {
             policies,
             pools,
             metrics: std::sync::OnceLock::new(),
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 
@@ -172,6 +176,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// What the sync loop knows of the shared store (shared mode).
     pub sync_status: SyncStatus,
+    /// Recent traffic, sampled in the background (the status page's chart), and the start.
+    pub history: History,
     pub config_path: PathBuf,
     reload_lock: Mutex<()>,
 }
@@ -191,6 +197,7 @@ impl Node {
             clock,
             metrics,
             sync_status: SyncStatus::default(),
+            history: History::new(),
             config_path: config_path.to_path_buf(),
             reload_lock: Mutex::new(()),
         };

@@ -1,5 +1,6 @@
 //! Assembles the pingora server: the proxy service on the configured listeners, the admin
-//! service, and the housekeeping service (idle-bucket eviction, SIGHUP reload).
+//! service, the housekeeping service (idle-bucket eviction, SIGHUP reload), and the sampler
+//! of the status page's history.
 
 use crate::admin::AdminApp;
 use crate::app::node::Node;
@@ -70,6 +71,18 @@ impl BackgroundService for Housekeeping {
     }
 }
 
+/// Samples the node's counters into its history (the status page's chart and rates).
+pub struct HistorySampler {
+    pub node: Arc<Node>,
+}
+
+#[async_trait]
+impl BackgroundService for HistorySampler {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.node.history.run(&self.node.metrics, shutdown).await;
+    }
+}
+
 /// Why the server could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -137,6 +150,10 @@ pub fn build(node: Arc<Node>, upgrade: bool) -> Result<Server, BuildError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(housekeeping);
+    server.add_service(background_service(
+        "tollgate history",
+        HistorySampler { node: node.clone() },
+    ));
     server.add_service(background_service(
         "tollgate health checks",
         crate::http::health::HealthChecks { node: node.clone() },
