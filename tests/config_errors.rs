@@ -691,7 +691,7 @@ fn overrides_bad() {
     let f = |e: &str| format!("{FILE}:{e}");
     let mut want = vec![
         c("6:54: limits.per-key.overrides.pro.capacity: the capacity must be at least 1 token"),
-        c("7:41: limits.per-key.overrides.free: an override is an object of parameters (capacity, refill_per_second, initial_tokens), \"unlimited\" or \"deny\", not \"sometimes\""),
+        c("7:41: limits.per-key.overrides.free: an override is an object of parameters (capacity, refill_per_second, initial_tokens; quota, window for a quota), \"unlimited\" or \"deny\", not \"sometimes\""),
         c("8:33: limits.per-key.overrides[\"a|b\"]: the key \"a|b\" has 2 part(s) but the limit builds keys of 1 (parts joined with '|'; a '|' inside a part is written %7C)"),
         c("9:41: limits.per-key.overrides.slow: unknown field \"burst\": an override sets capacity, refill_per_second or initial_tokens"),
         c("9:64: limits.per-key.overrides.slow.refill_per_second: refill_per_second must be a number, not \"fast\""),
@@ -700,7 +700,7 @@ fn overrides_bad() {
         f("5:3: ok: duplicate key: the earlier value would be silently ignored"),
         f("3:3: both: the key \"both\" is overridden in the config too: keep one"),
         f("4:24: neg.capacity: capacity must be a whole number, not -1"),
-        f("6:8: x: an override is an object of parameters (capacity, refill_per_second, initial_tokens), \"unlimited\" or \"deny\", not null"),
+        f("6:8: x: an override is an object of parameters (capacity, refill_per_second, initial_tokens; quota, window for a quota), \"unlimited\" or \"deny\", not null"),
     ];
     let mut got = errors.clone();
     got.sort();
@@ -747,4 +747,67 @@ fn overrides_load_from_both_places() {
     assert_eq!((p.capacity(), p.refill_per_second()), (10, 100.0));
     assert!(l.params_for("batch").is_none() && l.params_for("leaked").is_none());
     assert_eq!(l.params_for("other").map(|p| p.capacity()), Some(10));
+}
+
+/// A config text with one limit written as `limit` (JSON), for the quota checks.
+fn with_limit(limit: serde_json::Value) -> Result<Config, Vec<String>> {
+    let text = json!({
+        "listeners": [{ "address": "127.0.0.1:8080" }],
+        "upstreams": { "api": { "servers": ["127.0.0.1:8000"] } },
+        "limits": { "q": limit },
+        "routes": [{ "name": "default", "upstream": "api", "limits": ["q"] }],
+    });
+    Config::parse(&serde_json::to_string_pretty(&text).unwrap(), "inline")
+        .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+}
+
+#[test]
+fn quotas_and_their_errors() {
+    let ok = with_limit(json!({ "quota": 10000, "window": "day", "key": ["header:x-api-key"] }))
+        .expect("a daily quota");
+    let p = &ok.limits[0].params;
+    assert_eq!((p.capacity(), p.initial_tokens()), (10000, 10000));
+    assert_eq!(p.window().map(|w| w.name()), Some("day"));
+    let errors = |limit| with_limit(limit).expect_err("refused");
+    assert_eq!(
+        errors(json!({ "quota": 10, "window": "week", "key": ["client_ip"] })),
+        ["inline:8:17: limits.q.window: unknown window \"week\": use minute, hour, day or month (UTC calendar)"]
+    );
+    assert_eq!(
+        errors(json!({ "quota": 10, "key": ["client_ip"] })),
+        ["inline:3:10: limits.q: missing field `window`"]
+    );
+    assert_eq!(
+        errors(json!({ "quota": 0, "window": "hour", "key": ["client_ip"] })),
+        ["inline:7:16: limits.q.quota: the quota must be at least 1 token"]
+    );
+    assert_eq!(
+        errors(json!({ "quota": 10, "window": "hour", "capacity": 5, "key": ["client_ip"] })),
+        ["inline:4:7: limits.q.capacity: a limit is a token bucket (capacity, refill_per_second) or a quota (quota, window), not both: remove capacity or the quota"]
+    );
+    assert_eq!(
+        errors(json!({ "key": ["client_ip"] })),
+        ["inline:3:10: limits.q: missing field `capacity`"]
+    );
+    // An override of a quota sets a quota (or window), not a bucket's parameters.
+    let plans = json!({ "quota": 10, "window": "month", "key": ["header:k"],
+                        "overrides": { "pro": { "quota": 1000 }, "hourly": { "window": "hour" },
+                                       "odd": { "capacity": 3 } } });
+    assert_eq!(
+        errors(plans.clone()),
+        ["inline:11:16: limits.q.overrides.odd: unknown field \"capacity\": an override sets quota or window (the limit is a quota)"]
+    );
+    let mut fine = plans;
+    fine["overrides"].as_object_mut().unwrap().remove("odd");
+    let l = with_limit(fine).expect("quota overrides").limits[0].spec();
+    let pro = l.params_for("pro").expect("a quota");
+    assert_eq!(
+        (pro.capacity(), pro.window().map(|w| w.name())),
+        (1000, Some("month"))
+    );
+    let hourly = l.params_for("hourly").expect("a quota");
+    assert_eq!(
+        (hourly.capacity(), hourly.window().map(|w| w.name())),
+        (10, Some("hour"))
+    );
 }

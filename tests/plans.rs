@@ -232,3 +232,70 @@ fn nodes_that_disagree_about_a_key_override_show_drift() {
         7
     );
 }
+
+/// Seconds since the Unix epoch, now.
+fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn a_minute_quota_resets_when_the_minute_ends_and_says_when() {
+    let up = Upstream::start();
+    let gw = Gateway::builder(json!({
+        "upstreams": { "api": { "servers": [up.addr.to_string()] } },
+        "limits": { "per-minute": { "quota": 3, "window": "minute", "key": ["header:x-api-key"] } },
+        "routes": [{ "name": "r", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["per-minute"] }],
+    }))
+    .start();
+    let h = [("x-api-key", "q")];
+    // Close to the end of a minute the seconds below could straddle it: start afresh then.
+    if 60.0 - unix_secs() % 60.0 < 5.0 {
+        let next = unix_secs().div_euclid(60.0) + 1.0;
+        assert!(wait_until(Duration::from_secs(10), || unix_secs() / 60.0 >= next));
+    }
+    let minute = unix_secs().div_euclid(60.0);
+    let left = 60.0 - unix_secs() % 60.0;
+    for r in [2, 1, 0] {
+        let resp = get(gw.addr, "/x", &h);
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.header("ratelimit-policy"),
+            Some("\"per-minute\";q=3;w=60")
+        );
+        let rl = resp.header("ratelimit").unwrap().to_string();
+        let t: f64 = rl.rsplit("t=").next().unwrap().parse().unwrap();
+        assert!(rl.starts_with(&format!("\"per-minute\";r={r};t=")), "{rl}");
+        assert!(
+            (t - left).abs() <= 2.0,
+            "t={t}, {left:.1} s left in the minute"
+        );
+    }
+    let refused = get(gw.addr, "/x", &h);
+    assert_eq!(refused.status, 429);
+    let retry: f64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (retry - left).abs() <= 2.0,
+        "Retry-After {retry}, {left:.1} s left"
+    );
+    // Nothing more this minute; all 3 again from the next one.
+    let mut admitted_at = None;
+    assert!(
+        wait_until(Duration::from_secs(70), || {
+            let status = get(gw.addr, "/x", &h).status;
+            if status == 200 {
+                admitted_at = Some(unix_secs());
+            }
+            status == 200
+        }),
+        "the quota never came back"
+    );
+    let at = admitted_at.unwrap();
+    assert!(
+        at.div_euclid(60.0) > minute,
+        "admitted at {at}, still in minute {minute}"
+    );
+    assert_eq!(statuses(&gw, "q", 3), [200, 200, 429]);
+}

@@ -208,7 +208,8 @@ impl AdminApp {
                 .inc()
         };
         let policy = |params: Option<BucketParams>| match params {
-            None => rt.policy(li).to_string(),
+            None if !headers::fresh_policy(&l.params) => rt.policy(li).to_string(),
+            None => headers::policy_value(&l.name, &l.params),
             Some(p) => headers::policy_value(&l.name, &p),
         };
         match decision::decide(&self.node.store, &charged, cost, false) {

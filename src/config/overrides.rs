@@ -4,7 +4,8 @@
 //! a `|` or `%` inside a part escaped as `%7C` and `%25`), to one of:
 //! - an object with any of `capacity`, `refill_per_second`, `initial_tokens`: the key's own
 //!   bucket; what it leaves out is the limit's (`initial_tokens` defaults to the override's
-//!   capacity, so a new bucket starts full, as a limit's does);
+//!   capacity, so a new bucket starts full, as a limit's does); for a quota, any of `quota`
+//!   and `window`;
 //! - `"unlimited"`: never limited (still counted in the metrics);
 //! - `"deny"`: answered 403, never forwarded.
 //!
@@ -20,11 +21,12 @@
 
 use super::checker::Checker;
 use super::spans::{member, Spans};
-use super::values::bucket_params;
+use super::values::{bucket_params, param_errors};
 use super::{ConfigError, RawLimit};
 use crate::limit::bucket::BucketParams;
 use crate::limit::overrides::{Override, Overrides};
 use crate::limit::store::LimitSpec;
+use crate::limit::window::Window;
 use crate::request::key::MAX_PART;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -110,7 +112,7 @@ fn entry(
             errs.push((
                 "",
                 format!(
-                    "an override is an object of parameters (capacity, refill_per_second, initial_tokens), \"unlimited\" or \"deny\", not {}",
+                    "an override is an object of parameters (capacity, refill_per_second, initial_tokens; quota, window for a quota), \"unlimited\" or \"deny\", not {}",
                     short(other)
                 ),
             ));
@@ -151,16 +153,21 @@ fn params(
     errs: &mut Vec<(&'static str, String)>,
 ) -> Option<BucketParams> {
     let before = errs.len();
-    for k in m.keys() {
-        if !matches!(
-            k.as_str(),
-            "capacity" | "refill_per_second" | "initial_tokens"
-        ) {
-            errs.push((
-                "",
-                format!("unknown field {k:?}: an override sets capacity, refill_per_second or initial_tokens"),
-            ));
-        }
+    let (fields, allowed): (&[&str], _) = match base.window() {
+        None => (
+            &["capacity", "refill_per_second", "initial_tokens"],
+            "capacity, refill_per_second or initial_tokens",
+        ),
+        Some(_) => (
+            &["quota", "window"],
+            "quota or window (the limit is a quota)",
+        ),
+    };
+    for k in m.keys().filter(|k| !fields.contains(&k.as_str())) {
+        errs.push((
+            "",
+            format!("unknown field {k:?}: an override sets {allowed}"),
+        ));
     }
     let uint = |name: &'static str, errs: &mut Vec<_>| match m.get(name) {
         None => None,
@@ -175,6 +182,9 @@ fn params(
             }
         },
     };
+    if let Some(w) = base.window() {
+        return quota_params(m, (base.capacity(), w), errs);
+    }
     let capacity = uint("capacity", errs).unwrap_or(base.capacity());
     let initial = uint("initial_tokens", errs);
     let rate = match m.get("refill_per_second") {
@@ -201,6 +211,50 @@ fn params(
             None
         }
     }
+}
+
+/// A quota's override: `quota` and `window`, what it leaves out the limit's (`base`).
+fn quota_params(
+    m: &serde_json::Map<String, Value>,
+    base: (u64, Window),
+    errs: &mut Vec<(&'static str, String)>,
+) -> Option<BucketParams> {
+    let before = errs.len();
+    let quota = match m.get("quota") {
+        None => Some(base.0),
+        Some(v) => {
+            if v.as_u64().is_none() {
+                errs.push((
+                    "quota",
+                    format!("quota must be a whole number, not {}", short(v)),
+                ));
+            }
+            v.as_u64()
+        }
+    };
+    let window = match m.get("window") {
+        None => Some(base.1),
+        Some(v) => {
+            let w = v.as_str().and_then(Window::parse);
+            if w.is_none() {
+                let m = format!(
+                    "window must be minute, hour, day or month, not {}",
+                    short(v)
+                );
+                errs.push(("window", m));
+            }
+            w
+        }
+    };
+    if errs.len() > before {
+        return None;
+    }
+    let (quota, window) = (quota?, window?);
+    if let Some((_, m)) = param_errors(quota, 1.0, None).into_iter().next() {
+        errs.push(("quota", m.replace("the capacity", "the quota")));
+        return None;
+    }
+    BucketParams::quota(quota, window).ok()
 }
 
 /// A JSON value, briefly, for an error message.

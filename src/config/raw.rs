@@ -139,8 +139,17 @@ pub struct RawHealthCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimit {
-    pub capacity: u64,
-    pub refill_per_second: f64,
+    /// A token bucket: `capacity` and `refill_per_second` (checked: required unless the limit
+    /// is a quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_per_second: Option<f64>,
+    /// A quota: `quota` tokens per calendar `window` (`minute`, `hour`, `day`, `month`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
     /// Defaults to `capacity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_tokens: Option<u64>,

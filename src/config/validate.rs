@@ -7,6 +7,7 @@ use super::raw::{RawAdmin, RawConfig, RawLimit, RawListener, RawRedis, RawReject
 use super::spans::{element, member, Spans};
 use super::values::*;
 use super::*;
+use crate::limit::window::Window;
 
 const MAX_SYNC_INTERVAL_MS: u64 = 60_000;
 
@@ -336,9 +337,6 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
     if let Err(m) = check_name("limit name", name, MAX_NAME_LEN) {
         c.err_key(&path, m);
     }
-    for (field, m) in param_errors(raw.capacity, raw.refill_per_second, raw.initial_tokens) {
-        c.err(&format!("{path}.{field}"), m);
-    }
     let key_path = format!("{path}.key");
     if raw.key.0.is_empty() {
         c.err(
@@ -350,18 +348,14 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
     for (i, s) in raw.key.0.iter().enumerate() {
         key.extend(c.check(&element(&key_path, i), s.parse::<KeySource>()));
     }
-    let params = BucketParams::new(
-        raw.capacity,
-        raw.refill_per_second,
-        raw.initial_tokens.unwrap_or(raw.capacity),
-    );
+    let params = limit_params(c, &path, raw);
     let capacity = params.as_ref().ok().map(BucketParams::capacity);
     let params = match params {
         Ok(p) => p,
         Err(e) => {
-            // The checks above have said why, with the value's position; this one is a net.
+            // The checks have said why, with the value's position; this one is a net.
             if c.error_count() == errors_before {
-                c.err(&path, e.to_string());
+                c.err(&path, e);
             }
             BucketParams::default()
         }
@@ -381,6 +375,62 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
         limit.overrides = super::overrides::overrides(c, &path, raw, &base, parts);
     }
     (limit, capacity)
+}
+
+/// A limit's kind and parameters: a token bucket (`capacity`, `refill_per_second`,
+/// `initial_tokens`) or a quota (`quota`, `window`), not both. Errors are recorded at the
+/// values; `Err` carries a last word for when none was.
+fn limit_params(c: &mut Checker, path: &str, raw: &RawLimit) -> Result<BucketParams, String> {
+    let bucket_keys = [
+        ("capacity", raw.capacity.is_some()),
+        ("refill_per_second", raw.refill_per_second.is_some()),
+        ("initial_tokens", raw.initial_tokens.is_some()),
+    ];
+    if raw.quota.is_some() || raw.window.is_some() {
+        for (k, _) in bucket_keys.iter().filter(|(_, set)| *set) {
+            c.err_key(
+                &format!("{path}.{k}"),
+                format!("a limit is a token bucket (capacity, refill_per_second) or a quota (quota, window), not both: remove {k} or the quota"),
+            );
+        }
+        let (Some(quota), Some(window)) = (raw.quota, raw.window.as_deref()) else {
+            let missing = if raw.quota.is_none() {
+                "quota"
+            } else {
+                "window"
+            };
+            c.err(path, format!("missing field `{missing}`"));
+            return Err(format!("missing field `{missing}`"));
+        };
+        let Some(w) = Window::parse(window) else {
+            c.err(
+                &format!("{path}.window"),
+                format!("unknown window {window:?}: use minute, hour, day or month (UTC calendar)"),
+            );
+            return Err("bad window".into());
+        };
+        if let Some((_, m)) = param_errors(quota, 1.0, None).into_iter().next() {
+            c.err(
+                &format!("{path}.quota"),
+                m.replace("the capacity", "the quota"),
+            );
+        }
+        return BucketParams::quota(quota, w).map_err(|e| e.to_string());
+    }
+    let (Some(capacity), Some(rate)) = (raw.capacity, raw.refill_per_second) else {
+        let missing = if raw.capacity.is_none() {
+            "capacity"
+        } else {
+            "refill_per_second"
+        };
+        c.err(path, format!("missing field `{missing}`"));
+        return Err(format!("missing field `{missing}`"));
+    };
+    for (field, m) in param_errors(capacity, rate, raw.initial_tokens) {
+        c.err(&format!("{path}.{field}"), m);
+    }
+    BucketParams::new(capacity, rate, raw.initial_tokens.unwrap_or(capacity))
+        .map_err(|e| e.to_string())
 }
 
 /// Longest `reject.message`.

@@ -26,8 +26,16 @@ pub fn ceil_ms(ns: u64) -> u64 {
     ns.div_ceil(NS_PER_MS)
 }
 
-/// `RateLimit-Policy` value of one limit.
+/// `RateLimit-Policy` value of one limit. A quota's `w` is its window's length in seconds (a
+/// month's: the current one's, which is why a monthly quota's value is built per response,
+/// see [`fresh_policy`]).
 pub fn policy_value(name: &str, p: &BucketParams) -> String {
+    if let Some(w) = p.window() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        return format!("\"{name}\";q={};w={}", p.capacity(), w.secs_at(now));
+    }
     let w = (p.capacity() as f64 / p.refill_per_second())
         .ceil()
         .max(1.0);
@@ -44,6 +52,12 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
 /// an empty value.
 pub fn policy_header(name: &str, p: &BucketParams) -> HeaderValue {
     HeaderValue::from_str(&policy_value(name, p)).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether a limit's `RateLimit-Policy` changes over time (a monthly quota's `w`), so that
+/// the value built once per config would go stale.
+pub fn fresh_policy(p: &BucketParams) -> bool {
+    p.window() == Some(crate::limit::window::Window::Month)
 }
 
 /// `RateLimit` value after decision `d`.

@@ -128,7 +128,8 @@ fn rate_headers(
 ) -> (HeaderValue, HeaderValue) {
     let name = &rt.limit_spec(li).name;
     let policy = match params {
-        None => rt.policy_value(li).clone(),
+        None if !headers::fresh_policy(&rt.limit_spec(li).params) => rt.policy_value(li).clone(),
+        None => headers::policy_header(name, &rt.limit_spec(li).params),
         Some(p) => headers::policy_header(name, &p),
     };
     (policy, headers::ratelimit_header(name, d))

@@ -58,151 +58,8 @@
 //! of the others' spending. Keeping N nodes from each spending a whole full bucket within one
 //! sync interval is pacing, layered on top of this module (`pacing`), using `attempts`.
 
+pub use super::params::{BucketParams, ParamError, MAX_CAPACITY, MAX_RATE, UNITS_PER_TOKEN};
 use std::collections::BTreeMap;
-use std::fmt;
-
-/// Units per token.
-pub const UNITS_PER_TOKEN: i128 = 1_000_000_000_000_000_000;
-
-/// Largest capacity accepted, tokens.
-pub const MAX_CAPACITY: u64 = 1_000_000_000_000;
-
-/// Largest refill rate accepted, tokens per second.
-pub const MAX_RATE: f64 = 1e9;
-
-/// A bucket's validated parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BucketParams {
-    capacity: u64,
-    rate_q: u64,
-    initial_tokens: u64,
-}
-
-/// Why parameters are refused.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ParamError {
-    CapacityTooSmall,
-    CapacityTooLarge(u64),
-    BadRate(f64),
-    RateTooSmall(f64),
-    RateTooLarge(f64),
-    InitialAboveCapacity { initial: u64, capacity: u64 },
-}
-
-impl fmt::Display for ParamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use ParamError::*;
-        match self {
-            CapacityTooSmall => write!(f, "capacity must be at least 1"),
-            CapacityTooLarge(c) => write!(f, "capacity {c} is above the maximum {MAX_CAPACITY}"),
-            BadRate(r) => write!(f, "refill rate must be a finite positive number, not {r}"),
-            RateTooSmall(r) => write!(f, "refill rate {r} is below the 1e-9 tokens/s resolution"),
-            RateTooLarge(r) => write!(f, "refill rate {r} is above the maximum, 1e9 tokens/s"),
-            InitialAboveCapacity { initial, capacity } => {
-                write!(f, "initial tokens {initial} exceed the capacity {capacity}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ParamError {}
-
-/// One token, refilled at one token a second: what a config whose written values were refused
-/// holds in their place (such a config is never run: its errors are reported instead).
-impl Default for BucketParams {
-    fn default() -> Self {
-        BucketParams {
-            capacity: 1,
-            rate_q: 1_000_000_000,
-            initial_tokens: 1,
-        }
-    }
-}
-
-impl BucketParams {
-    /// Validates the parameters (see [`ParamError`]) and quantizes the rate to 1e-9 tokens/s.
-    pub fn new(capacity: u64, refill_per_second: f64, initial: u64) -> Result<Self, ParamError> {
-        use ParamError::*;
-        let (r, c) = (refill_per_second, capacity);
-        let q = (r * 1e9).round();
-        Err(match () {
-            _ if c < 1 => CapacityTooSmall,
-            _ if c > MAX_CAPACITY => CapacityTooLarge(c),
-            _ if !r.is_finite() || r <= 0.0 => BadRate(r),
-            _ if r > MAX_RATE => RateTooLarge(r),
-            _ if q < 1.0 => RateTooSmall(r),
-            _ if initial > c => InitialAboveCapacity { initial, capacity },
-            // q is in 1..=1e18: the cast is exact.
-            _ => {
-                return Ok(BucketParams {
-                    capacity,
-                    rate_q: q as u64,
-                    initial_tokens: initial,
-                });
-            }
-        })
-    }
-
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
-    pub fn initial_tokens(&self) -> u64 {
-        self.initial_tokens
-    }
-
-    /// Units refilled per nanosecond (= 10^-9 tokens per second).
-    pub fn rate_q(&self) -> u64 {
-        self.rate_q
-    }
-
-    /// For display and headers only; decisions use [`BucketParams::rate_q`].
-    pub fn refill_per_second(&self) -> f64 {
-        self.rate_q as f64 / 1e9
-    }
-
-    /// Seconds to refill an empty bucket (for headers).
-    pub fn seconds_to_fill(&self) -> f64 {
-        self.capacity as f64 / self.refill_per_second()
-    }
-
-    /// How long an idle shared bucket's state matters (its Redis TTL, and how long a node
-    /// keeps it in memory after its last sync): a full refill, after which its state says
-    /// nothing, plus ten sync intervals, at least ten seconds.
-    pub fn state_ttl_ms(&self, sync_interval: std::time::Duration) -> u64 {
-        let fill_ms = (self.seconds_to_fill() * 1000.0).ceil();
-        // `as` saturates (and maps NaN to 0).
-        let fill = fill_ms as u64;
-        let margin = u64::try_from(sync_interval.as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(10)
-            .max(10_000);
-        fill.saturating_add(margin)
-    }
-
-    fn cap_units(&self) -> i128 {
-        i128::from(self.capacity) * UNITS_PER_TOKEN
-    }
-
-    /// A(t). |t| <= 2^63 and rate_q <= 10^18 < 2^60: the product is below 2^123.
-    fn credit(&self, now_ns: i64) -> i128 {
-        i128::from(now_ns) * i128::from(self.rate_q)
-    }
-
-    /// Nanoseconds until `deficit` units have refilled, rounded up (saturating).
-    fn wait_ns(&self, deficit: i128) -> u64 {
-        if deficit <= 0 {
-            return 0;
-        }
-        // A deficit under 2^64 units (18 tokens) divides in one machine instruction.
-        if let Ok(d) = u64::try_from(deficit) {
-            return d.div_ceil(self.rate_q);
-        }
-        let rate = i128::from(self.rate_q);
-        let ns = deficit / rate + i128::from(deficit % rate != 0);
-        u64::try_from(ns).unwrap_or(u64::MAX)
-    }
-}
 
 /// One node's monotone counters for one bucket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -297,7 +154,7 @@ impl Bucket {
     /// A bucket holding the initial tokens at `now_ns`.
     pub fn new(p: &BucketParams, now_ns: i64) -> Self {
         let own = Counters {
-            waste: p.credit(now_ns) - i128::from(p.initial_tokens) * UNITS_PER_TOKEN,
+            waste: p.credit(now_ns) - i128::from(p.initial_tokens()) * UNITS_PER_TOKEN,
             ..Counters::default()
         };
         Bucket {
@@ -333,19 +190,23 @@ impl Bucket {
 
     /// The decision for `cost` given the bucket's tokens now (from [`Bucket::tokens_units`]);
     /// `evaluate` is `tokens_units` then this.
-    pub fn decide(p: &BucketParams, tokens: i128, cost: u64) -> Decision {
+    pub fn decide(p: &BucketParams, tokens: i128, cost: u64, now_ns: i64) -> Decision {
         let cost_u = i128::from(cost) * UNITS_PER_TOKEN;
-        let never = cost > p.capacity;
+        let never = cost > p.capacity();
         let allowed = !never && tokens >= cost_u;
         let left = if allowed { tokens - cost_u } else { tokens };
-        let full_in_ns = p.wait_ns(p.cap_units().saturating_sub(left));
+        // A quota's `t` is the time until it resets, whether it is full or not.
+        let full_in_ns = match p.window() {
+            Some(w) => w.left_ns(now_ns),
+            None => p.wait_ns(p.cap_units().saturating_sub(left), now_ns),
+        };
         let retry_after_ns = if never {
             full_in_ns
         } else if allowed {
             // Affordable now (the deficit below would be zero or less).
             0
         } else {
-            p.wait_ns(cost_u.saturating_sub(tokens))
+            p.wait_ns(cost_u.saturating_sub(tokens), now_ns)
         };
         Decision {
             allowed,
@@ -359,7 +220,7 @@ impl Bucket {
     /// Can `cost` be paid now? Takes nothing and counts nothing (it may apply the cap).
     pub fn evaluate(&mut self, p: &BucketParams, cost: u64, now_ns: i64) -> Decision {
         let tokens = self.tokens_units(p, now_ns);
-        Self::decide(p, tokens, cost)
+        Self::decide(p, tokens, cost, now_ns)
     }
 
     /// Takes `cost` tokens (after an `evaluate` that allowed it at the same instant).
@@ -397,7 +258,7 @@ impl Bucket {
 
     /// Like `evaluate`, read-only (for the admin endpoint and inspection).
     pub fn peek(&self, p: &BucketParams, cost: u64, now_ns: i64) -> Decision {
-        Self::decide(p, self.uncapped(p, now_ns).min(p.cap_units()), cost)
+        Self::decide(p, self.uncapped(p, now_ns).min(p.cap_units()), cost, now_ns)
     }
 
     /// The bucket is full: its state says nothing a new full bucket would not (evictable).
@@ -514,10 +375,14 @@ mod tests {
             ] {
                 let slow =
                     u64::try_from(deficit / r + i128::from(deficit % r != 0)).unwrap_or(u64::MAX);
-                assert_eq!(p.wait_ns(deficit), slow, "rate {rate}, deficit {deficit}");
+                assert_eq!(
+                    p.wait_ns(deficit, 0),
+                    slow,
+                    "rate {rate}, deficit {deficit}"
+                );
             }
-            assert_eq!(p.wait_ns(0), 0);
-            assert_eq!(p.wait_ns(-5), 0);
+            assert_eq!(p.wait_ns(0, 0), 0);
+            assert_eq!(p.wait_ns(-5, 0), 0);
         }
     }
 

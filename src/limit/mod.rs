@@ -1,9 +1,11 @@
 //! The pure core: token buckets and the store that holds them.
 //!
 //! - [`bucket`]: one bucket as a CRDT of per-node monotone counters, and its parameters;
+//! - [`params`]: a bucket's or a quota's validated parameters;
 //! - [`pacing`]: how much of a shared bucket this node may spend between syncs;
 //! - [`clock`]: time sources (the core never reads the clock itself);
 //! - [`overrides`]: per-key parameters, `unlimited` and `deny` (plans);
+//! - [`window`]: the calendar windows of quotas;
 //! - [`store`]: the sharded in-memory store, all-or-nothing charging, and the bookkeeping the
 //!   sync loop needs (what changed, what to read, what the others hold), and the quiet
 //!   buckets that need no sync (`store_quiet`).
@@ -15,6 +17,7 @@ pub mod bucket;
 pub mod clock;
 pub mod overrides;
 pub mod pacing;
+pub mod params;
 pub mod store;
 pub mod store_entry;
 pub mod store_key;
@@ -22,3 +25,4 @@ pub mod store_quiet;
 pub mod store_sweep;
 pub mod store_sync;
 pub mod store_top;
+pub mod window;

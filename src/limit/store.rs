@@ -348,7 +348,7 @@ impl Store {
             }
         }
         let tokens = entry.bucket.tokens_units(&limit.params, now);
-        let mut d = Bucket::decide(&limit.params, tokens, cost);
+        let mut d = Bucket::decide(&limit.params, tokens, cost, now);
         entry.bucket.record_attempt();
         if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
             let cluster = self.cluster(limit.burst_guard);

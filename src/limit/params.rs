@@ -1,0 +1,195 @@
+//! A bucket's parameters: capacity, refill rate (quantized to 1e-9 tokens a second) and
+//! initial tokens, or a quota's size and calendar window (see [`super::window`]); validated
+//! once, when a config is checked. The credit function A(t) and the wait for a deficit are
+//! defined here, the bucket that uses them in [`super::bucket`].
+
+use super::window::Window;
+use std::fmt;
+
+/// Units per token.
+pub const UNITS_PER_TOKEN: i128 = 1_000_000_000_000_000_000;
+
+/// Largest capacity accepted, tokens.
+pub const MAX_CAPACITY: u64 = 1_000_000_000_000;
+
+/// Largest refill rate accepted, tokens per second.
+pub const MAX_RATE: f64 = 1e9;
+
+/// A bucket's validated parameters. A quota (see [`super::window`]) is a bucket whose credit
+/// steps at each window's start instead of flowing; its `rate_q` is the quota's average rate
+/// over the window's nominal length, written for operators and drift checks and used by the
+/// pacing between syncs, while its decisions use the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketParams {
+    capacity: u64,
+    rate_q: u64,
+    initial_tokens: u64,
+    window: Option<Window>,
+}
+
+/// Why parameters are refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamError {
+    CapacityTooSmall,
+    CapacityTooLarge(u64),
+    BadRate(f64),
+    RateTooSmall(f64),
+    RateTooLarge(f64),
+    InitialAboveCapacity { initial: u64, capacity: u64 },
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ParamError::*;
+        match self {
+            CapacityTooSmall => write!(f, "capacity must be at least 1"),
+            CapacityTooLarge(c) => write!(f, "capacity {c} is above the maximum {MAX_CAPACITY}"),
+            BadRate(r) => write!(f, "refill rate must be a finite positive number, not {r}"),
+            RateTooSmall(r) => write!(f, "refill rate {r} is below the 1e-9 tokens/s resolution"),
+            RateTooLarge(r) => write!(f, "refill rate {r} is above the maximum, 1e9 tokens/s"),
+            InitialAboveCapacity { initial, capacity } => {
+                write!(f, "initial tokens {initial} exceed the capacity {capacity}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
+/// One token, refilled at one token a second: what a config whose written values were refused
+/// holds in their place (such a config is never run: its errors are reported instead).
+impl Default for BucketParams {
+    fn default() -> Self {
+        BucketParams {
+            capacity: 1,
+            rate_q: 1_000_000_000,
+            initial_tokens: 1,
+            window: None,
+        }
+    }
+}
+
+impl BucketParams {
+    /// Validates the parameters (see [`ParamError`]) and quantizes the rate to 1e-9 tokens/s.
+    pub fn new(capacity: u64, refill_per_second: f64, initial: u64) -> Result<Self, ParamError> {
+        use ParamError::*;
+        let (r, c) = (refill_per_second, capacity);
+        let q = (r * 1e9).round();
+        Err(match () {
+            _ if c < 1 => CapacityTooSmall,
+            _ if c > MAX_CAPACITY => CapacityTooLarge(c),
+            _ if !r.is_finite() || r <= 0.0 => BadRate(r),
+            _ if r > MAX_RATE => RateTooLarge(r),
+            _ if q < 1.0 => RateTooSmall(r),
+            _ if initial > c => InitialAboveCapacity { initial, capacity },
+            // q is in 1..=1e18: the cast is exact.
+            _ => {
+                return Ok(BucketParams {
+                    capacity,
+                    rate_q: q as u64,
+                    initial_tokens: initial,
+                    window: None,
+                });
+            }
+        })
+    }
+
+    /// A quota: at most `quota` tokens per calendar `window`, all of them back at its start
+    /// (and at the start: a new quota is full).
+    pub fn quota(quota: u64, window: Window) -> Result<Self, ParamError> {
+        use ParamError::*;
+        if quota < 1 {
+            return Err(CapacityTooSmall);
+        }
+        if quota > MAX_CAPACITY {
+            return Err(CapacityTooLarge(quota));
+        }
+        // The average in units per nanosecond: quota x 10^9 / seconds (at most 1.7e19 for a
+        // minute, computed in u128 and saturated).
+        let secs = u128::from(window.nominal_secs().unsigned_abs());
+        let q = u128::from(quota) * 1_000_000_000 / secs;
+        Ok(BucketParams {
+            capacity: quota,
+            rate_q: u64::try_from(q.max(1)).unwrap_or(u64::MAX),
+            initial_tokens: quota,
+            window: Some(window),
+        })
+    }
+
+    /// The calendar window of a quota (`None`: a token bucket).
+    pub fn window(&self) -> Option<Window> {
+        self.window
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn initial_tokens(&self) -> u64 {
+        self.initial_tokens
+    }
+
+    /// Units refilled per nanosecond (= 10^-9 tokens per second).
+    pub fn rate_q(&self) -> u64 {
+        self.rate_q
+    }
+
+    /// For display and headers only; decisions use [`BucketParams::rate_q`].
+    pub fn refill_per_second(&self) -> f64 {
+        self.rate_q as f64 / 1e9
+    }
+
+    /// Seconds to refill an empty bucket (for headers).
+    pub fn seconds_to_fill(&self) -> f64 {
+        self.capacity as f64 / self.refill_per_second()
+    }
+
+    /// How long an idle shared bucket's state matters (its Redis TTL, and how long a node
+    /// keeps it in memory after its last sync): a full refill, after which its state says
+    /// nothing, plus ten sync intervals, at least ten seconds.
+    pub fn state_ttl_ms(&self, sync_interval: std::time::Duration) -> u64 {
+        let fill_ms = (self.seconds_to_fill() * 1000.0).ceil();
+        // `as` saturates (and maps NaN to 0).
+        let fill = fill_ms as u64;
+        let margin = u64::try_from(sync_interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(10)
+            .max(10_000);
+        fill.saturating_add(margin)
+    }
+
+    pub(super) fn cap_units(&self) -> i128 {
+        i128::from(self.capacity) * UNITS_PER_TOKEN
+    }
+
+    /// A(t). |t| <= 2^63 and rate_q <= 10^18 < 2^60: the product is below 2^123. A quota's:
+    /// the quota times the window's index (|index| < 2^38, quota < 2^40, units 2^60).
+    pub(super) fn credit(&self, now_ns: i64) -> i128 {
+        match self.window {
+            None => i128::from(now_ns) * i128::from(self.rate_q),
+            Some(w) => self.cap_units() * i128::from(w.index(now_ns)),
+        }
+    }
+
+    /// Nanoseconds from `now_ns` until `deficit` units have refilled, rounded up
+    /// (saturating); for a quota, until the start of the window that covers it.
+    pub(super) fn wait_ns(&self, deficit: i128, now_ns: i64) -> u64 {
+        if deficit <= 0 {
+            return 0;
+        }
+        if let Some(w) = self.window {
+            let cap = self.cap_units();
+            let windows = (deficit + cap - 1) / cap;
+            let windows = i64::try_from(windows).unwrap_or(i64::MAX);
+            let at = w.start_ns(w.index(now_ns).saturating_add(windows));
+            return u64::try_from(at.saturating_sub(now_ns)).unwrap_or(0);
+        }
+        // A deficit under 2^64 units (18 tokens) divides in one machine instruction.
+        if let Ok(d) = u64::try_from(deficit) {
+            return d.div_ceil(self.rate_q);
+        }
+        let rate = i128::from(self.rate_q);
+        let ns = deficit / rate + i128::from(deficit % rate != 0);
+        u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,248 @@
+//! Calendar windows of a quota (`minute`, `hour`, `day`, `month`), in UTC.
+//!
+//! A quota is a bucket whose credit does not flow but steps: A(t) = quota x (index of the
+//! window holding t), so that all of the quota comes back at each window's start, capped at the
+//! quota as a bucket's tokens are at its capacity (see [`super::bucket`]). Everything else
+//! about a bucket holds for a quota unchanged: the per-node monotone counters and their
+//! max-merge, the debt a shared overshoot leaves (repaid from the next window), the pacing
+//! between syncs. Months have their real length (28 to 31 days); there are no leap seconds
+//! in Unix time, so every other window has a fixed length.
+
+use std::fmt;
+
+const NS_PER_SEC: i64 = 1_000_000_000;
+const SECS_PER_DAY: i64 = 86_400;
+
+/// A quota's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Window {
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+impl Window {
+    /// The config's name of a window.
+    pub fn parse(s: &str) -> Option<Window> {
+        Some(match s {
+            "minute" => Window::Minute,
+            "hour" => Window::Hour,
+            "day" => Window::Day,
+            "month" => Window::Month,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+
+    /// Seconds of a fixed window; for a month, its longest (31 days): what the average rate
+    /// written for operators and drift checks is based on, and how long a quota's state may
+    /// matter.
+    pub fn nominal_secs(self) -> i64 {
+        match self {
+            Window::Minute => 60,
+            Window::Hour => 3_600,
+            Window::Day => SECS_PER_DAY,
+            Window::Month => 31 * SECS_PER_DAY,
+        }
+    }
+
+    /// The index of the window holding `now_ns` (nanoseconds since the Unix epoch; windows
+    /// before the epoch have negative indices).
+    pub fn index(self, now_ns: i64) -> i64 {
+        let secs = now_ns.div_euclid(NS_PER_SEC);
+        match self {
+            Window::Month => {
+                let (y, m, _) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
+                (y - 1970) * 12 + (m as i64 - 1)
+            }
+            w => secs.div_euclid(w.nominal_secs()),
+        }
+    }
+
+    /// When window `index` starts, in nanoseconds since the epoch (saturating).
+    pub fn start_ns(self, index: i64) -> i64 {
+        let secs = match self {
+            Window::Month => {
+                let y = 1970 + index.div_euclid(12);
+                let m = index.rem_euclid(12) as u32 + 1;
+                days_from_civil(y, m, 1).saturating_mul(SECS_PER_DAY)
+            }
+            w => index.saturating_mul(w.nominal_secs()),
+        };
+        secs.saturating_mul(NS_PER_SEC)
+    }
+
+    /// Nanoseconds from `now_ns` until the window holding it ends.
+    pub fn left_ns(self, now_ns: i64) -> u64 {
+        let end = self.start_ns(self.index(now_ns).saturating_add(1));
+        u64::try_from(end.saturating_sub(now_ns)).unwrap_or(0)
+    }
+
+    /// Seconds of the window holding `now_ns` (a month's real length).
+    pub fn secs_at(self, now_ns: i64) -> u64 {
+        let i = self.index(now_ns);
+        let len = self.start_ns(i.saturating_add(1)) - self.start_ns(i);
+        u64::try_from(len / NS_PER_SEC).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (proleptic Gregorian; the
+/// algorithm of H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Days from 1970-01-01 to (year, month, day): the inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = NS_PER_SEC;
+
+    /// Unix seconds of a UTC date (test helper).
+    fn at(y: i64, m: u32, d: u32, secs_into_day: i64) -> i64 {
+        (days_from_civil(y, m, d) * SECS_PER_DAY + secs_into_day) * S
+    }
+
+    #[test]
+    fn civil_dates_round_trip_and_match_known_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 29), 20_786);
+        for z in (-1_000_000..1_000_000).step_by(997) {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+        }
+    }
+
+    #[test]
+    fn fixed_windows_start_on_their_boundaries() {
+        let t = at(2026, 11, 29, 3 * 3600 + 25 * 60 + 51) + 123;
+        assert_eq!(Window::Minute.left_ns(t), (9 * S - 123) as u64);
+        assert_eq!(Window::Hour.left_ns(t), ((34 * 60 + 9) * S - 123) as u64);
+        assert_eq!(Window::Day.secs_at(t), 86_400);
+        assert_eq!(
+            Window::Day.start_ns(Window::Day.index(t)),
+            at(2026, 11, 29, 0)
+        );
+        // The last nanosecond of a window belongs to it; the next one starts the next.
+        let midnight = at(2026, 11, 30, 0);
+        assert_eq!(
+            Window::Day.index(midnight - 1) + 1,
+            Window::Day.index(midnight)
+        );
+        assert_eq!(Window::Day.left_ns(midnight - 1), 1);
+        // Before the epoch too.
+        assert_eq!(Window::Minute.index(-1), -1);
+        assert_eq!(Window::Minute.start_ns(-1), -60 * S);
+    }
+
+    #[test]
+    fn months_have_their_real_length() {
+        for (y, m, days) in [
+            (2026, 2, 28),
+            (2024, 2, 29),
+            (2000, 2, 29),
+            (1900, 2, 28),
+            (2026, 4, 30),
+            (2026, 12, 31),
+        ] {
+            let mid = at(y, m, 15, 12 * 3600);
+            assert_eq!(Window::Month.secs_at(mid), days * 86_400, "{y}-{m}");
+            let i = Window::Month.index(mid);
+            assert_eq!(Window::Month.start_ns(i), at(y, m, 1, 0));
+            let next = if m == 12 {
+                at(y + 1, 1, 1, 0)
+            } else {
+                at(y, m + 1, 1, 0)
+            };
+            assert_eq!(Window::Month.start_ns(i + 1), next);
+            assert_eq!(Window::Month.left_ns(next - 1), 1);
+        }
+        assert_eq!(Window::Month.index(0), 0);
+        assert_eq!(Window::Month.index(at(1969, 12, 31, 0)), -1);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for w in [Window::Minute, Window::Hour, Window::Day, Window::Month] {
+            assert_eq!(Window::parse(w.name()), Some(w));
+        }
+        assert_eq!(Window::parse("week"), None);
+    }
+
+    /// A quota through the bucket: all of it back at the window's start, `t` and
+    /// `Retry-After` until then, a debt carried into the next window.
+    #[test]
+    fn a_quota_resets_at_its_window_and_says_when() {
+        use crate::limit::bucket::{Bucket, BucketParams};
+        let p = BucketParams::quota(3, Window::Minute).expect("params");
+        assert_eq!(p.capacity(), 3);
+        assert_eq!(p.rate_q(), 50_000_000, "3 a minute on average");
+        let t0 = at(2026, 11, 29, 3600 + 50); // 10 s before a minute ends
+        let mut b = Bucket::new(&p, t0);
+        for left in [2, 1, 0] {
+            let d = b.try_take(&p, 1, t0);
+            assert!(d.allowed);
+            assert_eq!((d.remaining, d.full_in_ns), (left, (10 * S) as u64));
+        }
+        let d = b.try_take(&p, 1, t0 + 5 * S);
+        assert!(!d.allowed, "the quota is spent until the minute ends");
+        assert_eq!(d.retry_after_ns, (5 * S) as u64);
+        // The next minute: all 3 back, none more (the cap).
+        let next = t0 + 10 * S;
+        assert!(!b.try_take(&p, 1, next - 1).allowed);
+        let d = b.try_take(&p, 1, next);
+        assert!(d.allowed);
+        assert_eq!((d.remaining, d.full_in_ns), (2, (60 * S) as u64));
+        // An idle hour: still just 3.
+        let later = next + 3600 * S;
+        assert_eq!(b.peek(&p, 0, later).remaining, 3);
+        // A cost of 5 can never be paid; a debt of 4 (another node's overshoot) takes the
+        // next window and a part of the one after.
+        assert!(b.try_take(&p, 5, later).never);
+        b.absorb(&Default::default(), 7, i128::MIN);
+        let d = b.peek(&p, 1, later);
+        assert!(!d.allowed);
+        let end = Window::Minute.left_ns(later);
+        assert_eq!(
+            d.retry_after_ns,
+            end + 60_000_000_000,
+            "two windows: -4 + 3 + 3 >= 1"
+        );
+    }
+}
