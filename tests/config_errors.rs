@@ -30,7 +30,10 @@ fn assert_errors(name: &str, expected: &[&str]) {
 
 #[test]
 fn syntax_error() {
-    assert_errors("syntax_error", &["3:58: upstreams.api: trailing comma"]);
+    assert_errors(
+        "syntax_error",
+        &["3:58: upstreams.api: trailing comma; not valid JSON: fix it at this line and column"],
+    );
 }
 
 #[test]
@@ -411,7 +414,10 @@ fn root_must_be_an_object() {
         "{err}"
     );
     let err = Config::parse("", "x.json").unwrap_err().to_string();
-    assert_eq!(err, "x.json:1:1: EOF while parsing a value");
+    assert_eq!(
+        err,
+        "x.json:1:1: EOF while parsing a value; the file is empty: a config is one JSON object (see docs/configuration.md)"
+    );
 }
 
 #[test]

@@ -51,6 +51,17 @@ fn bytes_response(
     b.body(body).unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+/// The error of a 401: which header to send, never the token itself.
+fn token_refusal(session: &ServerSession) -> &'static str {
+    match session.req_header().headers.get("authorization") {
+        None => "admin token required: send the header `Authorization: Bearer <admin.token from the config>`",
+        Some(v) if !v.as_bytes().starts_with(b"Bearer ") => {
+            "Authorization header not understood: send `Authorization: Bearer <admin.token from the config>`"
+        }
+        Some(_) => "admin token does not match: send `Authorization: Bearer <admin.token from the config>` with this node's admin.token",
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -281,7 +292,7 @@ impl ServeHttp for AdminApp {
             return bytes_response(
                 401,
                 "application/json",
-                json!({"error": "admin token required: send Authorization: Bearer TOKEN"})
+                json!({ "error": token_refusal(session) })
                     .to_string()
                     .into_bytes(),
                 &[("www-authenticate", "Bearer".to_string())],

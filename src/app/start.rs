@@ -3,7 +3,10 @@
 
 use crate::app::node::Node;
 use crate::cli::check::load;
+use crate::config::{mask_url_password, Config};
 use crate::limit::clock::{Clock, SkewedClock, SystemClock};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,6 +29,83 @@ fn host_clock() -> Arc<dyn Clock> {
         base: Arc::new(SystemClock),
         skew_ns: skew_ms.saturating_mul(1_000_000),
     })
+}
+
+/// Binds every listener and the admin address for a moment, one after the other, and lets them
+/// go: a port already taken, an address this host does not have or a port it may not open is
+/// reported here, with what to do, rather than by pingora (which retries a taken port for 30 s
+/// and then panics in the service's thread).
+fn check_addresses(config: &Config, file: &Path) -> Result<(), String> {
+    let listeners = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.address, format!("listeners[{i}].address")));
+    let admin = std::iter::once((config.admin.address, "admin.address".to_string()));
+    for (addr, key) in listeners.chain(admin) {
+        TcpListener::bind(addr).map_err(|e| cannot_listen(addr, &e, &key, file))?;
+    }
+    Ok(())
+}
+
+/// Why `addr` (the config's `key` in `file`) cannot be listened on, and what to do.
+fn cannot_listen(addr: SocketAddr, e: &std::io::Error, key: &str, file: &Path) -> String {
+    let file = file.display();
+    let port = addr.port();
+    let (problem, fix) = match e.kind() {
+        ErrorKind::AddrInUse => (
+            "address already in use".to_string(),
+            format!("another process holds the port (see `ss -ltnp 'sport = :{port}'`): stop it, or change {key} in {file}"),
+        ),
+        ErrorKind::AddrNotAvailable => (
+            "no interface of this host has that address".to_string(),
+            format!("use one it has (`ip -brief address`), or 0.0.0.0 for all, in {key} in {file}"),
+        ),
+        ErrorKind::PermissionDenied => (
+            "permission denied".to_string(),
+            format!("a port below 1024 needs root or the CAP_NET_BIND_SERVICE capability: grant it, or change {key} in {file} to a port from 1024 up"),
+        ),
+        _ => (e.to_string(), format!("check {key} in {file}")),
+    };
+    format!("cannot listen on {addr}: {problem}: {fix}")
+}
+
+/// Reads the shared buckets back before serving (a restart continues its counters). A Redis
+/// that cannot be reached does not stop the start: the node serves degraded, limiting from its
+/// own view, and syncs once Redis answers (`docs/shared-state.md`); the log says what to check.
+fn read_back(node: &Node, config: &Path) {
+    let rt = node.runtime();
+    let Some(redis) = rt.config.redis.as_ref() else {
+        return;
+    };
+    let e = match crate::shared::warm_start::warm_start(node) {
+        Ok(n) => {
+            tracing::info!(buckets = n, "read this node's buckets back from redis");
+            return;
+        }
+        Err(e) => e,
+    };
+    let Some(why) = e.unreachable() else {
+        tracing::warn!(error = %e, "could not read this node's buckets back from redis before serving; each is read on first use instead");
+        return;
+    };
+    let first = redis.urls.first().map_or("", String::as_str);
+    let url = mask_url_password(first);
+    let password = if url == first {
+        ""
+    } else {
+        " (with the password for ***)"
+    };
+    let cli = if redis.cluster {
+        "redis-cli -c"
+    } else {
+        "redis-cli"
+    };
+    tracing::warn!(
+        error = %e,
+        "redis unreachable at start ({why}): serving degraded, limiting from this node's own view; it syncs once redis answers. Check redis.url in {} ({url}), that redis-server runs there, and `{cli} -u '{url}' ping`{password} from this host",
+        config.display()
+    );
 }
 
 /// `tollgate run -c FILE [--upgrade]`.
@@ -66,6 +146,13 @@ pub fn command(config: &Path, upgrade: bool) -> ExitCode {
         config = %config.display(),
         "tollgate starting"
     );
+    if !upgrade {
+        // An upgrade takes the sockets over from the running process, which holds them.
+        if let Err(e) = check_addresses(&rt.config, config) {
+            eprintln!("tollgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let node = match Node::new(rt, config, host_clock()) {
         Ok(n) => Arc::new(n),
         Err(e) => {
@@ -73,17 +160,7 @@ pub fn command(config: &Path, upgrade: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if node.runtime().config.redis.is_some() {
-        // Read this node's counters back before serving (a restart continues them).
-        match crate::shared::warm_start::warm_start(&node) {
-            Ok(n) => {
-                tracing::info!(buckets = n, "read this node's buckets back from redis")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read this node's buckets back from redis before serving; each is read on first use instead")
-            }
-        }
-    }
+    read_back(&node, config);
     let server = match crate::app::server::build(node, upgrade) {
         Ok(s) => s,
         Err(e) => {

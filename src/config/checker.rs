@@ -120,3 +120,26 @@ pub(super) fn serde_error(e: &serde_json::Error, source: &str, spans: &Spans) ->
         message,
     }
 }
+
+/// A serde_json error in the config file itself: a syntax error (or an empty file) also says
+/// how to mend it; type errors and unknown or missing keys already name the value.
+pub(super) fn config_syntax_error(
+    e: &serde_json::Error,
+    text: &str,
+    source: &str,
+    spans: &Spans,
+) -> ConfigError {
+    let mut err = serde_error(e, source, spans);
+    if !(e.is_syntax() || e.is_eof()) {
+        return err;
+    }
+    let fix = if text.trim().is_empty() {
+        "the file is empty: a config is one JSON object (see docs/configuration.md)"
+    } else if !text.trim_start().starts_with(['{', '[']) {
+        "the file is not JSON: a config is one JSON object, { ... } (see docs/configuration.md)"
+    } else {
+        "not valid JSON: fix it at this line and column"
+    };
+    err.message = format!("{}; {fix}", err.message);
+    err
+}

@@ -337,7 +337,7 @@ impl Config {
                 line: None,
                 col: None,
                 path: String::new(),
-                message: format!("cannot read the config file: {e}"),
+                message: values::unreadable_config(path, &e),
             }])),
         }
     }
@@ -347,7 +347,9 @@ impl Config {
         let spans = spans::Spans::index(text);
         match serde_json::from_str::<raw::RawConfig>(text) {
             Ok(raw) => validate::validate(raw, source, &spans),
-            Err(e) => Err(ConfigErrors(vec![checker::serde_error(&e, source, &spans)])),
+            Err(e) => Err(ConfigErrors(vec![checker::config_syntax_error(
+                &e, text, source, &spans,
+            )])),
         }
     }
 

@@ -121,13 +121,45 @@ pub(super) fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("\"{s}\" is not a CIDR (like 10.0.0.0/8) or an IP address"))
 }
 
+/// What a PEM file of this kind (`what`, as the checks name it) must hold.
+fn expected_in(what: &str) -> &'static str {
+    match what {
+        "certificate file" => "a PEM certificate chain, this server's certificate first",
+        "key file" => "the PEM private key of the listener's certificate",
+        _ => "PEM CA certificates that signed the server's certificate",
+    }
+}
+
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| {
         format!(
-            "cannot read {what} \"{}\": {e}; check the path (relative paths start from the working directory) and its permissions",
-            path.display()
+            "cannot read {what} \"{}\": {e}; it should hold {}; check the path (relative paths start from the working directory) and its permissions",
+            path.display(),
+            expected_in(what)
         )
     })
+}
+
+/// Why the config file at `path` cannot be read, and what to do about it.
+pub(super) fn unreadable_config(path: &Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let fix = match e.kind() {
+        ErrorKind::NotFound => {
+            let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+            format!("give the path of an existing config file with -c FILE (a relative path starts from the working directory, {cwd})")
+        }
+        ErrorKind::IsADirectory => format!(
+            "give the JSON config file inside it with -c FILE (like {})",
+            path.join("tollgate.json").display()
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "the user tollgate runs as must be allowed to read it and to enter its folders (see `ls -l {}` and `id`)",
+            path.display()
+        ),
+        ErrorKind::InvalidData => "the config is JSON text in UTF-8: save it as UTF-8".into(),
+        _ => "check the path given with -c and its permissions".into(),
+    };
+    format!("cannot read the config file: {e}; {fix}")
 }
 
 fn bad_pem(path: &Path, what: &str, e: pem::Error) -> String {

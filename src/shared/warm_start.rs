@@ -37,6 +37,35 @@ pub enum WarmStartError {
     OutOfTime { budget: Duration, loaded: usize },
 }
 
+impl WarmStartError {
+    /// When Redis could not be reached at all (rather than refusing a command or answering
+    /// slowly enough to spend the budget), why, in words that say where to look.
+    pub fn unreachable(&self) -> Option<&'static str> {
+        const TIMEOUT: &str = "no answer within redis.timeout_ms: check the network and firewalls";
+        let e = match self {
+            WarmStartError::Connect { source, .. } => match source {
+                ConnError::Cluster(e) | ConnError::Manager(e) => e,
+                ConnError::ClusterTimeout => return Some(TIMEOUT),
+                _ => return None,
+            },
+            WarmStartError::Redis { source, .. } => source,
+            _ => return None,
+        };
+        let text = e.to_string();
+        if e.is_connection_refusal() {
+            Some("connection refused: nothing listens at that host and port")
+        } else if text.contains("lookup address") || text.contains("not known") {
+            Some("the host name does not resolve")
+        } else if e.is_timeout() {
+            Some(TIMEOUT)
+        } else if e.is_io_error() || e.is_connection_dropped() {
+            Some("the connection failed")
+        } else {
+            None
+        }
+    }
+}
+
 /// A step of the warm start that failed, before the count of loaded buckets is added.
 enum Failed {
     Connect(ConnError),

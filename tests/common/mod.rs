@@ -163,6 +163,10 @@ const START_ATTEMPTS: usize = 5;
 /// for 30 s and finally fails with `... ADDR still in use`.
 const IN_USE_RETRY: &str = " is in use, will try again";
 const IN_USE_FINAL: &str = " still in use";
+/// What tollgate prints when it finds a port taken before it hands the addresses to pingora:
+/// `tollgate: cannot listen on ADDR: address already in use: ...`.
+const CANNOT_LISTEN: &str = "cannot listen on ";
+const ALREADY_IN_USE: &str = ": address already in use";
 
 /// How to start a [`Gateway`]: `Gateway::builder(config).env("K", "V").start()`.
 #[must_use = "a builder does nothing until start() or try_start()"]
@@ -358,9 +362,13 @@ fn addresses_of(listeners: &Value) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The address of the first port pingora reported as taken in `log`, if any.
+/// The address of the first port tollgate or pingora reported as taken in `log`, if any.
 fn port_in_use(log: &str) -> Option<SocketAddr> {
     log.lines().find_map(|line| {
+        if let Some((_, rest)) = line.split_once(CANNOT_LISTEN) {
+            let (addr, _) = rest.split_once(ALREADY_IN_USE)?;
+            return addr.parse().ok();
+        }
         let before = [IN_USE_RETRY, IN_USE_FINAL]
             .iter()
             .find_map(|m| line.find(m).map(|i| &line[..i]))?;
