@@ -299,3 +299,83 @@ fn a_minute_quota_resets_when_the_minute_ends_and_says_when() {
     );
     assert_eq!(statuses(&gw, "q", 3), [200, 200, 429]);
 }
+
+#[test]
+fn a_reset_refills_a_key_on_every_node_and_is_audited_by_fingerprint() {
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plans.json");
+    std::fs::write(&file, "{}").unwrap();
+    let node = |id: &str| {
+        let mut c = config(&up, &file);
+        c["node_id"] = json!(id);
+        c["redis"] = json!({ "url": redis.url, "sync_interval_ms": 50 });
+        c
+    };
+    let a = Gateway::builder(node("node-a")).start();
+    let b = Gateway::builder(node("node-b")).start();
+    a.settle(2);
+    // The client spends its 2 tokens on a; both nodes come to know it.
+    assert_eq!(statuses(&a, "throttled-by-mistake", 3), [200, 200, 429]);
+    let remaining = |gw: &Gateway| {
+        get(
+            gw.admin,
+            "/rating?limit=per-key&key=throttled-by-mistake",
+            &[],
+        )
+        .json()["remaining"]
+            .as_u64()
+            .unwrap()
+    };
+    let hash = "tollgate:per-key:throttled-by-mistake";
+    assert!(wait_until(WAIT, || {
+        redis.cmd(&["HGET", hash, "node-a:consumed"]).trim() == "2"
+    }));
+    // The operator resets it on b, which reads the bucket from Redis first: 2 credited.
+    let r = request(
+        b.admin,
+        "POST",
+        "/reset?limit=per-key&key=throttled-by-mistake",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"limit": "per-key", "key": "throttled-by-mistake", "credited": 2, "remaining": 2, "capacity": 2})
+    );
+    // a sees it after a sync: the client is served again there, as much as the limit allows.
+    assert!(
+        wait_until(WAIT, || redis.cmd(&["HGET", hash, "node-b:credit"]).trim()
+            == "2"),
+        "b's credit never reached Redis"
+    );
+    assert!(
+        wait_until(WAIT, || remaining(&a) == 2),
+        "a never saw the reset"
+    );
+    assert_eq!(statuses(&a, "throttled-by-mistake", 3), [200, 200, 429]);
+    // The log names the key's fingerprint, never the key.
+    let fp = format!(
+        "{:016x}",
+        tollgate::request::key::fnv1a(b"throttled-by-mistake")
+    );
+    let log = b.log();
+    assert!(
+        log.contains("bucket reset by the admin API") && log.contains(&fp),
+        "{log}"
+    );
+    assert!(!log.contains("throttled-by-mistake"), "{log}");
+    // Nothing to reset on an unlimited key; a bad query is a 4xx.
+    let r = request(b.admin, "POST", "/reset?limit=per-key&key=batch", &[], b"");
+    assert_eq!(r.status, 409);
+    assert_eq!(
+        request(b.admin, "POST", "/reset?limit=nope&key=x", &[], b"").status,
+        404
+    );
+    assert_eq!(
+        request(b.admin, "GET", "/reset?limit=per-key&key=x", &[], b"").status,
+        405
+    );
+}

@@ -303,6 +303,7 @@ fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
                     bucket: DirtyBucket {
                         store_key: StoreKey::new("l", k),
                         own,
+                        credit: 0,
                         fresh: g.next(2) == 0,
                     },
                     redis_key: (*k).to_string(),

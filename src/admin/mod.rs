@@ -4,6 +4,7 @@
 //! every request must carry `Authorization: Bearer TOKEN` (compared in constant time).
 
 mod buckets;
+mod reset;
 mod status;
 mod status_page;
 
@@ -311,6 +312,10 @@ impl ServeHttp for AdminApp {
             ("POST", "/reload") => self.reload(),
             ("GET", "/config") => json_response(200, &self.node.runtime().config.masked_json()),
             ("GET", "/buckets") => buckets::buckets(&self.node, q),
+            ("POST", "/reset") => match self.limit_args(q) {
+                Ok((li, k, _)) => reset::reset(&self.node, li, &k).await,
+                Err((status, body)) => json_response(status, &body),
+            },
             ("GET", "/") => {
                 status_page::page(&status::status(&self.node), &status::tops(&self.node))
             }
@@ -318,7 +323,7 @@ impl ServeHttp for AdminApp {
             (
                 _,
                 "/health" | "/metrics" | "/rating" | "/consume" | "/reload" | "/config"
-                | "/buckets" | "/" | "/status",
+                | "/buckets" | "/reset" | "/" | "/status",
             ) => json_response(
                 405,
                 &json!({"error": format!("method {method} not allowed on {path}")}),
@@ -326,7 +331,7 @@ impl ServeHttp for AdminApp {
             _ => json_response(
                 404,
                 &json!({"error": "not found", "endpoints": ["GET /health", "GET /metrics", "GET /rating",
-                        "POST /consume", "POST /reload", "GET /config", "GET /buckets", "GET /", "GET /status"]}),
+                        "POST /consume", "POST /reload", "GET /config", "GET /buckets", "POST /reset", "GET /", "GET /status"]}),
             ),
         }
     }

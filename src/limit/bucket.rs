@@ -147,6 +147,9 @@ pub struct Decision {
 pub struct Bucket {
     own: Counters,
     others_consumed: u64,
+    /// Tokens credited back by resets (`POST /reset`), by every node, in total: a monotone
+    /// credit on top of A(t) (in what would otherwise be padding).
+    credit: u64,
     others_waste: i128,
 }
 
@@ -160,14 +163,43 @@ impl Bucket {
         Bucket {
             own,
             others_consumed: 0,
+            credit: 0,
             others_waste: i128::MIN,
         }
     }
 
-    /// A(t) - X in units. X <= 2^65 tokens < 2^125 units: exact.
+    /// A(t) + R - X in units, R the tokens credited by resets. X, R <= 2^65 tokens < 2^125
+    /// units: exact.
     fn free_credit(&self, p: &BucketParams, now_ns: i64) -> i128 {
-        let consumed = i128::from(self.own.consumed) + i128::from(self.others_consumed);
+        let consumed = i128::from(self.own.consumed) + i128::from(self.others_consumed)
+            - i128::from(self.credit);
         p.credit(now_ns) - consumed * UNITS_PER_TOKEN
+    }
+
+    /// Tokens credited by resets, every node's in total.
+    pub fn reset_credit(&self) -> u64 {
+        self.credit
+    }
+
+    /// The total credited by resets, as merged from every node's (it only grows).
+    pub fn set_reset_credit(&mut self, total: u64) {
+        self.credit = self.credit.max(total);
+    }
+
+    /// Refills the bucket to its capacity by a credit (a reset): returns the whole tokens
+    /// credited (0 when it was full).
+    pub fn refill(&mut self, p: &BucketParams, now_ns: i64) -> u64 {
+        let tokens = self.tokens_units(p, now_ns);
+        let deficit = p.cap_units() - tokens;
+        if deficit <= 0 {
+            return 0;
+        }
+        let n =
+            u64::try_from((deficit + UNITS_PER_TOKEN - 1) / UNITS_PER_TOKEN).unwrap_or(u64::MAX);
+        self.credit = self.credit.saturating_add(n);
+        // Whole tokens may overshoot the cap by a fraction: the cap takes it as waste.
+        self.tokens_units(p, now_ns);
+        n
     }
 
     /// A(t) - X - W, before the cap (saturating: W may come from outside).
@@ -289,6 +321,7 @@ impl Bucket {
         Bucket {
             own: Counters::BOTTOM,
             others_consumed: state.total_consumed(),
+            credit: 0,
             others_waste: state.max_waste().unwrap_or(i128::MIN),
         }
     }

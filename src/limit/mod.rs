@@ -22,6 +22,7 @@ pub mod store;
 pub mod store_entry;
 pub mod store_key;
 pub mod store_quiet;
+pub mod store_reset;
 pub mod store_sweep;
 pub mod store_sync;
 pub mod store_top;

@@ -319,7 +319,7 @@ impl Store {
     }
 
     #[cold]
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         if let Some(w) = self.waker.get() {
             w();
         }

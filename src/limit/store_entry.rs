@@ -92,6 +92,8 @@ pub(super) struct SyncState {
     pub(super) synced_ns: i64,
     /// This node's allowance between syncs.
     pub(super) pace: Pace,
+    /// Tokens this node credited to the bucket by resets, in total (its `NODE:credit`).
+    pub(super) own_credit: u64,
 }
 
 pub(super) struct Shard {
@@ -175,6 +177,7 @@ fn new_entry<'s>(
                 Box::new(SyncState {
                     synced_ns: now,
                     pace: Pace::default(),
+                    own_credit: 0,
                 })
             }),
         },

@@ -18,6 +18,8 @@ use std::sync::atomic::Ordering;
 pub struct DirtyBucket {
     pub store_key: StoreKey,
     pub own: Counters,
+    /// Tokens this node credited by resets, in total (written only when not 0).
+    pub credit: u64,
     pub fresh: bool,
 }
 
@@ -61,6 +63,7 @@ impl Store {
                     out.push(DirtyBucket {
                         store_key: k,
                         own: *e.bucket.own(),
+                        credit: e.sync.as_ref().map_or(0, |s| s.own_credit),
                         fresh: e.view != View::Current,
                     });
                 }

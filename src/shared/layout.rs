@@ -16,6 +16,7 @@
 //! | `NODE:capacity` | the node's configured capacity for the limit |
 //! | `NODE:rate` | the node's refill rate, in 10^-9 tokens per second |
 //! | `NODE:seen_ms` | when the node last wrote the hash (Unix ms) |
+//! | `NODE:credit` | tokens the node credited back by resets (`POST /reset`), in total; written only once not 0 |
 //!
 //! Every value is a decimal integer and only grows: [`merge_script`] writes a value only when
 //! it is greater than the stored one, so a replayed write, or a node restarted with less in
@@ -64,6 +65,8 @@ pub struct NodeFields {
     pub capacity: Option<u64>,
     pub rate_q: Option<u64>,
     pub seen_ms: Option<u64>,
+    /// Tokens the node credited by resets, in total.
+    pub credit: Option<u64>,
 }
 
 impl NodeFields {
@@ -94,6 +97,22 @@ pub fn node_fields(
     ]
 }
 
+/// A node's reset credit (see `NODE:credit`): written beside [`node_fields`] once not 0.
+pub fn credit_field(node: &str, credit: u64) -> (String, String) {
+    (format!("{node}:credit"), credit.to_string())
+}
+
+/// This node's stored reset credit and the sum of the others' (see `NODE:credit`).
+pub fn credits(nodes: &BTreeMap<String, NodeFields>, me: &str) -> (Option<u64>, u64) {
+    let own = nodes.get(me).and_then(|f| f.credit);
+    let others = nodes
+        .iter()
+        .filter(|(n, _)| n.as_str() != me)
+        .filter_map(|(_, f)| f.credit)
+        .fold(0u64, u64::saturating_add);
+    (own, others)
+}
+
 /// The names of a node's fields, in the order of [`node_fields`].
 pub fn node_field_names(node: &str) -> [String; 6] {
     [
@@ -118,23 +137,25 @@ pub fn parse_hash(hash: &HashMap<String, String>) -> (BTreeMap<String, NodeField
             continue;
         }
         let ok = match name {
-            "consumed" | "attempts" | "capacity" | "rate" | "seen_ms" => match value.parse::<u64>()
-            {
-                Ok(v) => {
-                    let e = nodes
-                        .entry(node.to_string())
-                        .or_insert_with(NodeFields::absent);
-                    match name {
-                        "consumed" => (e.counters.consumed, e.counted) = (v, true),
-                        "attempts" => (e.counters.attempts, e.counted) = (v, true),
-                        "capacity" => e.capacity = Some(v),
-                        "rate" => e.rate_q = Some(v),
-                        _ => e.seen_ms = Some(v),
+            "consumed" | "attempts" | "capacity" | "rate" | "seen_ms" | "credit" => {
+                match value.parse::<u64>() {
+                    Ok(v) => {
+                        let e = nodes
+                            .entry(node.to_string())
+                            .or_insert_with(NodeFields::absent);
+                        match name {
+                            "consumed" => (e.counters.consumed, e.counted) = (v, true),
+                            "attempts" => (e.counters.attempts, e.counted) = (v, true),
+                            "capacity" => e.capacity = Some(v),
+                            "rate" => e.rate_q = Some(v),
+                            "credit" => e.credit = Some(v),
+                            _ => e.seen_ms = Some(v),
+                        }
+                        true
                     }
-                    true
+                    Err(_) => false,
                 }
-                Err(_) => false,
-            },
+            }
             "waste" => match value.parse::<i128>() {
                 Ok(v) => {
                     let e = nodes

@@ -83,13 +83,16 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
         // max-merging them never lowers what the store holds, and the others see its demand
         // at once; the fresh script answers the hash as it was, for the rebase, and keeps the
         // waste (the creation's assumption) out of a hash that already existed.
-        let fields = layout::node_fields(
+        let mut fields = layout::node_fields(
             ctx.node_id,
             &bucket.own,
             p.capacity(),
             p.rate_q(),
             ctx.now_ms,
         );
+        if bucket.credit > 0 {
+            fields.push(layout::credit_field(ctx.node_id, bucket.credit));
+        }
         ops.push(Op {
             bucket,
             redis_key,
@@ -288,6 +291,8 @@ fn absorb_hash(
         spec,
         Some(&d.own),
     );
+    let (own_credit, others_credit) = layout::credits(&nodes, ctx.node_id);
+    store.absorb_credit(&d.store_key, own_credit, others_credit);
 }
 
 #[cfg(test)]
@@ -386,6 +391,7 @@ mod tests {
                 attempts: 1,
                 waste: 0,
             },
+            credit: 0,
             fresh: false,
         };
         let ctx = ctx(&limits);

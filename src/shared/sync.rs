@@ -21,8 +21,9 @@
 use super::clock_check::check_clock_of;
 use super::conn::{self, Conn};
 use super::transport::{check, send, Scripts};
-use super::{layout, registry, round};
+use super::{layout, registry, resets, round};
 use crate::app::node::Node;
+use crate::limit::store_key::StoreKey;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -77,6 +78,10 @@ struct Link {
     twin_quiet: u32,
     /// Buckets whose hash was over [`layout::MAX_FIELDS`] when last synced (logged once each).
     oversized: std::collections::HashSet<String>,
+    /// Resets announced from this time on (Unix ms) are still to read (see [`resets`]); set
+    /// by the first round, so a starting node does not replay older ones (its warm start read
+    /// their credits).
+    resets_since_ms: Option<u64>,
 }
 
 impl Link {
@@ -94,6 +99,7 @@ impl Link {
             oversized: Default::default(),
             scripts_loaded: false,
             twin_quiet: 0,
+            resets_since_ms: None,
         }
     }
 }
@@ -138,9 +144,10 @@ impl SyncLoop {
         let round = round::build(&ctx, dirty);
         let due = (self.node.store).take_quiet_due(|n| rt.params_of(n), MAX_CHECKS_PER_ROUND);
         let checks = round::checks(&ctx, due);
-        let mut check_con = con.clone();
+        let (mut check_con, mut resets_con) = (con.clone(), con.clone());
+        let resets_since = link.resets_since_ms.unwrap_or(ctx.now_ms);
         let started = Instant::now();
-        let (sent, answers) = futures::join!(
+        let (sent, answers, announced) = futures::join!(
             send(
                 &mut con,
                 &ctx,
@@ -148,8 +155,10 @@ impl SyncLoop {
                 scripts,
                 &round,
             ),
-            check(&mut check_con, scripts, &checks)
+            check(&mut check_con, scripts, &checks),
+            resets::since(&mut resets_con, ctx.key_prefix, resets_since)
         );
+        self.note_resets(link, resets_since, announced);
         let (forgotten, synced) =
             round::settle(&self.node.store, &ctx, checks, answers.map_err(|_| ()));
         let quiet = &self.node.metrics.quiet_buckets_total;
@@ -194,6 +203,21 @@ impl SyncLoop {
         let bad = seen.requeue.len();
         self.report(link, ctx.node_id, seen, view.twin, bad);
         Ok(round.ops.len())
+    }
+
+    /// Resets announced since `since` (see [`resets`]): the buckets this node holds are read
+    /// back by the next round.
+    fn note_resets(
+        &self,
+        link: &mut Link,
+        since: u64,
+        announced: redis::RedisResult<(Vec<String>, Option<u64>)>,
+    ) {
+        if let Ok((keys, latest)) = announced {
+            link.resets_since_ms = Some(latest.map_or(since, |l| l + 1));
+            let keys = keys.iter().map(|k| StoreKey::from(k.as_str()));
+            self.node.store.requeue(keys);
+        }
     }
 
     /// After a failure, or on the first round: whether Redis restarted empty (then every

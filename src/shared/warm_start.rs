@@ -139,7 +139,7 @@ pub fn warm_start(node: &Node) -> Result<usize, WarmStartError> {
 }
 
 /// Reads a batch of bucket hashes (this node's fields alone from an oversized one).
-async fn read_batch(
+pub(super) async fn read_batch(
     con: &mut Conn,
     scripts: &Scripts,
     own_names: &[String],
@@ -178,7 +178,7 @@ async fn read_batch(
 
 /// Loads one bucket's hash (Redis key `k`) into the store when it holds counted fields and its
 /// key maps back to one client key (not a digest). Returns whether it did.
-fn load(
+pub(super) fn load(
     node: &Node,
     rt: &Runtime,
     cfg: &RedisConfig,
@@ -208,7 +208,9 @@ fn load(
     if counters.is_empty() {
         return false;
     }
-    node.store
-        .preload(&store_key(limit, key), node_id, &counters, spec);
+    let sk = store_key(limit, key);
+    node.store.preload(&sk, node_id, &counters, spec);
+    let (own_credit, others_credit) = layout::credits(&nodes, node_id);
+    node.store.absorb_credit(&sk, own_credit, others_credit);
     true
 }

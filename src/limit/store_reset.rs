@@ -1,0 +1,170 @@
+//! Resets (`POST /reset`): an operator refills one key's bucket or quota, on every node.
+//!
+//! A reset is a credit, not a write of the tokens: the node that resets adds the tokens the
+//! bucket lacks to its own `credit` counter, which only grows like every other field and is
+//! summed over the nodes like their consumption; every node's tokens are A(t) + credit - X - W.
+//! So no merge can undo a reset (the max of a grown counter is the grown counter), two resets
+//! on two nodes add up to at most two refills, and a node that has not heard of the reset yet
+//! sees it at its next sync. What the other nodes spent unseen when the reset was made stays
+//! spent: the bucket is full as of the resetting node's view.
+
+use super::overrides::LimitSpec;
+use super::store::Store;
+use super::store_entry::{bucket_entry, lock};
+use std::sync::atomic::Ordering;
+
+/// What a reset did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    /// Whole tokens credited (0 when the bucket was full, or had no state here).
+    pub credited: u64,
+    /// Whole tokens in the bucket after it.
+    pub remaining: u64,
+    /// Shared mode: this node's reset credit on the bucket, in total (its `NODE:credit`).
+    pub own_credit: u64,
+}
+
+impl Store {
+    /// Refills the bucket of `key` (without its `LIMIT:` prefix) under `limit` (the key's own
+    /// spec, an override's if it has one) to its capacity. In shared mode the credit is this
+    /// node's, pushed at the next sync (the sync loop is woken); a bucket this node has not
+    /// read from the store yet must be loaded first (see `shared::warm_start::load_key`), or
+    /// the credit would be computed on a full bucket and credit nothing.
+    pub fn reset(&self, limit: &LimitSpec, key: &str) -> Reset {
+        let store_key = super::store::store_key(&limit.name, key);
+        let now = self.clock.now_ns();
+        let (hash, sid) = self.locate(&store_key);
+        let mut shard = lock(&self.shards[sid]);
+        let cap = self.shard_cap.load(Ordering::Relaxed);
+        let p = &limit.params;
+        let Some(e) = bucket_entry(&mut shard, hash, &store_key, p, now, (cap, self.shared)) else {
+            // No room for a bucket: the key has none here, so nothing of it to refill.
+            return Reset {
+                credited: 0,
+                remaining: p.capacity(),
+                own_credit: 0,
+            };
+        };
+        let credited = e.bucket.refill(p, now);
+        let remaining = e.bucket.peek(p, 0, now).remaining;
+        let push = match e.sync.as_mut() {
+            Some(sync) if credited > 0 => {
+                sync.own_credit = sync.own_credit.saturating_add(credited);
+                true
+            }
+            _ => false,
+        };
+        let own_credit = e.sync.as_ref().map_or(0, |s| s.own_credit);
+        if push {
+            shard.mark_dirty(&store_key);
+        }
+        drop(shard);
+        if push {
+            self.wake();
+        }
+        Reset {
+            credited,
+            remaining,
+            own_credit,
+        }
+    }
+
+    /// Merges the reset credits a sync read: this node's stored one (what it wrote before a
+    /// restart) and the sum of the others'. Nothing is lowered.
+    pub fn absorb_credit(&self, store_key: &str, own_stored: Option<u64>, others: u64) {
+        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
+        let Some(e) = shard.map.get_mut(store_key) else {
+            return;
+        };
+        let Some(sync) = e.sync.as_mut() else {
+            return;
+        };
+        sync.own_credit = sync.own_credit.max(own_stored.unwrap_or(0));
+        let total = sync.own_credit.saturating_add(others);
+        e.bucket.set_reset_credit(total);
+        // A store that lost this node's credit (restarted empty) gets it again.
+        if own_stored.unwrap_or(0) < sync.own_credit {
+            shard.mark_dirty(store_key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::bucket::BucketParams;
+    use crate::limit::clock::ManualClock;
+    use crate::limit::store::Charge;
+    use std::sync::Arc;
+
+    fn limit() -> LimitSpec {
+        LimitSpec {
+            name: "l".into(),
+            params: BucketParams::new(5, 0.001, 5).expect("params"),
+            shadow: false,
+            burst_guard: false,
+            overrides: Default::default(),
+        }
+    }
+
+    fn take(store: &Store, l: &LimitSpec, n: usize) -> usize {
+        (0..n)
+            .filter(|_| {
+                store
+                    .charge(&[Charge {
+                        limit: l,
+                        key: "k",
+                        cost: 1,
+                    }])
+                    .allowed()
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_reset_refills_the_bucket_by_a_credit_and_a_full_one_gets_none() {
+        let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), false);
+        let l = limit();
+        let r = |credited, remaining| Reset {
+            credited,
+            remaining,
+            own_credit: 0,
+        };
+        assert_eq!(store.reset(&l, "k"), r(0, 5));
+        assert_eq!(take(&store, &l, 7), 5);
+        assert_eq!(store.reset(&l, "k"), r(5, 5));
+        assert_eq!(take(&store, &l, 7), 5, "all of it again, and no more");
+    }
+
+    #[test]
+    fn a_shared_reset_is_pushed_and_merged_by_the_others_and_never_undone() {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let (a, b) = (Store::new(clock.clone(), true), Store::new(clock, true));
+        let l = limit();
+        assert_eq!(take(&a, &l, 5), 5);
+        let r = a.reset(&l, "k");
+        assert_eq!((r.credited, r.remaining, r.own_credit), (5, 5, 5));
+        // a pushes its credit with its counters.
+        let pushed = a.take_dirty_up_to(10);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!((pushed[0].own.consumed, pushed[0].credit), (5, 5));
+        // b, which took 1 itself, reads a's fields: a's 5 consumed and a's credit of 5.
+        assert_eq!(take(&b, &l, 1), 1);
+        let nodes = std::collections::BTreeMap::from([("a".to_string(), pushed[0].own)]);
+        b.absorb("l:k", "b", &nodes, &Default::default(), &l, None);
+        let seen = |s: &Store| s.peek(&l, "k", 0).remaining;
+        assert_eq!(
+            seen(&b),
+            0,
+            "5 - 5 - 1, capped at 0 whole tokens, before the credit"
+        );
+        b.absorb_credit("l:k", None, 5);
+        assert_eq!(seen(&b), 4, "5 + 5 - 5 - 1");
+        // A stale read (less credit) lowers nothing.
+        b.absorb_credit("l:k", None, 2);
+        assert_eq!(seen(&b), 4);
+        // a's own stored credit, read back after a restart, is not counted twice.
+        a.absorb_credit("l:k", Some(5), 0);
+        assert_eq!(seen(&a), 5);
+    }
+}
