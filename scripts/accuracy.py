@@ -50,6 +50,24 @@ Rows (scenario names, for --only; shell patterns such as 'rtt80-*' work too):
                     after it, per proxied request: at most 3 us); the Redis rows also give Redis
                     commands per request (INFO commandstats, which counts the commands run
                     inside scripts)
+  quota-balanced    a quota of 600 per UTC minute ({"quota": 600, "window": "minute"}) under the
+                    balanced row's overload (2 clients per node), the load starting 5 s before a
+                    minute boundary and ending 5 s after the next one (about 65 s, and up to a
+                    minute's wait for the start: DURATION does not apply); admitted timestamps
+                    put into UTC minutes. Rows quota-balanced-start (the partial minute where
+                    the load starts: admitted / quota at most 1.05), quota-balanced (the whole
+                    minute inside the run: admitted / quota in 0.95..1.05) and quota-balanced-end
+                    (the partial minute where it ends: at most 1.05); the detail gives how soon
+                    each window's quota went and the debt it started with (an overshoot is
+                    taken from the next window)
+  quota-within      clients within a quota of 6 per UTC minute: KEYS keys each sending 5
+                    requests back to back; rows quota-within-sticky and quota-within-spread
+                    (sticky and spread as the within- rows): at most 1% not admitted
+  override-balanced balanced overload on a limit of capacity 10, 10/s, on two keys at once (2
+                    clients per node each): rows override-balanced (a key whose override is
+                    capacity 100, 50/s: admitted / (100 + 50 x t)) and override-plain (a key
+                    without override: admitted / (10 + 10 x t)), each in 0.95..1.05; the
+                    detail gives the capacity and rate every node wrote into each key's hash
 
 Usage: scripts/accuracy.py TOLLGATE_BIN RATING_API_BIN [DURATION] [--only NAME,...]
                            [--keys N] [--many-keys N] [--wrk-connections N] [--pin-wrk CPUS]
@@ -89,6 +107,13 @@ WITHIN_CAP, WITHIN_RATE, WITHIN_REQS = 5, 1.0, 5
 BURST_CAP, BURST_RATE = 300, 1.0
 # Redis stalled.
 OUTAGE_CAP, OUTAGE_RATE, OUTAGE_PER_NODE, OUTAGE_S = 50, 20.0, 30.0, 5.0
+# Quotas: a minute window under overload, the load from QUOTA_LEAD_S before a boundary to
+# QUOTA_TAIL_S after the next one; clients within a quota (WITHIN_REQS requests each).
+QUOTA, QUOTA_WINDOW, QUOTA_WINDOW_S = 600, "minute", 60
+QUOTA_LEAD_S, QUOTA_TAIL_S = 5.0, 5.0
+QUOTA_WITHIN = WITHIN_REQS + 1  # fewer requests than the quota, by one
+# An overridden bucket: the limit's own numbers; its overridden key gets OVER_CAP, OVER_RATE.
+PLAIN_CAP, PLAIN_RATE = 10, 10.0
 # Many keys at the full request rate (the within-limits limit: capacity 5, 1/s).
 MANY_NODES = 3
 # After the load: the last sync rounds still push what it changed; counted in the Redis window.
@@ -107,6 +132,7 @@ BURST_DEFAULT = (None, 3.0)  # default mode: at most N x capacity
 BURST_100 = (0.90, 3.0)
 BURST_GUARD = (None, 1.25)
 OUTAGE_RATIO = (0.85, 1.10)
+QUOTA_OVER = (None, 1.05)  # a partial window: at most 5% over the quota
 SYNC_ERRORS = (0, 0)
 REDIS_CORES = (None, 0.5)
 REDIS_US_PER_REQUEST = (None, 3.0)
@@ -115,6 +141,8 @@ OUTAGE_MEASURE = "admitted during the stall / refill during it"
 REDIS_MEASURE = "sum of NODE:consumed - admitted, after the release"
 WINDOW_MEASURE = "admitted / refill, from 1 s after the change"
 MANY_MEASURE = "not 2xx / requests (wrk)"
+QUOTA_MEASURE = "admitted in a whole UTC minute / quota"
+QUOTA_PART_MEASURE = "admitted in a partial UTC minute / quota"
 SYNC_ERRORS_MEASURE = "tollgate_sync_errors_total, sum over the nodes"
 REDIS_CORES_MEASURE = "Redis CPU (sys + user) / wall time, cores"
 REDIS_US_MEASURE = "Redis CPU / proxied requests, us"
@@ -339,6 +367,18 @@ class Cluster:
         h = self.env.redis.cmd("HGETALL", f"{self.prefix}:acc:{key}") or []
         return sum(int(v) for k, v in zip(h[::2], h[1::2]) if k.endswith(":consumed"))
 
+    def params(self, key):
+        """What the nodes wrote as a key's parameters: {(capacity, rate per second): nodes}."""
+        h = self.env.redis.cmd("HGETALL", f"{self.prefix}:acc:{key}") or []
+        fields = dict(zip(h[::2], h[1::2]))
+        seen = {}
+        for k, v in fields.items():
+            if k.endswith(":capacity"):
+                node = k[: -len(":capacity")]
+                rate = int(fields.get(f"{node}:rate", 0)) / 1e9
+                seen[(int(v), rate)] = seen.get((int(v), rate), 0) + 1
+        return seen
+
     def close(self):
         for node in self.nodes:
             node.stop()
@@ -502,15 +542,36 @@ def join_all(threads, deadline=30.0):
 def overload(ports, weights, duration, key):
     """Clients per node as `weights`, as fast as they can, for `duration` s. Returns the tally
     and the elapsed time (from the first client's start to the last one's end)."""
-    tally, stop = Tally(), threading.Event()
-    clients = [Hammer(port, key, tally, stop) for port, w in zip(ports, weights) for _ in range(w)]
+    tallies, elapsed = overload_keys(ports, weights, duration, [key])
+    return tallies[0], elapsed
+
+
+def overload_keys(ports, weights, duration, keys):
+    """`overload` on several keys at once: clients per node as `weights` for each key. Returns
+    a tally per key and the elapsed time."""
+    tallies, stop = [Tally() for _ in keys], threading.Event()
+    clients = [Hammer(port, key, tally, stop) for key, tally in zip(keys, tallies)
+               for port, w in zip(ports, weights) for _ in range(w)]
     start = time.monotonic()
     for c in clients:
         c.start()
     time.sleep(duration)
     stop.set()
     join_all(clients)
-    return tally, time.monotonic() - start
+    return tallies, time.monotonic() - start
+
+
+def wall_offset():
+    """time.time() - time.monotonic(), from the closest of five paired readings: turns the
+    tallies' monotonic moments into UTC."""
+    best = None
+    for _ in range(5):
+        a = time.monotonic()
+        w = time.time()
+        b = time.monotonic()
+        if best is None or b - a < best[0]:
+            best = (b - a, w - (a + b) / 2)
+    return best[1]
 
 
 def within(ports, keys, tag, spread):
@@ -625,6 +686,10 @@ def over_limit():
 
 def within_limit():
     return {"capacity": WITHIN_CAP, "refill_per_second": WITHIN_RATE, "key": ["header:x-api-key"]}
+
+
+def quota_limit(quota):
+    return {"quota": quota, "window": QUOTA_WINDOW, "key": ["header:x-api-key"]}
 
 
 def burst_limit(guard):
@@ -778,6 +843,115 @@ def run_join_leave(env):
                               f"nodes {nodes}, 2 clients each, window {end - w0:.1f} s, "
                               f"capacity {OVER_CAP}, {OVER_RATE:g}/s{tally.odd()}"))
     return rows
+
+
+def utc(t):
+    return time.strftime("%H:%M:%S", time.gmtime(t))
+
+
+def params_text(params):
+    """What Cluster.params found, for the detail column."""
+    if not params:
+        return "no node wrote the key's hash"
+    return ", ".join(f"{n} node{'s' if n > 1 else ''} capacity {cap}, {rate:g}/s"
+                     for (cap, rate), n in sorted(params.items()))
+
+
+def run_quota_balanced(env):
+    name, key, weights = "quota-balanced", "key-quota-balanced", [2, 2, 2]
+    with Cluster(env, name, 3, quota_limit(QUOTA)) as c:
+        off = wall_offset()
+        now = time.time()
+        # The first boundary at least QUOTA_LEAD_S away (and half a second to spare).
+        b1 = (int((now + QUOTA_LEAD_S + 0.5) // QUOTA_WINDOW_S) + 1) * QUOTA_WINDOW_S
+        b2 = b1 + QUOTA_WINDOW_S
+        start_wall, end_wall = b1 - QUOTA_LEAD_S, b2 + QUOTA_TAIL_S
+        print(f"   waiting {start_wall - now:.0f} s for {utc(start_wall)} UTC, {QUOTA_LEAD_S:g} s "
+              f"before a minute boundary; then {end_wall - start_wall:.0f} s of load", flush=True)
+        tally, stop = Tally(), threading.Event()
+        clients = [Hammer(port, key, tally, stop, start_at=start_wall - off)
+                   for port, w in zip(c.ports, weights) for _ in range(w)]
+        for h in clients:
+            h.start()
+        try:
+            time.sleep(max(0.0, end_wall - off - time.monotonic()))
+        finally:
+            stop.set()
+            join_all(clients)
+        ended = time.monotonic() + off
+        params = c.params(key)
+    ok = sorted(t + off for t in tally.ok_at)
+    parts = ([t for t in ok if t < b1], [t for t in ok if b1 <= t < b2],
+             [t for t in ok if t >= b2])
+    setup = (f"3 nodes, clients 2:2:2, quota {QUOTA} per UTC {QUOTA_WINDOW}; the key's hash: "
+             f"{params_text(params)}; {tally.sent} requests from {utc(start_wall)} to "
+             f"{utc(ended)} UTC{tally.odd()}")
+
+    def spent(times, since):
+        """How soon the quota went, and what was admitted after the window's first second."""
+        late = sum(1 for t in times if t >= since + 1.0)
+        if len(times) >= QUOTA:
+            went = f"the {QUOTA}th admitted {times[QUOTA - 1] - since:.2f} s in"
+        else:
+            went = ("never reached the quota" if not times else
+                    f"the quota not reached, the last admitted {times[-1] - since:.2f} s in")
+        return f"{went}, {late} admitted later than 1 s in"
+
+    # The shared bucket takes an overshoot from the next window as debt: what each window had
+    # left after the debt of those before it, and how far its admissions went beyond that.
+    debt, carried = 0, []
+    for i, part in enumerate(parts):
+        left = QUOTA - debt
+        beyond = len(part) - left
+        carried.append(f"{'a fresh quota' if i == 0 else f'debt from before {debt}'} "
+                       f"({left} left): {beyond:+d} beyond that")
+        debt = max(0, beyond)
+
+    return [
+        ratio_row("quota-balanced-start", QUOTA_PART_MEASURE, len(parts[0]), float(QUOTA),
+                  QUOTA_OVER, f"{b1 - start_wall:.1f} s from the load's start to {utc(b1)} "
+                              f"UTC; {spent(parts[0], start_wall)}; {carried[0]}; {setup}"),
+        ratio_row("quota-balanced", QUOTA_MEASURE, len(parts[1]), float(QUOTA), RATIO,
+                  f"the minute {utc(b1)}..{utc(b2)} UTC; {spent(parts[1], b1)}; {carried[1]}; "
+                  f"{setup}"),
+        ratio_row("quota-balanced-end", QUOTA_PART_MEASURE, len(parts[2]), float(QUOTA),
+                  QUOTA_OVER, f"{ended - b2:.1f} s from {utc(b2)} UTC to the load's end; "
+                              f"{spent(parts[2], b2)}; {carried[2]}; {setup}"),
+    ]
+
+
+def run_quota_within(env):
+    name, rows = "quota-within", []
+    with Cluster(env, name, 3, quota_limit(QUOTA_WITHIN)) as c:
+        for row, spread in (("quota-within-sticky", False), ("quota-within-spread", True)):
+            first = int(time.time() // QUOTA_WINDOW_S)
+            tally = within(c.ports, env.keys, f"key-{row}", spread)
+            crossed = int(time.time() // QUOTA_WINDOW_S) != first
+            how = "round robin over the nodes" if spread else "one connection to one node per key"
+            rows.append(within_row(
+                row, tally, f"3 nodes, {env.keys} keys x {WITHIN_REQS} requests, {how}, quota "
+                            f"{QUOTA_WITHIN} per UTC {QUOTA_WINDOW}"
+                            f"{' (the run crossed a minute boundary)' if crossed else ''}"))
+    return rows
+
+
+def run_override(env):
+    name, weights = "override-balanced", [2, 2, 2]
+    key, plain = "key-override-balanced", "key-override-plain"
+    limit = {"capacity": PLAIN_CAP, "refill_per_second": PLAIN_RATE, "key": ["header:x-api-key"],
+             "overrides": {key: {"capacity": OVER_CAP, "refill_per_second": OVER_RATE}}}
+    with Cluster(env, name, 3, limit) as c:
+        (t_key, t_plain), elapsed = overload_keys(c.ports, weights, env.duration, [key, plain])
+        p_key, p_plain = c.params(key), c.params(plain)
+    setup = (f"3 nodes, clients 2:2:2 on each of two keys at once, a limit of capacity "
+             f"{PLAIN_CAP}, {PLAIN_RATE:g}/s")
+    return [
+        overload_row("override-balanced", t_key, elapsed, OVER_CAP, OVER_RATE, RATIO,
+                     f"{setup}, this key's override capacity {OVER_CAP}, {OVER_RATE:g}/s; "
+                     f"its hash: {params_text(p_key)}"),
+        overload_row("override-plain", t_plain, elapsed, PLAIN_CAP, PLAIN_RATE, RATIO,
+                     f"{setup}, this key without override; its hash: {params_text(p_plain)}"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1093,6 +1267,15 @@ def scenarios():
             ("many-keys-redis-cores", REDIS_CORES_MEASURE, REDIS_CORES, False),
             ("many-keys-redis-us", REDIS_US_MEASURE, REDIS_US_PER_REQUEST, False),
         ], run_many_keys),
+        Scenario("quota-balanced", [
+            ("quota-balanced-start", QUOTA_PART_MEASURE, QUOTA_OVER, False),
+            ("quota-balanced", QUOTA_MEASURE, RATIO, False),
+            ("quota-balanced-end", QUOTA_PART_MEASURE, QUOTA_OVER, False),
+        ], run_quota_balanced),
+        Scenario("quota-within", share("quota-within-sticky") + share("quota-within-spread"),
+                 run_quota_within),
+        Scenario("override-balanced", over("override-balanced", RATIO)
+                 + over("override-plain", RATIO), run_override),
     ]
     return s
 
