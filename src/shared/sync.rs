@@ -82,7 +82,11 @@ struct Link {
     /// by the first round, so a starting node does not replay older ones (its warm start read
     /// their credits).
     resets_since_ms: Option<u64>,
+    /// The read of the announcements in flight, and where it starts.
+    resets_poll: Option<(u64, ResetsPoll)>,
 }
+
+type ResetsPoll = tokio::task::JoinHandle<redis::RedisResult<(Vec<String>, Option<u64>)>>;
 
 impl Link {
     fn new() -> Link {
@@ -100,6 +104,7 @@ impl Link {
             scripts_loaded: false,
             twin_quiet: 0,
             resets_since_ms: None,
+            resets_poll: None,
         }
     }
 }
@@ -144,10 +149,11 @@ impl SyncLoop {
         let round = round::build(&ctx, dirty);
         let due = (self.node.store).take_quiet_due(|n| rt.params_of(n), MAX_CHECKS_PER_ROUND);
         let checks = round::checks(&ctx, due);
-        let (mut check_con, mut resets_con) = (con.clone(), con.clone());
-        let resets_since = link.resets_since_ms.unwrap_or(ctx.now_ms);
+        self.poll_resets(link, &con, cfg.key_prefix.as_str(), ctx.now_ms)
+            .await;
+        let mut check_con = con.clone();
         let started = Instant::now();
-        let (sent, answers, announced) = futures::join!(
+        let (sent, answers) = futures::join!(
             send(
                 &mut con,
                 &ctx,
@@ -155,10 +161,8 @@ impl SyncLoop {
                 scripts,
                 &round,
             ),
-            check(&mut check_con, scripts, &checks),
-            resets::since(&mut resets_con, ctx.key_prefix, resets_since)
+            check(&mut check_con, scripts, &checks)
         );
-        self.note_resets(link, resets_since, announced);
         let (forgotten, synced) =
             round::settle(&self.node.store, &ctx, checks, answers.map_err(|_| ()));
         let quiet = &self.node.metrics.quiet_buckets_total;
@@ -205,19 +209,25 @@ impl SyncLoop {
         Ok(round.ops.len())
     }
 
-    /// Resets announced since `since` (see [`resets`]): the buckets this node holds are read
-    /// back by the next round.
-    fn note_resets(
-        &self,
-        link: &mut Link,
-        since: u64,
-        announced: redis::RedisResult<(Vec<String>, Option<u64>)>,
-    ) {
-        if let Ok((keys, latest)) = announced {
-            link.resets_since_ms = Some(latest.map_or(since, |l| l + 1));
-            let keys = keys.iter().map(|k| StoreKey::from(k.as_str()));
-            self.node.store.requeue(keys);
+    /// Resets announced (see [`resets`]): the buckets this node holds are read back by this
+    /// round. The read runs beside the rounds, in a task of its own, and its answer is taken
+    /// by the first round after it came: it never holds a round up, whatever Redis does.
+    async fn poll_resets(&self, link: &mut Link, con: &Conn, prefix: &str, now_ms: u64) {
+        if let Some((since, task)) = link.resets_poll.take() {
+            if !task.is_finished() {
+                link.resets_poll = Some((since, task));
+                return;
+            }
+            if let Ok(Ok((keys, latest))) = task.await {
+                link.resets_since_ms = Some(latest.map_or(since, |l| l + 1));
+                let keys = keys.iter().map(|k| StoreKey::from(k.as_str()));
+                self.node.store.requeue(keys);
+            }
         }
+        let since = link.resets_since_ms.unwrap_or(now_ms);
+        let (mut con, prefix) = (con.clone(), prefix.to_string());
+        let task = tokio::spawn(async move { resets::since(&mut con, &prefix, since).await });
+        link.resets_poll = Some((since, task));
     }
 
     /// After a failure, or on the first round: whether Redis restarted empty (then every
