@@ -78,6 +78,12 @@ pub struct Cluster {
     pub connected: bool,
     /// The limit's `burst_guard`.
     pub guard: bool,
+    /// The limit is a quota: its tokens come back all at once at each window's start, on
+    /// every node at the same moment, so a read right after a boundary shows the whole quota
+    /// on every node while each spends it unseen. Its reads are shared as a guarded limit's
+    /// are (s x s of the tokens, see [`Pace::resync`]); its first read of an idle bucket is
+    /// not (a client within its quota is never turned away).
+    pub steps: bool,
 }
 
 impl Cluster {
@@ -321,7 +327,7 @@ impl Pace {
         }
         let share = self.demand_share(&prev, me, c);
         self.restart(Phase::Synced, share, tokens_units, now_ns);
-        if c.guard && share < WHOLE {
+        if (c.guard || c.steps) && share < WHOLE {
             // Guarded: the others may be spending their shares of these tokens unseen (what
             // they spent since their last write is not in this view). Take the share of what
             // is left after theirs: s x (1 - (1 - s)) = s^2 of the tokens. What no node takes
@@ -380,6 +386,7 @@ mod tests {
             others_synced_ns: 0,
             connected: true,
             guard,
+            steps: false,
         }
     }
 

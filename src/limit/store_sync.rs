@@ -119,6 +119,7 @@ impl Store {
             others_synced_ns: self.others_synced_ns.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
             guard,
+            steps: false,
         }
     }
 
@@ -159,7 +160,10 @@ impl Store {
                 .filter(|(n, _)| n.as_str() != me)
                 .map(|(_, c)| c),
         );
-        let cluster = self.cluster(limit.burst_guard);
+        let cluster = Cluster {
+            steps: params.window().is_some(),
+            ..self.cluster(limit.burst_guard)
+        };
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let relist = {
             let Some(e) = shard.map.get_mut(store_key) else {
