@@ -20,6 +20,9 @@
 #   INSTR_KEEP=1   keep the temporary directory (callgrind outputs: callgrind_annotate FILE)
 #   INSTR_ONLY=on  measure one configuration only (on or off), for profiling
 #   CALLGRIND_ARGS extra callgrind options (e.g. --dump-instr=yes for per-instruction costs)
+#   INSTR_PLANS=1  "limits on" with plans configured: the API-key limit with 100,000 overrides
+#                  in an overrides file (the benchmark's key among them) and a daily quota
+#                  with overrides in place of the per-IP limit; the target is the same
 #
 # Exit status: 2 when limits on / limits off is over 1.03 (the target), 1 on an error.
 set -euo pipefail
@@ -62,6 +65,19 @@ up = subprocess.Popen([os.path.join(bindir, "rating-api"), "--listen", "127.0.0.
                       stdout=subprocess.PIPE, text=True)
 up_addr = up.stdout.readline().strip().rsplit(" ", 1)[-1]
 
+def plans_file(kind):
+    """An overrides file of 100,000 keys, the benchmark's key ("bench") among them, for a
+    bucket or a quota limit."""
+    path = os.path.join(work, f"plans-{kind}.json")
+    if not os.path.exists(path):
+        own = ({"capacity": 1000000000, "refill_per_second": 1e9} if kind == "bucket"
+               else {"quota": 1000000000000})
+        plans = {f"key-{i}": ("unlimited" if i % 10 == 9 else own) for i in range(99999)}
+        plans["bench"] = own
+        with open(path, "w") as f:
+            json.dump(plans, f)
+    return path
+
 def run(name, limits, requests, tool):
     """Runs tollgate under `tool` ("callgrind" or "strace"), idle or serving `requests`;
     returns the tool's output file."""
@@ -76,6 +92,10 @@ def run(name, limits, requests, tool):
         },
         "routes": [{"name": "rating", "match": {"path_prefix": "/"}, "upstream": "api", "limits": limits}],
     }
+    if limits and os.environ.get("INSTR_PLANS") == "1":
+        cfg["limits"]["per-api-key"]["overrides_file"] = plans_file("bucket")
+        cfg["limits"]["per-ip"] = {"quota": 1000000000000, "window": "day", "key": ["header:x-api-key"],
+                                   "overrides_file": plans_file("quota")}
     path = os.path.join(work, f"{name}-{requests}.json")
     with open(path, "w") as f:
         json.dump(cfg, f)

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub requests_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub tokens_consumed_total: IntCounterVec,
+    pub tokens_refunded_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub sync_errors_total: IntCounter,
     pub request_duration_seconds: HistogramVec,
@@ -106,6 +107,7 @@ struct RequestGroup {
     requests_total: IntCounterVec,
     rate_limited_total: IntCounterVec,
     tokens_consumed_total: IntCounterVec,
+    tokens_refunded_total: IntCounterVec,
     request_duration_seconds: HistogramVec,
     buckets_overflow_total: IntCounter,
 }
@@ -125,6 +127,13 @@ impl RequestGroup {
                 opts(
                     "tokens_consumed_total",
                     "Tokens taken from buckets by this node, by limit",
+                ),
+                &["limit"],
+            )?,
+            tokens_refunded_total: IntCounterVec::new(
+                opts(
+                    "tokens_refunded_total",
+                    "Tokens given back by this node to requests answered with one of their route's refund_statuses, by limit",
                 ),
                 &["limit"],
             )?,
@@ -154,6 +163,7 @@ impl RequestGroup {
                 Box::new(self.requests_total.clone()),
                 Box::new(self.rate_limited_total.clone()),
                 Box::new(self.tokens_consumed_total.clone()),
+                Box::new(self.tokens_refunded_total.clone()),
                 Box::new(self.request_duration_seconds.clone()),
                 Box::new(self.buckets_overflow_total.clone()),
             ],
@@ -349,6 +359,7 @@ impl Metrics {
             requests_total: requests.requests_total,
             rate_limited_total: requests.rate_limited_total,
             tokens_consumed_total: requests.tokens_consumed_total,
+            tokens_refunded_total: requests.tokens_refunded_total,
             config_reloads_total,
             sync_errors_total: sync.sync_errors_total,
             request_duration_seconds: requests.request_duration_seconds,

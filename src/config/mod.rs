@@ -230,6 +230,28 @@ pub struct Route {
     /// The route's limits, in the order written.
     pub limits: Vec<LimitId>,
     pub cost: Cost,
+    /// Which answers give the request's cost back on every limit it was charged to.
+    pub refund: Refund,
+}
+
+/// A route's `refund_statuses`: exact statuses and classes (`5xx`: bit 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refund {
+    pub classes: u8,
+    pub statuses: Vec<u16>,
+}
+
+impl Refund {
+    /// Nothing is refunded.
+    pub fn is_empty(&self) -> bool {
+        self.classes == 0 && self.statuses.is_empty()
+    }
+
+    /// Whether an answer with `status` is refunded.
+    pub fn covers(&self, status: u16) -> bool {
+        let class = status / 100;
+        (class < 8 && self.classes & (1 << class) != 0) || self.statuses.contains(&status)
+    }
 }
 
 /// Identity types: a limit, route or upstream of one [`Config`], its index in the config's

@@ -194,6 +194,10 @@ pub struct RawRoute {
     pub limits: Vec<String>,
     #[serde(default)]
     pub cost: RawCost,
+    /// Statuses (`503`) or classes (`"5xx"`) whose requests get their cost back (checked by
+    /// `config::routes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refund_statuses: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

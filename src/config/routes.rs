@@ -5,7 +5,7 @@ use super::checker::{Checker, MAX_NAME_LEN};
 use super::raw::{RawCost, RawMatch, RawRoute};
 use super::spans::element;
 use super::values::{check_name, parse_host, parse_method};
-use super::{Cost, Limit, LimitId, Route, Upstream, UpstreamId};
+use super::{Cost, Limit, LimitId, Refund, Route, Upstream, UpstreamId};
 use std::collections::HashMap;
 
 fn known(names: &[&str], what: &str) -> String {
@@ -60,7 +60,32 @@ pub(super) fn routes(
             upstream: upstream.unwrap_or(UpstreamId(0)),
             limits: route_limits,
             cost,
+            refund: refund(c, &path, &r.refund_statuses),
         });
+    }
+    out
+}
+
+/// A route's `refund_statuses`: codes 100..599 (as numbers or strings) and classes `1xx` to
+/// `5xx`.
+fn refund(c: &mut Checker, path: &str, raw: &[serde_json::Value]) -> Refund {
+    let mut out = Refund::default();
+    for (i, v) in raw.iter().enumerate() {
+        let at = element(&format!("{path}.refund_statuses"), i);
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            other => other.to_string(),
+        };
+        let class = text.strip_suffix("xx").and_then(|d| d.parse::<u8>().ok());
+        match (class, text.parse::<u16>()) {
+            (Some(d @ 1..=5), _) if text.len() == 3 => out.classes |= 1 << d,
+            (_, Ok(code @ 100..=599)) => out.statuses.push(code),
+            _ => c.err(
+                &at,
+                format!("{text} is not a status (100 to 599) or a class (1xx to 5xx, as \"5xx\")"),
+            ),
+        }
     }
     out
 }

@@ -49,9 +49,36 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
 
 /// The same as a header value, for a key with its own parameters (an override); the
 /// limit's own value is built once per config. A name that is not a valid header value gives
-/// an empty value.
+/// an empty value. Each thread keeps the last value it built and hands it out again (a
+/// reference count, no copy) for the same limit and parameters: a client of a plan sends many
+/// requests in a row. A monthly quota's value is always built (its `w` changes).
 pub fn policy_header(name: &str, p: &BucketParams) -> HeaderValue {
-    HeaderValue::from_str(&policy_value(name, p)).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let build = || {
+        HeaderValue::from_str(&policy_value(name, p))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    };
+    if fresh_policy(p) {
+        return build();
+    }
+    LAST_POLICY.with(|cell| {
+        let Ok(mut last) = cell.try_borrow_mut() else {
+            return build();
+        };
+        if let Some((n, params, v)) = last.as_ref() {
+            if params == p && n == name {
+                return v.clone();
+            }
+        }
+        let v = build();
+        *last = Some((name.to_owned(), p.clone(), v.clone()));
+        v
+    })
+}
+
+thread_local! {
+    /// The last override's `RateLimit-Policy` this thread built: (limit, parameters, value).
+    static LAST_POLICY: std::cell::RefCell<Option<(String, BucketParams, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Whether a limit's `RateLimit-Policy` changes over time (a monthly quota's `w`), so that

@@ -7,6 +7,7 @@ use crate::app::node::{Node, Runtime};
 use crate::config::{LimitId, RouteId};
 use crate::http::headers;
 use crate::limit::bucket::{BucketParams, Decision};
+use crate::limit::store_key::StoreKey;
 use crate::request::decision::{self, Charged, KeyOf, Verdict};
 use crate::request::key::{Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
@@ -19,6 +20,10 @@ pub(super) struct Reported {
     pub(super) rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// Fingerprint of the reported (or refusing) limit's key, for the access log.
     pub(super) key_fp: Option<Fingerprint>,
+    /// A route with `refund_statuses`: the store keys the admitted request was charged to,
+    /// and its cost, to give back if its answer is one of them.
+    pub(super) charged: Vec<StoreKey>,
+    pub(super) cost: u64,
 }
 
 /// What the gateway answers itself. Positions are into the route's limits.
@@ -49,27 +54,7 @@ pub(super) fn decide(
     out: &mut Reported,
 ) -> Result<bool, Refused> {
     let route = rt.config.route(ri);
-    let charged_of = |li| Charged {
-        limit: rt.limit_spec(li),
-        key: KeyOf::Request(&rt.config.limit(li).key, view),
-    };
-    // Most routes have one or two limits: those are listed on the stack without a SmallVec
-    // (whose length checks the request path would pay for).
-    let verdict = match route.limits[..] {
-        [] => decision::decide(&node.store, &[], cost, rt.config.access_log),
-        [a] => decision::decide(&node.store, &[charged_of(a)], cost, rt.config.access_log),
-        [a, b] => decision::decide(
-            &node.store,
-            &[charged_of(a), charged_of(b)],
-            cost,
-            rt.config.access_log,
-        ),
-        _ => {
-            let all: SmallVec<[Charged<'_>; 4]> =
-                route.limits.iter().map(|&li| charged_of(li)).collect();
-            decision::decide(&node.store, &all, cost, rt.config.access_log)
-        }
-    };
+    let verdict = verdict(node, rt, ri, view, cost, out);
     let m = &node.metrics;
     let limited = |i: usize| {
         let limit = &rt.limit_spec(route.limits[i]).name;
@@ -115,6 +100,42 @@ pub(super) fn decide(
         }
         Verdict::BadKey(e) => Err(Refused::BadKey(e)),
         Verdict::TooCostly { at, capacity } => Err(Refused::TooCostly { at, capacity }),
+    }
+}
+
+/// The one decision on route `ri`'s limits for this request (see [`decision::decide`]); on a
+/// route with `refund_statuses`, the charged keys and the cost are noted in `out`.
+fn verdict(
+    node: &Node,
+    rt: &Runtime,
+    ri: RouteId,
+    view: &RequestView<'_>,
+    cost: u64,
+    out: &mut Reported,
+) -> Verdict {
+    let route = rt.config.route(ri);
+    let charged_of = |li| Charged {
+        limit: rt.limit_spec(li),
+        key: KeyOf::Request(&rt.config.limit(li).key, view),
+    };
+    let fp = rt.config.access_log;
+    if !route.refund.is_empty() {
+        let all: SmallVec<[Charged<'_>; 4]> =
+            route.limits.iter().map(|&li| charged_of(li)).collect();
+        out.cost = cost;
+        return decision::decide_keeping(&node.store, &all, cost, fp, &mut out.charged);
+    }
+    // Most routes have one or two limits: those are listed on the stack without a SmallVec
+    // (whose length checks the request path would pay for).
+    match route.limits[..] {
+        [] => decision::decide(&node.store, &[], cost, fp),
+        [a] => decision::decide(&node.store, &[charged_of(a)], cost, fp),
+        [a, b] => decision::decide(&node.store, &[charged_of(a), charged_of(b)], cost, fp),
+        _ => {
+            let all: SmallVec<[Charged<'_>; 4]> =
+                route.limits.iter().map(|&li| charged_of(li)).collect();
+            decision::decide(&node.store, &all, cost, fp)
+        }
     }
 }
 

@@ -134,6 +134,26 @@ fn preserve_case(ctx: &Ctx) -> bool {
 }
 
 impl Gateway {
+    /// A request answered with one of its route's `refund_statuses` gets its cost back on
+    /// every limit it was charged to (gateway-made answers too: a 502 or 504 when the
+    /// upstream failed), before the answer goes out, so that a client's next request finds
+    /// it. Only routes with `refund_statuses` note what was charged.
+    fn refund(&self, ctx: &mut Ctx, status: u16) {
+        let (Some(rt), Some(ri)) = (ctx.runtime.as_ref(), ctx.route) else {
+            return;
+        };
+        if !rt.config.route(ri).refund.covers(status) {
+            return;
+        }
+        let cost = ctx.reported.cost;
+        for sk in std::mem::take(&mut ctx.reported.charged) {
+            if self.node.store.refund(&sk, cost) {
+                let m = &self.node.metrics.tokens_refunded_total;
+                m.with_label_values(&[sk.limit()]).inc_by(cost);
+            }
+        }
+    }
+
     /// Answers what the gateway must answer itself (400, 413, 429).
     async fn answer(
         &self,
@@ -371,6 +391,9 @@ impl ProxyHttp for Gateway {
             without_header_case(upstream_response, rate_headers)?;
         }
         ctx.status = upstream_response.status.as_u16();
+        if !ctx.reported.charged.is_empty() {
+            self.refund(ctx, ctx.status);
+        }
         Ok(())
     }
 
@@ -384,6 +407,9 @@ impl ProxyHttp for Gateway {
             };
         }
         ctx.status = code;
+        if !ctx.reported.charged.is_empty() {
+            self.refund(ctx, code);
+        }
         if code > 0 {
             let body = headers::error_body(code, msg);
             let written = async {
@@ -405,6 +431,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map_or(ctx.status, |r| r.status.as_u16());
         let m = &self.node.metrics;
         let outcome = ctx.outcome.as_str();
         let elapsed = ctx.start.elapsed();
@@ -423,9 +452,6 @@ impl ProxyHttp for Gateway {
                 "none"
             }
         };
-        let status = session
-            .response_written()
-            .map_or(ctx.status, |r| r.status.as_u16());
         if ctx.runtime.as_ref().is_some_and(|rt| rt.config.access_log) {
             tracing::info!(
                 target: "tollgate::access",

@@ -181,6 +181,11 @@ impl Bucket {
         self.credit
     }
 
+    /// Credits `n` tokens (a refund): the cap applies at the next evaluation.
+    pub fn add_credit(&mut self, n: u64) {
+        self.credit = self.credit.saturating_add(n);
+    }
+
     /// The total credited by resets, as merged from every node's (it only grows).
     pub fn set_reset_credit(&mut self, total: u64) {
         self.credit = self.credit.max(total);

@@ -1,4 +1,5 @@
-//! Resets (`POST /reset`): an operator refills one key's bucket or quota, on every node.
+//! Resets (`POST /reset`): an operator refills one key's bucket or quota, on every node; and
+//! refunds (a route's `refund_statuses`): a request's cost given back, by the same credit.
 //!
 //! A reset is a credit, not a write of the tokens: the node that resets adds the tokens the
 //! bucket lacks to its own `credit` counter, which only grows like every other field and is
@@ -67,6 +68,29 @@ impl Store {
             remaining,
             own_credit,
         }
+    }
+
+    /// Gives `cost` tokens back to the bucket of `store_key` (a refund: its answer was one
+    /// of its route's `refund_statuses`), as this node's credit, like a reset's, so that
+    /// `consumed` never decreases; the bucket's cap applies. Returns whether the bucket was
+    /// there (one evicted meanwhile is full: nothing to give back).
+    pub fn refund(&self, store_key: &str, cost: u64) -> bool {
+        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
+        let Some(e) = shard.map.get_mut(store_key) else {
+            return false;
+        };
+        e.bucket.add_credit(cost);
+        let shared = match e.sync.as_mut() {
+            Some(sync) => {
+                sync.own_credit = sync.own_credit.saturating_add(cost);
+                true
+            }
+            None => false,
+        };
+        if shared {
+            shard.mark_dirty(store_key);
+        }
+        true
     }
 
     /// Merges the reset credits a sync read: this node's stored one (what it wrote before a

@@ -11,6 +11,7 @@ use crate::config::KeySource;
 use crate::limit::bucket::{BucketParams, Decision};
 use crate::limit::overrides::ForKey;
 use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store};
+use crate::limit::store_key::StoreKey;
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
 use std::cell::Cell;
@@ -85,6 +86,40 @@ pub fn decide(store: &Store, charged: &[Charged<'_>], cost: u64, fingerprint: bo
     // find the buffer taken and start an empty one.
     let mut keys = PutBack(KEYS.take());
     decide_with(store, charged, cost, fingerprint, &mut keys.0)
+}
+
+/// [`decide`], and the store keys of the limits an admitted request was charged to (not those
+/// of an unlimited key or of a shadow limit that could not pay), for a refund when its answer
+/// comes. Only routes with `refund_statuses` use it: their keys are built a second time.
+pub fn decide_keeping(
+    store: &Store,
+    charged: &[Charged<'_>],
+    cost: u64,
+    fingerprint: bool,
+    keep: &mut Vec<StoreKey>,
+) -> Verdict {
+    let verdict = decide(store, charged, cost, fingerprint);
+    if let Verdict::Pass { decisions, .. } = &verdict {
+        let mut buf = String::new();
+        for (c, d) in charged.iter().zip(decisions) {
+            if !d.allowed || *d == UNLIMITED {
+                continue;
+            }
+            buf.clear();
+            push_limit_prefix(&mut buf, &c.limit.name);
+            let built = match c.key {
+                KeyOf::Given(k) => {
+                    buf.push_str(k);
+                    Ok(())
+                }
+                KeyOf::Request(sources, view) => key::build_key_into(sources, view, &mut buf),
+            };
+            if built.is_ok() {
+                keep.push(StoreKey::from(buf.as_str()));
+            }
+        }
+    }
+    verdict
 }
 
 /// The key buffer while a decision holds it; put back into [`KEYS`] when dropped (the
