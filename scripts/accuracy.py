@@ -36,7 +36,7 @@ Rows (scenario names, for --only; shell patterns such as 'rtt80-*' work too):
                     window from 1 s after the change to the next change (or the end): 0.95..1.05
   5n-balanced, 5n-within-sticky, 5n-within-spread
                     5 nodes: 0.95..1.05 and at most 1%
-  many-keys         MANY_KEYS keys (default 50,000) on 3 nodes at the full request rate the
+  many-keys         MANY_KEYS keys (default 80,000) on 3 nodes at the full request rate the
                     machine drives: one wrk per node (-t1 -c16, scripts/bench/many_keys.lua, a
                     key picked at random per request) for DURATION s, capacity 5, 1/s. Rows
                     many-keys (not 2xx / requests: at most 1%; meaningful while a key's requests
@@ -77,8 +77,11 @@ Usage: scripts/accuracy.py TOLLGATE_BIN RATING_API_BIN [DURATION] [--only NAME,.
                            [--tcp-delay BIN] [--list]
   DURATION (or --duration): seconds of each overload row and of the many-keys load (default 10)
   --keys: keys of the within-limits rows (default 300, at least 200)
-  --many-keys: keys of the many-keys rows (default 50000; raise it when the load puts a key
-    near its limit, see the row's detail)
+  --many-keys: keys of the many-keys rows (default 80000: the scenario is "about 3 requests per
+    key in 10 s" at the full request rate the machine drives, and the 2-core development
+    machine drives 20,000-26,000 requests/s when otherwise idle, 2.5-3.3 per key with 80,000
+    keys; at 50,000 keys it gives 5 per key, where the Redis cost per request is higher, see
+    docs/shared-state.md; raise or lower it so that the row's detail shows about 3)
   --wrk-connections: connections of each wrk in the many-keys rows (default 16)
   --pin-wrk: run each wrk under `taskset -c CPUS` (default: not pinned)
   --tcp-delay: the delay proxy (default: examples/tcp_delay next to TOLLGATE_BIN)
@@ -1297,7 +1300,7 @@ def parse_args():
     p.add_argument("--duration", type=float, help="seconds of each overload row (default 10)")
     p.add_argument("--only", help="comma-separated scenario or row names (shell patterns allowed)")
     p.add_argument("--keys", type=int, default=300, help="keys of the within-limits rows")
-    p.add_argument("--many-keys", type=int, default=50000, help="keys of the many-keys rows")
+    p.add_argument("--many-keys", type=int, default=80000, help="keys of the many-keys rows")
     p.add_argument("--wrk-connections", type=int, default=16,
                    help="connections of each wrk in the many-keys rows")
     p.add_argument("--pin-wrk", metavar="CPUS", help="taskset -c CPUS for each wrk (many-keys)")
