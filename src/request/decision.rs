@@ -85,12 +85,14 @@ pub fn decide(store: &Store, charged: &[Charged<'_>], cost: u64, fingerprint: bo
     // copied out of a closure. Not reentrant in practice; if it were, the inner call would
     // find the buffer taken and start an empty one.
     let mut keys = PutBack(KEYS.take());
-    decide_with(store, charged, cost, fingerprint, &mut keys.0)
+    let mut ends = SmallVec::new();
+    decide_with(store, charged, cost, fingerprint, (&mut keys.0, &mut ends))
 }
 
 /// [`decide`], and the store keys of the limits an admitted request was charged to (not those
 /// of an unlimited key or of a shadow limit that could not pay), for a refund when its answer
-/// comes. Only routes with `refund_statuses` use it: their keys are built a second time.
+/// comes. Only routes with `refund_statuses` use it: it builds the keys in a buffer of its
+/// own, since it keeps them.
 pub fn decide_keeping(
     store: &Store,
     charged: &[Charged<'_>],
@@ -98,24 +100,12 @@ pub fn decide_keeping(
     fingerprint: bool,
     keep: &mut Vec<StoreKey>,
 ) -> Verdict {
-    let verdict = decide(store, charged, cost, fingerprint);
+    let (mut buf, mut ends) = (String::new(), SmallVec::new());
+    let verdict = decide_with(store, charged, cost, fingerprint, (&mut buf, &mut ends));
     if let Verdict::Pass { decisions, .. } = &verdict {
-        let mut buf = String::new();
-        for (c, d) in charged.iter().zip(decisions) {
-            if !d.allowed || *d == UNLIMITED {
-                continue;
-            }
-            buf.clear();
-            push_limit_prefix(&mut buf, &c.limit.name);
-            let built = match c.key {
-                KeyOf::Given(k) => {
-                    buf.push_str(k);
-                    Ok(())
-                }
-                KeyOf::Request(sources, view) => key::build_key_into(sources, view, &mut buf),
-            };
-            if built.is_ok() {
-                keep.push(StoreKey::from(buf.as_str()));
+        for (i, d) in decisions.iter().enumerate() {
+            if d.allowed && *d != UNLIMITED {
+                keep.push(StoreKey::from(key_at(&buf, &ends, i)));
             }
         }
     }
@@ -134,16 +124,19 @@ impl Drop for PutBack {
     }
 }
 
+/// Where a decision writes its store keys, back to back, and where each ends.
+type KeyBuf<'b> = (&'b mut String, &'b mut SmallVec<[usize; 4]>);
+
 fn decide_with(
     store: &Store,
     charged: &[Charged<'_>],
     cost: u64,
     fingerprint: bool,
-    buf: &mut String,
+    (buf, ends): KeyBuf<'_>,
 ) -> Verdict {
     // Each key is written as its store key, `LIMIT:KEY`, which the store takes as is.
     buf.clear();
-    let mut ends: SmallVec<[usize; 4]> = SmallVec::new();
+    ends.clear();
     let mut overridden = false;
     for c in charged {
         push_limit_prefix(buf, &c.limit.name);
@@ -161,7 +154,7 @@ fn decide_with(
         overridden |= !c.limit.overrides.is_empty();
     }
     if overridden {
-        return decide_overridden(store, charged, cost, fingerprint, buf, &ends);
+        return decide_overridden(store, charged, cost, fingerprint, buf, ends);
     }
     if let Some(at) = charged
         .iter()
@@ -173,11 +166,11 @@ fn decide_with(
     let result = store.charge_prefixed(
         charged.len(),
         |i| charged[i].limit,
-        |i| key_at(buf, &ends, i),
+        |i| key_at(buf, ends, i),
         cost,
     );
     // The key without its `LIMIT:` prefix.
-    let key_fp = |i: usize| Fingerprint::of(charged[i].limit.key_of(key_at(buf, &ends, i)));
+    let key_fp = |i: usize| Fingerprint::of(charged[i].limit.key_of(key_at(buf, ends, i)));
     if let Some(at) = result.rejected_by {
         return Verdict::Limited {
             at,
