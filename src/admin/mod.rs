@@ -219,11 +219,7 @@ impl AdminApp {
                 .with_label_values(&["admin:consume", &l.name])
                 .inc()
         };
-        let policy = |params: Option<BucketParams>| match params {
-            None if !headers::fresh_policy(&l.params) => rt.policy(li).to_string(),
-            None => headers::policy_value(&l.name, &l.params),
-            Some(p) => headers::policy_value(&l.name, &p),
-        };
+        let policy = |params: Option<BucketParams>| rt.policy_for(li, params.as_ref()).into_owned();
         match decision::decide(&self.node.store, &charged, cost, false) {
             Verdict::Pass {
                 decisions,

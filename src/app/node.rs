@@ -11,6 +11,7 @@ use crate::limit::clock::{Clock, OffsetClock};
 use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::shared::status::SyncStatus;
 use arc_swap::ArcSwap;
+use std::borrow::Cow;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -126,6 +127,40 @@ impl Runtime {
     #[inline]
     pub fn policy_value(&self, id: LimitId) -> &http::HeaderValue {
         &self.policy_values[id.index()]
+    }
+
+    /// The parameters a `RateLimit-Policy` of limit `id` must be built from per response, if
+    /// the value built with the config will not do: the key's own (`own`, an override), or a
+    /// monthly quota's, whose `w` changes (see [`crate::http::headers::fresh_policy`]).
+    fn policy_params<'a>(
+        &'a self,
+        id: LimitId,
+        own: Option<&'a BucketParams>,
+    ) -> Option<&'a BucketParams> {
+        own.or_else(|| {
+            let p = &self.limit_spec(id).params;
+            crate::http::headers::fresh_policy(p).then_some(p)
+        })
+    }
+
+    /// The `RateLimit-Policy` value of limit `id` for a key with parameters `own` (an
+    /// override) or the limit's.
+    pub fn policy_for(&self, id: LimitId, own: Option<&BucketParams>) -> Cow<'_, str> {
+        match self.policy_params(id, own) {
+            None => Cow::Borrowed(self.policy(id)),
+            Some(p) => Cow::Owned(crate::http::headers::policy_value(
+                &self.limit_spec(id).name,
+                p,
+            )),
+        }
+    }
+
+    /// The same, as a header value.
+    pub fn policy_value_for(&self, id: LimitId, own: Option<&BucketParams>) -> http::HeaderValue {
+        match self.policy_params(id, own) {
+            None => self.policy_value(id).clone(),
+            Some(p) => crate::http::headers::policy_header(&self.limit_spec(id).name, p),
+        }
     }
 
     /// The upstream `id`'s pool.

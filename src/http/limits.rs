@@ -148,11 +148,7 @@ fn rate_headers(
     params: Option<BucketParams>,
 ) -> (HeaderValue, HeaderValue) {
     let name = &rt.limit_spec(li).name;
-    let policy = match params {
-        None if !headers::fresh_policy(&rt.limit_spec(li).params) => rt.policy_value(li).clone(),
-        None => headers::policy_header(name, &rt.limit_spec(li).params),
-        Some(p) => headers::policy_header(name, &p),
-    };
+    let policy = rt.policy_value_for(li, params.as_ref());
     (policy, headers::ratelimit_header(name, d))
 }
 

@@ -193,11 +193,8 @@ impl Gateway {
                 let reject = &rt.config.limit(li).reject;
                 ctx.outcome = Outcome::Limited;
                 ctx.status = reject.status;
-                let params = params
-                    .or_else(|| headers::fresh_policy(&limit.params).then(|| limit.params.clone()));
-                let own_policy = params.map(|p| headers::policy_value(&limit.name, &p));
-                let policy = own_policy.as_deref().unwrap_or(rt.policy(li));
-                let extra = headers::rejection_headers(&limit.name, policy, &decision);
+                let policy = rt.policy_for(li, params.as_ref());
+                let extra = headers::rejection_headers(&limit.name, &policy, &decision);
                 let body = headers::rejection_body(&limit.name, &reject.message, &decision);
                 respond(session, reject.status, &extra, body, preserve_case(ctx)).await?;
                 Ok(true)
