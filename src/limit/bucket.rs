@@ -176,12 +176,7 @@ impl Bucket {
         p.credit(now_ns) - consumed * UNITS_PER_TOKEN
     }
 
-    /// Tokens credited by resets, every node's in total.
-    pub fn reset_credit(&self) -> u64 {
-        self.credit
-    }
-
-    /// Credits `n` tokens (a refund): the cap applies at the next evaluation.
+    /// Credits `n` tokens (a reset, a refund): the cap applies at the next evaluation.
     pub fn add_credit(&mut self, n: u64) {
         self.credit = self.credit.saturating_add(n);
     }
@@ -191,20 +186,15 @@ impl Bucket {
         self.credit = self.credit.max(total);
     }
 
-    /// Refills the bucket to its capacity by a credit (a reset): returns the whole tokens
-    /// credited (0 when it was full).
-    pub fn refill(&mut self, p: &BucketParams, now_ns: i64) -> u64 {
-        let tokens = self.tokens_units(p, now_ns);
-        let deficit = p.cap_units() - tokens;
+    /// The whole tokens the bucket lacks to be full (0 when it is): what a reset credits.
+    /// Whole tokens may overshoot the cap by a fraction; the cap takes it at the next
+    /// evaluation, as it does any credit.
+    pub fn missing(&mut self, p: &BucketParams, now_ns: i64) -> u64 {
+        let deficit = p.cap_units() - self.tokens_units(p, now_ns);
         if deficit <= 0 {
             return 0;
         }
-        let n =
-            u64::try_from((deficit + UNITS_PER_TOKEN - 1) / UNITS_PER_TOKEN).unwrap_or(u64::MAX);
-        self.credit = self.credit.saturating_add(n);
-        // Whole tokens may overshoot the cap by a fraction: the cap takes it as waste.
-        self.tokens_units(p, now_ns);
-        n
+        u64::try_from((deficit + UNITS_PER_TOKEN - 1) / UNITS_PER_TOKEN).unwrap_or(u64::MAX)
     }
 
     /// A(t) - X - W, before the cap (saturating: W may come from outside).

@@ -202,6 +202,19 @@ pub(super) enum Listed {
 }
 
 impl Entry {
+    /// Credits `n` tokens to the bucket (a reset, a refund); in shared mode they are this
+    /// node's credit, to be pushed: returns whether the bucket must be listed for a sync.
+    pub(super) fn credit(&mut self, n: u64) -> bool {
+        self.bucket.add_credit(n);
+        match self.sync.as_mut() {
+            Some(sync) => {
+                sync.own_credit = sync.own_credit.saturating_add(n);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Notes a change to this bucket (shared mode): quiet or not (see [`is_quiet`]). Returns
     /// the list its key must join, if it is on none yet.
     #[inline(always)]

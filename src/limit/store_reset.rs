@@ -46,15 +46,9 @@ impl Store {
                 own_credit: 0,
             };
         };
-        let credited = e.bucket.refill(p, now);
+        let credited = e.bucket.missing(p, now);
+        let push = credited > 0 && e.credit(credited);
         let remaining = e.bucket.peek(p, 0, now).remaining;
-        let push = match e.sync.as_mut() {
-            Some(sync) if credited > 0 => {
-                sync.own_credit = sync.own_credit.saturating_add(credited);
-                true
-            }
-            _ => false,
-        };
         let own_credit = e.sync.as_ref().map_or(0, |s| s.own_credit);
         if push {
             shard.mark_dirty(&store_key);
@@ -79,15 +73,7 @@ impl Store {
         let Some(e) = shard.map.get_mut(store_key) else {
             return false;
         };
-        e.bucket.add_credit(cost);
-        let shared = match e.sync.as_mut() {
-            Some(sync) => {
-                sync.own_credit = sync.own_credit.saturating_add(cost);
-                true
-            }
-            None => false,
-        };
-        if shared {
+        if e.credit(cost) {
             shard.mark_dirty(store_key);
         }
         true
@@ -122,13 +108,7 @@ mod tests {
     use std::sync::Arc;
 
     fn limit() -> LimitSpec {
-        LimitSpec {
-            name: "l".into(),
-            params: BucketParams::new(5, 0.001, 5).expect("params"),
-            shadow: false,
-            burst_guard: false,
-            overrides: Default::default(),
-        }
+        LimitSpec::new("l", BucketParams::new(5, 0.001, 5).expect("params"))
     }
 
     fn take(store: &Store, l: &LimitSpec, n: usize) -> usize {
