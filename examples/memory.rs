@@ -58,13 +58,7 @@ fn main() {
     let page = page_size();
 
     // capacity 100, 10 tokens/s: a full refill takes 10 s.
-    let spec = LimitSpec {
-        name: "per-ip".into(),
-        params: BucketParams::new(100, 10.0, 100).expect("params"),
-        shadow: false,
-        burst_guard: false,
-        overrides: Default::default(),
-    };
+    let spec = LimitSpec::new("per-ip", BucketParams::new(100, 10.0, 100).expect("params"));
     let start_ns = 1_790_000_000_000_000_000i64;
     let clock = Arc::new(ManualClock::new(start_ns));
     let store = Store::new(clock.clone(), false);

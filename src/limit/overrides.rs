@@ -141,14 +141,23 @@ impl LimitSpec {
         self.for_key(key).bucket().map(|l| &l.params)
     }
 
+    /// A limit with these parameters and nothing more: enforcing, no burst guard, no overrides.
+    pub fn new(name: impl Into<String>, params: BucketParams) -> LimitSpec {
+        LimitSpec {
+            name: name.into(),
+            params,
+            shadow: false,
+            burst_guard: false,
+            overrides: Overrides::default(),
+        }
+    }
+
     /// This limit with other parameters, for an override (no overrides of its own).
     pub fn with_params(&self, params: BucketParams) -> LimitSpec {
         LimitSpec {
-            name: self.name.clone(),
-            params,
             shadow: self.shadow,
             burst_guard: self.burst_guard,
-            overrides: Overrides::default(),
+            ..LimitSpec::new(self.name.clone(), params)
         }
     }
 }
@@ -158,13 +167,7 @@ mod tests {
     use super::*;
 
     fn spec() -> LimitSpec {
-        LimitSpec {
-            name: "l".into(),
-            params: BucketParams::new(10, 1.0, 10).expect("params"),
-            shadow: false,
-            burst_guard: false,
-            overrides: Overrides::default(),
-        }
+        LimitSpec::new("l", BucketParams::new(10, 1.0, 10).expect("params"))
     }
 
     #[test]

@@ -545,13 +545,7 @@ mod waker_tests {
         store.set_waker(move || {
             count.fetch_add(1, Ordering::Relaxed);
         });
-        let l = LimitSpec {
-            name: "l".into(),
-            params: BucketParams::new(10, 1.0, 10).expect("params"),
-            shadow: false,
-            burst_guard: false,
-            overrides: Default::default(),
-        };
+        let l = LimitSpec::new("l", BucketParams::new(10, 1.0, 10).expect("params"));
         let take = |key: &str| {
             let c = [Charge {
                 limit: &l,

@@ -265,13 +265,7 @@ mod tests {
     fn a_round_takes_at_most_its_share_of_the_changed_buckets_and_leaves_the_rest_listed() {
         let store = Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), true);
         store.set_quiet(false);
-        let l = LimitSpec {
-            name: "l".into(),
-            params: BucketParams::new(10, 1.0, 10).expect("params"),
-            shadow: false,
-            burst_guard: false,
-            overrides: Default::default(),
-        };
+        let l = LimitSpec::new("l", BucketParams::new(10, 1.0, 10).expect("params"));
         let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
         for k in &keys {
             let c = [Charge {

@@ -109,13 +109,7 @@ mod tests {
     const SEC: i64 = 1_000_000_000;
 
     fn limit() -> LimitSpec {
-        LimitSpec {
-            name: "l".into(),
-            params: BucketParams::new(3, 0.001, 3).expect("params"),
-            shadow: false,
-            burst_guard: false,
-            overrides: Default::default(),
-        }
+        LimitSpec::new("l", BucketParams::new(3, 0.001, 3).expect("params"))
     }
 
     fn hit(store: &Store, l: &LimitSpec, key: &str, n: usize) {

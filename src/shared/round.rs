@@ -304,13 +304,7 @@ mod tests {
     use std::sync::Arc;
 
     fn limit() -> LimitSpec {
-        LimitSpec {
-            name: "l".into(),
-            params: BucketParams::new(10, 1.0, 10).expect("params"),
-            shadow: false,
-            burst_guard: false,
-            overrides: Default::default(),
-        }
+        LimitSpec::new("l", BucketParams::new(10, 1.0, 10).expect("params"))
     }
 
     fn ctx(limits: &[LimitSpec]) -> Context<'_> {
