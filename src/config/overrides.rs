@@ -169,24 +169,11 @@ fn params(
             format!("unknown field {k:?}: an override sets {allowed}"),
         ));
     }
-    let uint = |name: &'static str, errs: &mut Vec<_>| match m.get(name) {
-        None => None,
-        Some(v) => match v.as_u64() {
-            Some(n) => Some(n),
-            None => {
-                errs.push((
-                    name,
-                    format!("{name} must be a whole number, not {}", short(v)),
-                ));
-                None
-            }
-        },
-    };
     if let Some(w) = base.window() {
         return quota_params(m, (base.capacity(), w), errs);
     }
-    let capacity = uint("capacity", errs).unwrap_or(base.capacity());
-    let initial = uint("initial_tokens", errs);
+    let capacity = whole(m, "capacity", errs).unwrap_or(base.capacity());
+    let initial = whole(m, "initial_tokens", errs);
     let rate = match m.get("refill_per_second") {
         None => base.refill_per_second(),
         Some(v) => match v.as_f64() {
@@ -220,18 +207,7 @@ fn quota_params(
     errs: &mut Vec<(&'static str, String)>,
 ) -> Option<BucketParams> {
     let before = errs.len();
-    let quota = match m.get("quota") {
-        None => Some(base.0),
-        Some(v) => {
-            if v.as_u64().is_none() {
-                errs.push((
-                    "quota",
-                    format!("quota must be a whole number, not {}", short(v)),
-                ));
-            }
-            v.as_u64()
-        }
-    };
+    let quota = whole(m, "quota", errs).unwrap_or(base.0);
     let window = match m.get("window") {
         None => Some(base.1),
         Some(v) => {
@@ -249,12 +225,26 @@ fn quota_params(
     if errs.len() > before {
         return None;
     }
-    let (quota, window) = (quota?, window?);
+    let window = window?;
     if let Some((_, m)) = param_errors(quota, 1.0, None).into_iter().next() {
         errs.push(("quota", m.replace("the capacity", "the quota")));
         return None;
     }
     BucketParams::quota(quota, window).ok()
+}
+
+/// Field `name` of an override, when it is there and a whole number; an error otherwise.
+fn whole(
+    m: &serde_json::Map<String, Value>,
+    name: &'static str,
+    errs: &mut Vec<(&'static str, String)>,
+) -> Option<u64> {
+    let v = m.get(name)?;
+    if v.as_u64().is_none() {
+        let message = format!("{name} must be a whole number, not {}", short(v));
+        errs.push((name, message));
+    }
+    v.as_u64()
 }
 
 /// A JSON value, briefly, for an error message.

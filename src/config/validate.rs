@@ -377,6 +377,13 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
     (limit, capacity)
 }
 
+/// Records that the limit at `path` lacks `field`, as serde words it; the same message back.
+fn missing(c: &mut Checker, path: &str, field: &str) -> String {
+    let m = format!("missing field `{field}`");
+    c.err(path, m.clone());
+    m
+}
+
 /// A limit's kind and parameters: a token bucket (`capacity`, `refill_per_second`,
 /// `initial_tokens`) or a quota (`quota`, `window`), not both. Errors are recorded at the
 /// values; `Err` carries a last word for when none was.
@@ -394,13 +401,15 @@ fn limit_params(c: &mut Checker, path: &str, raw: &RawLimit) -> Result<BucketPar
             );
         }
         let (Some(quota), Some(window)) = (raw.quota, raw.window.as_deref()) else {
-            let missing = if raw.quota.is_none() {
-                "quota"
-            } else {
-                "window"
-            };
-            c.err(path, format!("missing field `{missing}`"));
-            return Err(format!("missing field `{missing}`"));
+            return Err(missing(
+                c,
+                path,
+                if raw.quota.is_none() {
+                    "quota"
+                } else {
+                    "window"
+                },
+            ));
         };
         let Some(w) = Window::parse(window) else {
             c.err(
@@ -418,13 +427,12 @@ fn limit_params(c: &mut Checker, path: &str, raw: &RawLimit) -> Result<BucketPar
         return BucketParams::quota(quota, w).map_err(|e| e.to_string());
     }
     let (Some(capacity), Some(rate)) = (raw.capacity, raw.refill_per_second) else {
-        let missing = if raw.capacity.is_none() {
+        let field = if raw.capacity.is_none() {
             "capacity"
         } else {
             "refill_per_second"
         };
-        c.err(path, format!("missing field `{missing}`"));
-        return Err(format!("missing field `{missing}`"));
+        return Err(missing(c, path, field));
     };
     for (field, m) in param_errors(capacity, rate, raw.initial_tokens) {
         c.err(&format!("{path}.{field}"), m);
