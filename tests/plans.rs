@@ -33,13 +33,6 @@ fn statuses(gw: &Gateway, key: &str, n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn counted(gw: &Gateway, line: &str) -> bool {
-    get(gw.admin, "/metrics", &[])
-        .text()
-        .lines()
-        .any(|l| l == line)
-}
-
 #[test]
 fn plain_overridden_unlimited_and_denied_keys_get_what_their_plan_says() {
     let up = Upstream::start();
@@ -86,7 +79,7 @@ fn plain_overridden_unlimited_and_denied_keys_get_what_their_plan_says() {
         "tollgate_requests_total{outcome=\"allowed\",route=\"r\"} 58",
         "tollgate_requests_total{outcome=\"limited\",route=\"r\"} 2",
     ] {
-        assert!(wait_until(WAIT, || counted(&gw, line)), "{line}");
+        assert!(wait_until(WAIT, || gw.has_metric_line(line)), "{line}");
     }
 
     // The admin API answers for each key as the proxy does.
@@ -199,7 +192,7 @@ fn nodes_that_disagree_about_a_key_override_show_drift() {
     assert!(
         wait_until(WAIT, || {
             statuses(&a, "pro", 1);
-            counted(&a, drift)
+            a.has_metric_line(drift)
         }),
         "a saw no drift:\n{}",
         a.log()

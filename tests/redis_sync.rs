@@ -58,10 +58,7 @@ fn two_nodes_share_one_bucket() {
     let b = Gateway::builder(config(&up, &redis, "node-b", 50)).start();
     // A bucket new to a node may spend the whole of it (no demand history, no burst guard):
     // a client within its limit is admitted on the first try, although b is live.
-    assert!(wait_until(WAIT, || metric_line(
-        &a,
-        "tollgate_nodes_live 2"
-    )));
+    assert!(wait_until(WAIT, || a.has_metric_line("tollgate_nodes_live 2")));
     assert!(wait_until(WAIT, || joined(&a) && joined(&b)));
     assert_eq!(send(&a, 6), vec![200; 6]);
     assert!(
@@ -207,13 +204,6 @@ fn sigterm_flushes_the_last_requests() {
     assert_eq!(field(&redis, "node-a:consumed"), Some(4), "{}", a.log());
 }
 
-fn metric_line(gw: &Gateway, line: &str) -> bool {
-    get(gw.admin, "/metrics", &[])
-        .text()
-        .lines()
-        .any(|l| l == line)
-}
-
 #[test]
 fn config_drift_and_duplicate_node_ids_are_reported() {
     let redis = RedisServer::start();
@@ -229,14 +219,14 @@ fn config_drift_and_duplicate_node_ids_are_reported() {
     assert!(
         wait_until(WAIT, || {
             send(&b, 1);
-            metric_line(&b, drift)
+            b.has_metric_line(drift)
         }),
         "b saw no drift"
     );
     assert!(
         wait_until(WAIT, || {
             send(&a, 1);
-            metric_line(&a, drift)
+            a.has_metric_line(drift)
         }),
         "a saw no drift"
     );
@@ -253,20 +243,22 @@ fn config_drift_and_duplicate_node_ids_are_reported() {
         wait_until(WAIT, || {
             send(&c, 1);
             send(&d, 1);
-            metric_line(&c, dup) || metric_line(&d, dup)
+            c.has_metric_line(dup) || d.has_metric_line(dup)
         }),
         "no node noticed the shared node_id"
     );
     let logs = c.log() + &d.log();
     assert!(logs.contains("two nodes share one node_id"));
     // Once one twin is gone, the other clears the alarm (after 100 quiet syncs).
-    let (noticed, other) = if metric_line(&c, dup) { (c, d) } else { (d, c) };
+    let (noticed, other) = if c.has_metric_line(dup) {
+        (c, d)
+    } else {
+        (d, c)
+    };
     drop(other);
     assert!(
-        wait_until(Duration::from_secs(30), || metric_line(
-            &noticed,
-            "tollgate_duplicate_node_id 0"
-        )),
+        wait_until(Duration::from_secs(30), || noticed
+            .has_metric_line("tollgate_duplicate_node_id 0")),
         "{}",
         noticed.log()
     );
@@ -454,7 +446,7 @@ fn three_nodes(
         .collect();
     // Every node has registered, sees three live nodes (pacing applies) and has settled.
     for g in &nodes {
-        assert!(wait_until(WAIT, || metric_line(g, "tollgate_nodes_live 3")));
+        assert!(wait_until(WAIT, || g.has_metric_line("tollgate_nodes_live 3")));
         assert!(wait_until(WAIT, || joined(g)));
     }
     nodes

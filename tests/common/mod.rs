@@ -416,6 +416,14 @@ fn listening_ports_of(pid: u32) -> Option<std::collections::HashSet<u16>> {
 }
 
 impl Gateway {
+    /// Whether `/metrics` holds this exact line (a sample with its labels and value).
+    pub fn has_metric_line(&self, line: &str) -> bool {
+        get(self.admin, "/metrics", &[])
+            .text()
+            .lines()
+            .any(|l| l == line)
+    }
+
     /// Sync rounds that went through (`tollgate_sync_duration_seconds_count`).
     pub fn sync_rounds(&self) -> u64 {
         get(self.admin, "/metrics", &[])
@@ -430,13 +438,7 @@ impl Gateway {
     /// have gone through; panics with its log otherwise.
     pub fn settle(&self, live: usize) {
         let line = format!("tollgate_nodes_live {live}");
-        let sees = || {
-            get(self.admin, "/metrics", &[])
-                .text()
-                .lines()
-                .any(|l| l == line)
-        };
-        let settled = || sees() && self.sync_rounds() >= 5;
+        let settled = || self.has_metric_line(&line) && self.sync_rounds() >= 5;
         assert!(
             wait_until(Duration::from_secs(10), settled),
             "not settled with {live} live nodes ({} sync rounds)\n{}",
