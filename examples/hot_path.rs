@@ -11,6 +11,10 @@
 //! # instructions per request = (total(101000) - total(1000)) / 100000
 //! ```
 //!
+//! `HOT_PATH_PLANS=1` configures plans as `INSTR_PLANS=1` of `scripts/bench_instructions.sh`
+//! does: the API-key limit with 100,000 overrides (the benchmark's key among them) and, in place
+//! of the per-IP limit, a daily quota on the API key with overrides.
+//!
 //! `scripts/bench_instructions.sh` measures the whole proxy the same way.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -37,18 +41,45 @@ fn limit(name: &str, key: KeySource) -> (LimitSpec, Vec<KeySource>) {
     (spec, vec![key])
 }
 
+/// 100,000 overrides on each limit (one in ten unlimited, "bench" overridden), and the second
+/// limit a daily quota on the API key.
+fn with_plans(limits: &mut [(LimitSpec, Vec<KeySource>); 2]) {
+    use tollgate::limit::overrides::{Override, Overrides};
+    use tollgate::limit::window::Window;
+    let api_key = limits[0].1.clone();
+    let quota = BucketParams::quota(1_000_000_000_000, Window::Day).expect("quota");
+    limits[1] = (LimitSpec::new("per-ip", quota), api_key);
+    for (spec, _) in limits.iter_mut() {
+        let own = Override::Bucket(Box::new(spec.with_params(spec.params.clone())));
+        let entries = (0..99_999)
+            .map(|i| {
+                let o = if i % 10 == 9 {
+                    Override::Unlimited
+                } else {
+                    own.clone()
+                };
+                (format!("key-{i}"), o)
+            })
+            .chain([("bench".to_string(), own.clone())]);
+        spec.overrides = Overrides::new(entries);
+    }
+}
+
 fn main() {
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
-    let limits = [
+    let mut limits = [
         limit(
             "per-api-key",
             KeySource::Header(HeaderName::from_static("x-api-key")),
         ),
         limit("per-ip", KeySource::ClientIp),
     ];
+    if std::env::var_os("HOT_PATH_PLANS").is_some_and(|v| v == "1") {
+        with_plans(&mut limits);
+    }
     let store = Store::new(Arc::new(SystemClock), false);
     let mut h = HeaderMap::new();
     h.insert("x-api-key", HeaderValue::from_static("bench"));

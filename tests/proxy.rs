@@ -208,12 +208,12 @@ fn a_limit_answers_its_refusals_with_its_own_status_and_message() {
     );
     assert_eq!(r.header("retry-after"), Some("1000"));
     assert_eq!(r.header("ratelimit"), Some("\"per-key\";r=0;t=1000"));
-    assert_eq!(
-        metric(
-            &gw,
-            "tollgate_requests_total{outcome=\"limited\",route=\"rating\"}"
-        ),
-        1.0
+    // Counted when the request is logged, after its answer went out: polled.
+    let limited = "tollgate_requests_total{outcome=\"limited\",route=\"rating\"}";
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&gw, limited) == 1.0),
+        "{limited} = {}",
+        metric(&gw, limited)
     );
     // The sidecar endpoint answers the same.
     let c = request(gw.admin, "POST", "/consume?limit=per-key&key=k", &[], b"");

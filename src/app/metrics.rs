@@ -72,6 +72,7 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     pub tokens_consumed_total: IntCounterVec,
     pub tokens_refunded_total: IntCounterVec,
+    pub response_cost_missing_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub sync_errors_total: IntCounter,
     pub request_duration_seconds: HistogramVec,
@@ -108,6 +109,7 @@ struct RequestGroup {
     rate_limited_total: IntCounterVec,
     tokens_consumed_total: IntCounterVec,
     tokens_refunded_total: IntCounterVec,
+    response_cost_missing_total: IntCounterVec,
     request_duration_seconds: HistogramVec,
     buckets_overflow_total: IntCounter,
 }
@@ -133,9 +135,16 @@ impl RequestGroup {
             tokens_refunded_total: IntCounterVec::new(
                 opts(
                     "tokens_refunded_total",
-                    "Tokens given back by this node to requests answered with one of their route's refund_statuses, by limit",
+                    "Tokens given back by this node, by limit: to requests answered with one of their route's refund_statuses, and reserves settled lower by a response cost",
                 ),
                 &["limit"],
+            )?,
+            response_cost_missing_total: IntCounterVec::new(
+                opts(
+                    "response_cost_missing_total",
+                    "Responses without a valid cost header for a limit charged by response cost (the reserve was kept), by route and limit",
+                ),
+                &["route", "limit"],
             )?,
             request_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
@@ -164,6 +173,7 @@ impl RequestGroup {
                 Box::new(self.rate_limited_total.clone()),
                 Box::new(self.tokens_consumed_total.clone()),
                 Box::new(self.tokens_refunded_total.clone()),
+                Box::new(self.response_cost_missing_total.clone()),
                 Box::new(self.request_duration_seconds.clone()),
                 Box::new(self.buckets_overflow_total.clone()),
             ],
@@ -360,6 +370,7 @@ impl Metrics {
             rate_limited_total: requests.rate_limited_total,
             tokens_consumed_total: requests.tokens_consumed_total,
             tokens_refunded_total: requests.tokens_refunded_total,
+            response_cost_missing_total: requests.response_cost_missing_total,
             config_reloads_total,
             sync_errors_total: sync.sync_errors_total,
             request_duration_seconds: requests.request_duration_seconds,

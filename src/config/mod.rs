@@ -10,6 +10,7 @@
 mod checker;
 mod overrides;
 pub mod raw;
+mod route;
 mod routes;
 pub mod spans;
 mod validate;
@@ -19,6 +20,7 @@ use crate::limit::bucket::BucketParams;
 use crate::limit::overrides::Overrides;
 use crate::limit::store::LimitSpec;
 use raw::RawLimit;
+pub use route::{Cost, Refund, ResponseCost, Route};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -217,43 +219,6 @@ impl fmt::Display for KeySource {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub name: String,
-    pub path_prefix: String,
-    /// `None`: every method.
-    pub methods: Option<Vec<http::Method>>,
-    /// Exact host, lowercased, without port or trailing dot.
-    pub host: Option<String>,
-    /// The route's upstream.
-    pub upstream: UpstreamId,
-    /// The route's limits, in the order written.
-    pub limits: Vec<LimitId>,
-    pub cost: Cost,
-    /// Which answers give the request's cost back on every limit it was charged to.
-    pub refund: Refund,
-}
-
-/// A route's `refund_statuses`: exact statuses and classes (`5xx`: bit 5).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Refund {
-    pub classes: u8,
-    pub statuses: Vec<u16>,
-}
-
-impl Refund {
-    /// Nothing is refunded.
-    pub fn is_empty(&self) -> bool {
-        self.classes == 0 && self.statuses.is_empty()
-    }
-
-    /// Whether an answer with `status` is refunded.
-    pub fn covers(&self, status: u16) -> bool {
-        let class = status / 100;
-        (class < 8 && self.classes & (1 << class) != 0) || self.statuses.contains(&status)
-    }
-}
-
 /// Identity types: a limit, route or upstream of one [`Config`], its index in the config's
 /// list underneath (so the request path indexes, never hashes or searches). Only the config
 /// makes them ([`Config::limit_id`], [`Config::routes_by_id`], [`Config::upstreams_by_id`],
@@ -287,14 +252,6 @@ id_type!(
     /// An upstream: its position in [`Config::upstreams`].
     UpstreamId
 );
-
-/// Tokens a request takes from each limit of its route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cost {
-    Fixed(u64),
-    /// One token per started N bytes of the declared body (at least 1).
-    PerBytes(u64),
-}
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -190,8 +190,10 @@ pub struct RawRoute {
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     pub upstream: String,
+    /// Limit names, or `{"limit": NAME, "cost": {"response_header", "reserve", "strip"}}`
+    /// (checked by `config::routes`).
     #[serde(default)]
-    pub limits: Vec<String>,
+    pub limits: Vec<serde_json::Value>,
     #[serde(default)]
     pub cost: RawCost,
     /// Statuses (`503`) or classes (`"5xx"`) whose requests get their cost back (checked by

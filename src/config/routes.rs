@@ -5,7 +5,7 @@ use super::checker::{Checker, MAX_NAME_LEN};
 use super::raw::{RawCost, RawMatch, RawRoute};
 use super::spans::element;
 use super::values::{check_name, parse_host, parse_method};
-use super::{Cost, Limit, LimitId, Refund, Route, Upstream, UpstreamId};
+use super::{Cost, Limit, LimitId, Refund, ResponseCost, Route, Upstream, UpstreamId};
 use std::collections::HashMap;
 
 fn known(names: &[&str], what: &str) -> String {
@@ -40,7 +40,14 @@ pub(super) fn routes(
             shadowed(c, &path, &r.name, (j, &raw[j].name));
         }
         let upstream = upstream_ref(c, &path, &r.upstream, &upstream_names);
-        let route_limits = limit_refs(c, &path, &r.limits, &limit_names);
+        let (route_limits, response_costs) = limit_refs(c, &path, &r.limits, &limit_names);
+        reserves(
+            c,
+            &path,
+            &response_costs,
+            &route_limits,
+            (limits, capacities),
+        );
         let m = &r.matcher;
         path_prefix(c, &path, &m.path_prefix);
         let methods = m.methods.as_ref().map(|list| methods(c, &path, list));
@@ -48,7 +55,12 @@ pub(super) fn routes(
             .host
             .as_ref()
             .and_then(|h| c.check(&format!("{path}.match.host"), parse_host(h)));
-        let cost = cost(c, &path, &r.cost, &route_limits, (limits, capacities));
+        // The route's cost is not charged on a limit with a response cost.
+        let fixed_cost_limits: Vec<LimitId> = (route_limits.iter().enumerate())
+            .filter(|(k, _)| response_costs.iter().all(|rc| rc.at != *k))
+            .map(|(_, &li)| li)
+            .collect();
+        let cost = cost(c, &path, &r.cost, &fixed_cost_limits, (limits, capacities));
         if catch_all.is_none() && matches_everything(m) {
             catch_all = Some(i);
         }
@@ -61,6 +73,7 @@ pub(super) fn routes(
             limits: route_limits,
             cost,
             refund: refund(c, &path, &r.refund_statuses),
+            response_costs,
         });
     }
     out
@@ -137,13 +150,49 @@ fn upstream_ref(c: &mut Checker, path: &str, upstream: &str, names: &[&str]) -> 
     id
 }
 
-/// The route's limits, in the order written; unknown and repeated names are reported and
-/// left out.
-fn limit_refs(c: &mut Checker, path: &str, limits: &[String], names: &[&str]) -> Vec<LimitId> {
+/// The route's limits, in the order written, and those charged what the response reports;
+/// unknown and repeated names, and malformed entries, are reported and left out.
+fn limit_refs(
+    c: &mut Checker,
+    path: &str,
+    limits: &[serde_json::Value],
+    names: &[&str],
+) -> (Vec<LimitId>, Vec<ResponseCost>) {
     let mut out: Vec<LimitId> = Vec::new();
-    for (k, name) in limits.iter().enumerate() {
+    let mut costs = Vec::new();
+    for (k, entry) in limits.iter().enumerate() {
         let lpath = element(&format!("{path}.limits"), k);
-        match names.iter().position(|n| n == name).map(LimitId) {
+        let (name, cost) = match entry {
+            serde_json::Value::String(name) => (name.as_str(), None),
+            serde_json::Value::Object(o) => {
+                for key in o.keys().filter(|k| *k != "limit" && *k != "cost") {
+                    c.err_key(
+                        &format!("{lpath}.{key}"),
+                        format!("unknown field \"{key}\" (known: limit, cost)"),
+                    );
+                }
+                let Some(name) = o.get("limit").and_then(|v| v.as_str()) else {
+                    c.err(&lpath, "needs \"limit\": the name of a limit");
+                    continue;
+                };
+                let cost = match o.get("cost") {
+                    None => {
+                        c.err(&lpath, "needs \"cost\": {\"response_header\": NAME} (or write the limit's name alone)");
+                        continue;
+                    }
+                    Some(v) => response_cost(c, &format!("{lpath}.cost"), v),
+                };
+                (name, cost)
+            }
+            _ => {
+                c.err(
+                    &lpath,
+                    "must be a limit's name or {\"limit\": NAME, \"cost\": {\"response_header\": HEADER}}",
+                );
+                continue;
+            }
+        };
+        match names.iter().position(|n| *n == name).map(LimitId) {
             None => c.err(
                 &lpath,
                 format!("unknown limit \"{name}\" ({})", known(names, "limits")),
@@ -151,10 +200,119 @@ fn limit_refs(c: &mut Checker, path: &str, limits: &[String], names: &[&str]) ->
             Some(li) if out.contains(&li) => {
                 c.err(&lpath, format!("limit \"{name}\" is listed twice"))
             }
-            Some(li) => out.push(li),
+            Some(li) => {
+                if let Some(mut rc) = cost {
+                    rc.at = out.len();
+                    costs.push(rc);
+                }
+                out.push(li);
+            }
         }
     }
-    out
+    (out, costs)
+}
+
+/// A route limit's `cost`: `{"response_header": NAME, "reserve": R (default 1), "strip":
+/// BOOL (default false)}`. A reserve of 0 admits a request whenever the key's bucket is not in
+/// debt.
+fn response_cost(c: &mut Checker, path: &str, v: &serde_json::Value) -> Option<ResponseCost> {
+    let Some(o) = v.as_object() else {
+        c.err(
+            path,
+            "must be an object: {\"response_header\": NAME, \"reserve\": 1, \"strip\": false}",
+        );
+        return None;
+    };
+    let mut ok = true;
+    for key in o.keys() {
+        if !matches!(key.as_str(), "response_header" | "reserve" | "strip") {
+            c.err_key(
+                &format!("{path}.{key}"),
+                format!("unknown field \"{key}\" (known: response_header, reserve, strip)"),
+            );
+            ok = false;
+        }
+    }
+    let header = match o.get("response_header").map(|h| h.as_str()) {
+        None => {
+            c.err(
+                path,
+                "needs \"response_header\": the response header that reports the cost",
+            );
+            None
+        }
+        Some(None) => {
+            c.err(
+                &format!("{path}.response_header"),
+                "must be a header name (a string)",
+            );
+            None
+        }
+        Some(Some(name)) => match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                c.err(
+                    &format!("{path}.response_header"),
+                    format!("{name:?} is not a valid header name"),
+                );
+                None
+            }
+        },
+    };
+    let reserve = match o.get("reserve") {
+        None => Some(1),
+        Some(r) => {
+            let n = r.as_u64();
+            if n.is_none() {
+                c.err(
+                    &format!("{path}.reserve"),
+                    "must be a whole number of tokens, 0 or more",
+                );
+            }
+            n
+        }
+    };
+    let strip = match o.get("strip") {
+        None => Some(false),
+        Some(b) => {
+            let b = b.as_bool();
+            if b.is_none() {
+                c.err(&format!("{path}.strip"), "must be true or false");
+            }
+            b
+        }
+    };
+    Some(ResponseCost {
+        at: 0,
+        header: header?,
+        reserve: reserve?,
+        strip: strip?,
+    })
+    .filter(|_| ok)
+}
+
+/// A reserve above the capacity of its limit: no request could ever pass.
+fn reserves(
+    c: &mut Checker,
+    path: &str,
+    costs: &[ResponseCost],
+    route_limits: &[LimitId],
+    (limits, capacities): (&[Limit], &[Option<u64>]),
+) {
+    for rc in costs {
+        let li = route_limits[rc.at];
+        if let Some(capacity) = capacities[li.index()].filter(|&cap| rc.reserve > cap) {
+            let msg = format!(
+                "reserve {} is more than the capacity {capacity} of limit \"{}\": no request could ever pass",
+                rc.reserve,
+                limits[li.index()].name
+            );
+            c.err(
+                &format!("{}.cost.reserve", element(&format!("{path}.limits"), rc.at)),
+                msg,
+            );
+        }
+    }
 }
 
 /// Checks that the path prefix starts with '/' and is already normalized.

@@ -4,13 +4,15 @@
 //! [`Refused`].
 
 use crate::app::node::{Node, Runtime};
-use crate::config::{LimitId, RouteId};
+use crate::config::{LimitId, Route, RouteId};
 use crate::http::headers;
 use crate::limit::bucket::{BucketParams, Decision};
+use crate::limit::store::Small;
 use crate::limit::store_key::StoreKey;
-use crate::request::decision::{self, Charged, KeyOf, Verdict};
+use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
 use crate::request::key::{Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
+use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
 
 /// What the limits report on the response and in the access log.
@@ -20,18 +22,35 @@ pub(super) struct Reported {
     pub(super) rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// Fingerprint of the reported (or refusing) limit's key, for the access log.
     pub(super) key_fp: Option<Fingerprint>,
-    /// A route with `refund_statuses`: the store keys the admitted request was charged to,
-    /// and its cost, to give back if its answer is one of them.
-    pub(super) charged: Vec<StoreKey>,
+    /// A route that keeps its charges (`refund_statuses`, response costs): what the admitted
+    /// request was charged, limit by limit, to settle or give back when its answer comes.
+    pub(super) charged: Vec<Paid>,
+    /// A route with response costs: the decisions to report again once they are settled.
+    pub(super) unsettled: Option<Box<Unsettled>>,
+}
+
+/// What an admitted request was charged on one of its route's limits.
+pub(super) struct Paid {
+    /// Position in the route's limits.
+    pub(super) at: usize,
+    pub(super) key: StoreKey,
     pub(super) cost: u64,
+}
+
+/// An admitted request's decisions on a route with response costs, until its response head
+/// settles them.
+pub(super) struct Unsettled {
+    decisions: Small<Decision>,
+    report: Option<usize>,
+    params: Option<BucketParams>,
 }
 
 /// What the gateway answers itself. Positions are into the route's limits.
 pub(super) enum Refused {
     /// A key could not be built (400).
     BadKey(KeyError),
-    /// The cost exceeds this limit's capacity for the key (413).
-    TooCostly { at: usize, capacity: u64 },
+    /// The cost on this limit exceeds its capacity for the key (413).
+    TooCostly { at: usize, capacity: u64, cost: u64 },
     /// The key is denied by this limit (an override: 403).
     Denied(usize),
     /// This limit refused (429); `params` are the key's own, when it has an override.
@@ -71,9 +90,17 @@ pub(super) fn decide(
             key_fp,
         } => {
             shadow_limited.iter().for_each(|&i| limited(i));
-            count_consumed(node, rt, &route.limits, &decisions, cost);
+            count_consumed(node, rt, route, &decisions, cost);
             if let Some(i) = report {
-                out.rate_headers = Some(rate_headers(rt, route.limits[i], &decisions[i], params));
+                let policy = params.as_ref();
+                out.rate_headers = Some(rate_headers(rt, route.limits[i], &decisions[i], policy));
+            }
+            if !route.response_costs.is_empty() {
+                out.unsettled = Some(Box::new(Unsettled {
+                    decisions,
+                    report,
+                    params,
+                }));
             }
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
@@ -99,7 +126,11 @@ pub(super) fn decide(
             Err(Refused::Denied(at))
         }
         Verdict::BadKey(e) => Err(Refused::BadKey(e)),
-        Verdict::TooCostly { at, capacity } => Err(Refused::TooCostly { at, capacity }),
+        Verdict::TooCostly { at, capacity } => Err(Refused::TooCostly {
+            at,
+            capacity,
+            cost: route.cost_at(at, cost),
+        }),
     }
 }
 
@@ -119,11 +150,20 @@ fn verdict(
         key: KeyOf::Request(&rt.config.limit(li).key, view),
     };
     let fp = rt.config.access_log;
-    if !route.refund.is_empty() {
+    if route.keeps_charges() {
         let all: SmallVec<[Charged<'_>; 4]> =
             route.limits.iter().map(|&li| charged_of(li)).collect();
-        out.cost = cost;
-        return decision::decide_keeping(&node.store, &all, cost, fp, &mut out.charged);
+        let costs: SmallVec<[u64; 4]> = (0..all.len()).map(|i| route.cost_at(i, cost)).collect();
+        let mut kept = Vec::new();
+        let verdict = decision::decide_keeping(&node.store, &all, &costs, fp, &mut kept);
+        out.charged = (kept.into_iter())
+            .map(|(at, key)| Paid {
+                at,
+                key,
+                cost: costs[at],
+            })
+            .collect();
+        return verdict;
     }
     // Most routes have one or two limits: those are listed on the stack without a SmallVec
     // (whose length checks the request path would pay for).
@@ -145,25 +185,134 @@ fn rate_headers(
     rt: &Runtime,
     li: LimitId,
     d: &Decision,
-    params: Option<BucketParams>,
+    params: Option<&BucketParams>,
 ) -> (HeaderValue, HeaderValue) {
     let name = &rt.limit_spec(li).name;
-    let policy = rt.policy_value_for(li, params.as_ref());
+    let policy = rt.policy_value_for(li, params);
     (policy, headers::ratelimit_header(name, d))
 }
 
 /// Counts the tokens each limit that paid took, in `tokens_consumed_total`.
-fn count_consumed(
+fn count_consumed(node: &Node, rt: &Runtime, route: &Route, decisions: &[Decision], cost: u64) {
+    let (m, rm) = (&node.metrics, rt.request_metrics(&node.metrics));
+    for (i, (d, &li)) in decisions.iter().zip(&route.limits).enumerate() {
+        if d.allowed {
+            rm.consumed(m, li).inc_by(route.cost_at(i, cost));
+        }
+    }
+}
+
+/// The largest cost a response may report: more is taken for a broken header (the reserve is
+/// kept).
+pub const MAX_RESPONSE_COST: u64 = 1 << 40;
+
+/// A response cost header's value: a whole number of tokens, 0 to [`MAX_RESPONSE_COST`],
+/// optionally surrounded by spaces.
+fn response_cost(v: &HeaderValue) -> Option<u64> {
+    let s = std::str::from_utf8(v.as_bytes()).ok()?.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|&n| n <= MAX_RESPONSE_COST)
+}
+
+/// The response head of an admitted request on a route with response costs: each such limit's
+/// reserve is replaced by the cost the header reports (charged on top or given back, see
+/// [`crate::limit::store::Store::settle`]), the header is stripped if asked, and the
+/// `RateLimit` headers are chosen again from the settled state. A missing or invalid value
+/// keeps the reserve and is counted in `response_cost_missing_total`.
+pub(super) fn settle(
     node: &Node,
     rt: &Runtime,
-    limits: &[LimitId],
-    decisions: &[Decision],
-    cost: u64,
+    ri: RouteId,
+    resp: &mut ResponseHeader,
+    out: &mut Reported,
 ) {
+    let route = rt.config.route(ri);
+    let Some(mut un) = out.unsettled.take() else {
+        return;
+    };
     let (m, rm) = (&node.metrics, rt.request_metrics(&node.metrics));
-    for (d, &li) in decisions.iter().zip(limits) {
-        if d.allowed {
-            rm.consumed(m, li).inc_by(cost);
+    for rc in &route.response_costs {
+        let reported = resp.headers.get(&rc.header).and_then(response_cost);
+        if rc.strip {
+            resp.remove_header(&rc.header);
         }
+        let li = route.limits[rc.at];
+        // Not charged there: an unlimited key, or a shadow limit that could not pay.
+        let Some(paid) = out.charged.iter_mut().find(|p| p.at == rc.at) else {
+            continue;
+        };
+        let Some(actual) = reported else {
+            let labels = [route.name.as_str(), rt.limit_spec(li).name.as_str()];
+            m.response_cost_missing_total
+                .with_label_values(&labels)
+                .inc();
+            continue;
+        };
+        let Some(spec) = rt.spec_at(&paid.key) else {
+            continue;
+        };
+        if let Some(state) = node.store.settle(spec, &paid.key, paid.cost, actual) {
+            un.decisions[rc.at] = Decision {
+                allowed: true,
+                ..state
+            };
+        }
+        if actual > paid.cost {
+            rm.consumed(m, li).inc_by(actual - paid.cost);
+        } else if actual < paid.cost {
+            let refunded = &m.tokens_refunded_total;
+            refunded
+                .with_label_values(&[paid.key.limit()])
+                .inc_by(paid.cost - actual);
+        }
+        paid.cost = actual;
+    }
+    let Some(i) =
+        decision::most_restrictive(&un.decisions).filter(|&i| un.decisions[i] != UNLIMITED)
+    else {
+        return;
+    };
+    // The key's own parameters where it has an override (known for the first report).
+    let own = if Some(i) == un.report {
+        un.params.clone()
+    } else {
+        (out.charged.iter().find(|p| p.at == i))
+            .and_then(|p| rt.spec_at(&p.key))
+            .filter(|l| !std::ptr::eq(*l, rt.limit_spec(route.limits[i])))
+            .map(|l| l.params.clone())
+    };
+    out.rate_headers = Some(rate_headers(
+        rt,
+        route.limits[i],
+        &un.decisions[i],
+        own.as_ref(),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_cost_is_a_whole_number_of_tokens_within_bounds() {
+        let cost = |s: &str| response_cost(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(cost("420"), Some(420));
+        assert_eq!(cost(" 7 "), Some(7));
+        assert_eq!(cost("0"), Some(0));
+        assert_eq!(
+            cost(&MAX_RESPONSE_COST.to_string()),
+            Some(MAX_RESPONSE_COST)
+        );
+        for bad in ["", " ", "-3", "+3", "1.5", "1e3", "12 tokens", "0x10"] {
+            assert_eq!(cost(bad), None, "{bad:?}");
+        }
+        assert_eq!(cost(&(MAX_RESPONSE_COST + 1).to_string()), None);
+        assert_eq!(cost("99999999999999999999999"), None);
+        assert_eq!(
+            response_cost(&HeaderValue::from_bytes(b"1\xff").unwrap()),
+            None
+        );
     }
 }

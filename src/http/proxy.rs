@@ -145,11 +145,10 @@ impl Gateway {
         if !rt.config.route(ri).refund.covers(status) {
             return;
         }
-        let cost = ctx.reported.cost;
-        for sk in std::mem::take(&mut ctx.reported.charged) {
-            if self.node.store.refund(&sk, cost) {
+        for paid in std::mem::take(&mut ctx.reported.charged) {
+            if paid.cost > 0 && self.node.store.refund(&paid.key, paid.cost) {
                 let m = &self.node.metrics.tokens_refunded_total;
-                m.with_label_values(&[sk.limit()]).inc_by(cost);
+                m.with_label_values(&[paid.key.limit()]).inc_by(paid.cost);
             }
         }
     }
@@ -162,12 +161,11 @@ impl Gateway {
         rt: &Runtime,
         ri: RouteId,
         refused: Refused,
-        cost: u64,
     ) -> Result<bool> {
         let route = rt.config.route(ri);
         match refused {
             Refused::BadKey(e) => self.reject_bad(session, ctx, 400, &e.to_string()).await,
-            Refused::TooCostly { at, capacity } => {
+            Refused::TooCostly { at, capacity, cost } => {
                 let l = rt.limit_spec(route.limits[at]);
                 ctx.status = 413;
                 ctx.outcome = Outcome::Limited;
@@ -296,7 +294,7 @@ impl ProxyHttp for Gateway {
                 }
                 Ok(false)
             }
-            Err(refused) => self.answer(session, ctx, &rt, ri, refused, cost).await,
+            Err(refused) => self.answer(session, ctx, &rt, ri, refused).await,
         }
     }
 
@@ -378,6 +376,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.reported.unsettled.is_some() {
+            if let (Some(rt), Some(ri)) = (ctx.runtime.as_ref(), ctx.route) {
+                limits::settle(&self.node, rt, ri, upstream_response, &mut ctx.reported);
+            }
+        }
         let rate_headers = ctx.reported.rate_headers.take();
         if preserve_case(ctx) {
             if let Some((policy, rl)) = rate_headers {

@@ -52,6 +52,16 @@ impl ChargeResult {
     }
 }
 
+/// The decision on a key exempt from a limit (an `unlimited` override): allowed, nothing
+/// taken, never the limit to report.
+pub const EXEMPT: Decision = Decision {
+    allowed: true,
+    remaining: u64::MAX,
+    retry_after_ns: 0,
+    full_in_ns: 0,
+    never: false,
+};
+
 /// Sharded map from `"{limit}:{key}"` to bucket.
 pub struct Store {
     pub(super) shards: Box<[Mutex<Shard>]>,
@@ -178,57 +188,46 @@ impl Store {
             buf.push_str(c.key);
             ends.push(buf.len());
         }
-        let of = |i: usize| (charges[i].limit, charges[i].cost);
+        let of = |i: usize| Some((charges[i].limit, charges[i].cost));
         self.charge_store_keys(charges.len(), of, |i| {
             let start = if i == 0 { 0 } else { ends[i - 1] };
             &buf[start..ends[i]]
         })
     }
 
-    /// [`Store::charge`] for `n` charges of `cost` whose keys are already store keys
-    /// (`LIMIT:KEY`, see [`store_key`]): charge `i` is to limit `limit_of(i)` on `key_of(i)`.
-    /// The request path writes its keys that way, so they are neither copied nor listed again.
+    /// [`Store::charge`] for `n` charges whose keys are already store keys
+    /// (`LIMIT:KEY`, see [`store_key`]): charge `i` is `cost(i)` to limit `limit_of(i)` on `key_of(i)`,
+    /// or to nothing when `limit_of(i)` is `None` (a key exempt from that limit: its decision
+    /// is [`EXEMPT`]). The request path writes its keys that way, so they are neither copied
+    /// nor listed again.
     #[inline]
     pub fn charge_prefixed<'l, 'k>(
         &self,
         n: usize,
-        limit_of: impl Fn(usize) -> &'l LimitSpec,
+        limit_of: impl Fn(usize) -> Option<&'l LimitSpec>,
         key_of: impl Fn(usize) -> &'k str,
-        cost: u64,
+        cost: impl Fn(usize) -> u64,
     ) -> ChargeResult {
         debug_assert!((0..n).all(|i| {
-            let (l, k) = (limit_of(i), key_of(i));
-            store_key(&l.name, l.key_of(k)) == k
+            let k = key_of(i);
+            limit_of(i).is_none_or(|l| store_key(&l.name, l.key_of(k)) == k)
         }));
-        self.charge_store_keys(n, |i| (limit_of(i), cost), key_of)
+        self.charge_store_keys(n, |i| limit_of(i).map(|l| (l, cost(i))), key_of)
     }
 
     /// Charges `n` buckets, all or none: charge `i` is to `of(i)` (limit and cost) on store
-    /// key `key_of(i)`, each key read once. Inlined into its two callers (each calls it once),
+    /// key `key_of(i)`, each key read once; `of(i) == None` charges nothing there and decides
+    /// [`EXEMPT`]. Inlined into its two callers (each calls it once),
     /// so that the request path's decision is one function.
     #[inline(always)]
     fn charge_store_keys<'l, 'k>(
         &self,
         n: usize,
-        of: impl Fn(usize) -> (&'l LimitSpec, u64),
+        of: impl Fn(usize) -> Option<(&'l LimitSpec, u64)>,
         key_of: impl Fn(usize) -> &'k str,
     ) -> ChargeResult {
         let now = self.clock.now_ns();
-        let mut located: Small<Located<'_>> = SmallVec::new();
-        // The shards to lock, as a set: locked in ascending order, so that two requests
-        // never wait on each other's locks.
-        let mut shards = 0u64;
-        for i in 0..n {
-            let key = key_of(i);
-            let (hash, sid) = self.locate(key);
-            located.push(Located {
-                hash,
-                sid,
-                key,
-                paid: None,
-            });
-            shards |= 1 << sid;
-        }
+        let (mut located, shards) = self.locate_all(n, |i| of(i).is_some(), key_of);
         let mut guards = self.lock_set(shards);
         let single = n == 1;
         let mut wake = false;
@@ -238,7 +237,10 @@ impl Store {
             shadow_rejected: SmallVec::new(),
         };
         for (i, at) in located.iter_mut().enumerate() {
-            let (limit, cost) = of(i);
+            let Some((limit, cost)) = of(i) else {
+                out.decisions.push(EXEMPT);
+                continue;
+            };
             let (hash, sid, key) = (at.hash, at.sid, at.key);
             let shard = guard_for(&mut guards, sid);
             let cap = self.shard_cap.load(Ordering::Relaxed);
@@ -281,6 +283,37 @@ impl Store {
             self.wake();
         }
         out
+    }
+
+    /// Where each of `n` store keys is, and the set of their shards (bit i: shard i), to be
+    /// locked in ascending order, so that two requests never wait on each other's locks. A
+    /// key that is not `charged(i)` (exempt) is neither hashed nor its shard locked for it.
+    #[inline(always)]
+    fn locate_all<'k>(
+        &self,
+        n: usize,
+        charged: impl Fn(usize) -> bool,
+        key_of: impl Fn(usize) -> &'k str,
+    ) -> (Small<Located<'k>>, u64) {
+        let mut located: Small<Located<'_>> = SmallVec::new();
+        let mut shards = 0u64;
+        for i in 0..n {
+            let key = key_of(i);
+            let (hash, sid) = if charged(i) {
+                let at = self.locate(key);
+                shards |= 1 << at.1;
+                at
+            } else {
+                (0, 0)
+            };
+            located.push(Located {
+                hash,
+                sid,
+                key,
+                paid: None,
+            });
+        }
+        (located, shards)
     }
 
     /// Shared mode: notes a charge's change to `entry` (quiet or not: see

@@ -1,5 +1,7 @@
-//! Resets (`POST /reset`): an operator refills one key's bucket or quota, on every node; and
-//! refunds (a route's `refund_statuses`): a request's cost given back, by the same credit.
+//! Resets (`POST /reset`): an operator refills one key's bucket or quota, on every node;
+//! refunds (a route's `refund_statuses`): a request's cost given back, by the same credit; and
+//! settlements (a response cost): a reserve replaced by what the upstream reported, by a
+//! further charge (which may leave the bucket in debt) or by the same credit.
 //!
 //! A reset is a credit, not a write of the tokens: the node that resets adds the tokens the
 //! bucket lacks to its own `credit` counter, which only grows like every other field and is
@@ -9,6 +11,7 @@
 //! sees it at its next sync. What the other nodes spent unseen when the reset was made stays
 //! spent: the bucket is full as of the resetting node's view.
 
+use super::bucket::Decision;
 use super::overrides::LimitSpec;
 use super::store::Store;
 use super::store_entry::{bucket_entry, lock};
@@ -77,6 +80,42 @@ impl Store {
             shard.mark_dirty(store_key);
         }
         true
+    }
+
+    /// Settles a charge of `reserved` tokens on the bucket of `store_key` (charged as `limit`,
+    /// the key's own spec) at `actual`: the difference is charged on top, without asking
+    /// whether the bucket can pay (it may go below zero, and the debt delays the key's next
+    /// requests), or given back as this node's credit. Returns the bucket's state after it
+    /// (as a decision on a cost of 0: `remaining` and `full_in_ns`), or `None` when the bucket
+    /// is gone (evicted meanwhile: full, so nothing is owed).
+    pub fn settle(
+        &self,
+        limit: &LimitSpec,
+        store_key: &str,
+        reserved: u64,
+        actual: u64,
+    ) -> Option<Decision> {
+        let now = self.clock.now_ns();
+        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
+        let e = shard.map.get_mut(store_key)?;
+        let push = if actual > reserved {
+            let extra = actual - reserved;
+            e.bucket.commit(extra);
+            match e.sync.as_mut() {
+                Some(sync) => {
+                    sync.pace.spend(extra);
+                    true
+                }
+                None => false,
+            }
+        } else {
+            actual < reserved && e.credit(reserved - actual)
+        };
+        let state = e.bucket.peek(&limit.params, 0, now);
+        if push {
+            shard.mark_dirty(store_key);
+        }
+        Some(state)
     }
 
     /// Merges the reset credits a sync read: this node's stored one (what it wrote before a

@@ -10,7 +10,7 @@
 use crate::config::KeySource;
 use crate::limit::bucket::{BucketParams, Decision};
 use crate::limit::overrides::ForKey;
-use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store};
+use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store, EXEMPT};
 use crate::limit::store_key::StoreKey;
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
@@ -86,26 +86,40 @@ pub fn decide(store: &Store, charged: &[Charged<'_>], cost: u64, fingerprint: bo
     // find the buffer taken and start an empty one.
     let mut keys = PutBack(KEYS.take());
     let mut ends = SmallVec::new();
-    decide_with(store, charged, cost, fingerprint, (&mut keys.0, &mut ends))
+    decide_with(
+        store,
+        charged,
+        |_| cost,
+        fingerprint,
+        (&mut keys.0, &mut ends),
+    )
 }
 
-/// [`decide`], and the store keys of the limits an admitted request was charged to (not those
-/// of an unlimited key or of a shadow limit that could not pay), for a refund when its answer
-/// comes. Only routes with `refund_statuses` use it: it builds the keys in a buffer of its
-/// own, since it keeps them.
+/// [`decide`] with a cost per limit (`costs[i]` on `charged[i]`), and the positions and
+/// store keys of the limits an admitted request was charged to (not those of an unlimited key
+/// or of a shadow limit that could not pay), for a settlement or a refund when its answer
+/// comes. Only routes that keep their charges use it (`refund_statuses`, response costs): it
+/// builds the keys in a buffer of its own, since it keeps them.
 pub fn decide_keeping(
     store: &Store,
     charged: &[Charged<'_>],
-    cost: u64,
+    costs: &[u64],
     fingerprint: bool,
-    keep: &mut Vec<StoreKey>,
+    keep: &mut Vec<(usize, StoreKey)>,
 ) -> Verdict {
+    assert_eq!(costs.len(), charged.len(), "one cost per charged limit");
     let (mut buf, mut ends) = (String::new(), SmallVec::new());
-    let verdict = decide_with(store, charged, cost, fingerprint, (&mut buf, &mut ends));
+    let verdict = decide_with(
+        store,
+        charged,
+        |i| costs[i],
+        fingerprint,
+        (&mut buf, &mut ends),
+    );
     if let Verdict::Pass { decisions, .. } = &verdict {
         for (i, d) in decisions.iter().enumerate() {
             if d.allowed && *d != UNLIMITED {
-                keep.push(StoreKey::from(key_at(&buf, &ends, i)));
+                keep.push((i, StoreKey::from(key_at(&buf, &ends, i))));
             }
         }
     }
@@ -127,10 +141,12 @@ impl Drop for PutBack {
 /// Where a decision writes its store keys, back to back, and where each ends.
 type KeyBuf<'b> = (&'b mut String, &'b mut SmallVec<[usize; 4]>);
 
+/// `cost(i)`: the cost on `charged[i]`.
+#[inline(always)]
 fn decide_with(
     store: &Store,
     charged: &[Charged<'_>],
-    cost: u64,
+    cost: impl Fn(usize) -> u64 + Copy,
     fingerprint: bool,
     (buf, ends): KeyBuf<'_>,
 ) -> Verdict {
@@ -138,11 +154,21 @@ fn decide_with(
     buf.clear();
     ends.clear();
     let mut overridden = false;
-    for c in charged {
+    for (i, c) in charged.iter().enumerate() {
         push_limit_prefix(buf, &c.limit.name);
         let built = match c.key {
             KeyOf::Given(k) => {
                 buf.push_str(k);
+                Ok(())
+            }
+            // Built from the same sources as the previous limit's key (a plan's per-second
+            // bucket and its daily quota, both on the API key): copied, not built again.
+            KeyOf::Request(sources, _) if same_key_as_previous(charged, i, sources) => {
+                let prev = if i == 1 { 0 } else { ends[i - 2] };
+                let prev_key = prev + charged[i - 1].limit.name.len() + 1..ends[i - 1];
+                // SAFETY: the copied bytes are a whole `str` slice of `buf` (between key
+                // boundaries, which are char boundaries), so `buf` stays valid UTF-8.
+                unsafe { buf.as_mut_vec().extend_from_within(prev_key) };
                 Ok(())
             }
             KeyOf::Request(sources, view) => key::build_key_into(sources, view, buf),
@@ -154,18 +180,17 @@ fn decide_with(
         overridden |= !c.limit.overrides.is_empty();
     }
     if overridden {
-        return decide_overridden(store, charged, cost, fingerprint, buf, ends);
+        return decide_overridden(store, charged, &cost, fingerprint, buf, ends);
     }
-    if let Some(at) = charged
-        .iter()
-        .position(|c| !c.limit.shadow && cost > c.limit.params.capacity())
+    if let Some(at) = (charged.iter().enumerate())
+        .position(|(i, c)| !c.limit.shadow && cost(i) > c.limit.params.capacity())
     {
         let capacity = charged[at].limit.params.capacity();
         return Verdict::TooCostly { at, capacity };
     }
     let result = store.charge_prefixed(
         charged.len(),
-        |i| charged[i].limit,
+        |i| Some(charged[i].limit),
         |i| key_at(buf, ends, i),
         cost,
     );
@@ -192,92 +217,86 @@ fn decide_with(
 
 /// The decision of a request some of whose limits have overrides: each key's override is
 /// looked up once (one hash lookup), a denied key is refused before anything is charged, an
-/// unlimited one is left out of the charge, and the rest are charged with their own
-/// parameters. Out of line: requests on limits without overrides never come here.
+/// unlimited one is left out of the charge ([`UNLIMITED`]), and the rest are charged with
+/// their own parameters. Out of line: requests on limits without overrides never come here.
 #[inline(never)]
 fn decide_overridden(
     store: &Store,
     charged: &[Charged<'_>],
-    cost: u64,
+    cost: &dyn Fn(usize) -> u64,
     fingerprint: bool,
     buf: &str,
     ends: &[usize],
 ) -> Verdict {
     let key = |i: usize| charged[i].limit.key_of(key_at(buf, ends, i));
-    // (position in `charged`, the limit as this key is subject to it), for keys with a bucket.
-    let mut bucketed: SmallVec<[(usize, &LimitSpec); 4]> = SmallVec::new();
+    // The limit as each key is subject to it: `None` for an unlimited key (not charged).
+    let mut subject: SmallVec<[Option<&LimitSpec>; 4]> = SmallVec::new();
     for (i, c) in charged.iter().enumerate() {
-        match c.limit.for_key(key(i)) {
-            ForKey::Bucket(l) => bucketed.push((i, l)),
-            ForKey::Unlimited => {}
+        subject.push(match c.limit.for_key(key(i)) {
+            ForKey::Bucket(l) => Some(l),
+            ForKey::Unlimited => None,
             ForKey::Deny => {
                 return Verdict::Denied {
                     at: i,
                     key_fp: Fingerprint::of(key(i)),
                 }
             }
-        }
+        });
     }
-    if let Some(&(at, l)) = bucketed
-        .iter()
-        .find(|(_, l)| !l.shadow && cost > l.params.capacity())
-    {
+    if let Some((at, l)) = subject.iter().enumerate().find_map(|(i, l)| {
+        l.filter(|l| !l.shadow && cost(i) > l.params.capacity())
+            .map(|l| (i, l))
+    }) {
         let capacity = l.params.capacity();
         return Verdict::TooCostly { at, capacity };
     }
     let result = store.charge_prefixed(
-        bucketed.len(),
-        |j| bucketed[j].1,
-        |j| key_at(buf, ends, bucketed[j].0),
+        charged.len(),
+        |i| subject[i],
+        |i| key_at(buf, ends, i),
         cost,
     );
-    let own_params = |j: usize| {
-        let (i, l) = bucketed[j];
-        (!std::ptr::eq(l, charged[i].limit)).then(|| l.params.clone())
+    let own_params = |i: usize| {
+        subject[i]
+            .filter(|l| !std::ptr::eq(*l, charged[i].limit))
+            .map(|l| l.params.clone())
     };
-    if let Some(j) = result.rejected_by {
-        let at = bucketed[j].0;
+    if let Some(at) = result.rejected_by {
         return Verdict::Limited {
             at,
-            decision: result.decisions[j],
-            params: own_params(j),
-            shadow_limited: result
-                .shadow_rejected
-                .iter()
-                .map(|&j| bucketed[j].0)
-                .collect(),
+            decision: result.decisions[at],
+            params: own_params(at),
+            shadow_limited: result.shadow_rejected,
             key_fp: Fingerprint::of(key(at)),
         };
     }
-    let reported = most_restrictive(&result.decisions);
-    let mut decisions: Small<Decision> = charged.iter().map(|_| UNLIMITED).collect();
-    for (j, d) in result.decisions.iter().enumerate() {
-        decisions[bucketed[j].0] = *d;
-    }
-    let report = reported.map(|j| bucketed[j].0);
+    // An unlimited key is never the one to report.
+    let report = most_restrictive(&result.decisions).filter(|&i| subject[i].is_some());
     Verdict::Pass {
         key_fp: report
             .filter(|_| fingerprint)
             .map(|i| Fingerprint::of(key(i))),
-        decisions,
+        decisions: result.decisions,
         report,
-        params: reported.and_then(own_params),
-        shadow_limited: result
-            .shadow_rejected
-            .iter()
-            .map(|&j| bucketed[j].0)
-            .collect(),
+        params: report.and_then(own_params),
+        shadow_limited: result.shadow_rejected,
     }
 }
 
+/// Whether limit `i`'s key is built from the same sources as limit `i - 1`'s.
+#[inline(always)]
+fn same_key_as_previous(charged: &[Charged<'_>], i: usize, sources: &[KeySource]) -> bool {
+    // The kinds of the first sources are compared first: inline, and enough to tell the
+    // usual pair apart (an API key and the client IP).
+    let kind = |s: &[KeySource]| s.first().map(std::mem::discriminant);
+    i > 0
+        && matches!(charged[i - 1].key, KeyOf::Request(prev, _)
+            if std::ptr::eq(prev, sources)
+                || (prev.len() == sources.len() && kind(prev) == kind(sources) && prev == sources))
+}
+
 /// The decision reported for a key that is `unlimited` under a limit: allowed, nothing taken.
-pub const UNLIMITED: Decision = Decision {
-    allowed: true,
-    remaining: u64::MAX,
-    retry_after_ns: 0,
-    full_in_ns: 0,
-    never: false,
-};
+pub const UNLIMITED: Decision = EXEMPT;
 
 /// The store key `i` in `buf`, where the keys end at `ends`.
 #[inline(always)]
@@ -286,7 +305,7 @@ fn key_at<'b>(buf: &'b str, ends: &[usize], i: usize) -> &'b str {
 }
 
 /// The decision to report: fewest tokens left, then longest until full.
-fn most_restrictive(decisions: &[Decision]) -> Option<usize> {
+pub fn most_restrictive(decisions: &[Decision]) -> Option<usize> {
     let mut reported: Option<(usize, &Decision)> = None;
     for (i, d) in decisions.iter().enumerate() {
         let tighter = reported.is_none_or(|(_, r)| {
@@ -371,6 +390,91 @@ mod tests {
             Verdict::Pass { shadow_limited, .. } => assert_eq!(shadow_limited.as_slice(), &[0]),
             v => panic!("a shadow limit never refuses, got {v:?}"),
         }
+    }
+
+    #[test]
+    fn a_key_built_from_the_same_sources_as_the_previous_one_is_the_same_key() {
+        use http::{HeaderMap, HeaderName, HeaderValue};
+        let s = store();
+        let api = vec![KeySource::Header(HeaderName::from_static("x-api-key"))];
+        let (ip, other_header) = (
+            vec![KeySource::ClientIp],
+            vec![KeySource::Header(HeaderName::from_static("x-user"))],
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("k1"));
+        h.insert("x-user", HeaderValue::from_static("u7"));
+        let view = RequestView {
+            method: "GET",
+            path: "/",
+            query: None,
+            headers: &h,
+            client_ip: "10.0.0.9".parse().expect("ip"),
+            client_ip_text: None,
+            route: "r",
+        };
+        let specs = ["second", "day", "user", "ip", "again"].map(|n| spec(n, 10, false));
+        let sources = [&api, &api.clone(), &other_header, &ip, &api];
+        let charged: Vec<Charged<'_>> = specs
+            .iter()
+            .zip(sources)
+            .map(|(limit, src)| Charged {
+                limit,
+                key: KeyOf::Request(src, &view),
+            })
+            .collect();
+        let mut kept = Vec::new();
+        assert!(matches!(
+            decide_keeping(&s, &charged, &[1; 5], false, &mut kept),
+            Verdict::Pass { .. }
+        ));
+        let kept: Vec<(usize, &str)> = kept.iter().map(|(i, k)| (*i, k.as_ref())).collect();
+        assert_eq!(
+            kept,
+            [
+                (0, "second:k1"),
+                (1, "day:k1"),
+                (2, "user:u7"),
+                (3, "ip:10.0.0.9"),
+                (4, "again:k1")
+            ]
+        );
+    }
+
+    #[test]
+    fn each_limit_is_charged_its_own_cost_when_the_costs_differ() {
+        let s = store();
+        let (a, b) = (spec("a", 10, false), spec("b", 10, false));
+        let charged = [&a, &b].map(|limit| Charged {
+            limit,
+            key: KeyOf::Given("k"),
+        });
+        let mut kept = Vec::new();
+        for left in [(9, 6), (8, 2)] {
+            match decide_keeping(&s, &charged, &[1, 4], false, &mut kept) {
+                Verdict::Pass { decisions, .. } => {
+                    assert_eq!((decisions[0].remaining, decisions[1].remaining), left)
+                }
+                v => panic!("admitted, got {v:?}"),
+            }
+        }
+        // b has 2 left, so a cost of 4 there is refused, and a keeps its 8.
+        assert!(matches!(
+            decide_keeping(&s, &charged, &[1, 4], false, &mut kept),
+            Verdict::Limited { at: 1, .. }
+        ));
+        assert!(matches!(
+            decide_keeping(&s, &charged, &[1, 11], false, &mut kept),
+            Verdict::TooCostly {
+                at: 1,
+                capacity: 10
+            }
+        ));
+        match decide_keeping(&s, &charged, &[8, 0], false, &mut kept) {
+            Verdict::Pass { decisions, .. } => assert_eq!(decisions[0].remaining, 0),
+            v => panic!("a still had 8, got {v:?}"),
+        }
+        assert_eq!(kept.len(), 6, "two keys kept per admitted request");
     }
 
     /// `narrow` (capacity 2) with overrides: "pro" gets 5, "batch" is unlimited, "leaked"

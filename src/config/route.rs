@@ -1,0 +1,83 @@
+//! A route as the proxy uses it: what it matches, its upstream and limits, its cost, and
+//! what is done with the charge when the answer comes (refunds, response costs).
+
+use super::{LimitId, UpstreamId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    /// `None`: every method.
+    pub methods: Option<Vec<http::Method>>,
+    /// Exact host, lowercased, without port or trailing dot.
+    pub host: Option<String>,
+    /// The route's upstream.
+    pub upstream: UpstreamId,
+    /// The route's limits, in the order written.
+    pub limits: Vec<LimitId>,
+    pub cost: Cost,
+    /// Which answers give the request's cost back on every limit it was charged to.
+    pub refund: Refund,
+    /// The route's limits charged what the upstream's response reports, in the order of
+    /// `limits` (usually none).
+    pub response_costs: Vec<ResponseCost>,
+}
+
+impl Route {
+    /// Whether the proxy must keep what an admitted request was charged, to settle or refund
+    /// it when the answer comes.
+    pub fn keeps_charges(&self) -> bool {
+        !self.refund.is_empty() || !self.response_costs.is_empty()
+    }
+
+    /// The cost a request of route cost `cost` is charged on the route's limit at position
+    /// `at`: a response cost's reserve there, else `cost`.
+    pub fn cost_at(&self, at: usize, cost: u64) -> u64 {
+        self.response_costs
+            .iter()
+            .find(|r| r.at == at)
+            .map_or(cost, |r| r.reserve)
+    }
+}
+
+/// A route's limit charged what the upstream reports: `{"limit", "cost": {"response_header",
+/// "reserve", "strip"}}`. The request is admitted on `reserve` tokens, charged at once; when
+/// the response head arrives, the header's value replaces the reserve (the bucket may go into
+/// debt, which delays the key's next requests). A missing or invalid value keeps the reserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseCost {
+    /// Position of the limit in the route's `limits`.
+    pub at: usize,
+    pub header: http::HeaderName,
+    pub reserve: u64,
+    /// The header is removed from the client's response.
+    pub strip: bool,
+}
+
+/// A route's `refund_statuses`: exact statuses and classes (`5xx`: bit 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refund {
+    pub classes: u8,
+    pub statuses: Vec<u16>,
+}
+
+impl Refund {
+    /// Nothing is refunded.
+    pub fn is_empty(&self) -> bool {
+        self.classes == 0 && self.statuses.is_empty()
+    }
+
+    /// Whether an answer with `status` is refunded.
+    pub fn covers(&self, status: u16) -> bool {
+        let class = status / 100;
+        (class < 8 && self.classes & (1 << class) != 0) || self.statuses.contains(&status)
+    }
+}
+
+/// Tokens a request takes from each limit of its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    Fixed(u64),
+    /// One token per started N bytes of the declared body (at least 1).
+    PerBytes(u64),
+}
