@@ -1,31 +1,93 @@
-//! In-process memory per active bucket (`docs/performance.md`, targets: under 256 bytes), and eviction.
+//! In-process memory per active bucket (`docs/performance.md`, target: under 256 bytes), and
+//! eviction, for a standalone limit and for a shared one.
 //!
-//! Builds a standalone `Store` on a manual clock, creates N distinct buckets (default
-//! 1,000,000) through `Store::charge`, the path the proxy takes for every request, and reads
-//! the resident set size (`/proc/self/statm`) before and after: bytes per bucket = RSS growth
-//! / N. It then moves the clock past the full-refill time, runs the eviction sweep the proxy
-//! runs every 10 s (`Store::evict_idle`), and counts what remains.
+//! Each mode runs in a process of its own (this program starts itself once per mode), so that
+//! no mode reuses memory another one freed. A mode builds a `Store` on a manual clock, creates
+//! N distinct buckets (default 1,000,000) through `Store::charge`, the path the proxy takes
+//! for every request, and reads the resident set size (`/proc/self/statm`) before and after:
+//! bytes per bucket = RSS growth / N. It also reports the growth of what glibc malloc has
+//! handed out (`mallinfo2`), which pages do not round. It then moves the clock on and lets
+//! the proxy's own housekeeping drop the buckets, and counts what remains.
 //!
-//! Exit status: 0 when bytes per bucket < 256 and eviction leaves at most 0.1% of the buckets,
-//! 1 otherwise. Run it in release mode: `scripts/memory.sh` (or
-//! `cargo run --release --example memory -- [N]`).
+//! - `standalone`: a store without Redis. Eviction: the sweep the proxy runs every 10 s
+//!   (`Store::evict_idle`), once every bucket is full again.
+//! - `shared-quiet`: a shared store (three live nodes, 100 ms sync interval), light keys (one
+//!   request each) and `redis.quiet_buckets` on, the default: every bucket carries its boxed
+//!   sync state (pace, last sync) and stays quiet, its key listed for the quiet check.
+//!   Eviction: the sync loop's quiet check (`Store::take_quiet_due`, `round::checks`,
+//!   `round::settle`) with the answer Redis gives for a key no node wrote (an empty hash).
+//! - `shared-synced`: the same store with `redis.quiet_buckets` off, so every bucket is synced
+//!   as any busy shared bucket is: the sync loop's round (`round::build`, `round::apply`, at
+//!   most 512 buckets a round, run after every 512 new buckets) against replies built as the
+//!   merge scripts answer for a key the two other nodes also wrote. A synced bucket's pace
+//!   keeps every node's demand of its last read. Eviction: `Store::evict_idle` once the
+//!   bucket's Redis TTL has passed (a shared bucket is kept until then).
+//!
+//! No Redis runs: the store is driven by the same functions the sync loop calls around its
+//! round trip, and the replies are dropped once merged (only what the store keeps is counted).
+//!
+//! Exit status: 0 when every mode is under 256 bytes per bucket and eviction leaves at most
+//! 0.1% of the buckets in each; 2 when only shared-mode buckets are at 256 bytes or more; 1
+//! otherwise (the standalone figure, or an eviction). Run it in release mode for the figures
+//! of the docs: `scripts/memory.sh` (or `cargo run --release --example memory -- [N]`);
+//! `scripts/memory.sh --short` is the test run's form. `memory --mode MODE [N]` runs one mode
+//! in this process (exit 0 or 1).
 //!
 //! Keys look like IPv4 addresses under a `per-ip` limit ("per-ip:10.x.y.z", 15 to 18 bytes,
 //! a typical short key); `MEMORY_KEY_PREFIX` prepends a string to every key to see the effect
 //! of longer keys (e.g. API keys).
 
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 use tollgate::limit::bucket::{Bucket, BucketParams, Counters};
-use tollgate::limit::clock::ManualClock;
+use tollgate::limit::clock::{Clock, ManualClock};
 use tollgate::limit::pacing::Pace;
-use tollgate::limit::store::{Charge, LimitSpec, Store};
+use tollgate::limit::store::{limit_of, Charge, LimitSpec, Store};
+use tollgate::shared::{layout, round};
 
 const TARGET_BYTES: f64 = 256.0;
 /// Eviction must leave at most this fraction of the buckets.
 const MAX_REMAINING_FRACTION: f64 = 0.001;
+/// Shared mode: the nodes, this one first, and their sync interval.
+const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+const SYNC_INTERVAL_NS: i64 = 100_000_000;
+/// The sync loop's most buckets per round and quiet checks per round (`shared::sync`).
+const BUCKETS_PER_ROUND: usize = 512;
+const CHECKS_PER_ROUND: usize = 4096;
+/// Where the clock starts (ns since the epoch).
+const START_NS: i64 = 1_790_000_000_000_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Standalone,
+    SharedQuiet,
+    SharedSynced,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Standalone, Mode::SharedQuiet, Mode::SharedSynced];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::SharedQuiet => "shared-quiet",
+            Mode::SharedSynced => "shared-synced",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    fn shared(self) -> bool {
+        self != Mode::Standalone
+    }
+}
 
 fn page_size() -> u64 {
-    std::process::Command::new("getconf")
+    Command::new("getconf")
         .arg("PAGESIZE")
         .output()
         .ok()
@@ -45,23 +107,190 @@ fn rss_bytes(page: u64) -> u64 {
     pages * page
 }
 
+/// Bytes glibc malloc has handed out and not taken back: in its arenas, and mapped alone.
+fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as u64
+}
+
+/// What glibc malloc takes for a request of `n` bytes on 64-bit: the request and an 8-byte
+/// header, rounded up to 16, at least 32.
+fn chunk(n: usize) -> usize {
+    ((n + 8).div_ceil(16) * 16).max(32)
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+fn parse_n(arg: Option<&String>) -> usize {
+    arg.map(|a| {
+        a.replace(['_', ','], "")
+            .parse()
+            .expect("N: a bucket count")
+    })
+    .unwrap_or(1_000_000)
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.replace('_', "").parse().expect("N: a bucket count"))
-        .unwrap_or(1_000_000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--mode") {
+        let mode = args
+            .get(1)
+            .and_then(|m| Mode::parse(m))
+            .expect("--mode standalone|shared-quiet|shared-synced");
+        let ok = measure(mode, parse_n(args.get(2)));
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    std::process::exit(run_all(parse_n(args.first())));
+}
+
+/// One line of a mode's results, as its process prints it last.
+struct Summary {
+    bytes: f64,
+    heap: f64,
+    remaining: usize,
+    passed: bool,
+}
+
+/// Runs every mode in a process of its own and sums up; returns the exit status.
+fn run_all(n: usize) -> i32 {
+    let exe = std::env::current_exe().expect("this program's path");
+    let mut rows = Vec::new();
+    for mode in Mode::ALL {
+        println!("== {} ({n} buckets)", mode.name());
+        let out = Command::new(&exe)
+            .args(["--mode", mode.name(), &n.to_string()])
+            .output()
+            .expect("run one mode");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut summary = None;
+        for line in text.lines() {
+            match line.strip_prefix("summary ") {
+                Some(s) => summary = parse_summary(s),
+                None => println!("{line}"),
+            }
+        }
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        let summary = summary.filter(|_| out.status.success() || out.status.code() == Some(1));
+        rows.push((mode, summary));
+        println!();
+    }
+    println!("mode            bytes/bucket (RSS)   malloc'd/bucket   left after eviction   result");
+    let (mut standalone_ok, mut shared_bytes_ok, mut evicted_ok) = (true, true, true);
+    for (mode, s) in &rows {
+        let Some(s) = s else {
+            println!("{:<15} (the run failed)", mode.name());
+            standalone_ok = false;
+            continue;
+        };
+        println!(
+            "{:<15} {:>18.1}   {:>15.1}   {:>19}   {}",
+            mode.name(),
+            s.bytes,
+            s.heap,
+            s.remaining,
+            if s.passed { "PASS" } else { "FAIL" }
+        );
+        evicted_ok &= s.remaining as f64 <= n as f64 * MAX_REMAINING_FRACTION;
+        if s.bytes >= TARGET_BYTES {
+            if mode.shared() {
+                shared_bytes_ok = false;
+            } else {
+                standalone_ok = false;
+            }
+        }
+    }
+    let status = if !standalone_ok || !evicted_ok {
+        1
+    } else if !shared_bytes_ok {
+        2
+    } else {
+        0
+    };
+    println!(
+        "result          {}",
+        match status {
+            0 => "PASS",
+            2 => "FAIL (shared-mode buckets only: exit status 2)",
+            _ => "FAIL",
+        }
+    );
+    status
+}
+
+fn parse_summary(s: &str) -> Option<Summary> {
+    let f: Vec<&str> = s.split_whitespace().collect();
+    Some(Summary {
+        bytes: f.first()?.parse().ok()?,
+        heap: f.get(1)?.parse().ok()?,
+        remaining: f.get(2)?.parse().ok()?,
+        passed: *f.get(3)? == "pass",
+    })
+}
+
+/// The shared store's side of one sync round, as the sync loop runs it, with Redis's replies
+/// built in place. Returns how many buckets it synced.
+fn sync_round(store: &Store, limits: &[LimitSpec], clock: &ManualClock) -> usize {
+    let ctx = context(limits, clock);
+    let r = round::build(&ctx, store.take_dirty_up_to(BUCKETS_PER_ROUND));
+    let replies: Vec<round::Reply> = r.ops.iter().map(|op| Ok(reply(op, &ctx))).collect();
+    let seen = round::apply(store, &ctx, &r, replies, &HashSet::new());
+    assert!(seen.requeue.is_empty(), "every bucket merged");
+    r.ops.len()
+}
+
+fn context<'a>(limits: &'a [LimitSpec], clock: &ManualClock) -> round::Context<'a> {
+    round::Context {
+        node_id: NODES[0],
+        key_prefix: "tollgate",
+        sync_interval: Duration::from_nanos(SYNC_INTERVAL_NS as u64),
+        limits,
+        now_ms: (clock.now_ns() / 1_000_000) as u64,
+    }
+}
+
+/// What Redis answers to one bucket's command when the other two nodes have written the key
+/// too (one request each): the fresh script, the hash as it was before its write; the merge
+/// script, the hash after it (this node's fields are the greatest of its own).
+fn reply(op: &round::Op, ctx: &round::Context<'_>) -> HashMap<String, String> {
+    let p = &ctx.limits[0].params;
+    let theirs = Counters {
+        consumed: 1,
+        attempts: 1,
+        waste: op.bucket.own.waste,
+    };
+    let mut hash: HashMap<String, String> = NODES[1..]
+        .iter()
+        .flat_map(|n| layout::node_fields(n, &theirs, p.capacity(), p.rate_q(), ctx.now_ms))
+        .collect();
+    if !op.bucket.fresh {
+        hash.extend(op.fields.iter().cloned());
+    }
+    hash
+}
+
+/// One mode, in this process: prints its figures and a last `summary` line for [`run_all`];
+/// returns whether it passed.
+fn measure(mode: Mode, n: usize) -> bool {
     let prefix = std::env::var("MEMORY_KEY_PREFIX").unwrap_or_default();
     let page = page_size();
 
     // capacity 100, 10 tokens/s: a full refill takes 10 s.
     let spec = LimitSpec::new("per-ip", BucketParams::new(100, 10.0, 100).expect("params"));
-    let start_ns = 1_790_000_000_000_000_000i64;
-    let clock = Arc::new(ManualClock::new(start_ns));
-    let store = Store::new(clock.clone(), false);
+    let limits = [spec.clone()];
+    let params_of = |k: &str| (limit_of(k) == spec.name).then(|| spec.params.clone());
+    let clock = Arc::new(ManualClock::new(START_NS));
+    let new_store = || {
+        let store = Store::new(clock.clone(), mode.shared());
+        if mode.shared() {
+            store.set_cluster(NODES.len() as u32, SYNC_INTERVAL_NS);
+            store.set_quiet(mode == Mode::SharedQuiet);
+        }
+        store
+    };
+    let store = new_store();
 
     // Keys built before the baseline: what the proxy holds per request is transient, what the
     // store keeps is its own copy.
@@ -73,56 +302,71 @@ fn main() {
         })
         .collect();
     let key_bytes: usize = keys.iter().map(|k| k.len()).sum();
+    let charge = |store: &Store, key: &str| {
+        store
+            .charge(&[Charge {
+                limit: &spec,
+                key,
+                cost: 1,
+            }])
+            .allowed()
+    };
 
-    // Warm the charge path once (lazy statics, first shard allocations) on a throwaway store.
+    // Warm the paths once (lazy statics, first shard allocations, a round) on a throwaway
+    // store.
     {
-        let warm = Store::new(clock.clone(), false);
-        warm.charge(&[Charge {
-            limit: &spec,
-            key: "warm",
-            cost: 1,
-        }]);
+        let warm = new_store();
+        charge(&warm, "warm");
+        sync_round(&warm, &limits, &clock);
     }
 
     let before = rss_bytes(page);
+    let heap_before = heap_in_use();
     let mut admitted = 0usize;
-    for k in &keys {
-        let r = store.charge(&[Charge {
-            limit: &spec,
-            key: k,
-            cost: 1,
-        }]);
-        admitted += usize::from(r.allowed());
+    let mut rounds = 0usize;
+    for (i, k) in keys.iter().enumerate() {
+        admitted += usize::from(charge(&store, k));
         // 1 µs between requests, as a busy proxy would see them.
         clock.advance_ns(1_000);
+        // The sync loop keeps up: a round after every round's worth of new buckets.
+        if mode == Mode::SharedSynced && (i + 1) % BUCKETS_PER_ROUND == 0 {
+            sync_round(&store, &limits, &clock);
+            rounds += 1;
+        }
+    }
+    while mode == Mode::SharedSynced && sync_round(&store, &limits, &clock) > 0 {
+        rounds += 1;
     }
     let after = rss_bytes(page);
+    let heap_after = heap_in_use();
     let live = store.len();
     assert_eq!(live, n, "every key must have its own bucket");
     assert_eq!(admitted, n, "every first request on a bucket is admitted");
+    match mode {
+        Mode::Standalone => {}
+        Mode::SharedQuiet => assert_eq!(store.quiet_len(), n, "every bucket quiet"),
+        Mode::SharedSynced => assert!(!store.has_dirty(), "every bucket synced"),
+    }
 
-    let per_bucket = (after.saturating_sub(before)) as f64 / n as f64;
-
-    // What an entry is made of (the entry and shard types are private to the limiter; these
-    // are their public parts).
-    let bucket = std::mem::size_of::<Bucket>();
-    let pace = std::mem::size_of::<Pace>();
-    let counters = std::mem::size_of::<Counters>();
-    // Entry = Bucket + three bools + the boxed sync state (a pointer, None when standalone;
-    // in shared mode the box holds a Pace and the last sync time), aligned to 16 (i128 fields).
-    let entry = (bucket + 3 + 8).div_ceil(16) * 16;
-    // A hashbrown slot holds (Box<str>, Entry): 16-byte fat pointer + entry, plus one control
-    // byte. 64 shards; each grows to the next power of two above len * 8 / 7.
-    let slot = (16 + entry).div_ceil(16) * 16;
-    let per_shard = n.div_ceil(64);
-    let shard_buckets = (per_shard * 8).div_ceil(7).next_power_of_two();
-    let table_bytes = 64 * shard_buckets * (slot + 1);
-    let avg_key = (key_bytes + n * (spec.name.len() + 1)) as f64 / n as f64;
-    // glibc malloc: a chunk is the request + 8 bytes, rounded up to 16, at least 32.
-    let key_alloc = ((avg_key as usize + 8).div_ceil(16) * 16).max(32);
+    let per_bucket = after.saturating_sub(before) as f64 / n as f64;
+    let heap_per_bucket = heap_after.saturating_sub(heap_before) as f64 / n as f64;
 
     println!("buckets created        {n}");
     println!("live buckets           {live}");
+    match mode {
+        Mode::Standalone => println!("store                  standalone"),
+        Mode::SharedQuiet => println!(
+            "store                  shared, {} live nodes, quiet buckets on: {} quiet",
+            NODES.len(),
+            store.quiet_len()
+        ),
+        Mode::SharedSynced => println!(
+            "store                  shared, {} live nodes, quiet buckets off: {rounds} sync \
+             rounds of up to {BUCKETS_PER_ROUND}",
+            NODES.len()
+        ),
+    }
+    let avg_key = (key_bytes + n * (spec.name.len() + 1)) as f64 / n as f64;
     println!(
         "average store key      {avg_key:.1} bytes (\"{}:{}\")",
         spec.name,
@@ -134,32 +378,46 @@ fn main() {
         mib(after)
     );
     println!("bytes per bucket       {per_bucket:.1}   (target < {TARGET_BYTES})");
-    println!("estimated breakdown (per bucket):");
-    println!(
-        "  size_of Bucket {bucket} (Counters {counters}), Entry ~{entry} (+ a {pace}-byte Pace in a box, shared mode only)"
-    );
-    println!(
-        "  hash slot (Box<str>, Entry) {slot} + 1 control byte; {shard_buckets} slots per shard x 64 \
-         for {per_shard} entries/shard (load {:.2}) -> {:.0} bytes",
-        per_shard as f64 / shard_buckets as f64,
-        table_bytes as f64 / n as f64
-    );
-    println!("  key heap allocation   ~{key_alloc} bytes (malloc chunk)");
-    println!(
-        "  estimate total        ~{:.0} bytes",
-        table_bytes as f64 / n as f64 + key_alloc as f64
-    );
+    println!("malloc'd per bucket    {heap_per_bucket:.1}   (mallinfo2: in use, informational)");
+    breakdown(mode, n, avg_key);
 
-    // Past the full refill (capacity / rate = 10 s): every bucket is full again, so the sweep
-    // may drop it.
+    // Every bucket full again and, in shared mode, past what keeps it: evicted by the proxy's
+    // own housekeeping.
     let fill_ns = (spec.params.seconds_to_fill() * 1e9) as i64;
-    clock.advance_ns(fill_ns + 1_000_000_000);
-    let dropped = store.evict_idle(|l| (l == spec.name).then(|| spec.params.clone()));
+    let wait_ns = match mode {
+        Mode::SharedSynced => {
+            let ttl_ms = spec
+                .params
+                .state_ttl_ms(Duration::from_nanos(SYNC_INTERVAL_NS as u64));
+            ttl_ms as i64 * 1_000_000 + 1_000_000_000
+        }
+        _ => fill_ns + 1_000_000_000,
+    };
+    clock.advance_ns(wait_ns);
+    let mut forgotten = 0u64;
+    if mode == Mode::SharedQuiet {
+        loop {
+            let due = store.take_quiet_due(params_of, CHECKS_PER_ROUND);
+            if due.is_empty() {
+                break;
+            }
+            let ctx = context(&limits, &clock);
+            let checks = round::checks(&ctx, due);
+            let answers = Ok(vec![HashMap::new(); checks.len()]);
+            forgotten += round::settle(&store, &ctx, checks, answers).0;
+        }
+    }
+    let dropped = store.evict_idle(params_of);
     let remaining = store.len();
     let after_evict = rss_bytes(page);
+    let how = if mode == Mode::SharedQuiet {
+        format!("quiet checks forgot {forgotten}, the sweep dropped {dropped}")
+    } else {
+        format!("the sweep dropped {dropped}")
+    };
     println!(
-        "eviction               advanced clock {:.1} s, dropped {dropped}, remaining {remaining}",
-        (fill_ns + 1_000_000_000) as f64 / 1e9
+        "eviction               clock advanced {:.1} s, {how}, remaining {remaining}",
+        wait_ns as f64 / 1e9
     );
     println!(
         "RSS after eviction     {:.1} MiB (the maps keep their capacity; informational)",
@@ -179,6 +437,76 @@ fn main() {
         "result                 {}",
         if ok { "PASS" } else { "FAIL" }
     );
+    println!(
+        "summary {per_bucket:.1} {heap_per_bucket:.1} {remaining} {}",
+        if ok { "pass" } else { "fail" }
+    );
     drop(keys);
-    std::process::exit(if ok { 0 } else { 1 });
+    ok
+}
+
+/// What a bucket is made of, from the sizes of its parts (the entry, the sync state and the
+/// pace's demand map are private to the limiter: their sizes are worked out from their fields).
+fn breakdown(mode: Mode, n: usize, avg_key: f64) {
+    let bucket = std::mem::size_of::<Bucket>();
+    let counters = std::mem::size_of::<Counters>();
+    let pace = std::mem::size_of::<Pace>();
+    let string = std::mem::size_of::<String>();
+    // Entry = Bucket + the boxed sync state (a pointer; None when standalone) + listed and
+    // view (a byte each) and the refusal counts (6 bytes), aligned to 16 (i128 fields).
+    let entry = (bucket + 8 + 8).div_ceil(16) * 16;
+    // A hashbrown slot holds (StoreKey = Box<str>, Entry): 16-byte fat pointer + entry, plus
+    // one control byte. 64 shards; each grows to the next power of two above len * 8 / 7.
+    let slot = (16 + entry).div_ceil(16) * 16;
+    let per_shard = n.div_ceil(64);
+    let shard_buckets = (per_shard * 8).div_ceil(7).next_power_of_two();
+    let table = (64 * shard_buckets * (slot + 1)) as f64 / n as f64;
+    let key = chunk(avg_key as usize);
+    println!("estimated breakdown (per bucket):");
+    println!("  size_of Bucket {bucket} (Counters {counters}), Entry ~{entry}");
+    println!(
+        "  hash slot (StoreKey, Entry) {slot} + 1 control byte; {shard_buckets} slots per shard x 64 \
+         for {per_shard} entries/shard (load {:.2})   {table:.0}",
+        per_shard as f64 / shard_buckets as f64
+    );
+    println!("  store key, heap                                                   {key}");
+    let mut total = table + key as f64;
+    if mode.shared() {
+        // SyncState = last sync (i64) + Pace + own credit (u64), aligned to 16.
+        let sync = (8 + pace + 8).div_ceil(16) * 16;
+        let sync_chunk = chunk(sync);
+        println!(
+            "  sync state box: SyncState ~{sync} (size_of Pace {pace}), malloc chunk          {sync_chunk}"
+        );
+        total += sync_chunk as f64;
+    }
+    match mode {
+        Mode::Standalone => {}
+        Mode::SharedQuiet => {
+            // The quiet list of each shard: a StoreKey (16 bytes) per key in a Vec that grows
+            // by doubling, and its own copy of the key.
+            let cap = per_shard.next_power_of_two().max(4);
+            let list = 16.0 * cap as f64 / per_shard as f64;
+            println!(
+                "  quiet list: StoreKey in a Vec (capacity {cap} for {per_shard}) {list:.0} + key copy {key}"
+            );
+            total += list + key as f64;
+        }
+        Mode::SharedSynced => {
+            // Pace::prev: every node's demand at the last read, a BTreeMap<String, Demand>
+            // (Demand: three u64). Up to 11 nodes fit its one leaf node: parent pointer,
+            // parent index and length (u16 each), 11 keys and 11 values.
+            let demand = 24;
+            let leaf = (8 + 2 + 2 + 11 * (string + demand)).div_ceil(8) * 8;
+            let names = NODES.len() * chunk(NODES[0].len());
+            println!(
+                "  pace's demand map (BTreeMap<String, Demand>, {} nodes): leaf node {leaf} -> \
+                 chunk {} + node names {names}",
+                NODES.len(),
+                chunk(leaf)
+            );
+            total += (chunk(leaf) + names) as f64;
+        }
+    }
+    println!("  estimate total                                                    ~{total:.0}");
 }
