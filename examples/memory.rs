@@ -248,6 +248,7 @@ fn context<'a>(limits: &'a [LimitSpec], clock: &ManualClock) -> round::Context<'
         sync_interval: Duration::from_nanos(SYNC_INTERVAL_NS as u64),
         limits,
         now_ms: (clock.now_ns() / 1_000_000) as u64,
+        live_others: None,
     }
 }
 

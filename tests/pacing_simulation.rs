@@ -115,6 +115,7 @@ impl Sim {
             sync_interval: Duration::from_nanos(SYNC as u64),
             limits,
             now_ms,
+            live_others: None,
         };
         let r = round::build(&ctx, store.take_dirty());
         let replies: Vec<round::Reply> = r

@@ -201,6 +201,11 @@ impl AdminApp {
         };
         let rt = self.node.runtime();
         let l = rt.limit_spec(li);
+        if l.params.is_slots() {
+            // A slot taken here could never be given back: only proxied requests end.
+            let msg = format!("limit \"{}\" is a concurrency limit (max_in_flight): its slots are taken and given back by proxied requests, not by /consume", l.name);
+            return json_response(400, &serde_json::json!({ "error": msg }));
+        }
         let too_costly = |capacity| {
             let body = headers::too_costly_body(&l.name, cost, capacity);
             bytes_response(413, "application/json", body, &[])

@@ -92,6 +92,7 @@ fn limits(node: &Node) -> Value {
             let r = rates.get(&l.name).copied().unwrap_or_default();
             json!({
                 "name": l.name,
+                "kind": kind(&l.params),
                 "capacity": l.params.capacity(),
                 "refill_per_second": l.params.refill_per_second(),
                 "shadow": l.shadow,
@@ -157,4 +158,13 @@ pub(super) fn tops(node: &Node) -> HashMap<String, Value> {
             (l.name.clone(), answer)
         })
         .collect()
+}
+
+/// A limit's kind as the status page shows it: `bucket`, `quota (day)`, `concurrency`.
+fn kind(p: &crate::limit::bucket::BucketParams) -> String {
+    match p.window() {
+        Some(w) => format!("quota ({w})"),
+        None if p.is_slots() => "concurrency".into(),
+        None => "bucket".into(),
+    }
 }

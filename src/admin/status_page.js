@@ -109,13 +109,13 @@
     ]) + '</section>';
   }
 
-  const LIMIT_COLUMNS = ['Limit', 'Capacity', 'Refill/s', 'Shadow', 'Burst guard', 'Overrides',
+  const LIMIT_COLUMNS = ['Limit', 'Kind', 'Capacity', 'Refill/s', 'Shadow', 'Burst guard', 'Overrides',
     'Active buckets', 'Fewest tokens', 'Admitted/s', 'Rejected/s', 'Rejected (total)', 'Drift'];
 
   function limitRow(l) {
     const name = esc(l.name);
     const cells = [
-      ['capacity', text(l.capacity)], ['refill_per_second', text(l.refill_per_second)],
+      ['kind', text(l.kind)], ['capacity', text(l.capacity)], ['refill_per_second', text(l.refill_per_second)],
       ['shadow', yesNo(l.shadow)], ['burst_guard', yesNo(l.burst_guard)],
       ['overrides', text(l.overrides)], ['buckets_active', text(l.buckets_active)],
       ['tokens_min', text(l.tokens_min)], ['admitted_per_second', rate(l.admitted_per_second)],

@@ -344,8 +344,9 @@ fn redis_section(r: &Value) -> String {
     format!("{head}{}</section>", facts(&items))
 }
 
-const LIMIT_COLUMNS: [&str; 12] = [
+const LIMIT_COLUMNS: [&str; 13] = [
     "Limit",
+    "Kind",
     "Capacity",
     "Refill/s",
     "Shadow",
@@ -378,6 +379,7 @@ fn limit_row(l: &Value) -> String {
     let name = esc(&text(&l["name"]));
     let drift = l["drift"].as_bool() == Some(true);
     let cells = [
+        ("kind", text(&l["kind"])),
         ("capacity", text(&l["capacity"])),
         ("refill_per_second", text(&l["refill_per_second"])),
         ("shadow", yes_no(&l["shadow"]).into()),

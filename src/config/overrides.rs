@@ -154,6 +154,10 @@ fn params(
 ) -> Option<BucketParams> {
     let before = errs.len();
     let (fields, allowed): (&[&str], _) = match base.window() {
+        None if base.is_slots() => (
+            &["max_in_flight"],
+            "max_in_flight (the limit is a concurrency limit)",
+        ),
         None => (
             &["capacity", "refill_per_second", "initial_tokens"],
             "capacity, refill_per_second or initial_tokens",
@@ -171,6 +175,22 @@ fn params(
     }
     if let Some(w) = base.window() {
         return quota_params(m, (base.capacity(), w), errs);
+    }
+    if base.is_slots() {
+        let n = whole(m, "max_in_flight", errs).unwrap_or(base.capacity());
+        if errs.len() > before {
+            return None;
+        }
+        return match BucketParams::slots(n) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errs.push((
+                    "max_in_flight",
+                    e.to_string().replace("capacity", "max_in_flight"),
+                ));
+                None
+            }
+        };
     }
     let capacity = whole(m, "capacity", errs).unwrap_or(base.capacity());
     let initial = whole(m, "initial_tokens", errs);

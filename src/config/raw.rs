@@ -153,6 +153,9 @@ pub struct RawLimit {
     /// Defaults to `capacity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_tokens: Option<u64>,
+    /// A concurrency limit: at most this many requests of a key in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u64>,
     /// Key sources; a single string is accepted for a one-part key.
     pub key: KeyList,
     #[serde(default)]

@@ -21,18 +21,24 @@ pub struct Route {
     /// The route's limits charged what the upstream's response reports, in the order of
     /// `limits` (usually none).
     pub response_costs: Vec<ResponseCost>,
+    /// Positions in `limits` of concurrency limits (`max_in_flight`): a request takes one
+    /// slot of each, whatever its cost, and gives it back when it ends.
+    pub slot_limits: Vec<usize>,
 }
 
 impl Route {
     /// Whether the proxy must keep what an admitted request was charged, to settle or refund
     /// it when the answer comes.
     pub fn keeps_charges(&self) -> bool {
-        !self.refund.is_empty() || !self.response_costs.is_empty()
+        !self.refund.is_empty() || !self.response_costs.is_empty() || !self.slot_limits.is_empty()
     }
 
     /// The cost a request of route cost `cost` is charged on the route's limit at position
-    /// `at`: a response cost's reserve there, else `cost`.
+    /// `at`: one slot on a concurrency limit, a response cost's reserve, else `cost`.
     pub fn cost_at(&self, at: usize, cost: u64) -> u64 {
+        if self.slot_limits.contains(&at) {
+            return 1;
+        }
         self.response_costs
             .iter()
             .find(|r| r.at == at)

@@ -48,6 +48,10 @@ pub(super) fn routes(
             &route_limits,
             (limits, capacities),
         );
+        let slot_limits: Vec<usize> = (route_limits.iter().enumerate())
+            .filter(|(_, li)| limits[li.index()].params.is_slots())
+            .map(|(k, _)| k)
+            .collect();
         let m = &r.matcher;
         path_prefix(c, &path, &m.path_prefix);
         let methods = m.methods.as_ref().map(|list| methods(c, &path, list));
@@ -55,9 +59,11 @@ pub(super) fn routes(
             .host
             .as_ref()
             .and_then(|h| c.check(&format!("{path}.match.host"), parse_host(h)));
-        // The route's cost is not charged on a limit with a response cost.
+        // The route's cost is not charged on a limit with a response cost, nor on a
+        // concurrency limit (one slot a request).
         let fixed_cost_limits: Vec<LimitId> = (route_limits.iter().enumerate())
             .filter(|(k, _)| response_costs.iter().all(|rc| rc.at != *k))
+            .filter(|(k, _)| !slot_limits.contains(k))
             .map(|(_, &li)| li)
             .collect();
         let cost = cost(c, &path, &r.cost, &fixed_cost_limits, (limits, capacities));
@@ -74,6 +80,7 @@ pub(super) fn routes(
             cost,
             refund: refund(c, &path, &r.refund_statuses),
             response_costs,
+            slot_limits,
         });
     }
     out
@@ -301,6 +308,17 @@ fn reserves(
 ) {
     for rc in costs {
         let li = route_limits[rc.at];
+        if limits[li.index()].params.is_slots() {
+            let msg = format!(
+                "limit \"{}\" is a concurrency limit (max_in_flight): it counts requests in flight, not tokens, so it takes no response cost",
+                limits[li.index()].name
+            );
+            c.err(
+                &format!("{}.cost", element(&format!("{path}.limits"), rc.at)),
+                msg,
+            );
+            continue;
+        }
         if let Some(capacity) = capacities[li.index()].filter(|&cap| rc.reserve > cap) {
             let msg = format!(
                 "reserve {} is more than the capacity {capacity} of limit \"{}\": no request could ever pass",

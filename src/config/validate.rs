@@ -393,6 +393,28 @@ fn limit_params(c: &mut Checker, path: &str, raw: &RawLimit) -> Result<BucketPar
         ("refill_per_second", raw.refill_per_second.is_some()),
         ("initial_tokens", raw.initial_tokens.is_some()),
     ];
+    if let Some(n) = raw.max_in_flight {
+        let quota_keys = [
+            ("quota", raw.quota.is_some()),
+            ("window", raw.window.is_some()),
+        ];
+        for (k, _) in bucket_keys
+            .iter()
+            .chain(&quota_keys)
+            .filter(|(_, set)| *set)
+        {
+            c.err_key(
+                &format!("{path}.{k}"),
+                format!("a limit is a token bucket, a quota or a concurrency limit (max_in_flight), one kind only: remove {k} or max_in_flight"),
+            );
+        }
+        let slots =
+            BucketParams::slots(n).map_err(|e| e.to_string().replace("capacity", "max_in_flight"));
+        if let Err(m) = &slots {
+            c.err(&format!("{path}.max_in_flight"), m.clone());
+        }
+        return slots;
+    }
     if raw.quota.is_some() || raw.window.is_some() {
         for (k, _) in bucket_keys.iter().filter(|(_, set)| *set) {
             c.err_key(

@@ -36,6 +36,10 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         return format!("\"{name}\";q={};w={}", p.capacity(), w.secs_at(now));
     }
+    if p.is_slots() {
+        // A concurrency limit has no window.
+        return format!("\"{name}\";q={}", p.capacity());
+    }
     let w = (p.capacity() as f64 / p.refill_per_second())
         .ceil()
         .max(1.0);

@@ -14,6 +14,7 @@ use crate::request::key::{Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
+use std::sync::Arc;
 
 /// What the limits report on the response and in the access log.
 #[derive(Default)]
@@ -27,6 +28,26 @@ pub(super) struct Reported {
     pub(super) charged: Vec<Paid>,
     /// A route with response costs: the decisions to report again once they are settled.
     pub(super) unsettled: Option<Box<Unsettled>>,
+    /// The slots the admitted request holds on its route's concurrency limits, given back
+    /// when this is dropped (with the request's context: however the request ends).
+    pub(super) slots: Option<Slots>,
+}
+
+/// Slots of concurrency limits held by one request: each is given back, as a credit of the
+/// node, when this is dropped. A request ends by dropping its context, whatever ended it (an
+/// answer, the client gone, the upstream failed or timed out, a retry exhausted), so a slot is
+/// never kept by a request that is over.
+pub(super) struct Slots {
+    node: Arc<Node>,
+    keys: SmallVec<[StoreKey; 1]>,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            self.node.store.refund(key, 1);
+        }
+    }
 }
 
 /// What an admitted request was charged on one of its route's limits.
@@ -65,7 +86,7 @@ pub(super) enum Refused {
 /// `out` what the response and the access log report. `Ok(shadow_limited)` forwards the
 /// request (`true` when a shadow limit could not pay); `Err` is what to answer instead.
 pub(super) fn decide(
-    node: &Node,
+    node: &Arc<Node>,
     rt: &Runtime,
     ri: RouteId,
     view: &RequestView<'_>,
@@ -137,7 +158,7 @@ pub(super) fn decide(
 /// The one decision on route `ri`'s limits for this request (see [`decision::decide`]); on a
 /// route with `refund_statuses`, the charged keys and the cost are noted in `out`.
 fn verdict(
-    node: &Node,
+    node: &Arc<Node>,
     rt: &Runtime,
     ri: RouteId,
     view: &RequestView<'_>,
@@ -156,13 +177,21 @@ fn verdict(
         let costs: SmallVec<[u64; 4]> = (0..all.len()).map(|i| route.cost_at(i, cost)).collect();
         let mut kept = Vec::new();
         let verdict = decision::decide_keeping(&node.store, &all, &costs, fp, &mut kept);
-        out.charged = (kept.into_iter())
-            .map(|(at, key)| Paid {
-                at,
-                key,
-                cost: costs[at],
-            })
-            .collect();
+        let mut slots = SmallVec::new();
+        for (at, key) in kept {
+            if route.slot_limits.contains(&at) {
+                slots.push(key);
+            } else {
+                let cost = costs[at];
+                out.charged.push(Paid { at, key, cost });
+            }
+        }
+        if !slots.is_empty() {
+            out.slots = Some(Slots {
+                node: Arc::clone(node),
+                keys: slots,
+            });
+        }
         return verdict;
     }
     // Most routes have one or two limits: those are listed on the stack without a SmallVec

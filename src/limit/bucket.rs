@@ -222,9 +222,11 @@ impl Bucket {
         let never = cost > p.capacity();
         let allowed = !never && tokens >= cost_u;
         let left = if allowed { tokens - cost_u } else { tokens };
-        // A quota's `t` is the time until it resets, whether it is full or not.
+        // A quota's `t` is the time until it resets, whether it is full or not; a
+        // concurrency limit's is 0 (nothing comes back on a schedule).
         let full_in_ns = match p.window() {
             Some(w) => w.left_ns(now_ns),
+            None if p.is_slots() => 0,
             None => p.wait_ns(p.cap_units().saturating_sub(left), now_ns),
         };
         let retry_after_ns = if never {

@@ -8,7 +8,7 @@
 //! - [`window`]: the calendar windows of quotas;
 //! - [`store`]: the sharded in-memory store, all-or-nothing charging, and the bookkeeping the
 //!   sync loop needs (what changed, what to read, what the others hold), and the quiet
-//!   buckets that need no sync (`store_quiet`).
+//!   buckets that need no sync (`store_quiet`), and concurrency limits (`store_slots`).
 //!
 //! Nothing here does I/O or knows pingora, Redis or tokio: a test drives it with a
 //! [`clock::ManualClock`].
@@ -23,6 +23,7 @@ pub mod store_entry;
 pub mod store_key;
 pub mod store_quiet;
 pub mod store_reset;
+pub mod store_slots;
 pub mod store_sweep;
 pub mod store_sync;
 pub mod store_top;

@@ -12,6 +12,14 @@ pub const UNITS_PER_TOKEN: i128 = 1_000_000_000_000_000_000;
 /// Largest capacity accepted, tokens.
 pub const MAX_CAPACITY: u64 = 1_000_000_000_000;
 
+/// How long a concurrency limit's hash lives in Redis after its last write: a request held in
+/// flight longer than this, while no other request of its key comes, stops being counted by
+/// the other nodes.
+pub const SLOTS_TTL_MS: u64 = 15 * 60 * 1000;
+
+/// A refused request of a concurrency limit is told to retry after a second.
+pub const SLOT_RETRY_NS: u64 = 1_000_000_000;
+
 /// Largest refill rate accepted, tokens per second.
 pub const MAX_RATE: f64 = 1e9;
 
@@ -25,6 +33,8 @@ pub struct BucketParams {
     rate_q: u64,
     initial_tokens: u64,
     window: Option<Window>,
+    /// A concurrency limit (`max_in_flight`, see [`BucketParams::slots`]).
+    slots: bool,
 }
 
 /// Why parameters are refused.
@@ -65,6 +75,7 @@ impl Default for BucketParams {
             rate_q: 1_000_000_000,
             initial_tokens: 1,
             window: None,
+            slots: false,
         }
     }
 }
@@ -89,6 +100,7 @@ impl BucketParams {
                     rate_q: q as u64,
                     initial_tokens: initial,
                     window: None,
+                    slots: false,
                 });
             }
         })
@@ -113,7 +125,35 @@ impl BucketParams {
             rate_q: u64::try_from(q.max(1)).unwrap_or(u64::MAX),
             initial_tokens: quota,
             window: Some(window),
+            slots: false,
         })
+    }
+
+    /// A concurrency limit: `max_in_flight` requests of a key at once. It is a bucket of that
+    /// many tokens that never refills: a request takes a token (a slot) when it is admitted
+    /// and gives it back, as a credit, when it ends, so that in shared mode a node's
+    /// `consumed` counts the slots it took and its `credit` those it released, both only
+    /// growing (see `docs/shared-state.md`).
+    pub fn slots(max_in_flight: u64) -> Result<Self, ParamError> {
+        use ParamError::*;
+        if max_in_flight < 1 {
+            return Err(CapacityTooSmall);
+        }
+        if max_in_flight > MAX_CAPACITY {
+            return Err(CapacityTooLarge(max_in_flight));
+        }
+        Ok(BucketParams {
+            capacity: max_in_flight,
+            rate_q: 0,
+            initial_tokens: max_in_flight,
+            window: None,
+            slots: true,
+        })
+    }
+
+    /// Whether this is a concurrency limit (see [`BucketParams::slots`]).
+    pub fn is_slots(&self) -> bool {
+        self.slots
     }
 
     /// The calendar window of a quota (`None`: a token bucket).
@@ -139,7 +179,7 @@ impl BucketParams {
         self.rate_q as f64 / 1e9
     }
 
-    /// Seconds to refill an empty bucket (for headers).
+    /// Seconds to refill an empty bucket (for headers); infinite for a concurrency limit.
     pub fn seconds_to_fill(&self) -> f64 {
         self.capacity as f64 / self.refill_per_second()
     }
@@ -147,7 +187,12 @@ impl BucketParams {
     /// How long an idle shared bucket's state matters (its Redis TTL, and how long a node
     /// keeps it in memory after its last sync): a full refill, after which its state says
     /// nothing, plus ten sync intervals, at least ten seconds.
+    /// A concurrency limit's state matters while a slot is held: its hash lives
+    /// [`SLOTS_TTL_MS`] after its last write.
     pub fn state_ttl_ms(&self, sync_interval: std::time::Duration) -> u64 {
+        if self.slots {
+            return SLOTS_TTL_MS;
+        }
         let fill_ms = (self.seconds_to_fill() * 1000.0).ceil();
         // `as` saturates (and maps NaN to 0).
         let fill = fill_ms as u64;
@@ -176,6 +221,10 @@ impl BucketParams {
     pub(super) fn wait_ns(&self, deficit: i128, now_ns: i64) -> u64 {
         if deficit <= 0 {
             return 0;
+        }
+        if self.slots {
+            // Nothing refills: a slot comes back when a request ends. Try again in a second.
+            return SLOT_RETRY_NS;
         }
         if let Some(w) = self.window {
             let cap = self.cap_units();

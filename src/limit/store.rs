@@ -152,7 +152,7 @@ impl Store {
         self.overflows.load(Ordering::Relaxed)
     }
 
-    fn live(&self) -> u32 {
+    pub(super) fn live(&self) -> u32 {
         self.live_nodes.load(Ordering::Relaxed)
     }
 
@@ -330,7 +330,9 @@ impl Store {
         if !self.shared {
             return None;
         }
+        // A concurrency limit is never quiet: every slot taken or given back is written.
         let quiet = self.quiet.load(Ordering::Relaxed)
+            && !limit.params.is_slots()
             && is_quiet(
                 entry,
                 (&limit.params, limit.burst_guard),
@@ -373,6 +375,9 @@ impl Store {
     /// One bucket's decision on a charge, pace included; records the attempt.
     #[inline(always)]
     fn evaluate(&self, entry: &mut Entry, limit: &LimitSpec, cost: u64, now: i64) -> Decision {
+        if limit.params.is_slots() {
+            return self.evaluate_slots(entry, limit, cost, now);
+        }
         if let Some(sync) = entry.sync.as_ref() {
             if entry.view != View::New
                 && now.saturating_sub(sync.synced_ns) > self.stale_ns.load(Ordering::Relaxed)

@@ -94,6 +94,9 @@ pub(super) struct SyncState {
     pub(super) pace: Pace,
     /// Tokens this node credited to the bucket by resets, in total (its `NODE:credit`).
     pub(super) own_credit: u64,
+    /// A concurrency limit with `burst_guard`: the most slots this node may hold until the
+    /// next sync (what it held at the last one, plus its share of the slots then free).
+    pub(super) slot_cap: u64,
 }
 
 pub(super) struct Shard {
@@ -178,6 +181,7 @@ fn new_entry<'s>(
                     synced_ns: now,
                     pace: Pace::default(),
                     own_credit: 0,
+                    slot_cap: 0,
                 })
             }),
         },

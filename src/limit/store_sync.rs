@@ -169,26 +169,26 @@ impl Store {
             let Some(e) = shard.map.get_mut(store_key) else {
                 return;
             };
-            if e.view == View::New && !nodes.is_empty() {
-                e.bucket
-                    .rebase_on_store(own_stored.as_ref(), others_consumed, others_waste);
-            } else if e.view == View::Lagging {
-                // Waste raised locally on a lagging view would over-state the refill lost at
-                // the cap by everything the others spent meanwhile: take the stored one.
-                e.bucket
-                    .refresh_from_store(own_stored.as_ref(), others_consumed, others_waste);
-            } else {
-                let own = own_stored.unwrap_or(Counters {
-                    consumed: 0,
-                    attempts: 0,
-                    waste: i128::MIN,
-                });
-                e.bucket
-                    .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
-            }
+            let stored_any = !nodes.is_empty();
+            merge_stored(
+                e,
+                stored_any,
+                own_stored.as_ref(),
+                (others_consumed, others_waste),
+            );
             let tokens = e.bucket.tokens_units(params, now);
             let own = *e.bucket.own();
+            let e_new = e.view == View::New;
             let sync = e.sync.get_or_insert_with(Default::default);
+            if params.is_slots() {
+                slot_sync(
+                    sync,
+                    (&own, own_stored.as_ref(), e_new),
+                    tokens,
+                    self.live(),
+                    limit,
+                );
+            }
             sync.pace
                 .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
             sync.synced_ns = now;
@@ -250,6 +250,53 @@ impl Store {
         let pushed = (!nodes.contains_key(me)).then_some(&nothing);
         self.absorb(store_key, me, nodes, &BTreeMap::new(), limit, pushed);
     }
+}
+
+/// Merges a bucket's stored counters into `e`, as its view asks: a new bucket is rebased on
+/// them, a lagging one takes the stored waste, a current one takes the max of each.
+fn merge_stored(
+    e: &mut super::store_entry::Entry,
+    stored_any: bool,
+    own_stored: Option<&Counters>,
+    (others_consumed, others_waste): (u64, Option<i128>),
+) {
+    if e.view == View::New && stored_any {
+        e.bucket
+            .rebase_on_store(own_stored, others_consumed, others_waste);
+    } else if e.view == View::Lagging {
+        // Waste raised locally on a lagging view would over-state the refill lost at the cap
+        // by everything the others spent meanwhile: take the stored one.
+        e.bucket
+            .refresh_from_store(own_stored, others_consumed, others_waste);
+    } else {
+        let own = own_stored.copied().unwrap_or(Counters {
+            consumed: 0,
+            attempts: 0,
+            waste: i128::MIN,
+        });
+        e.bucket
+            .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
+    }
+}
+
+/// A concurrency limit at a sync: a fresh bucket (a restarted node, or one evicted and made
+/// again) counts every slot it held before as given back (the process that held them is gone,
+/// or held none when it was evicted), so its credit continues from its stored `consumed`; and
+/// with `burst_guard`, the slots this node may hold until the next sync.
+fn slot_sync(
+    sync: &mut super::store_entry::SyncState,
+    (own, own_stored, fresh): (&Counters, Option<&Counters>, bool),
+    tokens: i128,
+    live: u32,
+    limit: &LimitSpec,
+) {
+    if let (true, Some(stored)) = (fresh, own_stored) {
+        sync.own_credit = sync.own_credit.saturating_add(stored.consumed);
+    }
+    let held = own.consumed.saturating_sub(sync.own_credit);
+    let free = u64::try_from(tokens.max(0) / crate::limit::params::UNITS_PER_TOKEN).unwrap_or(0);
+    let share = (free / u64::from(live.max(1))).max(u64::from(limit.burst_guard));
+    sync.slot_cap = held.saturating_add(share);
 }
 
 #[cfg(test)]

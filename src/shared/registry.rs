@@ -72,6 +72,24 @@ pub fn read(
     }
 }
 
+/// The other nodes live in the registry (entries younger than `live_window_ms`): a
+/// concurrency limit counts only their slots, so a node that died stops holding any.
+pub fn live_others(
+    reg: &HashMap<String, String>,
+    node_id: &str,
+    now_ms: u64,
+    live_window_ms: u64,
+) -> std::collections::HashSet<String> {
+    reg.iter()
+        .filter(|(n, _)| n.as_str() != node_id)
+        .filter(|(_, v)| {
+            let seen = v.split_once(':').and_then(|(ms, _)| ms.parse::<u64>().ok());
+            seen.is_some_and(|seen| seen.saturating_add(live_window_ms) >= now_ms)
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
 /// A number that tells this process from another one with the same node_id.
 pub fn instance_id() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -108,6 +126,8 @@ mod tests {
             }
         );
         assert!(read(&reg, ("me", 0xdef), true, now, window).twin);
+        let live = live_others(&reg, "me", now, window);
+        assert_eq!(live, ["fresh".to_string()].into_iter().collect());
         // A first write finds the previous process's entry: no twin.
         assert!(!read(&reg, ("me", 0xdef), false, now, window).twin);
     }

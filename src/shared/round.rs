@@ -27,6 +27,9 @@ pub struct Context<'a> {
     pub limits: &'a [LimitSpec],
     /// The node's clock, as the buckets see it (Unix ms).
     pub now_ms: u64,
+    /// The other nodes the registry holds live, when it has been read: a concurrency limit
+    /// counts only their slots (`None`: every node's).
+    pub live_others: Option<&'a HashSet<String>>,
 }
 
 impl Context<'_> {
@@ -292,7 +295,15 @@ fn absorb_hash(
         Some(&d.own),
     );
     let (own_credit, others_credit) = layout::credits(&nodes, ctx.node_id);
-    store.absorb_credit(&d.store_key, own_credit, others_credit);
+    // A concurrency limit: the slots still held by nodes that are not live are given back.
+    let gone = match ctx.live_others {
+        Some(live) if p.is_slots() => (nodes.iter())
+            .filter(|(n, _)| n.as_str() != ctx.node_id && !live.contains(n.as_str()))
+            .map(|(_, f)| f.counters.consumed.saturating_sub(f.credit.unwrap_or(0)))
+            .sum(),
+        _ => 0,
+    };
+    store.absorb_credit(&d.store_key, own_credit, others_credit.saturating_add(gone));
 }
 
 #[cfg(test)]
@@ -314,6 +325,7 @@ mod tests {
             sync_interval: Duration::from_millis(100),
             limits,
             now_ms: 1_700_000_000_000,
+            live_others: None,
         }
     }
 

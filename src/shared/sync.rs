@@ -27,6 +27,7 @@ use crate::limit::store_key::StoreKey;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,29 @@ impl Link {
     }
 }
 
+/// What the registry read by a round says (see [`registry::read`]), and the other nodes it
+/// holds live (none read: `None`, every node counts).
+fn read_registry(
+    reg: Option<&HashMap<String, String>>,
+    ctx: &round::Context<'_>,
+    link: &Link,
+    sync_interval: Duration,
+) -> (registry::View, Option<HashSet<String>>) {
+    let window = registry::live_window_ms(sync_interval);
+    let Some(reg) = reg else {
+        let alone = registry::View {
+            live: 1,
+            twin: false,
+            others_synced_ms: 0,
+        };
+        return (alone, None);
+    };
+    let who = (ctx.node_id, link.instance);
+    let view = registry::read(reg, who, link.registered, ctx.now_ms, window);
+    let live = registry::live_others(reg, ctx.node_id, ctx.now_ms, window);
+    (view, Some(live))
+}
+
 impl SyncLoop {
     /// The connection, made on first use (a standalone one connects lazily anyway).
     async fn con<'l>(&self, link: &'l mut Link) -> redis::RedisResult<&'l mut Conn> {
@@ -144,6 +168,7 @@ impl SyncLoop {
             sync_interval: cfg.sync_interval,
             limits: &rt.limits,
             now_ms: u64::try_from(self.node.store.now_ns() / 1_000_000).unwrap_or(0),
+            live_others: None,
         };
         let dirty = self.node.store.take_dirty_up_to(MAX_BUCKETS_PER_ROUND);
         let round = round::build(&ctx, dirty);
@@ -178,21 +203,7 @@ impl SyncLoop {
             }
         };
         link.scripts_loaded = true;
-        let window = registry::live_window_ms(cfg.sync_interval);
-        let view = match registry {
-            Some(reg) => registry::read(
-                &reg,
-                (ctx.node_id, link.instance),
-                link.registered,
-                ctx.now_ms,
-                window,
-            ),
-            None => registry::View {
-                live: 1,
-                twin: false,
-                others_synced_ms: 0,
-            },
-        };
+        let (view, live_others) = read_registry(registry.as_ref(), &ctx, link, cfg.sync_interval);
         link.registered = true;
         self.set_cluster(view.live, cfg.sync_interval);
         let others_synced_ns = i64::try_from(view.others_synced_ms)
@@ -203,6 +214,10 @@ impl SyncLoop {
             .metrics
             .sync_duration_seconds
             .observe(started.elapsed().as_secs_f64());
+        let ctx = round::Context {
+            live_others: live_others.as_ref(),
+            ..ctx
+        };
         let seen = round::apply(&self.node.store, &ctx, &round, replies, &link.oversized);
         let bad = seen.requeue.len();
         self.report(link, ctx.node_id, seen, view.twin, bad);
