@@ -1667,6 +1667,12 @@ const PLANS: &[Claim] = &[Claim {
     kinds: ANY,
     prefix: "",
 }];
+const AI: &[Claim] = &[Claim {
+    file: "README.md",
+    section: "AI APIs",
+    kinds: ANY,
+    prefix: "",
+}];
 const DEMO: &[Claim] = &[
     Claim {
         file: "docs/admin-api.md",
@@ -1773,10 +1779,21 @@ fn start_gateway(
 /// README, "Plans and quotas": the upstream and `conf/plans.json` as the section starts them,
 /// then its transcript, its reloads, `/buckets` and `/reset`.
 fn plans_scenario(docs: &[DocCommand]) -> Log {
+    section_scenario(docs, PLANS)
+}
+
+/// README's "AI APIs": `conf/ai-api.json` in front of the upstream, its curl transcript.
+fn ai_scenario(docs: &[DocCommand]) -> Log {
+    section_scenario(docs, AI)
+}
+
+/// A README section that starts the upstream and the gateway with a shipped config
+/// (`cargo run ...`), then runs its commands against them.
+fn section_scenario(docs: &[DocCommand], claims: &[Claim]) -> Log {
     let mut log = Log::default();
     let mut up: Option<Upstream> = None;
     let mut gw: Option<(Gateway, Value)> = None;
-    for cmd in claimed(docs, PLANS) {
+    for cmd in claimed(docs, claims) {
         let mut words = shell_words(&cmd.text);
         if words.last().is_some_and(|w| w == "&") {
             words.pop();
@@ -2023,8 +2040,9 @@ fn every_documented_command_is_run_or_listed() {
     let docs = all_commands();
     let started = Instant::now();
     type Scenario = fn(&[DocCommand]) -> Log;
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 5] = [
         ("plans", plans_scenario),
+        ("ai", ai_scenario),
         ("demo", demo_scenario),
         ("shared", shared_scenario),
         ("checks", checks_scenario),
