@@ -24,6 +24,9 @@
 #   INSTR_PLANS=1  "limits on" with plans configured: the API-key limit with 100,000 overrides
 #                  in an overrides file (the benchmark's key among them) and a daily quota
 #                  with overrides in place of the per-IP limit; the target is the same
+#   INSTR_FEATURES=1  "limits on" with metering too: a concurrency limit, a limit charged by
+#                  the response's x-usage-tokens and refund_statuses on the route (both
+#                  configurations request /v1/complete?tokens=3); the target is the same
 #
 # Exit status: 2 when limits on / limits off is over 1.03 (the target), 1 on an error.
 set -euo pipefail
@@ -66,6 +69,10 @@ up = subprocess.Popen([os.path.join(bindir, "rating-api"), "--listen", "127.0.0.
                       stdout=subprocess.PIPE, text=True)
 up_addr = up.stdout.readline().strip().rsplit(" ", 1)[-1]
 
+FEATURES = os.environ.get("INSTR_FEATURES") == "1"
+# Both configurations send the same request; with INSTR_FEATURES the upstream reports a usage.
+TARGET = "/v1/complete?tokens=3" if FEATURES else "/rating/42"
+
 def plans_file(kind):
     """An overrides file of 100,000 keys, the benchmark's key ("bench") among them, for a
     bucket or a quota limit."""
@@ -97,6 +104,15 @@ def run(name, limits, requests, tool):
         cfg["limits"]["per-api-key"]["overrides_file"] = plans_file("bucket")
         cfg["limits"]["per-ip"] = {"quota": 1000000000000, "window": "day", "key": ["header:x-api-key"],
                                    "overrides_file": plans_file("quota")}
+    if limits and FEATURES:
+        # Metering: a concurrency limit, a limit charged by the response's usage header, and
+        # refunds on the route (the request asks the upstream to report 3 tokens).
+        cfg["limits"]["in-flight"] = {"max_in_flight": 1000000, "key": ["header:x-api-key"]}
+        cfg["limits"]["llm"] = {"capacity": 1000000000, "refill_per_second": 1e9,
+                                "key": ["header:x-api-key"]}
+        cfg["routes"][0]["limits"] = limits + ["in-flight", {"limit": "llm", "cost": {
+            "response_header": "x-usage-tokens", "reserve": 1, "strip": True}}]
+        cfg["routes"][0]["refund_statuses"] = ["5xx"]
     path = os.path.join(work, f"{name}-{requests}.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
@@ -119,7 +135,7 @@ def run(name, limits, requests, tool):
     cons = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(10)]
 
     def send(c):
-        c.request("GET", "/rating/42", headers={"x-api-key": "bench"})
+        c.request("GET", TARGET, headers={"x-api-key": "bench"})
         r = c.getresponse(); r.read()
         if r.status != 200:
             raise SystemExit(f"{name}: status {r.status}")

@@ -15,8 +15,8 @@ pub(super) const RATELIMIT: &[u8] = b"RateLimit";
 static RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 static RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
-/// Drops pingora's record of how the upstream spelled its header names, then adds the
-/// rate-limit headers. Header names are case-insensitive (RFC 9110, section 5.1); an HTTP/1
+/// Drops pingora's record of how the upstream spelled its header names, removes the headers
+/// in `strip` (response costs the client must not see), then adds the rate-limit headers. Header names are case-insensitive (RFC 9110, section 5.1); an HTTP/1
 /// response then carries them in lower case, except the standard names pingora writes
 /// title-cased (`Content-Type`, `Content-Length`, `Date`, `Connection`, `Server`, ...), as
 /// Envoy and HAProxy write theirs. Keeping the spelling costs pingora a copy of every header
@@ -24,9 +24,10 @@ static RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelim
 /// and a second map insert each, about 4% of the proxy's instructions per request, and the
 /// reason the case is dropped unless `preserve_header_case` asks for it. A reason phrase
 /// other than the standard one is kept.
-pub(super) fn without_header_case(
+pub(super) fn without_header_case<'h>(
     resp: &mut ResponseHeader,
     rate_headers: Option<(HeaderValue, HeaderValue)>,
+    strip: impl Iterator<Item = &'h http::HeaderName>,
 ) -> Result<()> {
     let reason = resp
         .get_reason_phrase()
@@ -36,6 +37,9 @@ pub(super) fn without_header_case(
     let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
     // Room for the rate-limit headers and pingora's `Date` and `Connection`, in one growth.
     parts.headers.reserve(4);
+    for name in strip {
+        parts.headers.remove(name);
+    }
     if let Some((policy, rl)) = rate_headers {
         parts.headers.insert(RATELIMIT_POLICY_NAME.clone(), policy);
         parts.headers.insert(RATELIMIT_NAME.clone(), rl);

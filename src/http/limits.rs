@@ -7,8 +7,7 @@ use crate::app::node::{Node, Runtime};
 use crate::config::{LimitId, Route, RouteId};
 use crate::http::headers;
 use crate::limit::bucket::{BucketParams, Decision};
-use crate::limit::store::Small;
-use crate::limit::store_key::StoreKey;
+use crate::limit::store::{split_store_key, Small};
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
 use crate::request::key::{Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
@@ -23,39 +22,64 @@ pub(super) struct Reported {
     pub(super) rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// Fingerprint of the reported (or refusing) limit's key, for the access log.
     pub(super) key_fp: Option<Fingerprint>,
-    /// A route that keeps its charges (`refund_statuses`, response costs): what the admitted
-    /// request was charged, limit by limit, to settle or give back when its answer comes.
-    pub(super) charged: Vec<Paid>,
+    /// A route that keeps its charges (`refund_statuses`, response costs, concurrency limits):
+    /// what the admitted request was charged, to settle, give back or release later.
+    pub(super) kept: Kept,
     /// A route with response costs: the decisions to report again once they are settled.
-    pub(super) unsettled: Option<Box<Unsettled>>,
-    /// The slots the admitted request holds on its route's concurrency limits, given back
-    /// when this is dropped (with the request's context: however the request ends).
-    pub(super) slots: Option<Slots>,
+    pub(super) unsettled: Option<Unsettled>,
 }
 
-/// Slots of concurrency limits held by one request: each is given back, as a credit of the
-/// node, when this is dropped. A request ends by dropping its context, whatever ended it (an
+/// What an admitted request was charged, limit by limit, on a route that keeps its charges:
+/// the store keys back to back in one buffer (one allocation for them all). The slots it holds
+/// on concurrency limits are given back, as a credit of the node, when this is dropped, with
+/// the request's context: a request ends by dropping its context, whatever ended it (an
 /// answer, the client gone, the upstream failed or timed out, a retry exhausted), so a slot is
 /// never kept by a request that is over.
-pub(super) struct Slots {
-    node: Arc<Node>,
-    keys: SmallVec<[StoreKey; 1]>,
+#[derive(Default)]
+pub(super) struct Kept {
+    keys: String,
+    paid: SmallVec<[Paid; 4]>,
+    /// The node to give slots back to, when the request holds any.
+    slots_of: Option<Arc<Node>>,
 }
 
-impl Drop for Slots {
-    fn drop(&mut self) {
-        for key in &self.keys {
-            self.node.store.refund(key, 1);
+/// What an admitted request was charged on one of its route's limits.
+struct Paid {
+    /// Position in the route's limits.
+    at: usize,
+    /// Its store key in [`Kept::keys`].
+    key: std::ops::Range<usize>,
+    cost: u64,
+    /// A slot of a concurrency limit (released when the request ends, never refunded).
+    slot: bool,
+}
+
+impl Kept {
+    pub(super) fn is_empty(&self) -> bool {
+        self.paid.is_empty()
+    }
+
+    /// Gives back what the request paid on every limit but its slots (a refund), once; calls
+    /// `counted(limit, tokens)` for each.
+    pub(super) fn refund(&mut self, node: &Node, mut counted: impl FnMut(&str, u64)) {
+        for p in self.paid.iter_mut().filter(|p| !p.slot && p.cost > 0) {
+            let key = &self.keys[p.key.clone()];
+            if node.store.refund(key, p.cost) {
+                counted(split_store_key(key).map_or("", |(l, _)| l), p.cost);
+            }
+            p.cost = 0;
         }
     }
 }
 
-/// What an admitted request was charged on one of its route's limits.
-pub(super) struct Paid {
-    /// Position in the route's limits.
-    pub(super) at: usize,
-    pub(super) key: StoreKey,
-    pub(super) cost: u64,
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(node) = self.slots_of.take() {
+            for p in self.paid.iter().filter(|p| p.slot) {
+                node.store.refund(&self.keys[p.key.clone()], 1);
+            }
+        }
+    }
 }
 
 /// An admitted request's decisions on a route with response costs, until its response head
@@ -117,11 +141,11 @@ pub(super) fn decide(
                 out.rate_headers = Some(rate_headers(rt, route.limits[i], &decisions[i], policy));
             }
             if !route.response_costs.is_empty() {
-                out.unsettled = Some(Box::new(Unsettled {
+                out.unsettled = Some(Unsettled {
                     decisions,
                     report,
                     params,
-                }));
+                });
             }
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
@@ -175,22 +199,23 @@ fn verdict(
         let all: SmallVec<[Charged<'_>; 4]> =
             route.limits.iter().map(|&li| charged_of(li)).collect();
         let costs: SmallVec<[u64; 4]> = (0..all.len()).map(|i| route.cost_at(i, cost)).collect();
-        let mut kept = Vec::new();
-        let verdict = decision::decide_keeping(&node.store, &all, &costs, fp, &mut kept);
-        let mut slots = SmallVec::new();
-        for (at, key) in kept {
-            if route.slot_limits.contains(&at) {
-                slots.push(key);
-            } else {
-                let cost = costs[at];
-                out.charged.push(Paid { at, key, cost });
-            }
-        }
-        if !slots.is_empty() {
-            out.slots = Some(Slots {
-                node: Arc::clone(node),
-                keys: slots,
+        let kept = &mut out.kept;
+        let mut items = SmallVec::new();
+        kept.keys = String::with_capacity(64);
+        let verdict =
+            decision::decide_keeping(&node.store, &all, &costs, fp, &mut kept.keys, &mut items);
+        for (at, key) in items {
+            let slot = route.slot_limits.contains(&at);
+            let cost = costs[at];
+            kept.paid.push(Paid {
+                at,
+                key,
+                cost,
+                slot,
             });
+        }
+        if kept.paid.iter().any(|p| p.slot) {
+            kept.slots_of = Some(Arc::clone(node));
         }
         return verdict;
     }
@@ -247,8 +272,8 @@ fn response_cost(v: &HeaderValue) -> Option<u64> {
 
 /// The response head of an admitted request on a route with response costs: each such limit's
 /// reserve is replaced by the cost the header reports (charged on top or given back, see
-/// [`crate::limit::store::Store::settle`]), the header is stripped if asked, and the
-/// `RateLimit` headers are chosen again from the settled state. A missing or invalid value
+/// [`crate::limit::store::Store::settle`]), and the `RateLimit` headers are chosen again from
+/// the settled state (the proxy strips the headers asked, see [`stripped`]). A missing or invalid value
 /// keeps the reserve and is counted in `response_cost_missing_total`.
 pub(super) fn settle(
     node: &Node,
@@ -262,16 +287,15 @@ pub(super) fn settle(
         return;
     };
     let (m, rm) = (&node.metrics, rt.request_metrics(&node.metrics));
+    let kept = &mut out.kept;
     for rc in &route.response_costs {
         let reported = resp.headers.get(&rc.header).and_then(response_cost);
-        if rc.strip {
-            resp.remove_header(&rc.header);
-        }
         let li = route.limits[rc.at];
         // Not charged there: an unlimited key, or a shadow limit that could not pay.
-        let Some(paid) = out.charged.iter_mut().find(|p| p.at == rc.at) else {
+        let Some(paid) = kept.paid.iter_mut().find(|p| p.at == rc.at) else {
             continue;
         };
+        let key = &kept.keys[paid.key.clone()];
         let Some(actual) = reported else {
             let labels = [route.name.as_str(), rt.limit_spec(li).name.as_str()];
             m.response_cost_missing_total
@@ -279,10 +303,11 @@ pub(super) fn settle(
                 .inc();
             continue;
         };
-        let Some(spec) = rt.spec_at(&paid.key) else {
+        let limit = rt.limit_spec(li);
+        let Some(spec) = limit.for_key(limit.key_of(key)).bucket() else {
             continue;
         };
-        if let Some(state) = node.store.settle(spec, &paid.key, paid.cost, actual) {
+        if let Some(state) = node.store.settle(spec, key, paid.cost, actual) {
             un.decisions[rc.at] = Decision {
                 allowed: true,
                 ..state
@@ -293,7 +318,7 @@ pub(super) fn settle(
         } else if actual < paid.cost {
             let refunded = &m.tokens_refunded_total;
             refunded
-                .with_label_values(&[paid.key.limit()])
+                .with_label_values(&[limit.name.as_str()])
                 .inc_by(paid.cost - actual);
         }
         paid.cost = actual;
@@ -307,9 +332,14 @@ pub(super) fn settle(
     let own = if Some(i) == un.report {
         un.params.clone()
     } else {
-        (out.charged.iter().find(|p| p.at == i))
-            .and_then(|p| rt.spec_at(&p.key))
-            .filter(|l| !std::ptr::eq(*l, rt.limit_spec(route.limits[i])))
+        let limit = rt.limit_spec(route.limits[i]);
+        (kept.paid.iter().find(|p| p.at == i))
+            .and_then(|p| {
+                limit
+                    .for_key(limit.key_of(&kept.keys[p.key.clone()]))
+                    .bucket()
+            })
+            .filter(|l| !std::ptr::eq(*l, limit))
             .map(|l| l.params.clone())
     };
     out.rate_headers = Some(rate_headers(
@@ -318,6 +348,13 @@ pub(super) fn settle(
         &un.decisions[i],
         own.as_ref(),
     ));
+}
+
+/// The response headers of route `route`'s response costs that the client must not see.
+pub(super) fn stripped(route: &Route) -> impl Iterator<Item = &http::HeaderName> {
+    (route.response_costs.iter())
+        .filter(|rc| rc.strip)
+        .map(|rc| &rc.header)
 }
 
 #[cfg(test)]

@@ -145,12 +145,10 @@ impl Gateway {
         if !rt.config.route(ri).refund.covers(status) {
             return;
         }
-        for paid in std::mem::take(&mut ctx.reported.charged) {
-            if paid.cost > 0 && self.node.store.refund(&paid.key, paid.cost) {
-                let m = &self.node.metrics.tokens_refunded_total;
-                m.with_label_values(&[paid.key.limit()]).inc_by(paid.cost);
-            }
-        }
+        let m = &self.node.metrics.tokens_refunded_total;
+        (ctx.reported.kept).refund(&self.node, |limit, tokens| {
+            m.with_label_values(&[limit]).inc_by(tokens)
+        });
     }
 
     /// Answers what the gateway must answer itself (400, 413, 429).
@@ -382,16 +380,21 @@ impl ProxyHttp for Gateway {
             }
         }
         let rate_headers = ctx.reported.rate_headers.take();
+        let route = (ctx.runtime.as_ref()).and_then(|rt| Some(rt.config.route(ctx.route?)));
+        let strip = route.into_iter().flat_map(limits::stripped);
         if preserve_case(ctx) {
+            for name in strip {
+                upstream_response.remove_header(name);
+            }
             if let Some((policy, rl)) = rate_headers {
                 upstream_response.insert_header(Bytes::from_static(RATELIMIT_POLICY), policy)?;
                 upstream_response.insert_header(Bytes::from_static(RATELIMIT), rl)?;
             }
         } else {
-            without_header_case(upstream_response, rate_headers)?;
+            without_header_case(upstream_response, rate_headers, strip)?;
         }
         ctx.status = upstream_response.status.as_u16();
-        if !ctx.reported.charged.is_empty() {
+        if !ctx.reported.kept.is_empty() {
             self.refund(ctx, ctx.status);
         }
         Ok(())
@@ -407,7 +410,7 @@ impl ProxyHttp for Gateway {
             };
         }
         ctx.status = code;
-        if !ctx.reported.charged.is_empty() {
+        if !ctx.reported.kept.is_empty() {
             self.refund(ctx, code);
         }
         if code > 0 {

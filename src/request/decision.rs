@@ -11,7 +11,6 @@ use crate::config::KeySource;
 use crate::limit::bucket::{BucketParams, Decision};
 use crate::limit::overrides::ForKey;
 use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store, EXEMPT};
-use crate::limit::store_key::StoreKey;
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
 use std::cell::Cell;
@@ -95,31 +94,27 @@ pub fn decide(store: &Store, charged: &[Charged<'_>], cost: u64, fingerprint: bo
     )
 }
 
-/// [`decide`] with a cost per limit (`costs[i]` on `charged[i]`), and the positions and
-/// store keys of the limits an admitted request was charged to (not those of an unlimited key
-/// or of a shadow limit that could not pay), for a settlement or a refund when its answer
-/// comes. Only routes that keep their charges use it (`refund_statuses`, response costs): it
-/// builds the keys in a buffer of its own, since it keeps them.
+/// [`decide`] with a cost per limit (`costs[i]` on `charged[i]`), for routes that keep what
+/// an admitted request was charged, to settle or give back when its answer comes
+/// (`refund_statuses`, response costs, concurrency limits): the store keys are written into
+/// `keys` (the caller keeps it), and `kept` gets the position and the range in `keys` of each
+/// limit the request was charged to (not of an unlimited key, nor of a shadow limit that
+/// could not pay).
 pub fn decide_keeping(
     store: &Store,
     charged: &[Charged<'_>],
     costs: &[u64],
     fingerprint: bool,
-    keep: &mut Vec<(usize, StoreKey)>,
+    keys: &mut String,
+    kept: &mut SmallVec<[(usize, std::ops::Range<usize>); 4]>,
 ) -> Verdict {
     assert_eq!(costs.len(), charged.len(), "one cost per charged limit");
-    let (mut buf, mut ends) = (String::new(), SmallVec::new());
-    let verdict = decide_with(
-        store,
-        charged,
-        |i| costs[i],
-        fingerprint,
-        (&mut buf, &mut ends),
-    );
+    let mut ends = SmallVec::new();
+    let verdict = decide_with(store, charged, |i| costs[i], fingerprint, (keys, &mut ends));
     if let Verdict::Pass { decisions, .. } = &verdict {
         for (i, d) in decisions.iter().enumerate() {
             if d.allowed && *d != UNLIMITED {
-                keep.push((i, StoreKey::from(key_at(&buf, &ends, i))));
+                kept.push((i, if i == 0 { 0 } else { ends[i - 1] }..ends[i]));
             }
         }
     }
@@ -423,12 +418,12 @@ mod tests {
                 key: KeyOf::Request(src, &view),
             })
             .collect();
-        let mut kept = Vec::new();
+        let (mut keys, mut kept) = (String::new(), SmallVec::new());
         assert!(matches!(
-            decide_keeping(&s, &charged, &[1; 5], false, &mut kept),
+            decide_keeping(&s, &charged, &[1; 5], false, &mut keys, &mut kept),
             Verdict::Pass { .. }
         ));
-        let kept: Vec<(usize, &str)> = kept.iter().map(|(i, k)| (*i, k.as_ref())).collect();
+        let kept: Vec<(usize, &str)> = kept.iter().map(|(i, r)| (*i, &keys[r.clone()])).collect();
         assert_eq!(
             kept,
             [
@@ -449,9 +444,11 @@ mod tests {
             limit,
             key: KeyOf::Given("k"),
         });
-        let mut kept = Vec::new();
+        let (mut keys, mut kept) = (String::new(), SmallVec::new());
+        let mut decide =
+            |costs: &[u64]| decide_keeping(&s, &charged, costs, false, &mut keys, &mut kept);
         for left in [(9, 6), (8, 2)] {
-            match decide_keeping(&s, &charged, &[1, 4], false, &mut kept) {
+            match decide(&[1, 4]) {
                 Verdict::Pass { decisions, .. } => {
                     assert_eq!((decisions[0].remaining, decisions[1].remaining), left)
                 }
@@ -459,18 +456,15 @@ mod tests {
             }
         }
         // b has 2 left, so a cost of 4 there is refused, and a keeps its 8.
+        assert!(matches!(decide(&[1, 4]), Verdict::Limited { at: 1, .. }));
         assert!(matches!(
-            decide_keeping(&s, &charged, &[1, 4], false, &mut kept),
-            Verdict::Limited { at: 1, .. }
-        ));
-        assert!(matches!(
-            decide_keeping(&s, &charged, &[1, 11], false, &mut kept),
+            decide(&[1, 11]),
             Verdict::TooCostly {
                 at: 1,
                 capacity: 10
             }
         ));
-        match decide_keeping(&s, &charged, &[8, 0], false, &mut kept) {
+        match decide(&[8, 0]) {
             Verdict::Pass { decisions, .. } => assert_eq!(decisions[0].remaining, 0),
             v => panic!("a still had 8, got {v:?}"),
         }
