@@ -18,7 +18,9 @@ Fails (exit 1) when:
   - any 5xx was seen (client side, or `requests_total{outcome="upstream_error"}`), or a client
     request failed at the transport level, or got a status other than 200/429;
   - a reload did not succeed, Redis was not reconnected, or a node did not exit 0 within 10 s
-    of SIGTERM.
+    of SIGTERM;
+  - a slot of the concurrency limit on the rating route (`in-flight`) was not given back: once
+    the load ends, every node sees all of them free and its Redis fields give back what they took.
 
 Usage: scripts/soak.py TOLLGATE_BIN RATING_API_BIN DURATION WORKDIR
 (scripts/soak.sh builds the binaries, makes WORKDIR and removes it after a PASS.)
@@ -43,6 +45,9 @@ CAPACITY_RELOADED = 120
 RATE = 50
 THREADS_PER_NODE = 8
 HOT_KEYS = [f"hot-{i}" for i in range(4)]
+# The concurrency limit on the rating route: never reached by the load (8 connections a node),
+# there to check that every slot taken is given back.
+IN_FLIGHT = 1000
 LIGHT_KEYS = [f"key-{i:03d}" for i in range(len(HOT_KEYS), 200)]
 LIGHT_SET = frozenset(LIGHT_KEYS)
 WARMUP_S = 10.0
@@ -250,10 +255,11 @@ class Node:
             "limits": {
                 "per-api-key": {"capacity": capacity, "refill_per_second": RATE, "key": ["header:x-api-key"]},
                 "per-ip": {"capacity": 100000, "refill_per_second": 100000, "key": ["client_ip"]},
+                "in-flight": {"max_in_flight": IN_FLIGHT, "key": ["header:x-api-key"]},
             },
             "routes": [
                 {"name": "rating", "match": {"path_prefix": "/rating", "methods": ["GET", "POST"]},
-                 "upstream": "rating-api", "limits": ["per-api-key", "per-ip"]},
+                 "upstream": "rating-api", "limits": ["per-api-key", "per-ip", "in-flight"]},
                 {"name": "default", "match": {"path_prefix": "/"}, "upstream": "rating-api", "limits": ["per-ip"]},
             ],
             "access_log": False,
@@ -624,6 +630,30 @@ def run(bin_, api, duration, work, procs, fails):
                 r.close()
             fails.append(f"accounting mismatch: redis {sum(last['redis'].values())} != "
                          f"metrics {sum(last['metrics'])}")
+
+    # Slots: every request has ended, so every node sees every slot of the concurrency limit
+    # free again, and every node's fields in Redis have given back all the slots they took.
+    def slots_free():
+        for n in nodes:
+            for key in HOT_KEYS + LIGHT_KEYS[:5]:
+                _, body = http_call(n.admin, "GET", f"/rating?limit=in-flight&key={key}")
+                if json.loads(body)["remaining"] != IN_FLIGHT:
+                    return False
+        r = Redis(redis_port)
+        try:
+            for key in HOT_KEYS:
+                h = r.cmd("HGETALL", f"{PREFIX}:in-flight:{key}") or []
+                f = {h[i].decode(): int(h[i + 1]) for i in range(0, len(h), 2)}
+                if any(f.get(f"{n.id}:consumed", 0) != f.get(f"{n.id}:credit", 0) for n in nodes):
+                    return False
+        finally:
+            r.close()
+        return True
+
+    if poll(ACCOUNTING_DEADLINE_S, lambda: safe(slots_free, False)):
+        print(f"slots (in-flight, max {IN_FLIGHT}): all given back on both nodes and in redis")
+    else:
+        fails.append("slots: a node still holds slots of in-flight after the load ended")
 
     # Resources at the end.
     res_end = [n.resources() for n in nodes]

@@ -25,8 +25,9 @@ pub(super) struct Reported {
     /// A route that keeps its charges (`refund_statuses`, response costs, concurrency limits):
     /// what the admitted request was charged, to settle, give back or release later.
     pub(super) kept: Kept,
-    /// A route with response costs: the decisions to report again once they are settled.
-    pub(super) unsettled: Option<Unsettled>,
+    /// A route with response costs: the decisions to report again once they are settled
+    /// (boxed: the context of every request carries the field).
+    pub(super) unsettled: Option<Box<Unsettled>>,
 }
 
 /// What an admitted request was charged, limit by limit, on a route that keeps its charges:
@@ -38,7 +39,9 @@ pub(super) struct Reported {
 #[derive(Default)]
 pub(super) struct Kept {
     keys: String,
-    paid: SmallVec<[Paid; 4]>,
+    /// A `Vec` (empty, unallocated, on routes that keep nothing): the context of every
+    /// request carries it.
+    paid: Vec<Paid>,
     /// The node to give slots back to, when the request holds any.
     slots_of: Option<Arc<Node>>,
 }
@@ -141,11 +144,11 @@ pub(super) fn decide(
                 out.rate_headers = Some(rate_headers(rt, route.limits[i], &decisions[i], policy));
             }
             if !route.response_costs.is_empty() {
-                out.unsettled = Some(Unsettled {
+                out.unsettled = Some(Box::new(Unsettled {
                     decisions,
                     report,
                     params,
-                });
+                }));
             }
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
@@ -249,9 +252,11 @@ fn rate_headers(
 /// Counts the tokens each limit that paid took, in `tokens_consumed_total`.
 fn count_consumed(node: &Node, rt: &Runtime, route: &Route, decisions: &[Decision], cost: u64) {
     let (m, rm) = (&node.metrics, rt.request_metrics(&node.metrics));
+    let keeps = route.keeps_charges();
     for (i, (d, &li)) in decisions.iter().zip(&route.limits).enumerate() {
         if d.allowed {
-            rm.consumed(m, li).inc_by(route.cost_at(i, cost));
+            let cost = if keeps { route.cost_at(i, cost) } else { cost };
+            rm.consumed(m, li).inc_by(cost);
         }
     }
 }

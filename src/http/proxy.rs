@@ -381,7 +381,10 @@ impl ProxyHttp for Gateway {
         }
         let rate_headers = ctx.reported.rate_headers.take();
         let route = (ctx.runtime.as_ref()).and_then(|rt| Some(rt.config.route(ctx.route?)));
-        let strip = route.into_iter().flat_map(limits::stripped);
+        // Response costs' headers to strip (most routes have none).
+        let strip = (route.filter(|r| !r.response_costs.is_empty()))
+            .into_iter()
+            .flat_map(limits::stripped);
         if preserve_case(ctx) {
             for name in strip {
                 upstream_response.remove_header(name);
