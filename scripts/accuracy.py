@@ -71,6 +71,48 @@ Rows (scenario names, for --only; shell patterns such as 'rtt80-*' work too):
                     capacity 100, 50/s: admitted / (100 + 50 x t)) and override-plain (a key
                     without override: admitted / (10 + 10 x t)), each in 0.95..1.05; the
                     detail gives the capacity and rate every node wrote into each key's hash
+  concurrency-within-sticky, concurrency-within-spread
+                    a concurrency limit ({"max_in_flight": 12}) and a client within it: 12
+                    threads of one key, each sending GET /slow?ms=200 (rating-api) after the
+                    last one's answer on its keep-alive connection for DURATION s, all through
+                    one node (sticky) or 4 per node (spread): not admitted / requests = 0. No
+                    timing enters: sticky, the node knows its own slots at once and no other
+                    node holds any; spread, each node holds at most its fair share (12 / 3
+                    live nodes), which it may always hold; and a request's slot is given back
+                    before its connection reads the next request. One refusal is a bug, so
+                    the bound is 0, not 1%. The detail gives what the upstream saw in flight
+  concurrency-overload, concurrency-overload-guard
+                    the same limit under overload: 24 clients per node on the one key for
+                    DURATION s (/slow?ms=200; a refused client tries again after 10 to 30
+                    ms), default mode and "burst_guard": true. The scenario's own rating-api
+                    is polled (GET /inflight?reset=1, every 10 ms) for the requests it serves
+                    at once: each poll gives the count then and the exact peak since the last
+                    one. Warmed up: from 1 s after the clients start (5 requests' length, 10
+                    syncs). Rows concurrency-overload and concurrency-overload-guard (the mean
+                    of the polls once warmed up: at least 12 x 0.8), concurrency-overload-start
+                    (default mode, the peak in the first second: each node may fill the limit
+                    from a view one sync old, so at a jump at most 3 x 12),
+                    concurrency-overload-max (default mode, the peak once warmed up: the
+                    limit, 12, as the design states it) and concurrency-overload-guard-max
+                    (burst_guard, the peak over the whole run, the jump included: at most 12
+                    x 1.25), and concurrency-overload-held and concurrency-overload-guard-held
+                    (every slot given back: the sum over the nodes of NODE:consumed -
+                    NODE:credit in Redis, polled up to 5 s after the clients stop: 0); the
+                    detail gives how long and how often the upstream had more than 12
+  cost-balanced     a response cost: capacity 3000, 3000/s, the route's entry {"limit",
+                    "cost": {"response_header": "x-usage-tokens", "reserve": 10}}, requests to
+                    /v1/complete?ms=20&tokens=N with N uniform in 1..200, the balanced row's
+                    overload (2 clients per node) for DURATION s: the tokens the upstream
+                    reported on the 200s / (capacity + rate x t) in 0.95 .. 1.05 + E /
+                    (capacity + rate x t), where E = 6 x (200 - 10): settling charges a
+                    request's excess over its reserve without asking, so each request in flight
+                    (one per client at most) may take the bucket that far into debt at the end
+                    of the run (about 1.085 at 10 s); the detail compares Redis's consumed -
+                    credit with the tokens reported
+  cost-within       clients within a response-cost limit (capacity 600, 300/s, reserve 10):
+                    24 keys at once, each 5 requests/s with N uniform in 1..40 (at most 200
+                    tokens/s, under the refill) for 6 s; rows cost-within-sticky (a key through
+                    one node) and cost-within-spread (round robin): at most 1% not admitted
 
 Usage: scripts/accuracy.py TOLLGATE_BIN RATING_API_BIN [DURATION] [--only NAME,...]
                            [--keys N] [--many-keys N] [--wrk-connections N] [--pin-wrk CPUS]
@@ -127,6 +169,22 @@ MANY_TAIL_S = 5 * SYNC_MS / 1000.0
 # Then Redis is polled until it is about idle (the nodes' backlog pushed), at most this long.
 MANY_SETTLE_MAX_S, MANY_SETTLE_STEP_S, MANY_IDLE_CORES = 15.0, 0.5, 0.05
 MANY_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench", "many_keys.lua")
+# Concurrency limits: max_in_flight CONC_MAX on one key, requests to /slow?ms=CONC_MS. Overload:
+# CONC_CLIENTS clients per node, a refused one trying again after 0.5 to 1.5 x
+# CONC_REFUSED_PAUSE_S; the upstream's /inflight polled every CONC_SAMPLE_S; "warmed up" from
+# CONC_WARMUP_S after the clients start (5 requests' length, 10 syncs).
+CONC_MAX, CONC_MS = 12, 200
+CONC_PATH = f"/slow?ms={CONC_MS}"
+CONC_CLIENTS, CONC_REFUSED_PAUSE_S = 24, 0.02
+CONC_SAMPLE_S, CONC_WARMUP_S = 0.01, 1.0
+# Response costs: a bucket charged the x-usage-tokens of /v1/complete?ms=COST_MS&tokens=N.
+# Overload: N uniform in COST_TOKENS, reserve COST_RESERVE. Within: COSTW_KEYS keys at once,
+# each COSTW_PER_S requests/s with N uniform in COSTW_TOKENS for COSTW_S s (at most 200
+# tokens/s per key, under the refill of 300/s).
+USAGE_HEADER = "x-usage-tokens"
+COST_CAP, COST_RATE, COST_RESERVE, COST_TOKENS, COST_MS = 3000, 3000.0, 10, (1, 200), 20
+COSTW_CAP, COSTW_RATE, COSTW_TOKENS = 600, 300.0, (1, 40)
+COSTW_KEYS, COSTW_PER_S, COSTW_S = 24, 5.0, 6.0
 
 # Bounds: (lowest, highest), None for no bound on that side.
 RATIO = (0.95, 1.05)
@@ -143,6 +201,12 @@ QUOTA_FRESH = (0.95, 3.0)  # a fresh quota's first window: the default mode's bu
 SYNC_ERRORS = (0, 0)
 REDIS_CORES = (None, 0.5)
 REDIS_US_PER_REQUEST = (None, 3.0)
+# A client within its concurrency limit: never refused (see the docstring: no timing in it).
+CONC_WITHIN = (None, 0.0)
+CONC_MEAN = (0.8 * CONC_MAX, None)  # at least 80% of the slots busy once warmed up
+CONC_START_PEAK = (None, 3 * CONC_MAX)  # default mode, a jump: N x max_in_flight
+CONC_WARM_PEAK = (None, CONC_MAX)  # default mode, warmed up: max_in_flight
+CONC_GUARD_PEAK = (None, CONC_MAX * 5 // 4)  # burst_guard, the whole run: 1.25 x
 
 OUTAGE_MEASURE = "admitted during the stall / refill during it"
 REDIS_MEASURE = "sum of NODE:consumed - admitted, after the release"
@@ -153,6 +217,12 @@ QUOTA_PART_MEASURE = "admitted in a partial UTC minute / quota"
 SYNC_ERRORS_MEASURE = "tollgate_sync_errors_total, sum over the nodes"
 REDIS_CORES_MEASURE = "Redis CPU (sys + user) / wall time, cores"
 REDIS_US_MEASURE = "Redis CPU / proxied requests, us"
+CONC_MEAN_MEASURE = "upstream in flight, mean from 1 s after the start"
+CONC_START_MEASURE = "upstream in flight, most at once in the first 1 s"
+CONC_WARM_MEASURE = "upstream in flight, most at once from 1 s after the start"
+CONC_PEAK_MEASURE = "upstream in flight, most at once"
+CONC_HELD_MEASURE = "sum of NODE:consumed - NODE:credit, after the run"
+COST_MEASURE = "tokens reported for the admitted / (capacity + rate x t)"
 
 
 class ScenarioError(Exception):
@@ -276,7 +346,7 @@ class Env:
 class Node:
     """One `tollgate run` with a config written for it."""
 
-    def __init__(self, env, name, prefix, redis_port, limit):
+    def __init__(self, env, name, prefix, redis_port, limit, api_port=None, route_limit="acc"):
         self.env, self.name = env, name
         self.port, self.admin = free_port(), free_port()
         cfg = {
@@ -287,10 +357,10 @@ class Node:
                       "key_prefix": prefix,
                       # ACCURACY_QUIET=0: every change written (no quiet buckets), to compare.
                       "quiet_buckets": os.environ.get("ACCURACY_QUIET", "1") != "0"},
-            "upstreams": {"api": {"servers": [f"{HOST}:{env.api_port}"]}},
+            "upstreams": {"api": {"servers": [f"{HOST}:{api_port or env.api_port}"]}},
             "limits": {"acc": limit},
             "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "api",
-                        "limits": ["acc"]}],
+                        "limits": [route_limit]}],
             "access_log": False,
             "grace_period_seconds": 1,
         }
@@ -320,12 +390,16 @@ class Node:
 
 class Cluster:
     """N nodes sharing one limit under a key prefix of their own (`acc-SCENARIO`); every node
-    listening and in the registry (`PREFIX:nodes`) when the constructor returns."""
+    listening and in the registry (`PREFIX:nodes`) when the constructor returns. `api_port`:
+    an upstream of the scenario's own (default: the shared one); `route_limit`: the route's
+    limits entry (default the limit's name; a response cost is an object)."""
 
-    def __init__(self, env, scenario, n, limit, redis_port=None):
+    def __init__(self, env, scenario, n, limit, redis_port=None, api_port=None,
+                 route_limit="acc"):
         self.env, self.scenario = env, scenario
         self.prefix = f"acc-{scenario}"
         self.limit = limit
+        self.api_port, self.route_limit = api_port, route_limit
         self.redis_port = redis_port or env.redis_port
         self.nodes = []
         self.live = 0
@@ -342,7 +416,8 @@ class Cluster:
 
     def _node(self):
         name = f"{self.scenario}-{len(self.nodes)}"
-        return Node(self.env, name, self.prefix, self.redis_port, self.limit)
+        return Node(self.env, name, self.prefix, self.redis_port, self.limit, self.api_port,
+                    self.route_limit)
 
     @property
     def ports(self):
@@ -370,9 +445,9 @@ class Cluster:
             time.sleep(0.05)
         raise ScenarioError(f"{seen} of {n} nodes in the registry after {deadline:.0f} s")
 
-    def consumed(self, key):
+    def consumed(self, key, field="consumed"):
         h = self.env.redis.cmd("HGETALL", f"{self.prefix}:acc:{key}") or []
-        return sum(int(v) for k, v in zip(h[::2], h[1::2]) if k.endswith(":consumed"))
+        return sum(int(v) for k, v in zip(h[::2], h[1::2]) if k.endswith(f":{field}"))
 
     def params(self, key):
         """What the nodes wrote as a key's parameters: {(capacity, rate per second): nodes}."""
@@ -463,18 +538,23 @@ class Conn:
         self.con = http.client.HTTPConnection(HOST, self.port, timeout=5)
         self.con.connect()
 
-    def get(self, key):
-        """The status of one GET /x for `key`; 0 for a connection error."""
+    def get(self, key, path="/x"):
+        """The status of one GET `path` (default /x) for `key`; 0 for a connection error."""
+        return self.fetch(key, path)[0]
+
+    def fetch(self, key, path="/x"):
+        """The status and the response (read, for its headers) of one GET `path` for `key`;
+        (0, None) for a connection error."""
         try:
             if self.con is None:
                 self.open()
-            self.con.request("GET", "/x", headers={"x-api-key": key})
+            self.con.request("GET", path, headers={"x-api-key": key})
             r = self.con.getresponse()
             r.read()
-            return r.status
+            return r.status, r
         except (OSError, http.client.HTTPException):
             self.close()
-            return 0
+            return 0, None
 
     def close(self):
         if self.con is not None:
@@ -489,12 +569,23 @@ class Tally:
         self.lock = threading.Lock()
         self.ok_at = []
         self.statuses = {}
+        # Response costs: the tokens the upstream reported on the 200s, and the 200s without.
+        self.tokens = 0
+        self.no_tokens = 0
+        # Concurrency: (port, sent, answered) of each 200, when the client gives `sent`.
+        self.spans = []
 
-    def add(self, status, at):
+    def add(self, status, at, tokens=None, sent=None, port=None):
         with self.lock:
             self.statuses[status] = self.statuses.get(status, 0) + 1
             if status == 200:
                 self.ok_at.append(at)
+                if sent is not None:
+                    self.spans.append((port, sent, at))
+                if tokens is None:
+                    self.no_tokens += 1
+                else:
+                    self.tokens += tokens
 
     @property
     def admitted(self):
@@ -515,23 +606,41 @@ class Tally:
         return "; unexpected: " + ", ".join(
             f"{n} x {'connection error' if s == 0 else s}" for s, n in sorted(rest.items()))
 
+    def refused(self):
+        return self.statuses.get(429, 0)
+
 
 class Hammer(threading.Thread):
     """One keep-alive connection sending for one key until `stop` is set: as fast as it can, or
-    `per_second`; from `start_at` (time.monotonic) on when given."""
+    `per_second`; from `start_at` (time.monotonic) on when given. `path`: what it requests (a
+    string, or a function called for each request); `usage`: a response header whose value
+    the tally adds up over the 200s (a response cost); `refused_pause`: after a 429, wait a
+    random 0.5 to 1.5 times this many seconds before the next request."""
 
-    def __init__(self, port, key, tally, stop, per_second=None, start_at=None):
+    def __init__(self, port, key, tally, stop, per_second=None, start_at=None, path="/x",
+                 usage=None, refused_pause=None):
         super().__init__(daemon=True)
         self.conn, self.key, self.tally, self.stop = Conn(port), key, tally, stop
         self.per_second, self.start_at = per_second, start_at
+        self.path, self.usage, self.refused_pause = path, usage, refused_pause
 
     def run(self):
         if self.start_at is not None:
             self.stop.wait(max(0.0, self.start_at - time.monotonic()))
         next_at = time.monotonic()
         while not self.stop.is_set():
-            status = self.conn.get(self.key)
-            self.tally.add(status, time.monotonic())
+            path = self.path() if callable(self.path) else self.path
+            if self.usage:
+                status, r = self.conn.fetch(self.key, path)
+                value = r.getheader(self.usage) if status == 200 else None
+                tokens = int(value) if value is not None and value.strip().isdigit() else None
+                self.tally.add(status, time.monotonic(), tokens)
+            else:
+                sent = time.monotonic()
+                status = self.conn.get(self.key, path)
+                self.tally.add(status, time.monotonic(), sent=sent, port=self.conn.port)
+            if status == 429 and self.refused_pause:
+                self.stop.wait(self.refused_pause * random.uniform(0.5, 1.5))
             if self.per_second:
                 next_at += 1.0 / self.per_second
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
@@ -680,10 +789,10 @@ def overload_row(name, tally, elapsed, cap, rate, bound, detail):
                      f"{detail}, {tally.sent} requests in {elapsed:.1f} s{tally.odd()}")
 
 
-def within_row(name, tally, detail):
+def within_row(name, tally, detail, bound=NOT_ADMITTED):
     missed = tally.sent - tally.admitted
     return Row(name, SHARE_MEASURE, missed / tally.sent if tally.sent else None,
-               NOT_ADMITTED,
+               bound,
                f"{missed} of {tally.sent} not admitted; {detail}{tally.odd()}", percent=True)
 
 
@@ -963,6 +1072,331 @@ def run_override(env):
 
 
 # ---------------------------------------------------------------------------------------------
+# Concurrency limits (max_in_flight) and response costs: an upstream of each scenario's own, so
+# that its GET /inflight counts only this scenario's requests.
+
+
+class UpstreamProc:
+    """A `rating-api` of one scenario's own."""
+
+    def __init__(self, env):
+        self.proc = env.spawn([env.api, "--listen", f"{HOST}:0"], stdout=subprocess.PIPE,
+                              text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        line = self.proc.stdout.readline() if ready else ""
+        if "listening on" not in line:
+            self.close()
+            raise ScenarioError(f"rating-api did not start: {line.strip()!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class InFlightSampler(threading.Thread):
+    """Polls the upstream's GET /inflight?reset=1 every CONC_SAMPLE_S on one keep-alive
+    connection until `stop` is set. Each sample is (the previous poll's moment, this one's, the
+    requests in flight at this one, the most at once between the two): the peaks are exact
+    whatever the polls' spacing, the mean is over the polls."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.samples, self.error = port, threading.Event(), [], None
+
+    def poll(self, con):
+        con.request("GET", "/inflight?reset=1")
+        r = con.getresponse()
+        v = json.loads(r.read())
+        return time.monotonic(), int(v["in_flight"]), int(v["max"])
+
+    def run(self):
+        con = http.client.HTTPConnection(HOST, self.port, timeout=5)
+        try:
+            last = self.poll(con)[0]  # starts the peak afresh
+            while not self.stop.wait(CONC_SAMPLE_S):
+                at, now, most = self.poll(con)
+                self.samples.append((last, at, now, most))
+                last = at
+        except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            con.close()
+
+    def finish(self):
+        self.stop.set()
+        self.join(timeout=10)
+        if self.error or self.is_alive():
+            raise ScenarioError(f"GET /inflight failed: {self.error or 'no answer'}")
+
+    def mean(self, start, end):
+        xs = [n for _, at, n, _ in self.samples if start <= at < end]
+        return (sum(xs) / len(xs) if xs else None), len(xs)
+
+    def peak(self, start, end):
+        """The most in flight at once in the polls' intervals that overlap [start, end)."""
+        xs = [m for since, at, _, m in self.samples if since < end and at > start]
+        return max(xs) if xs else None
+
+    def peak_within(self, start, end):
+        """The most at once in the intervals wholly inside [start, end]."""
+        xs = [m for since, at, _, m in self.samples if since >= start and at <= end]
+        return max(xs) if xs else None
+
+    def share_above(self, limit, start, end):
+        """The share of the polls in [start, end) that found more than `limit` in flight."""
+        xs = [n > limit for _, at, n, _ in self.samples if start <= at < end]
+        return sum(xs) / len(xs) if xs else 0.0
+
+    def peak_at(self, start, end):
+        """The end of the first interval wholly inside [start, end] with its peak."""
+        iv = self.peak_interval(start, end)
+        return iv[1] if iv else None
+
+    def peak_interval(self, start, end):
+        """(since, at) of the first interval wholly inside [start, end] with its peak."""
+        top = self.peak_within(start, end)
+        xs = [(since, at) for since, at, _, m in self.samples
+              if since >= start and at <= end and m == top]
+        return min(xs, key=lambda x: x[1]) if xs else None
+
+    def last_above(self, limit):
+        """The end of the last interval whose peak was above `limit` (None: none was)."""
+        xs = [at for _, at, _, m in self.samples if m > limit]
+        return max(xs) if xs else None
+
+    def spacing_ms(self):
+        gaps = sorted(1000 * (at - since) for since, at, _, _ in self.samples)
+        if not gaps:
+            return "no poll"
+        return (f"{len(gaps)} polls, {gaps[len(gaps) // 2]:.0f} ms apart (median), "
+                f"{gaps[-1]:.0f} ms at most")
+
+
+def clients_per_node(tally, ports, interval):
+    """The clients' own count of their admitted requests in flight per node (sent, not yet
+    answered) at the moment of `interval` (since, at) when their total was highest: how the
+    nodes shared a peak the upstream saw in it."""
+    if not interval:
+        return None
+    since, at = interval
+    best = None
+    for i in range(21):
+        t = since + (at - since) * i / 20
+        per = [sum(1 for p, a, b in tally.spans if p == port and a <= t < b) for port in ports]
+        if best is None or sum(per) > sum(best):
+            best = per
+    return best
+
+
+def slots_limit(guard):
+    limit = {"max_in_flight": CONC_MAX, "key": ["header:x-api-key"]}
+    if guard:
+        limit["burst_guard"] = True
+    return limit
+
+
+def run_clients(clients, duration):
+    """Starts `clients` (Hammers sharing one stop event, passed as `clients[0].stop`), lets them
+    run `duration` s, stops them; returns (start, end) in time.monotonic."""
+    start = time.monotonic()
+    for c in clients:
+        c.start()
+    try:
+        time.sleep(duration)
+    finally:
+        if clients:
+            clients[0].stop.set()
+        join_all(clients)
+    return start, time.monotonic()
+
+
+def run_concurrency_within(env, name, spread):
+    """CONC_MAX clients of one key, each keeping one request to /slow?ms=CONC_MS in flight,
+    back to back: on one node, or CONC_MAX / 3 per node."""
+    key, tally, stop = f"key-{name}", Tally(), threading.Event()
+    with UpstreamProc(env) as up, Cluster(env, name, 3, slots_limit(False),
+                                          api_port=up.port) as c:
+        sampler = InFlightSampler(up.port)
+        sampler.start()
+        ports = [c.ports[i % 3] if spread else c.ports[0] for i in range(CONC_MAX)]
+        clients = [Hammer(p, key, tally, stop, path=CONC_PATH) for p in ports]
+        start, end = run_clients(clients, env.duration)
+        sampler.finish()
+    mean, polls = sampler.mean(start + CONC_WARMUP_S, end)
+    how = (f"{CONC_MAX // 3} per node" if spread else "all through one node")
+    detail = (f"3 nodes, max_in_flight {CONC_MAX}; {CONC_MAX} clients, {how}, each one request "
+              f"to /slow?ms={CONC_MS} after another on its keep-alive connection, "
+              f"{end - start:.1f} s; the upstream had {sampler.peak(start, end)} in flight at "
+              f"most, {mean if mean is None else round(mean, 2)} on average from "
+              f"{CONC_WARMUP_S:g} s on ({polls} polls)")
+    return [within_row(name, tally, detail, CONC_WITHIN)]
+
+
+def run_concurrency_overload(env, name, guard):
+    """CONC_CLIENTS clients per node on one key, each keeping a request to /slow?ms=CONC_MS in
+    flight when admitted and trying again CONC_REFUSED_PAUSE_S (0.5 to 1.5 x) after a 429; the
+    upstream's in-flight count polled throughout."""
+    key, tally, stop = f"key-{name}", Tally(), threading.Event()
+    with UpstreamProc(env) as up, Cluster(env, name, 3, slots_limit(guard),
+                                          api_port=up.port) as c:
+        time.sleep(3 * SYNC_MS / 1000.0)  # every node has read the registry since the last joined
+        sampler = InFlightSampler(up.port)
+        sampler.start()
+        time.sleep(5 * CONC_SAMPLE_S)  # a few polls before the jump
+        clients = [Hammer(p, key, tally, stop, path=CONC_PATH,
+                          refused_pause=CONC_REFUSED_PAUSE_S)
+                   for p in c.ports for _ in range(CONC_CLIENTS)]
+        start, end = run_clients(clients, env.duration)
+        sampler.finish()
+        # Every slot given back once the clients are gone: Redis holds as many `credit` as
+        # `consumed` (polled: the last releases are pushed by the next sync).
+        deadline, held = time.monotonic() + 5.0, None
+        while time.monotonic() < deadline:
+            held = c.consumed(key) - c.consumed(key, "credit")
+            if held == 0:
+                break
+            time.sleep(0.1)
+    warm = start + CONC_WARMUP_S
+    mean, polls = sampler.mean(warm, end)
+    start_peak, warm_peak = sampler.peak(start, warm), sampler.peak_within(warm, end)
+    above, peak_at = sampler.last_above(CONC_MAX), sampler.peak_at(warm, end)
+    ports = c.ports
+    split = [("in the first second", clients_per_node(tally, ports, sampler.peak_interval(
+                 start, warm))),
+             ("after it", clients_per_node(tally, ports, sampler.peak_interval(warm, end)))]
+    split = "; ".join(f"{when} {', '.join(map(str, per))}" for when, per in split if per)
+    admitted_warm = tally.between(warm, end)
+    little = admitted_warm * CONC_MS / 1000.0 / (end - warm) if end > warm else 0.0
+    mode = '"burst_guard": true' if guard else "default mode"
+    if above is None:
+        over = f"never above {CONC_MAX}"
+    else:
+        over = (f"above {CONC_MAX} until {1000 * (above - start):.0f} ms after the start, in "
+                f"{100 * sampler.share_above(CONC_MAX, warm, end):.1f}% of the polls from "
+                f"{CONC_WARMUP_S:g} s on")
+        if peak_at is not None:
+            over += f", the peak after it {1000 * (peak_at - start):.0f} ms after the start"
+    setup = (f"3 nodes, {mode}, max_in_flight {CONC_MAX}; {CONC_CLIENTS} clients per node on "
+             f"one key, /slow?ms={CONC_MS}, a refused client tries again after "
+             f"{500 * CONC_REFUSED_PAUSE_S:.0f}-{1500 * CONC_REFUSED_PAUSE_S:.0f} ms; "
+             f"{end - start:.1f} s: {tally.sent} requests, {tally.admitted} admitted, "
+             f"{tally.refused()} refused{tally.odd()}; upstream /inflight: "
+             f"{sampler.spacing_ms()}; most in flight in the first {CONC_WARMUP_S:g} s "
+             f"{start_peak}, after it {warm_peak}; {over}; at each peak, the clients' count "
+             f"of their admitted requests in flight per node: {split}")
+    held_row = Row(f"{name}-held", CONC_HELD_MEASURE, held, (0, 0),
+                   f"polled up to 5 s after the clients stopped; {setup}")
+    mean_detail = (f"mean of {polls} polls from {CONC_WARMUP_S:g} s on; admitted from then x "
+                   f"{CONC_MS} ms / time = {little:.2f} (Little's law, the clients' side); "
+                   f"{setup}")
+    if guard:
+        return [
+            Row(name, CONC_MEAN_MEASURE, mean, CONC_MEAN, mean_detail),
+            Row(f"{name}-max", CONC_PEAK_MEASURE, sampler.peak(start, end), CONC_GUARD_PEAK,
+                setup),
+            held_row,
+        ]
+    return [
+        Row(name, CONC_MEAN_MEASURE, mean, CONC_MEAN, mean_detail),
+        Row(f"{name}-start", CONC_START_MEASURE, start_peak, CONC_START_PEAK, setup),
+        Row(f"{name}-max", CONC_WARM_MEASURE, warm_peak, CONC_WARM_PEAK, setup),
+        held_row,
+    ]
+
+
+def cost_route(reserve):
+    return {"limit": "acc", "cost": {"response_header": USAGE_HEADER, "reserve": reserve}}
+
+
+def cost_overshoot(clients, elapsed):
+    """The upper bound of the cost-balanced row: RATIO's, plus what settling may charge beyond
+    the bucket (each request in flight at the end, one per client at most, settling up to
+    COST_TOKENS[1] on a reserve of COST_RESERVE) over the reference."""
+    excess = clients * (COST_TOKENS[1] - COST_RESERVE)
+    return RATIO[1] + excess / (COST_CAP + COST_RATE * elapsed)
+
+
+def run_cost_balanced(env):
+    name, key, weights = "cost-balanced", "key-cost-balanced", [2, 2, 2]
+    limit = {"capacity": COST_CAP, "refill_per_second": COST_RATE, "key": ["header:x-api-key"]}
+    tally, stop = Tally(), threading.Event()
+
+    def path():
+        return f"/v1/complete?ms={COST_MS}&tokens={random.randint(*COST_TOKENS)}"
+
+    with Cluster(env, name, 3, limit, route_limit=cost_route(COST_RESERVE)) as c:
+        clients = [Hammer(port, key, tally, stop, path=path, usage=USAGE_HEADER)
+                   for port, w in zip(c.ports, weights) for _ in range(w)]
+        start, end = run_clients(clients, env.duration)
+        # What the nodes charged, in Redis once their last syncs are in.
+        deadline, net = time.monotonic() + 3.0, None
+        while time.monotonic() < deadline:
+            net = c.consumed(key) - c.consumed(key, "credit")
+            if net == tally.tokens:
+                break
+            time.sleep(0.1)
+    elapsed = end - start
+    reference = COST_CAP + COST_RATE * elapsed
+    bound = (RATIO[0], round(cost_overshoot(sum(weights), elapsed), 3))
+    admitted = tally.admitted
+    return [Row(name, COST_MEASURE, tally.tokens / reference, bound,
+                f"tokens {tally.tokens} in {admitted} admitted requests "
+                f"({tally.tokens / admitted if admitted else 0:.1f} each), reference "
+                f"{reference:.0f}; 3 nodes, clients 2:2:2 on one key, capacity {COST_CAP}, "
+                f"{COST_RATE:g}/s, charged {USAGE_HEADER} of /v1/complete?ms={COST_MS}&tokens=N"
+                f", N uniform in {COST_TOKENS[0]}..{COST_TOKENS[1]}, reserve {COST_RESERVE}; "
+                f"{tally.sent} requests in {elapsed:.1f} s; Redis: consumed - credit = {net}"
+                f"{'' if not tally.no_tokens else f'; {tally.no_tokens} 200s without the header'}"
+                f"{tally.odd()}")]
+
+
+def run_cost_within(env):
+    """COSTW_KEYS keys at once, each a client sending COSTW_PER_S requests a second to
+    /v1/complete?tokens=N, N uniform in COSTW_TOKENS, so at most COSTW_PER_S x COSTW_TOKENS[1]
+    tokens a second, under the refill COSTW_RATE; sticky then spread."""
+    name, rows = "cost-within", []
+    limit = {"capacity": COSTW_CAP, "refill_per_second": COSTW_RATE, "key": ["header:x-api-key"]}
+
+    def path():
+        return f"/v1/complete?ms={COST_MS}&tokens={random.randint(*COSTW_TOKENS)}"
+
+    with Cluster(env, name, 3, limit, route_limit=cost_route(COST_RESERVE)) as c:
+        for row, spread in (("cost-within-sticky", False), ("cost-within-spread", True)):
+            tally, stop, clients = Tally(), threading.Event(), []
+            for k in range(COSTW_KEYS):
+                key = f"key-{row}-{k}"
+                if spread:
+                    # One client per node, each at a third of the key's rate, phases apart.
+                    clients += [Hammer(p, key, tally, stop, per_second=COSTW_PER_S / 3.0,
+                                       start_at=time.monotonic() + 0.2 + i / COSTW_PER_S,
+                                       path=path, usage=USAGE_HEADER)
+                                for i, p in enumerate(c.ports)]
+                else:
+                    clients.append(Hammer(c.ports[k % 3], key, tally, stop,
+                                          per_second=COSTW_PER_S, path=path,
+                                          usage=USAGE_HEADER))
+            start, end = run_clients(clients, COSTW_S)
+            how = ("its requests round robin over the nodes (a client per node, each at a "
+                   "third of the rate)" if spread else "all its requests through one node")
+            rows.append(within_row(
+                row, tally,
+                f"3 nodes, {COSTW_KEYS} keys at once, each {COSTW_PER_S:g} requests/s for "
+                f"{end - start:.1f} s, {how}; capacity {COSTW_CAP}, {COSTW_RATE:g}/s, charged "
+                f"{USAGE_HEADER} of /v1/complete?ms={COST_MS}&tokens=N, N uniform in "
+                f"{COSTW_TOKENS[0]}..{COSTW_TOKENS[1]} (at most "
+                f"{COSTW_PER_S * COSTW_TOKENS[1]:g} tokens/s per key), reserve {COST_RESERVE}; "
+                f"tokens {tally.tokens} in {tally.admitted} admitted"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Many keys at the full request rate: wrk, node metrics, Redis INFO.
 
 
@@ -1224,7 +1658,7 @@ SHARE_MEASURE = "not admitted / requests"
 BURST_MEASURE = "admitted / capacity"
 
 
-def scenarios():
+def scenarios(duration=10.0):
     def over(name, bound):
         return [(name, RATIO_MEASURE, bound, False)]
 
@@ -1284,6 +1718,29 @@ def scenarios():
                  run_quota_within),
         Scenario("override-balanced", over("override-balanced", RATIO)
                  + over("override-plain", RATIO), run_override),
+    ]
+    for name, spread in (("concurrency-within-sticky", False),
+                         ("concurrency-within-spread", True)):
+        s.append(Scenario(name, [(name, SHARE_MEASURE, CONC_WITHIN, True)],
+                          lambda e, name=name, spread=spread:
+                          run_concurrency_within(e, name, spread)))
+    name = "concurrency-overload"
+    s.append(Scenario(name, [(name, CONC_MEAN_MEASURE, CONC_MEAN, False),
+                             (f"{name}-start", CONC_START_MEASURE, CONC_START_PEAK, False),
+                             (f"{name}-max", CONC_WARM_MEASURE, CONC_WARM_PEAK, False),
+                             (f"{name}-held", CONC_HELD_MEASURE, (0, 0), False)],
+                      lambda e: run_concurrency_overload(e, "concurrency-overload", False)))
+    name = "concurrency-overload-guard"
+    s.append(Scenario(name, [(name, CONC_MEAN_MEASURE, CONC_MEAN, False),
+                             (f"{name}-max", CONC_PEAK_MEASURE, CONC_GUARD_PEAK, False),
+                             (f"{name}-held", CONC_HELD_MEASURE, (0, 0), False)],
+                      lambda e: run_concurrency_overload(e, "concurrency-overload-guard", True)))
+    cost_bound = (RATIO[0], round(cost_overshoot(6, duration), 3))
+    s += [
+        Scenario("cost-balanced", [("cost-balanced", COST_MEASURE, cost_bound, False)],
+                 run_cost_balanced),
+        Scenario("cost-within", share("cost-within-sticky") + share("cost-within-spread"),
+                 run_cost_within),
     ]
     return s
 
@@ -1351,10 +1808,10 @@ def print_table(rows, args):
 
 def main():
     args = parse_args()
-    all_ = scenarios()
+    all_ = scenarios(args.duration)
     if args.list:
         for s in all_:
-            print(f"{s.name:<22} rows: {', '.join(s.names)}")
+            print(f"{s.name:<27} rows: {', '.join(s.names)}")
         return 0
     chosen = select_scenarios(all_, args.only)
     tmp = tempfile.mkdtemp(prefix="tollgate-accuracy-")

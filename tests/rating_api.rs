@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{get, request, Conn, Upstream};
+use common::{get, request, wait_until, Conn, Upstream};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -232,4 +232,52 @@ fn sigterm_exits_zero() {
     assert!(status.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn inflight_counts_the_requests_being_served_and_their_peak() {
+    let up = Upstream::start();
+    let inflight = |target: &str| {
+        let v = get(up.addr, target, &[]).json();
+        (v["in_flight"].as_u64().unwrap(), v["max"].as_u64().unwrap())
+    };
+    // Its own request is not counted.
+    assert_eq!(inflight("/inflight"), (0, 0));
+    // Six slow requests at once, on connections of their own: four /slow, two /v1/complete.
+    let addr = up.addr;
+    let slow: Vec<_> = (0..6)
+        .map(|i| {
+            let target = if i < 4 {
+                "/slow?ms=3000"
+            } else {
+                "/v1/complete?ms=3000&tokens=5"
+            };
+            std::thread::spawn(move || get(addr, target, &[]).status)
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || inflight("/inflight").0 == 6),
+        "{:?}",
+        inflight("/inflight")
+    );
+    assert_eq!(inflight("/inflight"), (6, 6));
+    // A reset answers the peak so far and starts again from the requests in flight now.
+    assert_eq!(inflight("/inflight?reset=1"), (6, 6));
+    assert_eq!(inflight("/inflight"), (6, 6));
+    for h in slow {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    // Each is counted until its response has been written: the count returns to zero, the
+    // peak stays until the next reset.
+    assert!(
+        wait_until(Duration::from_secs(10), || inflight("/inflight").0 == 0),
+        "{:?}",
+        inflight("/inflight")
+    );
+    assert_eq!(inflight("/inflight?reset=1"), (0, 6));
+    assert_eq!(inflight("/inflight"), (0, 0));
+    // Another endpoint's request counts while it is served, then the peak shows it.
+    assert_eq!(get(up.addr, "/rating/1", &[]).status, 200);
+    let done = || inflight("/inflight") == (0, 1);
+    assert!(wait_until(Duration::from_secs(10), done));
 }

@@ -8,7 +8,15 @@
 //! Endpoints: `GET /health`, `GET|POST /rating/ITEM`, `GET /slow?ms=N`, `GET /status/CODE`
 //! (`?ms=N`: after a delay), `GET /big?bytes=N`, `GET|POST /v1/complete` (an AI call: answers
 //! after `?ms=N` with the tokens it "used" in `x-usage-tokens`, `?tokens=N` or one per 4 bytes
-//! of the body, at least 1), and a catch-all echo for everything else.
+//! of the body, at least 1), `GET /inflight` (below), and a catch-all echo for everything
+//! else.
+//!
+//! `GET /inflight` answers `{"in_flight": N, "max": M}`: the requests being served now, every
+//! endpoint's but its own (counted from the moment a request has been read until its response
+//! is written, so a `/slow?ms=200` counts for 200 ms), and the most served at once since the
+//! start or the last reset; `?reset=1` answers the same and then starts the max again from the
+//! requests in flight now, so that polling with it gives the exact peak of each interval. The
+//! accuracy script (`scripts/accuracy.py`) measures concurrency limits with it.
 
 #[path = "rating_api/wire.rs"]
 mod wire;
@@ -16,6 +24,7 @@ mod wire;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,6 +64,44 @@ enum Reply {
 /// The response header in which `/v1/complete` reports the tokens a call used.
 const USAGE_HEADER: &str = "x-usage-tokens";
 
+/// The requests being served (low 32 bits) and the most at once since the last reset (high 32
+/// bits), in one word, so that a reset never loses a peak that comes while it runs.
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+const COUNT: u64 = u32::MAX as u64;
+
+/// One request being served: counted in [`IN_FLIGHT`] until dropped.
+struct Serving;
+
+impl Serving {
+    fn start() -> Serving {
+        let _ = IN_FLIGHT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            let n = (w & COUNT) + 1;
+            Some(((w >> 32).max(n) << 32) | n)
+        });
+        Serving
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `/inflight`: the requests served now and the most at once since the last reset; `reset`
+/// starts the max again from those served now.
+fn in_flight(reset: bool) -> Value {
+    let w = if reset {
+        let reset = |w: u64| Some(((w & COUNT) << 32) | (w & COUNT));
+        IN_FLIGHT
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, reset)
+            .unwrap_or_else(|w| w)
+    } else {
+        IN_FLIGHT.load(Ordering::SeqCst)
+    };
+    json!({"in_flight": w & COUNT, "max": w >> 32})
+}
+
 /// Sleeps for the request's `?ms=N` (capped), if any; returns the milliseconds slept.
 async fn delay(req: &Request) -> u64 {
     let ms = req
@@ -85,6 +132,7 @@ async fn route(req: &Request, peer: SocketAddr) -> Reply {
     let invalid = |what: &str| Reply::Json(400, json!({"error": what, "request": echo}));
     match (get, req.method.as_str(), path, item) {
         (true, _, "/health", _) => Reply::Json(200, json!({"status": "ok"})),
+        (true, _, "/inflight", _) => Reply::Json(200, in_flight(req.query("reset") == Some("1"))),
         (true, _, _, Some(item)) => {
             let h = fnv(item);
             let rating = 10 + h % 41; // 1.0 ..= 5.0 in tenths
@@ -216,8 +264,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr) {
         };
         let keep_alive = req.keep_alive();
         let head_only = req.method == "HEAD";
+        let counted = (req.target.split('?').next() != Some("/inflight")).then(Serving::start);
         let reply = route(&req, peer).await;
         let sent = respond(&mut r.stream, reply, head_only, !keep_alive).await;
+        drop(counted);
         if sent.is_err() || !keep_alive {
             return;
         }
