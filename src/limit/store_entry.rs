@@ -85,6 +85,9 @@ pub(super) enum View {
     Lagging,
 }
 
+/// A concurrency limit's cap before its first sync: none (see [`SyncState::slot_cap`]).
+pub(super) const NO_CAP: u64 = u64::MAX;
+
 /// What a shared bucket needs besides its counters.
 #[derive(Default)]
 pub(super) struct SyncState {
@@ -94,8 +97,8 @@ pub(super) struct SyncState {
     pub(super) pace: Pace,
     /// Tokens this node credited to the bucket by resets, in total (its `NODE:credit`).
     pub(super) own_credit: u64,
-    /// A concurrency limit with `burst_guard`: the most slots this node may hold until the
-    /// next sync (what it held at the last one, plus its share of the slots then free).
+    /// A concurrency limit: the most slots this node may hold beyond its fair share until the
+    /// next sync (see [`super::store::Store::set_slot_cap`]).
     pub(super) slot_cap: u64,
 }
 
@@ -181,7 +184,7 @@ fn new_entry<'s>(
                     synced_ns: now,
                     pace: Pace::default(),
                     own_credit: 0,
-                    slot_cap: 0,
+                    slot_cap: NO_CAP,
                 })
             }),
         },

@@ -181,13 +181,7 @@ impl Store {
             let e_new = e.view == View::New;
             let sync = e.sync.get_or_insert_with(Default::default);
             if params.is_slots() {
-                slot_sync(
-                    sync,
-                    (&own, own_stored.as_ref(), e_new),
-                    tokens,
-                    self.live(),
-                    limit,
-                );
+                slot_sync(sync, own_stored.as_ref(), e_new);
             }
             sync.pace
                 .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
@@ -281,22 +275,13 @@ fn merge_stored(
 
 /// A concurrency limit at a sync: a fresh bucket (a restarted node, or one evicted and made
 /// again) counts every slot it held before as given back (the process that held them is gone,
-/// or held none when it was evicted), so its credit continues from its stored `consumed`; and
-/// with `burst_guard`, the slots this node may hold until the next sync.
-fn slot_sync(
-    sync: &mut super::store_entry::SyncState,
-    (own, own_stored, fresh): (&Counters, Option<&Counters>, bool),
-    tokens: i128,
-    live: u32,
-    limit: &LimitSpec,
-) {
+/// or held none when it was evicted), so its credit continues from its stored `consumed`.
+/// (What it may hold until the next sync is set once the credits are merged:
+/// [`Store::set_slot_cap`].)
+fn slot_sync(sync: &mut super::store_entry::SyncState, own_stored: Option<&Counters>, fresh: bool) {
     if let (true, Some(stored)) = (fresh, own_stored) {
         sync.own_credit = sync.own_credit.saturating_add(stored.consumed);
     }
-    let held = own.consumed.saturating_sub(sync.own_credit);
-    let free = u64::try_from(tokens.max(0) / crate::limit::params::UNITS_PER_TOKEN).unwrap_or(0);
-    let share = (free / u64::from(live.max(1))).max(u64::from(limit.burst_guard));
-    sync.slot_cap = held.saturating_add(share);
 }
 
 #[cfg(test)]

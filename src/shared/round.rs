@@ -304,6 +304,26 @@ fn absorb_hash(
         _ => 0,
     };
     store.absorb_credit(&d.store_key, own_credit, others_credit.saturating_add(gone));
+    if p.is_slots() {
+        // Other live nodes that use this key: they hold slots, or wrote the hash within the
+        // last three sync intervals (a node whose requests all ended at its last write is
+        // still competing for the slots).
+        let recent = u64::try_from(ctx.sync_interval.as_millis().saturating_mul(3)).unwrap_or(0);
+        let active = (nodes.iter())
+            .filter(|(n, _)| n.as_str() != ctx.node_id)
+            .filter(|(n, _)| ctx.live_others.is_none_or(|l| l.contains(n.as_str())))
+            .filter(|(_, f)| {
+                f.counters.consumed > f.credit.unwrap_or(0)
+                    || f.seen_ms
+                        .is_some_and(|ms| ms.saturating_add(recent) >= ctx.now_ms)
+            })
+            .count();
+        store.set_slot_cap(
+            &d.store_key,
+            spec,
+            u32::try_from(active).unwrap_or(u32::MAX),
+        );
+    }
 }
 
 #[cfg(test)]
