@@ -249,8 +249,10 @@ class Node:
             "node_id": self.id,
             "listeners": [{"address": f"127.0.0.1:{self.port}"}],
             "admin": {"address": f"127.0.0.1:{self.admin}"},
+            # Every change written: the accounting below compares Redis with every token the
+            # nodes took, which quiet buckets (light keys kept out of Redis) would not allow.
             "redis": {"url": f"redis://127.0.0.1:{self.redis_port}/0", "sync_interval_ms": SYNC_MS,
-                      "key_prefix": PREFIX},
+                      "key_prefix": PREFIX, "quiet_buckets": False},
             "upstreams": {"rating-api": {"servers": [f"127.0.0.1:{self.up_port}"]}},
             "limits": {
                 "per-api-key": {"capacity": capacity, "refill_per_second": RATE, "key": ["header:x-api-key"]},
