@@ -153,12 +153,7 @@ fn every_way_a_request_ends_gives_its_slot_back() {
 fn shared_slots_span_the_nodes_and_a_dead_nodes_slots_return() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let node = |id: &str| {
-        let mut c = config(&up);
-        c["node_id"] = json!(id);
-        c["redis"] = json!({ "url": redis.url, "sync_interval_ms": 50 });
-        Gateway::builder(c).start()
-    };
+    let node = |id: &str| Gateway::builder(redis.node_config(config(&up), id)).start();
     let (a, b) = (node("node-a"), node("node-b"));
     a.settle(2);
     // a holds two of the key's three slots; Redis shows them taken and not given back.
@@ -208,9 +203,7 @@ fn shared_slots_span_the_nodes_and_a_dead_nodes_slots_return() {
 fn a_restarted_node_holds_none_of_the_slots_it_held_before() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let mut cfg = config(&up);
-    cfg["node_id"] = json!("node-r");
-    cfg["redis"] = json!({ "url": redis.url, "sync_interval_ms": 50 });
+    let cfg = redis.node_config(config(&up), "node-r");
     let first = Gateway::builder(cfg.clone()).start();
     let held: Vec<_> = (0..3)
         .map(|_| in_background(&first, "/slow?ms=20000", "k"))

@@ -176,12 +176,7 @@ fn a_refunded_answer_gives_back_its_reserve_on_a_route_with_two_limits() {
 fn a_bucket_settled_on_one_node_is_seen_on_another() {
     let redis = RedisServer::start();
     let up = Upstream::start();
-    let node = |id: &str| {
-        let mut c = config(&up);
-        c["node_id"] = json!(id);
-        c["redis"] = json!({ "url": redis.url, "sync_interval_ms": 50 });
-        Gateway::builder(c).start()
-    };
+    let node = |id: &str| Gateway::builder(redis.node_config(config(&up), id)).start();
     let (a, b) = (node("node-a"), node("node-b"));
     a.settle(2);
     // b holds the key first (10 used: its reserve, settled at 10).

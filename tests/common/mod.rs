@@ -777,6 +777,13 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// `config` as node `id` sharing its buckets through this Redis, synced every 50 ms.
+    pub fn node_config(&self, mut config: Value, id: &str) -> Value {
+        config["node_id"] = json!(id);
+        config["redis"] = json!({ "url": self.url, "sync_interval_ms": 50 });
+        config
+    }
+
     pub fn start() -> RedisServer {
         let dir = tempfile::tempdir().expect("create a temp dir");
         // A port taken between free_port() and redis's bind makes redis exit: try another.
