@@ -39,6 +39,25 @@ pub struct View {
     pub others_synced_ms: u64,
 }
 
+/// An entry's value: when the node last synced (Unix ms) and its instance.
+fn parse(v: &str) -> Option<(u64, &str)> {
+    let (ms, inst) = v.split_once(':')?;
+    Some((ms.parse().ok()?, inst))
+}
+
+/// The other nodes whose entries are younger than `live_window_ms`, with their last sync.
+fn live_entries<'r>(
+    reg: &'r HashMap<String, String>,
+    node_id: &'r str,
+    now_ms: u64,
+    live_window_ms: u64,
+) -> impl Iterator<Item = (&'r str, u64)> {
+    reg.iter()
+        .filter(move |(n, _)| n.as_str() != node_id)
+        .filter_map(|(n, v)| Some((n.as_str(), parse(v)?.0)))
+        .filter(move |(_, seen)| seen.saturating_add(live_window_ms) >= now_ms)
+}
+
 /// Reads the registry as it was before this node's write of this round. `registered`: this
 /// process has written its entry before (a first write finds the previous process's entry).
 pub fn read(
@@ -48,22 +67,14 @@ pub fn read(
     now_ms: u64,
     live_window_ms: u64,
 ) -> View {
-    let parse = |v: &String| -> Option<(u64, String)> {
-        let (ms, inst) = v.split_once(':')?;
-        Some((ms.parse().ok()?, inst.to_string()))
-    };
-    let others: Vec<u64> = reg
-        .iter()
-        .filter(|(n, _)| n.as_str() != node_id)
-        .filter_map(|(_, v)| parse(v))
-        .map(|(seen, _)| seen)
-        .filter(|seen| seen.saturating_add(live_window_ms) >= now_ms)
+    let others: Vec<u64> = live_entries(reg, node_id, now_ms, live_window_ms)
+        .map(|(_, seen)| seen)
         .collect();
     let mine = format!("{instance:x}");
     let twin = registered
         && reg
             .get(node_id)
-            .and_then(parse)
+            .and_then(|v| parse(v))
             .is_some_and(|(_, inst)| inst != mine);
     View {
         live: others.len() + 1,
@@ -72,21 +83,16 @@ pub fn read(
     }
 }
 
-/// The other nodes live in the registry (entries younger than `live_window_ms`): a
-/// concurrency limit counts only their slots, so a node that died stops holding any.
+/// The other nodes live in the registry (as [`read`] counts them): a concurrency limit counts
+/// only their slots, so a node that died stops holding any.
 pub fn live_others(
     reg: &HashMap<String, String>,
     node_id: &str,
     now_ms: u64,
     live_window_ms: u64,
 ) -> std::collections::HashSet<String> {
-    reg.iter()
-        .filter(|(n, _)| n.as_str() != node_id)
-        .filter(|(_, v)| {
-            let seen = v.split_once(':').and_then(|(ms, _)| ms.parse::<u64>().ok());
-            seen.is_some_and(|seen| seen.saturating_add(live_window_ms) >= now_ms)
-        })
-        .map(|(n, _)| n.clone())
+    live_entries(reg, node_id, now_ms, live_window_ms)
+        .map(|(n, _)| n.to_string())
         .collect()
 }
 

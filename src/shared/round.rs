@@ -295,35 +295,36 @@ fn absorb_hash(
         Some(&d.own),
     );
     let (own_credit, others_credit) = layout::credits(&nodes, ctx.node_id);
-    // A concurrency limit: the slots still held by nodes that are not live are given back.
-    let gone = match ctx.live_others {
-        Some(live) if p.is_slots() => (nodes.iter())
-            .filter(|(n, _)| n.as_str() != ctx.node_id && !live.contains(n.as_str()))
-            .map(|(_, f)| f.counters.consumed.saturating_sub(f.credit.unwrap_or(0)))
-            .sum(),
-        _ => 0,
+    let (gone, active) = if p.is_slots() {
+        slot_holders(ctx, &nodes)
+    } else {
+        (0, 0)
     };
     store.absorb_credit(&d.store_key, own_credit, others_credit.saturating_add(gone));
     if p.is_slots() {
-        // Other live nodes that use this key: they hold slots, or wrote the hash within the
-        // last three sync intervals (a node whose requests all ended at its last write is
-        // still competing for the slots).
-        let recent = u64::try_from(ctx.sync_interval.as_millis().saturating_mul(3)).unwrap_or(0);
-        let active = (nodes.iter())
-            .filter(|(n, _)| n.as_str() != ctx.node_id)
-            .filter(|(n, _)| ctx.live_others.is_none_or(|l| l.contains(n.as_str())))
-            .filter(|(_, f)| {
-                f.counters.consumed > f.credit.unwrap_or(0)
-                    || f.seen_ms
-                        .is_some_and(|ms| ms.saturating_add(recent) >= ctx.now_ms)
-            })
-            .count();
-        store.set_slot_cap(
-            &d.store_key,
-            spec,
-            u32::try_from(active).unwrap_or(u32::MAX),
-        );
+        store.set_slot_cap(&d.store_key, spec, active);
     }
+}
+
+/// A concurrency limit's other nodes, in one pass: the slots still held by nodes that are not
+/// live (given back: a node that died holds none), and how many live ones use the key (they
+/// hold slots, or wrote the hash within the last three sync intervals: a node whose requests
+/// all ended at its last write is still competing for the slots).
+fn slot_holders(ctx: &Context<'_>, nodes: &BTreeMap<String, layout::NodeFields>) -> (u64, u32) {
+    let recent = u64::try_from(ctx.sync_interval.as_millis().saturating_mul(3)).unwrap_or(0);
+    let (mut gone, mut active) = (0u64, 0u32);
+    for (n, f) in nodes.iter().filter(|(n, _)| n.as_str() != ctx.node_id) {
+        let held = f.counters.consumed.saturating_sub(f.credit.unwrap_or(0));
+        if ctx.live_others.is_some_and(|l| !l.contains(n.as_str())) {
+            gone = gone.saturating_add(held);
+        } else if held > 0
+            || f.seen_ms
+                .is_some_and(|ms| ms.saturating_add(recent) >= ctx.now_ms)
+        {
+            active = active.saturating_add(1);
+        }
+    }
+    (gone, active)
 }
 
 #[cfg(test)]
