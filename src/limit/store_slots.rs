@@ -28,14 +28,13 @@ impl Store {
         let tokens = entry.bucket.tokens_units(p, now);
         let mut d = Bucket::decide(p, tokens, cost, now);
         entry.bucket.record_attempt();
-        let Some(sync) = entry.sync.as_ref() else {
+        let (Some(held), Some(sync)) = (held(entry), entry.sync.as_ref()) else {
             return d;
         };
         let live = u64::from(self.live().max(1));
         if live == 1 {
             return d;
         }
-        let held = entry.bucket.own_consumed().saturating_sub(sync.own_credit);
         let wanted = held.saturating_add(cost);
         let fair = wanted <= p.capacity() / live;
         // Before its first sync a bucket has no cap: with burst_guard it holds its fair share
@@ -71,15 +70,23 @@ impl Store {
             return;
         };
         let free = e.bucket.peek(&limit.params, 0, now).remaining;
-        let Some(sync) = e.sync.as_mut() else {
+        let Some(held) = held(e) else {
             return;
         };
-        let held = e.bucket.own_consumed().saturating_sub(sync.own_credit);
         let divide = if limit.burst_guard {
             2 * self.live().max(1)
         } else {
             1 + active_others
         };
-        sync.slot_cap = held.saturating_add(free / u64::from(divide));
+        if let Some(sync) = e.sync.as_mut() {
+            sync.slot_cap = held.saturating_add(free / u64::from(divide));
+        }
     }
+}
+
+/// The slots this node holds of a shared concurrency limit: those it took less those it gave
+/// back (`None` standalone).
+fn held(e: &Entry) -> Option<u64> {
+    let sync = e.sync.as_ref()?;
+    Some(e.bucket.own_consumed().saturating_sub(sync.own_credit))
 }

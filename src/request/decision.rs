@@ -114,7 +114,7 @@ pub fn decide_keeping(
     if let Verdict::Pass { decisions, .. } = &verdict {
         for (i, d) in decisions.iter().enumerate() {
             if d.allowed && *d != UNLIMITED {
-                kept.push((i, if i == 0 { 0 } else { ends[i - 1] }..ends[i]));
+                kept.push((i, key_range(&ends, i)));
             }
         }
     }
@@ -159,8 +159,9 @@ fn decide_with(
             // Built from the same sources as the previous limit's key (a plan's per-second
             // bucket and its daily quota, both on the API key): copied, not built again.
             KeyOf::Request(sources, _) if same_key_as_previous(charged, i, sources) => {
-                let prev = if i == 1 { 0 } else { ends[i - 2] };
-                let prev_key = prev + charged[i - 1].limit.name.len() + 1..ends[i - 1];
+                // The previous key without its `LIMIT:` prefix.
+                let prev = key_range(ends, i - 1);
+                let prev_key = prev.start + charged[i - 1].limit.name.len() + 1..prev.end;
                 // SAFETY: the copied bytes are a whole `str` slice of `buf` (between key
                 // boundaries, which are char boundaries), so `buf` stays valid UTF-8.
                 unsafe { buf.as_mut_vec().extend_from_within(prev_key) };
@@ -296,7 +297,14 @@ pub const UNLIMITED: Decision = EXEMPT;
 /// The store key `i` in `buf`, where the keys end at `ends`.
 #[inline(always)]
 fn key_at<'b>(buf: &'b str, ends: &[usize], i: usize) -> &'b str {
-    &buf[if i == 0 { 0 } else { ends[i - 1] }..ends[i]]
+    &buf[key_range(ends, i)]
+}
+
+/// Where store key `i` is in a buffer whose keys end at `ends`.
+#[inline(always)]
+fn key_range(ends: &[usize], i: usize) -> std::ops::Range<usize> {
+    let start = if i == 0 { 0 } else { ends[i - 1] };
+    start..ends[i]
 }
 
 /// The decision to report: fewest tokens left, then longest until full.
