@@ -197,10 +197,12 @@ fn verdict(
         limit: rt.limit_spec(li),
         key: KeyOf::Request(&rt.config.limit(li).key, view),
     };
+    let all = || -> SmallVec<[Charged<'_>; 4]> {
+        route.limits.iter().map(|&li| charged_of(li)).collect()
+    };
     let fp = rt.config.access_log;
     if route.keeps_charges() {
-        let all: SmallVec<[Charged<'_>; 4]> =
-            route.limits.iter().map(|&li| charged_of(li)).collect();
+        let all = all();
         let costs: SmallVec<[u64; 4]> = (0..all.len()).map(|i| route.cost_at(i, cost)).collect();
         let kept = &mut out.kept;
         let mut items = SmallVec::new();
@@ -228,11 +230,7 @@ fn verdict(
         [] => decision::decide(&node.store, &[], cost, fp),
         [a] => decision::decide(&node.store, &[charged_of(a)], cost, fp),
         [a, b] => decision::decide(&node.store, &[charged_of(a), charged_of(b)], cost, fp),
-        _ => {
-            let all: SmallVec<[Charged<'_>; 4]> =
-                route.limits.iter().map(|&li| charged_of(li)).collect();
-            decision::decide(&node.store, &all, cost, fp)
-        }
+        _ => decision::decide(&node.store, &all(), cost, fp),
     }
 }
 
@@ -309,7 +307,7 @@ pub(super) fn settle(
             continue;
         };
         let limit = rt.limit_spec(li);
-        let Some(spec) = limit.for_key(limit.key_of(key)).bucket() else {
+        let Some(spec) = limit.spec_at(key) else {
             continue;
         };
         if let Some(state) = node.store.settle(spec, key, paid.cost, actual) {
@@ -339,11 +337,7 @@ pub(super) fn settle(
     } else {
         let limit = rt.limit_spec(route.limits[i]);
         (kept.paid.iter().find(|p| p.at == i))
-            .and_then(|p| {
-                limit
-                    .for_key(limit.key_of(&kept.keys[p.key.clone()]))
-                    .bucket()
-            })
+            .and_then(|p| limit.spec_at(&kept.keys[p.key.clone()]))
             .filter(|l| !std::ptr::eq(*l, limit))
             .map(|l| l.params.clone())
     };

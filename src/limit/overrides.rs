@@ -136,6 +136,12 @@ impl LimitSpec {
         }
     }
 
+    /// What the bucket of `store_key` (this limit's `LIMIT:KEY`) is charged as: this limit, or
+    /// the key's override (`None` for an unlimited or denied key: no bucket).
+    pub fn spec_at(&self, store_key: &str) -> Option<&LimitSpec> {
+        self.for_key(self.key_of(store_key)).bucket()
+    }
+
     /// The parameters of `key`'s bucket (`None` for an unlimited or denied key: no bucket).
     pub fn params_for(&self, key: &str) -> Option<&BucketParams> {
         self.for_key(key).bucket().map(|l| &l.params)
