@@ -372,3 +372,137 @@ fn a_reset_refills_a_key_on_every_node_and_is_audited_by_fingerprint() {
         405
     );
 }
+
+/// A shared quota in Redis: each node's counters name the window they count, by its UTC start
+/// (`node-a:consumed@2026-11-29T08:41`); an overshoot in one window is not carried into the
+/// next; a node's first write of the next window removes the fields of the one before (its
+/// own, and those of the nodes that wrote it); a reset credits the window it is made in; a
+/// restarted node reads its counters of the current window back; `inspect` shows the window.
+/// Runs across a minute boundary: up to 75 s.
+#[test]
+fn a_shared_quota_names_its_window_in_redis_and_starts_each_window_afresh() {
+    use std::collections::HashMap;
+    use tollgate::limit::window::{Window, WindowAt};
+    let redis = RedisServer::start();
+    let up = Upstream::start();
+    let config = |id: &str| {
+        let mut c = redis.node_config(
+            json!({
+                "upstreams": { "api": { "servers": [up.addr.to_string()] } },
+                "limits": { "q": { "quota": 5, "window": "minute", "key": ["header:x-api-key"] } },
+                "routes": [{ "name": "r", "match": { "path_prefix": "/" }, "upstream": "api", "limits": ["q"] }],
+            }),
+            id,
+        );
+        // Every change written (a light key may otherwise stay out of Redis).
+        c["redis"]["quiet_buckets"] = json!(false);
+        c
+    };
+    let a = Gateway::builder(config("node-a")).start();
+    let b = Gateway::builder(config("node-b")).start();
+    a.settle(2);
+    let key = "tollgate:q:k";
+    let hash = || -> HashMap<String, String> {
+        let flat = redis.cmd(&["HGETALL", key]);
+        let lines: Vec<&str> = flat.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|p| p.len() == 2)
+            .map(|p| (p[0].to_string(), p[1].to_string()))
+            .collect()
+    };
+    let has =
+        |h: &HashMap<String, String>, f: &str, v: &str| h.get(f).map(String::as_str) == Some(v);
+    // The first part must fit in one minute.
+    if 60.0 - unix_secs() % 60.0 < 20.0 {
+        let next = unix_secs().div_euclid(60.0) + 1.0;
+        assert!(wait_until(Duration::from_secs(25), || unix_secs() / 60.0 >= next));
+    }
+    let first = WindowAt::of(Window::Minute, (unix_secs() * 1e9) as i64);
+    let (this, next) = (first.label(), Window::Minute.label(first.index + 1));
+
+    // This minute: a takes 3, b 1; each node's counters name the minute, none are unnamed.
+    assert_eq!(statuses(&a, "k", 3), [200; 3]);
+    assert_eq!(statuses(&b, "k", 1), [200]);
+    assert!(
+        wait_until(WAIT, || {
+            let h = hash();
+            has(&h, &format!("node-a:consumed@{this}"), "3")
+                && has(&h, &format!("node-b:consumed@{this}"), "1")
+        }),
+        "{:?}",
+        hash()
+    );
+    let h = hash();
+    assert!(has(&h, "node-a:capacity", "5") && h.contains_key("node-b:seen_ms"));
+    assert!(
+        h.keys()
+            .all(|f| !f.ends_with(":consumed") && !f.contains(&next)),
+        "{h:?}"
+    );
+    // Overspent, as nodes that did not see each other in time can: another node took 20.
+    redis.cmd(&["HSET", key, &format!("node-c:consumed@{this}"), "20"]);
+    assert!(wait_until(WAIT, || statuses(&a, "k", 1) == [429]));
+
+    // The next minute: the whole quota again, whatever the minute before took. (A second
+    // in: a node's clock is Redis's, which may differ from this one by a little.)
+    let boundary = (first.index + 1) as f64 * 60.0;
+    assert!(wait_until(Duration::from_secs(75), || unix_secs() >= boundary + 1.0));
+    assert_eq!(statuses(&a, "k", 6), [200, 200, 200, 200, 200, 429]);
+    // a's write of the new minute removed every field of the one before: its own, b's and c's.
+    assert!(
+        wait_until(WAIT, || {
+            let h = hash();
+            has(&h, &format!("node-a:consumed@{next}"), "5")
+                && has(&h, &format!("node-a:attempts@{next}"), "6")
+                && h.keys().all(|f| !f.contains(&this))
+        }),
+        "{:?}",
+        hash()
+    );
+    let h = hash();
+    assert!(has(&h, "node-b:capacity", "5"), "parameters stay: {h:?}");
+
+    // inspect shows this minute's state.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inspect.json");
+    let mut c = config("inspector");
+    c["listeners"] = json!([{ "address": "127.0.0.1:8080" }]);
+    std::fs::write(&file, c.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["inspect", "-c"])
+        .arg(&file)
+        .args(["--limit", "q", "--key", "k"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("limit=q  window={next}  tokens=0/5")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().take(3).eq(["node-a", "5", "6"])),
+        "{text}"
+    );
+
+    // A reset on b credits this minute, in a field that names it.
+    let r = request(b.admin, "POST", "/reset?limit=q&key=k", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["credited"], json!(5));
+    assert!(
+        wait_until(WAIT, || has(&hash(), &format!("node-b:credit@{next}"), "5")),
+        "{:?}",
+        hash()
+    );
+    // A restarted a reads its counters of this minute back before it serves.
+    drop(a);
+    let a = Gateway::builder(config("node-a")).start();
+    let rating = get(a.admin, "/rating?limit=q&key=k", &[]).json();
+    assert_eq!(rating["remaining"], json!(5), "5 - 5 + 5: {rating}");
+}

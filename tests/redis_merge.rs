@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use tollgate::limit::bucket::Counters;
 use tollgate::limit::store_key::StoreKey;
 use tollgate::limit::store_sync::DirtyBucket;
+use tollgate::limit::window::{Window, WindowAt, WindowWaste};
 use tollgate::shared::batch::{self, batch_script};
 use tollgate::shared::layout::{
-    fresh_script, merge_script, node_field_names, node_fields, parse_hash, read_script, MAX_FIELDS,
-    TOO_BIG,
+    bucket_fields, fresh_script, merge_script, node_field_names, node_fields, parse_hash,
+    parse_hash_at, read_script, MAX_FIELDS, TOO_BIG,
 };
 use tollgate::shared::round::Op;
 
@@ -288,17 +289,33 @@ fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
             .query(&mut con)
             .unwrap();
     }
-    for round in 0..40 {
+    // Quota writes name one of a few minutes, mostly later as the rounds go (a node that is
+    // behind writes an earlier one): they remove the fields of earlier minutes, in both forms.
+    let minute = Window::Minute.index(1_795_941_667 * 1_000_000_000);
+    for round in 0..60 {
         let node = ["a", "b", "c"][g.next(3) as usize];
         let chosen: Vec<&str> = keys.iter().copied().filter(|_| g.next(3) > 0).collect();
         let ops: Vec<Op> = chosen
             .iter()
             .map(|k| {
+                let window = (g.next(3) > 0).then(|| WindowAt {
+                    window: Window::Minute,
+                    index: minute + (round / 15 + g.next(2)) as i64,
+                });
+                let waste = i128::from(g.next(1000)) - 500;
                 let own = Counters {
                     consumed: g.next(50),
                     attempts: g.next(50),
-                    waste: i128::from(g.next(1000)) - 500,
+                    waste: match window {
+                        Some(w) => WindowWaste {
+                            index: w.index,
+                            tokens: waste as i64,
+                        }
+                        .pack(),
+                        None => waste,
+                    },
                 };
+                let capacity = 10 + g.next(2);
                 Op {
                     bucket: DirtyBucket {
                         store_key: StoreKey::new("l", k),
@@ -308,7 +325,8 @@ fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
                     },
                     redis_key: (*k).to_string(),
                     ttl_ms: 60_000,
-                    fields: node_fields(node, &own, 10 + g.next(2), 5, 1000 + round),
+                    fields: bucket_fields(node, &own, (capacity, 5), 1000 + round, window.as_ref()),
+                    window,
                 }
             })
             .collect();
@@ -342,8 +360,19 @@ fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
                 op
             })
             .collect();
-        let inv = batch::invocation(&script, &batched).expect("same fields");
-        let all = batch::replies(inv.invoke(&mut con), batched.len());
+        // One call per set of field names, as a round sends them.
+        let mut all: Vec<Option<_>> = vec![None; batched.len()];
+        for group in batch::groups(&batched) {
+            let members: Vec<&Op> = group.iter().map(|&i| &batched[i]).collect();
+            let inv = batch::invocation(&script, &members).expect("same fields");
+            for (&i, r) in group
+                .iter()
+                .zip(batch::replies(inv.invoke(&mut con), group.len()))
+            {
+                all[i] = Some(r);
+            }
+        }
+        let all = all.into_iter().map(|r| r.expect("a reply for every op"));
         for ((op, one), all) in ops.iter().zip(one).zip(all) {
             match (one, all) {
                 (Ok(one), Ok(all)) => assert_eq!(one, all, "round {round}, {}", op.redis_key),
@@ -356,11 +385,17 @@ fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
             }
         }
     }
+    let first = format!("@{}", Window::Minute.label(minute));
     for k in keys.iter().filter(|k| **k != "str") {
+        let all = redis_hash(&mut con, &format!("all:{k}"));
+        assert_eq!(redis_hash(&mut con, &format!("one:{k}")), all, "{k}");
+        // The first minute's fields went with the later writes (not from the hash over the
+        // guard, which is not cleaned).
+        let named = all.keys().filter(|f| f.ends_with(&first)).count();
         assert_eq!(
-            redis_hash(&mut con, &format!("one:{k}")),
-            redis_hash(&mut con, &format!("all:{k}")),
-            "{k}"
+            named > 0,
+            *k == "big",
+            "{k}: {named} fields of the first minute"
         );
         let ttl: i64 = redis::cmd("PTTL")
             .arg(format!("all:{k}"))
@@ -368,4 +403,124 @@ fn the_batch_script_answers_and_writes_what_the_per_bucket_scripts_do() {
             .unwrap();
         assert!(ttl > 0, "{k}: no TTL");
     }
+}
+
+/// A write that names a window (a quota's) removes every field of an earlier window, whoever
+/// wrote it, and a quota's counters without a window (the layout before windows were named);
+/// it leaves the current and later windows, the parameters, and other hashes alone.
+#[test]
+fn a_quota_write_removes_the_fields_of_earlier_windows() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let key = "tollgate:daily:k";
+    let day = WindowAt::of(Window::Day, 1_795_941_667 * 1_000_000_000);
+    assert_eq!(day.label(), "2026-11-29");
+    let stored = [
+        ("a:consumed@2026-11-28", "5"),
+        ("a:waste@2026-11-28", "0"),
+        ("b:consumed@2026-11-27", "7"),
+        ("b:credit@2026-10-31", "1"),
+        ("b:consumed@2026-11-29", "2"),
+        ("c:consumed@2026-11-30", "3"),
+        ("a:consumed", "99"),
+        ("b:waste", "1"),
+        ("b:capacity", "10"),
+        ("b:seen_ms", "1"),
+        ("x@y:capacity", "10"),
+    ];
+    for (f, v) in stored {
+        redis.cmd(&["HSET", key, f, v]);
+        redis.cmd(&["HSET", "tollgate:per-ip:k", f, v]);
+    }
+    let own = Counters {
+        consumed: 4,
+        attempts: 6,
+        waste: WindowWaste {
+            index: day.index,
+            tokens: 0,
+        }
+        .pack(),
+    };
+    let hash = merge(
+        &mut con,
+        key,
+        60_000,
+        &bucket_fields("a", &own, (10, 115_740), 2, Some(&day)),
+    );
+    let mut fields: Vec<&str> = hash.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "a:attempts@2026-11-29",
+            "a:capacity",
+            "a:consumed@2026-11-29",
+            "a:rate",
+            "a:seen_ms",
+            "a:waste@2026-11-29",
+            "b:capacity",
+            "b:consumed@2026-11-29",
+            "b:seen_ms",
+            "c:consumed@2026-11-30",
+            "x@y:capacity",
+        ]
+    );
+    assert_eq!(redis_hash(&mut con, key), hash, "removed from the hash too");
+    let (nodes, ignored) = parse_hash_at(&hash, Some(&day));
+    assert_eq!(ignored, 0);
+    assert_eq!(nodes["a"].counters, own);
+    assert_eq!(nodes["b"].counters.consumed, 2);
+    // A write without a window (a token bucket's) removes nothing.
+    let other = "tollgate:per-ip:k";
+    let hash = merge(
+        &mut con,
+        other,
+        60_000,
+        &node_fields("a", &Counters::default(), 10, 1, 2),
+    );
+    for (f, _) in stored {
+        assert!(hash.contains_key(f), "{f} kept in {other}");
+    }
+    // A first write of a window (the fresh script) removes them too, answers the hash as it
+    // was, and keeps its waste out of a hash that exists.
+    redis.cmd(&["HSET", key, "b:consumed@2026-11-28", "8"]);
+    let next = WindowAt {
+        index: day.index + 1,
+        ..day
+    };
+    let fresh = Counters {
+        waste: WindowWaste {
+            index: next.index,
+            tokens: 0,
+        }
+        .pack(),
+        ..own
+    };
+    let before = run_script(
+        &fresh_script(),
+        &mut con,
+        key,
+        60_000,
+        &bucket_fields("b", &fresh, (10, 115_740), 3, Some(&next)),
+    );
+    assert!(before.contains_key("b:consumed@2026-11-28"));
+    let after = redis_hash(&mut con, key);
+    let mut fields: Vec<&str> = after.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "a:capacity",
+            "a:rate",
+            "a:seen_ms",
+            "b:attempts@2026-11-30",
+            "b:capacity",
+            "b:consumed@2026-11-30",
+            "b:rate",
+            "b:seen_ms",
+            "c:consumed@2026-11-30",
+            "x@y:capacity",
+        ]
+    );
 }

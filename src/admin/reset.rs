@@ -9,6 +9,7 @@ use crate::app::node::Node;
 use crate::config::LimitId;
 use crate::limit::overrides::ForKey;
 use crate::limit::store::store_key;
+use crate::limit::window::WindowAt;
 use crate::request::key::Fingerprint;
 use crate::shared::load_key::load_key;
 use crate::shared::{conn, layout, resets};
@@ -39,6 +40,12 @@ pub(super) async fn reset(node: &Node, li: LimitId, key: &str) -> Response<Vec<u
         let redis_key = layout::redis_key(&cfg.key_prefix, &limit.name, key);
         let ttl = limit.params.state_ttl_ms(cfg.sync_interval);
         let store_key = store_key(&limit.name, key);
+        // A quota's credit is of the window the reset was made in.
+        let window = limit
+            .params
+            .window()
+            .zip(r.window)
+            .map(|(window, index)| WindowAt { window, index });
         let announce = async {
             let mut con = conn::open(cfg).await.map_err(|e| e.to_string())?;
             let node_id = rt.config.node_id.as_str();
@@ -46,7 +53,7 @@ pub(super) async fn reset(node: &Node, li: LimitId, key: &str) -> Response<Vec<u
                 &mut con,
                 &cfg.key_prefix,
                 (&redis_key, ttl),
-                (node_id, r.own_credit),
+                (node_id, r.own_credit, window.as_ref()),
                 (&store_key, now_ms),
             )
             .await

@@ -377,9 +377,11 @@ impl Node {
 
 /// In shared mode a limit's refill rate cannot change on reload: the counters in Redis are
 /// credited in units of that rate on every node (see `bucket`), so a new rate would turn them
-/// into a different number of tokens. Use a new limit name for a new rate. The same holds for
-/// each key with an override: its rate (the override's, or the limit's when it has none) must
-/// stay; its capacity may change, and a key may become unlimited or denied, or stop being so.
+/// into a different number of tokens. Use a new limit name for a new rate. Nor can its kind
+/// (a quota of another window has the same rate as a token bucket of the quota's average, but
+/// counts one window at a time). The same holds for each key with an override: its rate and
+/// kind (the override's, or the limit's when it has none) must stay; its capacity may change,
+/// and a key may become unlimited or denied, or stop being so.
 fn check_shared_rates(old: &Runtime, new: &Runtime) -> Result<(), ConfigErrors> {
     if old.config.redis.is_none() {
         return Ok(());
@@ -397,6 +399,14 @@ fn check_shared_rates(old: &Runtime, new: &Runtime) -> Result<(), ConfigErrors> 
             ));
             continue;
         }
+        if !same_kind(&ol.params, &nl.params) {
+            errors.push(error(
+                &new.config,
+                format!("limits.{}", nl.name),
+                "the kind of a shared limit (token bucket, quota and its window, concurrency) cannot change on reload: its counters in Redis and in memory are of that kind; give the limit a new name".into(),
+            ));
+            continue;
+        }
         let keys = ol
             .overrides
             .iter()
@@ -404,7 +414,7 @@ fn check_shared_rates(old: &Runtime, new: &Runtime) -> Result<(), ConfigErrors> 
             .map(|(k, _)| k);
         let mut changed: Vec<&str> = keys
             .filter(|k| match (ol.params_for(k), nl.params_for(k)) {
-                (Some(o), Some(n)) => o.rate_q() != n.rate_q(),
+                (Some(o), Some(n)) => o.rate_q() != n.rate_q() || !same_kind(o, n),
                 _ => false,
             })
             .collect();
@@ -426,6 +436,12 @@ fn check_shared_rates(old: &Runtime, new: &Runtime) -> Result<(), ConfigErrors> 
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Whether two parameters are of one kind of limit: a token bucket, a quota of one kind of
+/// window (its counters count that window), or a concurrency limit.
+fn same_kind(a: &BucketParams, b: &BucketParams) -> bool {
+    a.window() == b.window() && a.is_slots() == b.is_slots()
 }
 
 /// Settings bound to sockets or to the node's identity cannot change on reload.

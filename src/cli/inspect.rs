@@ -1,10 +1,15 @@
 //! `tollgate inspect`: reads bucket state from Redis and explains it. Without `--key` it lists
 //! buckets with SCAN (never KEYS); with `--limit` and `--key` it shows one bucket: each node's
-//! fields, the merged totals, the tokens available now and when the bucket will be full.
+//! fields, the merged totals, the tokens available now and when the bucket will be full. A
+//! quota is shown as of the window holding now (its fields name it; other windows' are left
+//! out), and `full_in` is the time until the next window. A key with an override is shown with
+//! its own parameters.
 
 use crate::config::Config;
 use crate::limit::bucket::{Bucket, BucketParams, State};
 use crate::limit::clock::{Clock, SystemClock};
+use crate::limit::overrides::Override;
+use crate::limit::window::WindowAt;
 use crate::shared::conn::ConnError;
 use crate::shared::layout::{self, NodeFields};
 use serde_json::{json, Value};
@@ -46,29 +51,40 @@ pub enum InspectError {
     KeyWithoutLimit,
 }
 
-/// One bucket, explained.
+/// One bucket (`key`: its client key as the Redis key names it), explained, at `now_ns`.
 fn describe(
     redis_key: &str,
-    limit: &str,
+    (limit, key): (&str, &str),
     config: &Config,
     hash: &HashMap<String, String>,
+    now_ns: i64,
 ) -> Value {
-    let (nodes, ignored) = layout::parse_hash(hash);
+    // The key's own parameters when it has an override (a plan), else its limit's.
+    let configured = config.limit_id(limit).map(|id| {
+        let l = config.limit(id);
+        match l.overrides.get(key) {
+            Some(Override::Bucket(spec)) => spec.params.clone(),
+            _ => l.params.clone(),
+        }
+    });
+    // A quota's fields of the window holding now.
+    let window = configured
+        .as_ref()
+        .and_then(BucketParams::window)
+        .map(|w| WindowAt::of(w, now_ns));
+    let (nodes, ignored) = layout::parse_hash_at(hash, window.as_ref());
     let mut state = State::default();
     for (n, f) in &nodes {
         state.insert(n, f.counters);
     }
     // Parameters: this config's, else what a node wrote.
-    let params = config
-        .limit_id(limit)
-        .map(|id| config.limit(id).params.clone())
-        .or_else(|| {
-            let f: &NodeFields = nodes
-                .values()
-                .find(|f| f.capacity.is_some() && f.rate_q.is_some())?;
-            let (c, r) = (f.capacity?, f.rate_q?);
-            BucketParams::new(c, r as f64 / 1e9, c).ok()
-        });
+    let params = configured.or_else(|| {
+        let f: &NodeFields = nodes
+            .values()
+            .find(|f| f.capacity.is_some() && f.rate_q.is_some())?;
+        let (c, r) = (f.capacity?, f.rate_q?);
+        BucketParams::new(c, r as f64 / 1e9, c).ok()
+    });
     let node_json: BTreeMap<&String, Value> = nodes
         .iter()
         .map(|(n, f)| {
@@ -93,8 +109,11 @@ fn describe(
         "total_attempts": nodes.values().map(|f| f.counters.attempts).sum::<u64>(),
         "ignored_fields": ignored,
     });
+    if let Some(w) = window {
+        v["window"] = json!(w.label());
+    }
     if let Some(p) = params {
-        let d = Bucket::from_state(&state).peek(&p, 0, SystemClock.now_ns());
+        let d = Bucket::from_state(&state, &p, now_ns).peek(&p, 0, now_ns);
         v["capacity"] = json!(p.capacity());
         v["refill_per_second"] = json!(p.refill_per_second());
         v["tokens_now"] = json!(d.remaining);
@@ -109,9 +128,12 @@ fn describe(
 
 fn text(v: &Value) -> String {
     let mut out = String::new();
+    let window = v["window"]
+        .as_str()
+        .map_or_else(String::new, |w| format!("  window={w}"));
     let _ = writeln!(
         out,
-        "{}  limit={}  tokens={}/{}  full_in={}ms  consumed={}{}",
+        "{}  limit={}{window}  tokens={}/{}  full_in={}ms  consumed={}{}",
         v["redis_key"].as_str().unwrap_or(""),
         v["limit"].as_str().unwrap_or(""),
         v["tokens_now"],
@@ -209,7 +231,7 @@ async fn collect(
             if hash.is_empty() {
                 return Err(InspectError::NoBucket(rk));
             }
-            let mut v = describe(&rk, limit, config, &hash);
+            let mut v = describe(&rk, (limit, key), config, &hash, SystemClock.now_ns());
             v["key"] = json!(key);
             results.push(v);
         }
@@ -228,13 +250,16 @@ async fn collect(
                 let Some(rest) = k.strip_prefix(&format!("{prefix}:")) else {
                     continue;
                 };
-                let Some((limit, _)) = rest.split_once(':') else {
+                let Some((limit, key)) = rest.split_once(':') else {
                     continue;
                 };
                 let hash: redis::RedisResult<HashMap<String, String>> =
                     redis::cmd("HGETALL").arg(&k).query_async(&mut con).await;
                 match hash {
-                    Ok(h) => results.push(describe(&k, limit, config, &h)),
+                    Ok(h) => {
+                        let now = SystemClock.now_ns();
+                        results.push(describe(&k, (limit, key), config, &h, now));
+                    }
                     Err(e) => results.push(json!({"redis_key": k, "error": e.to_string()})),
                 }
             }

@@ -57,8 +57,19 @@
 //! the δ it has not seen: that under-admits, never over-admits, by at most one sync interval
 //! of the others' spending. Keeping N nodes from each spending a whole full bucket within one
 //! sync interval is pacing, layered on top of this module (`pacing`), using `attempts`.
+//!
+//! # Quotas
+//!
+//! A quota (`super::window`) is this bucket for one calendar window at a time: A is the quota,
+//! constant within the window, and the counters (and credits) are those of one window, which
+//! the bucket's own waste names ([`WindowWaste`]: the window's index, and the whole tokens lost
+//! at the cap in it). [`Bucket::roll`] starts the window holding now from zero, so nothing of
+//! an earlier window (an overshoot the nodes made together, a response cost settled above its
+//! reserve) is carried into it; a past window reads as a full bucket. Within a window
+//! everything above holds as for any bucket, the waste merged by max within that window.
 
 pub use super::params::{BucketParams, ParamError, MAX_CAPACITY, MAX_RATE, UNITS_PER_TOKEN};
+use super::window::WindowWaste;
 use std::collections::BTreeMap;
 
 /// One node's monotone counters for one bucket.
@@ -142,7 +153,8 @@ pub struct Decision {
 }
 
 /// The hot-path bucket of one key on this node: its own counters and its merged view of the
-/// other nodes (sum of their consumption, max of their waste). 64 bytes, no heap.
+/// other nodes (sum of their consumption, max of their waste). 64 bytes, no heap. A quota's
+/// counters are those of one window, which its waste names (see [`super::window`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
     own: Counters,
@@ -154,10 +166,10 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// A bucket holding the initial tokens at `now_ns`.
+    /// A bucket holding the initial tokens at `now_ns` (a quota: the window holding it).
     pub fn new(p: &BucketParams, now_ns: i64) -> Self {
         let own = Counters {
-            waste: p.credit(now_ns) - i128::from(p.initial_tokens()) * UNITS_PER_TOKEN,
+            waste: p.initial_waste(now_ns),
             ..Counters::default()
         };
         Bucket {
@@ -166,6 +178,32 @@ impl Bucket {
             credit: 0,
             others_waste: i128::MIN,
         }
+    }
+
+    /// The window a quota's counters are of (its index); `None` for any other bucket.
+    pub fn window_index(&self, p: &BucketParams) -> Option<i64> {
+        p.window()
+            .map(|_| WindowWaste::unpack(self.own.waste).index)
+    }
+
+    /// A quota whose counters are of a window before the one holding `now_ns`: that window
+    /// has ended, and the bucket of the current one is full.
+    fn is_past(&self, p: &BucketParams, now_ns: i64) -> bool {
+        p.window()
+            .is_some_and(|w| WindowWaste::unpack(self.own.waste).index < w.index(now_ns))
+    }
+
+    /// Starts the window holding `now_ns` when a quota's counters are of an earlier one: a
+    /// new bucket, the whole quota, whatever the window before took (no debt is carried).
+    /// Returns whether it did. Every change to a quota at `now_ns` comes after this (the
+    /// store's entry rolls its own credit with it, see `store_entry`); reads need not: a past
+    /// window reads as a full bucket.
+    pub fn roll(&mut self, p: &BucketParams, now_ns: i64) -> bool {
+        if !self.is_past(p, now_ns) {
+            return false;
+        }
+        *self = Bucket::new(p, now_ns);
+        true
     }
 
     /// A(t) + R - X in units, R the tokens credited by resets. X, R <= 2^65 tokens < 2^125
@@ -197,19 +235,44 @@ impl Bucket {
         u64::try_from((deficit + UNITS_PER_TOKEN - 1) / UNITS_PER_TOKEN).unwrap_or(u64::MAX)
     }
 
-    /// A(t) - X - W, before the cap (saturating: W may come from outside).
+    /// A(t) - X - W, before the cap (saturating: W may come from outside). A quota of a past
+    /// window is full; otherwise its W is the tokens lost in its window, by the node that lost
+    /// the most (another window's waste, which a sync never merges, would not count).
     fn uncapped(&self, p: &BucketParams, now_ns: i64) -> i128 {
-        self.free_credit(p, now_ns)
-            .saturating_sub(self.own.waste.max(self.others_waste))
+        let waste = self.own.waste.max(self.others_waste);
+        if p.window().is_none() {
+            return self.free_credit(p, now_ns).saturating_sub(waste);
+        }
+        if self.is_past(p, now_ns) {
+            return p.cap_units();
+        }
+        let (own, top) = (
+            WindowWaste::unpack(self.own.waste),
+            WindowWaste::unpack(waste),
+        );
+        let lost = if top.index == own.index { top } else { own };
+        self.free_credit(p, now_ns).saturating_sub(lost.units())
+    }
+
+    /// `units` of waste lost at the cap, as this bucket keeps it: as is, or for a quota in
+    /// whole tokens (rounded up) of its window.
+    fn waste_of(&self, p: &BucketParams, units: i128) -> i128 {
+        match p.window() {
+            None => units,
+            Some(_) => {
+                WindowWaste::of_units(WindowWaste::unpack(self.own.waste).index, units).pack()
+            }
+        }
     }
 
     /// Tokens now, in units, after applying the cap. Over the cap, this node's waste is raised
-    /// to A - X - capacity: the reflection, which does not change what the bucket holds.
+    /// to A - X - capacity: the reflection, which does not change what the bucket holds. (A
+    /// quota of a past window reads as full and keeps its counters: see [`Bucket::roll`].)
     pub fn tokens_units(&mut self, p: &BucketParams, now_ns: i64) -> i128 {
         let (cap, tokens) = (p.cap_units(), self.uncapped(p, now_ns));
         if tokens > cap {
             // Greater than the merged waste, since A - X - W > cap: a raise, never a drop.
-            self.own.waste = self.free_credit(p, now_ns) - cap;
+            self.own.waste = self.waste_of(p, self.free_credit(p, now_ns) - cap);
             return cap;
         }
         tokens
@@ -275,8 +338,10 @@ impl Bucket {
         self.own.attempts = self.own.attempts.saturating_add(1);
     }
 
-    /// `evaluate`, `commit` when allowed, and `record_attempt`: the single-limit convenience.
+    /// `roll`, `evaluate`, `commit` when allowed, and `record_attempt`: the single-limit
+    /// convenience.
     pub fn try_take(&mut self, p: &BucketParams, cost: u64, now_ns: i64) -> Decision {
+        self.roll(p, now_ns);
         let d = self.evaluate(p, cost, now_ns);
         if d.allowed {
             self.commit(cost);
@@ -299,24 +364,36 @@ impl Bucket {
     /// capacity). Counters are kept; the waste is re-derived in the new credit frame. When the
     /// rate is unchanged this only raises it (a smaller capacity) or keeps it; a rate change
     /// moves A(t) itself, so it can lower the waste: only valid for a node-local bucket (shared
-    /// buckets must keep their rate, or start a new generation in the store).
+    /// buckets must keep their rate, or start a new generation in the store). A bucket that
+    /// becomes a quota of another kind of window starts the window holding `now_ns` (counters
+    /// of other windows do not count in it), with the same tokens.
     pub fn carry_over(&self, old: &BucketParams, new: &BucketParams, now_ns: i64) -> Bucket {
         let tokens = self
             .uncapped(old, now_ns)
             .min(old.cap_units())
             .min(new.cap_units());
-        let mut b = self.clone();
-        b.own.waste = b.free_credit(new, now_ns).saturating_sub(tokens);
+        let mut b = match new.window() {
+            Some(w) if old.window() != Some(w) => Bucket::new(new, now_ns),
+            _ => self.clone(),
+        };
+        b.own.waste = b.waste_of(new, b.free_credit(new, now_ns).saturating_sub(tokens));
         b.others_waste = i128::MIN;
         b
     }
 
-    /// The bucket a merged [`State`] describes (for reading state from outside, as
-    /// `tollgate inspect` does): every node's consumption summed, the largest waste. An empty
-    /// state is a full bucket.
-    pub fn from_state(state: &State) -> Bucket {
+    /// The bucket a merged [`State`] describes at `now_ns` (for reading state from outside,
+    /// as `tollgate inspect` does): every node's consumption summed, the largest waste; for a
+    /// quota, a state read for the window holding `now_ns`. An empty state is a full bucket.
+    pub fn from_state(state: &State, p: &BucketParams, now_ns: i64) -> Bucket {
+        let own = match p.window() {
+            Some(_) => Counters {
+                waste: p.initial_waste(now_ns),
+                ..Counters::BOTTOM
+            },
+            None => Counters::BOTTOM,
+        };
         Bucket {
-            own: Counters::BOTTOM,
+            own,
             others_consumed: state.total_consumed(),
             credit: 0,
             others_waste: state.max_waste().unwrap_or(i128::MIN),
@@ -339,9 +416,12 @@ impl Bucket {
     /// Continues a bucket created fresh (counted from zero, before its first read of the
     /// store) from the stored state: its counters become the stored ones plus what it did
     /// since its creation, and its waste the stored one (the creation's assumption of a new
-    /// bucket, A(t0) - initial, is dropped; it was never written).
+    /// bucket, A(t0) - initial, is dropped; it was never written). A quota's creation assumes
+    /// nothing lost in its window, which no stored waste of that window is below: it keeps the
+    /// greater of the two (and its window).
     pub fn rebase_on_store(
         &mut self,
+        p: &BucketParams,
         own_stored: Option<&Counters>,
         others_consumed: u64,
         others_waste: Option<i128>,
@@ -353,7 +433,13 @@ impl Bucket {
         self.own = Counters {
             consumed: base.consumed.saturating_add(self.own.consumed),
             attempts: base.attempts.saturating_add(self.own.attempts),
-            waste: if known { base.waste } else { self.own.waste },
+            waste: if p.window().is_some() {
+                self.own.waste.max(same_window(self.own.waste, base.waste))
+            } else if known {
+                base.waste
+            } else {
+                self.own.waste
+            },
         };
         self.others_consumed = others_consumed;
         self.others_waste = others_waste.unwrap_or(i128::MIN);
@@ -367,8 +453,10 @@ impl Bucket {
     /// When the store holds nothing of this node (it restarted empty, or the hash expired),
     /// the local waste stays: dropping it would refill the bucket to the brim on every node
     /// at once, which is exactly the over-admission the shared record is there to prevent.
+    /// (A quota takes the stored waste of its own window only: the waste names the window.)
     pub fn refresh_from_store(
         &mut self,
+        p: &BucketParams,
         own_stored: Option<&Counters>,
         others_consumed: u64,
         others_waste: Option<i128>,
@@ -376,16 +464,30 @@ impl Bucket {
         if let Some(c) = own_stored {
             self.own.consumed = self.own.consumed.max(c.consumed);
             self.own.attempts = self.own.attempts.max(c.attempts);
-            self.own.waste = c.waste;
+            self.own.waste = match p.window() {
+                Some(_) => same_window(self.own.waste, c.waste),
+                None => c.waste,
+            };
         }
         self.others_consumed = self.others_consumed.max(others_consumed);
         self.others_waste = self.others_waste.max(others_waste.unwrap_or(i128::MIN));
     }
 }
 
+/// A quota's waste `stored` when it is of the window `own` names, else `own` (see
+/// [`WindowWaste`]): a waste of another window says nothing of this one.
+fn same_window(own: i128, stored: i128) -> i128 {
+    if WindowWaste::unpack(stored).index == WindowWaste::unpack(own).index {
+        stored
+    } else {
+        own
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limit::window::Window;
     use proptest::prelude::*;
 
     #[test]
@@ -500,7 +602,9 @@ mod tests {
     fn extreme_inputs_never_panic() {
         let big = params(MAX_CAPACITY, MAX_RATE, MAX_CAPACITY);
         let small = params(1, 1e-9, 0);
-        for (p, t, t2) in [&big, &small]
+        let month = BucketParams::quota(MAX_CAPACITY, Window::Month).expect("quota");
+        let minute = BucketParams::quota(1, Window::Minute).expect("quota");
+        for (p, t, t2) in [&big, &small, &month, &minute]
             .into_iter()
             .flat_map(|p| [i64::MIN, -1, 0, T0, i64::MAX].map(|t| (p, t)))
             .flat_map(|(p, t)| [i64::MIN, 0, i64::MAX].map(|t2| (p, t, t2)))
@@ -517,12 +621,12 @@ mod tests {
                 c.absorb(&own, u64::MAX, w);
                 let _ = (c.tokens_units(p, t2), c.try_take(p, 1, t), c.is_full(p, t));
                 let _ = c.carry_over(p, &big, t2).try_take(&small, 1, t);
-                c.rebase_on_store(Some(&own), u64::MAX, Some(w));
-                c.refresh_from_store(None, u64::MAX, None);
+                c.rebase_on_store(p, Some(&own), u64::MAX, Some(w));
+                c.refresh_from_store(p, None, u64::MAX, None);
                 let _ = c.try_take(p, u64::MAX, t2);
             }
         }
-        let d = Bucket::from_state(&State::default()).peek(&big, 0, T0);
+        let d = Bucket::from_state(&State::default(), &big, T0).peek(&big, 0, T0);
         assert_eq!((d.remaining, d.full_in_ns), (MAX_CAPACITY, 0));
         let d = Bucket::new(&small, T0).peek(&small, 1, T0);
         assert_eq!(d.retry_after_ns, 1_000_000_000_000_000_000);
@@ -582,7 +686,7 @@ mod tests {
         // After a restart the node creates the bucket anew and takes 1 before its first read.
         let mut fresh = Bucket::new(&p, T0 + SEC);
         assert!(fresh.try_take(&p, 1, T0 + SEC).allowed);
-        fresh.rebase_on_store(Some(&stored), 0, None);
+        fresh.rebase_on_store(&p, Some(&stored), 0, None);
         assert_eq!(fresh.own().consumed, 9);
         // 10 - 8 + 1 (refill) - 1 = 2 tokens, as if the node had never restarted.
         assert_eq!(fresh.peek(&p, 0, T0 + SEC).remaining, 2);
@@ -755,7 +859,7 @@ mod tests {
                 state.insert(&i.to_string(), *b.own());
             }
             prop_assert_eq!(state.total_consumed(), admitted);
-            let merged = Bucket::from_state(&state).peek(&p, 1, now);
+            let merged = Bucket::from_state(&state, &p, now).peek(&p, 1, now);
             prop_assert!(nodes.iter().all(|b| b.peek(&p, 1, now) == merged));
         }
 

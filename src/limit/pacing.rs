@@ -61,6 +61,7 @@
 //! spent unseen, over and over.
 
 use crate::limit::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
+use crate::limit::window::Window;
 use std::collections::BTreeMap;
 
 /// The whole bucket, in parts per million.
@@ -78,12 +79,13 @@ pub struct Cluster {
     pub connected: bool,
     /// The limit's `burst_guard`.
     pub guard: bool,
-    /// The limit is a quota: its tokens come back all at once at each window's start, on
-    /// every node at the same moment, so a read right after a boundary shows the whole quota
-    /// on every node while each spends it unseen. Its reads are shared as a guarded limit's
-    /// are (s x s of the tokens, see [`Pace::resync`]); its first read of an idle bucket is
-    /// not (a client within its quota is never turned away).
-    pub steps: bool,
+    /// The limit is a quota of this kind of window: its tokens come back all at once at each
+    /// window's start, on every node at the same moment, so a read right after a boundary
+    /// shows the whole quota on every node while each spends it unseen. Its reads are shared
+    /// as a guarded limit's are (s x s of the tokens, see [`Pace::resync`]); its first read of
+    /// an idle bucket is not (a client within its quota is never turned away). Its counters
+    /// start from zero at each window, so demand is measured within one window.
+    pub window: Option<Window>,
 }
 
 impl Cluster {
@@ -317,21 +319,45 @@ impl Pace {
             // its demand history starts here.
             self.start(c, tokens_units, now_ns);
         }
-        let Some((prev, _)) = self.prev.replace((demand, now_ns)) else {
+        let Some((prev, prev_ns)) = self.prev.replace((demand, now_ns)) else {
             // The first read of this active period: the others' demand shows from the next.
             return;
         };
+        if c.window
+            .is_some_and(|w| w.index(prev_ns) != w.index(now_ns))
+        {
+            self.resync_new_window(tokens_units, now_ns);
+            return;
+        }
         if self.phase == Phase::Starting && c.guard && !c.heard_since(self.demand_since_ns) {
             // Guarded, and some node may still be spending unseen: keep the guard share.
             return;
         }
         let share = self.demand_share(&prev, me, c);
         self.restart(Phase::Synced, share, tokens_units, now_ns);
-        if (c.guard || c.steps) && share < WHOLE {
+        if (c.guard || c.window.is_some()) && share < WHOLE {
             // Guarded: the others may be spending their shares of these tokens unseen (what
             // they spent since their last write is not in this view). Take the share of what
             // is left after theirs: s x (1 - (1 - s)) = s^2 of the tokens. What no node takes
             // stays in the bucket for the next sync; the refill is shared in full.
+            self.base = scale(self.base, share);
+        }
+    }
+
+    /// The first read of a quota in a new window. Its counters start from zero at each window,
+    /// so the previous read's are no baseline for this one's; and the others' first writes of
+    /// the window may not have come yet, so that this read would see no demand but this
+    /// node's, and hand it the whole quota while every node does the same. The share of the
+    /// previous window's demand stays instead, on the new window's tokens (s x s of them, as
+    /// at any read of a quota); the next read measures the demand within the window. A pace
+    /// still starting (guarded, not yet heard from the others) stays as it is.
+    fn resync_new_window(&mut self, tokens_units: i128, now_ns: i64) {
+        if self.phase != Phase::Synced {
+            return;
+        }
+        let share = self.share_ppm;
+        self.restart(Phase::Synced, share, tokens_units, now_ns);
+        if share < WHOLE {
             self.base = scale(self.base, share);
         }
     }
@@ -386,7 +412,7 @@ mod tests {
             others_synced_ns: 0,
             connected: true,
             guard,
-            steps: false,
+            window: None,
         }
     }
 
@@ -501,6 +527,50 @@ mod tests {
         // Alone again: the whole bucket.
         read(&mut pace, (200, 60), (300, 150), t0 + 400 * MS);
         assert_eq!(pace.share_ppm(), WHOLE);
+    }
+
+    /// A quota's counters start from zero at each window: the first read of a window keeps
+    /// the share of the window before (rather than finding no demand but its own, the whole),
+    /// and the reads after it measure the demand within the window.
+    #[test]
+    fn a_quota_measures_demand_within_each_window() {
+        let c = Cluster {
+            window: Some(Window::Minute),
+            ..cluster(2, false)
+        };
+        // 2026-11-29T08:41:59.8Z.
+        let t0: i64 = 1_795_941_719 * 1_000 * MS + 800 * MS;
+        let nodes = |me: (u64, u64), other: (u64, u64)| {
+            BTreeMap::from([
+                ("me".to_string(), counters(me.0, me.1)),
+                ("other".to_string(), counters(other.0, other.1)),
+            ])
+        };
+        let read = |pace: &mut Pace, me: (u64, u64), other: (u64, u64), at: i64| {
+            let own = counters(me.0, me.1);
+            pace.resync(
+                ("me", &own),
+                (&nodes(me, other), &BTreeMap::new()),
+                tokens(0),
+                at,
+                &c,
+            );
+        };
+        let mut pace = Pace::default();
+        take(&mut pace, 1, t0, &c);
+        read(&mut pace, (100, 50), (300, 150), t0);
+        read(&mut pace, (200, 60), (600, 160), t0 + 100 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 4);
+        // The next minute's first read: the other's counters of it may not be written yet
+        // (here: none), and a quarter stays rather than the whole.
+        read(&mut pace, (30, 5), (0, 0), t0 + 300 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 4);
+        // Its next read measures the demand within the minute: 30 requests here since the
+        // first read, 90 there since the minute began, some turned away.
+        read(&mut pace, (60, 10), (90, 10), t0 + 400 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 4);
+        read(&mut pace, (90, 15), (100, 15), t0 + 500 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE * 3 / 4);
     }
 
     #[test]

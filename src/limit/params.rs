@@ -3,7 +3,7 @@
 //! once, when a config is checked. The credit function A(t) and the wait for a deficit are
 //! defined here, the bucket that uses them in [`super::bucket`].
 
-use super::window::Window;
+use super::window::{Window, WindowWaste};
 use std::fmt;
 
 /// Units per token.
@@ -23,10 +23,10 @@ pub const SLOT_RETRY_NS: u64 = 1_000_000_000;
 /// Largest refill rate accepted, tokens per second.
 pub const MAX_RATE: f64 = 1e9;
 
-/// A bucket's validated parameters. A quota (see [`super::window`]) is a bucket whose credit
-/// steps at each window's start instead of flowing; its `rate_q` is the quota's average rate
-/// over the window's nominal length, written for operators and drift checks and used by the
-/// pacing between syncs, while its decisions use the window.
+/// A bucket's validated parameters. A quota (see [`super::window`]) is a bucket of one window
+/// at a time, whose credit is the quota and does not flow; its `rate_q` is the quota's average
+/// rate over the window's nominal length, written for operators and drift checks and used by
+/// the pacing between syncs, while its decisions use the window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketParams {
     capacity: u64,
@@ -207,17 +207,32 @@ impl BucketParams {
         i128::from(self.capacity) * UNITS_PER_TOKEN
     }
 
-    /// A(t). |t| <= 2^63 and rate_q <= 10^18 < 2^60: the product is below 2^123. A quota's:
-    /// the quota times the window's index (|index| < 2^38, quota < 2^40, units 2^60).
+    /// A(t). |t| <= 2^63 and rate_q <= 10^18 < 2^60: the product is below 2^123. A quota's
+    /// is that of its window: the quota (its counters count that window alone, see
+    /// [`super::window`]).
     pub(super) fn credit(&self, now_ns: i64) -> i128 {
         match self.window {
             None => i128::from(now_ns) * i128::from(self.rate_q),
-            Some(w) => self.cap_units() * i128::from(w.index(now_ns)),
+            Some(_) => self.cap_units(),
+        }
+    }
+
+    /// A new bucket's waste at `now_ns`: A(t) less the initial tokens, or for a quota the
+    /// window holding `now_ns`, nothing lost in it yet (see [`WindowWaste`]).
+    pub(super) fn initial_waste(&self, now_ns: i64) -> i128 {
+        match self.window {
+            None => self.credit(now_ns) - i128::from(self.initial_tokens) * UNITS_PER_TOKEN,
+            Some(w) => WindowWaste {
+                index: w.index(now_ns),
+                tokens: 0,
+            }
+            .pack(),
         }
     }
 
     /// Nanoseconds from `now_ns` until `deficit` units have refilled, rounded up
-    /// (saturating); for a quota, until the start of the window that covers it.
+    /// (saturating); for a quota, until the next window, which starts with the whole quota
+    /// (a cost above it is never affordable: see `Decision::never`).
     pub(super) fn wait_ns(&self, deficit: i128, now_ns: i64) -> u64 {
         if deficit <= 0 {
             return 0;
@@ -227,11 +242,7 @@ impl BucketParams {
             return SLOT_RETRY_NS;
         }
         if let Some(w) = self.window {
-            let cap = self.cap_units();
-            let windows = (deficit + cap - 1) / cap;
-            let windows = i64::try_from(windows).unwrap_or(i64::MAX);
-            let at = w.start_ns(w.index(now_ns).saturating_add(windows));
-            return u64::try_from(at.saturating_sub(now_ns)).unwrap_or(0);
+            return w.left_ns(now_ns);
         }
         // A deficit under 2^64 units (18 tokens) divides in one machine instruction.
         if let Ok(d) = u64::try_from(deficit) {
@@ -240,5 +251,24 @@ impl BucketParams {
         let rate = i128::from(self.rate_q);
         let ns = deficit / rate + i128::from(deficit % rate != 0);
         u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+}
+
+/// A quota's waste in units, which are defined here (see [`WindowWaste`]).
+impl WindowWaste {
+    /// `units` (10^-18 tokens) lost in window `index`, in whole tokens rounded up (never less
+    /// lost than said), saturating.
+    pub fn of_units(index: i64, units: i128) -> WindowWaste {
+        let tokens =
+            units.div_euclid(UNITS_PER_TOKEN) + i128::from(units.rem_euclid(UNITS_PER_TOKEN) != 0);
+        WindowWaste {
+            index,
+            tokens: i64::try_from(tokens).unwrap_or(if tokens < 0 { i64::MIN } else { i64::MAX }),
+        }
+    }
+
+    /// The tokens lost, in units (10^-18 tokens).
+    pub fn units(self) -> i128 {
+        i128::from(self.tokens) * UNITS_PER_TOKEN
     }
 }

@@ -375,6 +375,7 @@ impl Store {
     /// One bucket's decision on a charge, pace included; records the attempt.
     #[inline(always)]
     fn evaluate(&self, entry: &mut Entry, limit: &LimitSpec, cost: u64, now: i64) -> Decision {
+        entry.roll(&limit.params, now);
         if limit.params.is_slots() {
             return self.evaluate_slots(entry, limit, cost, now);
         }
@@ -656,7 +657,17 @@ mod tests {
             waste: d[0].own.waste,
         };
         let one = |c: Counters| BTreeMap::from([("me".to_string(), c)]);
-        s.absorb("l:k", "me", &one(stored), &BTreeMap::new(), &l, None);
+        s.absorb(
+            "l:k",
+            "me",
+            crate::limit::store_sync::Read {
+                nodes: &one(stored),
+                seen_ms: &BTreeMap::new(),
+                window: None,
+            },
+            &l,
+            None,
+        );
         assert_eq!(s.peek(&l, "k", 0).remaining, 3);
         // Rebased counters must be pushed next.
         let d = s.take_dirty();
@@ -673,7 +684,17 @@ mod tests {
                 waste: d[0].own.waste,
             },
         );
-        s.absorb("l:k", "me", &both, &BTreeMap::new(), &l, Some(&d[0].own));
+        s.absorb(
+            "l:k",
+            "me",
+            crate::limit::store_sync::Read {
+                nodes: &both,
+                seen_ms: &BTreeMap::new(),
+                window: None,
+            },
+            &l,
+            Some(&d[0].own),
+        );
         assert!(s.take_dirty().is_empty());
         assert_eq!(s.peek(&l, "k", 0).remaining, 1);
         // A failed push lists the bucket again.
@@ -710,8 +731,11 @@ mod tests {
             s.absorb(
                 "l:k",
                 "me",
-                &nodes,
-                &BTreeMap::new(),
+                crate::limit::store_sync::Read {
+                    nodes: &nodes,
+                    seen_ms: &BTreeMap::new(),
+                    window: None,
+                },
                 &l,
                 pushed.then_some(&d[0].own),
             );
@@ -746,8 +770,11 @@ mod tests {
             s.absorb(
                 "l:k",
                 "me",
-                &nodes,
-                &BTreeMap::new(),
+                crate::limit::store_sync::Read {
+                    nodes: &nodes,
+                    seen_ms: &BTreeMap::new(),
+                    window: None,
+                },
                 &l,
                 pushed.then_some(&d[0].own),
             );
@@ -793,8 +820,11 @@ mod tests {
         s.absorb(
             "l:k",
             "me",
-            &nodes,
-            &BTreeMap::new(),
+            crate::limit::store_sync::Read {
+                nodes: &nodes,
+                seen_ms: &BTreeMap::new(),
+                window: None,
+            },
             &l,
             Some(&nodes["me"].clone()),
         );
@@ -809,8 +839,11 @@ mod tests {
         s.absorb(
             "l:k",
             "me",
-            &nodes,
-            &BTreeMap::new(),
+            crate::limit::store_sync::Read {
+                nodes: &nodes,
+                seen_ms: &BTreeMap::new(),
+                window: None,
+            },
             &l,
             Some(&nodes["me"].clone()),
         );

@@ -209,6 +209,26 @@ pub(super) enum Listed {
 }
 
 impl Entry {
+    /// Starts the window holding `now` when the bucket is a quota whose counters are of an
+    /// earlier one ([`Bucket::roll`]): this node's credit is of that window too, and starts
+    /// again from zero with the bucket. Every change to a bucket comes after this.
+    #[inline(always)]
+    pub(super) fn roll(&mut self, p: &BucketParams, now: i64) {
+        if self.bucket.roll(p, now) {
+            if let Some(sync) = self.sync.as_mut() {
+                sync.own_credit = 0;
+            }
+        }
+    }
+
+    /// [`Entry::roll`], then whether state the shared store holds for `window` (a quota's,
+    /// by index; `None` for any other bucket) is of the bucket's window and may be merged: a
+    /// sync that read one window while the bucket has moved on to the next merges nothing.
+    pub(super) fn align(&mut self, p: &BucketParams, window: Option<i64>, now: i64) -> bool {
+        self.roll(p, now);
+        self.bucket.window_index(p) == window
+    }
+
     /// Credits `n` tokens to the bucket (a reset, a refund); in shared mode they are this
     /// node's credit, to be pushed: returns whether the bucket must be listed for a sync.
     pub(super) fn credit(&mut self, n: u64) -> bool {

@@ -223,8 +223,10 @@ impl Store {
                 let created_ms = e.sync.as_ref().map_or(0, |s| s.synced_ns / 1_000_000);
                 let others_active = others_seen_ms
                     .is_some_and(|ms| i64::try_from(ms).unwrap_or(i64::MAX) >= created_ms);
+                // (A quota's check reads the window holding now: the bucket's, once rolled.)
                 let mut merged = e.bucket.clone();
-                merged.rebase_on_store(own.as_ref(), *others_consumed, *others_waste);
+                merged.roll(&p, now);
+                merged.rebase_on_store(&p, own.as_ref(), *others_consumed, *others_waste);
                 let full = i128::from(p.capacity()).saturating_mul(UNITS_PER_TOKEN);
                 others_active || merged.tokens_units(&p, now).saturating_mul(2) < full
             }
@@ -421,8 +423,11 @@ mod tests {
         store.absorb(
             "l:a",
             "me",
-            &BTreeMap::new(),
-            &BTreeMap::new(),
+            crate::limit::store_sync::Read {
+                nodes: &BTreeMap::new(),
+                seen_ms: &BTreeMap::new(),
+                window: None,
+            },
             &l,
             Some(&own),
         );

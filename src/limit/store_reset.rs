@@ -3,6 +3,12 @@
 //! settlements (a response cost): a reserve replaced by what the upstream reported, by a
 //! further charge (which may leave the bucket in debt) or by the same credit.
 //!
+//! A quota's credits are of one window, like its counters (see [`super::window`]): a reset
+//! credits the window holding it, and a refund or a settlement the window the bucket counts
+//! when it arrives. One that arrives after its charge's window ended, before the key's next
+//! charge, goes with that window (it would have been lost to the cap of the new one, which
+//! is full); after it, it counts in the new window, capped at the quota like any credit.
+//!
 //! A reset is a credit, not a write of the tokens: the node that resets adds the tokens the
 //! bucket lacks to its own `credit` counter, which only grows like every other field and is
 //! summed over the nodes like their consumption; every node's tokens are A(t) + credit - X - W.
@@ -11,7 +17,7 @@
 //! sees it at its next sync. What the other nodes spent unseen when the reset was made stays
 //! spent: the bucket is full as of the resetting node's view.
 
-use super::bucket::Decision;
+use super::bucket::{BucketParams, Decision};
 use super::overrides::LimitSpec;
 use super::store::Store;
 use super::store_entry::{bucket_entry, lock};
@@ -24,8 +30,11 @@ pub struct Reset {
     pub credited: u64,
     /// Whole tokens in the bucket after it.
     pub remaining: u64,
-    /// Shared mode: this node's reset credit on the bucket, in total (its `NODE:credit`).
+    /// Shared mode: this node's reset credit on the bucket, in total (its `NODE:credit`; a
+    /// quota's, in the window it counts).
     pub own_credit: u64,
+    /// A quota: the window the bucket counts (its index), which the credit is of.
+    pub window: Option<i64>,
 }
 
 impl Store {
@@ -47,12 +56,15 @@ impl Store {
                 credited: 0,
                 remaining: p.capacity(),
                 own_credit: 0,
+                window: p.window().map(|w| w.index(now)),
             };
         };
+        e.roll(p, now);
         let credited = e.bucket.missing(p, now);
         let push = credited > 0 && e.credit(credited);
         let remaining = e.bucket.peek(p, 0, now).remaining;
         let own_credit = e.sync.as_ref().map_or(0, |s| s.own_credit);
+        let e_window = e.bucket.window_index(p);
         if push {
             shard.mark_dirty(&store_key);
         }
@@ -64,6 +76,7 @@ impl Store {
             credited,
             remaining,
             own_credit,
+            window: e_window,
         }
     }
 
@@ -119,12 +132,24 @@ impl Store {
     }
 
     /// Merges the reset credits a sync read: this node's stored one (what it wrote before a
-    /// restart) and the sum of the others'. Nothing is lowered.
-    pub fn absorb_credit(&self, store_key: &str, own_stored: Option<u64>, others: u64) {
+    /// restart) and the sum of the others'. Nothing is lowered. `window`: the window they are
+    /// of, for a quota (`p` its parameters): credits of another window than the bucket's are
+    /// not merged.
+    pub fn absorb_credit(
+        &self,
+        (store_key, p): (&str, &BucketParams),
+        own_stored: Option<u64>,
+        others: u64,
+        window: Option<i64>,
+    ) {
+        let now = self.clock.now_ns();
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
         let Some(e) = shard.map.get_mut(store_key) else {
             return;
         };
+        if !e.align(p, window, now) {
+            return;
+        }
         let Some(sync) = e.sync.as_mut() else {
             return;
         };
@@ -172,6 +197,7 @@ mod tests {
             credited,
             remaining,
             own_credit: 0,
+            window: None,
         };
         assert_eq!(store.reset(&l, "k"), r(0, 5));
         assert_eq!(take(&store, &l, 7), 5);
@@ -194,20 +220,25 @@ mod tests {
         // b, which took 1 itself, reads a's fields: a's 5 consumed and a's credit of 5.
         assert_eq!(take(&b, &l, 1), 1);
         let nodes = std::collections::BTreeMap::from([("a".to_string(), pushed[0].own)]);
-        b.absorb("l:k", "b", &nodes, &Default::default(), &l, None);
+        let read = crate::limit::store_sync::Read {
+            nodes: &nodes,
+            seen_ms: &Default::default(),
+            window: None,
+        };
+        b.absorb("l:k", "b", read, &l, None);
         let seen = |s: &Store| s.peek(&l, "k", 0).remaining;
         assert_eq!(
             seen(&b),
             0,
             "5 - 5 - 1, capped at 0 whole tokens, before the credit"
         );
-        b.absorb_credit("l:k", None, 5);
+        b.absorb_credit(("l:k", &l.params), None, 5, None);
         assert_eq!(seen(&b), 4, "5 + 5 - 5 - 1");
         // A stale read (less credit) lowers nothing.
-        b.absorb_credit("l:k", None, 2);
+        b.absorb_credit(("l:k", &l.params), None, 2, None);
         assert_eq!(seen(&b), 4);
         // a's own stored credit, read back after a restart, is not counted twice.
-        a.absorb_credit("l:k", Some(5), 0);
+        a.absorb_credit(("l:k", &l.params), Some(5), 0, None);
         assert_eq!(seen(&a), 5);
     }
 }

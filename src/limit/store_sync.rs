@@ -23,6 +23,16 @@ pub struct DirtyBucket {
     pub fresh: bool,
 }
 
+/// What a sync read of a bucket's hash holds: every node's counters (this node's under its
+/// own name), when each node last wrote or announced the bucket (Unix ms), and the window
+/// they count (a quota's index, see [`super::window`]; `None` for any other bucket).
+#[derive(Debug, Clone, Copy)]
+pub struct Read<'a> {
+    pub nodes: &'a BTreeMap<String, Counters>,
+    pub seen_ms: &'a BTreeMap<String, u64>,
+    pub window: Option<i64>,
+}
+
 /// The other nodes' counters of a bucket, as a merge takes them: their consumption summed,
 /// their waste the greatest (None when there is none).
 pub fn others<'c>(counters: impl IntoIterator<Item = &'c Counters>) -> (u64, Option<i128>) {
@@ -119,7 +129,7 @@ impl Store {
             others_synced_ns: self.others_synced_ns.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
             guard,
-            steps: false,
+            window: None,
         }
     }
 
@@ -132,9 +142,11 @@ impl Store {
             .store(sync_interval_ns.saturating_mul(3), Ordering::Relaxed);
     }
 
-    /// Merges what the shared store holds for a bucket (`nodes`: every node's counters, this
-    /// node's under `me`; `seen_ms`: when each node last wrote or announced the bucket), then
-    /// recomputes this node's pace. `pushed`: the counters this round wrote for this node, if
+    /// Merges what the shared store holds for a bucket (`read`: every node's counters, this
+    /// node's under `me`, and when each node last wrote or announced the bucket), then
+    /// recomputes this node's pace. A quota first starts the window holding now if it has
+    /// not yet; counters read for another window than the bucket's are not merged, and the
+    /// bucket is listed for the next sync, which reads its window. `pushed`: the counters this round wrote for this node, if
     /// any (then the entry is clean unless it changed meanwhile, or its counters were rebased
     /// on stored ones and must be written again).
     ///
@@ -146,11 +158,15 @@ impl Store {
         &self,
         store_key: &str,
         me: &str,
-        nodes: &BTreeMap<String, Counters>,
-        seen_ms: &BTreeMap<String, u64>,
+        read: Read<'_>,
         limit: &LimitSpec,
         pushed: Option<&Counters>,
     ) {
+        let Read {
+            nodes,
+            seen_ms,
+            window,
+        } = read;
         let params = &limit.params;
         let now = self.clock.now_ns();
         let own_stored = nodes.get(me).copied();
@@ -161,7 +177,7 @@ impl Store {
                 .map(|(_, c)| c),
         );
         let cluster = Cluster {
-            steps: params.window().is_some(),
+            window: params.window(),
             ..self.cluster(limit.burst_guard)
         };
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
@@ -169,9 +185,15 @@ impl Store {
             let Some(e) = shard.map.get_mut(store_key) else {
                 return;
             };
+            if !e.align(params, window, now) {
+                e.listed = None;
+                shard.mark_dirty(store_key);
+                return;
+            }
             let stored_any = !nodes.is_empty();
             merge_stored(
                 e,
+                params,
                 stored_any,
                 own_stored.as_ref(),
                 (others_consumed, others_waste),
@@ -219,7 +241,7 @@ impl Store {
         &self,
         store_key: &str,
         me: &str,
-        nodes: &BTreeMap<String, Counters>,
+        (nodes, window): (&BTreeMap<String, Counters>, Option<i64>),
         limit: &LimitSpec,
     ) {
         let params = &limit.params;
@@ -242,7 +264,12 @@ impl Store {
             waste: i128::MIN,
         };
         let pushed = (!nodes.contains_key(me)).then_some(&nothing);
-        self.absorb(store_key, me, nodes, &BTreeMap::new(), limit, pushed);
+        let read = Read {
+            nodes,
+            seen_ms: &BTreeMap::new(),
+            window,
+        };
+        self.absorb(store_key, me, read, limit, pushed);
     }
 }
 
@@ -250,18 +277,19 @@ impl Store {
 /// them, a lagging one takes the stored waste, a current one takes the max of each.
 fn merge_stored(
     e: &mut super::store_entry::Entry,
+    params: &super::bucket::BucketParams,
     stored_any: bool,
     own_stored: Option<&Counters>,
     (others_consumed, others_waste): (u64, Option<i128>),
 ) {
     if e.view == View::New && stored_any {
         e.bucket
-            .rebase_on_store(own_stored, others_consumed, others_waste);
+            .rebase_on_store(params, own_stored, others_consumed, others_waste);
     } else if e.view == View::Lagging {
         // Waste raised locally on a lagging view would over-state the refill lost at the cap
         // by everything the others spent meanwhile: take the stored one.
         e.bucket
-            .refresh_from_store(own_stored, others_consumed, others_waste);
+            .refresh_from_store(params, own_stored, others_consumed, others_waste);
     } else {
         let own = own_stored.copied().unwrap_or(Counters {
             consumed: 0,
@@ -292,6 +320,74 @@ mod tests {
     use crate::limit::store::Charge;
     use std::collections::BTreeSet;
     use std::sync::Arc;
+
+    /// Two nodes that each spent a whole quota before hearing from the other: once merged
+    /// the window is overspent, and the next window gives each node the whole quota again.
+    #[test]
+    fn a_quota_overshot_in_a_window_starts_the_next_one_full() {
+        use crate::limit::window::Window;
+        // 10 s before a minute ends.
+        let t0 = 1_790_000_040_000_000_000 - 10_000_000_000;
+        let w = Window::Minute;
+        assert_eq!(w.left_ns(t0), 10_000_000_000);
+        let clock = Arc::new(ManualClock::new(t0));
+        let (a, b) = (
+            Store::new(clock.clone(), true),
+            Store::new(clock.clone(), true),
+        );
+        let l = LimitSpec::new("q", BucketParams::quota(10, w).expect("params"));
+        let take = |s: &Store, n: usize| {
+            (0..n)
+                .filter(|_| {
+                    let c = [Charge {
+                        limit: &l,
+                        key: "k",
+                        cost: 1,
+                    }];
+                    s.charge(&c).allowed()
+                })
+                .count()
+        };
+        assert_eq!((take(&a, 10), take(&b, 10)), (10, 10));
+        // Each reads the other's counters of this window: 20 spent of 10.
+        let (da, db) = (a.take_dirty(), b.take_dirty());
+        let read = |from: &str, d: &[DirtyBucket]| BTreeMap::from([(from.to_string(), d[0].own)]);
+        let window = Some(w.index(t0));
+        let seen = BTreeMap::new();
+        let merge = |s: &Store, me: &str, nodes: &BTreeMap<String, Counters>, window| {
+            let r = Read {
+                nodes,
+                seen_ms: &seen,
+                window,
+            };
+            s.absorb("q:k", me, r, &l, None);
+        };
+        merge(&a, "a", &read("b", &db), window);
+        merge(&b, "b", &read("a", &da), window);
+        for s in [&a, &b] {
+            let d = s.peek(&l, "k", 1);
+            assert_eq!((d.allowed, d.remaining), (false, 0));
+            assert_eq!(d.retry_after_ns, 10_000_000_000, "until the next minute");
+        }
+        // The next minute: the whole quota on each node, no debt, counted from zero.
+        clock.advance_ns(10_000_000_000);
+        for s in [&a, &b] {
+            assert_eq!(s.peek(&l, "k", 0).remaining, 10);
+        }
+        assert_eq!(take(&a, 12), 10);
+        let pushed = a.take_dirty();
+        assert_eq!((pushed[0].own.consumed, pushed[0].own.attempts), (10, 12));
+        // A read of the minute before, answered after the roll, is not merged into this one
+        // (its counters are of another window); the bucket is listed to read its own. (The
+        // round that read it took it off the list.)
+        assert_eq!(b.take_dirty().len(), 1);
+        merge(&b, "b", &read("a", &da), window);
+        assert_eq!(b.peek(&l, "k", 0).remaining, 10);
+        assert_eq!(b.take_dirty().len(), 1);
+        // This minute's read is.
+        merge(&b, "b", &read("a", &pushed), Some(w.index(t0) + 1));
+        assert_eq!(b.peek(&l, "k", 0).remaining, 0);
+    }
 
     #[test]
     fn a_round_takes_at_most_its_share_of_the_changed_buckets_and_leaves_the_rest_listed() {

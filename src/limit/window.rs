@@ -1,12 +1,20 @@
 //! Calendar windows of a quota (`minute`, `hour`, `day`, `month`), in UTC.
 //!
-//! A quota is a bucket whose credit does not flow but steps: A(t) = quota x (index of the
-//! window holding t), so that all of the quota comes back at each window's start, capped at the
-//! quota as a bucket's tokens are at its capacity (see [`super::bucket`]). Everything else
-//! about a bucket holds for a quota unchanged: the per-node monotone counters and their
-//! max-merge, the debt a shared overshoot leaves (repaid from the next window), the pacing
-//! between syncs. Months have their real length (28 to 31 days); there are no leap seconds
-//! in Unix time, so every other window has a fixed length.
+//! A quota is a bucket that counts one window at a time: at most `quota` tokens per window,
+//! all of them back at the window's start, whatever the window before it took. Its counters
+//! (every node's consumption, requests, credits and the credit lost at the cap) are those of
+//! one window, the one the bucket's waste names ([`WindowWaste`]); the first decision, sync or
+//! credit in a later window starts that window from zero (`Bucket::roll`), so an overshoot
+//! of the nodes together in one window (what they spent unseen between syncs) is never a debt
+//! carried into the next. Within a window a quota is a bucket whose credit is the quota and
+//! never flows, capped at the quota as a bucket's tokens are at its capacity (see
+//! [`super::bucket`]): the per-node monotone counters, their max-merge and the pacing between
+//! syncs hold unchanged. In Redis a quota's counter fields name their window
+//! (`NODE:consumed@2026-11-29`, see [`Window::label`] and `shared::layout`), and old windows'
+//! fields are removed as the nodes write the current one.
+//!
+//! Months have their real length (28 to 31 days); there are no leap seconds in Unix time, so
+//! every other window has a fixed length.
 
 use std::fmt;
 
@@ -92,6 +100,80 @@ impl Window {
         let i = self.index(now_ns);
         let len = self.start_ns(i.saturating_add(1)) - self.start_ns(i);
         u64::try_from(len / NS_PER_SEC).unwrap_or(0)
+    }
+}
+
+impl Window {
+    /// The name of window `index` in Redis field names: its UTC start, to the window's
+    /// precision (`2026-11` for a month, `2026-11-29` for a day, `2026-11-29T08` for an hour,
+    /// `2026-11-29T08:41` for a minute). Names of one kind of window sort as their windows do.
+    pub fn label(self, index: i64) -> String {
+        let secs = self.start_ns(index).div_euclid(NS_PER_SEC);
+        let (y, m, d) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
+        let in_day = secs.rem_euclid(SECS_PER_DAY);
+        let (h, min) = (in_day / 3_600, in_day % 3_600 / 60);
+        match self {
+            Window::Month => format!("{y:04}-{m:02}"),
+            Window::Day => format!("{y:04}-{m:02}-{d:02}"),
+            Window::Hour => format!("{y:04}-{m:02}-{d:02}T{h:02}"),
+            Window::Minute => format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}"),
+        }
+    }
+}
+
+/// One window of a quota: its kind and its index (see [`Window::index`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowAt {
+    pub window: Window,
+    pub index: i64,
+}
+
+impl WindowAt {
+    /// The window of kind `window` holding `now_ns`.
+    pub fn of(window: Window, now_ns: i64) -> WindowAt {
+        WindowAt {
+            window,
+            index: window.index(now_ns),
+        }
+    }
+
+    /// Its name in Redis field names ([`Window::label`]).
+    pub fn label(&self) -> String {
+        self.window.label(self.index)
+    }
+}
+
+/// A quota bucket's waste, as its counters keep it (`Counters::waste`): the window the
+/// counters are of, and the tokens of credit the cap took in that window (credits beyond what
+/// the window consumed: a refund arriving when the quota is full, two resets at once; negative
+/// only after a reload lowered the quota). Packed into one `i128` as `index x 2^64 + tokens`,
+/// so that the max-merge of two wastes keeps the later window, and within one window the
+/// greater loss, as a bucket's waste does; `i128::MIN` (no waste known) is before every window.
+/// (Its conversions to and from units are with the units, in `params`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowWaste {
+    pub index: i64,
+    pub tokens: i64,
+}
+
+impl WindowWaste {
+    pub fn pack(self) -> i128 {
+        (i128::from(self.index) << 64).saturating_add(i128::from(self.tokens))
+    }
+
+    pub fn unpack(waste: i128) -> WindowWaste {
+        // The low 64 bits, as a signed number, are the tokens; the high ones the window, less
+        // one when the tokens are negative (they borrowed from it).
+        let tokens = waste as i64;
+        let high = (waste >> 64) as i64;
+        WindowWaste {
+            index: if tokens < 0 {
+                high.saturating_add(1)
+            } else {
+                high
+            },
+            tokens,
+        }
     }
 }
 
@@ -205,8 +287,53 @@ mod tests {
         assert_eq!(Window::parse("week"), None);
     }
 
+    #[test]
+    fn labels_name_the_utc_start_and_sort_as_the_windows_do() {
+        let t = at(2026, 11, 29, 8 * 3600 + 41 * 60 + 7);
+        let label = |w: Window| w.label(w.index(t));
+        assert_eq!(label(Window::Minute), "2026-11-29T08:41");
+        assert_eq!(label(Window::Hour), "2026-11-29T08");
+        assert_eq!(label(Window::Day), "2026-11-29");
+        assert_eq!(label(Window::Month), "2026-11");
+        assert_eq!(WindowAt::of(Window::Day, t).label(), "2026-11-29");
+        // Across a year's end, and in the right order as text.
+        let eve = at(2026, 12, 31, 86_399);
+        for w in [Window::Minute, Window::Hour, Window::Day, Window::Month] {
+            let (a, b) = (w.label(w.index(eve)), w.label(w.index(eve) + 1));
+            assert!(a < b, "{w}: {a} < {b}");
+            assert!(b.starts_with("2027-01"), "{w}: {b}");
+        }
+        assert_eq!(
+            Window::Minute.label(Window::Minute.index(eve)),
+            "2026-12-31T23:59"
+        );
+    }
+
+    #[test]
+    fn a_window_waste_keeps_its_window_and_orders_windows_first() {
+        for (index, tokens) in [
+            (0, 0),
+            (29_433_761, 5),
+            (-3, -7),
+            (i64::MAX, i64::MIN),
+            (7, i64::MAX),
+        ] {
+            let w = WindowWaste { index, tokens };
+            assert_eq!(WindowWaste::unpack(w.pack()), w);
+        }
+        let w = |index, tokens| WindowWaste { index, tokens }.pack();
+        assert!(
+            w(10, 1_000) < w(11, -1_000),
+            "a later window wins a max-merge"
+        );
+        assert!(w(10, 3) < w(10, 4) && w(10, -4) < w(10, 3));
+        // Nothing known is before every window.
+        assert_eq!(WindowWaste::unpack(i128::MIN).index, i64::MIN);
+        assert!(i128::MIN < w(i64::MIN + 1, 0));
+    }
+
     /// A quota through the bucket: all of it back at the window's start, `t` and
-    /// `Retry-After` until then, a debt carried into the next window.
+    /// `Retry-After` until then, and an overshoot that is the window's alone.
     #[test]
     fn a_quota_resets_at_its_window_and_says_when() {
         use crate::limit::bucket::{Bucket, BucketParams};
@@ -215,6 +342,7 @@ mod tests {
         assert_eq!(p.rate_q(), 50_000_000, "3 a minute on average");
         let t0 = at(2026, 11, 29, 3600 + 50); // 10 s before a minute ends
         let mut b = Bucket::new(&p, t0);
+        assert_eq!(b.window_index(&p), Some(Window::Minute.index(t0)));
         for left in [2, 1, 0] {
             let d = b.try_take(&p, 1, t0);
             assert!(d.allowed);
@@ -223,26 +351,53 @@ mod tests {
         let d = b.try_take(&p, 1, t0 + 5 * S);
         assert!(!d.allowed, "the quota is spent until the minute ends");
         assert_eq!(d.retry_after_ns, (5 * S) as u64);
-        // The next minute: all 3 back, none more (the cap).
+        // The next minute: all 3 back, none more (the cap), counted from zero.
         let next = t0 + 10 * S;
         assert!(!b.try_take(&p, 1, next - 1).allowed);
         let d = b.try_take(&p, 1, next);
         assert!(d.allowed);
         assert_eq!((d.remaining, d.full_in_ns), (2, (60 * S) as u64));
+        assert_eq!((b.own().consumed, b.own().attempts), (1, 1));
+        assert_eq!(b.window_index(&p), Some(Window::Minute.index(next)));
         // An idle hour: still just 3.
         let later = next + 3600 * S;
         assert_eq!(b.peek(&p, 0, later).remaining, 3);
-        // A cost of 5 can never be paid; a debt of 4 (another node's overshoot) takes the
-        // next window and a part of the one after.
+        // A cost of 5 can never be paid. A debt of 4 (the nodes together spent 7, each on a
+        // view that did not show the others yet) is this window's alone: the next starts
+        // with all 3.
         assert!(b.try_take(&p, 5, later).never);
         b.absorb(&Default::default(), 7, i128::MIN);
         let d = b.peek(&p, 1, later);
         assert!(!d.allowed);
         let end = Window::Minute.left_ns(later);
-        assert_eq!(
-            d.retry_after_ns,
-            end + 60_000_000_000,
-            "two windows: -4 + 3 + 3 >= 1"
-        );
+        assert_eq!(d.retry_after_ns, end, "until the next window");
+        let after = later + end as i64;
+        assert_eq!(b.peek(&p, 0, after).remaining, 3, "no debt carried");
+        assert!(b.roll(&p, after), "a new window");
+        assert!(!b.roll(&p, after), "once");
+        assert_eq!(b.try_take(&p, 3, after).remaining, 0);
+        assert!(!b.try_take(&p, 1, after).allowed);
+    }
+
+    /// A credit beyond what the window consumed (a refund when the quota is full) is lost to
+    /// the cap in that window: it never lets the window give more than the quota.
+    #[test]
+    fn a_quota_never_gives_more_than_itself_in_a_window() {
+        use crate::limit::bucket::{Bucket, BucketParams};
+        let p = BucketParams::quota(3, Window::Hour).expect("params");
+        let t0 = at(2026, 11, 29, 3600);
+        let mut b = Bucket::new(&p, t0);
+        b.add_credit(2);
+        assert_eq!(b.peek(&p, 0, t0).remaining, 3);
+        let admitted = (0..10).filter(|_| b.try_take(&p, 1, t0).allowed).count();
+        assert_eq!(admitted, 3);
+        // Another node's waste of an earlier window says nothing of this one.
+        let mut c = Bucket::new(&p, t0);
+        let old = WindowWaste {
+            index: Window::Hour.index(t0) - 1,
+            tokens: 3,
+        };
+        c.absorb(&Default::default(), 0, old.pack());
+        assert_eq!(c.peek(&p, 0, t0).remaining, 3);
     }
 }

@@ -15,7 +15,12 @@
 //! did not exist) or `m` (a known bucket: answered with the hash after it), the TTL in ms, and
 //! n values ("" for a field not written). Reply: one array per key, the hash as field, value,
 //! ...; a hash over the guard is only this node's fields and [`layout::TOO_BIG`]; a key Redis
-//! refused (not a hash) is `!error` and the message.
+//! refused (not a hash) is `!error` and the message. Names that name a window (a quota's)
+//! remove the fields of earlier windows from a hash within the guard, as the per-bucket
+//! scripts do, and the answer leaves them out.
+//!
+//! One call takes the buckets whose fields have the same names ([`groups`]): in a round, the
+//! token buckets and concurrency limits, and the quotas of each kind of window, a call each.
 
 use super::layout;
 use super::round::{Op, Refusal, Reply};
@@ -34,6 +39,23 @@ local max = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local names = {}
 for i = 1, n do names[i] = ARGV[2 + i] end
+local window = window_of(names)
+
+-- Removes the fields of windows before `window` from the hash and from `all` (its fields and
+-- values, flat).
+local function expire(key, all)
+  local keys = {}
+  for i = 1, #all, 2 do keys[#keys + 1] = all[i] end
+  local gone = expired(keys, window)
+  if #gone == 0 then return all end
+  redis.call('HDEL', key, unpack(gone))
+  local drop, kept = {}, {}
+  for _, f in ipairs(gone) do drop[f] = true end
+  for i = 1, #all, 2 do
+    if not drop[all[i]] then kept[#kept + 1] = all[i]; kept[#kept + 1] = all[i + 1] end
+  end
+  return kept
+end
 
 local function one(key, fresh, ttl, vals)
   local len = redis.pcall('HLEN', key)
@@ -63,7 +85,9 @@ local function one(key, fresh, ttl, vals)
     end
     if len > 0 then
       for i = 1, n do
-        if string.match(names[i], ':waste$') then vals[i] = '' end
+        if string.match(names[i], ':waste$') or string.match(names[i], ':waste@') then
+          vals[i] = ''
+        end
       end
     end
   end
@@ -85,6 +109,7 @@ local function one(key, fresh, ttl, vals)
     end
   end
   if #set > 0 then redis.call('HSET', key, unpack(set)) end
+  if window and whole then all = expire(key, all) end
   if ttl > 0 then
     local t = redis.call('PTTL', key)
     if t < ttl then redis.call('PEXPIRE', key, ttl) end
@@ -111,16 +136,31 @@ end
 return out
 "#;
 
-/// The round's ops as one call of the batch script, or `None` when there is nothing to send
-/// or the ops do not all name the same fields (they always do: every op writes this node's
-/// fields, see `round::build`).
+/// The round's ops by the names of the fields they write, in order of first appearance:
+/// each group is one call of the batch script (the positions of its ops in `ops`).
+pub fn groups(ops: &[Op]) -> Vec<Vec<usize>> {
+    let same = |a: &Op, b: &Op| {
+        a.fields.len() == b.fields.len() && a.fields.iter().zip(&b.fields).all(|(x, y)| x.0 == y.0)
+    };
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match out.iter_mut().find(|g| same(&ops[g[0]], op)) {
+            Some(g) => g.push(i),
+            None => out.push(vec![i]),
+        }
+    }
+    out
+}
+
+/// Ops as one call of the batch script, or `None` when there is nothing to send or the ops
+/// do not all name the same fields (see [`groups`]).
 pub fn invocation<'s>(
     script: &'s redis::Script,
-    ops: &[Op],
+    ops: &[&Op],
 ) -> Option<redis::ScriptInvocation<'s>> {
     let first = ops.first()?;
     let names: Vec<&str> = first.fields.iter().map(|(f, _)| f.as_str()).collect();
-    let same = |op: &Op| {
+    let same = |op: &&Op| {
         op.fields.len() == names.len() && op.fields.iter().zip(&names).all(|((f, _), n)| f == n)
     };
     if !ops.iter().all(same) {

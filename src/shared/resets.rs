@@ -10,6 +10,7 @@
 use super::conn::Conn;
 use super::layout;
 use super::transport::Scripts;
+use crate::limit::window::WindowAt;
 
 /// How long an announcement is kept.
 pub const KEEP_MS: u64 = 600_000;
@@ -19,17 +20,18 @@ pub fn key(prefix: &str) -> String {
     format!("{prefix}:resets")
 }
 
-/// Writes this node's credit of the bucket (`redis_key`, field `NODE:credit`, max-merged like
-/// every field, TTL `ttl_ms`), then announces `store_key` at `now_ms`.
+/// Writes this node's credit of the bucket (`redis_key`, field `NODE:credit`, a quota's naming
+/// the window `at` it credits, max-merged like every field, TTL `ttl_ms`), then announces
+/// `store_key` at `now_ms`.
 pub async fn announce(
     con: &mut Conn,
     prefix: &str,
     (redis_key, ttl_ms): (&str, u64),
-    (node, credit): (&str, u64),
+    (node, credit, at): (&str, u64, Option<&WindowAt>),
     (store_key, now_ms): (&str, u64),
 ) -> redis::RedisResult<()> {
     let scripts = Scripts::new();
-    let (field, value) = layout::credit_field(node, credit);
+    let (field, value) = layout::credit_field(node, credit, at);
     let mut merge = scripts.merge.prepare_invoke();
     merge
         .key(redis_key)

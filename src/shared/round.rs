@@ -9,13 +9,19 @@
 //! already writes its `seen_ms`, which announces its demand to the others. A known bucket has
 //! this node's fields max-merged into its hash and the merged hash read back in the same
 //! command.
+//!
+//! A quota's command writes and reads the fields of one window (see `layout`): the window the
+//! node's clock is in when the round is built (or the bucket's, should a charge have started
+//! a later one meanwhile). Counters of a window that has ended are not written: that window's
+//! fields are gone or going, and the bucket starts the next from zero at its next change.
 
 use super::layout;
 use crate::limit::bucket::Counters;
 use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::limit::store_key::StoreKey;
 use crate::limit::store_quiet::Stored;
-use crate::limit::store_sync::{self, DirtyBucket};
+use crate::limit::store_sync::{self, DirtyBucket, Read};
+use crate::limit::window::{WindowAt, WindowWaste};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
@@ -48,6 +54,14 @@ impl Context<'_> {
         let (limit, key) = split_store_key(store_key)?;
         self.spec(limit, key)
     }
+
+    /// The window of `spec`, a quota, that the node's clock is in.
+    fn window_of(&self, spec: &LimitSpec) -> Option<WindowAt> {
+        let now_ns = i64::try_from(self.now_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
+        spec.params.window().map(|w| WindowAt::of(w, now_ns))
+    }
 }
 
 /// One bucket's command: the merge script, which max-merges `fields`, extends the hash's
@@ -61,6 +75,8 @@ pub struct Op {
     /// Field, value pairs. A field named without a value is not written, but returned even
     /// from a hash too big to return whole (see [`layout::MAX_FIELDS`]).
     pub fields: Vec<(String, String)>,
+    /// A quota: the window its fields name, and the reply is read for.
+    pub window: Option<WindowAt>,
 }
 
 /// The bucket commands of one round trip, in order (the replies come in the same order).
@@ -82,28 +98,59 @@ pub fn build(ctx: &Context<'_>, dirty: Vec<DirtyBucket>) -> Round {
         };
         let redis_key = layout::redis_key(ctx.key_prefix, limit, key);
         let p = &spec.params;
+        let (bucket, window) = in_window(bucket, ctx.window_of(spec));
         // A fresh bucket sends the same fields: its counters only grow from zero, so
         // max-merging them never lowers what the store holds, and the others see its demand
         // at once; the fresh script answers the hash as it was, for the rebase, and keeps the
         // waste (the creation's assumption) out of a hash that already existed.
-        let mut fields = layout::node_fields(
+        let mut fields = layout::bucket_fields(
             ctx.node_id,
             &bucket.own,
-            p.capacity(),
-            p.rate_q(),
+            (p.capacity(), p.rate_q()),
             ctx.now_ms,
+            window.as_ref(),
         );
         if bucket.credit > 0 {
-            fields.push(layout::credit_field(ctx.node_id, bucket.credit));
+            fields.push(layout::credit_field(
+                ctx.node_id,
+                bucket.credit,
+                window.as_ref(),
+            ));
         }
         ops.push(Op {
             bucket,
             redis_key,
             ttl_ms: p.state_ttl_ms(ctx.sync_interval),
             fields,
+            window,
         });
     }
     Round { ops }
+}
+
+/// A quota's bucket as a round writes it, and the window its fields name: the later of the
+/// node's (`now`) and the bucket's. Counters of an ended window are not written: the bucket
+/// is written as its next window starts, from zero (see the module docs).
+fn in_window(mut bucket: DirtyBucket, now: Option<WindowAt>) -> (DirtyBucket, Option<WindowAt>) {
+    let Some(now) = now else {
+        return (bucket, None);
+    };
+    let own = WindowWaste::unpack(bucket.own.waste).index;
+    if own >= now.index {
+        let at = WindowAt { index: own, ..now };
+        return (bucket, Some(at));
+    }
+    bucket.own = Counters {
+        consumed: 0,
+        attempts: 0,
+        waste: WindowWaste {
+            index: now.index,
+            tokens: 0,
+        }
+        .pack(),
+    };
+    bucket.credit = 0;
+    (bucket, Some(now))
 }
 
 /// A quiet bucket to ask about (see [`crate::limit::store_quiet`]): does its hash exist?
@@ -143,7 +190,8 @@ pub fn settle(
     match answers {
         Ok(hashes) if hashes.len() == checks.len() => {
             for (c, hash) in checks.iter().zip(&hashes) {
-                match store.settle_quiet(&c.store_key, &stored(ctx, hash), params_of) {
+                match store.settle_quiet(&c.store_key, &stored(ctx, &c.store_key, hash), params_of)
+                {
                     Some(true) => forgotten += 1,
                     Some(false) => synced += 1,
                     None => {}
@@ -156,11 +204,13 @@ pub fn settle(
 }
 
 /// What a checked hash holds, for [`Store::settle_quiet`].
-fn stored(ctx: &Context<'_>, hash: &HashMap<String, String>) -> Stored {
+fn stored(ctx: &Context<'_>, store_key: &str, hash: &HashMap<String, String>) -> Stored {
     if hash.contains_key(layout::TOO_BIG) {
         return Stored::Unknown;
     }
-    let (nodes, _ignored) = layout::parse_hash(hash);
+    // A quota's: the fields of the window the node is in.
+    let window = ctx.spec_at(store_key).and_then(|spec| ctx.window_of(spec));
+    let (nodes, _ignored) = layout::parse_hash_at(hash, window.as_ref());
     if nodes.is_empty() {
         return Stored::Absent;
     }
@@ -234,7 +284,7 @@ pub fn apply(
                 } else if oversized.contains(d.store_key.as_str()) {
                     seen.resized.push(d.store_key.to_string());
                 }
-                absorb_hash(store, ctx, d, &hash, &mut seen);
+                absorb_hash(store, ctx, op, &hash, &mut seen);
             }
             Some(Err(refusal)) => {
                 seen.no_script |= refusal.no_script;
@@ -248,15 +298,17 @@ pub fn apply(
     seen
 }
 
-/// One bucket's hash: drift and twin checks, then the store merges it.
+/// One bucket's hash (of its op's window, a quota's): drift and twin checks, then the store
+/// merges it.
 fn absorb_hash(
     store: &Store,
     ctx: &Context<'_>,
-    d: &DirtyBucket,
+    op: &Op,
     hash: &HashMap<String, String>,
     seen: &mut Seen,
 ) {
-    let (nodes, _ignored) = layout::parse_hash(hash);
+    let d = &op.bucket;
+    let (nodes, _ignored) = layout::parse_hash_at(hash, op.window.as_ref());
     let Some(spec) = ctx.spec_at(&d.store_key) else {
         return;
     };
@@ -286,21 +338,25 @@ fn absorb_hash(
         .iter()
         .filter_map(|(n, f)| Some((n.clone(), f.seen_ms?)))
         .collect();
-    store.absorb(
-        &d.store_key,
-        ctx.node_id,
-        &counters,
-        &seen,
-        spec,
-        Some(&d.own),
-    );
+    let window = op.window.map(|w| w.index);
+    let read = Read {
+        nodes: &counters,
+        seen_ms: &seen,
+        window,
+    };
+    store.absorb(&d.store_key, ctx.node_id, read, spec, Some(&d.own));
     let (own_credit, others_credit) = layout::credits(&nodes, ctx.node_id);
     let (gone, active) = if p.is_slots() {
         slot_holders(ctx, &nodes)
     } else {
         (0, 0)
     };
-    store.absorb_credit(&d.store_key, own_credit, others_credit.saturating_add(gone));
+    store.absorb_credit(
+        (&d.store_key, p),
+        own_credit,
+        others_credit.saturating_add(gone),
+        window,
+    );
     if p.is_slots() {
         store.set_slot_cap(&d.store_key, spec, active);
     }
@@ -405,6 +461,93 @@ mod tests {
         let seen = apply(&store, &ctx, &round, [Err(refused)], &HashSet::new());
         assert_eq!(seen.requeue, vec![StoreKey::new("l", "k")]);
         assert_eq!(seen.first_error.as_deref(), Some("l:k: WRONGTYPE"));
+    }
+
+    /// A quota's round writes and reads the window the node is in: fields of another window
+    /// in the reply are not counted, and counters of a window that has ended are not written.
+    #[test]
+    fn a_quota_round_names_the_window_the_node_is_in_and_reads_it_alone() {
+        use crate::limit::window::Window;
+        // 2026-11-29T08:41:50Z: 10 s before the minute ends.
+        let t0: i64 = 1_795_941_710 * 1_000_000_000;
+        let clock = Arc::new(ManualClock::new(t0));
+        let limits = [LimitSpec::new(
+            "q",
+            BucketParams::quota(10, Window::Minute).expect("params"),
+        )];
+        let store = Store::new(clock.clone(), true);
+        store.set_quiet(false);
+        let charge = |n: usize| {
+            (0..n)
+                .filter(|_| {
+                    store
+                        .charge(&[Charge {
+                            limit: &limits[0],
+                            key: "k",
+                            cost: 1,
+                        }])
+                        .allowed()
+                })
+                .count()
+        };
+        let ctx_at = |ns: i64| Context {
+            now_ms: (ns / 1_000_000) as u64,
+            ..ctx(&limits)
+        };
+        assert_eq!(charge(3), 3);
+        let ctx = ctx_at(t0);
+        let round = build(&ctx, store.take_dirty());
+        let op = &round.ops[0];
+        assert_eq!(
+            op.window.map(|w| w.label()).as_deref(),
+            Some("2026-11-29T08:41")
+        );
+        assert!(op
+            .fields
+            .contains(&("me:consumed@2026-11-29T08:41".into(), "3".into())));
+        // Another node spent 4 in this minute, and 50 in the one before (its fields not yet
+        // removed): only the 4 count.
+        let mut reply: HashMap<String, String> = layout::bucket_fields(
+            "other",
+            &Counters {
+                consumed: 4,
+                attempts: 4,
+                waste: op.bucket.own.waste,
+            },
+            (10, limits[0].params.rate_q()),
+            1,
+            op.window.as_ref(),
+        )
+        .into_iter()
+        .collect();
+        reply.insert("other:consumed@2026-11-29T08:40".into(), "50".into());
+        let seen = apply(&store, &ctx, &round, [Ok(reply)], &HashSet::new());
+        assert!(seen.requeue.is_empty());
+        assert_eq!(store.peek(&limits[0], "k", 0).remaining, 3);
+        // Charged in the last second of the minute, pushed in the next: the new minute's
+        // fields, from zero (the ended minute's counters are not written).
+        clock.advance_ns(9_500_000_000);
+        assert_eq!(charge(1), 1);
+        let t1 = t0 + 10_000_000_000;
+        clock.set_ns(t1);
+        let ctx = ctx_at(t1);
+        let round = build(&ctx, store.take_dirty());
+        let op = &round.ops[0];
+        assert_eq!(
+            op.window.map(|w| w.label()).as_deref(),
+            Some("2026-11-29T08:42")
+        );
+        assert!(op
+            .fields
+            .contains(&("me:consumed@2026-11-29T08:42".into(), "0".into())));
+        let seen = apply(&store, &ctx, &round, [Ok(HashMap::new())], &HashSet::new());
+        assert!(seen.requeue.is_empty());
+        assert_eq!(
+            store.peek(&limits[0], "k", 0).remaining,
+            10,
+            "no debt carried"
+        );
+        assert!(store.take_dirty().is_empty(), "written as it is");
     }
 
     #[test]

@@ -68,19 +68,19 @@ async fn single_round_trip(
     ops: &[round::Op],
 ) -> redis::RedisResult<(Option<HashMap<String, String>>, Vec<round::Reply>)> {
     // One pipeline: the registry, the scripts when Redis may not have them yet (so
-    // EVALSHA finds them), every bucket in one call of the batch script.
+    // EVALSHA finds them), the buckets in calls of the batch script, one per set of field
+    // names (see `batch::groups`).
     if load {
         registry.load_script(&scripts.merge).ignore();
         registry.load_script(&scripts.fresh).ignore();
         registry.load_script(&scripts.read).ignore();
         registry.load_script(&scripts.batch).ignore();
     }
-    let batch = batch::invocation(&scripts.batch, ops);
-    if let Some(inv) = &batch {
-        registry.invoke_script(inv);
-    } else {
-        for op in ops {
-            registry.invoke_script(&invocation(scripts, op));
+    let groups = batch::groups(ops);
+    for g in &groups {
+        let members: Vec<&round::Op> = g.iter().map(|&i| &ops[i]).collect();
+        if let Some(inv) = batch::invocation(&scripts.batch, &members) {
+            registry.invoke_script(&inv);
         }
     }
     let mut out: Vec<redis::RedisResult<redis::Value>> = registry.query_async(con).await?;
@@ -94,25 +94,33 @@ async fn single_round_trip(
         .remove(0)
         .ok()
         .and_then(|v| redis::from_redis_value(v).ok());
-    let replies = match batch {
-        Some(_) => {
-            let reply = out.into_iter().next().unwrap_or_else(|| {
-                Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "no batch reply",
-                )))
-            });
-            batch::replies(reply, ops.len())
+    // Each group's reply, put back in the order of the ops (a missing one fails its ops).
+    let mut replies: Vec<Option<round::Reply>> = vec![None; ops.len()];
+    let mut out = out.into_iter();
+    for g in &groups {
+        let reply = out.next().unwrap_or_else(|| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no batch reply",
+            )))
+        });
+        for (&i, r) in g.iter().zip(batch::replies(reply, g.len())) {
+            replies[i] = Some(r);
         }
-        None => out
-            .into_iter()
-            .map(|r| {
-                r.and_then(|v| redis::from_redis_value(v).map_err(Into::into))
-                    .map_err(refusal)
-            })
-            .collect(),
+    }
+    let missing = || {
+        Err(round::Refusal {
+            message: "no reply".into(),
+            no_script: false,
+        })
     };
-    Ok((reg, replies))
+    Ok((
+        reg,
+        replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(missing))
+            .collect(),
+    ))
 }
 
 /// [`round_trip`] to a cluster.

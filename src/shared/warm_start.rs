@@ -10,6 +10,7 @@ use crate::app::node::{Node, Runtime};
 use crate::config::RedisConfig;
 use crate::limit::bucket::Counters;
 use crate::limit::store::{split_store_key, store_key};
+use crate::limit::window::WindowAt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -199,7 +200,12 @@ pub(super) fn load(
     if layout::redis_key(&cfg.key_prefix, limit, key) != k {
         return false;
     }
-    let (nodes, _) = layout::parse_hash(hash);
+    // A quota's fields of the window the node is in (its clock is corrected by now).
+    let window = spec
+        .params
+        .window()
+        .map(|w| WindowAt::of(w, node.store.now_ns()));
+    let (nodes, _) = layout::parse_hash_at(hash, window.as_ref());
     let counters: BTreeMap<String, Counters> = nodes
         .iter()
         .filter(|(_, f)| f.counted)
@@ -209,8 +215,10 @@ pub(super) fn load(
         return false;
     }
     let sk = store_key(limit, key);
-    node.store.preload(&sk, node_id, &counters, spec);
+    let window = window.map(|w| w.index);
+    node.store.preload(&sk, node_id, (&counters, window), spec);
     let (own_credit, others_credit) = layout::credits(&nodes, node_id);
-    node.store.absorb_credit(&sk, own_credit, others_credit);
+    node.store
+        .absorb_credit((&sk, &spec.params), own_credit, others_credit, window);
     true
 }
