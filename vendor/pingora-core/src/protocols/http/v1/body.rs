@@ -174,7 +174,10 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        // Room for the rewound bytes only: every read from the stream first reserves the room
+        // it reads into (`prepare_buf_for_io`, `reserve_buf_for_io`), so a body that arrived
+        // whole with its header (most small responses) needs no `body_buf_size` allocation.
+        let mut body_buf = BytesMut::with_capacity(buf_to_rewind.len());
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -2046,6 +2049,29 @@ mod tests {
         let overread = body_reader.take_body_overread().unwrap();
         assert_eq!(overread.as_ptr(), rewind_ptr);
         assert_eq!(overread.as_ref(), b"next request");
+    }
+
+    #[tokio::test]
+    async fn body_read_with_its_header_allocates_no_body_buffer() {
+        let mut mock_io = Builder::new().build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"abc");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"abc");
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+        assert!(body_reader.body_buf.as_ref().unwrap().capacity() < BODY_BUFFER_SIZE);
+    }
+
+    #[tokio::test]
+    async fn body_partly_read_with_its_header_reads_the_rest() {
+        let mut mock_io = Builder::new().read(b"defgh").build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(8, b"abc");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"abc");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"defgh");
+        assert_eq!(body_reader.body_state, ParseState::Complete(8));
     }
 
     #[tokio::test]
