@@ -171,7 +171,13 @@ pub(super) fn bucket_entry<'s>(
 #[cold]
 #[inline(never)]
 fn new_entry<'s>(
-    v: hashbrown::hash_map::RawVacantEntryMut<'s, StoreKey, Entry, ahash::RandomState, std::alloc::System>,
+    v: hashbrown::hash_map::RawVacantEntryMut<
+        's,
+        StoreKey,
+        Entry,
+        ahash::RandomState,
+        std::alloc::System,
+    >,
     hash: u64,
     key: &str,
     p: &BucketParams,
