@@ -2,7 +2,10 @@
 //! tollgate in it: no limiter, no routing, no admin or background service, no access log.
 //! Every request goes to the one upstream given on the command line, over the keep-alive
 //! connections pingora pools by default. What tollgate costs on top of this is what tollgate
-//! adds to pingora; what this costs above nginx is pingora's own share.
+//! adds to pingora; what this costs above nginx is pingora's own share. It is built with the
+//! same choices tollgate makes for pingora (the library's allocator, no downstream modules, no
+//! work stealing between threads, the patched pingora-core of `vendor/`), so that the two
+//! differ only by what tollgate does per request.
 //!
 //! ```text
 //! bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS]     e.g. bare_proxy 127.0.0.1:8081 127.0.0.1:8080 1
@@ -18,7 +21,9 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use std::net::SocketAddr;
+// The allocator tollgate ships with (set by its library).
 use std::process::ExitCode;
+use tollgate as _;
 
 const USAGE: &str = "usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS]";
 
@@ -32,6 +37,9 @@ impl ProxyHttp for Bare {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    /// None, as tollgate (pingora's default is a disabled compression module).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
@@ -59,6 +67,7 @@ fn main() -> ExitCode {
 
     let conf = ServerConf {
         threads,
+        work_stealing: false,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         // Per listen port, so that several instances never share the defaults' /tmp files.

@@ -5,8 +5,10 @@
 //! no mode reuses memory another one freed. A mode builds a `Store` on a manual clock, creates
 //! N distinct buckets (default 1,000,000) through `Store::charge`, the path the proxy takes
 //! for every request, and reads the resident set size (`/proc/self/statm`) before and after:
-//! bytes per bucket = RSS growth / N. It also reports the growth of what glibc malloc has
-//! handed out (`mallinfo2`), which pages do not round. It then moves the clock on and lets
+//! bytes per bucket = RSS growth / N, with the global allocator the gateway ships with
+//! (mimalloc, set by the library). It also reports the growth of what glibc malloc has handed
+//! out (`mallinfo2`), which pages do not round: the buckets' hash tables, which come from the
+//! system allocator (see `Shard::map`). It then moves the clock on and lets
 //! the proxy's own housekeeping drop the buckets, and counts what remains.
 //!
 //! - `standalone`: a store without Redis. Eviction: the sweep the proxy runs every 10 s
@@ -379,7 +381,7 @@ fn measure(mode: Mode, n: usize) -> bool {
         mib(after)
     );
     println!("bytes per bucket       {per_bucket:.1}   (target < {TARGET_BYTES})");
-    println!("malloc'd per bucket    {heap_per_bucket:.1}   (mallinfo2: in use, informational)");
+    println!("malloc'd per bucket    {heap_per_bucket:.1}   (mallinfo2: the tables, from glibc; informational)");
     breakdown(mode, n, avg_key);
 
     // Every bucket full again and, in shared mode, past what keeps it: evicted by the proxy's

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
@@ -202,6 +203,11 @@ impl Gateway {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
+
+    /// No downstream modules. pingora's default set is a response-compression module, disabled,
+    /// that is still built and consulted for every request (an allocation and a virtual call
+    /// per response phase); the gateway compresses nothing, so it installs none.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx {

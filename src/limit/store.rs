@@ -111,7 +111,7 @@ impl Store {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    map: hashbrown::HashMap::with_hasher(hasher.clone()),
+                    map: hashbrown::HashMap::with_hasher_in(hasher.clone(), std::alloc::System),
                     dirty: Vec::new(),
                     quiet: Vec::new(),
                 })

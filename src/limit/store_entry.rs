@@ -105,7 +105,14 @@ pub(super) struct SyncState {
 pub(super) struct Shard {
     /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
     /// SipHash on short keys. One hash per request picks the shard and probes its map.
-    pub(super) map: hashbrown::HashMap<StoreKey, Entry, ahash::RandomState>,
+    ///
+    /// The table comes from the system allocator, whatever the global allocator is: it is one
+    /// large block per shard that doubles as buckets come, and glibc maps such a block from the
+    /// system and hands it back the moment it is freed, where a general-purpose allocator such
+    /// as mimalloc keeps the freed half-size table for reuse (over 50 bytes per bucket more at
+    /// a million buckets, `scripts/memory.sh`). So memory per bucket does not depend on the
+    /// allocator the binary ships with.
+    pub(super) map: hashbrown::HashMap<StoreKey, Entry, ahash::RandomState, std::alloc::System>,
     /// Keys whose entry turned dirty, each listed once until drained.
     pub(super) dirty: Vec<StoreKey>,
     /// Keys whose entry turned quiet, oldest first, each listed once (see
@@ -164,7 +171,13 @@ pub(super) fn bucket_entry<'s>(
 #[cold]
 #[inline(never)]
 fn new_entry<'s>(
-    v: hashbrown::hash_map::RawVacantEntryMut<'s, StoreKey, Entry, ahash::RandomState>,
+    v: hashbrown::hash_map::RawVacantEntryMut<
+        's,
+        StoreKey,
+        Entry,
+        ahash::RandomState,
+        std::alloc::System,
+    >,
     hash: u64,
     key: &str,
     p: &BucketParams,
