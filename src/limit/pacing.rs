@@ -437,6 +437,17 @@ mod tests {
     }
 
     /// A node's counters: `attempts` requests, of which `consumed` admitted (cost 1).
+    /// A read of the bucket by node "me" finding its own counters and one other node's,
+    /// (attempts, consumed) each, and no tokens left.
+    fn read_two(pace: &mut Pace, me: (u64, u64), other: (u64, u64), at: i64, c: &Cluster) {
+        let nodes = BTreeMap::from([
+            ("me".to_string(), counters(me.0, me.1)),
+            ("other".to_string(), counters(other.0, other.1)),
+        ]);
+        let own = counters(me.0, me.1);
+        pace.resync(("me", &own), (&nodes, &BTreeMap::new()), tokens(0), at, c);
+    }
+
     fn counters(attempts: u64, consumed: u64) -> Counters {
         Counters {
             consumed,
@@ -498,24 +509,9 @@ mod tests {
         let c = cluster(2, false);
         let t0 = 1_000 * MS;
         // (attempts, admitted) of this node and of the other.
-        let nodes = |me: (u64, u64), other: (u64, u64)| {
-            BTreeMap::from([
-                ("me".to_string(), counters(me.0, me.1)),
-                ("other".to_string(), counters(other.0, other.1)),
-            ])
-        };
         let mut pace = Pace::default();
         take(&mut pace, 1, t0, &c);
-        let read = |pace: &mut Pace, me: (u64, u64), other: (u64, u64), at: i64| {
-            let own = counters(me.0, me.1);
-            pace.resync(
-                ("me", &own),
-                (&nodes(me, other), &BTreeMap::new()),
-                tokens(0),
-                at,
-                &c,
-            );
-        };
+        let read = |pace: &mut Pace, me, other, at| read_two(pace, me, other, at, &c);
         read(&mut pace, (1, 1), (0, 0), t0 + 100 * MS);
         // Both asked, every request was admitted: no pressure, the whole bucket, however
         // few tokens are left.
@@ -540,22 +536,7 @@ mod tests {
         };
         // 2026-11-29T08:41:59.8Z.
         let t0: i64 = 1_795_941_719 * 1_000 * MS + 800 * MS;
-        let nodes = |me: (u64, u64), other: (u64, u64)| {
-            BTreeMap::from([
-                ("me".to_string(), counters(me.0, me.1)),
-                ("other".to_string(), counters(other.0, other.1)),
-            ])
-        };
-        let read = |pace: &mut Pace, me: (u64, u64), other: (u64, u64), at: i64| {
-            let own = counters(me.0, me.1);
-            pace.resync(
-                ("me", &own),
-                (&nodes(me, other), &BTreeMap::new()),
-                tokens(0),
-                at,
-                &c,
-            );
-        };
+        let read = |pace: &mut Pace, me, other, at| read_two(pace, me, other, at, &c);
         let mut pace = Pace::default();
         take(&mut pace, 1, t0, &c);
         read(&mut pace, (100, 50), (300, 150), t0);
