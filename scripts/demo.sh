@@ -329,5 +329,6 @@ echo "  curl -i -H 'x-api-key: demo' http://127.0.0.1:8080/rating/42"
 echo "  curl -s 'http://127.0.0.1:9091/rating?limit=per-api-key&key=demo'"
 echo "  curl -s http://127.0.0.1:9091/metrics | grep ^tollgate_"
 echo "  tail -f $LOG    # the gateway's log: one line per request"
+if [ "${DEMO_NO_WAIT:-}" = 1 ]; then exit 0; fi
 echo "Gateway on 127.0.0.1:8080, admin on 127.0.0.1:9091, upstream on 127.0.0.1:8000. Ctrl-C stops."
 wait $GW
