@@ -660,11 +660,7 @@ mod tests {
         s.absorb(
             "l:k",
             "me",
-            crate::limit::store_sync::Read {
-                nodes: &one(stored),
-                seen_ms: &BTreeMap::new(),
-                window: None,
-            },
+            crate::limit::store_sync::Read::counters(&one(stored), None),
             &l,
             None,
         );
@@ -687,11 +683,7 @@ mod tests {
         s.absorb(
             "l:k",
             "me",
-            crate::limit::store_sync::Read {
-                nodes: &both,
-                seen_ms: &BTreeMap::new(),
-                window: None,
-            },
+            crate::limit::store_sync::Read::counters(&both, None),
             &l,
             Some(&d[0].own),
         );
@@ -731,11 +723,7 @@ mod tests {
             s.absorb(
                 "l:k",
                 "me",
-                crate::limit::store_sync::Read {
-                    nodes: &nodes,
-                    seen_ms: &BTreeMap::new(),
-                    window: None,
-                },
+                crate::limit::store_sync::Read::counters(&nodes, None),
                 &l,
                 pushed.then_some(&d[0].own),
             );
@@ -770,11 +758,7 @@ mod tests {
             s.absorb(
                 "l:k",
                 "me",
-                crate::limit::store_sync::Read {
-                    nodes: &nodes,
-                    seen_ms: &BTreeMap::new(),
-                    window: None,
-                },
+                crate::limit::store_sync::Read::counters(&nodes, None),
                 &l,
                 pushed.then_some(&d[0].own),
             );
@@ -820,11 +804,7 @@ mod tests {
         s.absorb(
             "l:k",
             "me",
-            crate::limit::store_sync::Read {
-                nodes: &nodes,
-                seen_ms: &BTreeMap::new(),
-                window: None,
-            },
+            crate::limit::store_sync::Read::counters(&nodes, None),
             &l,
             Some(&nodes["me"].clone()),
         );
@@ -839,11 +819,7 @@ mod tests {
         s.absorb(
             "l:k",
             "me",
-            crate::limit::store_sync::Read {
-                nodes: &nodes,
-                seen_ms: &BTreeMap::new(),
-                window: None,
-            },
+            crate::limit::store_sync::Read::counters(&nodes, None),
             &l,
             Some(&nodes["me"].clone()),
         );

@@ -423,11 +423,7 @@ mod tests {
         store.absorb(
             "l:a",
             "me",
-            crate::limit::store_sync::Read {
-                nodes: &BTreeMap::new(),
-                seen_ms: &BTreeMap::new(),
-                window: None,
-            },
+            crate::limit::store_sync::Read::counters(&BTreeMap::new(), None),
             &l,
             Some(&own),
         );

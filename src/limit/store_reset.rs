@@ -220,11 +220,7 @@ mod tests {
         // b, which took 1 itself, reads a's fields: a's 5 consumed and a's credit of 5.
         assert_eq!(take(&b, &l, 1), 1);
         let nodes = std::collections::BTreeMap::from([("a".to_string(), pushed[0].own)]);
-        let read = crate::limit::store_sync::Read {
-            nodes: &nodes,
-            seen_ms: &Default::default(),
-            window: None,
-        };
+        let read = crate::limit::store_sync::Read::counters(&nodes, None);
         b.absorb("l:k", "b", read, &l, None);
         let seen = |s: &Store| s.peek(&l, "k", 0).remaining;
         assert_eq!(

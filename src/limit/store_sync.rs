@@ -33,6 +33,19 @@ pub struct Read<'a> {
     pub window: Option<i64>,
 }
 
+impl<'a> Read<'a> {
+    /// A read of counters alone, without when each node wrote (as [`Store::preload`] reads a
+    /// bucket back at start).
+    pub fn counters(nodes: &'a BTreeMap<String, Counters>, window: Option<i64>) -> Read<'a> {
+        static NOT_SEEN: BTreeMap<String, u64> = BTreeMap::new();
+        Read {
+            nodes,
+            seen_ms: &NOT_SEEN,
+            window,
+        }
+    }
+}
+
 /// The other nodes' counters of a bucket, as a merge takes them: their consumption summed,
 /// their waste the greatest (None when there is none).
 pub fn others<'c>(counters: impl IntoIterator<Item = &'c Counters>) -> (u64, Option<i128>) {
@@ -264,12 +277,7 @@ impl Store {
             waste: i128::MIN,
         };
         let pushed = (!nodes.contains_key(me)).then_some(&nothing);
-        let read = Read {
-            nodes,
-            seen_ms: &BTreeMap::new(),
-            window,
-        };
-        self.absorb(store_key, me, read, limit, pushed);
+        self.absorb(store_key, me, Read::counters(nodes, window), limit, pushed);
     }
 }
 
