@@ -13,7 +13,8 @@
 //!
 //! `GET /inflight` answers `{"in_flight": N, "max": M}`: the requests being served now, every
 //! endpoint's but its own (counted from the moment a request has been read until its response
-//! is written, so a `/slow?ms=200` counts for 200 ms), and the most served at once since the
+//! is ready to be written, so a `/slow?ms=200` counts for 200 ms; a proxy holds a request's
+//! slot from before the first moment until after the second), and the most served at once since the
 //! start or the last reset; `?reset=1` answers the same and then starts the max again from the
 //! requests in flight now, so that polling with it gives the exact peak of each interval. The
 //! accuracy script (`scripts/accuracy.py`) measures concurrency limits with it.
@@ -266,8 +267,11 @@ async fn serve(stream: TcpStream, peer: SocketAddr) {
         let head_only = req.method == "HEAD";
         let counted = (req.target.split('?').next() != Some("/inflight")).then(Serving::start);
         let reply = route(&req, peer).await;
-        let sent = respond(&mut r.stream, reply, head_only, !keep_alive).await;
+        // Served once the answer is ready, before it is written: a proxy in front reads the
+        // answer and may send the next request the moment the write is done, before this task
+        // (on a busy machine, preempted right after its write) would count this one out.
         drop(counted);
+        let sent = respond(&mut r.stream, reply, head_only, !keep_alive).await;
         if sent.is_err() || !keep_alive {
             return;
         }

@@ -344,6 +344,17 @@ impl Pace {
         }
     }
 
+    /// Whether node `n`, its counters now `c`, turned a request away since the previous read:
+    /// it decided more requests than it took tokens (a concurrency limit's request takes one
+    /// slot). False without a previous read.
+    pub fn refused_since_read(&self, n: &str, c: &Counters) -> bool {
+        let Some((prev, _)) = self.prev.as_ref() else {
+            return false;
+        };
+        let was = prev.get(n).copied().unwrap_or_default();
+        c.attempts.saturating_sub(was.attempts) > c.consumed.saturating_sub(was.consumed)
+    }
+
     /// The first read of a quota in a new window. Its counters start from zero at each window,
     /// so the previous read's are no baseline for this one's; and the others' first writes of
     /// the window may not have come yet, so that this read would see no demand but this

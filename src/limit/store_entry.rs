@@ -100,6 +100,9 @@ pub(super) struct SyncState {
     /// A concurrency limit: the most slots this node may hold beyond its fair share until the
     /// next sync (see [`super::store::Store::set_slot_cap`]).
     pub(super) slot_cap: u64,
+    /// A concurrency limit: the slots the other live nodes were counted at by the previous
+    /// sync (see [`super::store::Store::set_slot_cap`]).
+    pub(super) slot_others: u64,
 }
 
 pub(super) struct Shard {
@@ -198,6 +201,7 @@ fn new_entry<'s>(
                     pace: Pace::default(),
                     own_credit: 0,
                     slot_cap: NO_CAP,
+                    slot_others: 0,
                 })
             }),
         },

@@ -20,9 +20,10 @@ use crate::limit::bucket::Counters;
 use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::limit::store_key::StoreKey;
 use crate::limit::store_quiet::Stored;
+use crate::limit::store_slots::OtherSlots;
 use crate::limit::store_sync::{self, DirtyBucket, Read};
 use crate::limit::window::{WindowAt, WindowWaste};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 /// What a round needs to know of this node and its config.
@@ -344,43 +345,69 @@ fn absorb_hash(
         seen_ms: &seen,
         window,
     };
+    // Read before the merge replaces the bucket's previous read.
+    let refusing = if p.is_slots() {
+        store.refusing(&d.store_key, &counters)
+    } else {
+        BTreeSet::new()
+    };
     store.absorb(&d.store_key, ctx.node_id, read, spec, Some(&d.own));
     let (own_credit, others_credit) = layout::credits(&nodes, ctx.node_id);
-    let (gone, active) = if p.is_slots() {
-        slot_holders(ctx, &nodes)
+    let others = if p.is_slots() {
+        slot_holders(ctx, &nodes, &refusing)
     } else {
-        (0, 0)
+        SlotHolders::default()
     };
     store.absorb_credit(
         (&d.store_key, p),
         own_credit,
-        others_credit.saturating_add(gone),
+        others_credit.saturating_add(others.gone),
         window,
     );
     if p.is_slots() {
-        store.set_slot_cap(&d.store_key, spec, active);
+        store.set_slot_cap(&d.store_key, spec, others.active, &others.live);
     }
 }
 
-/// A concurrency limit's other nodes, in one pass: the slots still held by nodes that are not
-/// live (given back: a node that died holds none), and how many live ones use the key (they
-/// hold slots, or wrote the hash within the last three sync intervals: a node whose requests
-/// all ended at its last write is still competing for the slots).
-fn slot_holders(ctx: &Context<'_>, nodes: &BTreeMap<String, layout::NodeFields>) -> (u64, u32) {
+/// A concurrency limit's other nodes, as one read of the hash shows them.
+#[derive(Default)]
+struct SlotHolders {
+    /// Slots still held by nodes that are not live (given back: a node that died holds none).
+    gone: u64,
+    /// Live nodes that use the key: they hold slots, or wrote the hash within the last three
+    /// sync intervals (a node whose requests all ended at its last write is still competing
+    /// for the slots).
+    active: u32,
+    /// The live ones.
+    live: Vec<OtherSlots>,
+}
+
+/// A concurrency limit's other nodes, in one pass (see [`SlotHolders`]).
+fn slot_holders(
+    ctx: &Context<'_>,
+    nodes: &BTreeMap<String, layout::NodeFields>,
+    refusing: &BTreeSet<String>,
+) -> SlotHolders {
     let recent = u64::try_from(ctx.sync_interval.as_millis().saturating_mul(3)).unwrap_or(0);
-    let (mut gone, mut active) = (0u64, 0u32);
+    let mut out = SlotHolders::default();
     for (n, f) in nodes.iter().filter(|(n, _)| n.as_str() != ctx.node_id) {
         let held = f.counters.consumed.saturating_sub(f.credit.unwrap_or(0));
         if ctx.live_others.is_some_and(|l| !l.contains(n.as_str())) {
-            gone = gone.saturating_add(held);
-        } else if held > 0
+            out.gone = out.gone.saturating_add(held);
+            continue;
+        }
+        out.live.push(OtherSlots {
+            held,
+            refused: refusing.contains(n),
+        });
+        if held > 0
             || f.seen_ms
                 .is_some_and(|ms| ms.saturating_add(recent) >= ctx.now_ms)
         {
-            active = active.saturating_add(1);
+            out.active = out.active.saturating_add(1);
         }
     }
-    (gone, active)
+    out
 }
 
 #[cfg(test)]
