@@ -27,6 +27,8 @@ pub struct RequestMetrics {
     duration: Vec<OnceLock<Histogram>>,
     /// `tokens_consumed_total{limit}`, by limit.
     consumed: Vec<OnceLock<IntCounter>>,
+    /// `tokens_refunded_total{limit}`, by limit.
+    refunded: Vec<OnceLock<IntCounter>>,
 }
 
 impl RequestMetrics {
@@ -60,6 +62,15 @@ impl RequestMetrics {
         let limit = limit.index();
         self.consumed[limit].get_or_init(|| {
             m.tokens_consumed_total
+                .with_label_values(&[&self.limits[limit]])
+        })
+    }
+
+    /// `tokens_refunded_total{limit}`.
+    pub fn refunded(&self, m: &Metrics, limit: LimitId) -> &IntCounter {
+        let limit = limit.index();
+        self.refunded[limit].get_or_init(|| {
+            m.tokens_refunded_total
                 .with_label_values(&[&self.limits[limit]])
         })
     }
@@ -398,6 +409,7 @@ impl Metrics {
             requests: routes.iter().map(|_| Default::default()).collect(),
             duration: routes.iter().map(|_| OnceLock::new()).collect(),
             consumed: limits.iter().map(|_| OnceLock::new()).collect(),
+            refunded: limits.iter().map(|_| OnceLock::new()).collect(),
             routes,
             limits,
         }

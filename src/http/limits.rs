@@ -7,7 +7,7 @@ use crate::app::node::{Node, Runtime};
 use crate::config::{LimitId, Route, RouteId};
 use crate::http::headers;
 use crate::limit::bucket::{BucketParams, Decision};
-use crate::limit::store::{split_store_key, Small};
+use crate::limit::store::Small;
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
 use crate::request::key::{Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
@@ -39,22 +39,29 @@ pub(super) struct Reported {
 #[derive(Default)]
 pub(super) struct Kept {
     keys: String,
-    /// A `Vec` (empty, unallocated, on routes that keep nothing): the context of every
-    /// request carries it.
-    paid: Vec<Paid>,
+    /// Inline up to four limits (no allocation per request); empty on routes that keep
+    /// nothing.
+    paid: SmallVec<[Paid; 4]>,
     /// The node to give slots back to, when the request holds any.
     slots_of: Option<Arc<Node>>,
 }
 
 /// What an admitted request was charged on one of its route's limits.
 struct Paid {
-    /// Position in the route's limits.
-    at: usize,
-    /// Its store key in [`Kept::keys`].
-    key: std::ops::Range<usize>,
     cost: u64,
+    /// Its store key in [`Kept::keys`] (see [`Paid::key`]).
+    key: (u32, u32),
+    /// Position in the route's limits.
+    at: u16,
     /// A slot of a concurrency limit (released when the request ends, never refunded).
     slot: bool,
+}
+
+impl Paid {
+    /// Its store key, in `keys` (the [`Kept::keys`] it was noted in).
+    fn key<'k>(&self, keys: &'k str) -> &'k str {
+        &keys[self.key.0 as usize..self.key.1 as usize]
+    }
 }
 
 impl Kept {
@@ -63,12 +70,11 @@ impl Kept {
     }
 
     /// Gives back what the request paid on every limit but its slots (a refund), once; calls
-    /// `counted(limit, tokens)` for each.
-    pub(super) fn refund(&mut self, node: &Node, mut counted: impl FnMut(&str, u64)) {
+    /// `counted(position in the route's limits, tokens)` for each.
+    pub(super) fn refund(&mut self, node: &Node, mut counted: impl FnMut(usize, u64)) {
         for p in self.paid.iter_mut().filter(|p| !p.slot && p.cost > 0) {
-            let key = &self.keys[p.key.clone()];
-            if node.store.refund(key, p.cost) {
-                counted(split_store_key(key).map_or("", |(l, _)| l), p.cost);
+            if node.store.refund(p.key(&self.keys), p.cost) {
+                counted(usize::from(p.at), p.cost);
             }
             p.cost = 0;
         }
@@ -79,7 +85,7 @@ impl Drop for Kept {
     fn drop(&mut self) {
         if let Some(node) = self.slots_of.take() {
             for p in self.paid.iter().filter(|p| p.slot) {
-                node.store.refund(&self.keys[p.key.clone()], 1);
+                node.store.refund(p.key(&self.keys), 1);
             }
         }
     }
@@ -139,11 +145,15 @@ pub(super) fn decide(
         } => {
             shadow_limited.iter().for_each(|&i| limited(i));
             count_consumed(node, rt, route, &decisions, cost);
-            if let Some(i) = report {
-                let policy = params.as_ref();
-                out.rate_headers = Some(rate_headers(rt, route.limits[i], &decisions[i], policy));
-            }
-            if !route.response_costs.is_empty() {
+            if route.response_costs.is_empty() {
+                if let Some(i) = report {
+                    let policy = params.as_ref();
+                    let headers = rate_headers(rt, route.limits[i], &decisions[i], policy);
+                    out.rate_headers = Some(headers);
+                }
+            } else {
+                // The response head settles the costs, and the headers are chosen then
+                // ([`settle`]): a request that gets no response head reports none.
                 out.unsettled = Some(Box::new(Unsettled {
                     decisions,
                     report,
@@ -197,26 +207,42 @@ fn verdict(
         limit: rt.limit_spec(li),
         key: KeyOf::Request(&rt.config.limit(li).key, view),
     };
-    let all = || -> SmallVec<[Charged<'_>; 4]> {
-        route.limits.iter().map(|&li| charged_of(li)).collect()
+    // Pushed one by one: `collect` into a SmallVec goes through its generic `extend`, several
+    // times the instructions for a handful of items.
+    let all = || {
+        let mut all: SmallVec<[Charged<'_>; 4]> = SmallVec::new();
+        for &li in &route.limits {
+            all.push(charged_of(li));
+        }
+        all
     };
     let fp = rt.config.access_log;
     if route.keeps_charges() {
         let all = all();
-        let costs: SmallVec<[u64; 4]> = (0..all.len()).map(|i| route.cost_at(i, cost)).collect();
+        let mut costs: SmallVec<[u64; 4]> = SmallVec::new();
+        for i in 0..all.len() {
+            costs.push(route.cost_at(i, cost));
+        }
         let kept = &mut out.kept;
         let mut items = SmallVec::new();
         kept.keys = String::with_capacity(64);
         let verdict =
             decision::decide_keeping(&node.store, &all, &costs, fp, &mut kept.keys, &mut items);
         for (at, key) in items {
-            let slot = route.slot_limits.contains(&at);
-            let cost = costs[at];
+            // Positions and key ends fit: a route has far fewer than 65,536 limits, and a
+            // request's keys far fewer than 4 GiB.
+            let (Ok(at16), Ok(start), Ok(end)) = (
+                u16::try_from(at),
+                u32::try_from(key.start),
+                u32::try_from(key.end),
+            ) else {
+                continue;
+            };
             kept.paid.push(Paid {
-                at,
-                key,
-                cost,
-                slot,
+                cost: costs[at],
+                key: (start, end),
+                at: at16,
+                slot: route.slot_limits.contains(&at),
             });
         }
         if kept.paid.iter().any(|p| p.slot) {
@@ -295,10 +321,10 @@ pub(super) fn settle(
         let reported = resp.headers.get(&rc.header).and_then(response_cost);
         let li = route.limits[rc.at];
         // Not charged there: an unlimited key, or a shadow limit that could not pay.
-        let Some(paid) = kept.paid.iter_mut().find(|p| p.at == rc.at) else {
+        let Some(paid) = kept.paid.iter_mut().find(|p| usize::from(p.at) == rc.at) else {
             continue;
         };
-        let key = &kept.keys[paid.key.clone()];
+        let key = paid.key(&kept.keys);
         let Some(actual) = reported else {
             let labels = [route.name.as_str(), rt.limit_spec(li).name.as_str()];
             m.response_cost_missing_total
@@ -319,10 +345,7 @@ pub(super) fn settle(
         if actual > paid.cost {
             rm.consumed(m, li).inc_by(actual - paid.cost);
         } else if actual < paid.cost {
-            let refunded = &m.tokens_refunded_total;
-            refunded
-                .with_label_values(&[limit.name.as_str()])
-                .inc_by(paid.cost - actual);
+            rm.refunded(m, li).inc_by(paid.cost - actual);
         }
         paid.cost = actual;
     }
@@ -336,8 +359,8 @@ pub(super) fn settle(
         un.params.clone()
     } else {
         let limit = rt.limit_spec(route.limits[i]);
-        (kept.paid.iter().find(|p| p.at == i))
-            .and_then(|p| limit.spec_at(&kept.keys[p.key.clone()]))
+        (kept.paid.iter().find(|p| usize::from(p.at) == i))
+            .and_then(|p| limit.spec_at(p.key(&kept.keys)))
             .filter(|l| !std::ptr::eq(*l, limit))
             .map(|l| l.params.clone())
     };

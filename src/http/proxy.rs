@@ -143,12 +143,13 @@ impl Gateway {
         let (Some(rt), Some(ri)) = (ctx.runtime.as_ref(), ctx.route) else {
             return;
         };
-        if !rt.config.route(ri).refund.covers(status) {
+        let route = rt.config.route(ri);
+        if !route.refund.covers(status) {
             return;
         }
-        let m = &self.node.metrics.tokens_refunded_total;
-        (ctx.reported.kept).refund(&self.node, |limit, tokens| {
-            m.with_label_values(&[limit]).inc_by(tokens)
+        let (m, rm) = (&self.node.metrics, rt.request_metrics(&self.node.metrics));
+        (ctx.reported.kept).refund(&self.node, |at, tokens| {
+            rm.refunded(m, route.limits[at]).inc_by(tokens)
         });
     }
 

@@ -24,8 +24,10 @@ const SHARDS: usize = 64;
 // A charge collects the shards it locks in a 64-bit set.
 const _: () = assert!(SHARDS <= 64);
 
-/// Per-request lists: a route charges a handful of limits, so these stay on the stack.
-pub type Small<T> = SmallVec<[T; 2]>;
+/// Per-request lists: a route charges a handful of limits, so these stay on the stack (up to
+/// four: a plan's bucket and quota, a concurrency limit and a response cost, without an
+/// allocation).
+pub type Small<T> = SmallVec<[T; 4]>;
 
 /// One bucket to charge.
 pub struct Charge<'a> {

@@ -156,18 +156,20 @@ fn decide_with(
                 buf.push_str(k);
                 Ok(())
             }
-            // Built from the same sources as the previous limit's key (a plan's per-second
-            // bucket and its daily quota, both on the API key): copied, not built again.
-            KeyOf::Request(sources, _) if same_key_as_previous(charged, i, sources) => {
-                // The previous key without its `LIMIT:` prefix.
-                let prev = key_range(ends, i - 1);
-                let prev_key = prev.start + charged[i - 1].limit.name.len() + 1..prev.end;
-                // SAFETY: the copied bytes are a whole `str` slice of `buf` (between key
-                // boundaries, which are char boundaries), so `buf` stays valid UTF-8.
-                unsafe { buf.as_mut_vec().extend_from_within(prev_key) };
-                Ok(())
-            }
-            KeyOf::Request(sources, view) => key::build_key_into(sources, view, buf),
+            KeyOf::Request(sources, view) => match same_key_as_earlier(charged, i, sources) {
+                // Built from the same sources as an earlier limit's key (a plan's per-second
+                // bucket and its daily quota, both on the API key): copied, not built again.
+                Some(j) => {
+                    // That key without its `LIMIT:` prefix.
+                    let earlier = key_range(ends, j);
+                    let earlier_key = earlier.start + charged[j].limit.name.len() + 1..earlier.end;
+                    // SAFETY: the copied bytes are a whole `str` slice of `buf` (between key
+                    // boundaries, which are char boundaries), so `buf` stays valid UTF-8.
+                    unsafe { buf.as_mut_vec().extend_from_within(earlier_key) };
+                    Ok(())
+                }
+                None => key::build_key_into(sources, view, buf),
+            },
         };
         if let Err(e) = built {
             return Verdict::BadKey(e);
@@ -279,16 +281,17 @@ fn decide_overridden(
     }
 }
 
-/// Whether limit `i`'s key is built from the same sources as limit `i - 1`'s.
+/// The first limit before `i` whose key is built from the same sources as limit `i`'s.
 #[inline(always)]
-fn same_key_as_previous(charged: &[Charged<'_>], i: usize, sources: &[KeySource]) -> bool {
+fn same_key_as_earlier(charged: &[Charged<'_>], i: usize, sources: &[KeySource]) -> Option<usize> {
     // The kinds of the first sources are compared first: inline, and enough to tell the
     // usual pair apart (an API key and the client IP).
     let kind = |s: &[KeySource]| s.first().map(std::mem::discriminant);
-    i > 0
-        && matches!(charged[i - 1].key, KeyOf::Request(prev, _)
-            if std::ptr::eq(prev, sources)
-                || (prev.len() == sources.len() && kind(prev) == kind(sources) && prev == sources))
+    (0..i).find(|&j| {
+        matches!(charged[j].key, KeyOf::Request(earlier, _)
+            if std::ptr::eq(earlier, sources)
+                || (earlier.len() == sources.len() && kind(earlier) == kind(sources) && earlier == sources))
+    })
 }
 
 /// The decision reported for a key that is `unlimited` under a limit: allowed, nothing taken.
@@ -396,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_built_from_the_same_sources_as_the_previous_one_is_the_same_key() {
+    fn a_key_built_from_the_same_sources_as_an_earlier_one_is_the_same_key() {
         use http::{HeaderMap, HeaderName, HeaderValue};
         let s = store();
         let api = vec![KeySource::Header(HeaderName::from_static("x-api-key"))];
