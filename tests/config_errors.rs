@@ -464,8 +464,8 @@ fn minimal_config_gets_every_default() {
         "initial_tokens defaults to capacity"
     );
     assert_eq!(
-        l.key,
-        vec![KeySource::ClientIp],
+        l.key[..],
+        [KeySource::ClientIp],
         "a single string is a one-part key"
     );
     assert!(!l.shadow);
@@ -676,8 +676,8 @@ fn demo_config_is_valid() {
         (10, 1.0)
     );
     assert_eq!(
-        per_key.key,
-        vec![KeySource::Header(http::HeaderName::from_static(
+        per_key.key[..],
+        [KeySource::Header(http::HeaderName::from_static(
             "x-api-key"
         ))]
     );
@@ -816,4 +816,27 @@ fn quotas_and_their_errors() {
         (hourly.capacity(), hourly.window().map(|w| w.name())),
         (10, Some("hour"))
     );
+}
+
+/// Limits whose keys are built from the same sources share one list of them, which the
+/// decision tells apart by address; other limits keep their own.
+#[test]
+fn limits_with_the_same_key_sources_share_them() {
+    let text = json!({
+        "listeners": [{"address": "127.0.0.1:8080"}],
+        "upstreams": {"api": {"servers": ["127.0.0.1:8000"]}},
+        "limits": {
+            "a": {"capacity": 10, "refill_per_second": 1, "key": ["header:x-api-key"]},
+            "b": {"capacity": 10, "refill_per_second": 1, "key": ["client_ip"]},
+            "c": {"capacity": 10, "refill_per_second": 1, "key": "header:X-Api-Key"}
+        },
+        "routes": [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "api",
+                    "limits": ["a", "b", "c"]}]
+    })
+    .to_string();
+    let c = Config::parse(&text, "inline").expect("valid");
+    let key = |n: &str| &c.limits[c.limit_id(n).expect("limit").index()].key;
+    assert!(std::sync::Arc::ptr_eq(key("a"), key("c")));
+    assert!(!std::sync::Arc::ptr_eq(key("a"), key("b")));
+    assert_eq!(key("b")[..], [KeySource::ClientIp]);
 }

@@ -111,8 +111,10 @@ pub struct Limit {
     pub name: String,
     /// Capacity, refill rate and initial tokens, validated once here.
     pub params: BucketParams,
-    /// The parts of the bucket key, in order (a composite key when several).
-    pub key: Vec<KeySource>,
+    /// The parts of the bucket key, in order (a composite key when several). Limits whose
+    /// keys have the same parts share one list, so that the decision tells a key it has
+    /// already built by its address (see `request::decision`).
+    pub key: std::sync::Arc<[KeySource]>,
     /// Counts and reports but never rejects.
     pub shadow: bool,
     /// Shared mode: a node spends only its share of an idle bucket until it has heard from

@@ -44,8 +44,9 @@ pub(super) fn validate(
         .map(|(n, u)| upstream(&mut c, n, u))
         .collect();
     // Each limit, and its capacity when its parameters are valid (for the routes' costs).
-    let (limits, capacities): (Vec<Limit>, Vec<Option<u64>>) =
+    let (mut limits, capacities): (Vec<Limit>, Vec<Option<u64>>) =
         raw.limits.iter().map(|(n, l)| limit(&mut c, n, l)).unzip();
+    share_keys(&mut limits);
     let routes = super::routes::routes(&mut c, &raw.routes, &upstreams, (&limits, &capacities));
     let mut trusted_proxies = Vec::new();
     for (i, s) in raw.trusted_proxies.iter().enumerate() {
@@ -330,6 +331,15 @@ fn upstream(c: &mut Checker, name: &str, raw: &RawUpstream) -> Upstream {
     }
 }
 
+/// Limits whose keys are built from the same sources share one list of them.
+fn share_keys(limits: &mut [Limit]) {
+    for i in 1..limits.len() {
+        if let Some(j) = (0..i).find(|&j| limits[j].key == limits[i].key) {
+            limits[i].key = std::sync::Arc::clone(&limits[j].key);
+        }
+    }
+}
+
 /// A limit, and its capacity when its parameters are valid.
 fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
     let errors_before = c.error_count();
@@ -364,7 +374,7 @@ fn limit(c: &mut Checker, name: &str, raw: &RawLimit) -> (Limit, Option<u64>) {
     let mut limit = Limit {
         name: name.to_string(),
         params,
-        key,
+        key: key.into(),
         shadow: raw.shadow,
         burst_guard: raw.burst_guard,
         reject: reject(c, &path, raw.reject.as_ref()),
