@@ -455,12 +455,11 @@ fn measure(mode: Mode, n: usize) -> bool {
 }
 
 /// What a bucket is made of, from the sizes of its parts (the entry, the sync state and the
-/// pace's demand map are private to the limiter: their sizes are worked out from their fields).
+/// pace's demand list are private to the limiter: their sizes are worked out from their fields).
 fn breakdown(mode: Mode, n: usize, avg_key: f64) {
     let bucket = std::mem::size_of::<Bucket>();
     let counters = std::mem::size_of::<Counters>();
     let pace = std::mem::size_of::<Pace>();
-    let string = std::mem::size_of::<String>();
     // Entry = Bucket + the boxed sync state (a pointer; None when standalone) + listed and
     // view (a byte each) and the refusal counts (6 bytes), aligned to 16 (i128 fields).
     let entry = (bucket + 8 + 8).div_ceil(16) * 16;
@@ -481,8 +480,9 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
     println!("  store key, heap                                                   {key}");
     let mut total = table + key as f64;
     if mode.shared() {
-        // SyncState = last sync (i64) + Pace + own credit (u64), aligned to 16.
-        let sync = (8 + pace + 8).div_ceil(16) * 16;
+        // SyncState = last sync (i64) + Pace + own credit, a concurrency limit's cap and its
+        // count of the other nodes (u64 each), aligned to 16.
+        let sync = (8 + pace + 3 * 8).div_ceil(16) * 16;
         let sync_chunk = chunk(sync);
         println!(
             "  sync state box: SyncState ~{sync} (size_of Pace {pace}), size class          {sync_chunk}"
@@ -502,19 +502,14 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
             total += list + key as f64;
         }
         Mode::SharedSynced => {
-            // Pace::prev: every node's demand at the last read, a BTreeMap<String, Demand>
-            // (Demand: three u64). Up to 11 nodes fit its one leaf node: parent pointer,
-            // parent index and length (u16 each), 11 keys and 11 values.
-            let demand = 24;
-            let leaf = (8 + 2 + 2 + 11 * (string + demand)).div_ceil(8) * 8;
-            let names = NODES.len() * chunk(NODES[0].len());
+            // Pace::prev: every node's demand at the last read, one boxed slice of
+            // (node id: u64, Demand: three u64) per node.
+            let demands = chunk(NODES.len() * (8 + 24));
             println!(
-                "  pace's demand map (BTreeMap<String, Demand>, {} nodes): leaf node {leaf} -> \
-                 size class {} + node names {names}",
-                NODES.len(),
-                chunk(leaf)
+                "  pace's demand list ((id, Demand) x {} nodes, one allocation)            {demands}",
+                NODES.len()
             );
-            total += (chunk(leaf) + names) as f64;
+            total += demands as f64;
         }
     }
     println!("  estimate total                                                    ~{total:.0}");

@@ -411,3 +411,13 @@ fn cost(
     }
     cost
 }
+
+/// Limits whose keys are built from the same sources share one list of them (a route's
+/// decision builds such a key once, see `request::decision`).
+pub(super) fn share_keys(limits: &mut [Limit]) {
+    for i in 1..limits.len() {
+        if let Some(j) = (0..i).find(|&j| limits[j].key == limits[i].key) {
+            limits[i].key = std::sync::Arc::clone(&limits[j].key);
+        }
+    }
+}

@@ -46,7 +46,7 @@ pub(super) fn validate(
     // Each limit, and its capacity when its parameters are valid (for the routes' costs).
     let (mut limits, capacities): (Vec<Limit>, Vec<Option<u64>>) =
         raw.limits.iter().map(|(n, l)| limit(&mut c, n, l)).unzip();
-    share_keys(&mut limits);
+    super::routes::share_keys(&mut limits);
     let routes = super::routes::routes(&mut c, &raw.routes, &upstreams, (&limits, &capacities));
     let mut trusted_proxies = Vec::new();
     for (i, s) in raw.trusted_proxies.iter().enumerate() {
@@ -328,15 +328,6 @@ fn upstream(c: &mut Checker, name: &str, raw: &RawUpstream) -> Upstream {
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
         read_timeout: Duration::from_millis(raw.read_timeout_ms),
         write_timeout: Duration::from_millis(raw.write_timeout_ms),
-    }
-}
-
-/// Limits whose keys are built from the same sources share one list of them.
-fn share_keys(limits: &mut [Limit]) {
-    for i in 1..limits.len() {
-        if let Some(j) = (0..i).find(|&j| limits[j].key == limits[i].key) {
-            limits[i].key = std::sync::Arc::clone(&limits[j].key);
-        }
     }
 }
 
