@@ -480,7 +480,6 @@ mod tests {
         admitted
     }
 
-    /// A node's counters: `attempts` requests, of which `consumed` admitted (cost 1).
     /// A read of the bucket by node "me" finding its own counters and one other node's,
     /// (attempts, consumed) each, and no tokens left.
     fn read_two(pace: &mut Pace, me: (u64, u64), other: (u64, u64), at: i64, c: &Cluster) {
@@ -492,6 +491,7 @@ mod tests {
         pace.resync(("me", &own), (&nodes, &BTreeMap::new()), tokens(0), at, c);
     }
 
+    /// A node's counters: `attempts` requests, of which `consumed` admitted (cost 1).
     fn counters(attempts: u64, consumed: u64) -> Counters {
         Counters {
             consumed,

@@ -4,7 +4,7 @@
 //! and `credit` are the slots it took and gave back, and the difference, summed over the live
 //! nodes, is what is in flight.
 
-use super::bucket::{Bucket, Counters, Decision};
+use super::bucket::{Bucket, BucketParams, Counters, Decision};
 use super::overrides::LimitSpec;
 use super::params::SLOT_RETRY_NS;
 use super::store::Store;
@@ -41,12 +41,11 @@ impl Store {
         let (Some(held), Some(sync)) = (held(entry), entry.sync.as_ref()) else {
             return d;
         };
-        let live = u64::from(self.live().max(1));
-        if live == 1 {
+        if self.live() <= 1 {
             return d;
         }
         let wanted = held.saturating_add(cost);
-        let fair = wanted <= p.capacity() / live;
+        let fair = wanted <= self.fair_slots(p);
         // Before its first sync a bucket has no cap: with burst_guard it holds its fair share
         // only; in the default mode, what the view allows.
         let cap = match sync.slot_cap {
@@ -110,8 +109,7 @@ impl Store {
         others: &[OtherSlots],
     ) {
         let now = self.clock.now_ns();
-        let live = u64::from(self.live().max(1));
-        let fair = limit.params.capacity() / live;
+        let fair = self.fair_slots(&limit.params);
         let counted = others.iter().fold(0u64, |sum, o| {
             let at = if o.refused { o.held.max(fair) } else { o.held };
             sum.saturating_add(at)
@@ -141,6 +139,11 @@ impl Store {
             );
             sync.slot_cap = held.saturating_add(free / u64::from(divide));
         }
+    }
+
+    /// A node's fair share of a concurrency limit's slots: `max_in_flight / live nodes`.
+    fn fair_slots(&self, p: &BucketParams) -> u64 {
+        p.capacity() / u64::from(self.live().max(1))
     }
 }
 

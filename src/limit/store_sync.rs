@@ -159,9 +159,9 @@ impl Store {
     /// node's under `me`, and when each node last wrote or announced the bucket), then
     /// recomputes this node's pace. A quota first starts the window holding now if it has
     /// not yet; counters read for another window than the bucket's are not merged, and the
-    /// bucket is listed for the next sync, which reads its window. `pushed`: the counters this round wrote for this node, if
-    /// any (then the entry is clean unless it changed meanwhile, or its counters were rebased
-    /// on stored ones and must be written again).
+    /// bucket is listed for the next sync, which reads its window. `pushed`: the counters
+    /// this round wrote for this node, if any (then the entry is clean unless it changed
+    /// meanwhile, or its counters were rebased on stored ones and must be written again).
     ///
     /// A fresh bucket (created since the last read) counted from zero: its own counters are
     /// rebased onto the stored ones (stored + what it took since), and its waste becomes the

@@ -139,17 +139,19 @@ return out
 /// The round's ops by the names of the fields they write, in order of first appearance:
 /// each group is one call of the batch script (the positions of its ops in `ops`).
 pub fn groups(ops: &[Op]) -> Vec<Vec<usize>> {
-    let same = |a: &Op, b: &Op| {
-        a.fields.len() == b.fields.len() && a.fields.iter().zip(&b.fields).all(|(x, y)| x.0 == y.0)
-    };
     let mut out: Vec<Vec<usize>> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        match out.iter_mut().find(|g| same(&ops[g[0]], op)) {
+        match out.iter_mut().find(|g| same_names(&ops[g[0]], op)) {
             Some(g) => g.push(i),
             None => out.push(vec![i]),
         }
     }
     out
+}
+
+/// Whether two ops write fields of the same names, in the same order.
+fn same_names(a: &Op, b: &Op) -> bool {
+    a.fields.len() == b.fields.len() && a.fields.iter().zip(&b.fields).all(|(x, y)| x.0 == y.0)
 }
 
 /// Ops as one call of the batch script, or `None` when there is nothing to send or the ops
@@ -159,17 +161,13 @@ pub fn invocation<'s>(
     ops: &[&Op],
 ) -> Option<redis::ScriptInvocation<'s>> {
     let first = ops.first()?;
-    let names: Vec<&str> = first.fields.iter().map(|(f, _)| f.as_str()).collect();
-    let same = |op: &&Op| {
-        op.fields.len() == names.len() && op.fields.iter().zip(&names).all(|((f, _), n)| f == n)
-    };
-    if !ops.iter().all(same) {
+    if !ops.iter().all(|op| same_names(first, op)) {
         return None;
     }
     let mut inv = script.prepare_invoke();
-    inv.arg(layout::MAX_FIELDS).arg(names.len());
-    for n in &names {
-        inv.arg(*n);
+    inv.arg(layout::MAX_FIELDS).arg(first.fields.len());
+    for (n, _) in &first.fields {
+        inv.arg(n);
     }
     for op in ops {
         inv.key(&op.redis_key)

@@ -521,17 +521,19 @@ mod tests {
             now_ms: (ns / 1_000_000) as u64,
             ..ctx(&limits)
         };
+        // The round of `ctx`, whose one op names `window` and writes `consumed` there.
+        let round_in = |ctx: &Context<'_>, window: &str, consumed: &str| {
+            let round = build(ctx, store.take_dirty());
+            let op = &round.ops[0];
+            assert_eq!(op.window.map(|w| w.label()).as_deref(), Some(window));
+            let field = (format!("me:consumed@{window}"), consumed.to_string());
+            assert!(op.fields.contains(&field), "{field:?}");
+            round
+        };
         assert_eq!(charge(3), 3);
         let ctx = ctx_at(t0);
-        let round = build(&ctx, store.take_dirty());
+        let round = round_in(&ctx, "2026-11-29T08:41", "3");
         let op = &round.ops[0];
-        assert_eq!(
-            op.window.map(|w| w.label()).as_deref(),
-            Some("2026-11-29T08:41")
-        );
-        assert!(op
-            .fields
-            .contains(&("me:consumed@2026-11-29T08:41".into(), "3".into())));
         // Another node spent 4 in this minute, and 50 in the one before (its fields not yet
         // removed): only the 4 count.
         let mut reply: HashMap<String, String> = layout::bucket_fields(
@@ -558,15 +560,7 @@ mod tests {
         let t1 = t0 + 10_000_000_000;
         clock.set_ns(t1);
         let ctx = ctx_at(t1);
-        let round = build(&ctx, store.take_dirty());
-        let op = &round.ops[0];
-        assert_eq!(
-            op.window.map(|w| w.label()).as_deref(),
-            Some("2026-11-29T08:42")
-        );
-        assert!(op
-            .fields
-            .contains(&("me:consumed@2026-11-29T08:42".into(), "0".into())));
+        let round = round_in(&ctx, "2026-11-29T08:42", "0");
         let seen = apply(&store, &ctx, &round, [Ok(HashMap::new())], &HashSet::new());
         assert!(seen.requeue.is_empty());
         assert_eq!(
