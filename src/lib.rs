@@ -78,6 +78,49 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
     }
 }
 
+#[cfg(test)]
+mod allocator_tests {
+    use super::GLOBAL;
+    use std::alloc::{GlobalAlloc, Layout};
+
+    /// Every size and alignment, through each entry point, gives a block aligned as asked that
+    /// holds its bytes (through a realloc too).
+    #[test]
+    fn blocks_are_aligned_as_asked_and_keep_their_bytes() {
+        for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+            for size in [1, 7, 8, 24, 100, 1024, 1025, 5000, 70_000] {
+                let layout = Layout::from_size_align(size, align).expect("layout");
+                // SAFETY: a non-zero size; each block is freed with its layout.
+                unsafe {
+                    let p = GLOBAL.alloc(layout);
+                    assert!(
+                        !p.is_null() && (p as usize).is_multiple_of(align),
+                        "{size} {align}"
+                    );
+                    p.write_bytes(0xA5, size);
+                    let bigger = size * 3;
+                    let q = GLOBAL.realloc(p, layout, bigger);
+                    assert!(
+                        !q.is_null() && (q as usize).is_multiple_of(align),
+                        "realloc {size} {align}"
+                    );
+                    assert!(std::slice::from_raw_parts(q, size)
+                        .iter()
+                        .all(|&b| b == 0xA5));
+                    GLOBAL.dealloc(q, Layout::from_size_align(bigger, align).expect("layout"));
+                    let z = GLOBAL.alloc_zeroed(layout);
+                    assert!(
+                        !z.is_null() && (z as usize).is_multiple_of(align),
+                        "zeroed {size} {align}"
+                    );
+                    assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
+                    GLOBAL.dealloc(z, layout);
+                }
+            }
+        }
+    }
+}
+
 pub mod admin;
 pub mod app;
 pub mod cli;
