@@ -33,7 +33,7 @@ pub(super) fn forwarded_for(
     if trusted {
         for prior in req
             .headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
         {
@@ -57,8 +57,10 @@ pub(super) struct Forwarded {
     pub(super) proto: Option<&'static str>,
 }
 
-static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+pub(super) static X_FORWARDED_FOR: http::HeaderName =
+    http::HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_PROTO: http::HeaderName =
+    http::HeaderName::from_static("x-forwarded-proto");
 
 /// Sets the [`Forwarded`] headers. Without `preserve_case`, the request loses pingora's record
 /// of how the client spelled its header names, for the reason and in the way
@@ -117,7 +119,7 @@ pub(super) fn set_forwarded(
 /// accepts them (two lines, or "5, 5") and forwards them as they came; the upstream gets the
 /// single length pingora validated. `None` when there is one plain value or none.
 pub(super) fn single_length(req: &RequestHeader) -> Option<u64> {
-    let mut values = req.headers.get_all("content-length").iter();
+    let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
     match (values.next(), values.next()) {
         (Some(v), None) if !v.as_bytes().contains(&b',') => None,
         (Some(v), _) => v

@@ -13,7 +13,10 @@
 
 use crate::app::node::{Node, Runtime};
 use crate::config::{Config, RouteId};
-use crate::http::forwarding::{forwarded_for, peer_ip, set_forwarded, single_length, Forwarded};
+use crate::http::forwarding::{
+    forwarded_for, peer_ip, set_forwarded, single_length, Forwarded, X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+};
 use crate::http::header_case::{without_header_case, RATELIMIT, RATELIMIT_POLICY};
 use crate::http::headers;
 use crate::http::limits::{self, Refused, Reported};
@@ -113,12 +116,13 @@ impl Gateway {
 fn note_client(session: &Session, ctx: &mut Ctx, cfg: &Config) -> (IpAddr, usize) {
     let peer = peer_ip(session);
     let req = session.req_header();
+    // Looked up only if read: `client_ip` reads the chain from a trusted peer alone.
+    let chain = std::iter::once(&req.headers)
+        .flat_map(|h| h.get_all(&X_FORWARDED_FOR))
+        .map(|v| v.as_bytes());
     ctx.client_ip = client_ip::client_ip(
         peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        req.headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes()),
+        chain,
         &cfg.trusted_proxies,
     );
     ctx.trusted_peer = peer.is_some_and(|p| client_ip::is_trusted(p, &cfg.trusted_proxies));
@@ -365,7 +369,7 @@ impl ProxyHttp for Gateway {
         }
         let single_length = single_length(upstream_request);
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let keep_proto = trusted && upstream_request.headers.contains_key("x-forwarded-proto");
+        let keep_proto = trusted && upstream_request.headers.contains_key(&X_FORWARDED_PROTO);
         let forwarded = Forwarded {
             xff: HeaderValue::try_from(xff)
                 .or_else(|_| Error::e_explain(ErrorType::InternalError, "X-Forwarded-For"))?,

@@ -12,6 +12,7 @@
 
 use crate::config::KeySource;
 use http::{HeaderMap, HeaderName};
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -89,13 +90,14 @@ fn push_digest(out: &mut String, part: &str) {
 }
 
 /// The `Host` of a request, lower-cased, without port and trailing dot.
-pub fn host_of(headers: &HeaderMap) -> Option<String> {
+pub fn host_of(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     normalize_host(headers.get(http::header::HOST)?.to_str().ok()?)
 }
 
 /// A `Host` value or the authority of an absolute-form target, normalized as [`host_of`]
 /// does: trimmed, lower-cased, without port and trailing dots; `None` when nothing is left.
-pub fn normalize_host(raw: &str) -> Option<String> {
+/// Borrowed from `raw` unless it had upper-case letters.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let raw = raw.trim();
     let no_port = if raw.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
@@ -106,8 +108,15 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
-    let h = no_port.trim_end_matches('.').to_ascii_lowercase();
-    (!h.is_empty()).then_some(h)
+    let h = no_port.trim_end_matches('.');
+    if h.is_empty() {
+        return None;
+    }
+    Some(if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(h)
+    })
 }
 
 /// Percent-decodes a query component (`+` is a space, as in forms); invalid escapes stay as

@@ -11,6 +11,7 @@
 //! not resolve dot segments, as something under `/rating`. Clients that follow RFC 3986
 //! resolve dot segments before sending, so no legitimate request carries one.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a request path is refused before routing.
@@ -59,12 +60,39 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Normalizes `path` (the path component only, without the query).
 ///
-/// Returns the normalized path, or the reason the path is unsafe to forward.
-pub fn normalize(path: &str) -> Result<String, PathError> {
+/// Returns the normalized path, or the reason the path is unsafe to forward. A path that is
+/// already normal, as nearly every request's is, comes back borrowed: no allocation.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_normal(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
+    normalize_slow(path).map(Cow::Owned)
+}
+
+/// Whether a path starting with `/` is its own normal form: visible ASCII without `%` or `\`
+/// (nothing to decode or refuse), and no empty or dot segment (no `//`, and no `/` followed
+/// by `.`, which is stricter than needed: `/.well-known` takes the long way, and comes out
+/// as it went in).
+fn is_normal(bytes: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in bytes {
+        let plain = (0x21..0x7f).contains(&b) && b != b'%' && b != b'\\';
+        if !plain || (prev == b'/' && (b == b'/' || b == b'.')) {
+            return false;
+        }
+        prev = b;
+    }
+    true
+}
+
+/// [`normalize`] of a path that is not normal already.
+#[inline(never)]
+fn normalize_slow(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
     // Pass 1: decode unreserved escapes, reject what upstreams could read differently.
     let mut decoded = String::with_capacity(bytes.len());
     let mut i = 0;
@@ -128,12 +156,12 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
 
 /// What routing reads from a raw HTTP/1 request target (RFC 9112 section 3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct Target<'a> {
     /// The authority of an absolute-form target (`http://HOST[:PORT]/...`), as sent.
-    pub authority: Option<String>,
+    pub authority: Option<Cow<'a, str>>,
     /// The path, without query or fragment; `/` for an absolute-form target without one.
-    /// Not normalized (see [`normalize`]).
-    pub path: String,
+    /// Not normalized (see [`normalize`]). Borrowed from the target when it is UTF-8.
+    pub path: Cow<'a, str>,
 }
 
 /// Splits a raw request target, as the upstream will receive it, into the authority and the
@@ -142,7 +170,7 @@ pub struct Target {
 /// anything else (`*`, `rating/1`, `host:port`, other schemes) is [`PathError::NotAbsolute`],
 /// since an upstream could read it as a path we did not route. Bytes that are not UTF-8 are
 /// replaced (U+FFFD), which can only make the path differ from every configured prefix.
-pub fn split_target(raw: &[u8]) -> Result<Target, PathError> {
+pub fn split_target(raw: &[u8]) -> Result<Target<'_>, PathError> {
     let end = raw
         .iter()
         .position(|&b| b == b'?' || b == b'#')
@@ -151,7 +179,7 @@ pub fn split_target(raw: &[u8]) -> Result<Target, PathError> {
     if target.first() == Some(&b'/') {
         return Ok(Target {
             authority: None,
-            path: String::from_utf8_lossy(target).into_owned(),
+            path: String::from_utf8_lossy(target),
         });
     }
     let scheme_end = target
@@ -166,11 +194,11 @@ pub fn split_target(raw: &[u8]) -> Result<Target, PathError> {
     let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(slash);
     Ok(Target {
-        authority: Some(String::from_utf8_lossy(authority).into_owned()),
+        authority: Some(String::from_utf8_lossy(authority)),
         path: if path.is_empty() {
-            "/".to_string()
+            Cow::Borrowed("/")
         } else {
-            String::from_utf8_lossy(path).into_owned()
+            String::from_utf8_lossy(path)
         },
     })
 }
@@ -207,6 +235,13 @@ mod tests {
         ] {
             assert_eq!(normalize(p).as_deref(), Ok("/rating"), "{p}");
         }
+        // Normal already: borrowed, not copied.
+        for p in ["/rating", "/", "/rating/1/", "/a.b/c-d_e~f"] {
+            assert!(
+                matches!(normalize(p), Ok(Cow::Borrowed(b)) if b == p),
+                "{p}"
+            );
+        }
         for p in [
             "/x/../rating",
             "/%2E%2E/rating",
@@ -238,9 +273,9 @@ mod tests {
 
     #[test]
     fn splits_origin_and_absolute_form_targets() {
-        let t = |a: Option<&str>, p: &str| Target {
-            authority: a.map(str::to_string),
-            path: p.to_string(),
+        let t = |a: Option<&'static str>, p: &'static str| Target {
+            authority: a.map(Cow::Borrowed),
+            path: Cow::Borrowed(p),
         };
         assert_eq!(split_target(b"/rating/1?x=/y#f"), Ok(t(None, "/rating/1")));
         assert_eq!(split_target(b"//rating"), Ok(t(None, "//rating")));
@@ -277,6 +312,19 @@ mod tests {
         #[test]
         fn arbitrary_strings_never_panic(s in any::<String>()) {
             let _ = normalize(&s);
+        }
+
+        /// The borrowed fast path gives what the full normalization gives, on paths that
+        /// mix plain characters with every one that sends a path the long way.
+        #[test]
+        fn a_path_already_normal_is_what_full_normalization_makes_of_it(
+            s in "/[a-z0-9/.%_~ \\\\\\x7f\\x01é-]{0,24}"
+        ) {
+            let slow = normalize_slow(&s);
+            match normalize(&s) {
+                Ok(Cow::Borrowed(b)) => prop_assert_eq!(Ok(b.to_string()), slow),
+                fast => prop_assert_eq!(fast.map(Cow::into_owned), slow),
+            }
         }
     }
 }
