@@ -48,3 +48,5 @@ cargo test -p pingora-core --lib -- --test-threads="${TEST_THREADS:-2}" \
   --skip connectors::l4::tests::test_conn_error_addr_not_avail \
   --skip connectors::l4::tests::test_conn_timeout \
   --skip protocols::l4::stream::tests::test_rx_timestamp
+echo "== pingora-proxy's own tests (the crate is patched in vendor/, see vendor/README.md)"
+cargo test -p pingora-proxy --lib -- --test-threads="${TEST_THREADS:-2}"
