@@ -330,26 +330,45 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
+///
+/// Framing reads [`reconcile_content_length`], which this wraps; kept for its test cases.
+#[cfg(test)]
 pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    reconcile_content_length(headers).ok().flatten()
+}
+
+/// [`content_length_parse_all`], telling an absent `Content-Length` (`Ok(None)`) from one
+/// that does not reconcile (`Err(())`), so that framing needs no second lookup to tell them
+/// apart.
+fn reconcile_content_length(headers: &HMap) -> std::result::Result<Option<u64>, ()> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
+    let mut reconcile = |n: u64| match content_length {
+        None => {
+            content_length = Some(n);
+            Ok(())
+        }
+        Some(prev) if prev != n => Err(()),
+        Some(_) => Ok(()),
+    };
     for value in headers.get_all(header::CONTENT_LENGTH) {
+        // The usual field is one plain number, read as such; `from_digits` refuses anything
+        // else (a list, spaces, overflow), which the general reading below decides on.
+        if let Some(n) = from_digits(value.as_bytes()) {
+            reconcile(n)?;
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
+        let line = value.to_str().map_err(|_| ())?;
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
-            }
+            reconcile(from_digits(v.trim().as_bytes()).ok_or(())?)?;
         }
     }
 
-    content_length
+    Ok(content_length)
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -357,8 +376,8 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
-        Some(cl) => {
+    match reconcile_content_length(headers) {
+        Ok(Some(cl)) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
@@ -373,13 +392,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        Err(()) => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
+        Ok(None) => Ok(None),
     }
 }
 
@@ -495,6 +514,12 @@ mod test {
     #[case::negative("-1", None)]
     #[case::trailing_comma("5,", None)]
     #[case::overflow("99999999999999999999999999", None)]
+    #[case::largest("18446744073709551615", Some(u64::MAX))]
+    #[case::one_past_largest("18446744073709551616", None)]
+    #[case::leading_zeros("007", Some(7))]
+    #[case::spaces_around(" 5 ", Some(5))]
+    #[case::plus_sign("+5", None)]
+    #[case::inner_space("5 5", None)]
     fn test_content_length_parse_all_single_header(
         #[case] value: &str,
         #[case] expected: Option<u64>,
@@ -547,6 +572,13 @@ mod test {
             err.context.as_ref().map(|c| c.as_str()),
             Some("invalid Content-Length header")
         );
+
+        // present, empty or not visible ASCII -> Err
+        for bad in [&b""[..], b"5\xff"] {
+            let mut headers = HMap::new();
+            headers.insert(CONTENT_LENGTH, http::HeaderValue::from_bytes(bad).unwrap());
+            assert!(content_length_for_framing(&headers).is_err(), "{bad:?}");
+        }
 
         // present but conflicting -> Err
         let mut headers = HMap::new();
