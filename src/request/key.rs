@@ -169,17 +169,37 @@ pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Ke
     Ok(found)
 }
 
+/// The most fields a request's map is read by a walk through them rather than by a lookup
+/// (which hashes the name byte by byte): a request carries a handful.
+const WALK_UP_TO: usize = 16;
+
 fn header_value<'h>(
     headers: &'h HeaderMap,
     name: &HeaderName,
 ) -> Result<Option<&'h str>, KeyError> {
-    let mut values = headers.get_all(name).iter();
-    let Some(first) = values.next() else {
+    let first = if headers.len() <= WALK_UP_TO {
+        // Every value, a repeated field's included: one field named twice is refused.
+        let mut found = None;
+        for (n, v) in headers {
+            if n == name {
+                if found.is_some() {
+                    return Err(KeyError::DuplicateHeader(name.to_string()));
+                }
+                found = Some(v);
+            }
+        }
+        found
+    } else {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next();
+        if first.is_some() && values.next().is_some() {
+            return Err(KeyError::DuplicateHeader(name.to_string()));
+        }
+        first
+    };
+    let Some(first) = first else {
         return Ok(None);
     };
-    if values.next().is_some() {
-        return Err(KeyError::DuplicateHeader(name.to_string()));
-    }
     let s = first
         .to_str()
         .map_err(|_| KeyError::InvalidHeaderValue(name.to_string()))?;
@@ -388,6 +408,32 @@ mod tests {
             build_key(&s, &view(&h, None)),
             Err(KeyError::DuplicateHeader("x-api-key".into()))
         );
+        // Missing, found and repeated, in requests of few fields (walked) and of many (looked
+        // up), the key's field first, among the others or last.
+        for others in [0, 3, WALK_UP_TO, 40] {
+            let with_key_at = |positions: &[usize]| {
+                let mut h = HeaderMap::new();
+                for i in 0..=others {
+                    for _ in positions.iter().filter(|&&p| p == i) {
+                        h.append("x-api-key", HeaderValue::from_static("k1"));
+                    }
+                    if i < others {
+                        let name = HeaderName::from_bytes(format!("x-other-{i}").as_bytes());
+                        h.append(name.unwrap(), HeaderValue::from_static("v"));
+                    }
+                }
+                build_key(&s, &view(&h, None))
+            };
+            assert_eq!(with_key_at(&[]).as_deref(), Ok("-"), "{others}");
+            for at in [0, others / 2, others] {
+                assert_eq!(with_key_at(&[at]).as_deref(), Ok("k1"), "{others} {at}");
+            }
+            assert_eq!(
+                with_key_at(&[0, others]),
+                Err(KeyError::DuplicateHeader("x-api-key".into())),
+                "{others}"
+            );
+        }
         let e = HeaderMap::new();
         let q = vec![KeySource::Query("k".into())];
         assert_eq!(
