@@ -286,7 +286,7 @@ impl HttpSession {
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            Some(resp.headers.len() + super::common::ADDED_FIELDS_ROOM),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
@@ -975,6 +975,20 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// A parsed response has room for the fields a proxy adds before sending it on, so that
+    /// adding them does not grow its map.
+    #[tokio::test]
+    async fn read_response_has_room_for_added_fields() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\nX-B: 2\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        let headers = &http_stream.resp_header().unwrap().headers;
+        assert_eq!(headers.len(), 3);
+        assert!(headers.capacity() >= 3 + super::super::common::ADDED_FIELDS_ROOM);
     }
 
     #[tokio::test]
