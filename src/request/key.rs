@@ -156,17 +156,12 @@ fn decode_query(s: &str) -> String {
 /// The single value of query parameter `name`, decoded.
 pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, KeyError> {
     let Some(q) = query else { return Ok(None) };
-    let mut found = None;
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if decode_query(k) == name {
-            if found.is_some() {
-                return Err(KeyError::DuplicateQuery(name.to_string()));
-            }
-            found = Some(decode_query(v));
-        }
-    }
-    Ok(found)
+    let values = q
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .filter(|(k, _)| decode_query(k) == name)
+        .map(|(_, v)| decode_query(v));
+    single(values).map_err(|()| KeyError::DuplicateQuery(name.to_string()))
 }
 
 /// The most fields a request's map is read by a walk through them rather than by a lookup
@@ -177,26 +172,13 @@ fn header_value<'h>(
     headers: &'h HeaderMap,
     name: &HeaderName,
 ) -> Result<Option<&'h str>, KeyError> {
+    // Every value, a repeated field's included: one field named twice is refused.
     let first = if headers.len() <= WALK_UP_TO {
-        // Every value, a repeated field's included: one field named twice is refused.
-        let mut found = None;
-        for (n, v) in headers {
-            if n == name {
-                if found.is_some() {
-                    return Err(KeyError::DuplicateHeader(name.to_string()));
-                }
-                found = Some(v);
-            }
-        }
-        found
+        single(headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v))
     } else {
-        let mut values = headers.get_all(name).iter();
-        let first = values.next();
-        if first.is_some() && values.next().is_some() {
-            return Err(KeyError::DuplicateHeader(name.to_string()));
-        }
-        first
-    };
+        single(headers.get_all(name).iter())
+    }
+    .map_err(|()| KeyError::DuplicateHeader(name.to_string()))?;
     let Some(first) = first else {
         return Ok(None);
     };
@@ -205,6 +187,15 @@ fn header_value<'h>(
         .map_err(|_| KeyError::InvalidHeaderValue(name.to_string()))?;
     // `to_str` admits visible ASCII only, so ASCII whitespace is all there is to trim.
     Ok(Some(s.trim_ascii()))
+}
+
+/// The one item of `values`, if any; `Err` when there are two.
+fn single<T>(mut values: impl Iterator<Item = T>) -> Result<Option<T>, ()> {
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err(()),
+        None => Ok(first),
+    }
 }
 
 /// Builds the key of a limit with sources `sources` for request `req`.
