@@ -59,20 +59,23 @@ impl RequestMetrics {
 
     /// `tokens_consumed_total{limit}`.
     pub fn consumed(&self, m: &Metrics, limit: LimitId) -> &IntCounter {
-        let limit = limit.index();
-        self.consumed[limit].get_or_init(|| {
-            m.tokens_consumed_total
-                .with_label_values(&[&self.limits[limit]])
-        })
+        self.by_limit(&self.consumed, &m.tokens_consumed_total, limit)
     }
 
     /// `tokens_refunded_total{limit}`.
     pub fn refunded(&self, m: &Metrics, limit: LimitId) -> &IntCounter {
+        self.by_limit(&self.refunded, &m.tokens_refunded_total, limit)
+    }
+
+    /// The series of `family` for `limit`, resolved once into `cache`.
+    fn by_limit<'s>(
+        &'s self,
+        cache: &'s [OnceLock<IntCounter>],
+        family: &IntCounterVec,
+        limit: LimitId,
+    ) -> &'s IntCounter {
         let limit = limit.index();
-        self.refunded[limit].get_or_init(|| {
-            m.tokens_refunded_total
-                .with_label_values(&[&self.limits[limit]])
-        })
+        cache[limit].get_or_init(|| family.with_label_values(&[&self.limits[limit]]))
     }
 }
 

@@ -52,7 +52,7 @@ struct Paid {
     /// Its store key in [`Kept::keys`] (see [`Paid::key`]).
     key: (u32, u32),
     /// Position in the route's limits.
-    at: u16,
+    at: u32,
     /// A slot of a concurrency limit (released when the request ends, never refunded).
     slot: bool,
 }
@@ -74,7 +74,7 @@ impl Kept {
     pub(super) fn refund(&mut self, node: &Node, mut counted: impl FnMut(usize, u64)) {
         for p in self.paid.iter_mut().filter(|p| !p.slot && p.cost > 0) {
             if node.store.refund(p.key(&self.keys), p.cost) {
-                counted(usize::from(p.at), p.cost);
+                counted(p.at as usize, p.cost);
             }
             p.cost = 0;
         }
@@ -229,10 +229,10 @@ fn verdict(
         let verdict =
             decision::decide_keeping(&node.store, &all, &costs, fp, &mut kept.keys, &mut items);
         for (at, key) in items {
-            // Positions and key ends fit: a route has far fewer than 65,536 limits, and a
-            // request's keys far fewer than 4 GiB.
-            let (Ok(at16), Ok(start), Ok(end)) = (
-                u16::try_from(at),
+            // Positions and key ends fit: a route has far fewer than 2^32 limits, and a
+            // request's keys (bounded by its header size) far fewer than 4 GiB.
+            let (Ok(at32), Ok(start), Ok(end)) = (
+                u32::try_from(at),
                 u32::try_from(key.start),
                 u32::try_from(key.end),
             ) else {
@@ -241,7 +241,7 @@ fn verdict(
             kept.paid.push(Paid {
                 cost: costs[at],
                 key: (start, end),
-                at: at16,
+                at: at32,
                 slot: route.slot_limits.contains(&at),
             });
         }
@@ -321,7 +321,7 @@ pub(super) fn settle(
         let reported = resp.headers.get(&rc.header).and_then(response_cost);
         let li = route.limits[rc.at];
         // Not charged there: an unlimited key, or a shadow limit that could not pay.
-        let Some(paid) = kept.paid.iter_mut().find(|p| usize::from(p.at) == rc.at) else {
+        let Some(paid) = kept.paid.iter_mut().find(|p| p.at as usize == rc.at) else {
             continue;
         };
         let key = paid.key(&kept.keys);
@@ -359,7 +359,7 @@ pub(super) fn settle(
         un.params.clone()
     } else {
         let limit = rt.limit_spec(route.limits[i]);
-        (kept.paid.iter().find(|p| usize::from(p.at) == i))
+        (kept.paid.iter().find(|p| p.at as usize == i))
             .and_then(|p| limit.spec_at(p.key(&kept.keys)))
             .filter(|l| !std::ptr::eq(*l, limit))
             .map(|l| l.params.clone())
