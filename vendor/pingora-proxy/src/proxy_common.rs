@@ -206,6 +206,15 @@ fn is_upgrade_field(name: &str) -> bool {
     matches!(name, "connection" | "upgrade" | HTTP2_SETTINGS)
 }
 
+/// Removes the fields of an HTTP/1 upgrade, when there are any.
+fn strip_upgrade_fields(req: &mut RequestHeader) {
+    if has_header_named(req, is_upgrade_field) {
+        req.remove_header(&header::CONNECTION);
+        req.remove_header(&header::UPGRADE);
+        req.remove_header(HTTP2_SETTINGS);
+    }
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     if !has_header_named(req, is_standard_hop_by_hop) {
         return;
@@ -394,23 +403,13 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            if has_header_named(req, is_upgrade_field) {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
+            strip_upgrade_fields(req);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
-            if has_header_named(req, is_upgrade_field) {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
-        }
+        H1UpgradePolicy::Deny => strip_upgrade_fields(req),
         H1UpgradePolicy::Preserve => {}
     }
 
