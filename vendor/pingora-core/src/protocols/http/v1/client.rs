@@ -438,7 +438,12 @@ impl HttpSession {
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let read = self.response_header.as_mut().unwrap();
+        // The caller gets the header as parsed, built with room for the fields a proxy adds
+        // (`ADDED_FIELDS_ROOM`), and the session keeps the copy, which it only reads: a copy
+        // has room for its fields only, and the first field added to it would grow its map.
+        let copy = Box::new(ResponseHeader::clone(read));
+        Ok(std::mem::replace(read, copy))
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -989,6 +994,34 @@ mod tests_stream {
         let headers = &http_stream.resp_header().unwrap().headers;
         assert_eq!(headers.len(), 3);
         assert!(headers.capacity() >= 3 + super::super::common::ADDED_FIELDS_ROOM);
+    }
+
+    /// The response a proxy gets to send on (`read_resp_header_parts`) is the one parsed,
+    /// with its room for added fields: adding them does not move its fields (a copy, made
+    /// with room for its fields only, would reallocate them).
+    #[tokio::test]
+    async fn read_resp_header_parts_has_room_for_added_fields() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\nX-B: 2\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let mut resp = http_stream.read_resp_header_parts().await.unwrap();
+        assert_eq!(resp.headers.len(), 3);
+        // The session keeps an equal copy.
+        let kept = http_stream.resp_header().unwrap();
+        assert_eq!(kept.status, resp.status);
+        assert_eq!(kept.headers, resp.headers);
+        let first = |r: &ResponseHeader| r.headers.iter().next().unwrap().1 as *const _;
+        let before = first(&resp);
+        resp.insert_header("Date", "Thu, 01 Jan 1970 00:00:00 GMT")
+            .unwrap();
+        resp.insert_header("Connection", "keep-alive").unwrap();
+        assert_eq!(super::super::common::ADDED_FIELDS_ROOM, 2);
+        assert_eq!(
+            first(&resp),
+            before,
+            "adding two fields moved the map's fields"
+        );
     }
 
     #[tokio::test]
