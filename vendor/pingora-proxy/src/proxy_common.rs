@@ -370,6 +370,15 @@ fn parse_host_authority(host: &http::HeaderValue) -> Result<http::uri::Authority
     })
 }
 
+/// The request to send upstream, from the downstream request `req`: the request as read,
+/// built with room for the fields a proxy adds (forwarding fields, `Host`), while `req` keeps
+/// a copy with the same contents, which the session only reads from here on. A copy has room
+/// for its fields only: the first field added to it would grow its map and its case map.
+pub(crate) fn take_upstream_request(req: &mut RequestHeader) -> RequestHeader {
+    let copy = req.clone();
+    std::mem::replace(req, copy)
+}
+
 /// Apply automatic request policy before application upstream request filtering.
 pub(crate) fn sanitize_h1_upstream_request(
     req: &mut RequestHeader,
@@ -583,6 +592,38 @@ impl PipeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The upstream request is the one read, with its room for added fields; the session
+    /// keeps an equal copy.
+    #[test]
+    fn upstream_request_keeps_the_room_for_added_fields() {
+        let mut read = RequestHeader::build("GET", b"/a?b", Some(3 + 2)).unwrap();
+        for (name, value) in [("Host", "h"), ("X-Api-Key", "k"), ("Accept", "*/*")] {
+            read.append_header(name, value).unwrap();
+        }
+        let mut upstream = take_upstream_request(&mut read);
+        assert_eq!(upstream.headers, read.headers);
+        assert_eq!(upstream.uri, read.uri);
+        assert_eq!(upstream.method, read.method);
+        let names = |r: &RequestHeader| {
+            (r.case_header_iter())
+                .map(|(n, _)| n.as_slice().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert!(upstream.has_case());
+        assert_eq!(names(&upstream), names(&read));
+        let first = |r: &RequestHeader| r.headers.iter().next().unwrap().1 as *const _;
+        let before = first(&upstream);
+        upstream
+            .insert_header("X-Forwarded-For", "127.0.0.1")
+            .unwrap();
+        upstream.insert_header("X-Forwarded-Proto", "http").unwrap();
+        assert_eq!(
+            first(&upstream),
+            before,
+            "adding two fields moved the map's fields"
+        );
+    }
 
     fn request_with_headers(headers: &[(&str, &str)]) -> RequestHeader {
         let mut request = RequestHeader::build("GET", b"/", Some(headers.len())).unwrap();

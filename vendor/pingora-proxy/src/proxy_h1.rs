@@ -45,7 +45,7 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        let mut req = take_upstream_request(session.req_header_mut());
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
