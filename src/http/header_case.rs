@@ -35,11 +35,15 @@ pub(super) fn without_header_case<'h>(
         .map(str::to_owned);
     let placeholder = ResponseHeader::build_no_case(200, Some(0))?;
     let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
-    // Room for the rate-limit headers and pingora's `Date` and `Connection`, in one growth.
-    parts.headers.reserve(4);
     for name in strip {
         parts.headers.remove(name);
     }
+    // Room for pingora's `Date` and `Connection` and the rate-limit headers, in at most one
+    // growth. A response read from the upstream has room for four added fields (pingora-core
+    // patch 4, vendor/README.md), so this grows nothing there; reserving more than is added
+    // would grow a map that has room.
+    let added = if rate_headers.is_some() { 4 } else { 2 };
+    parts.headers.reserve(added);
     if let Some((policy, rl)) = rate_headers {
         parts.headers.insert(RATELIMIT_POLICY_NAME.clone(), policy);
         parts.headers.insert(RATELIMIT_NAME.clone(), rl);

@@ -1013,14 +1013,15 @@ mod tests_stream {
         assert_eq!(kept.headers, resp.headers);
         let first = |r: &ResponseHeader| r.headers.iter().next().unwrap().1 as *const _;
         let before = first(&resp);
-        resp.insert_header("Date", "Thu, 01 Jan 1970 00:00:00 GMT")
-            .unwrap();
-        resp.insert_header("Connection", "keep-alive").unwrap();
-        assert_eq!(super::super::common::ADDED_FIELDS_ROOM, 2);
+        let added = ["Date", "Connection", "X-C", "X-D"];
+        assert_eq!(added.len(), super::super::common::ADDED_FIELDS_ROOM);
+        for name in added {
+            resp.insert_header(name, "1").unwrap();
+        }
         assert_eq!(
             first(&resp),
             before,
-            "adding two fields moved the map's fields"
+            "adding the fields moved the map's fields"
         );
     }
 

@@ -164,11 +164,12 @@ fn find_last_te_token(bytes: &[u8]) -> &[u8] {
     last_token.trim_ascii()
 }
 
-/// Room for fields added to a parsed message's header map before it is sent on (`Date` and
-/// `Connection` on a response, forwarding fields on a request): a map built with room for
-/// exactly the fields parsed is full, and the first field added grows it (a new index table
-/// and a rehash, for the map and again for its case map).
-pub(crate) const ADDED_FIELDS_ROOM: usize = 2;
+/// Room for fields added to a parsed message's header map before it is sent on: `Date` and
+/// `Connection` on every response, and two of a filter's own (forwarding fields on a request,
+/// say, or a response's rate-limit fields). A map built with room for exactly the fields parsed
+/// is full, and the first field added grows it (a new index table and a rehash, for the map
+/// and again for its case map).
+pub(crate) const ADDED_FIELDS_ROOM: usize = 4;
 
 /// Check if chunked encoding is the final encoding across all transfer-encoding headers
 pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
