@@ -170,7 +170,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Arc<Mutex<PooledStream>>>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -252,12 +252,14 @@ impl TransportConnector {
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
+                // Taken out under the lock, which the idle watcher holds until it lets go of
+                // the stream. The watcher drops its reference to the lock only after that, as
+                // its task ends, so unwrapping the `Arc` here (as before) failed whenever this
+                // task came in between, which a busy machine makes common: the connection was
+                // dropped for a new one.
+                let taken = s.lock().await.0.take();
+                match taken {
+                    Some(mut stream) => {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -289,7 +291,8 @@ impl TransportConnector {
                             }
                         }
                     }
-                    Err(_) => {
+                    // Another reuser took it: cannot happen, as the pool hands a stream out once.
+                    None => {
                         error!("failed to acquire reusable stream");
                         None
                     }
@@ -321,7 +324,7 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
+        let stream = Arc::new(Mutex::new(PooledStream(Some(stream))));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
@@ -493,6 +496,25 @@ fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &Atomic
         false
     } else {
         true
+    }
+}
+
+/// A stream in the upstream connection pool, behind the lock its idle watcher holds while it
+/// waits: the request that reuses it takes it out under the lock (see
+/// `TransportConnector::reused_stream`).
+struct PooledStream(Option<Stream>);
+
+impl tokio::io::AsyncRead for PooledStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            // Taken: the watcher holds the lock only while the stream is in it.
+            None => std::task::Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -835,5 +857,33 @@ mod tests {
             1,
             "unexpected_data_connection_count should have incremented"
         );
+    }
+}
+
+/// Reuse of pooled streams (no TLS needed, unlike the tests above).
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+    use crate::upstreams::peer::BasicPeer;
+
+    /// A pooled stream whose idle watcher still holds its reference to it (the watcher lets
+    /// go of the lock first, then of the reference as its task ends, possibly on another
+    /// thread) is reused: the reuser takes the stream out under the lock.
+    #[tokio::test]
+    async fn test_reuse_while_the_idle_watcher_holds_a_reference() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _server_side = listener.accept().await.unwrap();
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new(&addr.to_string());
+        let stream: Stream = Box::new(crate::protocols::l4::stream::Stream::from(client));
+        let meta = ConnectionMeta::new(peer.reuse_hash(), stream.id());
+        let pooled = Arc::new(Mutex::new(PooledStream(Some(stream))));
+        let watchers_reference = pooled.clone();
+        let _pool_handles = connector.connection_pool.put(&meta, pooled);
+        assert!(connector.reused_stream(&peer).await.is_some());
+        // Taken out: what the watcher still points at is empty.
+        assert!(watchers_reference.lock().await.0.is_none());
     }
 }
