@@ -39,9 +39,10 @@ pub(super) fn without_header_case<'h>(
         parts.headers.remove(name);
     }
     // Room for pingora's `Date` and `Connection` and the rate-limit headers, in at most one
-    // growth. A response read from the upstream has room for four added fields (pingora-core
-    // patch 4, vendor/README.md), so this grows nothing there; reserving more than is added
-    // would grow a map that has room.
+    // growth. A response read from an HTTP/1 upstream has room for four added fields already
+    // (pingora-core patches 4 and 4b, vendor/README.md) and this grows nothing; one from an
+    // HTTP/2 upstream comes as the h2 crate built it. Reserving more than is added would grow
+    // a map that has room.
     let added = if rate_headers.is_some() { 4 } else { 2 };
     parts.headers.reserve(added);
     if let Some((policy, rl)) = rate_headers {
