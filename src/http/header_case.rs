@@ -11,9 +11,10 @@ use pingora::prelude::*;
 /// `preserve_header_case` (given to pingora as static bytes, a name costs no copy).
 pub(super) const RATELIMIT_POLICY: &[u8] = b"RateLimit-Policy";
 pub(super) const RATELIMIT: &[u8] = b"RateLimit";
-/// The same names without case (see [`without_header_case`]).
-static RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
-static RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
+/// The same names without case (see [`without_header_case`]). Constants, not statics: each
+/// use is the name itself, where a static's would be cloned (a call through `Bytes`' vtable).
+const RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 /// Drops pingora's record of how the upstream spelled its header names, removes the headers
 /// in `strip` (response costs the client must not see), then adds the rate-limit headers. Header names are case-insensitive (RFC 9110, section 5.1); an HTTP/1
@@ -46,8 +47,8 @@ pub(super) fn without_header_case<'h>(
     let added = if rate_headers.is_some() { 4 } else { 2 };
     parts.headers.reserve(added);
     if let Some((policy, rl)) = rate_headers {
-        parts.headers.insert(RATELIMIT_POLICY_NAME.clone(), policy);
-        parts.headers.insert(RATELIMIT_NAME.clone(), rl);
+        parts.headers.insert(RATELIMIT_POLICY_NAME, policy);
+        parts.headers.insert(RATELIMIT_NAME, rl);
     }
     *resp = ResponseHeader::from(parts);
     if reason.is_some() {

@@ -280,6 +280,7 @@ impl Bucket {
 
     /// The decision for `cost` given the bucket's tokens now (from [`Bucket::tokens_units`]);
     /// `evaluate` is `tokens_units` then this.
+    #[inline(always)]
     pub fn decide(p: &BucketParams, tokens: i128, cost: u64, now_ns: i64) -> Decision {
         let cost_u = i128::from(cost) * UNITS_PER_TOKEN;
         let never = cost > p.capacity();

@@ -68,10 +68,7 @@ impl Window {
     pub fn index(self, now_ns: i64) -> i64 {
         let secs = now_ns.div_euclid(NS_PER_SEC);
         match self {
-            Window::Month => {
-                let (y, m, _) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
-                (y - 1970) * 12 + (m as i64 - 1)
-            }
+            Window::Month => month_index(secs),
             w => secs.div_euclid(w.nominal_secs()),
         }
     }
@@ -89,7 +86,10 @@ impl Window {
         secs.saturating_mul(NS_PER_SEC)
     }
 
-    /// Nanoseconds from `now_ns` until the window holding it ends.
+    /// Nanoseconds from `now_ns` until the window holding it ends. Out of line, as
+    /// [`month_index`] is: a bucket's decision, inlined into the store's loop, calls it for
+    /// quotas only.
+    #[inline(never)]
     pub fn left_ns(self, now_ns: i64) -> u64 {
         let end = self.start_ns(self.index(now_ns).saturating_add(1));
         u64::try_from(end.saturating_sub(now_ns)).unwrap_or(0)
@@ -181,6 +181,16 @@ impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// The index of the month holding `secs` (seconds since the epoch): months since 1970-01.
+/// Out of line: inlined, the compiler computes it (a hundred instructions of calendar
+/// arithmetic) ahead of the store's loop over a request's limits, on every request, whether
+/// or not any of them is a monthly quota.
+#[inline(never)]
+fn month_index(secs: i64) -> i64 {
+    let (y, m, _) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
+    (y - 1970) * 12 + (i64::from(m) - 1)
 }
 
 /// (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (proleptic Gregorian; the
