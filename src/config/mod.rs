@@ -20,7 +20,7 @@ use crate::limit::bucket::BucketParams;
 use crate::limit::overrides::Overrides;
 use crate::limit::store::LimitSpec;
 use raw::RawLimit;
-pub use route::{Cost, Refund, ResponseCost, Route};
+pub use route::{ChargedAs, Cost, Refund, ResponseCost, Route};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

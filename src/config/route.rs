@@ -24,6 +24,34 @@ pub struct Route {
     /// Positions in `limits` of concurrency limits (`max_in_flight`): a request takes one
     /// slot of each, whatever its cost, and gives it back when it ends.
     pub slot_limits: Vec<usize>,
+    /// How each of `limits` is charged, by position: what [`Route::cost_at`] and
+    /// [`Route::is_slot`] read with one index, rather than searching `slot_limits` and
+    /// `response_costs` on every request.
+    pub charged_as: Vec<ChargedAs>,
+}
+
+/// How a route's request is charged on one of its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargedAs {
+    /// The route's cost.
+    Cost,
+    /// One slot of a concurrency limit.
+    Slot,
+    /// A response cost's reserve, settled when the response head arrives.
+    Reserve(u64),
+}
+
+impl ChargedAs {
+    /// How the limit at position `at` of a route with these concurrency limits and response
+    /// costs is charged.
+    pub fn of(at: usize, slot_limits: &[usize], response_costs: &[ResponseCost]) -> ChargedAs {
+        if slot_limits.contains(&at) {
+            return ChargedAs::Slot;
+        }
+        (response_costs.iter())
+            .find(|r| r.at == at)
+            .map_or(ChargedAs::Cost, |r| ChargedAs::Reserve(r.reserve))
+    }
 }
 
 impl Route {
@@ -35,14 +63,19 @@ impl Route {
 
     /// The cost a request of route cost `cost` is charged on the route's limit at position
     /// `at`: one slot on a concurrency limit, a response cost's reserve, else `cost`.
+    #[inline]
     pub fn cost_at(&self, at: usize, cost: u64) -> u64 {
-        if self.slot_limits.contains(&at) {
-            return 1;
+        match self.charged_as.get(at) {
+            Some(ChargedAs::Slot) => 1,
+            Some(ChargedAs::Reserve(reserve)) => *reserve,
+            Some(ChargedAs::Cost) | None => cost,
         }
-        self.response_costs
-            .iter()
-            .find(|r| r.at == at)
-            .map_or(cost, |r| r.reserve)
+    }
+
+    /// Whether the limit at position `at` is a concurrency limit (one slot a request).
+    #[inline]
+    pub fn is_slot(&self, at: usize) -> bool {
+        self.charged_as.get(at) == Some(&ChargedAs::Slot)
     }
 }
 

@@ -5,7 +5,7 @@ use super::checker::{Checker, MAX_NAME_LEN};
 use super::raw::{RawCost, RawMatch, RawRoute};
 use super::spans::element;
 use super::values::{check_name, parse_host, parse_method};
-use super::{Cost, Limit, LimitId, Refund, ResponseCost, Route, Upstream, UpstreamId};
+use super::{ChargedAs, Cost, Limit, LimitId, Refund, ResponseCost, Route, Upstream, UpstreamId};
 use std::collections::HashMap;
 
 fn known(names: &[&str], what: &str) -> String {
@@ -76,9 +76,12 @@ pub(super) fn routes(
             methods,
             host,
             upstream: upstream.unwrap_or(UpstreamId(0)),
-            limits: route_limits,
             cost,
             refund: refund(c, &path, &r.refund_statuses),
+            charged_as: (0..route_limits.len())
+                .map(|at| ChargedAs::of(at, &slot_limits, &response_costs))
+                .collect(),
+            limits: route_limits,
             response_costs,
             slot_limits,
         });

@@ -242,7 +242,7 @@ fn verdict(
                 cost: costs[at],
                 key: (start, end),
                 at: at32,
-                slot: route.slot_limits.contains(&at),
+                slot: route.is_slot(at),
             });
         }
         if kept.paid.iter().any(|p| p.slot) {
