@@ -709,6 +709,20 @@ impl Session {
         }
     }
 
+    /// Field lines to write after the fields of the next final response head, as they are
+    /// (see [`SessionV1::set_extra_response_fields`]): HTTP/1 only. Another protocol's
+    /// session hands the lines back (`Some`), to be added to the response header instead.
+    #[inline]
+    pub fn set_extra_response_fields(&mut self, fields: Bytes) -> Option<Bytes> {
+        match self {
+            Self::H1(s) => {
+                s.set_extra_response_fields(fields);
+                None
+            }
+            Self::H2(_) | Self::Subrequest(_) | Self::Custom(_) => Some(fields),
+        }
+    }
+
     pub fn as_http1(&self) -> Option<&SessionV1> {
         match self {
             Self::H1(s) => Some(s),

@@ -158,6 +158,9 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// Field lines to write after the fields of the next final response head (see
+    /// [`Self::set_extra_response_fields`]).
+    extra_response_fields: Option<Bytes>,
 }
 
 impl HttpSession {
@@ -206,7 +209,20 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            extra_response_fields: None,
         }
+    }
+
+    /// Field lines (`name: value\r\n` each, valid as they are: nothing checks them) to write
+    /// after the fields of the next final response head this session writes; an informational
+    /// head leaves them for the final one. For an application that adds fields it builds
+    /// itself to most responses: lines written as they are skip the header map, where each
+    /// added field hashes its name and probes the map. The response kept as written
+    /// ([`Self::response_written`]) does not have them. Replaces lines set before and not yet
+    /// written.
+    #[inline]
+    pub fn set_extra_response_fields(&mut self, fields: Bytes) {
+        self.extra_response_fields = Some(fields);
     }
 
     async fn read_request_buf(
@@ -911,7 +927,12 @@ impl HttpSession {
 
         // Serialize header to bytes
         let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        http_resp_header_to_buf(header, &mut write_buf)
+        let extra = if header.status.is_informational() {
+            None
+        } else {
+            self.extra_response_fields.take()
+        };
+        http_resp_header_to_buf(header, extra.as_deref(), &mut write_buf)
             .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
 
         // Determine if we should flush
@@ -1823,8 +1844,11 @@ fn parse_req_buffer<'buf>(
 }
 
 #[inline]
+/// `extra`: field lines written after the header's own (see
+/// [`HttpSession::set_extra_response_fields`]).
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
+    extra: Option<&[u8]>,
     buf: &mut BytesMut,
 ) -> std::result::Result<(), ()> {
     // Status-Line
@@ -1849,6 +1873,9 @@ fn http_resp_header_to_buf(
     // headers
     // TODO: style: make sure Server and Date headers are the first two
     resp.header_to_h1_wire(buf);
+    if let Some(extra) = extra {
+        buf.put_slice(extra);
+    }
 
     buf.put_slice(CRLF);
     Ok(())
@@ -2684,6 +2711,35 @@ mod tests_stream {
     }
 
     #[tokio::test]
+    async fn extra_response_fields_follow_the_final_heads_fields() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        // The informational head leaves the lines for the final one, which writes them after
+        // its own fields; the response kept as written does not have them.
+        let write_expected = b"HTTP/1.1 100 Continue\r\n\r\n\
+            HTTP/1.1 200 OK\r\nFoo: Bar\r\nx-one: 1\r\nx-two: 2\r\n\r\n";
+        let mock_io = Builder::new().read(read_wire).write(write_expected).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.set_extra_response_fields(Bytes::from_static(b"x-old: 0\r\n"));
+        http_stream.set_extra_response_fields(Bytes::from_static(b"x-one: 1\r\nx-two: 2\r\n"));
+        let response_100 = ResponseHeader::build(StatusCode::CONTINUE, None).unwrap();
+        http_stream
+            .write_response_header_ref(&response_100)
+            .await
+            .unwrap();
+        let mut response_200 = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response_200.append_header("Foo", "Bar").unwrap();
+        http_stream.update_resp_headers = false;
+        http_stream
+            .write_response_header_ref(&response_200)
+            .await
+            .unwrap();
+        let written = http_stream.response_written().unwrap();
+        assert_eq!(written.headers.len(), 1);
+        assert!(http_stream.extra_response_fields.is_none());
+    }
+
+    #[tokio::test]
     async fn write_informational_ignored() {
         let read_wire = b"GET / HTTP/1.1\r\n\r\n";
         let write_expected = b"HTTP/1.1 200 OK\r\nFoo: Bar\r\n\r\n";
@@ -3350,7 +3406,7 @@ mod test_sync {
         let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
         new_response.append_header("Foo", "Bar").unwrap();
         let mut wire = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        http_resp_header_to_buf(&new_response, &mut wire).unwrap();
+        http_resp_header_to_buf(&new_response, None, &mut wire).unwrap();
         debug!("{}", str::from_utf8(wire.as_ref()).unwrap());
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut resp = httparse::Response::new(&mut headers);
