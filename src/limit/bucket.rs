@@ -269,6 +269,19 @@ impl Bucket {
     /// to A - X - capacity: the reflection, which does not change what the bucket holds. (A
     /// quota of a past window reads as full and keeps its counters: see [`Bucket::roll`].)
     pub fn tokens_units(&mut self, p: &BucketParams, now_ns: i64) -> i128 {
+        if p.window().is_none() {
+            // `uncapped` and `waste_of` of a bucket that is not a quota, with A - X computed
+            // once: a full bucket, the common case of a client within its limit, is over the
+            // cap at every evaluation.
+            let cap = p.cap_units();
+            let free = self.free_credit(p, now_ns);
+            let tokens = free.saturating_sub(self.own.waste.max(self.others_waste));
+            if tokens > cap {
+                self.own.waste = free - cap;
+                return cap;
+            }
+            return tokens;
+        }
         let (cap, tokens) = (p.cap_units(), self.uncapped(p, now_ns));
         if tokens > cap {
             // Greater than the merged waste, since A - X - W > cap: a raise, never a drop.

@@ -229,7 +229,8 @@ impl Store {
         key_of: impl Fn(usize) -> &'k str,
     ) -> ChargeResult {
         let now = self.clock.now_ns();
-        let (mut located, shards) = self.locate_all(n, |i| of(i).is_some(), key_of);
+        let mut located: Small<Located<'_>> = SmallVec::new();
+        let shards = self.locate_all(n, |i| of(i).is_some(), key_of, &mut located);
         let mut guards = self.lock_set(shards);
         let single = n == 1;
         let mut wake = false;
@@ -287,17 +288,18 @@ impl Store {
         out
     }
 
-    /// Where each of `n` store keys is, and the set of their shards (bit i: shard i), to be
-    /// locked in ascending order, so that two requests never wait on each other's locks. A
-    /// key that is not `charged(i)` (exempt) is neither hashed nor its shard locked for it.
+    /// Where each of `n` store keys is (into `located`, written in place: returned, the
+    /// vector was copied), and the set of their shards (bit i: shard i), to be locked in
+    /// ascending order, so that two requests never wait on each other's locks. A key that is
+    /// not `charged(i)` (exempt) is neither hashed nor its shard locked for it.
     #[inline(always)]
     fn locate_all<'k>(
         &self,
         n: usize,
         charged: impl Fn(usize) -> bool,
         key_of: impl Fn(usize) -> &'k str,
-    ) -> (Small<Located<'k>>, u64) {
-        let mut located: Small<Located<'_>> = SmallVec::new();
+        located: &mut Small<Located<'k>>,
+    ) -> u64 {
         let mut shards = 0u64;
         for i in 0..n {
             let key = key_of(i);
@@ -315,7 +317,7 @@ impl Store {
                 paid: None,
             });
         }
-        (located, shards)
+        shards
     }
 
     /// Shared mode: notes a charge's change to `entry` (quiet or not: see
