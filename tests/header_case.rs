@@ -75,6 +75,11 @@ struct MixedCaseUpstream {
 }
 
 fn mixed_case_upstream() -> MixedCaseUpstream {
+    upstream_replying(REPLY)
+}
+
+/// An upstream that answers every request (keep-alive) with `reply`.
+fn upstream_replying(reply: &'static [u8]) -> MixedCaseUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     let heads = Arc::new(Mutex::new(Vec::new()));
@@ -90,7 +95,7 @@ fn mixed_case_upstream() -> MixedCaseUpstream {
                 let mut writer = stream;
                 while let Some(head) = common::read_request_head(&mut reader) {
                     seen.lock().unwrap().push(head);
-                    if writer.write_all(REPLY).is_err() {
+                    if writer.write_all(reply).is_err() {
                         return;
                     }
                 }
@@ -323,4 +328,40 @@ fn preserve_header_case_keeps_the_upstreams_spelling() {
 fn names_now(gw: &Gateway) -> Vec<String> {
     let (_, headers) = raw_head(gw);
     names(&headers).into_iter().map(str::to_string).collect()
+}
+
+/// A reply carrying the upstream's own rate-limit fields (it limits too), one of them spelled
+/// in mixed case.
+const REPLY_WITH_RATE_LIMIT: &[u8] = b"HTTP/1.1 200 OK\r\nRateLimit-Policy: \"upstream\";q=5;w=5\r\nratelimit: \"upstream\";r=4;t=1\r\nContent-Length: 2\r\n\r\n{}";
+
+/// The gateway's `RateLimit-Policy` and `RateLimit` replace the upstream's, in both modes: a
+/// client sees one of each, the gateway's (they are written after the response's fields,
+/// outside pingora's header map, so the upstream's are taken out first).
+#[test]
+fn the_gateways_rate_limit_fields_replace_the_upstreams() {
+    let up = upstream_replying(REPLY_WITH_RATE_LIMIT);
+    for (preserve, policy, rate_limit) in [
+        (None, "ratelimit-policy", "ratelimit"),
+        (Some(true), "RateLimit-Policy", "RateLimit"),
+    ] {
+        let gw = Gateway::builder(config(&up, preserve)).start();
+        let (status, headers) = raw_head(&gw);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status} {headers:?}");
+        let theirs: Vec<&String> = (headers.iter())
+            .filter(|l| l.to_ascii_lowercase().starts_with("ratelimit"))
+            .collect();
+        assert_eq!(
+            theirs,
+            [
+                &format!("{policy}: \"per-key\";q=100;w=100"),
+                &format!("{rate_limit}: \"per-key\";r=99;t=1"),
+            ],
+            "{preserve:?}: {headers:?}"
+        );
+        // The response's own fields are all there.
+        assert!(
+            headers.contains(&"Content-Length: 2".to_string()),
+            "{headers:?}"
+        );
+    }
 }

@@ -155,12 +155,19 @@ impl Runtime {
         }
     }
 
-    /// The same, as a header value.
-    pub fn policy_value_for(&self, id: LimitId, own: Option<&BucketParams>) -> http::HeaderValue {
-        match self.policy_params(id, own) {
-            None => self.policy_value(id).clone(),
-            Some(p) => crate::http::headers::policy_header(&self.limit_spec(id).name, p),
-        }
+    /// The `RateLimit-Policy` value of limit `id` for a key with parameters `own` when it is
+    /// not the one built with the config ([`Runtime::policy_value`]): an override's, or a
+    /// monthly quota's. `None` costs the request path no copy.
+    pub fn own_policy_value(
+        &self,
+        id: LimitId,
+        own: Option<&BucketParams>,
+    ) -> Option<http::HeaderValue> {
+        let p = self.policy_params(id, own)?;
+        Some(crate::http::headers::policy_header(
+            &self.limit_spec(id).name,
+            p,
+        ))
     }
 
     /// The upstream `id`'s pool.

@@ -5,7 +5,6 @@
 
 use crate::app::node::{Node, Runtime};
 use crate::config::{LimitId, Route, RouteId};
-use crate::http::headers;
 use crate::limit::bucket::{BucketParams, Decision};
 use crate::limit::store::Small;
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
@@ -18,8 +17,9 @@ use std::sync::Arc;
 /// What the limits report on the response and in the access log.
 #[derive(Default)]
 pub(super) struct Reported {
-    /// `RateLimit-Policy` and `RateLimit` to add to an admitted request's response.
-    pub(super) rate_headers: Option<(HeaderValue, HeaderValue)>,
+    /// What the `RateLimit-Policy` and `RateLimit` fields of an admitted request's response
+    /// report.
+    pub(super) rate: Option<Rate>,
     /// Fingerprint of the reported (or refusing) limit's key, for the access log.
     pub(super) key_fp: Option<Fingerprint>,
     /// A route that keeps its charges (`refund_statuses`, response costs, concurrency limits):
@@ -28,6 +28,15 @@ pub(super) struct Reported {
     /// A route with response costs: the decisions to report again once they are settled
     /// (boxed: the context of every request carries the field).
     pub(super) unsettled: Option<Box<Unsettled>>,
+}
+
+/// The limit an admitted request's response reports, and how it stands.
+pub(super) struct Rate {
+    /// The `RateLimit-Policy` value when it is not the limit's (`Runtime::policy_value`):
+    /// the key's own (an override), or a monthly quota's.
+    pub(super) policy: Option<HeaderValue>,
+    pub(super) limit: LimitId,
+    pub(super) decision: Decision,
 }
 
 /// What an admitted request was charged, limit by limit, on a route that keeps its charges:
@@ -99,6 +108,20 @@ pub(super) struct Unsettled {
     params: Option<BucketParams>,
 }
 
+impl Unsettled {
+    fn boxed(
+        decisions: Small<Decision>,
+        report: Option<usize>,
+        params: Option<BucketParams>,
+    ) -> Box<Unsettled> {
+        Box::new(Unsettled {
+            decisions,
+            report,
+            params,
+        })
+    }
+}
+
 /// What the gateway answers itself. Positions are into the route's limits.
 pub(super) enum Refused {
     /// A key could not be built (400).
@@ -136,6 +159,22 @@ pub(super) fn decide(
             .inc()
     };
     match verdict {
+        // Borrowed, not moved out: the decisions are a small vector, copied by a move.
+        Verdict::Pass {
+            ref decisions,
+            report,
+            ref params,
+            ref shadow_limited,
+            key_fp,
+        } if route.response_costs.is_empty() => {
+            shadow_limited.iter().for_each(|&i| limited(i));
+            count_consumed(node, rt, route, decisions, cost);
+            if let Some(i) = report {
+                out.rate = Some(rate(rt, route.limits[i], &decisions[i], params.as_ref()));
+            }
+            out.key_fp = key_fp;
+            Ok(!shadow_limited.is_empty())
+        }
         Verdict::Pass {
             decisions,
             report,
@@ -145,21 +184,9 @@ pub(super) fn decide(
         } => {
             shadow_limited.iter().for_each(|&i| limited(i));
             count_consumed(node, rt, route, &decisions, cost);
-            if route.response_costs.is_empty() {
-                if let Some(i) = report {
-                    let policy = params.as_ref();
-                    let headers = rate_headers(rt, route.limits[i], &decisions[i], policy);
-                    out.rate_headers = Some(headers);
-                }
-            } else {
-                // The response head settles the costs, and the headers are chosen then
-                // ([`settle`]): a request that gets no response head reports none.
-                out.unsettled = Some(Box::new(Unsettled {
-                    decisions,
-                    report,
-                    params,
-                }));
-            }
+            // The response head settles the costs, and the headers are chosen then
+            // ([`settle`]): a request that gets no response head reports none.
+            out.unsettled = Some(Unsettled::boxed(decisions, report, params));
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
         }
@@ -260,17 +287,14 @@ fn verdict(
     }
 }
 
-/// `RateLimit-Policy` and `RateLimit` of an admitted request, reported for limit `li`: the
-/// policy built once per config, or the key's own (`params`, an override).
-fn rate_headers(
-    rt: &Runtime,
-    li: LimitId,
-    d: &Decision,
-    params: Option<&BucketParams>,
-) -> (HeaderValue, HeaderValue) {
-    let name = &rt.limit_spec(li).name;
-    let policy = rt.policy_value_for(li, params);
-    (policy, headers::ratelimit_header(name, d))
+/// What an admitted request's response reports for limit `li`: the policy built once per
+/// config, or the key's own (`params`, an override), and the decision.
+fn rate(rt: &Runtime, li: LimitId, d: &Decision, params: Option<&BucketParams>) -> Rate {
+    Rate {
+        policy: rt.own_policy_value(li, params),
+        limit: li,
+        decision: *d,
+    }
 }
 
 /// Counts the tokens each limit that paid took, in `tokens_consumed_total`.
@@ -364,12 +388,7 @@ pub(super) fn settle(
             .filter(|l| !std::ptr::eq(*l, limit))
             .map(|l| l.params.clone())
     };
-    out.rate_headers = Some(rate_headers(
-        rt,
-        route.limits[i],
-        &un.decisions[i],
-        own.as_ref(),
-    ));
+    out.rate = Some(rate(rt, route.limits[i], &un.decisions[i], own.as_ref()));
 }
 
 /// The response headers of route `route`'s response costs that the client must not see.

@@ -17,7 +17,7 @@ use crate::http::forwarding::{
     forwarded_for, peer_ip, set_forwarded, single_length, Forwarded, X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
 };
-use crate::http::header_case::{without_header_case, RATELIMIT, RATELIMIT_POLICY};
+use crate::http::header_case::{rate_fields, without_header_case, RATELIMIT, RATELIMIT_POLICY};
 use crate::http::headers;
 use crate::http::limits::{self, Refused, Reported};
 use crate::http::respond::{failure_answer, json_header, respond};
@@ -381,7 +381,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -390,13 +390,16 @@ impl ProxyHttp for Gateway {
                 limits::settle(&self.node, rt, ri, upstream_response, &mut ctx.reported);
             }
         }
-        let rate_headers = ctx.reported.rate_headers.take();
+        let preserve = preserve_case(ctx);
+        let rate = ctx.reported.rate.take();
+        let rate_headers = (ctx.runtime.as_deref())
+            .and_then(|rt| rate_fields(session, upstream_response, rt, rate?, preserve));
         let route = (ctx.runtime.as_ref()).and_then(|rt| Some(rt.config.route(ctx.route?)));
         // Response costs' headers to strip (most routes have none).
         let strip = (route.filter(|r| !r.response_costs.is_empty()))
             .into_iter()
             .flat_map(limits::stripped);
-        if preserve_case(ctx) {
+        if preserve {
             for name in strip {
                 upstream_response.remove_header(name);
             }
