@@ -75,11 +75,12 @@ pub(super) fn rate_fields(
     preserve: bool,
 ) -> Option<(HeaderValue, HeaderValue)> {
     let name = &rt.limit_spec(rate.limit).name;
+    let decision = rate.decision();
     let policy = (rate.policy.as_ref()).unwrap_or_else(|| rt.policy_value(rate.limit));
     if session.as_http1().is_none() {
-        return Some((policy.clone(), ratelimit_header(name, &rate.decision)));
+        return Some((policy.clone(), ratelimit_header(name, &decision)));
     }
-    let lines = rate_limit_lines(policy, name, &rate.decision, preserve);
+    let lines = rate_limit_lines(policy, name, &decision, preserve);
     let _ = session.set_extra_response_fields(lines);
     drop_rate_fields(resp);
     None

@@ -36,7 +36,23 @@ pub(super) struct Rate {
     /// the key's own (an override), or a monthly quota's.
     pub(super) policy: Option<HeaderValue>,
     pub(super) limit: LimitId,
-    pub(super) decision: Decision,
+    /// What `RateLimit` reports of the decision (`r` and `t`): the rest of a [`Decision`]
+    /// would make every request's context bigger for nothing.
+    pub(super) remaining: u64,
+    pub(super) full_in_ns: u64,
+}
+
+impl Rate {
+    /// The decision as `RateLimit` reports it.
+    pub(super) fn decision(&self) -> Decision {
+        Decision {
+            allowed: true,
+            remaining: self.remaining,
+            retry_after_ns: 0,
+            full_in_ns: self.full_in_ns,
+            never: false,
+        }
+    }
 }
 
 /// What an admitted request was charged, limit by limit, on a route that keeps its charges:
@@ -293,7 +309,8 @@ fn rate(rt: &Runtime, li: LimitId, d: &Decision, params: Option<&BucketParams>) 
     Rate {
         policy: rt.own_policy_value(li, params),
         limit: li,
-        decision: *d,
+        remaining: d.remaining,
+        full_in_ns: d.full_in_ns,
     }
 }
 
