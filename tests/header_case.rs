@@ -334,18 +334,28 @@ fn names_now(gw: &Gateway) -> Vec<String> {
 /// in mixed case.
 const REPLY_WITH_RATE_LIMIT: &[u8] = b"HTTP/1.1 200 OK\r\nRateLimit-Policy: \"upstream\";q=5;w=5\r\nratelimit: \"upstream\";r=4;t=1\r\nContent-Length: 2\r\n\r\n{}";
 
+/// The same after an interim `100 Continue`.
+const REPLY_AFTER_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nRateLimit-Policy: \"upstream\";q=5;w=5\r\nratelimit: \"upstream\";r=4;t=1\r\nContent-Length: 2\r\n\r\n{}";
+
 /// The gateway's `RateLimit-Policy` and `RateLimit` replace the upstream's, in both modes: a
 /// client sees one of each, the gateway's (they are written after the response's fields,
 /// outside pingora's header map, so the upstream's are taken out first).
 #[test]
 fn the_gateways_rate_limit_fields_replace_the_upstreams() {
-    let up = upstream_replying(REPLY_WITH_RATE_LIMIT);
-    for (preserve, policy, rate_limit) in [
-        (None, "ratelimit-policy", "ratelimit"),
-        (Some(true), "RateLimit-Policy", "RateLimit"),
+    for (reply, preserve, policy, rate_limit) in [
+        (REPLY_WITH_RATE_LIMIT, None, "ratelimit-policy", "ratelimit"),
+        (
+            REPLY_WITH_RATE_LIMIT,
+            Some(true),
+            "RateLimit-Policy",
+            "RateLimit",
+        ),
+        // An interim head first: the fields go on the final one, which loses the upstream's.
+        (REPLY_AFTER_CONTINUE, None, "ratelimit-policy", "ratelimit"),
     ] {
+        let up = upstream_replying(reply);
         let gw = Gateway::builder(config(&up, preserve)).start();
-        let (status, headers) = raw_head(&gw);
+        let (status, headers) = final_head(&gw);
         assert!(status.starts_with("HTTP/1.1 200"), "{status} {headers:?}");
         let theirs: Vec<&String> = (headers.iter())
             .filter(|l| l.to_ascii_lowercase().starts_with("ratelimit"))
@@ -364,4 +374,24 @@ fn the_gateways_rate_limit_fields_replace_the_upstreams() {
             "{headers:?}"
         );
     }
+}
+
+/// The final response head to `GET /rating/1` (after any interim `1xx` heads the client got).
+fn final_head(gw: &Gateway) -> (String, Vec<String>) {
+    let mut s = TcpStream::connect(gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = "GET /rating/1 HTTP/1.1\r\n".to_string();
+    for (name, value) in CLIENT_HEADERS {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let head = (text.split("\r\n\r\n"))
+        .find(|h| !h.starts_with("HTTP/1.1 1"))
+        .unwrap_or_default();
+    let mut lines = head.split("\r\n").map(str::to_string);
+    let status = lines.next().unwrap_or_default();
+    (status, lines.collect())
 }

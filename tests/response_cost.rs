@@ -251,3 +251,58 @@ fn response_cost_entries_are_checked() {
         assert!(err.contains(expected), "{expected}\nin:\n{err}");
     }
 }
+
+/// An upstream that answers every request with an interim `100 Continue` and then a final head
+/// reporting 30 tokens.
+fn upstream_continuing() -> std::net::SocketAddr {
+    use std::io::{BufReader, Write};
+    const REPLY: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-usage-tokens: 30\r\nContent-Length: 2\r\n\r\n{}";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(read_half) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(read_half);
+                let mut writer = stream;
+                while common::read_request_head(&mut reader).is_some() {
+                    if writer.write_all(REPLY).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The final head settles the charge, not an interim one before it (which carries no usage:
+/// read as missing, it would keep the reserve).
+#[test]
+fn an_interim_head_leaves_the_settlement_to_the_final_one() {
+    use std::io::{Read, Write};
+    let addr = upstream_continuing();
+    let cfg = json!({
+        "upstreams": { "api": { "servers": [addr.to_string()] } },
+        "limits": {
+            "llm": { "capacity": 100, "refill_per_second": 0.001, "key": ["header:x-api-key"] },
+        },
+        "routes": [{ "name": "chat", "match": { "path_prefix": "/" }, "upstream": "api",
+                     "limits": [{ "limit": "llm", "cost": { "response_header": "x-usage-tokens",
+                                                            "reserve": 10, "strip": true } }] }],
+    });
+    let gw = Gateway::builder(cfg).start();
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /v1/chat HTTP/1.1\r\nHost: api.test\r\nx-api-key: interim\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let last = text.rsplit("HTTP/1.1 ").next().unwrap_or_default();
+    assert!(last.starts_with("200"), "{text}");
+    assert!(!text.contains("x-usage-tokens"), "stripped: {text}");
+    assert!(last.contains("ratelimit: \"llm\";r=70;"), "{text}");
+    assert_eq!(bucket_remaining(&gw, "interim"), 70, "{}", gw.log());
+}

@@ -385,13 +385,17 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.reported.unsettled.is_some() {
+        // An interim head (`100 Continue`, `103 Early Hints`) neither settles the response
+        // costs nor carries the rate-limit fields: the final one does (`101` is final).
+        let status = upstream_response.status;
+        let interim = status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS;
+        if ctx.reported.unsettled.is_some() && !interim {
             if let (Some(rt), Some(ri)) = (ctx.runtime.as_ref(), ctx.route) {
                 limits::settle(&self.node, rt, ri, upstream_response, &mut ctx.reported);
             }
         }
         let preserve = preserve_case(ctx);
-        let rate = ctx.reported.rate.take();
+        let rate = (!interim).then(|| ctx.reported.rate.take()).flatten();
         let rate_headers = (ctx.runtime.as_deref())
             .and_then(|rt| rate_fields(session, upstream_response, rt, rate?, preserve));
         let route = (ctx.runtime.as_ref()).and_then(|rt| Some(rt.config.route(ctx.route?)));
