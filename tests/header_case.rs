@@ -145,8 +145,8 @@ fn config(upstream: &MixedCaseUpstream, preserve: Option<bool>) -> Value {
     c
 }
 
-/// The raw response head to `GET target`: the status line and the header lines as sent.
-fn raw_head_of(gw: &Gateway, target: &str) -> (String, Vec<String>) {
+/// What the client gets for `GET target` (with [`CLIENT_HEADERS`]), whole.
+fn response_text(gw: &Gateway, target: &str) -> String {
     let mut s = TcpStream::connect(gw.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut request = format!("GET {target} HTTP/1.1\r\n");
@@ -157,10 +157,20 @@ fn raw_head_of(gw: &Gateway, target: &str) -> (String, Vec<String>) {
     s.write_all(request.as_bytes()).expect("send");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read");
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    text
+}
+
+/// A response head's status line and header lines.
+fn split_head(head: &str) -> (String, Vec<String>) {
     let mut lines = head.split("\r\n").map(str::to_string);
     let status = lines.next().unwrap_or_default();
     (status, lines.collect())
+}
+
+/// The raw response head to `GET target`: the status line and the header lines as sent.
+fn raw_head_of(gw: &Gateway, target: &str) -> (String, Vec<String>) {
+    let text = response_text(gw, target);
+    split_head(text.split("\r\n\r\n").next().unwrap_or_default())
 }
 
 fn raw_head(gw: &Gateway) -> (String, Vec<String>) {
@@ -378,20 +388,10 @@ fn the_gateways_rate_limit_fields_replace_the_upstreams() {
 
 /// The final response head to `GET /rating/1` (after any interim `1xx` heads the client got).
 fn final_head(gw: &Gateway) -> (String, Vec<String>) {
-    let mut s = TcpStream::connect(gw.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut request = "GET /rating/1 HTTP/1.1\r\n".to_string();
-    for (name, value) in CLIENT_HEADERS {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("Connection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let head = (text.split("\r\n\r\n"))
-        .find(|h| !h.starts_with("HTTP/1.1 1"))
-        .unwrap_or_default();
-    let mut lines = head.split("\r\n").map(str::to_string);
-    let status = lines.next().unwrap_or_default();
-    (status, lines.collect())
+    let text = response_text(gw, "/rating/1");
+    split_head(
+        (text.split("\r\n\r\n"))
+            .find(|h| !h.starts_with("HTTP/1.1 1"))
+            .unwrap_or_default(),
+    )
 }
