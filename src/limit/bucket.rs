@@ -239,9 +239,15 @@ impl Bucket {
     /// window is full; otherwise its W is the tokens lost in its window, by the node that lost
     /// the most (another window's waste, which a sync never merges, would not count).
     fn uncapped(&self, p: &BucketParams, now_ns: i64) -> i128 {
+        self.uncapped_from(p, now_ns, self.free_credit(p, now_ns))
+    }
+
+    /// [`Bucket::uncapped`] given A(t) + R - X (`free`, from [`Bucket::free_credit`]), which
+    /// [`Bucket::tokens_units`] needs again over the cap.
+    fn uncapped_from(&self, p: &BucketParams, now_ns: i64, free: i128) -> i128 {
         let waste = self.own.waste.max(self.others_waste);
         if p.window().is_none() {
-            return self.free_credit(p, now_ns).saturating_sub(waste);
+            return free.saturating_sub(waste);
         }
         if self.is_past(p, now_ns) {
             return p.cap_units();
@@ -251,7 +257,7 @@ impl Bucket {
             WindowWaste::unpack(waste),
         );
         let lost = if top.index == own.index { top } else { own };
-        self.free_credit(p, now_ns).saturating_sub(lost.units())
+        free.saturating_sub(lost.units())
     }
 
     /// `units` of waste lost at the cap, as this bucket keeps it: as is, or for a quota in
@@ -268,24 +274,14 @@ impl Bucket {
     /// Tokens now, in units, after applying the cap. Over the cap, this node's waste is raised
     /// to A - X - capacity: the reflection, which does not change what the bucket holds. (A
     /// quota of a past window reads as full and keeps its counters: see [`Bucket::roll`].)
+    /// A - X is computed once: a full bucket, the common case of a client within its limit,
+    /// is over the cap at every evaluation.
     pub fn tokens_units(&mut self, p: &BucketParams, now_ns: i64) -> i128 {
-        if p.window().is_none() {
-            // `uncapped` and `waste_of` of a bucket that is not a quota, with A - X computed
-            // once: a full bucket, the common case of a client within its limit, is over the
-            // cap at every evaluation.
-            let cap = p.cap_units();
-            let free = self.free_credit(p, now_ns);
-            let tokens = free.saturating_sub(self.own.waste.max(self.others_waste));
-            if tokens > cap {
-                self.own.waste = free - cap;
-                return cap;
-            }
-            return tokens;
-        }
-        let (cap, tokens) = (p.cap_units(), self.uncapped(p, now_ns));
+        let (cap, free) = (p.cap_units(), self.free_credit(p, now_ns));
+        let tokens = self.uncapped_from(p, now_ns, free);
         if tokens > cap {
             // Greater than the merged waste, since A - X - W > cap: a raise, never a drop.
-            self.own.waste = self.waste_of(p, self.free_credit(p, now_ns) - cap);
+            self.own.waste = self.waste_of(p, free - cap);
             return cap;
         }
         tokens
