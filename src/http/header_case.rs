@@ -4,7 +4,7 @@
 //! explains.
 
 use crate::app::node::Runtime;
-use crate::http::headers::{ceil_secs, ratelimit_header, write_ratelimit};
+use crate::http::headers::{ceil_secs, ratelimit_header};
 use crate::http::limits::Rate;
 use crate::limit::bucket::Decision;
 use bytes::Bytes;
@@ -77,13 +77,15 @@ pub(super) fn rate_fields(
     let name = &rt.limit_spec(rate.limit).name;
     let decision = rate.decision();
     let policy = (rate.policy.as_ref()).unwrap_or_else(|| rt.policy_value(rate.limit));
-    if session.as_http1().is_none() {
-        return Some((policy.clone(), ratelimit_header(name, &decision)));
-    }
     let lines = rate_limit_lines(policy, name, &decision, preserve);
-    let _ = session.set_extra_response_fields(lines);
-    drop_rate_fields(resp);
-    None
+    match session.set_extra_response_fields(lines) {
+        None => {
+            drop_rate_fields(resp);
+            None
+        }
+        // Not HTTP/1: into the header map.
+        Some(_) => Some((policy.clone(), ratelimit_header(name, &decision))),
+    }
 }
 
 /// `RateLimit-Policy` (`policy`) and `RateLimit` (limit `name` after decision `d`) as field
@@ -91,9 +93,8 @@ pub(super) fn rate_fields(
 /// (pingora-core patch 8, vendor/README.md): two fields added to the response's header map
 /// cost a hash of each name and an insert each (about 560 instructions per request), lines one
 /// copy as the head is written. The names as the draft spells them with
-/// `preserve_header_case`, else in lower case. A `RateLimit` value that would not be a valid
-/// header value (a limit name the config allows but a header does not) is written empty, as
-/// [`crate::http::headers::ratelimit_header`] makes it.
+/// `preserve_header_case`, else in lower case; the `RateLimit` value as
+/// [`ratelimit_header`] makes it (empty for a limit name that is no valid header value).
 ///
 /// Each thread keeps the last lines it built and hands them out again (a reference count, no
 /// copy) for the same policy value (the same allocation: the config's, or an override's from
@@ -146,14 +147,10 @@ fn build_lines(policy: &HeaderValue, name: &str, d: &Decision, preserve: bool) -
     } else {
         (&b"ratelimit-policy"[..], &b"ratelimit"[..])
     };
-    let mut rl = Vec::with_capacity(name.len() + 48);
-    write_ratelimit(name, d, |part| rl.extend_from_slice(part));
-    if HeaderValue::from_bytes(&rl).is_err() {
-        rl.clear();
-    }
+    let rl = ratelimit_header(name, d);
     let mut out =
         Vec::with_capacity(policy_name.len() + rl_name.len() + policy.len() + rl.len() + 8);
-    for (name, value) in [(policy_name, policy.as_bytes()), (rl_name, &rl[..])] {
+    for (name, value) in [(policy_name, policy.as_bytes()), (rl_name, rl.as_bytes())] {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);

@@ -191,7 +191,7 @@ fn build_ratelimit(name: &str, d: &Decision) -> HeaderValue {
 }
 
 /// Writes `"NAME";r=REMAINING;t=SECONDS` as a few byte slices.
-pub(crate) fn write_ratelimit(name: &str, d: &Decision, mut put: impl FnMut(&[u8])) {
+fn write_ratelimit(name: &str, d: &Decision, mut put: impl FnMut(&[u8])) {
     let mut digits = itoa::Buffer::new();
     put(b"\"");
     put(name.as_bytes());
