@@ -21,12 +21,9 @@ pub struct Route {
     /// The route's limits charged what the upstream's response reports, in the order of
     /// `limits` (usually none).
     pub response_costs: Vec<ResponseCost>,
-    /// Positions in `limits` of concurrency limits (`max_in_flight`): a request takes one
-    /// slot of each, whatever its cost, and gives it back when it ends.
-    pub slot_limits: Vec<usize>,
-    /// How each of `limits` is charged, by position: what [`Route::cost_at`] and
-    /// [`Route::is_slot`] read with one index, rather than searching `slot_limits` and
-    /// `response_costs` on every request.
+    /// How each of `limits` is charged, by position (a concurrency limit, `max_in_flight`:
+    /// one slot a request, whatever its cost, given back when it ends): what
+    /// [`Route::cost_at`] and [`Route::is_slot`] read with one index.
     pub charged_as: Vec<ChargedAs>,
 }
 
@@ -42,10 +39,10 @@ pub enum ChargedAs {
 }
 
 impl ChargedAs {
-    /// How the limit at position `at` of a route with these concurrency limits and response
-    /// costs is charged.
-    pub fn of(at: usize, slot_limits: &[usize], response_costs: &[ResponseCost]) -> ChargedAs {
-        if slot_limits.contains(&at) {
+    /// How the limit at position `at` of a route with these response costs is charged; `slots`:
+    /// it is a concurrency limit.
+    pub fn of(at: usize, slots: bool, response_costs: &[ResponseCost]) -> ChargedAs {
+        if slots {
             return ChargedAs::Slot;
         }
         (response_costs.iter())
@@ -58,7 +55,7 @@ impl Route {
     /// Whether the proxy must keep what an admitted request was charged, to settle or refund
     /// it when the answer comes.
     pub fn keeps_charges(&self) -> bool {
-        !self.refund.is_empty() || !self.response_costs.is_empty() || !self.slot_limits.is_empty()
+        !self.refund.is_empty() || self.charged_as.iter().any(|c| *c != ChargedAs::Cost)
     }
 
     /// The cost a request of route cost `cost` is charged on the route's limit at position

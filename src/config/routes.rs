@@ -48,9 +48,10 @@ pub(super) fn routes(
             &route_limits,
             (limits, capacities),
         );
-        let slot_limits: Vec<usize> = (route_limits.iter().enumerate())
-            .filter(|(_, li)| limits[li.index()].params.is_slots())
-            .map(|(k, _)| k)
+        let charged_as: Vec<ChargedAs> = (route_limits.iter().enumerate())
+            .map(|(at, li)| {
+                ChargedAs::of(at, limits[li.index()].params.is_slots(), &response_costs)
+            })
             .collect();
         let m = &r.matcher;
         path_prefix(c, &path, &m.path_prefix);
@@ -61,10 +62,9 @@ pub(super) fn routes(
             .and_then(|h| c.check(&format!("{path}.match.host"), parse_host(h)));
         // The route's cost is not charged on a limit with a response cost, nor on a
         // concurrency limit (one slot a request).
-        let fixed_cost_limits: Vec<LimitId> = (route_limits.iter().enumerate())
-            .filter(|(k, _)| response_costs.iter().all(|rc| rc.at != *k))
-            .filter(|(k, _)| !slot_limits.contains(k))
-            .map(|(_, &li)| li)
+        let fixed_cost_limits: Vec<LimitId> = (route_limits.iter().zip(&charged_as))
+            .filter(|(_, c)| **c == ChargedAs::Cost)
+            .map(|(&li, _)| li)
             .collect();
         let cost = cost(c, &path, &r.cost, &fixed_cost_limits, (limits, capacities));
         if catch_all.is_none() && matches_everything(m) {
@@ -78,12 +78,9 @@ pub(super) fn routes(
             upstream: upstream.unwrap_or(UpstreamId(0)),
             cost,
             refund: refund(c, &path, &r.refund_statuses),
-            charged_as: (0..route_limits.len())
-                .map(|at| ChargedAs::of(at, &slot_limits, &response_costs))
-                .collect(),
             limits: route_limits,
             response_costs,
-            slot_limits,
+            charged_as,
         });
     }
     out

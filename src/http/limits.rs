@@ -124,20 +124,6 @@ pub(super) struct Unsettled {
     params: Option<BucketParams>,
 }
 
-impl Unsettled {
-    fn boxed(
-        decisions: Small<Decision>,
-        report: Option<usize>,
-        params: Option<BucketParams>,
-    ) -> Box<Unsettled> {
-        Box::new(Unsettled {
-            decisions,
-            report,
-            params,
-        })
-    }
-}
-
 /// What the gateway answers itself. Positions are into the route's limits.
 pub(super) enum Refused {
     /// A key could not be built (400).
@@ -166,7 +152,7 @@ pub(super) fn decide(
     out: &mut Reported,
 ) -> Result<bool, Refused> {
     let route = rt.config.route(ri);
-    let verdict = verdict(node, rt, ri, view, cost, out);
+    let mut verdict = verdict(node, rt, ri, view, cost, out);
     let m = &node.metrics;
     let limited = |i: usize| {
         let limit = &rt.limit_spec(route.limits[i]).name;
@@ -177,32 +163,27 @@ pub(super) fn decide(
     match verdict {
         // Borrowed, not moved out: the decisions are a small vector, copied by a move.
         Verdict::Pass {
-            ref decisions,
+            ref mut decisions,
             report,
-            ref params,
+            ref mut params,
             ref shadow_limited,
-            key_fp,
-        } if route.response_costs.is_empty() => {
-            shadow_limited.iter().for_each(|&i| limited(i));
-            count_consumed(node, rt, route, decisions, cost);
-            if let Some(i) = report {
-                out.rate = Some(rate(rt, route.limits[i], &decisions[i], params.as_ref()));
-            }
-            out.key_fp = key_fp;
-            Ok(!shadow_limited.is_empty())
-        }
-        Verdict::Pass {
-            decisions,
-            report,
-            params,
-            shadow_limited,
             key_fp,
         } => {
             shadow_limited.iter().for_each(|&i| limited(i));
-            count_consumed(node, rt, route, &decisions, cost);
-            // The response head settles the costs, and the headers are chosen then
-            // ([`settle`]): a request that gets no response head reports none.
-            out.unsettled = Some(Unsettled::boxed(decisions, report, params));
+            count_consumed(node, rt, route, decisions, cost);
+            if route.response_costs.is_empty() {
+                if let Some(i) = report {
+                    out.rate = Some(rate(rt, route.limits[i], &decisions[i], params.as_ref()));
+                }
+            } else {
+                // The response head settles the costs, and the headers are chosen then
+                // ([`settle`]): a request that gets no response head reports none.
+                out.unsettled = Some(Box::new(Unsettled {
+                    decisions: std::mem::take(decisions),
+                    report,
+                    params: params.take(),
+                }));
+            }
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
         }
@@ -317,11 +298,9 @@ fn rate(rt: &Runtime, li: LimitId, d: &Decision, params: Option<&BucketParams>) 
 /// Counts the tokens each limit that paid took, in `tokens_consumed_total`.
 fn count_consumed(node: &Node, rt: &Runtime, route: &Route, decisions: &[Decision], cost: u64) {
     let (m, rm) = (&node.metrics, rt.request_metrics(&node.metrics));
-    let keeps = route.keeps_charges();
     for (i, (d, &li)) in decisions.iter().zip(&route.limits).enumerate() {
         if d.allowed {
-            let cost = if keeps { route.cost_at(i, cost) } else { cost };
-            rm.consumed(m, li).inc_by(cost);
+            rm.consumed(m, li).inc_by(route.cost_at(i, cost));
         }
     }
 }
