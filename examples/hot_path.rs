@@ -44,13 +44,13 @@ fn limit(name: &str, key: KeySource) -> (LimitSpec, Vec<KeySource>) {
 /// 100,000 overrides on each limit (one in ten unlimited, "bench" overridden), and the second
 /// limit a daily quota on the API key.
 fn with_plans(limits: &mut [(LimitSpec, Vec<KeySource>); 2]) {
-    use tollgate::limit::overrides::{Override, Overrides};
+    use tollgate::limit::overrides::{Override, Overrides, Own};
     use tollgate::limit::window::Window;
     let api_key = limits[0].1.clone();
     let quota = BucketParams::quota(1_000_000_000_000, Window::Day).expect("quota");
     limits[1] = (LimitSpec::new("per-ip", quota), api_key);
     for (spec, _) in limits.iter_mut() {
-        let own = Override::Bucket(Box::new(spec.with_params(spec.params.clone())));
+        let own = Override::Bucket(Box::new(Own::new(spec.with_params(spec.params.clone()))));
         let entries = (0..99_999)
             .map(|i| {
                 let o = if i % 10 == 9 {

@@ -11,8 +11,8 @@ mod status_page;
 use crate::app::node::Node;
 use crate::config::LimitId;
 use crate::http::headers;
-use crate::limit::bucket::{BucketParams, Decision};
-use crate::limit::overrides::ForKey;
+use crate::limit::bucket::Decision;
+use crate::limit::overrides::{ForKey, Own};
 use crate::request::decision::{self, Charged, KeyOf, Verdict};
 use crate::request::key;
 use async_trait::async_trait;
@@ -163,6 +163,7 @@ impl AdminApp {
         let base = rt.limit_spec(li);
         let l = match base.for_key(&k) {
             ForKey::Bucket(l) => l,
+            ForKey::Own(o) => &o.spec,
             ForKey::Unlimited => {
                 return json_response(
                     200,
@@ -224,12 +225,13 @@ impl AdminApp {
                 .with_label_values(&["admin:consume", &l.name])
                 .inc()
         };
-        let policy = |params: Option<BucketParams>| rt.policy_for(li, params.as_ref()).into_owned();
+        let policy =
+            |own: Option<&Own>| rt.policy_for(li, own.map(|o| &o.spec.params)).into_owned();
         match decision::decide(&self.node.store, &charged, cost, false) {
             Verdict::Pass {
                 decisions,
                 report,
-                params,
+                own,
                 ..
             } => {
                 let d = &decisions[0];
@@ -240,12 +242,10 @@ impl AdminApp {
                 } else {
                     limited();
                 }
-                consumed(&l.name, d, report.map(|_| policy(params)))
+                consumed(&l.name, d, report.map(|_| policy(own)))
             }
             Verdict::Limited {
-                decision: d,
-                params,
-                ..
+                decision: d, own, ..
             } => {
                 limited();
                 let reject = &rt.config.limit(li).reject;
@@ -253,7 +253,7 @@ impl AdminApp {
                     reject.status,
                     "application/json",
                     headers::rejection_body(&l.name, &reject.message, &d),
-                    &headers::rejection_headers(&l.name, &policy(params), &d),
+                    &headers::rejection_headers(&l.name, &policy(own), &d),
                 )
             }
             Verdict::Denied { .. } => {

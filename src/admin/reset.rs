@@ -21,6 +21,7 @@ pub(super) async fn reset(node: &Node, li: LimitId, key: &str) -> Response<Vec<u
     let base = rt.limit_spec(li);
     let limit = match base.for_key(key) {
         ForKey::Bucket(l) => l,
+        ForKey::Own(o) => &o.spec,
         ForKey::Unlimited | ForKey::Deny => {
             let error = "the key has no bucket to reset: its override is unlimited or deny";
             return json_response(409, &json!({ "error": error, "limit": base.name }));

@@ -63,7 +63,7 @@ fn describe(
     let configured = config.limit_id(limit).map(|id| {
         let l = config.limit(id);
         match l.overrides.get(key) {
-            Some(Override::Bucket(spec)) => spec.params.clone(),
+            Some(Override::Bucket(own)) => own.spec.params.clone(),
             _ => l.params.clone(),
         }
     });

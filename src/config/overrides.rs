@@ -24,7 +24,7 @@ use super::spans::{member, Spans};
 use super::values::{bucket_params, param_errors};
 use super::{ConfigError, RawLimit};
 use crate::limit::bucket::BucketParams;
-use crate::limit::overrides::{Override, Overrides};
+use crate::limit::overrides::{Override, Overrides, Own};
 use crate::limit::store::LimitSpec;
 use crate::limit::window::Window;
 use crate::request::key::MAX_PART;
@@ -105,9 +105,8 @@ fn entry(
     let o = match v {
         Value::String(s) if s == "unlimited" => Some(Override::Unlimited),
         Value::String(s) if s == "deny" => Some(Override::Deny),
-        Value::Object(m) => {
-            params(m, &base.params, errs).map(|p| Override::Bucket(Box::new(base.with_params(p))))
-        }
+        Value::Object(m) => params(m, &base.params, errs)
+            .map(|p| Override::Bucket(Box::new(Own::new(base.with_params(p))))),
         other => {
             errs.push((
                 "",

@@ -10,6 +10,7 @@
 //!   at least 1); it wins over `t`.
 
 use crate::limit::bucket::{BucketParams, Decision};
+use crate::limit::overrides::Own;
 use bytes::Bytes;
 use http::HeaderValue;
 
@@ -57,10 +58,7 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
 /// reference count, no copy) for the same limit and parameters: a client of a plan sends many
 /// requests in a row. A monthly quota's value is always built (its `w` changes).
 pub fn policy_header(name: &str, p: &BucketParams) -> HeaderValue {
-    let build = || {
-        HeaderValue::from_str(&policy_value(name, p))
-            .unwrap_or_else(|_| HeaderValue::from_static(""))
-    };
+    let build = || built_policy_header(name, p);
     if fresh_policy(p) {
         return build();
     }
@@ -77,6 +75,25 @@ pub fn policy_header(name: &str, p: &BucketParams) -> HeaderValue {
         *last = Some((name.to_owned(), p.clone(), v.clone()));
         v
     })
+}
+
+/// [`policy_value`] as a header value, built (an empty value for a name that is not a valid
+/// header value).
+fn built_policy_header(name: &str, p: &BucketParams) -> HeaderValue {
+    HeaderValue::from_str(&policy_value(name, p)).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The `RateLimit-Policy` value of a key's own bucket (an override), built the first time a
+/// response reports it and kept with the override: a reference count, no lookup. A monthly
+/// quota's is built every time (its `w` changes).
+pub fn own_policy_header(own: &Own) -> HeaderValue {
+    let (name, p) = (&own.spec.name, &own.spec.params);
+    if fresh_policy(p) {
+        return built_policy_header(name, p);
+    }
+    own.policy
+        .get_or_init(|| built_policy_header(name, p))
+        .clone()
 }
 
 thread_local! {
@@ -257,6 +274,33 @@ pub fn error_body(status: u16, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overrides_policy_is_built_once_and_a_monthly_quotas_every_time() {
+        use crate::limit::overrides::LimitSpec;
+        use crate::limit::window::Window;
+        let own = Own::new(LimitSpec::new(
+            "plan",
+            BucketParams::new(100, 10.0, 100).expect("params"),
+        ));
+        let (a, b) = (own_policy_header(&own), own_policy_header(&own));
+        assert_eq!(a.to_str().ok(), Some("\"plan\";q=100;w=10"));
+        // The second is the first's storage, shared.
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        let month = Own::new(LimitSpec::new(
+            "plan",
+            BucketParams::quota(1000, Window::Month).expect("quota"),
+        ));
+        let (a, b) = (own_policy_header(&month), own_policy_header(&month));
+        assert_eq!(a, b);
+        assert!(a
+            .to_str()
+            .is_ok_and(|v| v.starts_with("\"plan\";q=1000;w=")));
+        assert!(
+            month.policy.get().is_none(),
+            "a month's w changes: never kept"
+        );
+    }
 
     fn decision(remaining: u64, retry_ns: u64, full_ns: u64) -> Decision {
         Decision {

@@ -165,7 +165,7 @@ pub(super) fn decide(
         Verdict::Pass {
             ref mut decisions,
             report,
-            ref mut params,
+            own,
             ref shadow_limited,
             key_fp,
         } => {
@@ -173,7 +173,14 @@ pub(super) fn decide(
             count_consumed(node, rt, route, decisions, cost);
             if route.response_costs.is_empty() {
                 if let Some(i) = report {
-                    out.rate = Some(rate(rt, route.limits[i], &decisions[i], params.as_ref()));
+                    let d = &decisions[i];
+                    out.rate = Some(Rate {
+                        policy: match own {
+                            Some(o) => Some(crate::http::headers::own_policy_header(o)),
+                            None => rt.own_policy_value(route.limits[i], None),
+                        },
+                        ..rate(rt, route.limits[i], d, None)
+                    });
                 }
             } else {
                 // The response head settles the costs, and the headers are chosen then
@@ -181,7 +188,7 @@ pub(super) fn decide(
                 out.unsettled = Some(Box::new(Unsettled {
                     decisions: std::mem::take(decisions),
                     report,
-                    params: params.take(),
+                    params: own.map(|o| o.spec.params.clone()),
                 }));
             }
             out.key_fp = key_fp;
@@ -190,7 +197,7 @@ pub(super) fn decide(
         Verdict::Limited {
             at,
             decision,
-            params,
+            own,
             shadow_limited,
             key_fp,
         } => {
@@ -200,7 +207,7 @@ pub(super) fn decide(
             Err(Refused::Limited {
                 at,
                 decision,
-                params,
+                params: own.map(|o| o.spec.params.clone()),
             })
         }
         Verdict::Denied { at, key_fp } => {
@@ -218,14 +225,14 @@ pub(super) fn decide(
 
 /// The one decision on route `ri`'s limits for this request (see [`decision::decide`]); on a
 /// route with `refund_statuses`, the charged keys and the cost are noted in `out`.
-fn verdict(
+fn verdict<'r>(
     node: &Arc<Node>,
-    rt: &Runtime,
+    rt: &'r Runtime,
     ri: RouteId,
-    view: &RequestView<'_>,
+    view: &'r RequestView<'_>,
     cost: u64,
     out: &mut Reported,
-) -> Verdict {
+) -> Verdict<'r> {
     let route = rt.config.route(ri);
     let charged_of = |li| Charged {
         limit: rt.limit_spec(li),

@@ -13,7 +13,7 @@
 
 use super::bucket::BucketParams;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One limit as the running config defines it.
 #[derive(Debug, Clone)]
@@ -31,11 +31,31 @@ pub struct LimitSpec {
 #[derive(Debug, Clone)]
 pub enum Override {
     /// Its own bucket: the limit as it is, with these parameters.
-    Bucket(Box<LimitSpec>),
+    Bucket(Box<Own>),
     /// Never limited (still counted in the metrics).
     Unlimited,
     /// Always refused with 403, never forwarded.
     Deny,
+}
+
+/// A key's own bucket (an override): the limit with the key's parameters, and the
+/// `RateLimit-Policy` value responses report for them.
+#[derive(Debug, Clone)]
+pub struct Own {
+    pub spec: LimitSpec,
+    /// The policy value of these parameters, built by the HTTP layer the first time a response
+    /// reports them and handed out again from here (a reference count, no copy, no lookup):
+    /// the core only keeps it. Built once per config, as the limits' own values are.
+    pub policy: OnceLock<http::HeaderValue>,
+}
+
+impl Own {
+    pub fn new(spec: LimitSpec) -> Own {
+        Own {
+            spec,
+            policy: OnceLock::new(),
+        }
+    }
 }
 
 /// A limit's overrides, by key. Cloning shares the map.
@@ -45,7 +65,7 @@ pub struct Overrides(Option<Arc<HashMap<Box<str>, Override, ahash::RandomState>>
 impl PartialEq for Override {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Override::Bucket(a), Override::Bucket(b)) => a.params == b.params,
+            (Override::Bucket(a), Override::Bucket(b)) => a.spec.params == b.spec.params,
             (Override::Unlimited, Override::Unlimited) | (Override::Deny, Override::Deny) => true,
             _ => false,
         }
@@ -69,8 +89,10 @@ impl PartialEq for Overrides {
 /// What a key of a limit is subject to.
 #[derive(Debug, Clone, Copy)]
 pub enum ForKey<'a> {
-    /// A bucket with these parameters (the limit's own, or the key's override).
+    /// A bucket with the limit's parameters.
     Bucket(&'a LimitSpec),
+    /// A bucket with the key's own parameters (an override).
+    Own(&'a Own),
     Unlimited,
     Deny,
 }
@@ -80,6 +102,7 @@ impl<'a> ForKey<'a> {
     pub fn bucket(self) -> Option<&'a LimitSpec> {
         match self {
             ForKey::Bucket(l) => Some(l),
+            ForKey::Own(o) => Some(&o.spec),
             ForKey::Unlimited | ForKey::Deny => None,
         }
     }
@@ -130,7 +153,7 @@ impl LimitSpec {
         }
         match self.overrides.get(key) {
             None => ForKey::Bucket(self),
-            Some(Override::Bucket(l)) => ForKey::Bucket(l),
+            Some(Override::Bucket(o)) => ForKey::Own(o),
             Some(Override::Unlimited) => ForKey::Unlimited,
             Some(Override::Deny) => ForKey::Deny,
         }
@@ -181,7 +204,7 @@ mod tests {
         let mut l = spec();
         let pro = l.with_params(BucketParams::new(100, 10.0, 100).expect("params"));
         l.overrides = Overrides::new([
-            ("pro".to_string(), Override::Bucket(Box::new(pro))),
+            ("pro".to_string(), Override::Bucket(Box::new(Own::new(pro)))),
             ("batch".to_string(), Override::Unlimited),
             ("leaked".to_string(), Override::Deny),
         ]);

@@ -8,8 +8,8 @@
 //! the response reports. What to answer, and which metrics to count, is the caller's business.
 
 use crate::config::KeySource;
-use crate::limit::bucket::{BucketParams, Decision};
-use crate::limit::overrides::ForKey;
+use crate::limit::bucket::Decision;
+use crate::limit::overrides::{ForKey, Own};
 use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store, EXEMPT};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
@@ -33,7 +33,7 @@ pub enum KeyOf<'a> {
 
 /// What the limits decided. Positions are into the charged list, in its order.
 #[derive(Debug)]
-pub enum Verdict {
+pub enum Verdict<'a> {
     /// Admitted: every enforcing limit paid.
     Pass {
         /// One decision per charged limit; `allowed` is false only for shadow limits that
@@ -43,9 +43,9 @@ pub enum Verdict {
         /// The limit to report on the response: fewest tokens left, then longest until full
         /// (never an unlimited key's).
         report: Option<usize>,
-        /// The reported limit's parameters for this key, when the key has its own (an
+        /// The reported limit's bucket for this key, when the key has its own (an
         /// override): the `RateLimit-Policy` to send instead of the limit's.
-        params: Option<BucketParams>,
+        own: Option<&'a Own>,
         /// Shadow limits that could not pay.
         shadow_limited: Small<usize>,
         /// The fingerprint of the reported limit's key, when asked for.
@@ -62,8 +62,8 @@ pub enum Verdict {
     Limited {
         at: usize,
         decision: Decision,
-        /// The limit's parameters for this key, when the key has its own (an override).
-        params: Option<BucketParams>,
+        /// The limit's bucket for this key, when the key has its own (an override).
+        own: Option<&'a Own>,
         /// Shadow limits that could not pay either.
         shadow_limited: Small<usize>,
         key_fp: Fingerprint,
@@ -78,7 +78,12 @@ thread_local! {
 
 /// Charges `cost` to every limit in `charged` or to none of them. `fingerprint`: whether an
 /// admitted request's `key_fp` is wanted (the access log; a refusal always has one).
-pub fn decide(store: &Store, charged: &[Charged<'_>], cost: u64, fingerprint: bool) -> Verdict {
+pub fn decide<'a>(
+    store: &Store,
+    charged: &[Charged<'a>],
+    cost: u64,
+    fingerprint: bool,
+) -> Verdict<'a> {
     // The buffer is taken from the thread and put back, rather than borrowed inside
     // `KEYS.with`, so that the verdict is written where the caller wants it instead of being
     // copied out of a closure. Not reentrant in practice; if it were, the inner call would
@@ -100,14 +105,14 @@ pub fn decide(store: &Store, charged: &[Charged<'_>], cost: u64, fingerprint: bo
 /// `keys` (the caller keeps it), and `kept` gets the position and the range in `keys` of each
 /// limit the request was charged to (not of an unlimited key, nor of a shadow limit that
 /// could not pay).
-pub fn decide_keeping(
+pub fn decide_keeping<'a>(
     store: &Store,
-    charged: &[Charged<'_>],
+    charged: &[Charged<'a>],
     costs: &[u64],
     fingerprint: bool,
     keys: &mut String,
     kept: &mut SmallVec<[(usize, std::ops::Range<usize>); 4]>,
-) -> Verdict {
+) -> Verdict<'a> {
     assert_eq!(costs.len(), charged.len(), "one cost per charged limit");
     let mut ends = SmallVec::new();
     let verdict = decide_with(store, charged, |i| costs[i], fingerprint, (keys, &mut ends));
@@ -138,13 +143,13 @@ type KeyBuf<'b> = (&'b mut String, &'b mut SmallVec<[usize; 4]>);
 
 /// `cost(i)`: the cost on `charged[i]`.
 #[inline(always)]
-fn decide_with(
+fn decide_with<'a>(
     store: &Store,
-    charged: &[Charged<'_>],
+    charged: &[Charged<'a>],
     cost: impl Fn(usize) -> u64 + Copy,
     fingerprint: bool,
     (buf, ends): KeyBuf<'_>,
-) -> Verdict {
+) -> Verdict<'a> {
     // Each key is written as its store key, `LIMIT:KEY`, which the store takes as is.
     buf.clear();
     ends.clear();
@@ -198,7 +203,7 @@ fn decide_with(
         return Verdict::Limited {
             at,
             decision: result.decisions[at],
-            params: None,
+            own: None,
             shadow_limited: result.shadow_rejected,
             key_fp: key_fp(at),
         };
@@ -208,7 +213,7 @@ fn decide_with(
         key_fp: report.filter(|_| fingerprint).map(key_fp),
         decisions: result.decisions,
         report,
-        params: None,
+        own: None,
         shadow_limited: result.shadow_rejected,
     }
 }
@@ -218,28 +223,33 @@ fn decide_with(
 /// unlimited one is left out of the charge ([`UNLIMITED`]), and the rest are charged with
 /// their own parameters. Out of line: requests on limits without overrides never come here.
 #[inline(never)]
-fn decide_overridden(
+fn decide_overridden<'a>(
     store: &Store,
-    charged: &[Charged<'_>],
+    charged: &[Charged<'a>],
     cost: &dyn Fn(usize) -> u64,
     fingerprint: bool,
     buf: &str,
     ends: &[usize],
-) -> Verdict {
+) -> Verdict<'a> {
     let key = |i: usize| charged[i].limit.key_of(key_at(buf, ends, i));
-    // The limit as each key is subject to it: `None` for an unlimited key (not charged).
+    // The limit as each key is subject to it: `None` for an unlimited key (not charged); and
+    // the key's own bucket, when it has one.
     let mut subject: SmallVec<[Option<&LimitSpec>; 4]> = SmallVec::new();
+    let mut own: SmallVec<[Option<&'a Own>; 4]> = SmallVec::new();
     for (i, c) in charged.iter().enumerate() {
-        subject.push(match c.limit.for_key(key(i)) {
-            ForKey::Bucket(l) => Some(l),
-            ForKey::Unlimited => None,
+        let (l, o) = match c.limit.for_key(key(i)) {
+            ForKey::Bucket(l) => (Some(l), None),
+            ForKey::Own(o) => (Some(&o.spec), Some(o)),
+            ForKey::Unlimited => (None, None),
             ForKey::Deny => {
                 return Verdict::Denied {
                     at: i,
                     key_fp: Fingerprint::of(key(i)),
                 }
             }
-        });
+        };
+        subject.push(l);
+        own.push(o);
     }
     if let Some((at, l)) = subject.iter().enumerate().find_map(|(i, l)| {
         l.filter(|l| !l.shadow && cost(i) > l.params.capacity())
@@ -254,16 +264,11 @@ fn decide_overridden(
         |i| key_at(buf, ends, i),
         cost,
     );
-    let own_params = |i: usize| {
-        subject[i]
-            .filter(|l| !std::ptr::eq(*l, charged[i].limit))
-            .map(|l| l.params.clone())
-    };
     if let Some(at) = result.rejected_by {
         return Verdict::Limited {
             at,
             decision: result.decisions[at],
-            params: own_params(at),
+            own: own[at],
             shadow_limited: result.shadow_rejected,
             key_fp: Fingerprint::of(key(at)),
         };
@@ -276,7 +281,7 @@ fn decide_overridden(
             .map(|i| Fingerprint::of(key(i))),
         decisions: result.decisions,
         report,
-        params: report.and_then(own_params),
+        own: report.and_then(|i| own[i]),
         shadow_limited: result.shadow_rejected,
     }
 }
@@ -485,11 +490,11 @@ mod tests {
     /// `narrow` (capacity 2) with overrides: "pro" gets 5, "batch" is unlimited, "leaked"
     /// denied.
     fn with_overrides() -> LimitSpec {
-        use crate::limit::overrides::{Override, Overrides};
+        use crate::limit::overrides::{Override, Overrides, Own};
         let mut l = spec("narrow", 2, false);
         let pro = l.with_params(BucketParams::new(5, 1.0, 5).expect("params"));
         l.overrides = Overrides::new([
-            ("pro".to_string(), Override::Bucket(Box::new(pro))),
+            ("pro".to_string(), Override::Bucket(Box::new(Own::new(pro)))),
             ("batch".to_string(), Override::Unlimited),
             ("leaked".to_string(), Override::Deny),
         ]);
@@ -515,12 +520,12 @@ mod tests {
         assert_eq!(admitted(&s, &on("plain"), 4), 2);
         match decide(&s, &on("pro"), 1, false) {
             Verdict::Pass {
-                params,
+                own,
                 report,
                 decisions,
                 ..
             } => {
-                assert_eq!(params.map(|p| p.capacity()), Some(5));
+                assert_eq!(own.map(|o| o.spec.params.capacity()), Some(5));
                 assert_eq!(report, Some(0));
                 assert_eq!(decisions[0].remaining, 4);
             }
@@ -528,11 +533,13 @@ mod tests {
         }
         assert_eq!(admitted(&s, &on("pro"), 6), 4);
         match decide(&s, &on("pro"), 1, false) {
-            Verdict::Limited { params, .. } => assert_eq!(params.map(|p| p.capacity()), Some(5)),
+            Verdict::Limited { own, .. } => {
+                assert_eq!(own.map(|o| o.spec.params.capacity()), Some(5))
+            }
             v => panic!("pro's bucket is empty, got {v:?}"),
         }
         match decide(&s, &on("plain"), 1, false) {
-            Verdict::Limited { params, .. } => assert!(params.is_none()),
+            Verdict::Limited { own, .. } => assert!(own.is_none()),
             v => panic!("plain's bucket is empty, got {v:?}"),
         }
         // A cost over the key's own capacity, not the limit's, is too costly.
@@ -564,11 +571,11 @@ mod tests {
             Verdict::Pass {
                 report,
                 decisions,
-                params,
+                own,
                 ..
             } => {
                 assert_eq!(report, Some(0));
-                assert!(params.is_none());
+                assert!(own.is_none());
                 assert_eq!(decisions[1], UNLIMITED);
             }
             v => panic!("batch is unlimited on narrow, got {v:?}"),
