@@ -50,3 +50,5 @@ cargo test -p pingora-core --lib -- --test-threads="${TEST_THREADS:-2}" \
   --skip protocols::l4::stream::tests::test_rx_timestamp
 echo "== pingora-proxy's own tests (the crate is patched in vendor/, see vendor/README.md)"
 cargo test -p pingora-proxy --lib -- --test-threads="${TEST_THREADS:-2}"
+echo "== pingora-timeout's own tests (the crate is patched in vendor/, see vendor/README.md)"
+cargo test -p pingora-timeout --lib -- --test-threads="${TEST_THREADS:-2}"
