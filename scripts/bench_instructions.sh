@@ -24,6 +24,8 @@
 #   INSTR_PLANS=1  "limits on" with plans configured: the API-key limit with 100,000 overrides
 #                  in an overrides file (the benchmark's key among them) and a daily quota
 #                  with overrides in place of the per-IP limit; the target is the same
+#   INSTR_BARE=1   also measure examples/bare_proxy.rs (pingora with nothing of tollgate, the
+#                  floor of scripts/bench.sh) the same way: informational, no target
 #   INSTR_FEATURES=1  "limits on" with metering too: a concurrency limit, a limit charged by
 #                  the response's x-usage-tokens and refund_statuses on the route (both
 #                  configurations request /v1/complete?tokens=3); the target is the same
@@ -37,6 +39,7 @@ N=${1:-3000}
 . scripts/lib.sh
 ensure valgrind:valgrind strace:strace cmake:cmake cc:build-essential
 cargo build --release --bins
+if [ "${INSTR_BARE:-0}" = 1 ]; then cargo build --release --example bare_proxy; fi
 DIR=$(mktemp -d /tmp/tollgate-instr.XXXXXX)
 PIDS=()
 cleanup() {
@@ -52,6 +55,7 @@ import http.client, json, os, re, signal, socket, statistics, subprocess, sys, t
 root, work, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 bindir = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target")), "release")
 tollgate = os.path.join(bindir, "tollgate")
+bare_proxy = os.path.join(bindir, "examples", "bare_proxy")
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -128,10 +132,14 @@ def run(name, limits, requests, tool):
                f"--callgrind-out-file={out}", *extra]
     else:
         cmd = ["strace", "-f", "-c", "-o", out]
-    p = subprocess.Popen([*cmd, tollgate, "run", "-c", path], stdout=log, stderr=log,
+    # The bare proxy: one worker thread, in front of the same upstream.
+    program = ([bare_proxy, f"127.0.0.1:{port}", up_addr, "1"] if name == "bare"
+               else [tollgate, "run", "-c", path])
+    p = subprocess.Popen([*cmd, *program], stdout=log, stderr=log,
                          env=dict(os.environ, TOLLGATE_LOG="warn"))
     wait_port(port, 120)
-    wait_port(admin, 120)
+    if name != "bare":
+        wait_port(admin, 120)
     cons = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(10)]
 
     def send(c):
@@ -192,9 +200,14 @@ def timer_share(out):
             total += int(line.split()[0].replace(",", ""))
     return total
 
+def label(name):
+    return "bare pingora" if name == "bare" else f"limits {name:3}"
+
 only = os.environ.get("INSTR_ONLY")
-configs = [(name, limits) for name, limits in (("on", ["per-api-key", "per-ip"]), ("off", []))
-           if not only or name == only]
+measured = [("on", ["per-api-key", "per-ip"]), ("off", [])]
+if os.environ.get("INSTR_BARE") == "1":
+    measured.append(("bare", []))
+configs = [(name, limits) for name, limits in measured if not only or name == only]
 rounds = max(1, int(os.environ.get("INSTR_ROUNDS", "3")))
 idle = {}
 per_round = {name: [] for name, _ in configs}
@@ -203,7 +216,7 @@ calls = {}
 for name, limits in configs:
     idle_out = run(name, limits, 0, "callgrind")
     idle[name] = (instructions(idle_out), timer_share(idle_out))
-    print(f"limits {name:3}: idle {idle[name][0]:>14,} instr")
+    print(f"{label(name)}: idle {idle[name][0]:>14,} instr")
 for r in range(rounds):
     # Alternating order, so that neither configuration always runs first.
     for name, limits in (configs if r % 2 == 0 else configs[::-1]):
@@ -213,21 +226,24 @@ for r in range(rounds):
         timers = (timer_share(out) - idle[name][1]) / n
         per_round[name].append(per_request)
         per_round_steady[name].append(per_request - timers)
-        print(f"round {r + 1} limits {name:3}: {n} requests {busy:>14,} instr -> {per_request:>10,.0f} instr/request"
+        print(f"round {r + 1} {label(name)}: {n} requests {busy:>14,} instr -> {per_request:>10,.0f} instr/request"
               f"  (of which pingora's timer wheel {timers:,.0f})")
 # strace is installed above, like valgrind.
 for name, limits in configs:
     c_idle = syscalls(run(name, limits, 0, "strace"))
     c_busy = syscalls(run(name, limits, n, "strace"))
     calls[name] = (c_busy - c_idle) / n
-    print(f"limits {name:3}: {calls[name]:.2f} system calls/request (strace -c, {c_busy - c_idle} over {n} requests)")
+    print(f"{label(name)}: {calls[name]:.2f} system calls/request (strace -c, {c_busy - c_idle} over {n} requests)")
 up.kill()
 results = {name: statistics.median(v) for name, v in per_round.items()}
 # The same without pingora's timer wheel, whose share follows the wall-clock time a run takes
 # under callgrind rather than the requests: the steadier figure for comparing two changes.
 steady = {name: statistics.median(v) for name, v in per_round_steady.items()}
 for name, v in results.items():
-    print(f"limits {name:3}: median {v:,.0f} instr/request over {len(per_round[name])} runs")
+    print(f"{label(name)}: median {v:,.0f} instr/request over {len(per_round[name])} runs")
+if "bare" in results and "off" in results:
+    print(f"bare pingora: {results['bare']:,.0f} instr/request; tollgate with limits off adds "
+          f"{results['off'] - results['bare']:,.0f} ({results['off'] / results['bare']:.3f} x)")
 if only:
     raise SystemExit(0)
 ratio = results["on"] / results["off"]
