@@ -8,7 +8,7 @@ use crate::config::{LimitId, Route, RouteId};
 use crate::limit::bucket::{BucketParams, Decision};
 use crate::limit::store::Small;
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
-use crate::request::key::{Fingerprint, KeyError, RequestView};
+use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
@@ -345,7 +345,7 @@ pub(super) fn settle(
     let (m, rm) = (&node.metrics, rt.request_metrics(&node.metrics));
     let kept = &mut out.kept;
     for rc in &route.response_costs {
-        let reported = resp.headers.get(&rc.header).and_then(response_cost);
+        let reported = key::first_value(&resp.headers, &rc.header).and_then(response_cost);
         let li = route.limits[rc.at];
         // Not charged there: an unlimited key, or a shadow limit that could not pay.
         let Some(paid) = kept.paid.iter_mut().find(|p| p.at as usize == rc.at) else {

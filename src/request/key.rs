@@ -11,7 +11,7 @@
 //! read the other copy than the limiter did.
 
 use crate::config::KeySource;
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -164,9 +164,19 @@ pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Ke
     single(values).map_err(|()| KeyError::DuplicateQuery(name.to_string()))
 }
 
-/// The most fields a request's map is read by a walk through them rather than by a lookup
-/// (which hashes the name byte by byte): a request carries a handful.
+/// The most fields a message's map is read by a walk through them rather than by a lookup
+/// (which hashes the name byte by byte): a request or an API's response carries a handful.
 const WALK_UP_TO: usize = 16;
+
+/// The first value of field `name` in `headers`, as [`HeaderMap::get`] finds it: by a walk
+/// through the fields when there are few (see [`WALK_UP_TO`]), else by the lookup.
+pub fn first_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    if headers.len() <= WALK_UP_TO {
+        headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    } else {
+        headers.get(name)
+    }
+}
 
 fn header_value<'h>(
     headers: &'h HeaderMap,
@@ -308,7 +318,28 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+
+    #[test]
+    fn first_value_finds_what_the_maps_lookup_finds_with_few_fields_and_many() {
+        let name = HeaderName::from_static("x-usage-tokens");
+        for fields in [0, 3, WALK_UP_TO - 2, WALK_UP_TO + 4] {
+            let mut h = HeaderMap::new();
+            for i in 0..fields {
+                h.append(
+                    HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(),
+                    HeaderValue::from(i),
+                );
+            }
+            assert_eq!(first_value(&h, &name), None);
+            h.append(name.clone(), HeaderValue::from_static("7"));
+            h.append(name.clone(), HeaderValue::from_static("8"));
+            assert_eq!(first_value(&h, &name), h.get(&name), "{fields} fields");
+            assert_eq!(
+                first_value(&h, &name).map(|v| v.as_bytes()),
+                Some(&b"7"[..])
+            );
+        }
+    }
 
     #[test]
     fn long_parts_are_digested_and_cannot_collide_with_literals() {
