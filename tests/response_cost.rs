@@ -306,3 +306,41 @@ fn an_interim_head_leaves_the_settlement_to_the_final_one() {
     assert!(last.contains("ratelimit: \"llm\";r=70;"), "{text}");
     assert_eq!(bucket_remaining(&gw, "interim"), 70, "{}", gw.log());
 }
+
+/// A key with its own bucket (an override) on a response-cost limit: its `RateLimit-Policy`
+/// after settling is the override's, whether the settled limit was the one reported at
+/// admission or becomes the tightest only when settled.
+#[test]
+fn an_overridden_keys_policy_follows_the_settled_limit() {
+    let up = Upstream::start();
+    let config = json!({
+        "upstreams": { "api": { "servers": [up.addr.to_string()] } },
+        "limits": {
+            // Reported at admission for "pro" while the llm budget is larger.
+            "calls": { "capacity": 50, "refill_per_second": 0.001, "key": ["header:x-api-key"] },
+            "llm": { "capacity": 100, "refill_per_second": 0.001, "key": ["header:x-api-key"],
+                     "overrides": { "pro": { "capacity": 400, "refill_per_second": 0.004 } } },
+        },
+        "routes": [
+            { "name": "chat", "match": { "path_prefix": "/v1" }, "upstream": "api",
+              "limits": ["calls", { "limit": "llm", "cost": {
+                  "response_header": "x-usage-tokens", "reserve": 1, "strip": true } }] },
+        ],
+    });
+    let gw = Gateway::builder(config).start();
+    // "plain": llm is the tighter one after settling 60 (40 left against calls' 49).
+    let r = call(&gw, "/v1/complete?tokens=60", "plain");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("ratelimit-policy"), Some("\"llm\";q=100;w=100000"));
+    assert_eq!(remaining(&r), 40);
+    // "pro": at admission calls is the tighter (49 against 399): after settling 370, its own
+    // llm bucket is (30 left), reported with the override's policy.
+    let r = call(&gw, "/v1/complete?tokens=370", "pro");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("ratelimit-policy"), Some("\"llm\";q=400;w=100000"));
+    assert_eq!(remaining(&r), 30);
+    // And when the override's bucket is the tightest already at admission.
+    let r = call(&gw, "/v1/complete?tokens=5", "pro");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"llm\";q=400;w=100000"));
+    assert_eq!(remaining(&r), 25);
+}

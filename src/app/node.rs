@@ -8,6 +8,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, LimitId, UpstreamId};
 use crate::http::upstream::{load_ca, UpstreamPool};
 use crate::limit::bucket::BucketParams;
 use crate::limit::clock::{Clock, OffsetClock};
+use crate::limit::overrides::Own;
 use crate::limit::store::{split_store_key, LimitSpec, Store};
 use crate::shared::status::SyncStatus;
 use arc_swap::ArcSwap;
@@ -155,19 +156,19 @@ impl Runtime {
         }
     }
 
-    /// The `RateLimit-Policy` value of limit `id` for a key with parameters `own` when it is
-    /// not the one built with the config ([`Runtime::policy_value`]): an override's, or a
-    /// monthly quota's. `None` costs the request path no copy.
-    pub fn own_policy_value(
-        &self,
-        id: LimitId,
-        own: Option<&BucketParams>,
-    ) -> Option<http::HeaderValue> {
-        let p = self.policy_params(id, own)?;
-        Some(crate::http::headers::policy_header(
-            &self.limit_spec(id).name,
-            p,
-        ))
+    /// The `RateLimit-Policy` value of limit `id` for a key with its own bucket `own` (an
+    /// override) or the limit's, when it is not the one built with the config
+    /// ([`Runtime::policy_value`]): an override's (kept with it), or a monthly quota's. `None`
+    /// costs the request path no copy.
+    pub fn own_policy_value(&self, id: LimitId, own: Option<&Own>) -> Option<http::HeaderValue> {
+        match own {
+            Some(o) => Some(crate::http::headers::own_policy_header(o)),
+            None => {
+                let l = self.limit_spec(id);
+                (crate::http::headers::fresh_policy(&l.params))
+                    .then(|| crate::http::headers::policy_header(&l.name, &l.params))
+            }
+        }
     }
 
     /// The upstream `id`'s pool.

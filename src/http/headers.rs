@@ -52,34 +52,10 @@ pub fn policy_value(name: &str, p: &BucketParams) -> String {
     format!("\"{name}\";q={};w={w}", p.capacity())
 }
 
-/// The same as a header value, for a key with its own parameters (an override); the
-/// limit's own value is built once per config. A name that is not a valid header value gives
-/// an empty value. Each thread keeps the last value it built and hands it out again (a
-/// reference count, no copy) for the same limit and parameters: a client of a plan sends many
-/// requests in a row. A monthly quota's value is always built (its `w` changes).
+/// [`policy_value`] as a header value (an empty value for a name that is not a valid header
+/// value). The limits' own values are built once per config, an override's once and kept with
+/// it ([`own_policy_header`]): only a monthly quota's is built per response.
 pub fn policy_header(name: &str, p: &BucketParams) -> HeaderValue {
-    let build = || built_policy_header(name, p);
-    if fresh_policy(p) {
-        return build();
-    }
-    LAST_POLICY.with(|cell| {
-        let Ok(mut last) = cell.try_borrow_mut() else {
-            return build();
-        };
-        if let Some((n, params, v)) = last.as_ref() {
-            if params == p && n == name {
-                return v.clone();
-            }
-        }
-        let v = build();
-        *last = Some((name.to_owned(), p.clone(), v.clone()));
-        v
-    })
-}
-
-/// [`policy_value`] as a header value, built (an empty value for a name that is not a valid
-/// header value).
-fn built_policy_header(name: &str, p: &BucketParams) -> HeaderValue {
     HeaderValue::from_str(&policy_value(name, p)).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -89,17 +65,9 @@ fn built_policy_header(name: &str, p: &BucketParams) -> HeaderValue {
 pub fn own_policy_header(own: &Own) -> HeaderValue {
     let (name, p) = (&own.spec.name, &own.spec.params);
     if fresh_policy(p) {
-        return built_policy_header(name, p);
+        return policy_header(name, p);
     }
-    own.policy
-        .get_or_init(|| built_policy_header(name, p))
-        .clone()
-}
-
-thread_local! {
-    /// The last override's `RateLimit-Policy` this thread built: (limit, parameters, value).
-    static LAST_POLICY: std::cell::RefCell<Option<(String, BucketParams, HeaderValue)>> =
-        const { std::cell::RefCell::new(None) };
+    own.policy.get_or_init(|| policy_header(name, p)).clone()
 }
 
 /// Whether a limit's `RateLimit-Policy` changes over time (a monthly quota's `w`), so that

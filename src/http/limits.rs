@@ -6,6 +6,7 @@
 use crate::app::node::{Node, Runtime};
 use crate::config::{LimitId, Route, RouteId};
 use crate::limit::bucket::{BucketParams, Decision};
+use crate::limit::overrides::ForKey;
 use crate::limit::store::Small;
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
@@ -121,7 +122,9 @@ impl Drop for Kept {
 pub(super) struct Unsettled {
     decisions: Small<Decision>,
     report: Option<usize>,
-    params: Option<BucketParams>,
+    /// The reported limit's `RateLimit-Policy` when the key has its own bucket there (an
+    /// override).
+    own_policy: Option<HeaderValue>,
 }
 
 /// What the gateway answers itself. Positions are into the route's limits.
@@ -173,14 +176,8 @@ pub(super) fn decide(
             count_consumed(node, rt, route, decisions, cost);
             if route.response_costs.is_empty() {
                 if let Some(i) = report {
-                    let d = &decisions[i];
-                    out.rate = Some(Rate {
-                        policy: match own {
-                            Some(o) => Some(crate::http::headers::own_policy_header(o)),
-                            None => rt.own_policy_value(route.limits[i], None),
-                        },
-                        ..rate(rt, route.limits[i], d, None)
-                    });
+                    let li = route.limits[i];
+                    out.rate = Some(rate(li, &decisions[i], rt.own_policy_value(li, own)));
                 }
             } else {
                 // The response head settles the costs, and the headers are chosen then
@@ -188,7 +185,7 @@ pub(super) fn decide(
                 out.unsettled = Some(Box::new(Unsettled {
                     decisions: std::mem::take(decisions),
                     report,
-                    params: own.map(|o| o.spec.params.clone()),
+                    own_policy: own.map(crate::http::headers::own_policy_header),
                 }));
             }
             out.key_fp = key_fp;
@@ -291,11 +288,11 @@ fn verdict<'r>(
     }
 }
 
-/// What an admitted request's response reports for limit `li`: the policy built once per
-/// config, or the key's own (`params`, an override), and the decision.
-fn rate(rt: &Runtime, li: LimitId, d: &Decision, params: Option<&BucketParams>) -> Rate {
+/// What an admitted request's response reports for limit `li` after decision `d`; `policy`:
+/// its `RateLimit-Policy` when it is not the one built with the config (see [`Rate::policy`]).
+fn rate(li: LimitId, d: &Decision, policy: Option<HeaderValue>) -> Rate {
     Rate {
-        policy: rt.own_policy_value(li, params),
+        policy,
         limit: li,
         remaining: d.remaining,
         full_in_ns: d.full_in_ns,
@@ -381,17 +378,21 @@ pub(super) fn settle(
     else {
         return;
     };
-    // The key's own parameters where it has an override (known for the first report).
-    let own = if Some(i) == un.report {
-        un.params.clone()
+    let li = route.limits[i];
+    // The key's own policy where it has an override (known for the first report).
+    let policy = if Some(i) == un.report {
+        (un.own_policy.take()).or_else(|| rt.own_policy_value(li, None))
     } else {
-        let limit = rt.limit_spec(route.limits[i]);
-        (kept.paid.iter().find(|p| p.at as usize == i))
-            .and_then(|p| limit.spec_at(p.key(&kept.keys)))
-            .filter(|l| !std::ptr::eq(*l, limit))
-            .map(|l| l.params.clone())
+        let limit = rt.limit_spec(li);
+        let own = (kept.paid.iter().find(|p| p.at as usize == i)).and_then(|p| {
+            match limit.for_key(limit.key_of(p.key(&kept.keys))) {
+                ForKey::Own(o) => Some(o),
+                _ => None,
+            }
+        });
+        rt.own_policy_value(li, own)
     };
-    out.rate = Some(rate(rt, route.limits[i], &un.decisions[i], own.as_ref()));
+    out.rate = Some(rate(li, &un.decisions[i], policy));
 }
 
 /// The response headers of route `route`'s response costs that the client must not see.
