@@ -214,8 +214,8 @@ impl HttpSession {
     }
 
     /// Field lines (`name: value\r\n` each, valid as they are: nothing checks them) to write
-    /// after the fields of the next final response head this session writes; an informational
-    /// head leaves them for the final one. For an application that adds fields it builds
+    /// after the fields of the next final response head this session writes (`101 Switching
+    /// Protocols` included); an informational head leaves them for the final one. For an application that adds fields it builds
     /// itself to most responses: lines written as they are skip the header map, where each
     /// added field hashes its name and probes the map. The response kept as written
     /// ([`Self::response_written`]) does not have them. Replaces lines set before and not yet
@@ -927,7 +927,8 @@ impl HttpSession {
 
         // Serialize header to bytes
         let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        let extra = if header.status.is_informational() {
+        // A final head takes the lines; `101 Switching Protocols` is one (as above).
+        let extra = if header.status.is_informational() && header.status != 101 {
             None
         } else {
             self.extra_response_fields.take()
@@ -2736,6 +2737,22 @@ mod tests_stream {
             .unwrap();
         let written = http_stream.response_written().unwrap();
         assert_eq!(written.headers.len(), 1);
+        assert!(http_stream.extra_response_fields.is_none());
+    }
+
+    #[tokio::test]
+    async fn extra_response_fields_go_with_a_101() {
+        let read_wire = b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let write_expected = b"HTTP/1.1 101 Switching Protocols\r\nx-one: 1\r\n\r\n";
+        let mock_io = Builder::new().read(read_wire).write(write_expected).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.set_extra_response_fields(Bytes::from_static(b"x-one: 1\r\n"));
+        let response = ResponseHeader::build(StatusCode::SWITCHING_PROTOCOLS, None).unwrap();
+        http_stream
+            .write_response_header(Box::new(response))
+            .await
+            .unwrap();
         assert!(http_stream.extra_response_fields.is_none());
     }
 
