@@ -97,8 +97,8 @@ pub(super) fn rate_fields(
 /// [`ratelimit_header`] makes it (empty for a limit name that is no valid header value).
 ///
 /// Each thread keeps the last lines it built and hands them out again (a reference count, no
-/// copy) for the same policy value (the same allocation: the config's, or an override's from
-/// its own per-thread cache; the lines keep it alive, so no other value can take its address),
+/// copy) for the same policy value (the same allocation: the config's, or the one kept with an
+/// override; the lines keep it alive, so no other value can take its address),
 /// `r`, `t` and case. They stay the same for every client well under its limit: its bucket is
 /// full or nearly so after each request.
 fn rate_limit_lines(policy: &HeaderValue, name: &str, d: &Decision, preserve: bool) -> Bytes {

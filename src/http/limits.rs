@@ -6,7 +6,6 @@
 use crate::app::node::{Node, Runtime};
 use crate::config::{LimitId, Route, RouteId};
 use crate::limit::bucket::{BucketParams, Decision};
-use crate::limit::overrides::ForKey;
 use crate::limit::store::Small;
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
@@ -121,10 +120,6 @@ impl Drop for Kept {
 /// settles them.
 pub(super) struct Unsettled {
     decisions: Small<Decision>,
-    report: Option<usize>,
-    /// The reported limit's `RateLimit-Policy` when the key has its own bucket there (an
-    /// override).
-    own_policy: Option<HeaderValue>,
 }
 
 /// What the gateway answers itself. Positions are into the route's limits.
@@ -184,8 +179,6 @@ pub(super) fn decide(
                 // ([`settle`]): a request that gets no response head reports none.
                 out.unsettled = Some(Box::new(Unsettled {
                     decisions: std::mem::take(decisions),
-                    report,
-                    own_policy: own.map(crate::http::headers::own_policy_header),
                 }));
             }
             out.key_fp = key_fp;
@@ -378,21 +371,12 @@ pub(super) fn settle(
     else {
         return;
     };
-    let li = route.limits[i];
-    // The key's own policy where it has an override (known for the first report).
-    let policy = if Some(i) == un.report {
-        (un.own_policy.take()).or_else(|| rt.own_policy_value(li, None))
-    } else {
-        let limit = rt.limit_spec(li);
-        let own = (kept.paid.iter().find(|p| p.at as usize == i)).and_then(|p| {
-            match limit.for_key(limit.key_of(p.key(&kept.keys))) {
-                ForKey::Own(o) => Some(o),
-                _ => None,
-            }
-        });
-        rt.own_policy_value(li, own)
-    };
-    out.rate = Some(rate(li, &un.decisions[i], policy));
+    let (li, d) = (route.limits[i], &un.decisions[i]);
+    // The key's own bucket there, if it has one (an override): its policy is reported.
+    let limit = rt.limit_spec(li);
+    let own = (kept.paid.iter().find(|p| p.at as usize == i))
+        .and_then(|p| limit.for_key(limit.key_of(p.key(&kept.keys))).own());
+    out.rate = Some(rate(li, d, rt.own_policy_value(li, own)));
 }
 
 /// The response headers of route `route`'s response costs that the client must not see.

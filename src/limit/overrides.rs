@@ -106,6 +106,14 @@ impl<'a> ForKey<'a> {
             ForKey::Unlimited | ForKey::Deny => None,
         }
     }
+
+    /// The key's own bucket, if it has one (an override).
+    pub fn own(self) -> Option<&'a Own> {
+        match self {
+            ForKey::Own(o) => Some(o),
+            ForKey::Bucket(_) | ForKey::Unlimited | ForKey::Deny => None,
+        }
+    }
 }
 
 impl Overrides {

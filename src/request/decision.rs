@@ -232,27 +232,22 @@ fn decide_overridden<'a>(
     ends: &[usize],
 ) -> Verdict<'a> {
     let key = |i: usize| charged[i].limit.key_of(key_at(buf, ends, i));
-    // The limit as each key is subject to it: `None` for an unlimited key (not charged); and
-    // the key's own bucket, when it has one.
-    let mut subject: SmallVec<[Option<&LimitSpec>; 4]> = SmallVec::new();
-    let mut own: SmallVec<[Option<&'a Own>; 4]> = SmallVec::new();
+    // What each key is subject to, looked up once: its limit, its own bucket (an override)
+    // or nothing (an unlimited key: not charged); a denied key is refused here.
+    let mut subject: SmallVec<[ForKey<'a>; 4]> = SmallVec::new();
     for (i, c) in charged.iter().enumerate() {
-        let (l, o) = match c.limit.for_key(key(i)) {
-            ForKey::Bucket(l) => (Some(l), None),
-            ForKey::Own(o) => (Some(&o.spec), Some(o)),
-            ForKey::Unlimited => (None, None),
-            ForKey::Deny => {
-                return Verdict::Denied {
-                    at: i,
-                    key_fp: Fingerprint::of(key(i)),
-                }
-            }
-        };
-        subject.push(l);
-        own.push(o);
+        let for_key = c.limit.for_key(key(i));
+        if let ForKey::Deny = for_key {
+            return Verdict::Denied {
+                at: i,
+                key_fp: Fingerprint::of(key(i)),
+            };
+        }
+        subject.push(for_key);
     }
-    if let Some((at, l)) = subject.iter().enumerate().find_map(|(i, l)| {
-        l.filter(|l| !l.shadow && cost(i) > l.params.capacity())
+    if let Some((at, l)) = subject.iter().enumerate().find_map(|(i, f)| {
+        (f.bucket())
+            .filter(|l| !l.shadow && cost(i) > l.params.capacity())
             .map(|l| (i, l))
     }) {
         let capacity = l.params.capacity();
@@ -260,7 +255,7 @@ fn decide_overridden<'a>(
     }
     let result = store.charge_prefixed(
         charged.len(),
-        |i| subject[i],
+        |i| subject[i].bucket(),
         |i| key_at(buf, ends, i),
         cost,
     );
@@ -268,20 +263,20 @@ fn decide_overridden<'a>(
         return Verdict::Limited {
             at,
             decision: result.decisions[at],
-            own: own[at],
+            own: subject[at].own(),
             shadow_limited: result.shadow_rejected,
             key_fp: Fingerprint::of(key(at)),
         };
     }
     // An unlimited key is never the one to report.
-    let report = most_restrictive(&result.decisions).filter(|&i| subject[i].is_some());
+    let report = most_restrictive(&result.decisions).filter(|&i| subject[i].bucket().is_some());
     Verdict::Pass {
         key_fp: report
             .filter(|_| fingerprint)
             .map(|i| Fingerprint::of(key(i))),
         decisions: result.decisions,
         report,
-        own: report.and_then(|i| own[i]),
+        own: report.and_then(|i| subject[i].own()),
         shadow_limited: result.shadow_rejected,
     }
 }
