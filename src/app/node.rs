@@ -163,11 +163,8 @@ impl Runtime {
     pub fn own_policy_value(&self, id: LimitId, own: Option<&Own>) -> Option<http::HeaderValue> {
         match own {
             Some(o) => Some(crate::http::headers::own_policy_header(o)),
-            None => {
-                let l = self.limit_spec(id);
-                (crate::http::headers::fresh_policy(&l.params))
-                    .then(|| crate::http::headers::policy_header(&l.name, &l.params))
-            }
+            None => (self.policy_params(id, None))
+                .map(|p| crate::http::headers::policy_header(&self.limit_spec(id).name, p)),
         }
     }
 
