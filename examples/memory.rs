@@ -7,7 +7,7 @@
 //! for every request, and reads the resident set size (`/proc/self/statm`) before and after:
 //! bytes per bucket = RSS growth / N, with the global allocator the gateway ships with
 //! (mimalloc, set by the library). It also reports the growth of what glibc malloc has handed
-//! out (`mallinfo2`), which pages do not round: the buckets' hash tables, which come from the
+//! out (`mallinfo2`), which pages do not round: the buckets' slabs and hash tables, which come from the
 //! system allocator (see `Shard::map`). It then moves the clock on and lets
 //! the proxy's own housekeeping drop the buckets, and counts what remains.
 //!
@@ -15,7 +15,7 @@
 //!   (`Store::evict_idle`), once every bucket is full again.
 //! - `shared-quiet`: a shared store (three live nodes, 100 ms sync interval), light keys (one
 //!   request each) and `redis.quiet_buckets` on, the default: every bucket carries its boxed
-//!   sync state (pace, last sync) and stays quiet, its key listed for the quiet check.
+//!   sync state (pace, last sync) and stays quiet, found by the quiet check's scan.
 //!   Eviction: the sync loop's quiet check (`Store::take_quiet_due`, `round::checks`,
 //!   `round::settle`) with the answer Redis gives for a key no node wrote (an empty hash).
 //! - `shared-synced`: the same store with `redis.quiet_buckets` off, so every bucket is synced
@@ -429,7 +429,7 @@ fn measure(mode: Mode, n: usize) -> bool {
         wait_ns as f64 / 1e9
     );
     println!(
-        "RSS after eviction     {:.1} MiB (the maps keep their capacity; informational)",
+        "RSS after eviction     {:.1} MiB (the slabs and tables keep their capacity; informational)",
         mib(after_evict)
     );
 
@@ -463,22 +463,25 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
     // Entry = Bucket + the boxed sync state (a pointer; None when standalone) + listed and
     // view (a byte each) and the refusal counts (6 bytes), aligned to 16 (i128 fields).
     let entry = (bucket + 8 + 8).div_ceil(16) * 16;
-    // A hashbrown slot holds (StoreKey = Box<str>, Entry): 16-byte fat pointer + entry, plus
-    // one control byte. 64 shards; each grows to the next power of two above len * 8 / 7.
+    // Each shard's slab holds (StoreKey = Box<str>, Entry): a 16-byte fat pointer and the
+    // entry, in blocks of 1,024 written only as buckets come (the rest of the last block is
+    // not resident). Its hash table holds a 4-byte slot number and a control byte per slot,
+    // and grows to the next power of two above len * 8 / 7; every slot of it is written.
     let slot = (16 + entry).div_ceil(16) * 16;
     let per_shard = n.div_ceil(64);
     let shard_buckets = (per_shard * 8).div_ceil(7).next_power_of_two();
-    let table = (64 * shard_buckets * (slot + 1)) as f64 / n as f64;
+    let table = (64 * shard_buckets * (4 + 1)) as f64 / n as f64;
     let key = chunk(avg_key as usize);
     println!("estimated breakdown (per bucket):");
     println!("  size_of Bucket {bucket} (Counters {counters}), Entry ~{entry}");
+    println!("  slab slot (StoreKey, Entry)                                       {slot}");
     println!(
-        "  hash slot (StoreKey, Entry) {slot} + 1 control byte; {shard_buckets} slots per shard x 64 \
+        "  table: 4-byte slot number + 1 control byte; {shard_buckets} per shard x 64 \
          for {per_shard} entries/shard (load {:.2})   {table:.0}",
         per_shard as f64 / shard_buckets as f64
     );
     println!("  store key, heap                                                   {key}");
-    let mut total = table + key as f64;
+    let mut total = slot as f64 + table + key as f64;
     if mode.shared() {
         // SyncState = last sync (i64) + Pace + own credit, a concurrency limit's cap and its
         // count of the other nodes (u64 each), aligned to 16.
@@ -491,22 +494,14 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
     }
     match mode {
         Mode::Standalone => {}
-        Mode::SharedQuiet => {
-            // The quiet list of each shard: a StoreKey (16 bytes) per key in a Vec that grows
-            // by doubling, and its own copy of the key.
-            let cap = per_shard.next_power_of_two().max(4);
-            let list = 16.0 * cap as f64 / per_shard as f64;
-            println!(
-                "  quiet list: StoreKey in a Vec (capacity {cap} for {per_shard}) {list:.0} + key copy {key}"
-            );
-            total += list + key as f64;
-        }
+        // A quiet bucket is on no list: the quiet check scans the slab.
+        Mode::SharedQuiet => {}
         Mode::SharedSynced => {
-            // Pace::prev: every node's demand at the last read, one boxed slice of
-            // (node id: u64, Demand: three u64) per node.
-            let demands = chunk(NODES.len() * (8 + 24));
+            // Pace::prev: every node's demand at the last read and when it was, a box of
+            // (boxed slice, i64) and the slice of (node id: u64, Demand: three u64) per node.
+            let demands = chunk(NODES.len() * (8 + 24)) + chunk(24);
             println!(
-                "  pace's demand list ((id, Demand) x {} nodes, one allocation)            {demands}",
+                "  pace's last reading (a box, and (id, Demand) x {} nodes)                {demands}",
                 NODES.len()
             );
             total += demands as f64;

@@ -23,6 +23,7 @@ pub mod store_entry;
 pub mod store_key;
 pub mod store_quiet;
 pub mod store_reset;
+mod store_slab;
 pub mod store_slots;
 pub mod store_sweep;
 pub mod store_sync;

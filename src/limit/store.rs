@@ -11,6 +11,7 @@ use super::store_entry::{
     bucket_entry, get_hashed, guard_for, is_quiet, lock, Entry, Listed, Shard, View,
 };
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
+use super::store_slab::Entries;
 use crate::limit::bucket::{Bucket, Decision};
 use crate::limit::clock::Clock;
 pub use crate::limit::overrides::LimitSpec;
@@ -90,6 +91,8 @@ pub struct Store {
     pub(super) overflows: AtomicU64,
     /// Light buckets may stay quiet (see [`crate::limit::store_quiet`]).
     pub(super) quiet: AtomicBool,
+    /// The shard the quiet check scans next.
+    pub(super) quiet_cursor: AtomicUsize,
     /// Called when a bucket new to this node is listed for a sync: the sync loop then runs a
     /// round at once instead of at its next tick (see [`Store::set_waker`]).
     pub(super) waker: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
@@ -113,9 +116,8 @@ impl Store {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    map: hashbrown::HashMap::with_hasher_in(hasher.clone(), std::alloc::System),
+                    map: Entries::new(hasher.clone()),
                     dirty: Vec::new(),
-                    quiet: Vec::new(),
                 })
             })
             .collect();
@@ -133,6 +135,7 @@ impl Store {
             sync_interval_ns: AtomicI64::new(100_000_000),
             overflows: AtomicU64::new(0),
             quiet: AtomicBool::new(true),
+            quiet_cursor: AtomicUsize::new(0),
             waker: std::sync::OnceLock::new(),
         }
     }

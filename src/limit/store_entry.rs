@@ -5,7 +5,7 @@
 use super::bucket::{Bucket, BucketParams, Decision, UNITS_PER_TOKEN};
 use super::pacing::Pace;
 use super::store_key::StoreKey;
-use hashbrown::hash_map::RawEntryMut;
+use super::store_slab::Entries;
 use parking_lot::{Mutex, MutexGuard};
 
 /// A bucket and its sync state.
@@ -106,21 +106,20 @@ pub(super) struct SyncState {
 }
 
 pub(super) struct Shard {
-    /// aHash: keys are client-chosen, so a keyed hash (random per process), and faster than
-    /// SipHash on short keys. One hash per request picks the shard and probes its map.
+    /// The shard's buckets by store key (see [`super::store_slab`]). aHash: keys are
+    /// client-chosen, so a keyed hash (random per process), and faster than SipHash on short
+    /// keys. One hash per request picks the shard and probes its table.
     ///
-    /// The table comes from the system allocator, whatever the global allocator is: it is one
-    /// large block per shard that doubles as buckets come, and glibc maps such a block from the
-    /// system and hands it back the moment it is freed, where a general-purpose allocator such
-    /// as mimalloc keeps the freed half-size table for reuse (over 50 bytes per bucket more at
-    /// a million buckets, `scripts/memory.sh`). So memory per bucket does not depend on the
-    /// allocator the binary ships with.
-    pub(super) map: hashbrown::HashMap<StoreKey, Entry, ahash::RandomState, std::alloc::System>,
-    /// Keys whose entry turned dirty, each listed once until drained.
+    /// Its blocks come from the system allocator, whatever the global allocator is: they are
+    /// a few large blocks per shard that grow as buckets come, and glibc maps such a block
+    /// from the system and hands it back the moment it is freed, where a general-purpose
+    /// allocator such as mimalloc keeps the freed half-size block for reuse (over 50 bytes
+    /// per bucket more at a million buckets, `scripts/memory.sh`). So memory per bucket does
+    /// not depend on the allocator the binary ships with.
+    pub(super) map: Entries<Entry>,
+    /// Keys whose entry turned dirty, each listed once until drained. (Quiet buckets are on
+    /// no list: the quiet check scans the slab for them, see [`crate::limit::store_quiet`].)
     pub(super) dirty: Vec<StoreKey>,
-    /// Keys whose entry turned quiet, oldest first, each listed once (see
-    /// [`crate::limit::store_quiet`]).
-    pub(super) quiet: Vec<StoreKey>,
 }
 
 impl Shard {
@@ -161,68 +160,54 @@ pub(super) fn bucket_entry<'s>(
     now: i64,
     (cap, shared): (usize, bool),
 ) -> Option<&'s mut Entry> {
-    let len = shard.map.len();
-    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
-        RawEntryMut::Occupied(o) => Some(o.into_mut()),
-        RawEntryMut::Vacant(_) if len >= cap => None,
-        RawEntryMut::Vacant(v) => Some(new_entry(v, hash, key, p, now, shared)),
-    }
+    shard
+        .map
+        .get_or_insert_hashed(hash, key, cap, || new_entry(p, now, shared))
 }
 
-/// Inserts a new bucket's entry: out of line, so that finding an existing one (nearly every
-/// request) is inlined into the charge.
+/// A new bucket's entry: out of line, so that finding an existing one (nearly every request)
+/// is inlined into the charge.
 #[cold]
 #[inline(never)]
-fn new_entry<'s>(
-    v: hashbrown::hash_map::RawVacantEntryMut<
-        's,
-        StoreKey,
-        Entry,
-        ahash::RandomState,
-        std::alloc::System,
-    >,
-    hash: u64,
-    key: &str,
-    p: &BucketParams,
-    now: i64,
-    shared: bool,
-) -> &'s mut Entry {
-    v.insert_hashed_nocheck(
-        hash,
-        key.into(),
-        Entry {
-            bucket: Bucket::new(p, now),
-            listed: None,
-            view: View::New,
-            refused: Refusals::default(),
-            sync: shared.then(|| {
-                Box::new(SyncState {
-                    synced_ns: now,
-                    pace: Pace::default(),
-                    own_credit: 0,
-                    slot_cap: NO_CAP,
-                    slot_others: 0,
-                })
-            }),
-        },
-    )
-    .1
+fn new_entry(p: &BucketParams, now: i64, shared: bool) -> Entry {
+    Entry {
+        bucket: Bucket::new(p, now),
+        listed: None,
+        view: View::New,
+        refused: Refusals::default(),
+        sync: shared.then(|| {
+            Box::new(SyncState {
+                synced_ns: now,
+                pace: Pace::default(),
+                own_credit: 0,
+                slot_cap: NO_CAP,
+                slot_others: 0,
+            })
+        }),
+    }
 }
 
 pub(super) fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut Entry> {
-    match shard.map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
-        RawEntryMut::Occupied(o) => Some(o.into_mut()),
-        RawEntryMut::Vacant(_) => None,
-    }
+    shard.map.get_hashed_mut(hash, key)
 }
 
-/// Which list a changed bucket is on.
+/// Where a changed bucket stands: on the list of the next sync, or quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Listed {
     /// Listed for the next sync.
     Dirty,
-    /// Quiet (see [`super::store_quiet`]).
+    /// Quiet (see [`super::store_quiet`]): found by the quiet check's scan.
     Quiet,
+    /// Quiet, and being checked against the shared store (handed out by
+    /// [`super::store::Store::take_quiet_due`], not yet settled): not handed out again.
+    Checking,
+}
+
+impl Listed {
+    /// Quiet, checked or not.
+    pub(super) fn quiet(listed: Option<Listed>) -> bool {
+        matches!(listed, Some(Listed::Quiet | Listed::Checking))
+    }
 }
 
 impl Entry {
@@ -264,7 +249,9 @@ impl Entry {
     #[inline(always)]
     pub(super) fn note_change(&mut self, quiet: bool) -> Option<Listed> {
         let list = match (self.listed, quiet) {
-            (Some(Listed::Dirty), _) | (Some(Listed::Quiet), true) => return None,
+            (Some(Listed::Dirty), _) | (Some(Listed::Quiet | Listed::Checking), true) => {
+                return None
+            }
             (_, true) => Listed::Quiet,
             (_, false) => Listed::Dirty,
         };
@@ -274,12 +261,12 @@ impl Entry {
 }
 
 impl Shard {
-    /// Puts `key` on `list` (see [`Entry::note_change`]).
+    /// Puts `key` on the list its entry joined (see [`Entry::note_change`]): the dirty one;
+    /// a quiet bucket is on none.
     #[inline(always)]
     pub(super) fn list(&mut self, list: Listed, key: &str) {
-        match list {
-            Listed::Dirty => self.dirty.push(key.into()),
-            Listed::Quiet => self.quiet.push(key.into()),
+        if list == Listed::Dirty {
+            self.dirty.push(key.into());
         }
     }
 }
@@ -310,3 +297,5 @@ pub(super) fn is_quiet(
 
 // The refusal counts live in what would otherwise be padding.
 const _: () = assert!(std::mem::size_of::<Entry>() <= 80);
+// A shared bucket's sync state fits the allocator's 96-byte size class.
+const _: () = assert!(std::mem::size_of::<SyncState>() <= 96);

@@ -76,7 +76,7 @@ fn forgettable(e: &Entry, p: &BucketParams, now: i64, live: u32) -> bool {
         .saturating_mul(UNITS_PER_TOKEN)
         .saturating_mul(i128::from(live.max(1)));
     let refilled = i128::from(p.rate_q()).saturating_mul(i128::from(age));
-    e.listed == Some(Listed::Quiet)
+    Listed::quiet(e.listed)
         && e.view == View::New
         && age >= QUIET_MIN_AGE_NS
         && e.bucket.is_full(p, now)
@@ -101,39 +101,33 @@ pub enum Stored {
     Unknown,
 }
 
-/// What became of one quiet bucket examined by [`Store::take_quiet_due`].
+/// Slots of the slab the quiet check looks at in one call at most (whole shards, at least
+/// one): at 100 ms a round, a million buckets are looked at every 1.6 s.
+pub const QUIET_SCAN_PER_ROUND: usize = 65_536;
+
+/// What becomes of one quiet bucket examined by [`Store::take_quiet_due`].
 enum Due {
-    /// No longer quiet, or gone: off the list.
-    Off,
-    /// Too young to look at; so is everything listed after it.
-    Young,
+    /// Not forgettable yet (or too young to look at): stays quiet.
+    Later,
     /// To ask the shared store about.
     Check,
     /// Listed for a sync.
     Sync,
-    /// Not forgettable yet: listed again, at the back.
-    Later,
 }
 
-fn examine(shard: &mut Shard, key: &str, p: Option<BucketParams>, now: i64, live: u32) -> Due {
-    let Some(e) = shard.map.get(key) else {
-        return Due::Off;
+fn examine(e: &Entry, p: impl FnOnce() -> Option<BucketParams>, now: i64, live: u32) -> Due {
+    let Some(sync) = e.sync.as_ref() else {
+        return Due::Later;
     };
-    let (Some(p), Some(sync)) = (p, e.sync.as_ref()) else {
-        return Due::Off;
-    };
-    if e.listed != Some(Listed::Quiet) {
-        return Due::Off;
-    }
     let age = now.saturating_sub(sync.synced_ns);
     if age < QUIET_MIN_AGE_NS {
-        Due::Young
-    } else if age > QUIET_MAX_AGE_NS {
-        Due::Sync
-    } else if forgettable(e, &p, now, live) {
-        Due::Check
-    } else {
-        Due::Later
+        return Due::Later;
+    }
+    match p() {
+        None => Due::Later,
+        Some(_) if age > QUIET_MAX_AGE_NS => Due::Sync,
+        Some(p) if forgettable(e, &p, now, live) => Due::Check,
+        Some(_) => Due::Later,
     }
 }
 
@@ -149,6 +143,11 @@ impl Store {
     /// [`Store::settle_quiet`] (or [`Store::relist_quiet`] when it could not ask). Quiet
     /// buckets too old to stay quiet are listed for the next sync instead. `params_of` gives
     /// a bucket's parameters by its store key (a key may have its own: an override).
+    ///
+    /// Quiet buckets are on no list (a list of their keys cost a copy of each key): each call
+    /// scans the slabs of whole shards, from the one after the last it finished, until it has
+    /// `max` buckets or has looked at [`QUIET_SCAN_PER_ROUND`] slots. A bucket handed out is
+    /// not handed out again until it is settled or relisted.
     pub fn take_quiet_due(
         &self,
         params_of: impl Fn(&str) -> Option<BucketParams>,
@@ -156,35 +155,38 @@ impl Store {
     ) -> Vec<StoreKey> {
         let now = self.clock.now_ns();
         let live = self.live_nodes.load(Ordering::Relaxed);
+        let n = self.shards.len();
         let mut out = Vec::new();
-        for s in self.shards.iter() {
-            let mut shard = lock(s);
-            if shard.quiet.is_empty() {
-                continue;
+        let mut scanned = 0;
+        for _ in 0..n {
+            if out.len() >= max || scanned >= QUIET_SCAN_PER_ROUND {
+                break;
             }
-            let listed = std::mem::take(&mut shard.quiet);
-            let (mut kept, mut later) = (Vec::with_capacity(listed.len()), Vec::new());
-            let mut young = false;
-            for k in listed {
-                if young || out.len() >= max {
-                    kept.push(k);
+            let at = self.quiet_cursor.load(Ordering::Relaxed) % n;
+            let mut shard = lock(&self.shards[at]);
+            let Shard { map, dirty } = &mut *shard;
+            scanned += map.len();
+            for (k, e) in map.iter_mut() {
+                if e.listed != Some(Listed::Quiet) {
                     continue;
                 }
-                let p = params_of(&k);
-                match examine(&mut shard, &k, p, now, live) {
-                    Due::Off => {}
-                    Due::Young => {
-                        young = true;
-                        kept.push(k);
+                if out.len() >= max {
+                    // The rest of this shard comes first next time.
+                    return out;
+                }
+                match examine(e, || params_of(k), now, live) {
+                    Due::Later => {}
+                    Due::Check => {
+                        e.listed = Some(Listed::Checking);
+                        out.push(k.clone());
                     }
-                    Due::Check => out.push(k),
-                    Due::Sync => shard.mark_dirty(&k),
-                    Due::Later => later.push(k),
+                    Due::Sync => {
+                        e.listed = Some(Listed::Dirty);
+                        dirty.push(k.clone());
+                    }
                 }
             }
-            kept.append(&mut later);
-            // Keys quieted meanwhile cannot exist (the lock is held): the list is `kept`.
-            shard.quiet = kept;
+            self.quiet_cursor.store(at + 1, Ordering::Relaxed);
         }
         out
     }
@@ -205,8 +207,8 @@ impl Store {
         let live = self.live_nodes.load(Ordering::Relaxed);
         let p = params_of(store_key)?;
         let mut shard = lock(&self.shards[self.shard_of(store_key)]);
-        let e = shard.map.get(store_key)?;
-        if e.listed != Some(Listed::Quiet) {
+        let e = shard.map.get_mut(store_key)?;
+        if e.listed != Some(Listed::Checking) {
             return None;
         }
         let pressed = match stored {
@@ -238,21 +240,19 @@ impl Store {
             shard.map.remove(store_key);
             Some(true)
         } else {
-            shard.quiet.push(store_key.into());
+            e.listed = Some(Listed::Quiet);
             None
         }
     }
 
-    /// Lists again quiet buckets whose check got no answer.
+    /// Quiet again: buckets whose check got no answer.
     pub fn relist_quiet(&self, keys: impl IntoIterator<Item = StoreKey>) {
         for k in keys {
             let mut shard = lock(&self.shards[self.shard_of(&k)]);
-            if shard
-                .map
-                .get(k.as_str())
-                .is_some_and(|e| e.listed == Some(Listed::Quiet))
-            {
-                shard.quiet.push(k);
+            if let Some(e) = shard.map.get_mut(k.as_str()) {
+                if e.listed == Some(Listed::Checking) {
+                    e.listed = Some(Listed::Quiet);
+                }
             }
         }
     }
@@ -261,13 +261,17 @@ impl Store {
     pub fn wake_quiet(&self) {
         for s in self.shards.iter() {
             let mut shard = lock(s);
-            for k in std::mem::take(&mut shard.quiet) {
-                shard.mark_dirty(&k);
+            let Shard { map, dirty } = &mut *shard;
+            for (k, e) in map.iter_mut() {
+                if Listed::quiet(e.listed) {
+                    e.listed = Some(Listed::Dirty);
+                    dirty.push(k.clone());
+                }
             }
         }
     }
 
-    /// Quiet buckets held (listed or being checked).
+    /// Quiet buckets held (being checked or not).
     pub fn quiet_len(&self) -> usize {
         self.shards
             .iter()
@@ -275,7 +279,7 @@ impl Store {
                 lock(s)
                     .map
                     .values()
-                    .filter(|e| e.listed == Some(Listed::Quiet))
+                    .filter(|e| Listed::quiet(e.listed))
                     .count()
             })
             .sum()
@@ -434,6 +438,49 @@ mod tests {
             ["l:a"],
             "a known bucket syncs on every change"
         );
+    }
+
+    #[test]
+    fn the_quiet_check_hands_out_every_due_bucket_once_a_few_at_a_time_and_no_young_one() {
+        let (clock, store) = shared();
+        let l = limit(5, 1.0, false);
+        let params_of = |_: &str| Some(l.params.clone());
+        let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            take(&store, &l, k, 1);
+        }
+        clock.advance_ns(4 * SEC);
+        // Young: created now, on the same shards as the others.
+        let young: Vec<String> = (0..50).map(|i| format!("y{i}")).collect();
+        for k in &young {
+            take(&store, &l, k, 1);
+        }
+        let mut handed = Vec::new();
+        for _ in 0..1_000 {
+            let due = store.take_quiet_due(params_of, 7);
+            assert!(due.len() <= 7);
+            if due.is_empty() {
+                break;
+            }
+            handed.extend(due.into_iter().map(|k| k.to_string()));
+        }
+        handed.sort();
+        let mut want: Vec<String> = keys.iter().map(|k| format!("l:{k}")).collect();
+        want.sort();
+        assert_eq!(handed, want, "each due bucket once, no young one");
+        assert!(
+            store.take_quiet_due(params_of, 7).is_empty(),
+            "all being checked"
+        );
+        assert_eq!(store.quiet_len(), 350);
+        for k in &handed {
+            assert_eq!(
+                store.settle_quiet(k, &Stored::Absent, params_of),
+                Some(true)
+            );
+        }
+        assert_eq!(store.quiet_len(), 50);
+        assert!(listed(&store).is_empty());
     }
 
     #[test]

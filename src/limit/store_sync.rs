@@ -82,7 +82,7 @@ impl Store {
             let take = shard.dirty.len().min(left);
             let keys: Vec<StoreKey> = shard.dirty.drain(..take).collect();
             for k in keys {
-                if let Some(e) = shard.map.get(&*k) {
+                if let Some(e) = shard.map.get(&k) {
                     out.push(DirtyBucket {
                         store_key: k,
                         own: *e.bucket.own(),
