@@ -8,7 +8,8 @@
 //! - [`window`]: the calendar windows of quotas;
 //! - [`store`]: the sharded in-memory store, all-or-nothing charging, and the bookkeeping the
 //!   sync loop needs (what changed, what to read, what the others hold), and the quiet
-//!   buckets that need no sync (`store_quiet`), and concurrency limits (`store_slots`).
+//!   buckets that need no sync (`store_quiet`), and concurrency limits (`store_slots`); each
+//!   shard's buckets are a slab behind a table of slot numbers (`store_slab`).
 //!
 //! Nothing here does I/O or knows pingora, Redis or tokio: a test drives it with a
 //! [`clock::ManualClock`].

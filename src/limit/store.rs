@@ -65,7 +65,8 @@ pub const EXEMPT: Decision = Decision {
     never: false,
 };
 
-/// Sharded map from `"{limit}:{key}"` to bucket.
+/// Sharded map from `"{limit}:{key}"` to bucket (each shard a slab behind a table of slot
+/// numbers, see `limit::store_slab`).
 pub struct Store {
     pub(super) shards: Box<[Mutex<Shard>]>,
     /// The hasher of every shard's map (same keys), so a key is hashed once.
