@@ -101,8 +101,8 @@ pub enum Stored {
     Unknown,
 }
 
-/// Slots of the slab the quiet check looks at in one call at most (whole shards, at least
-/// one): at 100 ms a round, a million buckets are looked at every 1.6 s.
+/// Buckets the quiet check looks at in one call at most (whole shards, at least one): at
+/// 100 ms a round, each of a million buckets is looked at every 1.6 s.
 pub const QUIET_SCAN_PER_ROUND: usize = 65_536;
 
 /// What becomes of one quiet bucket examined by [`Store::take_quiet_due`].
@@ -146,7 +146,7 @@ impl Store {
     ///
     /// Quiet buckets are on no list (a list of their keys cost a copy of each key): each call
     /// scans the slabs of whole shards, from the one after the last it finished, until it has
-    /// `max` buckets or has looked at [`QUIET_SCAN_PER_ROUND`] slots. A bucket handed out is
+    /// `max` buckets or has looked at [`QUIET_SCAN_PER_ROUND`] buckets. A bucket handed out is
     /// not handed out again until it is settled or relisted.
     pub fn take_quiet_due(
         &self,
