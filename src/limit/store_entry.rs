@@ -110,12 +110,13 @@ pub(super) struct Shard {
     /// client-chosen, so a keyed hash (random per process), and faster than SipHash on short
     /// keys. One hash per request picks the shard and probes its table.
     ///
-    /// Its blocks come from the system allocator, whatever the global allocator is: they are
-    /// a few large blocks per shard that grow as buckets come, and glibc maps such a block
-    /// from the system and hands it back the moment it is freed, where a general-purpose
-    /// allocator such as mimalloc keeps the freed half-size block for reuse (over 50 bytes
-    /// per bucket more at a million buckets, `scripts/memory.sh`). So memory per bucket does
-    /// not depend on the allocator the binary ships with.
+    /// Its table and slab blocks come from the system allocator, whatever the global
+    /// allocator is: the table is one large block per shard that doubles as buckets come, and
+    /// glibc maps such a block from the system and hands it back the moment it is freed,
+    /// where a general-purpose allocator such as mimalloc keeps the freed half-size block for
+    /// reuse (over 50 bytes per bucket more at a million buckets when the table held the
+    /// entries, `scripts/memory.sh`). So memory per bucket does not depend on the allocator
+    /// the binary ships with.
     pub(super) map: Entries<Entry>,
     /// Keys whose entry turned dirty, each listed once until drained. (Quiet buckets are on
     /// no list: the quiet check scans the slab for them, see [`crate::limit::store_quiet`].)
