@@ -483,12 +483,12 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
     println!("  store key, heap                                                   {key}");
     let mut total = slot as f64 + table + key as f64;
     if mode.shared() {
-        // SyncState = last sync (i64) + Pace + own credit, a concurrency limit's cap and its
-        // count of the other nodes (u64 each), aligned to 16.
-        let sync = (8 + pace + 3 * 8).div_ceil(16) * 16;
+        // SyncState = last sync (i64), own credit, a concurrency limit's cap and its count of
+        // the other nodes (u64 each) and the pace's box pointer (none until the first read).
+        let sync = 5 * 8;
         let sync_chunk = chunk(sync);
         println!(
-            "  sync state box: SyncState ~{sync} (size_of Pace {pace}), size class          {sync_chunk}"
+            "  sync state box: SyncState ~{sync}, size class                             {sync_chunk}"
         );
         total += sync_chunk as f64;
     }
@@ -497,11 +497,11 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
         // A quiet bucket is on no list: the quiet check scans the slab.
         Mode::SharedQuiet => {}
         Mode::SharedSynced => {
-            // Pace::prev: every node's demand at the last read and when it was, a box of
-            // (boxed slice, i64) and the slice of (node id: u64, Demand: three u64) per node.
-            let demands = chunk(NODES.len() * (8 + 24)) + chunk(24);
+            // Once read: the pace, boxed, and in it (Pace::prev) every node's demand at the
+            // last read, one boxed slice of (node id: u64, Demand: three u64) per node.
+            let demands = chunk(pace) + chunk(NODES.len() * (8 + 24));
             println!(
-                "  pace's last reading (a box, and (id, Demand) x {} nodes)                {demands}",
+                "  pace box (size_of Pace {pace}) and its last reading ((id, Demand) x {} nodes) {demands}",
                 NODES.len()
             );
             total += demands as f64;

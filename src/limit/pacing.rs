@@ -142,16 +142,7 @@ pub struct Pace {
     /// When this node's demand on the bucket began (the start of its active period).
     demand_since_ns: i64,
     /// Every node's demand at the previous read, and when it was.
-    prev: Option<Box<Reading>>,
-}
-
-/// Every node's demand at one read, and when it was: behind one pointer, so that a bucket
-/// not read yet (a new or quiet one) carries 8 bytes for it rather than 24, which keeps a
-/// shared bucket's sync state at 96 bytes.
-#[derive(Debug, Clone)]
-struct Reading {
-    demands: Demands,
-    at_ns: i64,
+    prev: Option<(Demands, i64)>,
 }
 
 /// Every node's demand at one read, in one allocation of 32 bytes a node. A node is known by
@@ -360,15 +351,7 @@ impl Pace {
             // its demand history starts here.
             self.start(c, tokens_units, now_ns);
         }
-        let reading = Box::new(Reading {
-            demands: demand,
-            at_ns: now_ns,
-        });
-        let Some(Reading {
-            demands: prev,
-            at_ns: prev_ns,
-        }) = self.prev.replace(reading).map(|r| *r)
-        else {
+        let Some((prev, prev_ns)) = self.prev.replace((demand, now_ns)) else {
             // The first read of this active period: the others' demand shows from the next.
             return;
         };
@@ -397,10 +380,10 @@ impl Pace {
     /// it decided more requests than it took tokens (a concurrency limit's request takes one
     /// slot). False without a previous read.
     pub fn refused_since_read(&self, n: &str, c: &Counters) -> bool {
-        let Some(prev) = self.prev.as_ref() else {
+        let Some((prev, _)) = self.prev.as_ref() else {
             return false;
         };
-        let was = prev.demands.get(node_id(n)).unwrap_or_default();
+        let was = prev.get(node_id(n)).unwrap_or_default();
         c.attempts.saturating_sub(was.attempts) > c.consumed.saturating_sub(was.consumed)
     }
 
@@ -424,7 +407,7 @@ impl Pace {
 
     /// The share from the demand since the previous read (see the module docs).
     fn demand_share(&self, prev: &Demands, me: &str, c: &Cluster) -> u32 {
-        let Some(now) = self.prev.as_ref().map(|r| &r.demands) else {
+        let Some((now, _)) = self.prev.as_ref() else {
             return WHOLE;
         };
         let since = |n: u64, d: &Demand| {

@@ -265,12 +265,13 @@ impl Store {
             // second lookup).
             if d.allowed {
                 if !single {
-                    let spent = entry.sync.as_ref().map(|s| s.pace.spent());
+                    let spent = entry.sync.as_ref().and_then(|s| s.pace.as_ref());
+                    let spent = spent.map(|p| p.spent());
                     at.paid = Some((entry.bucket.own_consumed(), spent));
                 }
                 entry.bucket.commit(cost);
-                if let Some(sync) = entry.sync.as_mut() {
-                    sync.pace.spend(cost);
+                if let Some(pace) = entry.sync.as_mut().and_then(|s| s.pace.as_mut()) {
+                    pace.spend(cost);
                 }
             }
             if !d.allowed && !limit.shadow {
@@ -398,8 +399,14 @@ impl Store {
         let mut d = Bucket::decide(&limit.params, tokens, cost, now);
         entry.bucket.record_attempt();
         if let (true, Some(sync)) = (d.allowed, entry.sync.as_mut()) {
+            // No pace yet (a bucket not read): the whole bucket, unless the limit is guarded.
+            let pace = match sync.pace {
+                Some(ref mut pace) => pace,
+                None if limit.burst_guard => sync.pace_mut(),
+                None => return d,
+            };
             let cluster = self.cluster(limit.burst_guard);
-            if let Err(wait) = sync.pace.check(&limit.params, cost, tokens, now, &cluster) {
+            if let Err(wait) = pace.check(&limit.params, cost, tokens, now, &cluster) {
                 // This node's share is spent: nothing left here until it refills.
                 d.allowed = false;
                 d.remaining = 0;
@@ -476,8 +483,10 @@ fn undo(guards: &mut [(usize, MutexGuard<'_, Shard>)], located: &[Located<'_>]) 
         let shard = guard_for(guards, at.sid);
         if let Some(e) = get_hashed(shard, at.hash, at.key) {
             e.bucket.uncommit_to(consumed);
-            if let (Some(sync), Some(spent)) = (e.sync.as_mut(), spent) {
-                sync.pace.unspend_to(spent);
+            if let (Some(pace), Some(spent)) =
+                (e.sync.as_mut().and_then(|s| s.pace.as_mut()), spent)
+            {
+                pace.unspend_to(spent);
             }
         }
     }

@@ -93,8 +93,12 @@ pub(super) const NO_CAP: u64 = u64::MAX;
 pub(super) struct SyncState {
     /// When the bucket was last merged with the shared store.
     pub(super) synced_ns: i64,
-    /// This node's allowance between syncs.
-    pub(super) pace: Pace,
+    /// This node's allowance between syncs: none until the bucket's first read, or its first
+    /// decision when the limit is guarded. Until then a pace would start as the whole bucket
+    /// (see [`Pace::check`]: a limit without `burst_guard` starts with the whole of it), so a
+    /// bucket that is never read, as a quiet one, carries 40 bytes of sync state instead of
+    /// the pace's too.
+    pub(super) pace: Option<Box<Pace>>,
     /// Tokens this node credited to the bucket by resets, in total (its `NODE:credit`).
     pub(super) own_credit: u64,
     /// A concurrency limit: the most slots this node may hold beyond its fair share until the
@@ -103,6 +107,13 @@ pub(super) struct SyncState {
     /// A concurrency limit: the slots the other live nodes were counted at by the previous
     /// sync (see [`super::store::Store::set_slot_cap`]).
     pub(super) slot_others: u64,
+}
+
+impl SyncState {
+    /// The pace, started (as [`Pace::default`]) if the bucket has none yet.
+    pub(super) fn pace_mut(&mut self) -> &mut Pace {
+        self.pace.get_or_insert_with(Box::default)
+    }
 }
 
 pub(super) struct Shard {
@@ -179,7 +190,7 @@ fn new_entry(p: &BucketParams, now: i64, shared: bool) -> Entry {
         sync: shared.then(|| {
             Box::new(SyncState {
                 synced_ns: now,
-                pace: Pace::default(),
+                pace: None,
                 own_credit: 0,
                 slot_cap: NO_CAP,
                 slot_others: 0,
@@ -298,5 +309,5 @@ pub(super) fn is_quiet(
 
 // The refusal counts live in what would otherwise be padding.
 const _: () = assert!(std::mem::size_of::<Entry>() <= 80);
-// A shared bucket's sync state fits the allocator's 96-byte size class.
-const _: () = assert!(std::mem::size_of::<SyncState>() <= 96);
+// A shared bucket's sync state fits the allocator's 40-byte size class (its pace apart).
+const _: () = assert!(std::mem::size_of::<SyncState>() <= 40);

@@ -441,6 +441,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_has_no_pace_until_its_first_read_or_its_first_guarded_decision() {
+        let (_clock, store) = shared();
+        let open = limit(10, 1.0, false);
+        let guarded = LimitSpec {
+            name: "g".into(),
+            ..limit(10, 1.0, true)
+        };
+        take(&store, &open, "a", 1);
+        take(&store, &open, "b", 8);
+        take(&store, &guarded, "a", 1);
+        let paced = |k: &str| {
+            let shard = lock(&store.shards[store.shard_of(k)]);
+            let sync = shard.map.get(k).and_then(|e| e.sync.as_ref());
+            sync.map(|s| s.pace.is_some())
+        };
+        assert_eq!(paced("l:a"), Some(false), "quiet: no pace");
+        assert_eq!(paced("l:b"), Some(false), "listed, not read yet: no pace");
+        assert_eq!(paced("g:a"), Some(true), "guarded: from its first decision");
+        let empty = BTreeMap::new();
+        let read = crate::limit::store_sync::Read::counters(&empty, None);
+        store.absorb("l:b", "me", read, &open, None);
+        assert_eq!(paced("l:b"), Some(true), "read: paced from then on");
+        // Within its limit, and alone on the key: still the whole bucket.
+        take(&store, &open, "b", 2);
+    }
+
+    #[test]
     fn the_quiet_check_hands_out_every_due_bucket_once_a_few_at_a_time_and_no_young_one() {
         let (clock, store) = shared();
         let l = limit(5, 1.0, false);

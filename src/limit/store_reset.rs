@@ -116,7 +116,9 @@ impl Store {
             e.bucket.commit(extra);
             match e.sync.as_mut() {
                 Some(sync) => {
-                    sync.pace.spend(extra);
+                    if let Some(pace) = sync.pace.as_mut() {
+                        pace.spend(extra);
+                    }
                     true
                 }
                 None => false,

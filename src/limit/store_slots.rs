@@ -73,12 +73,15 @@ impl Store {
         nodes: &BTreeMap<String, Counters>,
     ) -> BTreeSet<String> {
         let shard = lock(&self.shards[self.shard_of(store_key)]);
-        let Some(sync) = shard.map.get(store_key).and_then(|e| e.sync.as_ref()) else {
+        let pace = (shard.map.get(store_key))
+            .and_then(|e| e.sync.as_ref())
+            .and_then(|s| s.pace.as_ref());
+        let Some(pace) = pace else {
             return BTreeSet::new();
         };
         nodes
             .iter()
-            .filter(|(n, c)| sync.pace.refused_since_read(n, c))
+            .filter(|(n, c)| pace.refused_since_read(n, c))
             .map(|(n, _)| n.clone())
             .collect()
     }
