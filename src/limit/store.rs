@@ -7,9 +7,7 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
-use super::store_entry::{
-    bucket_entry, get_hashed, guard_for, is_quiet, lock, Entry, Listed, Shard, View,
-};
+use super::store_entry::{bucket_entry, guard_for, is_quiet, lock, Entry, Listed, Shard, View};
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
 use super::store_slab::Entries;
 use crate::limit::bucket::{Bucket, Decision};
@@ -265,12 +263,11 @@ impl Store {
             // second lookup).
             if d.allowed {
                 if !single {
-                    let spent = entry.sync.as_ref().and_then(|s| s.pace.as_ref());
-                    let spent = spent.map(|p| p.spent());
+                    let spent = entry.pace().map(|p| p.spent());
                     at.paid = Some((entry.bucket.own_consumed(), spent));
                 }
                 entry.bucket.commit(cost);
-                if let Some(pace) = entry.sync.as_mut().and_then(|s| s.pace.as_mut()) {
+                if let Some(pace) = entry.pace_mut() {
                     pace.spend(cost);
                 }
             }
@@ -481,11 +478,9 @@ fn undo(guards: &mut [(usize, MutexGuard<'_, Shard>)], located: &[Located<'_>]) 
             continue;
         };
         let shard = guard_for(guards, at.sid);
-        if let Some(e) = get_hashed(shard, at.hash, at.key) {
+        if let Some(e) = shard.map.get_hashed_mut(at.hash, at.key) {
             e.bucket.uncommit_to(consumed);
-            if let (Some(pace), Some(spent)) =
-                (e.sync.as_mut().and_then(|s| s.pace.as_mut()), spent)
-            {
+            if let (Some(pace), Some(spent)) = (e.pace_mut(), spent) {
                 pace.unspend_to(spent);
             }
         }

@@ -199,10 +199,6 @@ fn new_entry(p: &BucketParams, now: i64, shared: bool) -> Entry {
     }
 }
 
-pub(super) fn get_hashed<'s>(shard: &'s mut Shard, hash: u64, key: &str) -> Option<&'s mut Entry> {
-    shard.map.get_hashed_mut(hash, key)
-}
-
 /// Where a changed bucket stands: on the list of the next sync, or quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Listed {
@@ -223,6 +219,15 @@ impl Listed {
 }
 
 impl Entry {
+    /// The bucket's pace, if it has one (a shared bucket once read, or guarded and decided).
+    pub(super) fn pace(&self) -> Option<&Pace> {
+        self.sync.as_ref()?.pace.as_deref()
+    }
+
+    pub(super) fn pace_mut(&mut self) -> Option<&mut Pace> {
+        self.sync.as_mut()?.pace.as_deref_mut()
+    }
+
     /// Starts the window holding `now` when the bucket is a quota whose counters are of an
     /// earlier one ([`Bucket::roll`]): this node's credit is of that window too, and starts
     /// again from zero with the bucket. Every change to a bucket comes after this.

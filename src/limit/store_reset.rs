@@ -114,15 +114,10 @@ impl Store {
         let push = if actual > reserved {
             let extra = actual - reserved;
             e.bucket.commit(extra);
-            match e.sync.as_mut() {
-                Some(sync) => {
-                    if let Some(pace) = sync.pace.as_mut() {
-                        pace.spend(extra);
-                    }
-                    true
-                }
-                None => false,
+            if let Some(pace) = e.pace_mut() {
+                pace.spend(extra);
             }
+            e.sync.is_some()
         } else {
             actual < reserved && e.credit(reserved - actual)
         };

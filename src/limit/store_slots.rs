@@ -73,10 +73,7 @@ impl Store {
         nodes: &BTreeMap<String, Counters>,
     ) -> BTreeSet<String> {
         let shard = lock(&self.shards[self.shard_of(store_key)]);
-        let pace = (shard.map.get(store_key))
-            .and_then(|e| e.sync.as_ref())
-            .and_then(|s| s.pace.as_ref());
-        let Some(pace) = pace else {
+        let Some(pace) = shard.map.get(store_key).and_then(Entry::pace) else {
             return BTreeSet::new();
         };
         nodes
