@@ -215,11 +215,11 @@ impl HttpSession {
 
     /// Field lines (`name: value\r\n` each, valid as they are: nothing checks them) to write
     /// after the fields of the next final response head this session writes (`101 Switching
-    /// Protocols` included); an informational head leaves them for the final one. For an application that adds fields it builds
-    /// itself to most responses: lines written as they are skip the header map, where each
-    /// added field hashes its name and probes the map. The response kept as written
-    /// ([`Self::response_written`]) does not have them. Replaces lines set before and not yet
-    /// written.
+    /// Protocols` included); an informational head leaves them for the final one. For an
+    /// application that adds fields it builds itself to most responses: lines written as they
+    /// are skip the header map, where each added field hashes its name and probes the map. The
+    /// response kept as written ([`Self::response_written`]) does not have them. Replaces lines
+    /// set before and not yet written.
     #[inline]
     pub fn set_extra_response_fields(&mut self, fields: Bytes) {
         self.extra_response_fields = Some(fields);
