@@ -11,6 +11,7 @@
 //! read the other copy than the limiter did.
 
 use crate::config::KeySource;
+use crate::request::bytes::{needs_escape, visible_ascii};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -54,7 +55,7 @@ fn push_escaped(out: &mut String, part: &str) {
         push_digest(out, part);
         return;
     }
-    if !part.bytes().any(|b| b == b'%' || b == b'|') {
+    if !needs_escape(part) {
         out.push_str(part);
         return;
     }
@@ -192,9 +193,8 @@ fn header_value<'h>(
     let Some(first) = first else {
         return Ok(None);
     };
-    let s = first
-        .to_str()
-        .map_err(|_| KeyError::InvalidHeaderValue(name.to_string()))?;
+    let s = visible_ascii(first.as_bytes())
+        .ok_or_else(|| KeyError::InvalidHeaderValue(name.to_string()))?;
     // `to_str` admits visible ASCII only, so ASCII whitespace is all there is to trim.
     Ok(Some(s.trim_ascii()))
 }
