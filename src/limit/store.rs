@@ -7,13 +7,13 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
-use super::store_entry::{bucket_entry, guard_for, is_quiet, lock, Entry, Listed, Shard, View};
+use super::store_entry::{bucket_entry, is_quiet, lock, Entry, Listed, Locked, Shard, View};
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
 use super::store_slab::Entries;
 use crate::limit::bucket::{Bucket, Decision};
 use crate::limit::clock::Clock;
 pub use crate::limit::overrides::LimitSpec;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -233,7 +233,7 @@ impl Store {
         let now = self.clock.now_ns();
         let mut located: Small<Located<'_>> = SmallVec::new();
         let shards = self.locate_all(n, |i| of(i).is_some(), key_of, &mut located);
-        let mut guards = self.lock_set(shards);
+        let mut guards = Locked::new(&self.shards, shards);
         let single = n == 1;
         let mut wake = false;
         let mut out = ChargeResult {
@@ -247,7 +247,7 @@ impl Store {
                 continue;
             };
             let (hash, sid, key) = (at.hash, at.sid, at.key);
-            let shard = guard_for(&mut guards, sid);
+            let shard = guards.shard(sid);
             let cap = self.shard_cap.load(Ordering::Relaxed);
             let Some(entry) =
                 bucket_entry(shard, hash, key, &limit.params, now, (cap, self.shared))
@@ -366,18 +366,6 @@ impl Store {
         }
     }
 
-    /// Locks the shards of the set `shards` (bit i: shard i), in ascending order.
-    #[inline(always)]
-    fn lock_set(&self, mut shards: u64) -> Small<(usize, MutexGuard<'_, Shard>)> {
-        let mut guards = SmallVec::new();
-        while shards != 0 {
-            let sid = shards.trailing_zeros() as usize;
-            guards.push((sid, lock(&self.shards[sid])));
-            shards &= shards - 1;
-        }
-        guards
-    }
-
     /// One bucket's decision on a charge, pace included; records the attempt.
     #[inline(always)]
     fn evaluate(&self, entry: &mut Entry, limit: &LimitSpec, cost: u64, now: i64) -> Decision {
@@ -472,12 +460,12 @@ struct Located<'k> {
 
 /// Undoes the payments of a refused charge, under the locks it holds.
 #[cold]
-fn undo(guards: &mut [(usize, MutexGuard<'_, Shard>)], located: &[Located<'_>]) {
+fn undo(guards: &mut Locked<'_>, located: &[Located<'_>]) {
     for at in located {
         let Some((consumed, spent)) = at.paid else {
             continue;
         };
-        let shard = guard_for(guards, at.sid);
+        let shard = guards.shard(at.sid);
         if let Some(e) = shard.map.get_hashed_mut(at.hash, at.key) {
             e.bucket.uncommit_to(consumed);
             if let (Some(pace), Some(spent)) = (e.pace_mut(), spent) {
