@@ -36,7 +36,7 @@ pub struct Charge<'a> {
 }
 
 /// What [`Store::charge`] decided.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChargeResult {
     /// One decision per charge, in order; `allowed` means "could pay".
     pub decisions: Small<Decision>,
@@ -193,17 +193,25 @@ impl Store {
             ends.push(buf.len());
         }
         let of = |i: usize| Some((charges[i].limit, charges[i].cost));
-        self.charge_store_keys(charges.len(), of, |i| {
-            let start = if i == 0 { 0 } else { ends[i - 1] };
-            &buf[start..ends[i]]
-        })
+        let mut out = ChargeResult::default();
+        self.charge_store_keys(
+            charges.len(),
+            of,
+            |i| {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                &buf[start..ends[i]]
+            },
+            &mut out,
+        );
+        out
     }
 
     /// [`Store::charge`] for `n` charges whose keys are already store keys
     /// (`LIMIT:KEY`, see [`store_key`]): charge `i` is `cost(i)` to limit `limit_of(i)` on `key_of(i)`,
     /// or to nothing when `limit_of(i)` is `None` (a key exempt from that limit: its decision
     /// is [`EXEMPT`]). The request path writes its keys that way, so they are neither copied
-    /// nor listed again.
+    /// nor listed again. The decisions go into `out` (empty), which the caller keeps: returned,
+    /// they were copied once more (about 30 instructions a request).
     #[inline]
     pub fn charge_prefixed<'l, 'k>(
         &self,
@@ -211,12 +219,13 @@ impl Store {
         limit_of: impl Fn(usize) -> Option<&'l LimitSpec>,
         key_of: impl Fn(usize) -> &'k str,
         cost: impl Fn(usize) -> u64,
-    ) -> ChargeResult {
+        out: &mut ChargeResult,
+    ) {
         debug_assert!((0..n).all(|i| {
             let k = key_of(i);
             limit_of(i).is_none_or(|l| store_key(&l.name, l.key_of(k)) == k)
         }));
-        self.charge_store_keys(n, |i| limit_of(i).map(|l| (l, cost(i))), key_of)
+        self.charge_store_keys(n, |i| limit_of(i).map(|l| (l, cost(i))), key_of, out)
     }
 
     /// Charges `n` buckets, all or none: charge `i` is to `of(i)` (limit and cost) on store
@@ -229,18 +238,15 @@ impl Store {
         n: usize,
         of: impl Fn(usize) -> Option<(&'l LimitSpec, u64)>,
         key_of: impl Fn(usize) -> &'k str,
-    ) -> ChargeResult {
+        out: &mut ChargeResult,
+    ) {
         let now = self.clock.now_ns();
         let mut located: Small<Located<'_>> = SmallVec::new();
         let shards = self.locate_all(n, |i| of(i).is_some(), key_of, &mut located);
         let mut guards = Locked::new(&self.shards, shards);
         let single = n == 1;
         let mut wake = false;
-        let mut out = ChargeResult {
-            decisions: SmallVec::new(),
-            rejected_by: None,
-            shadow_rejected: SmallVec::new(),
-        };
+        debug_assert!(out.decisions.is_empty() && out.rejected_by.is_none());
         for (i, at) in located.iter_mut().enumerate() {
             let Some((limit, cost)) = of(i) else {
                 out.decisions.push(EXEMPT);
@@ -287,7 +293,6 @@ impl Store {
         if wake {
             self.wake();
         }
-        out
     }
 
     /// Where each of `n` store keys is (into `located`, written in place: returned, the

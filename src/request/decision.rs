@@ -10,7 +10,7 @@
 use crate::config::KeySource;
 use crate::limit::bucket::Decision;
 use crate::limit::overrides::{ForKey, Own};
-use crate::limit::store::{push_limit_prefix, LimitSpec, Small, Store, EXEMPT};
+use crate::limit::store::{push_limit_prefix, ChargeResult, LimitSpec, Small, Store, EXEMPT};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
 use std::cell::Cell;
@@ -191,11 +191,13 @@ fn decide_with<'a>(
         let capacity = charged[at].limit.params.capacity();
         return Verdict::TooCostly { at, capacity };
     }
-    let result = store.charge_prefixed(
+    let mut result = ChargeResult::default();
+    store.charge_prefixed(
         charged.len(),
         |i| Some(charged[i].limit),
         |i| key_at(buf, ends, i),
         cost,
+        &mut result,
     );
     // The key without its `LIMIT:` prefix.
     let key_fp = |i: usize| Fingerprint::of(charged[i].limit.key_of(key_at(buf, ends, i)));
@@ -253,11 +255,13 @@ fn decide_overridden<'a>(
         let capacity = l.params.capacity();
         return Verdict::TooCostly { at, capacity };
     }
-    let result = store.charge_prefixed(
+    let mut result = ChargeResult::default();
+    store.charge_prefixed(
         charged.len(),
         |i| subject[i].bucket(),
         |i| key_at(buf, ends, i),
         cost,
+        &mut result,
     );
     if let Some(at) = result.rejected_by {
         return Verdict::Limited {
