@@ -149,18 +149,38 @@ pub struct Pace {
 /// a 64-bit hash of its name ([`node_id`]): a map of the names (a B-tree's 544-byte leaf and a
 /// string per node) made the demand of a synced bucket cost 656 bytes with three nodes, 96
 /// here. Two nodes of one cluster whose names hash alike would count as one (odds 2^-64).
+/// A read writes into the allocation of the previous one when the cluster has as many nodes
+/// (see [`Demands::set`]), so that a synced bucket's sync allocates and frees nothing (it
+/// did once per read: the reading built in a vector, then boxed).
 #[derive(Debug, Clone, Default)]
 struct Demands(Box<[(u64, Demand)]>);
+
+/// The demand of every node at one read, as it is built (on the stack for up to 4 nodes).
+type Reading = smallvec::SmallVec<[(u64, Demand); 4]>;
 
 impl Demands {
     /// The demand of the node whose name hashes to `id`.
     fn get(&self, id: u64) -> Option<Demand> {
-        self.0.iter().find(|(n, _)| *n == id).map(|&(_, d)| d)
+        demand_in(&self.0, id)
+    }
+
+    /// Now holds `reading`: in place when it has as many nodes, else in a new allocation.
+    fn set(&mut self, reading: &[(u64, Demand)]) {
+        if self.0.len() == reading.len() {
+            self.0.copy_from_slice(reading);
+        } else {
+            self.0 = reading.into();
+        }
     }
 }
 
+/// The demand of the node whose name hashes to `id` in `demand`.
+fn demand_in(demand: &[(u64, Demand)], id: u64) -> Option<Demand> {
+    demand.iter().find(|(n, _)| *n == id).map(|&(_, d)| d)
+}
+
 /// The demand of node `name` in a list being built, added if absent.
-fn demand_of<'d>(demand: &'d mut Vec<(u64, Demand)>, name: &str) -> &'d mut Demand {
+fn demand_of<'d>(demand: &'d mut Reading, name: &str) -> &'d mut Demand {
     let id = node_id(name);
     let at = match demand.iter().position(|(n, _)| *n == id) {
         Some(at) => at,
@@ -331,7 +351,7 @@ impl Pace {
         now_ns: i64,
         c: &Cluster,
     ) {
-        let mut demand: Vec<(u64, Demand)> = Vec::with_capacity(nodes.len() + 1);
+        let mut demand = Reading::new();
         for (n, c) in nodes {
             let d = demand_of(&mut demand, n);
             d.attempts = c.attempts;
@@ -345,16 +365,20 @@ impl Pace {
         let own = demand_of(&mut demand, me);
         own.attempts = own.attempts.max(own_demand.attempts);
         own.consumed = own.consumed.max(own_demand.consumed);
-        let demand = Demands(demand.into_boxed_slice());
         if matches!(self.phase, Phase::Unset | Phase::Outage) {
             // A bucket read before its first decision (a warm start), or back from an outage:
             // its demand history starts here.
             self.start(c, tokens_units, now_ns);
         }
-        let Some((prev, prev_ns)) = self.prev.replace((demand, now_ns)) else {
+        let Some((prev, at)) = self.prev.as_mut() else {
             // The first read of this active period: the others' demand shows from the next.
+            self.prev = Some((Demands(demand.as_slice().into()), now_ns));
             return;
         };
+        // The share from the demand since the previous read, before this read replaces it.
+        let share = demand_share(&prev.0, &demand, me, c);
+        prev.set(&demand);
+        let prev_ns = std::mem::replace(at, now_ns);
         if c.window
             .is_some_and(|w| w.index(prev_ns) != w.index(now_ns))
         {
@@ -365,7 +389,6 @@ impl Pace {
             // Guarded, and some node may still be spending unseen: keep the guard share.
             return;
         }
-        let share = self.demand_share(&prev, me, c);
         self.restart(Phase::Synced, share, tokens_units, now_ns);
         if (c.guard || c.window.is_some()) && share < WHOLE {
             // Guarded: the others may be spending their shares of these tokens unseen (what
@@ -404,43 +427,41 @@ impl Pace {
             self.base = scale(self.base, share);
         }
     }
+}
 
-    /// The share from the demand since the previous read (see the module docs).
-    fn demand_share(&self, prev: &Demands, me: &str, c: &Cluster) -> u32 {
-        let Some((now, _)) = self.prev.as_ref() else {
-            return WHOLE;
-        };
-        let since = |n: u64, d: &Demand| {
-            let was = prev.get(n).unwrap_or_default();
-            let attempts = d.attempts.saturating_sub(was.attempts);
-            let consumed = d.consumed.saturating_sub(was.consumed);
-            (attempts, consumed, d.seen_ms > was.seen_ms)
-        };
-        let me = node_id(me);
-        let mine = now.get(me).map_or(0, |d| since(me, &d).0);
-        let (mut total, mut spent, mut announced) = (0u64, 0u64, 0u64);
-        for &(n, ref d) in now.0.iter() {
-            let (attempts, consumed, seen) = since(n, d);
-            total = total.saturating_add(attempts);
-            spent = spent.saturating_add(consumed);
-            // Guarded: a node that announced the bucket but shows no demand yet (a new
-            // bucket on it) is counted as asking as much as this one.
-            if c.guard && n != me && attempts == 0 && seen {
-                announced += 1;
-            }
+/// The share from the demand since the previous read, `prev`, to this one, `now` (see the
+/// module docs).
+fn demand_share(prev: &[(u64, Demand)], now: &[(u64, Demand)], me: &str, c: &Cluster) -> u32 {
+    let since = |n: u64, d: &Demand| {
+        let was = demand_in(prev, n).unwrap_or_default();
+        let attempts = d.attempts.saturating_sub(was.attempts);
+        let consumed = d.consumed.saturating_sub(was.consumed);
+        (attempts, consumed, d.seen_ms > was.seen_ms)
+    };
+    let me = node_id(me);
+    let mine = demand_in(now, me).map_or(0, |d| since(me, &d).0);
+    let (mut total, mut spent, mut announced) = (0u64, 0u64, 0u64);
+    for &(n, ref d) in now {
+        let (attempts, consumed, seen) = since(n, d);
+        total = total.saturating_add(attempts);
+        spent = spent.saturating_add(consumed);
+        // Guarded: a node that announced the bucket but shows no demand yet (a new
+        // bucket on it) is counted as asking as much as this one.
+        if c.guard && n != me && attempts == 0 && seen {
+            announced += 1;
         }
-        let total = total.saturating_add(announced.saturating_mul(mine.max(1)));
-        // Pressure: some request was turned away in the span (a request admitted took at
-        // least a token, so fewer tokens than requests means a refusal). Without one, every
-        // client got what it asked for, and a share could only turn one away.
-        if c.live <= 1 || total <= mine || (announced == 0 && spent >= total) {
-            return WHOLE;
-        }
-        let floor = c.equal_ppm() / 10;
-        u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total))
-            .unwrap_or(WHOLE)
-            .max(floor)
     }
+    let total = total.saturating_add(announced.saturating_mul(mine.max(1)));
+    // Pressure: some request was turned away in the span (a request admitted took at
+    // least a token, so fewer tokens than requests means a refusal). Without one, every
+    // client got what it asked for, and a share could only turn one away.
+    if c.live <= 1 || total <= mine || (announced == 0 && spent >= total) {
+        return WHOLE;
+    }
+    let floor = c.equal_ppm() / 10;
+    u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total))
+        .unwrap_or(WHOLE)
+        .max(floor)
 }
 
 #[cfg(test)]
@@ -498,6 +519,53 @@ mod tests {
             attempts,
             waste: 0,
         }
+    }
+
+    /// A read keeps the previous read's allocation when as many nodes show, so a synced
+    /// bucket costs no allocation per sync; and the share still comes from the demand since
+    /// the previous read (what it replaces).
+    #[test]
+    fn a_read_of_as_many_nodes_writes_into_the_previous_reads_demand() {
+        let c = cluster(2, false);
+        let mut pace = Pace::default();
+        let place = |p: &Pace| p.prev.as_ref().map(|(d, _)| d.0.as_ptr());
+        read_two(&mut pace, (10, 10), (10, 10), 100 * MS, &c);
+        let first = place(&pace).expect("the first read keeps its demand");
+        // Both nodes asked 10 more, and only half were admitted: each has half the demand.
+        read_two(&mut pace, (20, 15), (20, 15), 200 * MS, &c);
+        assert_eq!(place(&pace), Some(first), "written in place");
+        assert_eq!(pace.share_ppm(), WHOLE / 2);
+        assert_eq!(
+            pace.prev
+                .as_ref()
+                .map(|(d, at)| (d.get(node_id("me")), *at)),
+            Some((
+                Some(Demand {
+                    attempts: 20,
+                    consumed: 15,
+                    seen_ms: 0
+                }),
+                200 * MS
+            ))
+        );
+        // This node alone asked since: the whole bucket.
+        read_two(&mut pace, (30, 20), (20, 15), 300 * MS, &c);
+        assert_eq!(pace.share_ppm(), WHOLE);
+        // A third node: a new allocation, with every node's demand.
+        let nodes = BTreeMap::from([
+            ("me".to_string(), counters(40, 25)),
+            ("other".to_string(), counters(20, 15)),
+            ("third".to_string(), counters(5, 5)),
+        ]);
+        let own = counters(40, 25);
+        pace.resync(
+            ("me", &own),
+            (&nodes, &BTreeMap::new()),
+            tokens(0),
+            400 * MS,
+            &c,
+        );
+        assert_eq!(pace.prev.as_ref().map(|(d, _)| d.0.len()), Some(3));
     }
 
     #[test]
