@@ -71,7 +71,10 @@ pub fn visible_ascii(bytes: &[u8]) -> Option<&str> {
     {
         return None;
     }
-    // SAFETY: every byte is ASCII, so the bytes are UTF-8.
+    // SAFETY: every byte is ASCII, so the bytes are UTF-8: a word without `odd` has every
+    // byte in 0x20..=0x7e (`has_less` and `has_more` miss no byte out of that range, the
+    // classic exact tests; the tests here check them against the byte-by-byte definition),
+    // and an `odd` one was checked byte by byte.
     Some(unsafe { std::str::from_utf8_unchecked(bytes) })
 }
 
