@@ -258,9 +258,11 @@ const NOT_RUN: &[Listed] = &[
             "scripts/bench_instructions.sh*",
             "scripts/redis_traffic.sh",
             "scripts/soak.sh*",
+            "scripts/bench/callgrind_lines.py*",
         ],
         exercised: "measurements run by hand for docs/performance.md and docs/security.md \
-                    (minutes each, on an otherwise idle machine); not in the suite",
+                    (minutes each, on an otherwise idle machine), and the per-line reading of \
+                    a callgrind profile of one; not in the suite",
         places: &[
             ("scripts/bench.sh", "# Usage: scripts/bench.sh"),
             (
@@ -272,6 +274,10 @@ const NOT_RUN: &[Listed] = &[
                 "# Usage: scripts/redis_traffic.sh",
             ),
             ("scripts/soak.sh", "# Usage: scripts/soak.sh"),
+            (
+                "scripts/bench/callgrind_lines.py",
+                "callgrind_lines.py OUT BINARY N",
+            ),
         ],
     },
     Listed {
