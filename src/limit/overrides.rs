@@ -58,10 +58,9 @@ impl Own {
     }
 }
 
-/// A limit's overrides, by key. Cloning shares the map. Keys are hashed with foldhash,
-/// seeded at random per map (see `store_slab::KeyHasher`, the store's).
+/// A limit's overrides, by key. Cloning shares the map.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides(Option<Arc<HashMap<Box<str>, Override, foldhash::fast::RandomState>>>);
+pub struct Overrides(Option<Arc<HashMap<Box<str>, Override, ahash::RandomState>>>);
 
 impl PartialEq for Override {
     fn eq(&self, other: &Self) -> bool {
@@ -120,7 +119,7 @@ impl<'a> ForKey<'a> {
 impl Overrides {
     /// Overrides from (key, override) pairs; the caller has refused duplicate keys.
     pub fn new(entries: impl IntoIterator<Item = (String, Override)>) -> Self {
-        let map: HashMap<Box<str>, Override, foldhash::fast::RandomState> = entries
+        let map: HashMap<Box<str>, Override, ahash::RandomState> = entries
             .into_iter()
             .map(|(k, o)| (k.into_boxed_str(), o))
             .collect();

@@ -9,14 +9,13 @@
 
 use super::store_entry::{bucket_entry, is_quiet, lock, Entry, Listed, Locked, Shard, View};
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
-use super::store_slab::{Entries, KeyHasher};
+use super::store_slab::Entries;
 use crate::limit::bucket::{Bucket, Decision};
 use crate::limit::clock::Clock;
 pub use crate::limit::overrides::LimitSpec;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 use std::cell::RefCell;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -69,7 +68,7 @@ pub const EXEMPT: Decision = Decision {
 pub struct Store {
     pub(super) shards: Box<[Mutex<Shard>]>,
     /// The hasher of every shard's map (same keys), so a key is hashed once.
-    pub(super) hasher: KeyHasher,
+    pub(super) hasher: ahash::RandomState,
     pub(super) clock: Arc<dyn Clock>,
     /// Buckets are shared through Redis: track what changed for the sync loop, and pace.
     pub(super) shared: bool,
@@ -112,7 +111,7 @@ impl LimitSpec {
 
 impl Store {
     pub fn new(clock: Arc<dyn Clock>, shared: bool) -> Self {
-        let hasher = KeyHasher::default();
+        let hasher = ahash::RandomState::new();
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {

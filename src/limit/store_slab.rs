@@ -15,19 +15,12 @@
 //! back when it is freed, where a general-purpose allocator keeps the freed half-size block
 //! for reuse.
 //!
-//! The table's probes compare the key in the slab; the hash is the store's ([`KeyHasher`], one
-//! per request, see `Store::locate`), and a growth of the table hashes each key again.
+//! The table's probes compare the key in the slab; the hash is the store's (`ahash`, one per
+//! request, see `Store::locate`), and a growth of the table hashes each key again.
 
 use super::store_key::StoreKey;
 use allocator_api2::vec::Vec as SysVec;
 use std::alloc::System;
-use std::hash::BuildHasher;
-
-/// The hasher of the store's keys: foldhash, seeded at random per process (as hashbrown's
-/// default maps are). A key is a client's (an API key, an address), so the seed is what keeps
-/// a client from choosing keys that collide; foldhash hashes a short key in about half the
-/// instructions of ahash's portable path (the one a build for any x86-64 gets).
-pub(super) type KeyHasher = foldhash::fast::RandomState;
 
 type Slot<E> = Option<(StoreKey, E)>;
 
@@ -46,7 +39,7 @@ pub(super) struct Entries<E> {
     slots: SysVec<SysVec<Slot<E>, System>, System>,
     /// Empty slots, the next new bucket's.
     free: SysVec<u32, System>,
-    hasher: KeyHasher,
+    hasher: ahash::RandomState,
 }
 
 type Blocks<E> = SysVec<SysVec<Slot<E>, System>, System>;
@@ -73,7 +66,7 @@ fn holds<E>(slots: &Blocks<E>, i: u32, key: &str) -> bool {
 }
 
 impl<E> Entries<E> {
-    pub(super) fn new(hasher: KeyHasher) -> Self {
+    pub(super) fn new(hasher: ahash::RandomState) -> Self {
         Entries {
             index: hashbrown::HashTable::new_in(System),
             slots: SysVec::new_in(System),
@@ -242,7 +235,7 @@ mod tests {
 
     #[test]
     fn entries_are_found_by_key_through_the_tables_growth_and_a_freed_slot_is_reused() {
-        let mut m = Entries::new(KeyHasher::default());
+        let mut m = Entries::new(ahash::RandomState::new());
         for i in 0..10_000 {
             assert!(insert(&mut m, i));
         }
@@ -269,7 +262,7 @@ mod tests {
 
     #[test]
     fn retain_drops_exactly_the_entries_refused_and_frees_their_slots() {
-        let mut m = Entries::new(KeyHasher::default());
+        let mut m = Entries::new(ahash::RandomState::new());
         for i in 0..1_000 {
             insert(&mut m, i);
         }
@@ -301,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_full_shard_adds_no_entry_but_finds_the_ones_it_has() {
-        let mut m = Entries::new(KeyHasher::default());
+        let mut m = Entries::new(ahash::RandomState::new());
         let k = |i: u32| key(i);
         let h = |m: &Entries<u32>, s: &str| m.hasher.hash_one(s);
         for i in 0..4 {
