@@ -392,7 +392,7 @@ impl Store {
             // No pace yet (a bucket not read): the whole bucket, unless the limit is guarded.
             let pace = match sync.pace {
                 Some(ref mut pace) => pace,
-                None if limit.burst_guard => sync.pace_mut(),
+                None if limit.burst_guard => sync.pace_or_start(),
                 None => return d,
             };
             let cluster = self.cluster(limit.burst_guard);

@@ -110,8 +110,9 @@ pub(super) struct SyncState {
 }
 
 impl SyncState {
-    /// The pace, started (as [`Pace::default`]) if the bucket has none yet.
-    pub(super) fn pace_mut(&mut self) -> &mut Pace {
+    /// The pace, started (as [`Pace::default`]) if the bucket has none yet. (The entry's
+    /// [`Entry::pace_mut`] only finds one.)
+    pub(super) fn pace_or_start(&mut self) -> &mut Pace {
         self.pace.get_or_insert_with(Box::default)
     }
 }

@@ -218,7 +218,7 @@ impl Store {
             if params.is_slots() {
                 slot_sync(sync, own_stored.as_ref(), e_new);
             }
-            sync.pace_mut()
+            sync.pace_or_start()
                 .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
             sync.synced_ns = now;
             let was_fresh = e.view != View::Current;
