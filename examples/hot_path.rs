@@ -29,7 +29,7 @@ use tollgate::limit::store::{LimitSpec, Store};
 use tollgate::request::decision::{self, Charged, KeyOf, Verdict};
 use tollgate::request::key::RequestView;
 
-fn limit(name: &str, key: KeySource) -> (LimitSpec, Vec<KeySource>) {
+fn limit(name: &str, key: KeySource) -> (LimitSpec, Arc<[KeySource]>) {
     let spec = LimitSpec {
         name: name.into(),
         // Far above the load, as in the proxy benchmarks: every request is admitted.
@@ -38,12 +38,12 @@ fn limit(name: &str, key: KeySource) -> (LimitSpec, Vec<KeySource>) {
         burst_guard: false,
         overrides: Default::default(),
     };
-    (spec, vec![key])
+    (spec, Arc::from([key]))
 }
 
 /// 100,000 overrides on each limit (one in ten unlimited, "bench" overridden), and the second
-/// limit a daily quota on the API key.
-fn with_plans(limits: &mut [(LimitSpec, Vec<KeySource>); 2]) {
+/// limit a daily quota on the API key (the same list of sources, as the config shares it).
+fn with_plans(limits: &mut [(LimitSpec, Arc<[KeySource]>); 2]) {
     use tollgate::limit::overrides::{Override, Overrides, Own};
     use tollgate::limit::window::Window;
     let api_key = limits[0].1.clone();

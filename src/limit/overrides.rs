@@ -13,6 +13,7 @@
 
 use super::bucket::BucketParams;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// One limit as the running config defines it.
@@ -58,9 +59,39 @@ impl Own {
     }
 }
 
-/// A limit's overrides, by key. Cloning shares the map.
+/// A limit's overrides, by key. Cloning shares the table (and its generation).
 #[derive(Debug, Clone, Default)]
-pub struct Overrides(Option<Arc<HashMap<Box<str>, Override, ahash::RandomState>>>);
+pub struct Overrides(Option<Arc<Table>>);
+
+/// The overrides of one config's limit: each key's position in `list`, and a generation that
+/// no other table of the process has, so that a position a bucket remembers (see
+/// [`Plan`]) is only ever read against the table it came from.
+#[derive(Debug)]
+struct Table {
+    generation: u32,
+    at: HashMap<Box<str>, u32, ahash::RandomState>,
+    list: Vec<Override>,
+}
+
+/// The generation of the next table: from 1 (0 is a bucket that never looked its key up). A
+/// process would need 2^32 reloads that change overrides before one repeats.
+static GENERATION: AtomicU32 = AtomicU32::new(1);
+
+/// Which override a bucket's key had when the bucket last looked it up (its position in the
+/// table of that generation, [`Plan::LIMIT`] for none): kept in the store's entry, so that a
+/// request on a key that has a bucket finds its override without a second hash lookup. A
+/// table's positions never change; a reload that changes a limit's overrides makes a new
+/// table, whose generation no bucket has, so every bucket looks its key up once again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub generation: u32,
+    pub at: u32,
+}
+
+impl Plan {
+    /// The key has no override: the limit's own parameters.
+    pub const LIMIT: u32 = u32::MAX;
+}
 
 impl PartialEq for Override {
     fn eq(&self, other: &Self) -> bool {
@@ -79,7 +110,8 @@ impl PartialEq for Overrides {
             (None, None) => true,
             (Some(a), Some(b)) => {
                 Arc::ptr_eq(a, b)
-                    || (a.len() == b.len() && a.iter().all(|(k, o)| b.get(k) == Some(o)))
+                    || (self.len() == other.len()
+                        && self.iter().all(|(k, o)| other.get(k) == Some(o)))
             }
             _ => false,
         }
@@ -117,27 +149,70 @@ impl<'a> ForKey<'a> {
 }
 
 impl Overrides {
-    /// Overrides from (key, override) pairs; the caller has refused duplicate keys.
+    /// Overrides from (key, override) pairs; the caller has refused duplicate keys (a
+    /// duplicate's last override would win). At most 2^32 - 1 keys (the config's limit on an
+    /// overrides file is far lower).
     pub fn new(entries: impl IntoIterator<Item = (String, Override)>) -> Self {
-        let map: HashMap<Box<str>, Override, ahash::RandomState> = entries
-            .into_iter()
-            .map(|(k, o)| (k.into_boxed_str(), o))
-            .collect();
-        if map.is_empty() {
-            Overrides(None)
-        } else {
-            Overrides(Some(Arc::new(map)))
+        let mut at: HashMap<Box<str>, u32, ahash::RandomState> = HashMap::default();
+        let mut list = Vec::new();
+        for (k, o) in entries {
+            let Ok(i) = u32::try_from(list.len()) else {
+                break;
+            };
+            if i == Plan::LIMIT {
+                break;
+            }
+            match at.entry(k.into_boxed_str()) {
+                std::collections::hash_map::Entry::Occupied(e) => list[*e.get() as usize] = o,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    list.push(o);
+                }
+            }
         }
+        if list.is_empty() {
+            return Overrides(None);
+        }
+        let generation = loop {
+            let g = GENERATION.fetch_add(1, Ordering::Relaxed);
+            if g != 0 {
+                break g;
+            }
+        };
+        Overrides(Some(Arc::new(Table {
+            generation,
+            at,
+            list,
+        })))
     }
 
     /// The override of `key`, if any.
     #[inline]
     pub fn get(&self, key: &str) -> Option<&Override> {
-        self.0.as_ref()?.get(key)
+        let t = self.0.as_ref()?;
+        t.at.get(key).map(|&i| &t.list[i as usize])
+    }
+
+    /// Which override `key` has in this table: one hash lookup.
+    #[inline]
+    pub fn plan_of(&self, key: &str) -> Plan {
+        match &self.0 {
+            None => Plan::default(),
+            Some(t) => Plan {
+                generation: t.generation,
+                at: t.at.get(key).copied().unwrap_or(Plan::LIMIT),
+            },
+        }
+    }
+
+    /// This table's generation (0 without overrides: no plan is ever of it).
+    #[inline]
+    pub fn generation(&self) -> u32 {
+        self.0.as_ref().map_or(0, |t| t.generation)
     }
 
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |m| m.len())
+        self.0.as_ref().map_or(0, |t| t.list.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,7 +223,7 @@ impl Overrides {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Override)> {
         self.0
             .iter()
-            .flat_map(|m| m.iter().map(|(k, o)| (k.as_ref(), o)))
+            .flat_map(|t| t.at.iter().map(|(k, &i)| (k.as_ref(), &t.list[i as usize])))
     }
 }
 
@@ -161,9 +236,30 @@ impl LimitSpec {
         }
         match self.overrides.get(key) {
             None => ForKey::Bucket(self),
-            Some(Override::Bucket(o)) => ForKey::Own(o),
-            Some(Override::Unlimited) => ForKey::Unlimited,
-            Some(Override::Deny) => ForKey::Deny,
+            Some(o) => self.subject_to(o),
+        }
+    }
+
+    /// What a key whose plan is `plan` is subject to: `plan` must be of this limit's
+    /// overrides (its generation), as [`Overrides::plan_of`] gives it. A plan of another
+    /// generation is looked up again by `key`.
+    #[inline]
+    pub fn for_plan(&self, plan: Plan, key: &str) -> ForKey<'_> {
+        match &self.overrides.0 {
+            Some(t) if plan.generation == t.generation => match t.list.get(plan.at as usize) {
+                Some(o) => self.subject_to(o),
+                None => ForKey::Bucket(self),
+            },
+            _ => self.for_key(key),
+        }
+    }
+
+    #[inline]
+    fn subject_to<'s>(&'s self, o: &'s Override) -> ForKey<'s> {
+        match o {
+            Override::Bucket(o) => ForKey::Own(o),
+            Override::Unlimited => ForKey::Unlimited,
+            Override::Deny => ForKey::Deny,
         }
     }
 

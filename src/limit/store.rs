@@ -7,7 +7,7 @@
 //! reported but does not block the request, and is not charged (a bucket never goes below zero
 //! on its own node).
 
-use super::store_entry::{bucket_entry, is_quiet, lock, Entry, Listed, Locked, Shard, View};
+use super::store_entry::{is_quiet, lock, Entry, Listed, Shard, View};
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
 use super::store_slab::Entries;
 use crate::limit::bucket::{Bucket, Decision};
@@ -228,110 +228,11 @@ impl Store {
         self.charge_store_keys(n, |i| limit_of(i).map(|l| (l, cost(i))), key_of, out)
     }
 
-    /// Charges `n` buckets, all or none: charge `i` is to `of(i)` (limit and cost) on store
-    /// key `key_of(i)`, each key read once; `of(i) == None` charges nothing there and decides
-    /// [`EXEMPT`]. Inlined into its two callers (each calls it once),
-    /// so that the request path's decision is one function.
-    #[inline(always)]
-    fn charge_store_keys<'l, 'k>(
-        &self,
-        n: usize,
-        of: impl Fn(usize) -> Option<(&'l LimitSpec, u64)>,
-        key_of: impl Fn(usize) -> &'k str,
-        out: &mut ChargeResult,
-    ) {
-        let now = self.clock.now_ns();
-        let mut located: Small<Located<'_>> = SmallVec::new();
-        let shards = self.locate_all(n, |i| of(i).is_some(), key_of, &mut located);
-        let mut guards = Locked::new(&self.shards, shards);
-        let single = n == 1;
-        let mut wake = false;
-        debug_assert!(out.decisions.is_empty() && out.rejected_by.is_none());
-        for (i, at) in located.iter_mut().enumerate() {
-            let Some((limit, cost)) = of(i) else {
-                out.decisions.push(EXEMPT);
-                continue;
-            };
-            let (hash, sid, key) = (at.hash, at.sid, at.key);
-            let shard = guards.shard(sid);
-            let cap = self.shard_cap.load(Ordering::Relaxed);
-            let Some(entry) =
-                bucket_entry(shard, hash, key, &limit.params, now, (cap, self.shared))
-            else {
-                // No room for a new bucket: refused (a shadow limit only reports it).
-                self.overflows.fetch_add(1, Ordering::Relaxed);
-                out.push(i, limit.shadow, OVERFLOW);
-                continue;
-            };
-            let d = self.evaluate(entry, limit, cost, now);
-            // Pay now, with the entry in hand; should a later limit refuse, the payments are
-            // undone below, under the same locks (a refusal is the rare case: it alone costs a
-            // second lookup).
-            if d.allowed {
-                if !single {
-                    let spent = entry.pace().map(|p| p.spent());
-                    at.paid = Some((entry.bucket.own_consumed(), spent));
-                }
-                entry.bucket.commit(cost);
-                if let Some(pace) = entry.pace_mut() {
-                    pace.spend(cost);
-                }
-            }
-            if !d.allowed && !limit.shadow {
-                entry.refused.note(now);
-            }
-            if let Some((list, new)) = self.listing(entry, limit, &d, now) {
-                wake |= new;
-                shard.list(list, key);
-            }
-            out.push(i, limit.shadow, d);
-        }
-        if out.rejected_by.is_some() {
-            undo(&mut guards, &located);
-        }
-        drop(guards);
-        if wake {
-            self.wake();
-        }
-    }
-
-    /// Where each of `n` store keys is (into `located`, written in place: returned, the
-    /// vector was copied), and the set of their shards (bit i: shard i), to be locked in
-    /// ascending order, so that two requests never wait on each other's locks. A key that is
-    /// not `charged(i)` (exempt) is neither hashed nor its shard locked for it.
-    #[inline(always)]
-    fn locate_all<'k>(
-        &self,
-        n: usize,
-        charged: impl Fn(usize) -> bool,
-        key_of: impl Fn(usize) -> &'k str,
-        located: &mut Small<Located<'k>>,
-    ) -> u64 {
-        let mut shards = 0u64;
-        for i in 0..n {
-            let key = key_of(i);
-            let (hash, sid) = if charged(i) {
-                let at = self.locate(key);
-                shards |= 1 << at.1;
-                at
-            } else {
-                (0, 0)
-            };
-            located.push(Located {
-                hash,
-                sid,
-                key,
-                paid: None,
-            });
-        }
-        shards
-    }
-
     /// Shared mode: notes a charge's change to `entry` (quiet or not: see
     /// [`crate::limit::store_quiet`]); returns the list its key must join, if any, and whether
     /// it is a bucket new to this node listed for a sync (the sync loop is woken for it).
     #[inline(always)]
-    fn listing(
+    pub(super) fn listing(
         &self,
         entry: &mut Entry,
         limit: &LimitSpec,
@@ -373,7 +274,13 @@ impl Store {
 
     /// One bucket's decision on a charge, pace included; records the attempt.
     #[inline(always)]
-    fn evaluate(&self, entry: &mut Entry, limit: &LimitSpec, cost: u64, now: i64) -> Decision {
+    pub(super) fn evaluate(
+        &self,
+        entry: &mut Entry,
+        limit: &LimitSpec,
+        cost: u64,
+        now: i64,
+    ) -> Decision {
         entry.roll(&limit.params, now);
         if limit.params.is_slots() {
             return self.evaluate_slots(entry, limit, cost, now);
@@ -428,7 +335,7 @@ impl Store {
 }
 
 /// The decision for a bucket that could not be created (the store is at `max_buckets`).
-const OVERFLOW: Decision = Decision {
+pub(super) const OVERFLOW: Decision = Decision {
     allowed: false,
     remaining: 0,
     retry_after_ns: 1_000_000_000,
@@ -440,7 +347,7 @@ impl ChargeResult {
     /// Adds charge `i`'s decision: a refusal by an enforcing limit that needs a longer wait
     /// than the refusals so far becomes the one reported.
     #[inline(always)]
-    fn push(&mut self, i: usize, shadow: bool, d: Decision) {
+    pub(super) fn push(&mut self, i: usize, shadow: bool, d: Decision) {
         if !d.allowed {
             if shadow {
                 self.shadow_rejected.push(i);
@@ -451,32 +358,6 @@ impl ChargeResult {
             }
         }
         self.decisions.push(d);
-    }
-}
-
-/// One bucket of a charge: its hash, shard and store key, and what it held before the charge
-/// paid it (consumed, and spent of its pace), should the charge be undone.
-struct Located<'k> {
-    hash: u64,
-    sid: usize,
-    key: &'k str,
-    paid: Option<(u64, Option<u64>)>,
-}
-
-/// Undoes the payments of a refused charge, under the locks it holds.
-#[cold]
-fn undo(guards: &mut Locked<'_>, located: &[Located<'_>]) {
-    for at in located {
-        let Some((consumed, spent)) = at.paid else {
-            continue;
-        };
-        let shard = guards.shard(at.sid);
-        if let Some(e) = shard.map.get_hashed_mut(at.hash, at.key) {
-            e.bucket.uncommit_to(consumed);
-            if let (Some(pace), Some(spent)) = (e.pace_mut(), spent) {
-                pace.unspend_to(spent);
-            }
-        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! share, with the map operations they all use.
 
 use super::bucket::{Bucket, BucketParams, Decision, UNITS_PER_TOKEN};
+use super::overrides::Plan;
 use super::pacing::Pace;
 use super::store_key::StoreKey;
 use super::store_slab::Entries;
@@ -22,6 +23,9 @@ pub(super) struct Entry {
     /// Refusals in the last minutes, for `/buckets` (see [`crate::limit::store_top`]); in
     /// the entry's padding, so a bucket costs no more memory for them.
     pub(super) refused: Refusals,
+    /// The key's override when the bucket last looked it up (a limit with overrides, see
+    /// [`super::store_plans`]).
+    pub(super) plan: Plan,
 }
 
 /// Refusals of one bucket in the current and the previous minute (minutes since the epoch,
@@ -227,6 +231,7 @@ fn new_entry(p: &BucketParams, now: i64, shared: bool) -> Entry {
         listed: None,
         view: View::New,
         refused: Refusals::default(),
+        plan: Plan::default(),
         sync: shared.then(|| {
             Box::new(SyncState {
                 synced_ns: now,
@@ -352,7 +357,8 @@ pub(super) fn is_quiet(
         && taken <= (2 * UNITS_PER_TOKEN).saturating_add(refilled)
 }
 
-// The refusal counts live in what would otherwise be padding.
-const _: () = assert!(std::mem::size_of::<Entry>() <= 80);
+// The refusal counts live in what would otherwise be padding; the plan takes the entry from
+// 80 to 96 bytes (its alignment is the bucket's i128s').
+const _: () = assert!(std::mem::size_of::<Entry>() <= 96);
 // A shared bucket's sync state fits the allocator's 40-byte size class (its pace apart).
 const _: () = assert!(std::mem::size_of::<SyncState>() <= 40);

@@ -86,15 +86,26 @@ impl<E> Entries<E> {
             .map_or(0, |b| (self.slots.len() - 1) * BLOCK + b.len())
     }
 
+    /// The slot of `key` (hash `hash`), if the shard holds it.
     #[inline(always)]
-    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+    pub(super) fn find(&self, hash: u64, key: &str) -> Option<u32> {
         let slots = &self.slots;
         self.index.find(hash, |&i| holds(slots, i, key)).copied()
     }
 
+    /// The entry in slot `i` (from [`Entries::find`], with no removal since).
     #[inline(always)]
-    fn entry_at(&mut self, i: u32) -> Option<&mut E> {
+    pub(super) fn entry_at(&mut self, i: u32) -> Option<&mut E> {
         match slot_mut(&mut self.slots, i) {
+            Some(Some((_, e))) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The entry in slot `i`, to read.
+    #[inline(always)]
+    pub(super) fn entry_ref(&self, i: u32) -> Option<&E> {
+        match slot(&self.slots, i) {
             Some(Some((_, e))) => Some(e),
             _ => None,
         }

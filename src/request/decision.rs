@@ -11,6 +11,7 @@ use crate::config::KeySource;
 use crate::limit::bucket::Decision;
 use crate::limit::overrides::{ForKey, Own};
 use crate::limit::store::{push_limit_prefix, ChargeResult, LimitSpec, Small, Store, EXEMPT};
+use crate::limit::store_plans::Stop;
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
 use std::cell::Cell;
@@ -221,9 +222,10 @@ fn decide_with<'a>(
 }
 
 /// The decision of a request some of whose limits have overrides: each key's override is
-/// looked up once (one hash lookup), a denied key is refused before anything is charged, an
-/// unlimited one is left out of the charge ([`UNLIMITED`]), and the rest are charged with
-/// their own parameters. Out of line: requests on limits without overrides never come here.
+/// found through its bucket or looked up once (see [`crate::limit::store_plans`]), a denied
+/// key is refused before anything is charged, an unlimited one is left out of the charge
+/// ([`UNLIMITED`]), and the rest are charged with their own parameters. Out of line: requests
+/// on limits without overrides never come here.
 #[inline(never)]
 fn decide_overridden<'a>(
     store: &Store,
@@ -234,35 +236,28 @@ fn decide_overridden<'a>(
     ends: &[usize],
 ) -> Verdict<'a> {
     let key = |i: usize| charged[i].limit.key_of(key_at(buf, ends, i));
-    // What each key is subject to, looked up once: its limit, its own bucket (an override)
-    // or nothing (an unlimited key: not charged); a denied key is refused here.
-    let mut subject: SmallVec<[ForKey<'a>; 4]> = SmallVec::new();
-    for (i, c) in charged.iter().enumerate() {
-        let for_key = c.limit.for_key(key(i));
-        if let ForKey::Deny = for_key {
-            return Verdict::Denied {
-                at: i,
-                key_fp: Fingerprint::of(key(i)),
-            };
-        }
-        subject.push(for_key);
-    }
-    if let Some((at, l)) = subject.iter().enumerate().find_map(|(i, f)| {
-        (f.bucket())
-            .filter(|l| !l.shadow && cost(i) > l.params.capacity())
-            .map(|l| (i, l))
-    }) {
-        let capacity = l.params.capacity();
-        return Verdict::TooCostly { at, capacity };
-    }
+    // What each key is subject to: its limit, its own bucket (an override) or nothing (an
+    // unlimited key: not charged); found through its bucket, or looked up once.
+    let mut subject: Small<ForKey<'a>> = SmallVec::new();
     let mut result = ChargeResult::default();
-    store.charge_prefixed(
+    let stop = store.charge_planned(
         charged.len(),
-        |i| subject[i].bucket(),
+        |i| charged[i].limit,
         |i| key_at(buf, ends, i),
         cost,
+        &mut subject,
         &mut result,
     );
+    match stop {
+        None => {}
+        Some(Stop::Denied { at }) => {
+            return Verdict::Denied {
+                at,
+                key_fp: Fingerprint::of(key(at)),
+            }
+        }
+        Some(Stop::TooCostly { at, capacity }) => return Verdict::TooCostly { at, capacity },
+    }
     if let Some(at) = result.rejected_by {
         return Verdict::Limited {
             at,
