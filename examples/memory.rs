@@ -460,18 +460,21 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
     let bucket = std::mem::size_of::<Bucket>();
     let counters = std::mem::size_of::<Counters>();
     let pace = std::mem::size_of::<Pace>();
-    // Entry = Bucket + the boxed sync state (a pointer; None when standalone) + listed and
-    // view (a byte each) and the refusal counts (6 bytes), aligned to 16 (i128 fields).
-    let entry = (bucket + 8 + 8).div_ceil(16) * 16;
-    // Each shard's slab holds (StoreKey = Box<str>, Entry): a 16-byte fat pointer and the
-    // entry, in blocks of 1,024 written only as buckets come (the rest of the last block is
-    // not resident). Its hash table holds a 4-byte slot number and a control byte per slot,
-    // and grows to the next power of two above len * 8 / 7; every slot of it is written.
-    let slot = (16 + entry).div_ceil(16) * 16;
+    // Entry = Bucket (aligned to 8) + the boxed sync state (a pointer; None when standalone)
+    // + the key's plan (two u32s) + listed and view (a byte each) and the refusal counts (6
+    // bytes), aligned to 8.
+    let entry = (bucket + 8 + 8 + 8).div_ceil(8) * 8;
+    // Each shard's slab holds (StoreKey, Entry): a one-pointer key (its length in its
+    // allocation) and the entry, in blocks of 1,024 written only as buckets come (the rest of
+    // the last block is not resident). Its hash table holds a 4-byte slot number and a
+    // control byte per slot, and grows to the next power of two above len * 8 / 7; every
+    // slot of it is written.
+    let slot = (8 + entry).div_ceil(8) * 8;
     let per_shard = n.div_ceil(64);
     let shard_buckets = (per_shard * 8).div_ceil(7).next_power_of_two();
     let table = (64 * shard_buckets * (4 + 1)) as f64 / n as f64;
-    let key = chunk(avg_key as usize);
+    // The key's allocation: its 4-byte length, then its bytes.
+    let key = chunk(4 + avg_key as usize);
     println!("estimated breakdown (per bucket):");
     println!("  size_of Bucket {bucket} (Counters {counters}), Entry ~{entry}");
     println!("  slab slot (StoreKey, Entry)                                       {slot}");

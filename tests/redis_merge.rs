@@ -83,21 +83,21 @@ fn merge_never_lowers_a_field_and_keeps_other_nodes() {
         waste: -5,
     };
     let hash = merge(&mut con, "k2", 60_000, &node_fields("b", &neg, 1, 1, 1));
-    assert_eq!(parse_hash(&hash).0["b"].counters.waste, -5);
+    assert_eq!({ parse_hash(&hash).0["b"].counters.waste }, -5);
     let neg2 = Counters {
         consumed: 501,
         attempts: 900,
         waste: -40,
     };
     let hash = merge(&mut con, "k2", 60_000, &node_fields("b", &neg2, 1, 1, 1));
-    assert_eq!(parse_hash(&hash).0["b"].counters.waste, -5);
+    assert_eq!({ parse_hash(&hash).0["b"].counters.waste }, -5);
     let pos = Counters {
         consumed: 501,
         attempts: 900,
         waste: 3,
     };
     let hash = merge(&mut con, "k2", 60_000, &node_fields("b", &pos, 1, 1, 1));
-    assert_eq!(parse_hash(&hash).0["b"].counters.waste, 3);
+    assert_eq!({ parse_hash(&hash).0["b"].counters.waste }, 3);
 
     // Another node's fields are left alone, and a garbage stored value is replaced.
     redis.cmd(&["HSET", key, "a:attempts", "garbage"]);
@@ -227,7 +227,7 @@ fn a_fresh_write_answers_the_hash_as_it_was_and_keeps_its_waste_out_of_an_existi
     let stored = parse_hash(&redis_hash(&mut con, key)).0;
     assert_eq!(stored["b"].counters.consumed, 2);
     assert_eq!(
-        stored["b"].counters.waste,
+        { stored["b"].counters.waste },
         i128::MIN,
         "b's waste is not in the hash"
     );

@@ -93,7 +93,7 @@ fn describe(
                 json!({
                     "consumed": f.counters.consumed,
                     "attempts": f.counters.attempts,
-                    "waste": f.counters.waste.to_string(),
+                    "waste": ({ f.counters.waste }).to_string(),
                     "capacity": f.capacity,
                     "refill_per_second": f.rate_q.map(|r| r as f64 / 1e9),
                     "seen_ms": f.seen_ms,

@@ -3,8 +3,10 @@
 //! refused, 403).
 //!
 //! A limit's overrides are one hash map from the key, exactly as the limit builds it, to the
-//! override; a limit without overrides holds none, and its keys pay nothing for the feature
-//! (one `is_empty` test). An overridden key pays one hash lookup per request. Everything that
+//! override's position in a list; a limit without overrides holds none, and its keys pay
+//! nothing for the feature (one `is_empty` test). A key of a limit with overrides pays one
+//! hash lookup when it has no bucket yet; its bucket then notes the override it found (a
+//! [`Plan`], see [`crate::limit::store_plans`]), and later requests find it there. Everything that
 //! needs a bucket's parameters later (the sync round, the quiet-bucket checks, the sweep, the
 //! statistics, `/rating`) resolves them the same way, through [`LimitSpec::for_key`], so a
 //! bucket is always evaluated with the parameters it was charged with; in shared mode each

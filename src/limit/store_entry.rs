@@ -358,7 +358,10 @@ pub(super) fn is_quiet(
 }
 
 // The refusal counts live in what would otherwise be padding; the plan takes the entry from
-// 80 to 96 bytes (its alignment is the bucket's i128s').
-const _: () = assert!(std::mem::size_of::<Entry>() <= 96);
+// 80 to 88 bytes (the bucket's i128s are aligned to 8, see `Bucket`, or it would be 96).
+const _: () = assert!(std::mem::size_of::<Entry>() <= 88);
+// A slot of the shard's slab: the key (one pointer) and the entry, 96 bytes as before the
+// plan was added.
+const _: () = assert!(std::mem::size_of::<Option<(StoreKey, Entry)>>() <= 96);
 // A shared bucket's sync state fits the allocator's 40-byte size class (its pace apart).
 const _: () = assert!(std::mem::size_of::<SyncState>() <= 40);
