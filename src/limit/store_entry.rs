@@ -141,7 +141,12 @@ pub(super) struct Shard {
 
 impl Shard {
     pub(super) fn mark_dirty(&mut self, key: &str) {
-        if let Some(e) = self.map.get_mut(key) {
+        self.mark_dirty_hashed(self.map.hash_of(key), key);
+    }
+
+    /// [`Shard::mark_dirty`] for a key whose hash (the store's) is known.
+    pub(super) fn mark_dirty_hashed(&mut self, hash: u64, key: &str) {
+        if let Some(e) = self.map.get_hashed_mut(hash, key) {
             if e.listed != Some(Listed::Dirty) {
                 e.listed = Some(Listed::Dirty);
                 self.dirty.push(key.into());

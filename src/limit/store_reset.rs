@@ -85,12 +85,14 @@ impl Store {
     /// `consumed` never decreases; the bucket's cap applies. Returns whether the bucket was
     /// there (one evicted meanwhile is full: nothing to give back).
     pub fn refund(&self, store_key: &str, cost: u64) -> bool {
-        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
-        let Some(e) = shard.map.get_mut(store_key) else {
+        // Hashed once, for the shard and its map.
+        let (hash, sid) = self.locate(store_key);
+        let mut shard = lock(&self.shards[sid]);
+        let Some(e) = shard.map.get_hashed_mut(hash, store_key) else {
             return false;
         };
         if e.credit(cost) {
-            shard.mark_dirty(store_key);
+            shard.mark_dirty_hashed(hash, store_key);
         }
         true
     }
@@ -109,8 +111,9 @@ impl Store {
         actual: u64,
     ) -> Option<Decision> {
         let now = self.clock.now_ns();
-        let mut shard = lock(&self.shards[self.shard_of(store_key)]);
-        let e = shard.map.get_mut(store_key)?;
+        let (hash, sid) = self.locate(store_key);
+        let mut shard = lock(&self.shards[sid]);
+        let e = shard.map.get_hashed_mut(hash, store_key)?;
         let push = if actual > reserved {
             let extra = actual - reserved;
             e.bucket.commit(extra);
@@ -123,7 +126,7 @@ impl Store {
         };
         let state = e.bucket.peek(&limit.params, 0, now);
         if push {
-            shard.mark_dirty(store_key);
+            shard.mark_dirty_hashed(hash, store_key);
         }
         Some(state)
     }

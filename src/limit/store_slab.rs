@@ -119,6 +119,11 @@ impl<E> Entries<E> {
         }
     }
 
+    /// The hash of `key` in this map (the store's).
+    pub(super) fn hash_of(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut E> {
         self.get_hashed_mut(self.hasher.hash_one(key), key)
     }
