@@ -3,7 +3,7 @@
 //!
 //! A hash table keeps room for its growth: it doubles when it is 7/8 full, so right after
 //! doubling it is 7/16 full, and every one of its slots is written when it is rehashed. With
-//! the entries in its slots (a key and an 80-byte entry, 96 bytes), that room cost over 100
+//! the entries in its slots (a key and the entry, 96 bytes), that room cost over 100
 //! bytes per bucket at the worst point of the growth, more than the entry itself. Here the
 //! table holds only the number of the entry's slot in a slab (4 bytes and a control byte, at
 //! most about 12 bytes per bucket at that point), and the slab grows by blocks of 1,024 slots
