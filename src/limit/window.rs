@@ -66,11 +66,16 @@ impl Window {
     /// The index of the window holding `now_ns` (nanoseconds since the Unix epoch; windows
     /// before the epoch have negative indices).
     pub fn index(self, now_ns: i64) -> i64 {
-        let secs = now_ns.div_euclid(NS_PER_SEC);
         match self {
-            Window::Month => month_index(secs),
-            w => secs.div_euclid(w.nominal_secs()),
+            Window::Month => month_index(now_ns.div_euclid(NS_PER_SEC)),
+            // One division: floor(floor(n / a) / b) = floor(n / ab) for integers a, b > 0.
+            w => now_ns.div_euclid(w.nominal_ns()),
         }
+    }
+
+    /// Nanoseconds of a fixed window (a month: its longest); at most a day's, 8.64e13.
+    fn nominal_ns(self) -> i64 {
+        self.nominal_secs() * NS_PER_SEC
     }
 
     /// When window `index` starts, in nanoseconds since the epoch (saturating).
@@ -91,6 +96,12 @@ impl Window {
     /// quotas only.
     #[inline(never)]
     pub fn left_ns(self, now_ns: i64) -> u64 {
+        let len = self.nominal_ns();
+        // A fixed window whose start and end are representable (all but a window's length at
+        // either end of the i64 range, where the end saturates): one remainder.
+        if self != Window::Month && (i64::MIN + len..=i64::MAX - len).contains(&now_ns) {
+            return (len - now_ns.rem_euclid(len)) as u64;
+        }
         let end = self.start_ns(self.index(now_ns).saturating_add(1));
         u64::try_from(end.saturating_sub(now_ns)).unwrap_or(0)
     }
@@ -409,5 +420,43 @@ mod tests {
         };
         c.absorb(&Default::default(), 0, old.pack());
         assert_eq!(c.peek(&p, 0, t0).remaining, 3);
+    }
+
+    #[test]
+    fn fixed_windows_index_and_time_left_as_by_seconds_then_windows() {
+        // The two-step definitions these replace: whole seconds, then windows of seconds.
+        let index = |w: Window, n: i64| n.div_euclid(NS_PER_SEC).div_euclid(w.nominal_secs());
+        let left = |w: Window, n: i64| {
+            let end = w.start_ns(index(w, n).saturating_add(1));
+            u64::try_from(end.saturating_sub(n)).unwrap_or(0)
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut samples: Vec<i64> = vec![0, -1, 1, i64::MIN, i64::MAX, i64::MIN + 1, i64::MAX - 1];
+        for w in [Window::Minute, Window::Hour, Window::Day] {
+            let len = w.nominal_ns();
+            for edge in [
+                i64::MIN + len,
+                i64::MAX - len,
+                0,
+                1_764_460_800 * NS_PER_SEC,
+            ] {
+                samples.extend([edge - 1, edge, edge + 1]);
+            }
+        }
+        for _ in 0..200_000 {
+            // xorshift: values over the whole range, and within a few years of now.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x as i64);
+            samples
+                .push(1_764_460_800 * NS_PER_SEC + (x % (400 * 86_400 * NS_PER_SEC as u64)) as i64);
+        }
+        for w in [Window::Minute, Window::Hour, Window::Day] {
+            for &n in &samples {
+                assert_eq!(w.index(n), index(w, n), "{w:?} index at {n}");
+                assert_eq!(w.left_ns(n), left(w, n), "{w:?} left at {n}");
+            }
+        }
     }
 }
