@@ -152,8 +152,8 @@ impl<'a> ForKey<'a> {
 
 impl Overrides {
     /// Overrides from (key, override) pairs; the caller has refused duplicate keys (a
-    /// duplicate's last override would win). At most 2^32 - 1 keys (the config's limit on an
-    /// overrides file is far lower).
+    /// duplicate's last override would win). At most 2^32 - 1 keys: an overrides file is at
+    /// most 256 MiB (`config::overrides`), a few tens of millions of keys.
     pub fn new(entries: impl IntoIterator<Item = (String, Override)>) -> Self {
         let mut at: HashMap<Box<str>, u32, ahash::RandomState> = HashMap::default();
         let mut list = Vec::new();
