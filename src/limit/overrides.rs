@@ -242,17 +242,18 @@ impl LimitSpec {
         }
     }
 
-    /// What a key whose plan is `plan` is subject to: `plan` must be of this limit's
-    /// overrides (its generation), as [`Overrides::plan_of`] gives it. A plan of another
-    /// generation is looked up again by `key`.
+    /// What a key whose plan is `plan` is subject to. `plan` is of this limit's overrides
+    /// (their generation, as [`Overrides::plan_of`] gives it, or a bucket's that matches
+    /// it); a limit without overrides has only the plan "no override", generation 0.
     #[inline]
-    pub fn for_plan(&self, plan: Plan, key: &str) -> ForKey<'_> {
-        match &self.overrides.0 {
-            Some(t) if plan.generation == t.generation => match t.list.get(plan.at as usize) {
-                Some(o) => self.subject_to(o),
-                None => ForKey::Bucket(self),
-            },
-            _ => self.for_key(key),
+    pub fn for_plan(&self, plan: Plan) -> ForKey<'_> {
+        let Some(t) = &self.overrides.0 else {
+            return ForKey::Bucket(self);
+        };
+        debug_assert_eq!(plan.generation, t.generation, "a plan of another table");
+        match t.list.get(plan.at as usize) {
+            Some(o) if plan.generation == t.generation => self.subject_to(o),
+            _ => ForKey::Bucket(self),
         }
     }
 

@@ -48,18 +48,17 @@ impl Store {
         let mut guards = Locked::new(&self.shards, shards);
         for (i, at) in located.iter_mut().enumerate() {
             let limit = limit_of(i);
-            let key = limit.key_of(at.key);
             let shard = guards.shard(at.sid);
             at.slot = shard.map.find(at.hash, at.key);
             let known = (at.slot)
                 .and_then(|s| shard.map.entry_ref(s))
                 .map(|e| e.plan)
                 .filter(|p| p.generation == limit.overrides.generation());
-            let plan = known.unwrap_or_else(|| limit.overrides.plan_of(key));
+            let plan = known.unwrap_or_else(|| limit.overrides.plan_of(limit.key_of(at.key)));
             // Written into the bucket by the charge (only when it was looked up: the plan a
             // bucket has is not written again).
             at.plan = known.is_none().then_some(plan);
-            let subject = limit.for_plan(plan, key);
+            let subject = limit.for_plan(plan);
             if let ForKey::Deny = subject {
                 return Some(Stop::Denied { at: i });
             }
