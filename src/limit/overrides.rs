@@ -233,13 +233,7 @@ impl LimitSpec {
     /// What `key` (without the `LIMIT:` prefix) is subject to under this limit.
     #[inline]
     pub fn for_key(&self, key: &str) -> ForKey<'_> {
-        if self.overrides.is_empty() {
-            return ForKey::Bucket(self);
-        }
-        match self.overrides.get(key) {
-            None => ForKey::Bucket(self),
-            Some(o) => self.subject_to(o),
-        }
+        self.for_plan(self.overrides.plan_of(key))
     }
 
     /// What a key whose plan is `plan` is subject to. `plan` is of this limit's overrides

@@ -54,7 +54,7 @@ impl Store {
                 sid,
                 key,
                 slot: None,
-                plan: None,
+                plan: Plan::default(),
                 paid: None,
             });
         }
@@ -97,8 +97,8 @@ impl Store {
                 out.push(i, limit.shadow, OVERFLOW);
                 continue;
             };
-            if let Some(plan) = at.plan.filter(|_| PLANNED) {
-                entry.plan = plan;
+            if PLANNED {
+                entry.plan = at.plan;
             }
             let d = self.evaluate(entry, limit, cost, now);
             // Pay now, with the entry in hand; should a later limit refuse, the payments are
@@ -140,7 +140,7 @@ pub(super) struct Located<'k> {
     pub(super) sid: usize,
     pub(super) key: &'k str,
     pub(super) slot: Option<u32>,
-    pub(super) plan: Option<Plan>,
+    pub(super) plan: Plan,
     pub(super) paid: Option<(u64, Option<u64>)>,
 }
 

@@ -55,9 +55,8 @@ impl Store {
                 .map(|e| e.plan)
                 .filter(|p| p.generation == limit.overrides.generation());
             let plan = known.unwrap_or_else(|| limit.overrides.plan_of(limit.key_of(at.key)));
-            // Written into the bucket by the charge (only when it was looked up: the plan a
-            // bucket has is not written again).
-            at.plan = known.is_none().then_some(plan);
+            // Written into the bucket by the charge.
+            at.plan = plan;
             let subject = limit.for_plan(plan);
             if let ForKey::Deny = subject {
                 return Some(Stop::Denied { at: i });

@@ -112,11 +112,7 @@ impl<E> Entries<E> {
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&E> {
-        let i = self.find(self.hasher.hash_one(key), key)?;
-        match slot(&self.slots, i) {
-            Some(Some((_, e))) => Some(e),
-            _ => None,
-        }
+        self.entry_ref(self.find(self.hash_of(key), key)?)
     }
 
     /// The hash of `key` in this map (the store's).
@@ -125,7 +121,7 @@ impl<E> Entries<E> {
     }
 
     pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut E> {
-        self.get_hashed_mut(self.hasher.hash_one(key), key)
+        self.get_hashed_mut(self.hash_of(key), key)
     }
 
     /// The entry of `key`, whose hash (the store's) is `hash`.
@@ -182,7 +178,7 @@ impl<E> Entries<E> {
 
     /// Removes the entry of `key`, if any.
     pub(super) fn remove(&mut self, key: &str) -> Option<E> {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hash_of(key);
         let slots = &self.slots;
         let found = self
             .index
