@@ -13,7 +13,10 @@
 //!
 //! `HOT_PATH_PLANS=1` configures plans as `INSTR_PLANS=1` of `scripts/bench_instructions.sh`
 //! does: the API-key limit with 100,000 overrides (the benchmark's key among them) and, in place
-//! of the per-IP limit, a daily quota on the API key with overrides.
+//! of the per-IP limit, a daily quota on the API key with overrides. Two more, to tell what
+//! the plans cost from what the quota costs: `HOT_PATH_PLANS=2` is the same two limits
+//! without overrides (the plain charge), `HOT_PATH_PLANS=3` two buckets on the API key with
+//! overrides (no quota).
 //!
 //! `scripts/bench_instructions.sh` measures the whole proxy the same way.
 
@@ -47,8 +50,16 @@ fn with_plans(limits: &mut [(LimitSpec, Arc<[KeySource]>); 2]) {
     use tollgate::limit::overrides::{Override, Overrides, Own};
     use tollgate::limit::window::Window;
     let api_key = limits[0].1.clone();
-    let quota = BucketParams::quota(1_000_000_000_000, Window::Day).expect("quota");
-    limits[1] = (LimitSpec::new("per-ip", quota), api_key);
+    let mode = std::env::var("HOT_PATH_PLANS").unwrap_or_default();
+    if mode != "3" {
+        let quota = BucketParams::quota(1_000_000_000_000, Window::Day).expect("quota");
+        limits[1] = (LimitSpec::new("per-ip", quota), api_key.clone());
+    } else {
+        limits[1].1 = api_key;
+    }
+    if mode == "2" {
+        return;
+    }
     for (spec, _) in limits.iter_mut() {
         let own = Override::Bucket(Box::new(Own::new(spec.with_params(spec.params.clone()))));
         let entries = (0..99_999)
@@ -77,7 +88,7 @@ fn main() {
         ),
         limit("per-ip", KeySource::ClientIp),
     ];
-    if std::env::var_os("HOT_PATH_PLANS").is_some_and(|v| v == "1") {
+    if std::env::var_os("HOT_PATH_PLANS").is_some_and(|v| v != "0") {
         with_plans(&mut limits);
     }
     let store = Store::new(Arc::new(SystemClock), false);

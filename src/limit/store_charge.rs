@@ -1,9 +1,8 @@
 //! The loop of a charge: the buckets of a request's keys, found and their shards locked
 //! ([`Store::charge_store_keys`], [`Store::charge_planned`]), evaluated and paid all or none.
 
-use super::overrides::Plan;
 use super::store::{ChargeResult, LimitSpec, Small, Store, EXEMPT, OVERFLOW};
-use super::store_entry::{bucket_entry, Locked};
+use super::store_entry::{bucket_entry, Entry, Listed, Locked};
 use smallvec::SmallVec;
 use std::sync::atomic::Ordering;
 
@@ -24,7 +23,7 @@ impl Store {
         let mut located: Small<Located<'_>> = SmallVec::new();
         let shards = self.locate_all(n, |i| of(i).is_some(), key_of, &mut located);
         let guards = Locked::new(&self.shards, shards);
-        self.charge_located::<false>(guards, &mut located, of, now, out);
+        self.charge_located(guards, &mut located, of, now, out);
     }
 
     /// Where each of `n` store keys is (into `located`, written in place: returned, the
@@ -53,8 +52,6 @@ impl Store {
                 hash,
                 sid,
                 key,
-                slot: None,
-                plan: Plan::default(),
                 paid: None,
             });
         }
@@ -62,12 +59,10 @@ impl Store {
     }
 
     /// The charges of `located` (found, and their shards locked by `guards`), all or none:
-    /// the loop of [`Store::charge_store_keys`] and [`Store::charge_planned`]. A charge whose
-    /// bucket was found already (`slot`) is not looked up again, and a `plan` is written into
-    /// its bucket; both only when `PLANNED` (the plain charge has neither, and does not test
-    /// for them).
+    /// the loop of [`Store::charge_store_keys`] ([`Store::charge_planned`] has its own, which
+    /// finds each key's plan on the way).
     #[inline(always)]
-    pub(super) fn charge_located<'l, const PLANNED: bool>(
+    pub(super) fn charge_located<'l>(
         &self,
         mut guards: Locked<'_>,
         located: &mut [Located<'_>],
@@ -78,52 +73,90 @@ impl Store {
         let single = located.len() == 1;
         let mut wake = false;
         debug_assert!(out.decisions.is_empty() && out.rejected_by.is_none());
+        let cap = self.shard_cap.load(Ordering::Relaxed);
         for (i, at) in located.iter_mut().enumerate() {
             let Some((limit, cost)) = of(i) else {
                 out.decisions.push(EXEMPT);
                 continue;
             };
-            let (hash, sid, key) = (at.hash, at.sid, at.key);
-            let shard = guards.shard(sid);
-            let cap = self.shard_cap.load(Ordering::Relaxed);
+            let shard = guards.shard(at.sid);
             // A slot found under these locks holds its entry until they are released.
-            let found = match at.slot.filter(|_| PLANNED) {
-                Some(slot) => shard.map.entry_at(slot),
-                None => bucket_entry(shard, hash, key, &limit.params, now, (cap, self.shared)),
-            };
+            let found = bucket_entry(
+                shard,
+                at.hash,
+                at.key,
+                &limit.params,
+                now,
+                (cap, self.shared),
+            );
             let Some(entry) = found else {
-                // No room for a new bucket: refused (a shadow limit only reports it).
-                self.overflows.fetch_add(1, Ordering::Relaxed);
-                out.push(i, limit.shadow, OVERFLOW);
+                self.overflow(i, limit, out);
                 continue;
             };
-            if PLANNED {
-                entry.plan = at.plan;
-            }
-            let d = self.evaluate(entry, limit, cost, now);
-            // Pay now, with the entry in hand; should a later limit refuse, the payments are
-            // undone below, under the same locks (a refusal is the rare case: it alone costs a
-            // second lookup).
-            if d.allowed {
-                if !single {
-                    let spent = entry.pace().map(|p| p.spent());
-                    at.paid = Some((entry.bucket.own_consumed(), spent));
-                }
-                entry.bucket.commit(cost);
-                if let Some(pace) = entry.pace_mut() {
-                    pace.spend(cost);
-                }
-            }
-            if !d.allowed && !limit.shadow {
-                entry.refused.note(now);
-            }
-            if let Some((list, new)) = self.listing(entry, limit, &d, now) {
+            if let Some((list, new)) = self.pay(entry, at, limit, cost, now, single, i, out) {
                 wake |= new;
-                shard.list(list, key);
+                shard.list(list, at.key);
             }
-            out.push(i, limit.shadow, d);
         }
-        if out.rejected_by.is_some() {
+        self.charged(guards, located, false, wake, out);
+    }
+
+    /// Charge `i`'s bucket (`entry`, of `at`) evaluated for `cost` on `limit` and, when it can
+    /// pay, paid now, with the entry in hand (should a later limit refuse, the payment is
+    /// undone by [`Store::charged`], under the same locks: a refusal is the rare case, and
+    /// it alone costs a second lookup). The decision goes into `out`; returned: the list the
+    /// key must join, if any (see [`Store::listing`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pay(
+        &self,
+        entry: &mut Entry,
+        at: &mut Located<'_>,
+        limit: &LimitSpec,
+        cost: u64,
+        now: i64,
+        single: bool,
+        i: usize,
+        out: &mut ChargeResult,
+    ) -> Option<(Listed, bool)> {
+        let d = self.evaluate(entry, limit, cost, now);
+        if d.allowed {
+            if !single {
+                let spent = entry.pace().map(|p| p.spent());
+                at.paid = Some((entry.bucket.own_consumed(), spent));
+            }
+            entry.bucket.commit(cost);
+            if let Some(pace) = entry.pace_mut() {
+                pace.spend(cost);
+            }
+        }
+        if !d.allowed && !limit.shadow {
+            entry.refused.note(now);
+        }
+        let listed = self.listing(entry, limit, &d, now);
+        out.push(i, limit.shadow, d);
+        listed
+    }
+
+    /// No room for charge `i`'s new bucket: refused (a shadow limit only reports it).
+    #[cold]
+    pub(super) fn overflow(&self, i: usize, limit: &LimitSpec, out: &mut ChargeResult) {
+        self.overflows.fetch_add(1, Ordering::Relaxed);
+        out.push(i, limit.shadow, OVERFLOW);
+    }
+
+    /// The end of a charge: what was paid undone if a limit refused or the charge was
+    /// `stopped`, the locks released, and the sync loop woken if a new bucket wants it.
+    #[inline(always)]
+    pub(super) fn charged(
+        &self,
+        mut guards: Locked<'_>,
+        located: &[Located<'_>],
+        stopped: bool,
+        wake: bool,
+        out: &ChargeResult,
+    ) {
+        if stopped || out.rejected_by.is_some() {
             undo(&mut guards, located);
         }
         drop(guards);
@@ -132,15 +165,13 @@ impl Store {
         }
     }
 }
-/// One bucket of a charge: its hash, shard and store key, its slot when it was found before
-/// the charge (see [`Store::charge_planned`]), the plan to note in it, and what it held
-/// before the charge paid it (consumed, and spent of its pace), should the charge be undone.
+
+/// One bucket of a charge: its hash, shard and store key, and what it held before the charge
+/// paid it (consumed, and spent of its pace), should the charge be undone.
 pub(super) struct Located<'k> {
     pub(super) hash: u64,
     pub(super) sid: usize,
     pub(super) key: &'k str,
-    pub(super) slot: Option<u32>,
-    pub(super) plan: Plan,
     pub(super) paid: Option<(u64, Option<u64>)>,
 }
 

@@ -25,8 +25,11 @@ pub fn limit_of(store_key: &str) -> &str {
 /// The `LIMIT:` that starts every store key of `limit`.
 #[inline]
 pub fn push_limit_prefix(out: &mut String, limit: &str) {
+    out.reserve(limit.len() + 1);
     out.push_str(limit);
-    out.push(':');
+    // SAFETY: an ASCII byte after a whole `str` keeps the string valid UTF-8 (a byte push
+    // where `String::push` would encode a `char`).
+    unsafe { out.as_mut_vec().push(b':') };
 }
 
 /// A bucket's name in the store, `LIMIT:KEY` (see [`store_key`]): the type of the store's map

@@ -11,8 +11,9 @@
 //! the table, and the plan is written into its bucket when the charge makes one.
 
 use super::overrides::{ForKey, LimitSpec};
-use super::store::{ChargeResult, Small, Store};
-use super::store_entry::Locked;
+use super::store::{ChargeResult, Small, Store, EXEMPT};
+use super::store_entry::{bucket_entry, Locked};
+use std::sync::atomic::Ordering;
 
 /// Why a charge on overridden limits stopped before charging anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +28,16 @@ impl Store {
     /// [`Store::charge_prefixed`] for `n` charges whose limits may have overrides: charge `i`
     /// is `cost(i)` to limit `limit_of(i)` on store key `key_of(i)`, with the parameters its
     /// key's override gives. What each key is subject to goes into `subjects` (one per
-    /// charge, in order: an unlimited key's decision is [`super::store::EXEMPT`]), the
-    /// decisions into `out`. A denied key (the first, in order), else a cost over an enforcing
-    /// key's capacity, stops the charge before anything is charged.
+    /// charge, in order, up to a denied key: an unlimited key's decision is
+    /// [`super::store::EXEMPT`]), the decisions into `out`. A denied key (the first, in
+    /// order), else a cost over an enforcing key's capacity (the first), stops the charge
+    /// with nothing charged.
+    ///
+    /// One pass, as the plain charge's: each key's bucket is found, its plan read from it
+    /// (or looked up), and the bucket charged at once. A stop undoes what was paid before
+    /// it, as a refusal does, under the same locks; after a too-costly key the rest are only
+    /// looked at for a denial. Refusals noted by earlier keys of a request that turns out
+    /// denied stay noted (`/buckets?by=rejected`): those keys were over their limits.
     #[inline]
     pub fn charge_planned<'l, 'k>(
         &self,
@@ -46,44 +54,58 @@ impl Store {
         // known only once their buckets have been looked at.
         let shards = self.locate_all(n, |_| true, key_of, &mut located);
         let mut guards = Locked::new(&self.shards, shards);
+        let cap = self.shard_cap.load(Ordering::Relaxed);
+        let (single, mut wake, mut stop) = (n == 1, false, None);
         for (i, at) in located.iter_mut().enumerate() {
             let limit = limit_of(i);
             let shard = guards.shard(at.sid);
-            at.slot = shard.map.find(at.hash, at.key);
-            let known = (at.slot)
-                .and_then(|s| shard.map.entry_ref(s))
+            let found = (shard.map.find(at.hash, at.key)).and_then(|s| shard.map.entry_at(s));
+            let known = (found.as_ref())
                 .map(|e| e.plan)
                 .filter(|p| p.generation == limit.overrides.generation());
             let plan = known.unwrap_or_else(|| limit.overrides.plan_of(limit.key_of(at.key)));
-            // Written into the bucket by the charge.
-            at.plan = plan;
             let subject = limit.for_plan(plan);
             if let ForKey::Deny = subject {
-                return Some(Stop::Denied { at: i });
+                stop = Some(Stop::Denied { at: i });
+                break;
             }
             subjects.push(subject);
+            let Some(spec) = subject.bucket() else {
+                out.decisions.push(EXEMPT);
+                continue;
+            };
+            let cost = cost(i);
+            if stop.is_some() {
+                continue;
+            }
+            if !spec.shadow && cost > spec.params.capacity() {
+                let capacity = spec.params.capacity();
+                stop = Some(Stop::TooCostly { at: i, capacity });
+                continue;
+            }
+            let found = match found {
+                Some(e) => Some(e),
+                None => bucket_entry(
+                    shard,
+                    at.hash,
+                    at.key,
+                    &spec.params,
+                    now,
+                    (cap, self.shared),
+                ),
+            };
+            let Some(entry) = found else {
+                self.overflow(i, spec, out);
+                continue;
+            };
+            entry.plan = plan;
+            if let Some((list, new)) = self.pay(entry, at, spec, cost, now, single, i, out) {
+                wake |= new;
+                shard.list(list, at.key);
+            }
         }
-        // A denial comes first: only then a cost no wait would let pass.
-        let too_costly = subjects.iter().enumerate().find_map(|(i, s)| {
-            (s.bucket())
-                .filter(|l| !l.shadow && cost(i) > l.params.capacity())
-                .map(|l| Stop::TooCostly {
-                    at: i,
-                    capacity: l.params.capacity(),
-                })
-        });
-        if too_costly.is_some() {
-            return too_costly;
-        }
-        let subjects = &*subjects;
-        self.charge_located::<true>(
-            guards,
-            &mut located,
-            |i| subjects[i].bucket().map(|l| (l, cost(i))),
-            now,
-            out,
-        );
-        None
+        self.charged(guards, &located, stop.is_some(), wake, out);
+        stop
     }
 }
 
@@ -210,5 +232,61 @@ mod tests {
         assert!(out.allowed());
         assert_eq!(out.decisions[0].remaining, 0);
         assert_eq!(out.decisions[1].remaining, 2);
+        // The denied key's plain bucket was paid before its denial was seen, and given back:
+        // its 3 tokens are all there.
+        let plain_alone = |key: &str, cost: u64| {
+            let k = store_key(&plain.name, key);
+            let (mut subjects, mut out) = (Small::new(), ChargeResult::default());
+            let stop = s.charge_planned(
+                1,
+                |_| &plain,
+                |_| k.as_str(),
+                |_| cost,
+                &mut subjects,
+                &mut out,
+            );
+            assert_eq!(stop, None);
+            out
+        };
+        let out = plain_alone("leaked", 3);
+        assert_eq!((out.allowed(), out.decisions[0].remaining), (true, 0));
+    }
+
+    #[test]
+    fn a_stop_after_a_paid_key_gives_its_payment_back_and_a_denial_comes_before_a_cost() {
+        let s = store();
+        let base = limit(vec![]);
+        // "tiny" has a capacity of 2 on `l`, the plain limit 3; `other` denies "tiny".
+        let l = limit(vec![("tiny", pro(&base, 2))]);
+        let plain = LimitSpec::new("plain", BucketParams::new(3, 1.0, 3).expect("params"));
+        let mut other = LimitSpec::new("other", BucketParams::new(9, 1.0, 9).expect("params"));
+        other.overrides = Overrides::new([("tiny".to_string(), Override::Deny)]);
+        let charge_on = |limits: &[&LimitSpec], cost: u64| {
+            let keys: Vec<_> = limits.iter().map(|l| store_key(&l.name, "tiny")).collect();
+            let (mut subjects, mut out) = (Small::new(), ChargeResult::default());
+            let stop = s.charge_planned(
+                limits.len(),
+                |i| limits[i],
+                |i| keys[i].as_str(),
+                |_| cost,
+                &mut subjects,
+                &mut out,
+            );
+            (stop, out)
+        };
+        // 3 on the plain limit is paid, then 3 is over "tiny"'s 2 on `l`: too costly, and the
+        // plain limit's 3 come back.
+        let (stop, _) = charge_on(&[&plain, &l], 3);
+        assert_eq!(stop, Some(Stop::TooCostly { at: 1, capacity: 2 }));
+        // Too costly on `l` first, but denied by `other` after it: the denial is the answer.
+        let (stop, _) = charge_on(&[&l, &other], 3);
+        assert_eq!(stop, Some(Stop::Denied { at: 1 }));
+        // Both plain tokens sets intact: 3 and 2 paid now.
+        let (stop, out) = charge_on(&[&plain, &l], 2);
+        assert_eq!(stop, None);
+        let left: Vec<u64> = out.decisions.iter().map(|d| d.remaining).collect();
+        assert_eq!(left, [1, 0]);
+        let (stop, out) = charge_on(&[&plain], 1);
+        assert_eq!((stop, out.decisions[0].remaining), (None, 0));
     }
 }

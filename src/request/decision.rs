@@ -299,7 +299,11 @@ pub const UNLIMITED: Decision = EXEMPT;
 /// The store key `i` in `buf`, where the keys end at `ends`.
 #[inline(always)]
 fn key_at<'b>(buf: &'b str, ends: &[usize], i: usize) -> &'b str {
-    &buf[key_range(ends, i)]
+    let range = key_range(ends, i);
+    debug_assert!(buf.is_char_boundary(range.start) && buf.is_char_boundary(range.end));
+    // SAFETY: `ends` holds the buffer's length after each key was written (whole `str`s
+    // pushed), so every range between them is in bounds and on char boundaries.
+    unsafe { buf.get_unchecked(range) }
 }
 
 /// Where store key `i` is in a buffer whose keys end at `ends`.
