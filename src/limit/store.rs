@@ -16,6 +16,7 @@ pub use crate::limit::overrides::LimitSpec;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 use std::cell::RefCell;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -27,6 +28,12 @@ const _: () = assert!(SHARDS <= 64);
 /// four: a plan's bucket and quota, a concurrency limit and a response cost, without an
 /// allocation).
 pub type Small<T> = SmallVec<[T; 4]>;
+
+/// The hasher of the store's keys (shard and map): foldhash, hashbrown's own default, with a
+/// random seed per store. Keys come from clients, so the seed matters (no fixed state);
+/// foldhash takes fewer instructions than ahash's portable fallback (the one a build for
+/// generic x86-64, without AES instructions, gets) for keys of a few dozen bytes.
+pub type KeyHasher = foldhash::fast::RandomState;
 
 /// One bucket to charge.
 pub struct Charge<'a> {
@@ -68,7 +75,7 @@ pub const EXEMPT: Decision = Decision {
 pub struct Store {
     pub(super) shards: Box<[Mutex<Shard>]>,
     /// The hasher of every shard's map (same keys), so a key is hashed once.
-    pub(super) hasher: ahash::RandomState,
+    pub(super) hasher: KeyHasher,
     pub(super) clock: Arc<dyn Clock>,
     /// Buckets are shared through Redis: track what changed for the sync loop, and pace.
     pub(super) shared: bool,
@@ -111,7 +118,7 @@ impl LimitSpec {
 
 impl Store {
     pub fn new(clock: Arc<dyn Clock>, shared: bool) -> Self {
-        let hasher = ahash::RandomState::new();
+        let hasher = KeyHasher::default();
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {

@@ -15,12 +15,14 @@
 //! back when it is freed, where a general-purpose allocator keeps the freed half-size block
 //! for reuse.
 //!
-//! The table's probes compare the key in the slab; the hash is the store's (`ahash`, one per
+//! The table's probes compare the key in the slab; the hash is the store's (`KeyHasher`, one per
 //! request, see `Store::locate`), and a growth of the table hashes each key again.
 
+use super::store::KeyHasher;
 use super::store_key::StoreKey;
 use allocator_api2::vec::Vec as SysVec;
 use std::alloc::System;
+use std::hash::BuildHasher;
 
 type Slot<E> = Option<(StoreKey, E)>;
 
@@ -39,7 +41,7 @@ pub(super) struct Entries<E> {
     slots: SysVec<SysVec<Slot<E>, System>, System>,
     /// Empty slots, the next new bucket's.
     free: SysVec<u32, System>,
-    hasher: ahash::RandomState,
+    hasher: KeyHasher,
 }
 
 type Blocks<E> = SysVec<SysVec<Slot<E>, System>, System>;
@@ -66,7 +68,7 @@ fn holds<E>(slots: &Blocks<E>, i: u32, key: &str) -> bool {
 }
 
 impl<E> Entries<E> {
-    pub(super) fn new(hasher: ahash::RandomState) -> Self {
+    pub(super) fn new(hasher: KeyHasher) -> Self {
         Entries {
             index: hashbrown::HashTable::new_in(System),
             slots: SysVec::new_in(System),
@@ -247,7 +249,7 @@ mod tests {
 
     #[test]
     fn entries_are_found_by_key_through_the_tables_growth_and_a_freed_slot_is_reused() {
-        let mut m = Entries::new(ahash::RandomState::new());
+        let mut m = Entries::new(KeyHasher::default());
         for i in 0..10_000 {
             assert!(insert(&mut m, i));
         }
@@ -274,7 +276,7 @@ mod tests {
 
     #[test]
     fn retain_drops_exactly_the_entries_refused_and_frees_their_slots() {
-        let mut m = Entries::new(ahash::RandomState::new());
+        let mut m = Entries::new(KeyHasher::default());
         for i in 0..1_000 {
             insert(&mut m, i);
         }
@@ -306,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_full_shard_adds_no_entry_but_finds_the_ones_it_has() {
-        let mut m = Entries::new(ahash::RandomState::new());
+        let mut m = Entries::new(KeyHasher::default());
         let k = |i: u32| key(i);
         let h = |m: &Entries<u32>, s: &str| m.hasher.hash_one(s);
         for i in 0..4 {
