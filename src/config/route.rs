@@ -23,7 +23,8 @@ pub struct Route {
     pub response_costs: Vec<ResponseCost>,
     /// How each of `limits` is charged, by position (a concurrency limit, `max_in_flight`:
     /// one slot a request, whatever its cost, given back when it ends): what
-    /// [`Route::cost_at`] and [`Route::is_slot`] read with one index.
+    /// [`Route::cost_at`] and [`Route::is_slot`] read with one index. Empty when every limit
+    /// is charged the route's cost ([`ChargedAs::Cost`], what a missing position reads as).
     pub charged_as: Vec<ChargedAs>,
 }
 
@@ -55,7 +56,7 @@ impl Route {
     /// Whether the proxy must keep what an admitted request was charged, to settle or refund
     /// it when the answer comes.
     pub fn keeps_charges(&self) -> bool {
-        !self.refund.is_empty() || self.charged_as.iter().any(|c| *c != ChargedAs::Cost)
+        !self.refund.is_empty() || !self.charged_as.is_empty()
     }
 
     /// The cost a request of route cost `cost` is charged on the route's limit at position

@@ -67,6 +67,13 @@ pub(super) fn routes(
             .map(|(&li, _)| li)
             .collect();
         let cost = cost(c, &path, &r.cost, &fixed_cost_limits, (limits, capacities));
+        // A route whose every limit is charged the route's cost keeps none of them listed:
+        // `Route::keeps_charges` reads an empty list without a loop (most routes).
+        let charged_as = if charged_as.iter().all(|c| *c == ChargedAs::Cost) {
+            Vec::new()
+        } else {
+            charged_as
+        };
         if catch_all.is_none() && matches_everything(m) {
             catch_all = Some(i);
         }

@@ -76,7 +76,7 @@ pub(super) fn rate_fields(
 ) -> Option<(HeaderValue, HeaderValue)> {
     let name = &rt.limit_spec(rate.limit).name;
     let decision = rate.decision();
-    let policy = (rate.policy.as_ref()).unwrap_or_else(|| rt.policy_value(rate.limit));
+    let policy = rate.policy_value(rt);
     let lines = rate_limit_lines(policy, name, &decision, preserve);
     match session.set_extra_response_fields(lines) {
         None => {

@@ -67,7 +67,14 @@ pub fn own_policy_header(own: &Own) -> HeaderValue {
     if fresh_policy(p) {
         return policy_header(name, p);
     }
-    own.policy.get_or_init(|| policy_header(name, p)).clone()
+    own_policy_kept(own).clone()
+}
+
+/// The `RateLimit-Policy` value kept with a key's own bucket (built the first time): for
+/// parameters whose value does not change over time (see [`fresh_policy`]).
+pub fn own_policy_kept(own: &Own) -> &HeaderValue {
+    let (name, p) = (&own.spec.name, &own.spec.params);
+    own.policy.get_or_init(|| policy_header(name, p))
 }
 
 /// Whether a limit's `RateLimit-Policy` changes over time (a monthly quota's `w`), so that

@@ -5,7 +5,9 @@
 
 use crate::app::node::{Node, Runtime};
 use crate::config::{LimitId, Route, RouteId};
+use crate::http::headers;
 use crate::limit::bucket::{BucketParams, Decision};
+use crate::limit::overrides::Own;
 use crate::limit::store::Small;
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
@@ -32,9 +34,8 @@ pub(super) struct Reported {
 
 /// The limit an admitted request's response reports, and how it stands.
 pub(super) struct Rate {
-    /// The `RateLimit-Policy` value when it is not the limit's (`Runtime::policy_value`):
-    /// the key's own (an override), or a monthly quota's.
-    pub(super) policy: Option<HeaderValue>,
+    /// Where its `RateLimit-Policy` value comes from.
+    pub(super) policy: Policy,
     pub(super) limit: LimitId,
     /// What `RateLimit` reports of the decision (`r` and `t`): the rest of a [`Decision`]
     /// would make every request's context bigger for nothing.
@@ -42,7 +43,44 @@ pub(super) struct Rate {
     pub(super) full_in_ns: u64,
 }
 
+/// Where a response's `RateLimit-Policy` value comes from.
+pub(super) enum Policy {
+    /// The limit's, built with the config (`Runtime::policy_value`).
+    Limit,
+    /// The one kept with the key's own bucket (an override), at this position of the
+    /// limit's overrides ([`Own::at`]): found again through the request's runtime, which
+    /// holds the table, instead of a copy (a reference count taken and given back) carried
+    /// from the decision to the response.
+    Own(u32),
+    /// Built for this response: a monthly quota's (its `w` changes).
+    Built(HeaderValue),
+}
+
+impl Policy {
+    /// The policy of limit `li` for a key whose own bucket is `own` (an override), if any.
+    pub(super) fn of(rt: &Runtime, li: LimitId, own: Option<&Own>) -> Policy {
+        match own {
+            Some(o) if !headers::fresh_policy(&o.spec.params) => Policy::Own(o.at),
+            _ => rt
+                .own_policy_value(li, own)
+                .map_or(Policy::Limit, Policy::Built),
+        }
+    }
+}
+
 impl Rate {
+    /// Its `RateLimit-Policy` value; `rt`: the runtime the request was decided with.
+    pub(super) fn policy_value<'r>(&'r self, rt: &'r Runtime) -> &'r HeaderValue {
+        let own = |at| rt.limit_spec(self.limit).overrides.own_at(at);
+        match &self.policy {
+            Policy::Own(at) => {
+                own(*at).map_or_else(|| rt.policy_value(self.limit), headers::own_policy_kept)
+            }
+            Policy::Built(v) => v,
+            Policy::Limit => rt.policy_value(self.limit),
+        }
+    }
+
     /// The decision as `RateLimit` reports it.
     pub(super) fn decision(&self) -> Decision {
         Decision {
@@ -172,7 +210,7 @@ pub(super) fn decide(
             if route.response_costs.is_empty() {
                 if let Some(i) = report {
                     let li = route.limits[i];
-                    out.rate = Some(rate(li, &decisions[i], rt.own_policy_value(li, own)));
+                    out.rate = Some(rate(li, &decisions[i], Policy::of(rt, li, own)));
                 }
             } else {
                 // The response head settles the costs, and the headers are chosen then
@@ -283,7 +321,7 @@ fn verdict<'r>(
 
 /// What an admitted request's response reports for limit `li` after decision `d`; `policy`:
 /// its `RateLimit-Policy` when it is not the one built with the config (see [`Rate::policy`]).
-fn rate(li: LimitId, d: &Decision, policy: Option<HeaderValue>) -> Rate {
+fn rate(li: LimitId, d: &Decision, policy: Policy) -> Rate {
     Rate {
         policy,
         limit: li,
@@ -376,7 +414,7 @@ pub(super) fn settle(
     let limit = rt.limit_spec(li);
     let own = (kept.paid.iter().find(|p| p.at as usize == i))
         .and_then(|p| limit.for_key(limit.key_of(p.key(&kept.keys))).own());
-    out.rate = Some(rate(li, d, rt.own_policy_value(li, own)));
+    out.rate = Some(rate(li, d, Policy::of(rt, li, own)));
 }
 
 /// The response headers of route `route`'s response costs that the client must not see.

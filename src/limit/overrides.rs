@@ -50,6 +50,10 @@ pub struct Own {
     /// reports them and handed out again from here (a reference count, no copy, no lookup):
     /// the core only keeps it. Built once per config, as the limits' own values are.
     pub policy: OnceLock<http::HeaderValue>,
+    /// Its position in its limit's overrides ([`Overrides::own_at`]), set when the table is
+    /// made ([`Plan::LIMIT`] before): what a response finds it by again, where a copy of its
+    /// policy value would cost a reference count.
+    pub at: u32,
 }
 
 impl Own {
@@ -57,6 +61,7 @@ impl Own {
         Own {
             spec,
             policy: OnceLock::new(),
+            at: Plan::LIMIT,
         }
     }
 }
@@ -175,6 +180,11 @@ impl Overrides {
         if list.is_empty() {
             return Overrides(None);
         }
+        for (i, o) in (0u32..).zip(list.iter_mut()) {
+            if let Override::Bucket(own) = o {
+                own.at = i;
+            }
+        }
         let generation = loop {
             let g = GENERATION.fetch_add(1, Ordering::Relaxed);
             if g != 0 {
@@ -186,6 +196,15 @@ impl Overrides {
             at,
             list,
         })))
+    }
+
+    /// The key's own bucket at position `at` ([`Own::at`]) of this table, if there is one.
+    #[inline]
+    pub fn own_at(&self, at: u32) -> Option<&Own> {
+        match self.0.as_ref()?.list.get(at as usize)? {
+            Override::Bucket(own) => Some(own),
+            Override::Unlimited | Override::Deny => None,
+        }
     }
 
     /// The override of `key`, if any.
@@ -298,6 +317,34 @@ mod tests {
 
     fn spec() -> LimitSpec {
         LimitSpec::new("l", BucketParams::new(10, 1.0, 10).expect("params"))
+    }
+
+    #[test]
+    fn an_own_bucket_is_found_again_by_its_position() {
+        let l = spec();
+        let own = |capacity| {
+            let p = BucketParams::new(capacity, 1.0, capacity).expect("params");
+            Override::Bucket(Box::new(Own::new(l.with_params(p))))
+        };
+        let o = Overrides::new([
+            ("a".to_string(), own(5)),
+            ("batch".to_string(), Override::Unlimited),
+            ("b".to_string(), own(7)),
+            ("leaked".to_string(), Override::Deny),
+        ]);
+        for (key, capacity) in [("a", 5), ("b", 7)] {
+            let Some(Override::Bucket(found)) = o.get(key) else {
+                panic!("{key} has its own bucket");
+            };
+            let again = o.own_at(found.at).expect("found again");
+            assert_eq!(again.spec.params.capacity(), capacity);
+            assert!(std::ptr::eq(again, &**found));
+        }
+        for key in ["batch", "leaked"] {
+            assert!(o.own_at(o.plan_of(key).at).is_none(), "{key} has no bucket");
+        }
+        assert!(o.own_at(Plan::LIMIT).is_none());
+        assert!(Overrides::default().own_at(0).is_none());
     }
 
     #[test]
