@@ -76,7 +76,7 @@ pub struct Overrides(Option<Arc<Table>>);
 #[derive(Debug)]
 struct Table {
     generation: u32,
-    at: HashMap<Box<str>, u32, crate::limit::store::KeyHasher>,
+    at: HashMap<Box<str>, u32, super::store_key::KeyHasher>,
     list: Vec<Override>,
 }
 
@@ -160,7 +160,7 @@ impl Overrides {
     /// duplicate's last override would win). At most 2^32 - 1 keys: an overrides file is at
     /// most 256 MiB (`config::overrides`), a few tens of millions of keys.
     pub fn new(entries: impl IntoIterator<Item = (String, Override)>) -> Self {
-        let mut at: HashMap<Box<str>, u32, crate::limit::store::KeyHasher> = HashMap::default();
+        let mut at: HashMap<Box<str>, u32, super::store_key::KeyHasher> = HashMap::default();
         let mut list = Vec::new();
         for (k, o) in entries {
             let Ok(i) = u32::try_from(list.len()) else {

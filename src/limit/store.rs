@@ -8,6 +8,7 @@
 //! on its own node).
 
 use super::store_entry::{is_quiet, lock, Entry, Listed, Shard, View};
+use super::store_key::KeyHasher;
 pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
 use super::store_slab::Entries;
 use crate::limit::bucket::{Bucket, Decision};
@@ -28,12 +29,6 @@ const _: () = assert!(SHARDS <= 64);
 /// four: a plan's bucket and quota, a concurrency limit and a response cost, without an
 /// allocation).
 pub type Small<T> = SmallVec<[T; 4]>;
-
-/// The hasher of the store's keys (shard and map): foldhash, hashbrown's own default, with a
-/// random seed per store. Keys come from clients, so the seed matters (no fixed state);
-/// foldhash takes fewer instructions than ahash's portable fallback (the one a build for
-/// generic x86-64, without AES instructions, gets) for keys of a few dozen bytes.
-pub type KeyHasher = foldhash::fast::RandomState;
 
 /// One bucket to charge.
 pub struct Charge<'a> {

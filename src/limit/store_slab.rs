@@ -18,8 +18,7 @@
 //! The table's probes compare the key in the slab; the hash is the store's (`KeyHasher`, one per
 //! request, see `Store::locate`), and a growth of the table hashes each key again.
 
-use super::store::KeyHasher;
-use super::store_key::StoreKey;
+use super::store_key::{KeyHasher, StoreKey};
 use allocator_api2::vec::Vec as SysVec;
 use std::alloc::System;
 use std::hash::BuildHasher;
