@@ -226,6 +226,22 @@ pub(super) fn bucket_entry<'s>(
         .get_or_insert_hashed(hash, key, cap, || new_entry(p, now, shared))
 }
 
+/// A new bucket's entry for `key` (hash `hash`), which the shard was just found not to hold
+/// ([`bucket_entry`] without its probe), unless the shard holds `cap` entries already.
+#[inline]
+pub(super) fn new_bucket_entry<'s>(
+    shard: &'s mut Shard,
+    hash: u64,
+    key: &str,
+    p: &BucketParams,
+    now: i64,
+    (cap, shared): (usize, bool),
+) -> Option<&'s mut Entry> {
+    shard
+        .map
+        .insert_new(hash, key, cap, || new_entry(p, now, shared))
+}
+
 /// A new bucket's entry: out of line, so that finding an existing one (nearly every request)
 /// is inlined into the charge.
 #[cold]

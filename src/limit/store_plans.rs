@@ -12,7 +12,7 @@
 
 use super::overrides::{ForKey, LimitSpec};
 use super::store::{ChargeResult, Small, Store, EXEMPT};
-use super::store_entry::{bucket_entry, Locked};
+use super::store_entry::{new_bucket_entry, Locked};
 use std::sync::atomic::Ordering;
 
 /// Why a charge on overridden limits stopped before charging anything.
@@ -74,18 +74,20 @@ impl Store {
                 out.decisions.push(EXEMPT);
                 continue;
             };
-            let cost = cost(i);
             if stop.is_some() {
                 continue;
             }
+            let cost = cost(i);
             if !spec.shadow && cost > spec.params.capacity() {
                 let capacity = spec.params.capacity();
                 stop = Some(Stop::TooCostly { at: i, capacity });
                 continue;
             }
+            // A key without a bucket was probed for above: its new bucket is added without a
+            // second probe.
             let found = match found {
                 Some(e) => Some(e),
-                None => bucket_entry(
+                None => new_bucket_entry(
                     shard,
                     at.hash,
                     at.key,
@@ -133,11 +135,28 @@ mod tests {
         Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), false)
     }
 
-    /// Charges `key` once on `l`: the stop, the decision and what it was subject to.
+    /// Charges `key` once on `l`: the stop and the decision.
     fn charge(s: &Store, l: &LimitSpec, key: &str, cost: u64) -> (Option<Stop>, ChargeResult) {
-        let k = store_key(&l.name, key);
+        charge_all(s, &[l], key, cost)
+    }
+
+    /// Charges `key` once on each of `limits`, in order: the stop and the decisions.
+    fn charge_all(
+        s: &Store,
+        limits: &[&LimitSpec],
+        key: &str,
+        cost: u64,
+    ) -> (Option<Stop>, ChargeResult) {
+        let keys: Vec<_> = limits.iter().map(|l| store_key(&l.name, key)).collect();
         let (mut subjects, mut out) = (Small::new(), ChargeResult::default());
-        let stop = s.charge_planned(1, |_| l, |_| k.as_str(), |_| cost, &mut subjects, &mut out);
+        let stop = s.charge_planned(
+            limits.len(),
+            |i| limits[i],
+            |i| keys[i].as_str(),
+            |_| cost,
+            &mut subjects,
+            &mut out,
+        );
         (stop, out)
     }
 
@@ -206,20 +225,7 @@ mod tests {
         let base = limit(vec![]);
         let l = limit(vec![("leaked", Override::Deny), ("pro", pro(&base, 5))]);
         let plain = LimitSpec::new("plain", BucketParams::new(3, 1.0, 3).expect("params"));
-        let charge_two = |key: &str, cost: u64| {
-            let keys = [store_key(&plain.name, key), store_key(&l.name, key)];
-            let limits = [&plain, &l];
-            let (mut subjects, mut out) = (Small::new(), ChargeResult::default());
-            let stop = s.charge_planned(
-                2,
-                |i| limits[i],
-                |i| keys[i].as_str(),
-                |_| cost,
-                &mut subjects,
-                &mut out,
-            );
-            (stop, out)
-        };
+        let charge_two = |key: &str, cost: u64| charge_all(&s, &[&plain, &l], key, cost);
         assert_eq!(charge_two("leaked", 1).0, Some(Stop::Denied { at: 1 }));
         // Cost 4: over the plain limit's 3 first, in order.
         assert_eq!(
@@ -234,21 +240,8 @@ mod tests {
         assert_eq!(out.decisions[1].remaining, 2);
         // The denied key's plain bucket was paid before its denial was seen, and given back:
         // its 3 tokens are all there.
-        let plain_alone = |key: &str, cost: u64| {
-            let k = store_key(&plain.name, key);
-            let (mut subjects, mut out) = (Small::new(), ChargeResult::default());
-            let stop = s.charge_planned(
-                1,
-                |_| &plain,
-                |_| k.as_str(),
-                |_| cost,
-                &mut subjects,
-                &mut out,
-            );
-            assert_eq!(stop, None);
-            out
-        };
-        let out = plain_alone("leaked", 3);
+        let (stop, out) = charge(&s, &plain, "leaked", 3);
+        assert_eq!(stop, None);
         assert_eq!((out.allowed(), out.decisions[0].remaining), (true, 0));
     }
 
@@ -261,19 +254,7 @@ mod tests {
         let plain = LimitSpec::new("plain", BucketParams::new(3, 1.0, 3).expect("params"));
         let mut other = LimitSpec::new("other", BucketParams::new(9, 1.0, 9).expect("params"));
         other.overrides = Overrides::new([("tiny".to_string(), Override::Deny)]);
-        let charge_on = |limits: &[&LimitSpec], cost: u64| {
-            let keys: Vec<_> = limits.iter().map(|l| store_key(&l.name, "tiny")).collect();
-            let (mut subjects, mut out) = (Small::new(), ChargeResult::default());
-            let stop = s.charge_planned(
-                limits.len(),
-                |i| limits[i],
-                |i| keys[i].as_str(),
-                |_| cost,
-                &mut subjects,
-                &mut out,
-            );
-            (stop, out)
-        };
+        let charge_on = |limits: &[&LimitSpec], cost: u64| charge_all(&s, limits, "tiny", cost);
         // 3 on the plain limit is paid, then 3 is over "tiny"'s 2 on `l`: too costly, and the
         // plain limit's 3 come back.
         let (stop, _) = charge_on(&[&plain, &l], 3);

@@ -144,9 +144,23 @@ impl<E> Entries<E> {
     ) -> Option<&mut E> {
         match self.find(hash, key) {
             Some(i) => self.entry_at(i),
-            None if self.len() >= cap => None,
-            None => self.insert_hashed(hash, key.into(), make()),
+            None => self.insert_new(hash, key, cap, make),
         }
+    }
+
+    /// Adds `make`'s entry for `key` (hash `hash`), which the shard does not hold (the caller
+    /// has just probed for it), unless the shard holds `cap` entries already.
+    pub(super) fn insert_new(
+        &mut self,
+        hash: u64,
+        key: &str,
+        cap: usize,
+        make: impl FnOnce() -> E,
+    ) -> Option<&mut E> {
+        if self.len() >= cap {
+            return None;
+        }
+        self.insert_hashed(hash, key.into(), make())
     }
 
     /// Adds the entry of `key` (hash `hash`), which the shard does not hold. `None` when the
