@@ -216,7 +216,7 @@ def timer_share(out):
                          capture_output=True, text=True).stdout
     total = 0
     for line in ann.splitlines():
-        if re.search(r"TimerManager::(register_timer|clock_thread) ", line):
+        if re.search(r"TimerManager::(register_timer(?:_at)?|clock_thread) ", line):
             total += int(line.split()[0].replace(",", ""))
     return total
 

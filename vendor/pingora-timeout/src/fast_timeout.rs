@@ -47,11 +47,15 @@ static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
 
 fn check_clock_thread(tm: &Arc<TimerManager>) {
     if tm.should_i_start_clock() {
-        std::thread::Builder::new()
-            .name("Timer thread".into())
-            .spawn(|| TIMER_MANAGER.clock_thread())
-            .unwrap();
+        start_clock_thread();
     }
+}
+
+fn start_clock_thread() {
+    std::thread::Builder::new()
+        .name("Timer thread".into())
+        .spawn(|| TIMER_MANAGER.clock_thread())
+        .unwrap();
 }
 
 fn should_use_tokio_timeout(duration: Duration) -> bool {
@@ -89,8 +93,15 @@ pub fn fast_timeout_to_tokio_threshold() -> Option<Duration> {
 pub struct FastTimeout(Duration);
 
 impl ToTimeout for FastTimeout {
+    // The clock thread is checked here, when a timer is registered (a timeout's future was
+    // pending at its first poll), rather than when every timeout is created: most complete
+    // at once and never need the clock.
     fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
+        let (stub, start) = TIMER_MANAGER.register_timer_checking_clock(self.0);
+        if start {
+            start_clock_thread();
+        }
+        Box::pin(stub.poll())
     }
 
     fn create(d: Duration) -> Self {
@@ -112,6 +123,8 @@ pub struct FastOrTokioTimeout {
 }
 
 impl FastOrTokioTimeout {
+    // Only the tests ask (fast_timeout() no longer checks the clock thread for a fast one).
+    #[cfg(test)]
     fn use_tokio(&self) -> bool {
         matches!(self.kind, TimeoutKind::Tokio)
     }
@@ -142,12 +155,8 @@ pub fn fast_timeout<T>(duration: Duration, future: T) -> Timeout<T, FastOrTokioT
 where
     T: Future,
 {
-    let callback = FastOrTokioTimeout::create(duration);
-    if !callback.use_tokio() {
-        check_clock_thread(&TIMER_MANAGER);
-    }
-
-    Timeout::new_with_callback(future, callback)
+    // The clock thread is checked when a timer is registered (see [FastTimeout::timeout]).
+    Timeout::new_with_callback(future, FastOrTokioTimeout::create(duration))
 }
 
 /// Similar to [tokio::time::sleep] but more efficient.

@@ -203,10 +203,15 @@ impl TimerManager {
     // False if the clock is already started
     // If true, the caller must start the clock thread next
     pub(crate) fn should_i_start_clock(&self) -> bool {
-        let Err(prev) = self.is_clock_running() else {
+        self.should_i_start_clock_at(Instant::now())
+    }
+
+    // [Self::should_i_start_clock] with the time already read.
+    fn should_i_start_clock_at(&self, now: Instant) -> bool {
+        let Err(prev) = self.is_clock_running_at(now) else {
             return false;
         };
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let res =
             self.clock_watchdog
                 .compare_exchange(prev, now, Ordering::SeqCst, Ordering::SeqCst);
@@ -215,8 +220,13 @@ impl TimerManager {
 
     // Ok(()) if clock is running (watch dog is within DELAYS_SEC of now)
     // Err(time) if watch do stopped at `time`
+    #[cfg(test)]
     pub(crate) fn is_clock_running(&self) -> Result<(), i64> {
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        self.is_clock_running_at(Instant::now())
+    }
+
+    fn is_clock_running_at(&self, now: Instant) -> Result<(), i64> {
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let prev = self.clock_watchdog.load(Ordering::SeqCst);
         if now < prev + DELAYS_SEC {
             Ok(())
@@ -229,6 +239,18 @@ impl TimerManager {
     ///
     /// When the timer expires, the [TimerStub] will be notified.
     pub fn register_timer(&self, duration: Duration) -> TimerStub {
+        self.register_timer_at(Instant::now(), duration)
+    }
+
+    /// Register a timer, and tell whether the caller must start the clock thread (as
+    /// [Self::should_i_start_clock]), with one reading of the clock for both.
+    pub(crate) fn register_timer_checking_clock(&self, duration: Duration) -> (TimerStub, bool) {
+        let now = Instant::now();
+        let start = self.should_i_start_clock_at(now);
+        (self.register_timer_at(now, duration), start)
+    }
+
+    fn register_timer_at(&self, now: Instant, duration: Duration) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -239,7 +261,7 @@ impl TimerManager {
             timer.fire();
             return timer.subscribe();
         }
-        let now: Time = (Instant::now() + duration - self.zero).into();
+        let now: Time = (now + duration - self.zero).into();
         {
             let timers = self.timers.get_or(Default::default).read();
             if let Some(t) = timers.get(&now) {
@@ -349,6 +371,17 @@ mod tests {
         let tm = Arc::new(TimerManager::new());
         assert!(tm.should_i_start_clock());
         assert!(!tm.should_i_start_clock());
+        assert!(tm.is_clock_running().is_ok());
+    }
+
+    #[test]
+    fn test_register_timer_checking_clock() {
+        let tm = Arc::new(TimerManager::new());
+        // The first registration is told to start the clock, the next ones are not.
+        let (_, start) = tm.register_timer_checking_clock(Duration::from_secs(1));
+        assert!(start);
+        let (_, start) = tm.register_timer_checking_clock(Duration::from_secs(1));
+        assert!(!start);
         assert!(tm.is_clock_running().is_ok());
     }
 
