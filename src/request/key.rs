@@ -107,7 +107,13 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
             None => raw,
         }
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        // The last `:` found as a byte (an ASCII byte is never inside a multi-byte
+        // character, so the split is on a character boundary): `rsplit_once(':')` goes
+        // through the generic character searcher, about 150 instructions a request.
+        match raw.bytes().rposition(|b| b == b':') {
+            Some(colon) => &raw[..colon],
+            None => raw,
+        }
     };
     let h = no_port.trim_end_matches('.');
     if h.is_empty() {
@@ -318,6 +324,29 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_loses_its_port_and_trailing_dots_and_is_lower_cased() {
+        for (raw, want) in [
+            ("api.example.com", Some("api.example.com")),
+            ("127.0.0.1:8080", Some("127.0.0.1")),
+            (" Api.Example.COM.:443 ", Some("api.example.com")),
+            ("[::1]:80", Some("[::1]")),
+            ("[::1]", Some("[::1]")),
+            ("h\u{e9}te:80", Some("h\u{e9}te")),
+            ("a:b:c", Some("a:b")),
+            (":80", None),
+            ("...", None),
+            ("", None),
+        ] {
+            assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
+        }
+        // Borrowed unless a letter had to be lowered.
+        assert!(matches!(
+            normalize_host("a.b:1"),
+            Some(Cow::Borrowed("a.b"))
+        ));
+    }
 
     #[test]
     fn first_value_finds_what_the_maps_lookup_finds_with_few_fields_and_many() {
