@@ -333,6 +333,7 @@ where
     {
         // phase 1 read request header
 
+        downstream_session.set_keep_header_case(self.inner.keep_header_case());
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
             res = downstream_session.read_request() => { res }

@@ -73,6 +73,17 @@ pub trait ProxyHttp {
         modules.add_module(ResponseCompressionBuilder::enable(0));
     }
 
+    /// Whether the next HTTP/1 request read from a client records how its header names were
+    /// spelled, so that they go upstream as the client spelled them (the default). Called
+    /// before each request is read. An application that writes every name in lower case (the
+    /// standard ones title-cased) can say no, and the request then carries no second map of
+    /// the names. For responses, see [`PeerOptions::keep_h1_response_header_case`].
+    ///
+    /// [`PeerOptions::keep_h1_response_header_case`]: pingora_core::upstreams::peer::PeerOptions::keep_h1_response_header_case
+    fn keep_header_case(&self) -> bool {
+        true
+    }
+
     /// Set up upstream modules.
     ///
     /// In this phase, users can add [HttpModules] that will process upstream responses

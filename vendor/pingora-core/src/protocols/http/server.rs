@@ -723,6 +723,16 @@ impl Session {
         }
     }
 
+    /// Whether the request this session reads next records how its header names were spelled
+    /// (see [`SessionV1::set_keep_header_case`]): HTTP/1 only (the other protocols record no
+    /// spelling).
+    #[inline]
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        if let Self::H1(s) = self {
+            s.set_keep_header_case(keep);
+        }
+    }
+
     pub fn as_http1(&self) -> Option<&SessionV1> {
         match self {
             Self::H1(s) => Some(s),

@@ -67,6 +67,9 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // Whether the response read next records how its header names were spelled (see
+    // [Self::set_keep_header_case]).
+    keep_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -100,7 +103,17 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            keep_header_case: true,
         }
+    }
+
+    /// Whether the response this session reads next records how its header names were spelled
+    /// (the default) or not: a response read without them carries none, and writing it writes
+    /// the names in lower case (standard ones title-cased), as a response built with
+    /// [`ResponseHeader::build_no_case`]. For an application that drops the spelling anyway:
+    /// recording it builds a second map of the names, which each copy of the response copies.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// Create a new http client session and apply peer options
@@ -110,6 +123,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.set_keep_header_case(options.keep_h1_response_header_case);
         }
         session
     }
@@ -284,7 +298,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        let build = if self.keep_header_case {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
+                        };
+                        let mut response_header = match build(
                             resp.code.unwrap(),
                             Some(resp.headers.len() + super::common::ADDED_FIELDS_ROOM),
                         ) {
@@ -994,6 +1013,32 @@ mod tests_stream {
         let headers = &http_stream.resp_header().unwrap().headers;
         assert_eq!(headers.len(), 3);
         assert!(headers.capacity() >= 3 + super::super::common::ADDED_FIELDS_ROOM);
+    }
+
+    /// A response read from a peer whose options say `keep_h1_response_header_case: false`
+    /// records no spelling of its names: the same fields, written in lower case (standard
+    /// names title-cased); by default the spelling is kept.
+    #[tokio::test]
+    async fn read_response_without_header_case() {
+        use crate::upstreams::peer::HttpPeer;
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Usage-Tokens: 3\r\n\r\n";
+        let mut read = Vec::new();
+        for keep in [true, false] {
+            let mut peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+            peer.options.keep_h1_response_header_case = keep;
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new_with_options(Box::new(mock_io), &peer);
+            let resp = http_stream.read_resp_header_parts().await.unwrap();
+            assert_eq!(resp.has_case(), keep);
+            let mut wire = Vec::new();
+            resp.header_to_h1_wire(&mut wire);
+            read.push((resp.headers.clone(), String::from_utf8(wire).unwrap()));
+        }
+        assert_eq!(read[0].0, read[1].0);
+        assert!(read[0].1.contains("X-Usage-Tokens: 3"), "{}", read[0].1);
+        assert!(read[1].1.contains("x-usage-tokens: 3"), "{}", read[1].1);
+        assert!(read[1].1.contains("Content-Length: 0"), "{}", read[1].1);
     }
 
     /// The response a proxy gets to send on (`read_resp_header_parts`) is the one parsed,

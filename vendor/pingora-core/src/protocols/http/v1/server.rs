@@ -161,6 +161,9 @@ pub struct HttpSession {
     /// Field lines to write after the fields of the next final response head (see
     /// [`Self::set_extra_response_fields`]).
     extra_response_fields: Option<Bytes>,
+    /// Whether the request read next records how its header names were spelled (see
+    /// [`Self::set_keep_header_case`]).
+    keep_header_case: bool,
 }
 
 impl HttpSession {
@@ -210,7 +213,18 @@ impl HttpSession {
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
             extra_response_fields: None,
+            keep_header_case: true,
         }
+    }
+
+    /// Whether the request this session reads next records how its header names were spelled
+    /// (the default) or not: a request read without them carries none, and writing it writes
+    /// the names in lower case (standard ones title-cased), as a request built with
+    /// [`RequestHeader::build_no_case`]. For an application that drops the spelling anyway:
+    /// recording it builds a second map of the names, which each copy of the request copies.
+    #[inline]
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// Field lines (`name: value\r\n` each, valid as they are: nothing checks them) to write
@@ -365,7 +379,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        let build = if self.keep_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -1919,6 +1938,33 @@ mod tests_stream {
         let headers = &http_stream.req_header().headers;
         assert_eq!(headers.len(), 3);
         assert!(headers.capacity() >= 3 + super::super::common::ADDED_FIELDS_ROOM);
+    }
+
+    /// A request read with `set_keep_header_case(false)` records no spelling of its names:
+    /// the same fields, written in lower case (standard names title-cased); by default the
+    /// spelling is kept.
+    #[tokio::test]
+    async fn read_request_without_header_case() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHost: h\r\nX-Api-Key: 1\r\n\r\n";
+        let mut read = Vec::new();
+        for keep in [true, false] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            if !keep {
+                http_stream.set_keep_header_case(false);
+            }
+            http_stream.read_request().await.unwrap();
+            let req = http_stream.req_header();
+            assert_eq!(req.has_case(), keep);
+            let mut wire = Vec::new();
+            req.header_to_h1_wire(&mut wire);
+            read.push((req.headers.clone(), String::from_utf8(wire).unwrap()));
+        }
+        assert_eq!(read[0].0, read[1].0);
+        assert!(read[0].1.contains("X-Api-Key: 1"), "{}", read[0].1);
+        assert!(read[1].1.contains("x-api-key: 1"), "{}", read[1].1);
+        assert!(read[1].1.contains("Host: h"), "{}", read[1].1);
     }
 
     #[cfg(feature = "patched_http1")]
