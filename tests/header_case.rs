@@ -273,6 +273,9 @@ fn header_names_are_lower_case_by_default() {
         assert!(!names.contains(&unwanted), "{unwanted} in {names:?}");
     }
     assert_targets_forwarded_as_sent(&gw, &up, "default");
+    // The setting is reloadable this way too: requests and responses read after the reload
+    // keep their spelling (each is read with or without it as the running config says).
+    reload_header_case(&gw, &up, true);
 }
 
 #[test]
@@ -316,23 +319,33 @@ fn preserve_header_case_keeps_the_upstreams_spelling() {
         ],
     );
     // The setting is reloadable: back to the default.
-    gw.rewrite_config(config(&up, Some(false)));
+    reload_header_case(&gw, &up, false);
+    assert_targets_forwarded_as_sent(&gw, &up, "default after the reload");
+}
+
+/// Reloads with `preserve_header_case` set to `preserve` and checks that what is read after
+/// the reload goes on spelled accordingly: the upstream's `X-Request-ID` to the client and the
+/// client's `X-Custom-Thing` to the upstream.
+fn reload_header_case(gw: &Gateway, up: &MixedCaseUpstream, preserve: bool) {
+    let spelled = |name: &str| {
+        if preserve {
+            name.to_string()
+        } else {
+            name.to_ascii_lowercase()
+        }
+    };
+    gw.rewrite_config(config(up, Some(preserve)));
     let r = common::request(gw.admin, "POST", "/reload", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
+    let name = spelled("X-Request-ID");
     assert!(
-        common::wait_until(Duration::from_secs(10), || {
-            names_now(&gw).contains(&"x-request-id".to_string())
-        }),
+        common::wait_until(Duration::from_secs(10), || names_now(gw).contains(&name)),
         "still {:?}",
-        names_now(&gw)
+        names_now(gw)
     );
     let sent = head_lines(&up.last_head());
-    assert_has_lines(
-        &sent,
-        &["x-custom-thing: 1".to_string()],
-        "to the upstream after the reload",
-    );
-    assert_targets_forwarded_as_sent(&gw, &up, "default after the reload");
+    let line = format!("{}: 1", spelled("X-Custom-Thing"));
+    assert_has_lines(&sent, &[line], "to the upstream after the reload");
 }
 
 fn names_now(gw: &Gateway) -> Vec<String> {

@@ -253,6 +253,11 @@ impl Node {
         self.runtime.load_full()
     }
 
+    /// The running config's `preserve_header_case`, without taking a reference to it.
+    pub fn preserve_header_case(&self) -> bool {
+        self.runtime.load().config.preserve_header_case
+    }
+
     fn publish_limit_metrics(&self, rt: &Runtime) {
         for l in &rt.limits {
             let cap = i64::try_from(l.params.capacity()).unwrap_or(i64::MAX);

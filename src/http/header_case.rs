@@ -23,7 +23,8 @@ pub(super) const RATELIMIT: &[u8] = b"RateLimit";
 const RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 const RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
-/// Drops pingora's record of how the upstream spelled its header names, removes the headers
+/// Drops pingora's record of how the upstream spelled its header names (a response read
+/// without it, as the gateway asks when the names are not kept, has none), removes the headers
 /// in `strip` (response costs the client must not see), then adds the rate-limit headers. Header names are case-insensitive (RFC 9110, section 5.1); an HTTP/1
 /// response then carries them in lower case, except the standard names pingora writes
 /// title-cased (`Content-Type`, `Content-Length`, `Date`, `Connection`, `Server`, ...), as
@@ -37,6 +38,18 @@ pub(super) fn without_header_case<'h>(
     rate_headers: Option<(HeaderValue, HeaderValue)>,
     strip: impl Iterator<Item = &'h http::HeaderName>,
 ) -> Result<()> {
+    if !resp.has_case() {
+        // Read without the spelling of its names (pingora-core patch 11, see
+        // `Gateway::keep_header_case`): nothing to drop.
+        for name in strip {
+            resp.remove_header(name);
+        }
+        if let Some((policy, rl)) = rate_headers {
+            resp.insert_header(RATELIMIT_POLICY_NAME, policy)?;
+            resp.insert_header(RATELIMIT_NAME, rl)?;
+        }
+        return Ok(());
+    }
     let reason = resp
         .get_reason_phrase()
         .filter(|r| Some(*r) != resp.status.canonical_reason())

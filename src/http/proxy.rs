@@ -133,9 +133,7 @@ fn note_client(session: &Session, ctx: &mut Ctx, cfg: &Config) -> (IpAddr, usize
 
 /// Whether this request's config asks to keep header-name case (see [`without_header_case`]).
 fn preserve_case(ctx: &Ctx) -> bool {
-    ctx.runtime
-        .as_ref()
-        .is_some_and(|rt| rt.config.preserve_header_case)
+    (ctx.runtime.as_ref()).is_some_and(|rt| rt.config.preserve_header_case)
 }
 
 impl Gateway {
@@ -213,6 +211,12 @@ impl ProxyHttp for Gateway {
     /// that is still built and consulted for every request (an allocation and a virtual call
     /// per response phase); the gateway compresses nothing, so it installs none.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    /// Names' spelling recorded only to be kept (`preserve_header_case`; pingora-core patch
+    /// 11, vendor/README.md); asked before each request is read: a reload applies at once.
+    fn keep_header_case(&self) -> bool {
+        self.node.preserve_header_case()
+    }
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
@@ -323,6 +327,8 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        // The response's names' spelling recorded only to be kept (see `keep_header_case`).
+        peer.options.keep_h1_response_header_case = rt.config.preserve_header_case;
         // Certificate and host name verification stay on (pingora's defaults); a private CA
         // replaces the system roots for this upstream.
         peer.options.ca = pool.ca.clone();
