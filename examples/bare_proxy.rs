@@ -4,7 +4,8 @@
 //! connections pingora pools by default. What tollgate costs on top of this is what tollgate
 //! adds to pingora; what this costs above nginx is pingora's own share. It is built with the
 //! same choices tollgate makes for pingora (the library's allocator, no downstream modules, no
-//! work stealing between threads, the patched pingora-core of `vendor/`), so that the two
+//! work stealing between threads, header names read without their spelling as tollgate reads
+//! them by default, the patched pingora-core of `vendor/`), so that the two
 //! differ only by what tollgate does per request.
 //!
 //! ```text
@@ -41,8 +42,15 @@ impl ProxyHttp for Bare {
     /// None, as tollgate (pingora's default is a disabled compression module).
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// No, as tollgate by default (header names written in lower case, pingora-core patch 11).
+    fn keep_header_case(&self) -> bool {
+        false
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.keep_h1_response_header_case = false;
+        Ok(Box::new(peer))
     }
 }
 
