@@ -72,19 +72,11 @@ pub(super) fn set_forwarded(
     f: Forwarded,
     preserve_case: bool,
 ) -> Result<()> {
-    if !preserve_case && !req.has_case() {
-        // Read without the spelling of its names (pingora-core patch 11, see
-        // `Gateway::keep_header_case`): nothing to drop, the fields go into its map.
-        req.insert_header(&X_FORWARDED_FOR, f.xff)?;
-        if let Some(n) = f.length {
-            req.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(n))?;
-        }
-        if let Some(p) = f.proto {
-            req.insert_header(&X_FORWARDED_PROTO, HeaderValue::from_static(p))?;
-        }
-        return Ok(());
-    }
-    if preserve_case {
+    // With the spelling kept, or none recorded (a request read without it: pingora-core patch
+    // 11, see `Gateway::keep_header_case`), the fields go in as they are. Named by static
+    // text: pingora turns a `HeaderName` into text first (a search of the standard names and,
+    // for another, a copy), then parses it back, as it parses text.
+    if preserve_case || !req.has_case() {
         req.insert_header("x-forwarded-for", f.xff)?;
         if let Some(n) = f.length {
             req.insert_header("content-length", n)?;

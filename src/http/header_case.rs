@@ -45,8 +45,9 @@ pub(super) fn without_header_case<'h>(
             resp.remove_header(name);
         }
         if let Some((policy, rl)) = rate_headers {
-            resp.insert_header(RATELIMIT_POLICY_NAME, policy)?;
-            resp.insert_header(RATELIMIT_NAME, rl)?;
+            // By static text (see `forwarding::set_forwarded`).
+            resp.insert_header("ratelimit-policy", policy)?;
+            resp.insert_header("ratelimit", rl)?;
         }
         return Ok(());
     }
