@@ -14,17 +14,49 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::cell::RefCell;
 
-/// The names of the rate-limit response headers as the draft spells them, for
-/// `preserve_header_case` (given to pingora as static bytes, a name costs no copy).
-pub(super) const RATELIMIT_POLICY: &[u8] = b"RateLimit-Policy";
-pub(super) const RATELIMIT: &[u8] = b"RateLimit";
+/// The names of the rate-limit response headers (`RateLimit-Policy`, `RateLimit`): as the
+/// draft spells them with `preserve_header_case`, else in lower case (given to pingora as
+/// static bytes, a name costs no copy).
+fn rate_names(preserve: bool) -> (&'static [u8], &'static [u8]) {
+    if preserve {
+        (b"RateLimit-Policy", b"RateLimit")
+    } else {
+        (b"ratelimit-policy", b"ratelimit")
+    }
+}
 /// The same names without case (see [`without_header_case`]). Constants, not statics: each
 /// use is the name itself, where a static's would be cloned (a call through `Bytes`' vtable).
 const RATELIMIT_POLICY_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 const RATELIMIT_NAME: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
-/// Drops pingora's record of how the upstream spelled its header names (a response read
-/// without it, as the gateway asks when the names are not kept, has none), removes the headers
+/// Removes the headers in `strip` (response costs the client must not see) from the
+/// upstream's response and adds the rate-limit headers (`rate_headers`, for a client that is
+/// not HTTP/1: see [`rate_fields`]), in place when its names' spelling is kept (`preserve`)
+/// or was never recorded (a response read without it, as the gateway asks when the names are
+/// not kept: pingora-core patch 11, see `Gateway::keep_header_case`); else the spelling is
+/// dropped first ([`without_header_case`]).
+pub(super) fn set_response_fields<'h>(
+    resp: &mut ResponseHeader,
+    rate_headers: Option<(HeaderValue, HeaderValue)>,
+    strip: impl Iterator<Item = &'h http::HeaderName>,
+    preserve: bool,
+) -> Result<()> {
+    if !preserve && resp.has_case() {
+        return without_header_case(resp, rate_headers, strip);
+    }
+    for name in strip {
+        resp.remove_header(name);
+    }
+    if let Some((policy, rl)) = rate_headers {
+        // By static name (see `forwarding::set_forwarded`).
+        let (policy_name, rl_name) = rate_names(preserve);
+        resp.insert_header(Bytes::from_static(policy_name), policy)?;
+        resp.insert_header(Bytes::from_static(rl_name), rl)?;
+    }
+    Ok(())
+}
+
+/// Drops pingora's record of how the upstream spelled its header names, removes the headers
 /// in `strip` (response costs the client must not see), then adds the rate-limit headers. Header names are case-insensitive (RFC 9110, section 5.1); an HTTP/1
 /// response then carries them in lower case, except the standard names pingora writes
 /// title-cased (`Content-Type`, `Content-Length`, `Date`, `Connection`, `Server`, ...), as
@@ -38,19 +70,6 @@ pub(super) fn without_header_case<'h>(
     rate_headers: Option<(HeaderValue, HeaderValue)>,
     strip: impl Iterator<Item = &'h http::HeaderName>,
 ) -> Result<()> {
-    if !resp.has_case() {
-        // Read without the spelling of its names (pingora-core patch 11, see
-        // `Gateway::keep_header_case`): nothing to drop.
-        for name in strip {
-            resp.remove_header(name);
-        }
-        if let Some((policy, rl)) = rate_headers {
-            // By static text (see `forwarding::set_forwarded`).
-            resp.insert_header("ratelimit-policy", policy)?;
-            resp.insert_header("ratelimit", rl)?;
-        }
-        return Ok(());
-    }
     let reason = resp
         .get_reason_phrase()
         .filter(|r| Some(*r) != resp.status.canonical_reason())
@@ -156,11 +175,7 @@ thread_local! {
 }
 
 fn build_lines(policy: &HeaderValue, name: &str, d: &Decision, preserve: bool) -> Bytes {
-    let (policy_name, rl_name) = if preserve {
-        (RATELIMIT_POLICY, RATELIMIT)
-    } else {
-        (&b"ratelimit-policy"[..], &b"ratelimit"[..])
-    };
+    let (policy_name, rl_name) = rate_names(preserve);
     let rl = ratelimit_header(name, d);
     let mut out =
         Vec::with_capacity(policy_name.len() + rl_name.len() + policy.len() + rl.len() + 8);

@@ -17,7 +17,7 @@ use crate::http::forwarding::{
     forwarded_for, peer_ip, set_forwarded, single_length, Forwarded, X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
 };
-use crate::http::header_case::{rate_fields, without_header_case, RATELIMIT, RATELIMIT_POLICY};
+use crate::http::header_case::{rate_fields, set_response_fields};
 use crate::http::headers;
 use crate::http::limits::{self, Refused, Reported};
 use crate::http::respond::{failure_answer, json_header, respond};
@@ -131,7 +131,7 @@ fn note_client(session: &Session, ctx: &mut Ctx, cfg: &Config) -> (IpAddr, usize
     (forwarded_ip, ip_at)
 }
 
-/// Whether this request's config asks to keep header-name case (see [`without_header_case`]).
+/// Whether this request's config asks to keep header-name case (see [`set_response_fields`]).
 fn preserve_case(ctx: &Ctx) -> bool {
     (ctx.runtime.as_ref()).is_some_and(|rt| rt.config.preserve_header_case)
 }
@@ -409,17 +409,7 @@ impl ProxyHttp for Gateway {
         let strip = (route.filter(|r| !r.response_costs.is_empty()))
             .into_iter()
             .flat_map(limits::stripped);
-        if preserve {
-            for name in strip {
-                upstream_response.remove_header(name);
-            }
-            if let Some((policy, rl)) = rate_headers {
-                upstream_response.insert_header(Bytes::from_static(RATELIMIT_POLICY), policy)?;
-                upstream_response.insert_header(Bytes::from_static(RATELIMIT), rl)?;
-            }
-        } else {
-            without_header_case(upstream_response, rate_headers, strip)?;
-        }
+        set_response_fields(upstream_response, rate_headers, strip, preserve)?;
         ctx.status = upstream_response.status.as_u16();
         if !ctx.reported.kept.is_empty() {
             self.refund(ctx, ctx.status);
