@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tollgate::config::KeySource;
 use tollgate::limit::bucket::{Bucket, BucketParams};
 use tollgate::limit::clock::SystemClock;
-use tollgate::limit::store::{Charge, LimitSpec, Store};
+use tollgate::limit::store::{Charge, ChargeResult, LimitSpec, Store};
 use tollgate::request::decision::{self, Charged, KeyOf};
 use tollgate::request::key::{build_key_into, RequestView};
 
@@ -180,7 +180,9 @@ fn key_and_headers(c: &mut Criterion) {
                     key: KeyOf::Request(&sources[1..], &view),
                 },
             ];
-            black_box(decision::decide(&store, &charged, 1, false))
+            let mut result = ChargeResult::default();
+            black_box(decision::decide(&store, &charged, 1, false, &mut result));
+            black_box(result)
         })
     });
     let l = spec();

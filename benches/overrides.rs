@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use tollgate::config::Config;
 use tollgate::limit::clock::SystemClock;
-use tollgate::limit::store::Store;
+use tollgate::limit::store::{ChargeResult, Store};
 use tollgate::request::decision::{self, Charged, KeyOf};
 
 /// A config whose one limit has `n` overrides in a file under `dir` (`key-0` ..; every tenth
@@ -64,7 +64,17 @@ fn decide(c: &mut Criterion) {
             }];
             let name = format!("{key}/{n}_overrides");
             g.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter(|| black_box(decision::decide(&store, black_box(&charged), 1, false)))
+                b.iter(|| {
+                    let mut result = ChargeResult::default();
+                    black_box(decision::decide(
+                        &store,
+                        black_box(&charged),
+                        1,
+                        false,
+                        &mut result,
+                    ));
+                    black_box(result)
+                })
             });
         }
     }

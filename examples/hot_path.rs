@@ -28,7 +28,7 @@ use tollgate::config::KeySource;
 use tollgate::http::headers;
 use tollgate::limit::bucket::BucketParams;
 use tollgate::limit::clock::SystemClock;
-use tollgate::limit::store::{LimitSpec, Store};
+use tollgate::limit::store::{ChargeResult, LimitSpec, Store};
 use tollgate::request::decision::{self, Charged, KeyOf, Verdict};
 use tollgate::request::key::RequestView;
 
@@ -112,13 +112,16 @@ fn main() {
             limit: spec,
             key: KeyOf::Request(key, &view),
         });
-        if let Verdict::Pass {
-            decisions, report, ..
-        } = decision::decide(&store, &charged, 1, false)
+        let mut result = ChargeResult::default();
+        if let Verdict::Pass { report, .. } =
+            decision::decide(&store, &charged, 1, false, &mut result)
         {
             admitted += 1;
             let i = report.unwrap_or(0);
-            black_box(headers::ratelimit_header(&limits[i].0.name, &decisions[i]));
+            black_box(headers::ratelimit_header(
+                &limits[i].0.name,
+                &result.decisions[i],
+            ));
         }
     }
     println!("{admitted} of {n} admitted");

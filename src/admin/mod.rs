@@ -13,6 +13,7 @@ use crate::config::LimitId;
 use crate::http::headers;
 use crate::limit::bucket::Decision;
 use crate::limit::overrides::{ForKey, Own};
+use crate::limit::store::ChargeResult;
 use crate::request::decision::{self, Charged, KeyOf, Verdict};
 use crate::request::key;
 use async_trait::async_trait;
@@ -227,14 +228,10 @@ impl AdminApp {
         };
         let policy =
             |own: Option<&Own>| rt.policy_for(li, own.map(|o| &o.spec.params)).into_owned();
-        match decision::decide(&self.node.store, &charged, cost, false) {
-            Verdict::Pass {
-                decisions,
-                report,
-                own,
-                ..
-            } => {
-                let d = &decisions[0];
+        let mut result = ChargeResult::default();
+        match decision::decide(&self.node.store, &charged, cost, false, &mut result) {
+            Verdict::Pass { report, own, .. } => {
+                let d = &result.decisions[0];
                 if d.allowed {
                     m.tokens_consumed_total
                         .with_label_values(&[&l.name])
@@ -244,9 +241,8 @@ impl AdminApp {
                 }
                 consumed(&l.name, d, report.map(|_| policy(own)))
             }
-            Verdict::Limited {
-                decision: d, own, ..
-            } => {
+            Verdict::Limited { at, own, .. } => {
+                let d = result.decisions[at];
                 limited();
                 let reject = &rt.config.limit(li).reject;
                 bytes_response(

@@ -8,7 +8,7 @@ use crate::config::{LimitId, Route, RouteId};
 use crate::http::headers;
 use crate::limit::bucket::{BucketParams, Decision};
 use crate::limit::overrides::Own;
-use crate::limit::store::Small;
+use crate::limit::store::{ChargeResult, Small};
 use crate::request::decision::{self, Charged, KeyOf, Verdict, UNLIMITED};
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use http::HeaderValue;
@@ -188,7 +188,8 @@ pub(super) fn decide(
     out: &mut Reported,
 ) -> Result<bool, Refused> {
     let route = rt.config.route(ri);
-    let mut verdict = verdict(node, rt, ri, view, cost, out);
+    let mut result = ChargeResult::default();
+    let verdict = verdict(node, rt, ri, view, cost, out, &mut result);
     let m = &node.metrics;
     let limited = |i: usize| {
         let limit = &rt.limit_spec(route.limits[i]).name;
@@ -196,16 +197,15 @@ pub(super) fn decide(
             .with_label_values(&[&route.name, limit])
             .inc()
     };
+    let shadow_limited = &result.shadow_rejected;
     match verdict {
-        // Borrowed, not moved out: the decisions are a small vector, copied by a move.
         Verdict::Pass {
-            ref mut decisions,
             report,
             own,
-            ref shadow_limited,
             key_fp,
         } => {
             shadow_limited.iter().for_each(|&i| limited(i));
+            let decisions = &mut result.decisions;
             count_consumed(node, rt, route, decisions, cost);
             if route.response_costs.is_empty() {
                 if let Some(i) = report {
@@ -222,19 +222,13 @@ pub(super) fn decide(
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
         }
-        Verdict::Limited {
-            at,
-            decision,
-            own,
-            shadow_limited,
-            key_fp,
-        } => {
+        Verdict::Limited { at, own, key_fp } => {
             shadow_limited.iter().for_each(|&i| limited(i));
             limited(at);
             out.key_fp = Some(key_fp);
             Err(Refused::Limited {
                 at,
-                decision,
+                decision: result.decisions[at],
                 params: own.map(|o| o.spec.params.clone()),
             })
         }
@@ -251,8 +245,9 @@ pub(super) fn decide(
     }
 }
 
-/// The one decision on route `ri`'s limits for this request (see [`decision::decide`]); on a
-/// route with `refund_statuses`, the charged keys and the cost are noted in `out`.
+/// The one decision on route `ri`'s limits for this request (see [`decision::decide`]), its
+/// decisions into `result`; on a route with `refund_statuses`, the charged keys and the cost
+/// are noted in `out`.
 fn verdict<'r>(
     node: &Arc<Node>,
     rt: &'r Runtime,
@@ -260,6 +255,7 @@ fn verdict<'r>(
     view: &'r RequestView<'_>,
     cost: u64,
     out: &mut Reported,
+    result: &mut ChargeResult,
 ) -> Verdict<'r> {
     let route = rt.config.route(ri);
     let charged_of = |li| Charged {
@@ -285,8 +281,14 @@ fn verdict<'r>(
         let kept = &mut out.kept;
         let mut items = SmallVec::new();
         kept.keys = String::with_capacity(64);
-        let verdict =
-            decision::decide_keeping(&node.store, &all, &costs, fp, &mut kept.keys, &mut items);
+        let verdict = decision::decide_keeping(
+            &node.store,
+            &all,
+            &costs,
+            fp,
+            (&mut kept.keys, &mut items),
+            result,
+        );
         for (at, key) in items {
             // Positions and key ends fit: a route has far fewer than 2^32 limits, and a
             // request's keys (bounded by its header size) far fewer than 4 GiB.
@@ -312,10 +314,13 @@ fn verdict<'r>(
     // Most routes have one or two limits: those are listed on the stack without a SmallVec
     // (whose length checks the request path would pay for).
     match route.limits[..] {
-        [] => decision::decide(&node.store, &[], cost, fp),
-        [a] => decision::decide(&node.store, &[charged_of(a)], cost, fp),
-        [a, b] => decision::decide(&node.store, &[charged_of(a), charged_of(b)], cost, fp),
-        _ => decision::decide(&node.store, &all(), cost, fp),
+        [] => decision::decide(&node.store, &[], cost, fp, result),
+        [a] => decision::decide(&node.store, &[charged_of(a)], cost, fp, result),
+        [a, b] => {
+            let both = [charged_of(a), charged_of(b)];
+            decision::decide(&node.store, &both, cost, fp, result)
+        }
+        _ => decision::decide(&node.store, &all(), cost, fp, result),
     }
 }
 

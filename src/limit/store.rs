@@ -9,7 +9,9 @@
 
 use super::store_entry::{is_quiet, lock, Entry, Listed, Shard, View};
 use super::store_key::KeyHasher;
-pub use super::store_key::{limit_of, push_limit_prefix, split_store_key, store_key};
+pub use super::store_key::{
+    eq_short, limit_of, push_limit_prefix, push_short, push_within, split_store_key, store_key,
+};
 use super::store_slab::Entries;
 use crate::limit::bucket::{Bucket, Decision};
 use crate::limit::clock::Clock;

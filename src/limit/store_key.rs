@@ -32,10 +32,137 @@ pub fn limit_of(store_key: &str) -> &str {
 #[inline]
 pub fn push_limit_prefix(out: &mut String, limit: &str) {
     out.reserve(limit.len() + 1);
-    out.push_str(limit);
+    push_short(out, limit);
     // SAFETY: an ASCII byte after a whole `str` keeps the string valid UTF-8 (a byte push
     // where `String::push` would encode a `char`).
     unsafe { out.as_mut_vec().push(b':') };
+}
+
+/// The longest string [`push_short`] and [`eq_short`] handle without a call to `memcpy` or
+/// `memcmp`.
+const SHORT: usize = 32;
+
+/// `out.push_str(s)`, with a string of at most 32 bytes (a limit name, an API key) copied
+/// inline as two overlapping words: `push_str` calls `memcpy` for any length it does not
+/// know, about 15 instructions more for a copy of a few bytes, and a request's keys make
+/// several.
+#[inline(always)]
+pub fn push_short(out: &mut String, s: &str) {
+    let n = s.len();
+    if n > SHORT {
+        out.push_str(s);
+        return;
+    }
+    // SAFETY: the source is a whole `str` (the string stays valid UTF-8) of `n` bytes, in
+    // another allocation than `out`'s spare capacity.
+    unsafe { append_short(out.as_mut_vec(), n, |_| s.as_ptr()) }
+}
+
+/// `out`'s bytes in `range` (a whole `str` within it: between char boundaries) appended to
+/// it, as [`push_short`] copies.
+#[inline(always)]
+pub fn push_within(out: &mut String, range: std::ops::Range<usize>) {
+    assert!(range.start <= range.end && range.end <= out.len());
+    debug_assert!(out.is_char_boundary(range.start) && out.is_char_boundary(range.end));
+    let n = range.end - range.start;
+    // SAFETY: the copied bytes are a whole `str` slice of `out` (char boundaries), so `out`
+    // stays valid UTF-8.
+    let v = unsafe { out.as_mut_vec() };
+    if n > SHORT {
+        v.extend_from_within(range);
+        return;
+    }
+    // SAFETY: in bounds (asserted above), read from below the length and written past it:
+    // no overlap.
+    unsafe { append_short(v, n, |base| base.add(range.start)) }
+}
+
+/// Appends `n` (at most [`SHORT`]) bytes to `v`, read from `src(the buffer's start)` once
+/// room is reserved (a source within `v` is found again after the buffer may have moved).
+///
+/// # Safety
+/// The source is readable for `n` bytes and does not overlap `v`'s spare capacity.
+#[inline(always)]
+unsafe fn append_short(v: &mut Vec<u8>, n: usize, src: impl FnOnce(*const u8) -> *const u8) {
+    v.reserve(n);
+    let base = v.as_mut_ptr();
+    copy_short(src(base), base.add(v.len()), n);
+    v.set_len(v.len() + n);
+}
+
+/// Copies `n` (at most [`SHORT`]) bytes from `src` to `dst`: every byte read before any is
+/// written.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` bytes; the two ranges do not overlap.
+#[inline(always)]
+unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+    debug_assert!(n <= SHORT);
+    if n >= 16 {
+        copy_ends::<u128>(src, dst, n);
+    } else if n >= 8 {
+        copy_ends::<u64>(src, dst, n);
+    } else if n >= 4 {
+        copy_ends::<u32>(src, dst, n);
+    } else if n > 0 {
+        let (a, b, c) = (*src, *src.add(n / 2), *src.add(n - 1));
+        *dst = a;
+        *dst.add(n / 2) = b;
+        *dst.add(n - 1) = c;
+    }
+}
+
+/// Copies `n` bytes (from `size_of::<W>()` to twice that) as the first and the last word `W`
+/// of them, overlapping in the middle: both read before either is written.
+///
+/// # Safety
+/// As [`copy_short`]'s, with `n` in that range.
+#[inline(always)]
+unsafe fn copy_ends<W: Copy>(src: *const u8, dst: *mut u8, n: usize) {
+    let w = std::mem::size_of::<W>();
+    debug_assert!(w <= n && n <= 2 * w);
+    let (first, last) = (
+        src.cast::<W>().read_unaligned(),
+        src.add(n - w).cast::<W>().read_unaligned(),
+    );
+    dst.cast::<W>().write_unaligned(first);
+    dst.add(n - w).cast::<W>().write_unaligned(last);
+}
+
+/// `a == b`, with strings of at most 32 bytes compared inline as two overlapping words
+/// (`==` calls `memcmp`, about 20 instructions for a few bytes): how a bucket's key is told
+/// from another in the store's map.
+#[inline(always)]
+pub fn eq_short(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n > SHORT {
+        return a == b;
+    }
+    // Both halves of each, overlapping when `n` is less than twice the word.
+    fn halves<const W: usize>(s: &[u8]) -> ([u8; W], [u8; W]) {
+        let mut h = ([0; W], [0; W]);
+        h.0.copy_from_slice(&s[..W]);
+        h.1.copy_from_slice(&s[s.len() - W..]);
+        h
+    }
+    if n >= 16 {
+        let (a, b) = (halves::<16>(a), halves::<16>(b));
+        u128::from_ne_bytes(a.0) == u128::from_ne_bytes(b.0)
+            && u128::from_ne_bytes(a.1) == u128::from_ne_bytes(b.1)
+    } else if n >= 8 {
+        let (a, b) = (halves::<8>(a), halves::<8>(b));
+        u64::from_ne_bytes(a.0) == u64::from_ne_bytes(b.0)
+            && u64::from_ne_bytes(a.1) == u64::from_ne_bytes(b.1)
+    } else if n >= 4 {
+        let (a, b) = (halves::<4>(a), halves::<4>(b));
+        u32::from_ne_bytes(a.0) == u32::from_ne_bytes(b.0)
+            && u32::from_ne_bytes(a.1) == u32::from_ne_bytes(b.1)
+    } else {
+        n == 0 || (a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1])
+    }
 }
 
 /// A bucket's name in the store, `LIMIT:KEY` (see [`store_key`]): the type of the store's map
@@ -208,6 +335,42 @@ impl PartialEq<&str> for StoreKey {
 mod tests {
     use super::*;
     use std::collections::{BTreeSet, HashSet};
+
+    /// Every length up to past the inline ones: the short copy and comparison do what
+    /// `push_str`, `extend_from_within` and `==` do, a difference at any position included.
+    #[test]
+    fn short_copies_and_comparisons_agree_with_the_standard_ones() {
+        let text: String = (0..80u8).map(|i| char::from(b'a' + i % 26)).collect();
+        for n in 0..=(SHORT + 9) {
+            let s = &text[3..3 + n];
+            let mut out = String::from("pre");
+            push_short(&mut out, s);
+            assert_eq!(out, format!("pre{s}"), "push_short {n}");
+            // From within: the copy lands after the current end, the buffer may grow.
+            let mut within = String::from(&text[..n + 3]);
+            within.shrink_to_fit();
+            push_within(&mut within, 3..3 + n);
+            assert_eq!(within, format!("{}{s}", &text[..n + 3]), "push_within {n}");
+            assert!(
+                eq_short(s.as_bytes(), s.to_string().as_bytes()),
+                "equal {n}"
+            );
+            for at in 0..n {
+                let mut other = s.as_bytes().to_vec();
+                other[at] ^= 0x20;
+                assert!(!eq_short(s.as_bytes(), &other), "differs at {at} of {n}");
+            }
+            if n > 0 {
+                assert!(
+                    !eq_short(s.as_bytes(), &s.as_bytes()[..n - 1]),
+                    "shorter {n}"
+                );
+            }
+        }
+        let mut multi = String::from("ключ:");
+        push_within(&mut multi, 0..8);
+        assert_eq!(multi, "ключ:ключ");
+    }
 
     #[test]
     fn a_store_key_is_one_pointer_and_holds_its_text() {

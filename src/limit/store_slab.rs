@@ -18,7 +18,7 @@
 //! The table's probes compare the key in the slab; the hash is the store's (`KeyHasher`, one per
 //! request, see `Store::locate`), and a growth of the table hashes each key again.
 
-use super::store_key::{KeyHasher, StoreKey};
+use super::store_key::{eq_short, KeyHasher, StoreKey};
 use allocator_api2::vec::Vec as SysVec;
 use std::alloc::System;
 use std::hash::BuildHasher;
@@ -63,7 +63,7 @@ fn slot_mut<E>(slots: &mut Blocks<E>, i: u32) -> Option<&mut Slot<E>> {
 /// Whether slot `i` holds `key` (a slot the table names always holds a bucket).
 #[inline(always)]
 fn holds<E>(slots: &Blocks<E>, i: u32, key: &str) -> bool {
-    matches!(slot(slots, i), Some(Some((k, _))) if k.as_str() == key)
+    matches!(slot(slots, i), Some(Some((k, _))) if eq_short(k.as_str().as_bytes(), key.as_bytes()))
 }
 
 impl<E> Entries<E> {

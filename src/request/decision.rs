@@ -10,7 +10,9 @@
 use crate::config::KeySource;
 use crate::limit::bucket::Decision;
 use crate::limit::overrides::{ForKey, Own};
-use crate::limit::store::{push_limit_prefix, ChargeResult, LimitSpec, Small, Store, EXEMPT};
+use crate::limit::store::{
+    push_limit_prefix, push_short, push_within, ChargeResult, LimitSpec, Small, Store, EXEMPT,
+};
 use crate::limit::store_plans::Stop;
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
@@ -32,23 +34,23 @@ pub enum KeyOf<'a> {
     Given(&'a str),
 }
 
-/// What the limits decided. Positions are into the charged list, in its order.
+/// What the limits decided. Positions are into the charged list, in its order. Each limit's
+/// decision, and the shadow limits that could not pay, are in the [`ChargeResult`] the
+/// decision was given (written there in place: carried in the verdict, they were copied
+/// twice on their way to the caller).
 #[derive(Debug)]
 pub enum Verdict<'a> {
-    /// Admitted: every enforcing limit paid.
+    /// Admitted: every enforcing limit paid. In the [`ChargeResult`]: one decision per
+    /// charged limit, whose `allowed` is false only for shadow limits that could not pay
+    /// (and were not charged); a key that is `unlimited` under a limit (an override) has
+    /// [`UNLIMITED`] there.
     Pass {
-        /// One decision per charged limit; `allowed` is false only for shadow limits that
-        /// could not pay (and were not charged). A key that is `unlimited` under a limit
-        /// (an override) has [`UNLIMITED`] there.
-        decisions: Small<Decision>,
         /// The limit to report on the response: fewest tokens left, then longest until full
         /// (never an unlimited key's).
         report: Option<usize>,
         /// The reported limit's bucket for this key, when the key has its own (an
         /// override): the `RateLimit-Policy` to send instead of the limit's.
         own: Option<&'a Own>,
-        /// Shadow limits that could not pay.
-        shadow_limited: Small<usize>,
         /// The fingerprint of the reported limit's key, when asked for.
         key_fp: Option<Fingerprint>,
     },
@@ -59,14 +61,12 @@ pub enum Verdict<'a> {
     TooCostly { at: usize, capacity: u64 },
     /// The key is denied by this limit (an override, `"deny"`: 403); nothing was charged.
     Denied { at: usize, key_fp: Fingerprint },
-    /// This enforcing limit refused (429); nothing was charged.
+    /// This enforcing limit refused (429); nothing was charged. Its decision is at `at` in
+    /// the [`ChargeResult`], whose shadow limits could not pay either.
     Limited {
         at: usize,
-        decision: Decision,
         /// The limit's bucket for this key, when the key has its own (an override).
         own: Option<&'a Own>,
-        /// Shadow limits that could not pay either.
-        shadow_limited: Small<usize>,
         key_fp: Fingerprint,
     },
 }
@@ -78,12 +78,15 @@ thread_local! {
 }
 
 /// Charges `cost` to every limit in `charged` or to none of them. `fingerprint`: whether an
-/// admitted request's `key_fp` is wanted (the access log; a refusal always has one).
+/// admitted request's `key_fp` is wanted (the access log; a refusal always has one). The
+/// decisions go into `out` (empty: `ChargeResult::default()`), as far as the charge went
+/// (none for a key that could not be built, a denied key or a cost no wait would pay).
 pub fn decide<'a>(
     store: &Store,
     charged: &[Charged<'a>],
     cost: u64,
     fingerprint: bool,
+    out: &mut ChargeResult,
 ) -> Verdict<'a> {
     // The buffer is taken from the thread and put back, rather than borrowed inside
     // `KEYS.with`, so that the verdict is written where the caller wants it instead of being
@@ -97,6 +100,7 @@ pub fn decide<'a>(
         |_| cost,
         fingerprint,
         (&mut keys.0, &mut ends),
+        out,
     )
 }
 
@@ -111,14 +115,21 @@ pub fn decide_keeping<'a>(
     charged: &[Charged<'a>],
     costs: &[u64],
     fingerprint: bool,
-    keys: &mut String,
-    kept: &mut SmallVec<[(usize, std::ops::Range<usize>); 4]>,
+    (keys, kept): (&mut String, &mut KeptKeys),
+    out: &mut ChargeResult,
 ) -> Verdict<'a> {
     assert_eq!(costs.len(), charged.len(), "one cost per charged limit");
     let mut ends = SmallVec::new();
-    let verdict = decide_with(store, charged, |i| costs[i], fingerprint, (keys, &mut ends));
-    if let Verdict::Pass { decisions, .. } = &verdict {
-        for (i, d) in decisions.iter().enumerate() {
+    let verdict = decide_with(
+        store,
+        charged,
+        |i| costs[i],
+        fingerprint,
+        (keys, &mut ends),
+        out,
+    );
+    if let Verdict::Pass { .. } = &verdict {
+        for (i, d) in out.decisions.iter().enumerate() {
             if d.allowed && *d != UNLIMITED {
                 kept.push((i, key_range(&ends, i)));
             }
@@ -126,6 +137,10 @@ pub fn decide_keeping<'a>(
     }
     verdict
 }
+
+/// Where [`decide_keeping`] notes each charged limit's position and the range of its store
+/// key in the keys it wrote.
+pub type KeptKeys = SmallVec<[(usize, std::ops::Range<usize>); 4]>;
 
 /// The key buffer while a decision holds it; put back into [`KEYS`] when dropped (the
 /// verdict is written in place meanwhile).
@@ -150,7 +165,9 @@ fn decide_with<'a>(
     cost: impl Fn(usize) -> u64 + Copy,
     fingerprint: bool,
     (buf, ends): KeyBuf<'_>,
+    result: &mut ChargeResult,
 ) -> Verdict<'a> {
+    debug_assert!(result.decisions.is_empty() && result.rejected_by.is_none());
     // Each key is written as its store key, `LIMIT:KEY`, which the store takes as is.
     buf.clear();
     ends.clear();
@@ -159,7 +176,7 @@ fn decide_with<'a>(
         push_limit_prefix(buf, &c.limit.name);
         let built = match c.key {
             KeyOf::Given(k) => {
-                buf.push_str(k);
+                push_short(buf, k);
                 Ok(())
             }
             KeyOf::Request(sources, view) => match same_key_as_earlier(charged, i, sources) {
@@ -169,9 +186,9 @@ fn decide_with<'a>(
                     // That key without its `LIMIT:` prefix.
                     let earlier = key_range(ends, j);
                     let earlier_key = earlier.start + charged[j].limit.name.len() + 1..earlier.end;
-                    // SAFETY: the copied bytes are a whole `str` slice of `buf` (between key
-                    // boundaries, which are char boundaries), so `buf` stays valid UTF-8.
-                    unsafe { buf.as_mut_vec().extend_from_within(earlier_key) };
+                    // A whole `str` slice of `buf`: between key boundaries, which are char
+                    // boundaries.
+                    push_within(buf, earlier_key);
                     Ok(())
                 }
                 None => key::build_key_into(sources, view, buf),
@@ -184,7 +201,7 @@ fn decide_with<'a>(
         overridden |= !c.limit.overrides.is_empty();
     }
     if overridden {
-        return decide_overridden(store, charged, &cost, fingerprint, buf, ends);
+        return decide_overridden(store, charged, &cost, fingerprint, (buf, ends), result);
     }
     if let Some(at) = (charged.iter().enumerate())
         .position(|(i, c)| !c.limit.shadow && cost(i) > c.limit.params.capacity())
@@ -192,32 +209,27 @@ fn decide_with<'a>(
         let capacity = charged[at].limit.params.capacity();
         return Verdict::TooCostly { at, capacity };
     }
-    let mut result = ChargeResult::default();
     store.charge_prefixed(
         charged.len(),
         |i| Some(charged[i].limit),
         |i| key_at(buf, ends, i),
         cost,
-        &mut result,
+        result,
     );
     // The key without its `LIMIT:` prefix.
     let key_fp = |i: usize| Fingerprint::of(charged[i].limit.key_of(key_at(buf, ends, i)));
     if let Some(at) = result.rejected_by {
         return Verdict::Limited {
             at,
-            decision: result.decisions[at],
             own: None,
-            shadow_limited: result.shadow_rejected,
             key_fp: key_fp(at),
         };
     }
     let report = most_restrictive(&result.decisions);
     Verdict::Pass {
         key_fp: report.filter(|_| fingerprint).map(key_fp),
-        decisions: result.decisions,
         report,
         own: None,
-        shadow_limited: result.shadow_rejected,
     }
 }
 
@@ -232,21 +244,20 @@ fn decide_overridden<'a>(
     charged: &[Charged<'a>],
     cost: &dyn Fn(usize) -> u64,
     fingerprint: bool,
-    buf: &str,
-    ends: &[usize],
+    (buf, ends): (&str, &[usize]),
+    result: &mut ChargeResult,
 ) -> Verdict<'a> {
     let key = |i: usize| charged[i].limit.key_of(key_at(buf, ends, i));
     // What each key is subject to: its limit, its own bucket (an override) or nothing (an
     // unlimited key: not charged); found through its bucket, or looked up once.
     let mut subject: Small<ForKey<'a>> = SmallVec::new();
-    let mut result = ChargeResult::default();
     let stop = store.charge_planned(
         charged.len(),
         |i| charged[i].limit,
         |i| key_at(buf, ends, i),
         cost,
         &mut subject,
-        &mut result,
+        result,
     );
     match stop {
         None => {}
@@ -261,9 +272,7 @@ fn decide_overridden<'a>(
     if let Some(at) = result.rejected_by {
         return Verdict::Limited {
             at,
-            decision: result.decisions[at],
             own: subject[at].own(),
-            shadow_limited: result.shadow_rejected,
             key_fp: Fingerprint::of(key(at)),
         };
     }
@@ -273,10 +282,8 @@ fn decide_overridden<'a>(
         key_fp: report
             .filter(|_| fingerprint)
             .map(|i| Fingerprint::of(key(i))),
-        decisions: result.decisions,
         report,
         own: report.and_then(|i| subject[i].own()),
-        shadow_limited: result.shadow_rejected,
     }
 }
 
@@ -349,6 +356,29 @@ mod tests {
         Store::new(Arc::new(ManualClock::new(1_700_000_000_000_000_000)), false)
     }
 
+    /// [`super::decide`], with the decisions it wrote.
+    fn decide<'a>(
+        s: &Store,
+        charged: &[Charged<'a>],
+        cost: u64,
+        fingerprint: bool,
+    ) -> (Verdict<'a>, ChargeResult) {
+        let mut r = ChargeResult::default();
+        (super::decide(s, charged, cost, fingerprint, &mut r), r)
+    }
+
+    /// [`super::decide_keeping`], with the decisions it wrote.
+    fn decide_keeping<'a>(
+        s: &Store,
+        charged: &[Charged<'a>],
+        costs: &[u64],
+        (keys, kept): (&mut String, &mut KeptKeys),
+    ) -> (Verdict<'a>, ChargeResult) {
+        let mut r = ChargeResult::default();
+        let v = super::decide_keeping(s, charged, costs, false, (keys, kept), &mut r);
+        (v, r)
+    }
+
     #[test]
     fn reports_the_tightest_limit_and_refuses_all_or_nothing() {
         let s = store();
@@ -359,26 +389,25 @@ mod tests {
         });
         for left in [1, 0] {
             match decide(&s, &charged, 1, true) {
-                Verdict::Pass {
-                    report, decisions, ..
-                } => {
+                (Verdict::Pass { report, .. }, r) => {
                     assert_eq!(report, Some(1), "narrow is the tighter");
-                    assert_eq!(decisions[1].remaining, left);
+                    assert_eq!(r.decisions[1].remaining, left);
                 }
                 v => panic!("admitted twice, got {v:?}"),
             }
         }
         match decide(&s, &charged, 1, false) {
-            Verdict::Limited { at, key_fp, .. } => {
+            (Verdict::Limited { at, key_fp, .. }, r) => {
                 assert_eq!(at, 1);
                 assert_eq!(key_fp, Fingerprint::of("k"));
+                assert!(!r.decisions[1].allowed && r.decisions[1].remaining == 0);
             }
             v => panic!("the third is refused, got {v:?}"),
         }
         // The refusal charged nothing: wide still has 8.
         let only_wide = &charged[..1];
         match decide(&s, only_wide, 8, false) {
-            Verdict::Pass { decisions, .. } => assert_eq!(decisions[0].remaining, 0),
+            (Verdict::Pass { .. }, r) => assert_eq!(r.decisions[0].remaining, 0),
             v => panic!("8 tokens left on wide, got {v:?}"),
         }
     }
@@ -392,11 +421,11 @@ mod tests {
             key: KeyOf::Given("k"),
         });
         assert!(matches!(
-            decide(&s, &charged, 6, false),
+            decide(&s, &charged, 6, false).0,
             Verdict::TooCostly { at: 1, capacity: 5 }
         ));
         match decide(&s, &charged, 3, false) {
-            Verdict::Pass { shadow_limited, .. } => assert_eq!(shadow_limited.as_slice(), &[0]),
+            (Verdict::Pass { .. }, r) => assert_eq!(r.shadow_rejected.as_slice(), &[0]),
             v => panic!("a shadow limit never refuses, got {v:?}"),
         }
     }
@@ -434,7 +463,7 @@ mod tests {
             .collect();
         let (mut keys, mut kept) = (String::new(), SmallVec::new());
         assert!(matches!(
-            decide_keeping(&s, &charged, &[1; 5], false, &mut keys, &mut kept),
+            decide_keeping(&s, &charged, &[1; 5], (&mut keys, &mut kept)).0,
             Verdict::Pass { .. }
         ));
         let kept: Vec<(usize, &str)> = kept.iter().map(|(i, r)| (*i, &keys[r.clone()])).collect();
@@ -460,26 +489,26 @@ mod tests {
         });
         let (mut keys, mut kept) = (String::new(), SmallVec::new());
         let mut decide =
-            |costs: &[u64]| decide_keeping(&s, &charged, costs, false, &mut keys, &mut kept);
+            |costs: &[u64]| decide_keeping(&s, &charged, costs, (&mut keys, &mut kept));
         for left in [(9, 6), (8, 2)] {
             match decide(&[1, 4]) {
-                Verdict::Pass { decisions, .. } => {
-                    assert_eq!((decisions[0].remaining, decisions[1].remaining), left)
+                (Verdict::Pass { .. }, r) => {
+                    assert_eq!((r.decisions[0].remaining, r.decisions[1].remaining), left)
                 }
                 v => panic!("admitted, got {v:?}"),
             }
         }
         // b has 2 left, so a cost of 4 there is refused, and a keeps its 8.
-        assert!(matches!(decide(&[1, 4]), Verdict::Limited { at: 1, .. }));
+        assert!(matches!(decide(&[1, 4]).0, Verdict::Limited { at: 1, .. }));
         assert!(matches!(
-            decide(&[1, 11]),
+            decide(&[1, 11]).0,
             Verdict::TooCostly {
                 at: 1,
                 capacity: 10
             }
         ));
         match decide(&[8, 0]) {
-            Verdict::Pass { decisions, .. } => assert_eq!(decisions[0].remaining, 0),
+            (Verdict::Pass { .. }, r) => assert_eq!(r.decisions[0].remaining, 0),
             v => panic!("a still had 8, got {v:?}"),
         }
         assert_eq!(kept.len(), 6, "two keys kept per admitted request");
@@ -501,7 +530,7 @@ mod tests {
 
     fn admitted(s: &Store, charged: &[Charged<'_>], n: usize) -> usize {
         (0..n)
-            .filter(|_| matches!(decide(s, charged, 1, false), Verdict::Pass { .. }))
+            .filter(|_| matches!(decide(s, charged, 1, false).0, Verdict::Pass { .. }))
             .count()
     }
 
@@ -517,32 +546,27 @@ mod tests {
         };
         assert_eq!(admitted(&s, &on("plain"), 4), 2);
         match decide(&s, &on("pro"), 1, false) {
-            Verdict::Pass {
-                own,
-                report,
-                decisions,
-                ..
-            } => {
+            (Verdict::Pass { own, report, .. }, r) => {
                 assert_eq!(own.map(|o| o.spec.params.capacity()), Some(5));
                 assert_eq!(report, Some(0));
-                assert_eq!(decisions[0].remaining, 4);
+                assert_eq!(r.decisions[0].remaining, 4);
             }
             v => panic!("pro's first request, got {v:?}"),
         }
         assert_eq!(admitted(&s, &on("pro"), 6), 4);
         match decide(&s, &on("pro"), 1, false) {
-            Verdict::Limited { own, .. } => {
+            (Verdict::Limited { own, .. }, _) => {
                 assert_eq!(own.map(|o| o.spec.params.capacity()), Some(5))
             }
             v => panic!("pro's bucket is empty, got {v:?}"),
         }
         match decide(&s, &on("plain"), 1, false) {
-            Verdict::Limited { own, .. } => assert!(own.is_none()),
+            (Verdict::Limited { own, .. }, _) => assert!(own.is_none()),
             v => panic!("plain's bucket is empty, got {v:?}"),
         }
         // A cost over the key's own capacity, not the limit's, is too costly.
         assert!(matches!(
-            decide(&s, &on("pro"), 6, false),
+            decide(&s, &on("pro"), 6, false).0,
             Verdict::TooCostly { at: 0, capacity: 5 }
         ));
     }
@@ -566,21 +590,16 @@ mod tests {
         };
         // batch: unlimited on narrow, so only wide's 3 tokens count, and wide is reported.
         match decide(&s, &both("batch"), 1, false) {
-            Verdict::Pass {
-                report,
-                decisions,
-                own,
-                ..
-            } => {
+            (Verdict::Pass { report, own, .. }, r) => {
                 assert_eq!(report, Some(0));
                 assert!(own.is_none());
-                assert_eq!(decisions[1], UNLIMITED);
+                assert_eq!(r.decisions[1], UNLIMITED);
             }
             v => panic!("batch is unlimited on narrow, got {v:?}"),
         }
         assert_eq!(admitted(&s, &both("batch"), 5), 2);
         match decide(&s, &both("batch"), 1, false) {
-            Verdict::Limited { at, .. } => assert_eq!(at, 0, "wide refuses"),
+            (Verdict::Limited { at, .. }, _) => assert_eq!(at, 0, "wide refuses"),
             v => panic!("wide is empty, got {v:?}"),
         }
         // Alone on an unlimited key: admitted every time, nothing to report.
@@ -590,13 +609,13 @@ mod tests {
         }];
         assert_eq!(admitted(&s, &alone, 100), 100);
         assert!(matches!(
-            decide(&s, &alone, 1, false),
+            decide(&s, &alone, 1, false).0,
             Verdict::Pass { report: None, .. }
         ));
         // leaked: denied by narrow before anything is charged, so wide keeps its 3 tokens.
         for _ in 0..5 {
             assert!(matches!(
-                decide(&s, &both("leaked"), 1, false),
+                decide(&s, &both("leaked"), 1, false).0,
                 Verdict::Denied { at: 1, .. }
             ));
         }

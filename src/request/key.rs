@@ -11,6 +11,7 @@
 //! read the other copy than the limiter did.
 
 use crate::config::KeySource;
+use crate::limit::store::push_short;
 use crate::request::bytes::{needs_escape, visible_ascii};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
@@ -56,7 +57,7 @@ fn push_escaped(out: &mut String, part: &str) {
         return;
     }
     if !needs_escape(part) {
-        out.push_str(part);
+        push_short(out, part);
         return;
     }
     push_escaping(out, part);
@@ -247,7 +248,7 @@ fn push_part(src: &KeySource, req: &RequestView<'_>, out: &mut String) -> Result
             push_escaped(out, v.unwrap_or(""));
         }
         KeySource::ClientIp => match req.client_ip_text {
-            Some(text) => out.push_str(text),
+            Some(text) => push_short(out, text),
             None => push_ip(out, req.client_ip),
         },
         KeySource::Query(name) => {
