@@ -9,6 +9,50 @@ use std::fmt;
 /// Units per token.
 pub const UNITS_PER_TOKEN: i128 = 1_000_000_000_000_000_000;
 
+/// The whole tokens in `units` (none when negative), rounded down, at most `u64::MAX`:
+/// `u64::try_from(units.max(0) / UNITS_PER_TOKEN).unwrap_or(u64::MAX)`, which is a call of
+/// about 40 instructions into the compiler's 128-bit division, made by every decision for
+/// each of its limits. A quotient that fits 64 bits (every bucket's: capacities are at most
+/// [`MAX_CAPACITY`]) is one 128-by-64-bit `div` on x86-64.
+#[inline(always)]
+pub fn whole_tokens(units: i128) -> u64 {
+    const PER: u64 = UNITS_PER_TOKEN as u64;
+    let u = units.max(0) as u128;
+    let (high, low) = ((u >> 64) as u64, u as u64);
+    if high >= PER {
+        // The quotient is at least 2^64.
+        return u64::MAX;
+    }
+    div_wide(high, low, PER)
+}
+
+/// `(high * 2^64 + low) / divisor`, given `high < divisor` (so the quotient fits 64 bits).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn div_wide(high: u64, low: u64, divisor: u64) -> u64 {
+    debug_assert!(high < divisor);
+    let quotient: u64;
+    // SAFETY: `div` divides rdx:rax by its operand; with rdx (`high`) below the divisor the
+    // quotient fits rax and no divide error is raised. It touches no memory and no flags the
+    // program reads.
+    unsafe {
+        std::arch::asm!(
+            "div {divisor}",
+            divisor = in(reg) divisor,
+            inout("rax") low => quotient,
+            inout("rdx") high => _,
+            options(pure, nomem, nostack),
+        );
+    }
+    quotient
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn div_wide(high: u64, low: u64, divisor: u64) -> u64 {
+    ((u128::from(high) << 64 | u128::from(low)) / u128::from(divisor)) as u64
+}
+
 /// Largest capacity accepted, tokens.
 pub const MAX_CAPACITY: u64 = 1_000_000_000_000;
 
@@ -270,5 +314,39 @@ impl WindowWaste {
     /// The tokens lost, in units (10^-18 tokens).
     pub fn units(self) -> i128 {
         i128::from(self.tokens) * UNITS_PER_TOKEN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(units: i128) -> u64 {
+        u64::try_from(units.max(0) / UNITS_PER_TOKEN).unwrap_or(u64::MAX)
+    }
+
+    /// Whole tokens agree with the 128-bit division: at the edges (negative, around each
+    /// multiple of a token, the largest capacity, the 64-bit bound of the quotient) and over
+    /// a spread of magnitudes.
+    #[test]
+    fn whole_tokens_are_the_128_bit_division_saturated() {
+        let u = UNITS_PER_TOKEN;
+        let max_q = i128::from(u64::MAX);
+        let mut values = vec![0, -1, i128::MIN, i128::MAX, u - 1, u, u + 1, 2 * u - 1];
+        for k in [1, 7, 1_000, i128::from(MAX_CAPACITY), max_q, max_q + 1] {
+            values.extend([k * u - 1, k * u, k * u + 1, k * u + u - 1]);
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..10_000 {
+            // xorshift: magnitudes from a few units to past the 64-bit quotient.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let shift = x % 128;
+            values.push(((i128::from(x) << 63) ^ i128::from(x.rotate_left(17))) >> shift);
+        }
+        for v in values {
+            assert_eq!(whole_tokens(v), reference(v), "{v}");
+        }
     }
 }
