@@ -23,7 +23,7 @@ pub struct Route {
     pub response_costs: Vec<ResponseCost>,
     /// How each of `limits` is charged, by position (a concurrency limit, `max_in_flight`:
     /// one slot a request, whatever its cost, given back when it ends): what
-    /// [`Route::cost_at`] and [`Route::is_slot`] read with one index. Empty when every limit
+    /// [`Route::charge_at`] reads with one index. Empty when every limit
     /// is charged the route's cost ([`ChargedAs::Cost`], what a missing position reads as).
     pub charged_as: Vec<ChargedAs>,
 }
@@ -63,17 +63,19 @@ impl Route {
     /// `at`: one slot on a concurrency limit, a response cost's reserve, else `cost`.
     #[inline]
     pub fn cost_at(&self, at: usize, cost: u64) -> u64 {
-        match self.charged_as.get(at) {
-            Some(ChargedAs::Slot) => 1,
-            Some(ChargedAs::Reserve(reserve)) => *reserve,
-            Some(ChargedAs::Cost) | None => cost,
-        }
+        self.charge_at(at, cost).0
     }
 
-    /// Whether the limit at position `at` is a concurrency limit (one slot a request).
+    /// What a request of route cost `cost` is charged on the route's limit at position `at`
+    /// ([`Route::cost_at`]), and whether that limit is a concurrency limit (one slot a
+    /// request).
     #[inline]
-    pub fn is_slot(&self, at: usize) -> bool {
-        self.charged_as.get(at) == Some(&ChargedAs::Slot)
+    pub fn charge_at(&self, at: usize, cost: u64) -> (u64, bool) {
+        match self.charged_as.get(at) {
+            Some(ChargedAs::Slot) => (1, true),
+            Some(ChargedAs::Reserve(reserve)) => (*reserve, false),
+            Some(ChargedAs::Cost) | None => (cost, false),
+        }
     }
 }
 

@@ -28,8 +28,9 @@ pub(super) struct Reported {
     /// what the admitted request was charged, to settle, give back or release later.
     pub(super) kept: Kept,
     /// A route with response costs: the decisions to report again once they are settled
-    /// (boxed: the context of every request carries the field).
-    pub(super) unsettled: Option<Box<Unsettled>>,
+    /// (in place, not boxed: an allocation and its release cost more instructions than the
+    /// context's copies of these bytes do).
+    pub(super) unsettled: Option<Unsettled>,
 }
 
 /// The limit an admitted request's response reports, and how it stands.
@@ -123,7 +124,13 @@ struct Paid {
 impl Paid {
     /// Its store key, in `keys` (the [`Kept::keys`] it was noted in).
     fn key<'k>(&self, keys: &'k str) -> &'k str {
-        &keys[self.key.0 as usize..self.key.1 as usize]
+        let range = self.key.0 as usize..self.key.1 as usize;
+        debug_assert!(keys.get(range.clone()).is_some());
+        // SAFETY: the range is one the decision wrote a whole store key at, in this very
+        // buffer (`Kept::keys` is written once, by the decision, before any `Paid` is
+        // noted): in bounds and on char boundaries. Checked, the slice cost about ten
+        // instructions a key for what cannot fail.
+        unsafe { keys.get_unchecked(range) }
     }
 }
 
@@ -215,9 +222,9 @@ pub(super) fn decide(
             } else {
                 // The response head settles the costs, and the headers are chosen then
                 // ([`settle`]): a request that gets no response head reports none.
-                out.unsettled = Some(Box::new(Unsettled {
+                out.unsettled = Some(Unsettled {
                     decisions: std::mem::take(decisions),
-                }));
+                });
             }
             out.key_fp = key_fp;
             Ok(!shadow_limited.is_empty())
@@ -273,40 +280,36 @@ fn verdict<'r>(
     };
     let fp = rt.config.access_log;
     if route.keeps_charges() {
-        let all = all();
-        let mut costs: SmallVec<[u64; 4]> = SmallVec::new();
-        for i in 0..all.len() {
-            costs.push(route.cost_at(i, cost));
-        }
         let kept = &mut out.kept;
-        let mut items = SmallVec::new();
         kept.keys = String::with_capacity(64);
+        let mut slots = false;
         let verdict = decision::decide_keeping(
             &node.store,
-            &all,
-            &costs,
+            &all(),
+            |i| route.cost_at(i, cost),
             fp,
-            (&mut kept.keys, &mut items),
-            result,
+            (&mut kept.keys, result),
+            |at, key| {
+                // Positions and key ends fit: a route has far fewer than 2^32 limits, and a
+                // request's keys (bounded by its header size) far fewer than 4 GiB.
+                let (Ok(at32), Ok(start), Ok(end)) = (
+                    u32::try_from(at),
+                    u32::try_from(key.start),
+                    u32::try_from(key.end),
+                ) else {
+                    return;
+                };
+                let (cost, slot) = route.charge_at(at, cost);
+                slots |= slot;
+                kept.paid.push(Paid {
+                    cost,
+                    key: (start, end),
+                    at: at32,
+                    slot,
+                });
+            },
         );
-        for (at, key) in items {
-            // Positions and key ends fit: a route has far fewer than 2^32 limits, and a
-            // request's keys (bounded by its header size) far fewer than 4 GiB.
-            let (Ok(at32), Ok(start), Ok(end)) = (
-                u32::try_from(at),
-                u32::try_from(key.start),
-                u32::try_from(key.end),
-            ) else {
-                continue;
-            };
-            kept.paid.push(Paid {
-                cost: costs[at],
-                key: (start, end),
-                at: at32,
-                slot: route.is_slot(at),
-            });
-        }
-        if kept.paid.iter().any(|p| p.slot) {
+        if slots {
             kept.slots_of = Some(Arc::clone(node));
         }
         return verdict;
@@ -352,11 +355,27 @@ pub const MAX_RESPONSE_COST: u64 = 1 << 40;
 /// A response cost header's value: a whole number of tokens, 0 to [`MAX_RESPONSE_COST`],
 /// optionally surrounded by spaces.
 fn response_cost(v: &HeaderValue) -> Option<u64> {
-    let s = std::str::from_utf8(v.as_bytes()).ok()?.trim();
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    let b = v.as_bytes();
+    // Trimmed as `str::trim` does: for ASCII (a header value holds no vertical tab, the
+    // one ASCII white space `trim_ascii` keeps), `trim_ascii`.
+    let digits = if b.is_ascii() {
+        b.trim_ascii()
+    } else {
+        std::str::from_utf8(b).ok()?.trim().as_bytes()
+    };
+    if digits.is_empty() {
         return None;
     }
-    s.parse().ok().filter(|&n| n <= MAX_RESPONSE_COST)
+    // Read digit by digit (`str::parse` takes about three times the instructions); more
+    // than a u64 holds is as invalid as more than the bound.
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    (n <= MAX_RESPONSE_COST).then_some(n)
 }
 
 /// The response head of an admitted request on a route with response costs: each such limit's
@@ -438,6 +457,11 @@ mod tests {
         let cost = |s: &str| response_cost(&HeaderValue::from_str(s).unwrap());
         assert_eq!(cost("420"), Some(420));
         assert_eq!(cost(" 7 "), Some(7));
+        assert_eq!(cost("\t12\t"), Some(12));
+        assert_eq!(cost("00042"), Some(42));
+        // Trimmed as `str::trim` trims, Unicode white space included.
+        assert_eq!(cost("\u{a0}5\u{2003}"), Some(5));
+        assert_eq!(cost("5\u{e9}"), None);
         assert_eq!(cost("0"), Some(0));
         assert_eq!(
             cost(&MAX_RESPONSE_COST.to_string()),

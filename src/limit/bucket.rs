@@ -68,9 +68,7 @@
 //! reserve) is carried into it; a past window reads as a full bucket. Within a window
 //! everything above holds as for any bucket, the waste merged by max within that window.
 
-pub use super::params::{
-    whole_tokens, BucketParams, ParamError, MAX_CAPACITY, MAX_RATE, UNITS_PER_TOKEN,
-};
+pub use super::params::{BucketParams, ParamError, MAX_CAPACITY, MAX_RATE, UNITS_PER_TOKEN};
 use super::window::WindowWaste;
 use std::collections::BTreeMap;
 
@@ -318,7 +316,7 @@ impl Bucket {
         };
         Decision {
             allowed,
-            remaining: whole_tokens(left),
+            remaining: super::params::whole_tokens(left),
             retry_after_ns,
             full_in_ns,
             never,

@@ -104,43 +104,31 @@ pub fn decide<'a>(
     )
 }
 
-/// [`decide`] with a cost per limit (`costs[i]` on `charged[i]`), for routes that keep what
+/// [`decide`] with a cost per limit (`cost(i)` on `charged[i]`), for routes that keep what
 /// an admitted request was charged, to settle or give back when its answer comes
 /// (`refund_statuses`, response costs, concurrency limits): the store keys are written into
-/// `keys` (the caller keeps it), and `kept` gets the position and the range in `keys` of each
-/// limit the request was charged to (not of an unlimited key, nor of a shadow limit that
-/// could not pay).
+/// `keys` (the caller keeps it), and an admitted request calls `paid(i, range in keys)` for
+/// each limit it was charged to, in order (not for an unlimited key, nor for a shadow limit
+/// that could not pay).
 pub fn decide_keeping<'a>(
     store: &Store,
     charged: &[Charged<'a>],
-    costs: &[u64],
+    cost: impl Fn(usize) -> u64 + Copy,
     fingerprint: bool,
-    (keys, kept): (&mut String, &mut KeptKeys),
-    out: &mut ChargeResult,
+    (keys, out): (&mut String, &mut ChargeResult),
+    mut paid: impl FnMut(usize, std::ops::Range<usize>),
 ) -> Verdict<'a> {
-    assert_eq!(costs.len(), charged.len(), "one cost per charged limit");
     let mut ends = SmallVec::new();
-    let verdict = decide_with(
-        store,
-        charged,
-        |i| costs[i],
-        fingerprint,
-        (keys, &mut ends),
-        out,
-    );
+    let verdict = decide_with(store, charged, cost, fingerprint, (keys, &mut ends), out);
     if let Verdict::Pass { .. } = &verdict {
         for (i, d) in out.decisions.iter().enumerate() {
             if d.allowed && *d != UNLIMITED {
-                kept.push((i, key_range(&ends, i)));
+                paid(i, key_range(&ends, i));
             }
         }
     }
     verdict
 }
-
-/// Where [`decide_keeping`] notes each charged limit's position and the range of its store
-/// key in the keys it wrote.
-pub type KeptKeys = SmallVec<[(usize, std::ops::Range<usize>); 4]>;
 
 /// The key buffer while a decision holds it; put back into [`KEYS`] when dropped (the
 /// verdict is written in place meanwhile).
@@ -367,15 +355,23 @@ mod tests {
         (super::decide(s, charged, cost, fingerprint, &mut r), r)
     }
 
-    /// [`super::decide_keeping`], with the decisions it wrote.
+    /// [`super::decide_keeping`], with the decisions it wrote; the charged limits' positions
+    /// and key ranges into `kept`.
     fn decide_keeping<'a>(
         s: &Store,
         charged: &[Charged<'a>],
         costs: &[u64],
-        (keys, kept): (&mut String, &mut KeptKeys),
+        (keys, kept): (&mut String, &mut Vec<(usize, std::ops::Range<usize>)>),
     ) -> (Verdict<'a>, ChargeResult) {
         let mut r = ChargeResult::default();
-        let v = super::decide_keeping(s, charged, costs, false, (keys, kept), &mut r);
+        let v = super::decide_keeping(
+            s,
+            charged,
+            |i| costs[i],
+            false,
+            (keys, &mut r),
+            |i, k| kept.push((i, k)),
+        );
         (v, r)
     }
 
@@ -461,7 +457,7 @@ mod tests {
                 key: KeyOf::Request(src, &view),
             })
             .collect();
-        let (mut keys, mut kept) = (String::new(), SmallVec::new());
+        let (mut keys, mut kept) = (String::new(), Vec::new());
         assert!(matches!(
             decide_keeping(&s, &charged, &[1; 5], (&mut keys, &mut kept)).0,
             Verdict::Pass { .. }
@@ -487,7 +483,7 @@ mod tests {
             limit,
             key: KeyOf::Given("k"),
         });
-        let (mut keys, mut kept) = (String::new(), SmallVec::new());
+        let (mut keys, mut kept) = (String::new(), Vec::new());
         let mut decide =
             |costs: &[u64]| decide_keeping(&s, &charged, costs, (&mut keys, &mut kept));
         for left in [(9, 6), (8, 2)] {
