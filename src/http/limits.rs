@@ -127,9 +127,10 @@ impl Paid {
         let range = self.key.0 as usize..self.key.1 as usize;
         debug_assert!(keys.get(range.clone()).is_some());
         // SAFETY: the range is one the decision wrote a whole store key at, in this very
-        // buffer (`Kept::keys` is written once, by the decision, before any `Paid` is
-        // noted): in bounds and on char boundaries. Checked, the slice cost about ten
-        // instructions a key for what cannot fail.
+        // buffer: `Kept::keys` is replaced only by `Kept::start`, while nothing is noted, and
+        // written only by the decision that notes each `Paid` after writing its key. So it is
+        // in bounds and on char boundaries. Checked, the slice cost about ten instructions a
+        // key for what cannot fail.
         unsafe { keys.get_unchecked(range) }
     }
 }
@@ -137,6 +138,14 @@ impl Paid {
 impl Kept {
     pub(super) fn is_empty(&self) -> bool {
         self.paid.is_empty()
+    }
+
+    /// Starts noting a request's charges: a fresh buffer for their keys, and where to note
+    /// each. Once per request: what is noted points into the buffer (see [`Paid::key`]).
+    fn start(&mut self) -> (&mut String, &mut SmallVec<[Paid; 4]>) {
+        assert!(self.paid.is_empty(), "a request's charges are noted once");
+        self.keys = String::with_capacity(64);
+        (&mut self.keys, &mut self.paid)
     }
 
     /// Gives back what the request paid on every limit but its slots (a refund), once; calls
@@ -280,15 +289,14 @@ fn verdict<'r>(
     };
     let fp = rt.config.access_log;
     if route.keeps_charges() {
-        let kept = &mut out.kept;
-        kept.keys = String::with_capacity(64);
+        let (keys, paid) = out.kept.start();
         let mut slots = false;
         let verdict = decision::decide_keeping(
             &node.store,
             &all(),
             |i| route.cost_at(i, cost),
             fp,
-            (&mut kept.keys, result),
+            (keys, result),
             |at, key| {
                 // Positions and key ends fit: a route has far fewer than 2^32 limits, and a
                 // request's keys (bounded by its header size) far fewer than 4 GiB.
@@ -301,7 +309,7 @@ fn verdict<'r>(
                 };
                 let (cost, slot) = route.charge_at(at, cost);
                 slots |= slot;
-                kept.paid.push(Paid {
+                paid.push(Paid {
                     cost,
                     key: (start, end),
                     at: at32,
@@ -310,7 +318,7 @@ fn verdict<'r>(
             },
         );
         if slots {
-            kept.slots_of = Some(Arc::clone(node));
+            out.kept.slots_of = Some(Arc::clone(node));
         }
         return verdict;
     }
