@@ -148,18 +148,13 @@ pub fn eq_short(a: &[u8], b: &[u8]) -> bool {
         h.1.copy_from_slice(&s[s.len() - W..]);
         h
     }
+    // Arrays of a known length compare as words, without `memcmp`.
     if n >= 16 {
-        let (a, b) = (halves::<16>(a), halves::<16>(b));
-        u128::from_ne_bytes(a.0) == u128::from_ne_bytes(b.0)
-            && u128::from_ne_bytes(a.1) == u128::from_ne_bytes(b.1)
+        halves::<16>(a) == halves::<16>(b)
     } else if n >= 8 {
-        let (a, b) = (halves::<8>(a), halves::<8>(b));
-        u64::from_ne_bytes(a.0) == u64::from_ne_bytes(b.0)
-            && u64::from_ne_bytes(a.1) == u64::from_ne_bytes(b.1)
+        halves::<8>(a) == halves::<8>(b)
     } else if n >= 4 {
-        let (a, b) = (halves::<4>(a), halves::<4>(b));
-        u32::from_ne_bytes(a.0) == u32::from_ne_bytes(b.0)
-            && u32::from_ne_bytes(a.1) == u32::from_ne_bytes(b.1)
+        halves::<4>(a) == halves::<4>(b)
     } else {
         n == 0 || (a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1])
     }
