@@ -137,7 +137,16 @@ fn the_page_reads_without_javascript_and_status_has_every_field() {
     assert!(!html.contains(NOISY), "the raw key is never on the page");
     assert!(html.contains("<code>status-node</code>") && html.contains("Standalone"));
 
-    let s = get(gw.admin, "/status", &[(k, &v)]).json();
+    // A request is counted in `requests_total` by the logging hook, after its response is
+    // out: the client can ask before the last one is counted.
+    let status = || get(gw.admin, "/status", &[(k, &v)]).json();
+    let want = json!({"admitted": 3, "rejected": 2});
+    assert!(
+        wait_until(Duration::from_secs(5), || status()["totals"] == want),
+        "totals {}",
+        status()["totals"]
+    );
+    let s = status();
     assert_eq!(s["node"]["id"], "status-node");
     assert_eq!(s["node"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(
