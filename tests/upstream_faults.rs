@@ -25,6 +25,9 @@ enum Fault {
     Garbage,
     /// Closes without a byte.
     CloseWithoutAnswer,
+    /// Answers `200 ok` as a keep-alive response, then closes the connection a moment later
+    /// (as a server whose keep-alive timeout is very short).
+    AnswerThenClose,
 }
 
 /// A `std::net` upstream that misbehaves as told; counts connections still open.
@@ -88,6 +91,11 @@ fn misbehave(stream: TcpStream, fault: Fault) {
             let _ = writer.write_all(b"\x00\x01\x02 this is not HTTP at all\r\n\r\n\xff\xfe");
         }
         Fault::CloseWithoutAnswer => {}
+        Fault::AnswerThenClose => {
+            let _ = writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            // After the gateway has had the time to put the connection back into its pool.
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     let _ = writer.shutdown(std::net::Shutdown::Both);
 }
@@ -282,4 +290,41 @@ fn a_batch_of_faults_leaks_no_connections() {
         s.empty.open_connections(),
     );
     assert_serves(gw);
+}
+
+/// An upstream that closes every connection a moment after answering on it: each request
+/// finds the connection the previous one left in the pool closed by the server (the test
+/// waits for the close), and is served all the same, on a new connection; the closed ones
+/// do not pile up in the gateway.
+#[test]
+fn an_upstream_closing_idle_connections_costs_no_request() {
+    let closing = FaultyUpstream::start(Fault::AnswerThenClose);
+    let gw = Gateway::builder(json!({
+        "node_id": "idle-close-test",
+        "upstreams": { "closing": { "servers": [closing.addr.to_string()] } },
+        "limits": { "lim": { "capacity": 1000000, "refill_per_second": 1000, "key": ["client_ip"] } },
+        "routes": [{ "name": "all", "match": { "path_prefix": "/" }, "upstream": "closing", "limits": ["lim"] }],
+    }))
+    .start();
+    let served = |i: usize| {
+        let r = get(gw.addr, "/x", &[]);
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+        let closed = wait_until(Duration::from_secs(5), || closing.open_connections() == 0);
+        assert!(
+            closed,
+            "the upstream closed its connection after request {i}"
+        );
+    };
+    served(0);
+    let baseline = open_fds(gw.pid());
+    for i in 1..=30 {
+        served(i);
+    }
+    assert_eq!(
+        closing.accepted.load(Ordering::SeqCst),
+        31,
+        "one connection per request"
+    );
+    let fds = open_fds(gw.pid());
+    assert!(fds <= baseline + 2, "fds {fds}, baseline {baseline}");
 }

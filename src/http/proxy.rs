@@ -327,6 +327,9 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        // A connection given back to the pool is checked when a request takes it, not watched
+        // by a task of its own while idle (pingora-core patch 12, vendor/README.md).
+        peer.options.watch_idle_connections = false;
         // The response's names' spelling recorded only to be kept (see `keep_header_case`).
         peer.options.keep_h1_response_header_case = rt.config.preserve_header_case;
         // Certificate and host name verification stay on (pingora's defaults); a private CA

@@ -249,59 +249,60 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                // Taken out under the lock, which the idle watcher holds until it lets go of
-                // the stream. The watcher drops its reference to the lock only after that, as
-                // its task ends, so unwrapping the `Arc` here (as before) failed whenever this
-                // task came in between, which a busy machine makes common: the connection was
-                // dropped for a new one.
-                let taken = s.lock().await.0.take();
-                match taken {
-                    Some(mut stream) => {
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    // Another reuser took it: cannot happen, as the pool hands a stream out once.
-                    None => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
+        let key = peer.reuse_hash();
+        loop {
+            let Some(s) = self.connection_pool.get(&key) else {
+                debug!("No reusable connection found for {peer}");
+                return None;
+            };
+            debug!("find reusable stream, trying to acquire it");
+            // Taken out under the lock, which the idle watcher holds until it lets go of
+            // the stream. The watcher drops its reference to the lock only after that, as
+            // its task ends, so unwrapping the `Arc` here (as before) failed whenever this
+            // task came in between, which a busy machine makes common: the connection was
+            // dropped for a new one.
+            let (taken, unwatched) = {
+                let mut pooled = s.lock().await;
+                (pooled.stream.take(), pooled.unwatched)
+            };
+            let Some(mut stream) = taken else {
+                // Another reuser took it: cannot happen, as the pool hands a stream out once.
+                error!("failed to acquire reusable stream");
+                return None;
+            };
+            let fresh = unwatched.is_none_or(|u| u.expires.is_none_or(|e| Instant::now() < e));
+            if fresh && self.reusable(peer, &mut stream) {
+                return Some(stream);
+            }
+            // A watched stream that is not reusable: a new connection, as before.
+            unwatched?;
+            // An unwatched stream that went stale while it waited (closed by the server, past
+            // its idle timeout): dropped, and the next one tried.
+            debug!("stale unwatched idle connection dropped");
+        }
+    }
+
+    /// Whether a stream taken from the pool for `peer` can carry a request: still the peer's
+    /// connection, not closed by the server, no unexpected data.
+    fn reusable<P: Peer + Send + Sync>(&self, peer: &P, stream: &mut Stream) -> bool {
+        // test_reusable_stream: we assume server would never actively send data
+        // first on an idle stream.
+        #[cfg(unix)]
+        {
+            peer.matches_fd(stream.id())
+                && test_reusable_stream(stream, &self.unexpected_data_conn_count)
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::io::{AsRawSocket, RawSocket};
+            struct WrappedRawSocket(RawSocket);
+            impl AsRawSocket for WrappedRawSocket {
+                fn as_raw_socket(&self) -> RawSocket {
+                    self.0
                 }
             }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
-            }
+            peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+                && test_reusable_stream(stream, &self.unexpected_data_conn_count)
         }
     }
 
@@ -324,7 +325,10 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(PooledStream(Some(stream))));
+        let stream = Arc::new(Mutex::new(PooledStream {
+            stream: Some(stream),
+            unwatched: None,
+        }));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
@@ -347,6 +351,40 @@ impl TransportConnector {
                 }
             }
         });
+    }
+
+    /// [`Self::release_stream`] without an idle watcher: the stream waits in the pool with no
+    /// task and no timer of its own, and whether it can still be used (not closed by the
+    /// server, no unexpected data, within `idle_timeout`) is checked when a request takes it
+    /// ([`Self::reused_stream`], which then tries the next one). The pool's size bounds what
+    /// it holds as before (its eviction closes the oldest); what changes is when a connection
+    /// the server closed while idle, or one past its idle timeout, is closed here: when a
+    /// request for the same peer next asks the pool, or when the pool evicts it, instead of
+    /// at once. For an application that returns connections to busy peers, this saves a
+    /// spawned task, a timer and a wake-up per returned connection. With a
+    /// `keepalive_pool_callback` (which reports how long a watched connection stayed idle),
+    /// this is [`Self::release_stream`].
+    pub fn release_stream_unwatched(
+        &self,
+        mut stream: Stream,
+        key: u64, // usually peer.reuse_hash()
+        idle_timeout: Option<Duration>,
+    ) {
+        if self.keepalive_pool_callback.is_some() {
+            return self.release_stream(stream, key, idle_timeout);
+        }
+        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+            return;
+        }
+        let meta = ConnectionMeta::new(key, stream.id());
+        let expires = idle_timeout.and_then(|t| Instant::now().checked_add(t));
+        let stream = Arc::new(Mutex::new(PooledStream {
+            stream: Some(stream),
+            unwatched: Some(Unwatched { expires }),
+        }));
+        // Nobody waits on the notifications meant for a watcher: the pool's own reference
+        // is the stream's last, so that its eviction closes the connection.
+        let _ = self.connection_pool.put(&meta, stream);
     }
 
     /// Get a stream to the given server [Peer]
@@ -502,7 +540,18 @@ fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &Atomic
 /// A stream in the upstream connection pool, behind the lock its idle watcher holds while it
 /// waits: the request that reuses it takes it out under the lock (see
 /// `TransportConnector::reused_stream`).
-struct PooledStream(Option<Stream>);
+struct PooledStream {
+    stream: Option<Stream>,
+    /// Released without a watcher (`TransportConnector::release_stream_unwatched`).
+    unwatched: Option<Unwatched>,
+}
+
+/// What a stream waiting in the pool without a watcher is checked against when it is taken.
+#[derive(Clone, Copy)]
+struct Unwatched {
+    /// When its idle timeout ends, if it has one.
+    expires: Option<Instant>,
+}
 
 impl tokio::io::AsyncRead for PooledStream {
     fn poll_read(
@@ -510,7 +559,7 @@ impl tokio::io::AsyncRead for PooledStream {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut().0.as_mut() {
+        match self.get_mut().stream.as_mut() {
             Some(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
             // Taken: the watcher holds the lock only while the stream is in it.
             None => std::task::Poll::Ready(Ok(())),
@@ -879,11 +928,147 @@ mod reuse_tests {
         let peer = BasicPeer::new(&addr.to_string());
         let stream: Stream = Box::new(crate::protocols::l4::stream::Stream::from(client));
         let meta = ConnectionMeta::new(peer.reuse_hash(), stream.id());
-        let pooled = Arc::new(Mutex::new(PooledStream(Some(stream))));
+        let pooled = Arc::new(Mutex::new(PooledStream {
+            stream: Some(stream),
+            unwatched: None,
+        }));
         let watchers_reference = pooled.clone();
         let _pool_handles = connector.connection_pool.put(&meta, pooled);
         assert!(connector.reused_stream(&peer).await.is_some());
         // Taken out: what the watcher still points at is empty.
-        assert!(watchers_reference.lock().await.0.is_none());
+        assert!(watchers_reference.lock().await.stream.is_none());
+    }
+
+    /// A connection to a listener on `addr`: the client's side as a pingora stream, and the
+    /// server's.
+    async fn connection(listener: &tokio::net::TcpListener) -> (Stream, tokio::net::TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(crate::protocols::l4::stream::Stream::from(client));
+        (stream, server_side)
+    }
+
+    /// Waits (at most 10 s) for the client to close its side of `server_side`: the read
+    /// returns 0.
+    async fn closed_by_client(server_side: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 8];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), server_side.read(&mut buf)).await,
+            Ok(Ok(0))
+        )
+    }
+
+    /// Lets the runtime's I/O driver take in what the kernel has for the pooled sockets (a
+    /// yield polls it), as it does between requests.
+    async fn let_the_driver_run() {
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn test_unwatched_stream_is_reused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        let (stream, _server_side) = connection(&listener).await;
+        let id = stream.id();
+        connector.release_stream_unwatched(
+            stream,
+            peer.reuse_hash(),
+            Some(Duration::from_secs(60)),
+        );
+        let reused = connector.reused_stream(&peer).await.expect("reused");
+        assert_eq!(reused.id(), id);
+        // Handed out once.
+        assert!(connector.reused_stream(&peer).await.is_none());
+    }
+
+    /// An unwatched stream the server closed while it waited is dropped when a request takes
+    /// it, and the next one is reused instead.
+    #[tokio::test]
+    async fn test_unwatched_stream_closed_by_the_server_is_skipped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        let (first, first_server_side) = connection(&listener).await;
+        let (second, _second_server_side) = connection(&listener).await;
+        let second_id = second.id();
+        let hour = Some(Duration::from_secs(3600));
+        connector.release_stream_unwatched(first, peer.reuse_hash(), hour);
+        connector.release_stream_unwatched(second, peer.reuse_hash(), hour);
+        drop(first_server_side);
+        let_the_driver_run().await;
+        let reused = connector
+            .reused_stream(&peer)
+            .await
+            .expect("the second is reused");
+        assert_eq!(reused.id(), second_id);
+        assert!(connector.reused_stream(&peer).await.is_none());
+    }
+
+    /// An unwatched stream past its idle timeout is closed when a request takes it, and not
+    /// reused.
+    #[tokio::test]
+    async fn test_unwatched_stream_past_its_idle_timeout_is_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        let (stream, mut server_side) = connection(&listener).await;
+        connector.release_stream_unwatched(stream, peer.reuse_hash(), Some(Duration::ZERO));
+        assert!(connector.reused_stream(&peer).await.is_none());
+        assert!(closed_by_client(&mut server_side).await);
+    }
+
+    /// The pool's size bounds unwatched streams as watched ones: the oldest is evicted, and
+    /// closed, when a stream beyond it comes back.
+    #[tokio::test]
+    async fn test_unwatched_stream_evicted_by_the_pool_size_is_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(Some(ConnectorOptions::new(1)));
+        let (first, mut first_server_side) = connection(&listener).await;
+        let (second, _second_server_side) = connection(&listener).await;
+        let second_id = second.id();
+        let minute = Some(Duration::from_secs(60));
+        connector.release_stream_unwatched(first, peer.reuse_hash(), minute);
+        connector.release_stream_unwatched(second, peer.reuse_hash(), minute);
+        assert!(closed_by_client(&mut first_server_side).await);
+        let reused = connector
+            .reused_stream(&peer)
+            .await
+            .expect("the second is kept");
+        assert_eq!(reused.id(), second_id);
+    }
+
+    /// A watched stream that cannot be reused gives no stream (a new connection), as before
+    /// unwatched streams existed: the pool is not searched further.
+    #[tokio::test]
+    async fn test_watched_stream_not_reusable_is_not_retried() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        let (first, first_server_side) = connection(&listener).await;
+        let (second, _second_server_side) = connection(&listener).await;
+        let second_id = second.id();
+        // The first as a watched stream whose watcher has not run yet.
+        let meta = ConnectionMeta::new(peer.reuse_hash(), first.id());
+        let pooled = Arc::new(Mutex::new(PooledStream {
+            stream: Some(first),
+            unwatched: None,
+        }));
+        let _handles = connector.connection_pool.put(&meta, pooled);
+        let minute = Some(Duration::from_secs(60));
+        connector.release_stream_unwatched(second, peer.reuse_hash(), minute);
+        drop(first_server_side);
+        let_the_driver_run().await;
+        assert!(connector.reused_stream(&peer).await.is_none());
+        let reused = connector
+            .reused_stream(&peer)
+            .await
+            .expect("the second is left");
+        assert_eq!(reused.id(), second_id);
     }
 }

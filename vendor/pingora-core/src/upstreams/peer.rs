@@ -545,6 +545,11 @@ pub struct PeerOptions {
     /// spelled (the default, so that they go on as the upstream spelled them), or not: see
     /// [`crate::protocols::http::v1::client::HttpSession::set_keep_header_case`].
     pub keep_h1_response_header_case: bool,
+    /// Whether a connection to this peer returned to the pool is watched while it is idle
+    /// (the default: a task closes it as soon as the server does or its idle timeout ends),
+    /// or checked only when a request takes it: see
+    /// [`crate::connectors::TransportConnector::release_stream_unwatched`].
+    pub watch_idle_connections: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
     pub extra_proxy_headers: BTreeMap<String, Vec<u8>>,
@@ -605,6 +610,7 @@ impl PeerOptions {
             h2_connection_window_size: None,
             allow_h1_response_invalid_content_length: false,
             keep_h1_response_header_case: true,
+            watch_idle_connections: true,
             http_upstream_request_policy: HttpUpstreamRequestPolicy::default(),
             extra_proxy_headers: BTreeMap::new(),
             curves: None,

@@ -58,8 +58,16 @@ impl Connector {
     ) {
         session.respect_keepalive();
         if let Some(stream) = session.reuse().await {
-            self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+            let watched = peer
+                .get_peer_options()
+                .is_none_or(|o| o.watch_idle_connections);
+            if watched {
+                self.transport
+                    .release_stream(stream, peer.reuse_hash(), idle_timeout);
+            } else {
+                self.transport
+                    .release_stream_unwatched(stream, peer.reuse_hash(), idle_timeout);
+            }
         }
     }
 
