@@ -52,3 +52,5 @@ echo "== pingora-proxy's own tests (the crate is patched in vendor/, see vendor/
 cargo test -p pingora-proxy --lib -- --test-threads="${TEST_THREADS:-2}"
 echo "== pingora-timeout's own tests (the crate is patched in vendor/, see vendor/README.md)"
 cargo test -p pingora-timeout --lib -- --test-threads="${TEST_THREADS:-2}"
+echo "== pingora-pool's own tests (the crate is patched in vendor/, see vendor/README.md)"
+cargo test -p pingora-pool --lib -- --test-threads="${TEST_THREADS:-2}"
