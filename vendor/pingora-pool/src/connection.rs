@@ -188,6 +188,9 @@ pub struct ConnectionPool<S> {
     // Concurrent per-key pool index; each value handles per-key connection storage.
     pools: DashMap<GroupKey, Arc<Pool<S>>>,
     lru: Lru<ID, ConnectionMeta>,
+    /// The pool's size: empty nodes are swept once the map holds more than twice as many
+    /// (see [`Self::insert_pool_connection`]).
+    size: usize,
 }
 
 impl<S> ConnectionPool<S> {
@@ -199,14 +202,30 @@ impl<S> ConnectionPool<S> {
         ConnectionPool {
             pools: DashMap::with_capacity(size),
             lru: Lru::new(size),
+            size,
         }
     }
 
-    /// Insert a connection under `key` while the DashMap entry guard is held.
+    /// Insert a connection under `key` while a DashMap guard on its node is held.
     ///
     /// Holding the guard through [`PoolNode::insert`] prevents empty-node cleanup
-    /// from removing the map entry between looking it up and repopulating it.
+    /// from removing the map entry between looking it up and repopulating it (its
+    /// `remove_if` needs the shard's write lock, which a read guard holds off too).
+    ///
+    /// The node of a key whose connections are all taken stays in the map (see
+    /// [`Self::get`]), so that the usual return of a connection finds it with a read
+    /// lock, instead of building a node (a queue allocation) and taking the write lock.
+    /// Empty nodes are swept when a new node would make the map hold more than twice the
+    /// pool's size: the map stays bounded (a node with connections holds at least one of
+    /// the at most `size` connections), and a sweep comes at most once per `size` new keys.
     fn insert_pool_connection(&self, key: GroupKey, id: ID, connection: PoolConnection<S>) {
+        if let Some(pool_node) = self.pools.get(&key) {
+            pool_node.insert(id, connection);
+            return;
+        }
+        if self.pools.len() >= self.size.saturating_mul(2).max(1) {
+            self.pools.retain(|_, node| !node.is_empty());
+        }
         let pool_node = self
             .pools
             .entry(key)
@@ -277,14 +296,10 @@ impl<S> ConnectionPool<S> {
         if let Some((id, connection)) = pool_node.get_any() {
             self.lru.pop(&id); // the notified is not needed
 
-            // Clean up the now-empty node. This path is important because when a
-            // connection is retrieved (not evicted), the idle_poll/idle_timeout
-            // tasks exit via the watch_use channel and never call pop_closed(),
-            // so pop_evicted's cleanup would never run for this key.
-            if pool_node.is_empty() {
-                self.try_remove_empty_node(*key);
-            }
-
+            // A node left empty by taking its last connection stays: the connection
+            // usually comes back when its request ends, and a node removed here was built
+            // again then. Empty nodes are swept by `insert_pool_connection`, once they are
+            // many (the map stays bounded), and by a `get` that finds its node empty.
             Some(connection.release())
         } else {
             // The node exists but has no connections. Clean it up.
@@ -1026,25 +1041,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn test_empty_node_removed_after_get() {
-        // When the last connection is retrieved via get(), the PoolNode should
-        // be cleaned up. This path is distinct from pop_closed because the
-        // idle_poll/idle_timeout tasks exit via the watch_use channel and never
-        // call pop_closed.
+    async fn test_node_kept_after_get_takes_the_last_connection() {
+        // The node of a key whose last connection is taken stays, for the connection's
+        // return: the return finds it instead of building a new one.
         let meta = ConnectionMeta::new(101, 1);
         let cp: ConnectionPool<String> = ConnectionPool::new(2);
         cp.put(&meta, "v1".to_string());
-
         assert_eq!(pool_len(&cp), 1);
 
         let conn = cp.get(&meta.key);
-        assert!(conn.is_some());
+        assert_eq!(conn, Some("v1".to_string()));
+        assert_eq!(pool_len(&cp), 1, "the empty node stays");
+        let node = cp.pools.get(&meta.key).map(|n| Arc::as_ptr(n.value()));
 
+        cp.put(&meta, "v1".to_string());
         assert_eq!(
-            pool_len(&cp),
-            0,
-            "empty PoolNode should be removed after get() takes the last connection"
+            cp.pools.get(&meta.key).map(|n| Arc::as_ptr(n.value())),
+            node,
+            "the connection came back into the same node"
         );
+        assert_eq!(cp.get(&meta.key), Some("v1".to_string()));
+        // A get that finds the node empty removes it, as before.
+        assert_eq!(cp.get(&meta.key), None);
+        assert_eq!(pool_len(&cp), 0);
+    }
+
+    #[tokio::test]
+    async fn test_empty_nodes_are_swept_past_twice_the_pool_size() {
+        // Keys whose connections are all taken leave empty nodes; a new node that would
+        // make the map hold more than twice the pool's size sweeps them first, so the map
+        // stays bounded however many keys come and go.
+        let size = 3;
+        let cp: ConnectionPool<String> = ConnectionPool::new(size);
+        // One key that keeps a connection in the pool throughout.
+        let kept = ConnectionMeta::new(1, 1);
+        cp.put(&kept, "kept".to_string());
+        for key in 2..200u64 {
+            let meta = ConnectionMeta::new(key, key as ID);
+            cp.put(&meta, format!("c{key}"));
+            assert_eq!(cp.get(&key), Some(format!("c{key}")));
+            assert!(
+                pool_len(&cp) <= 2 * size,
+                "{} nodes after key {key}",
+                pool_len(&cp)
+            );
+        }
+        // The sweep removes empty nodes only.
+        assert!(pool_contains(&cp, 1));
+        assert_eq!(cp.get(&1), Some("kept".to_string()));
     }
 
     #[tokio::test]
@@ -1191,10 +1235,8 @@ mod tests {
         let conn = cp.get(&meta2.key);
         assert_eq!(conn, Some("second".to_string()));
 
-        assert_eq!(
-            pool_len(&cp),
-            0,
-            "node should be cleaned up again after get"
-        );
+        // Left empty by the get, the node stays for the connection's return (see
+        // `test_node_kept_after_get_takes_the_last_connection`).
+        assert_eq!(pool_len(&cp), 1, "node kept after get");
     }
 }
