@@ -284,6 +284,39 @@ fn sigterm_finishes_the_request_in_flight_then_flushes_and_exits() {
     assert_eq!(consumed.trim(), "1", "{}", gw.log());
 }
 
+/// A connection waiting for its next request when the shutdown starts is not closed at once:
+/// a request that comes within the wait (half the grace period, at most 1 s) is served, with
+/// `Connection: close`, and the connection ends with it. (Closed at once, a connection the
+/// gateway accepted in the moment before an upgrade's shutdown dropped the request its client
+/// was sending.)
+#[test]
+fn a_request_that_comes_just_after_the_shutdown_starts_is_served() {
+    let up = Upstream::start();
+    let mut cfg = route_config(json!({ "servers": [up.addr.to_string()] }));
+    cfg["grace_period_seconds"] = json!(2);
+    let mut gw = Gateway::builder(cfg).start();
+    let mut c = Conn::open(gw.addr);
+    let first = c.request("GET", "/rating/1", &[], b"").expect("first");
+    assert_eq!(first.status, 200);
+    assert_ne!(first.header("connection"), Some("close"));
+    gw.signal("TERM");
+    // The proxy service has stopped accepting and told its waiting connections.
+    assert!(
+        wait_until(WAIT, || gw
+            .log()
+            .contains("service 'tollgate proxy' exited")),
+        "{}",
+        gw.log()
+    );
+    let second = (c.request("GET", "/rating/1", &[], b""))
+        .unwrap_or_else(|e| panic!("closed unanswered: {e}\n{}", gw.log()));
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), Some("close"));
+    assert!(c.is_closed_by_peer(WAIT));
+    let status = gw.wait_exit(WAIT).expect("exited");
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+}
+
 #[test]
 fn graceful_upgrade_drops_no_request() {
     let up = Upstream::start();

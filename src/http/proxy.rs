@@ -34,7 +34,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long a keep-alive connection may wait for (the rest of) its next request head.
 const KEEPALIVE_IDLE_SECS: u64 = 60;
@@ -218,6 +218,13 @@ impl ProxyHttp for Gateway {
         self.node.preserve_header_case()
     }
 
+    /// A connection waiting for a request when a shutdown or upgrade starts gets half the
+    /// grace period, at most 1 s, to send it (pingora-proxy patch 14, vendor/README.md).
+    fn shutdown_request_wait(&self) -> Option<Duration> {
+        let grace = Duration::from_secs(self.node.runtime().config.grace_period_seconds);
+        Some((grace / 2).min(Duration::from_secs(1)))
+    }
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
@@ -326,7 +333,7 @@ impl ProxyHttp for Gateway {
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
         // A connection given back to the pool is checked when a request takes it, not watched
         // by a task of its own while idle (pingora-core patch 12, vendor/README.md).
         peer.options.watch_idle_connections = false;

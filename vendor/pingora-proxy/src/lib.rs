@@ -334,14 +334,34 @@ where
         // phase 1 read request header
 
         downstream_session.set_keep_header_case(self.inner.keep_header_case());
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        let (res, after_shutdown) = {
+            // Pinned here rather than in the select, so that a request still being read when
+            // the shutdown comes can go on being read (see `shutdown_request_wait`): dropped,
+            // the future would lose what it had read so far.
+            let read = downstream_session.read_request();
+            tokio::pin!(read);
+            let before_shutdown = tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = &mut read => Some(res),
+                _ = self.await_shutdown() => None,
+            };
+            match before_shutdown {
+                Some(res) => (res, false),
+                None => {
+                    // service shutting down, dropping the connection to stop more req from
+                    // coming in, unless the application gives it a moment to send one
+                    let wait = self.inner.shutdown_request_wait()?;
+                    match time::timeout(wait, read).await {
+                        Ok(res) => (res, true),
+                        Err(_) => return None,
+                    }
+                }
             }
         };
+        if after_shutdown {
+            // The connection ends with this request.
+            downstream_session.set_keepalive(None);
+        }
         match res {
             Ok(true) => {
                 // TODO: check n==0
@@ -2630,6 +2650,126 @@ mod tests {
         )
         .await
         .expect("read_request parked after shutdown");
+        assert!(session.is_none());
+    }
+
+    /// A socket whose other end is a test's half of a duplex pipe.
+    #[derive(Debug)]
+    struct DuplexVirtualSocket(tokio::io::DuplexStream);
+
+    impl AsyncRead for DuplexVirtualSocket {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for DuplexVirtualSocket {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl VirtualSocket for DuplexVirtualSocket {
+        fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A proxy whose `shutdown_request_wait` is its `.0`.
+    struct WaitingProxy(Option<Duration>);
+
+    #[async_trait]
+    impl ProxyHttp for WaitingProxy {
+        type CTX = ();
+        fn new_ctx(&self) -> Self::CTX {}
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            Err(Error::new(InternalError))
+        }
+        fn shutdown_request_wait(&self) -> Option<Duration> {
+            self.0
+        }
+    }
+
+    /// A session reading from a pipe, and the pipe's client end.
+    fn duplex_session() -> (Box<HttpSession>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let socket = VirtualSocketStream::new(Box::new(DuplexVirtualSocket(ours)));
+        let session = HttpSession::new_http1(Box::new(L4Stream::from(socket)));
+        (Box::new(session), theirs)
+    }
+
+    #[tokio::test]
+    async fn a_request_within_the_shutdown_wait_is_read_and_ends_the_connection() {
+        use tokio::io::AsyncWriteExt;
+        let wait = Some(Duration::from_secs(10));
+        let proxy = Arc::new(HttpProxy::new(
+            WaitingProxy(wait),
+            Arc::new(ServerConf::default()),
+        ));
+        let (session, mut client) = duplex_session();
+        // The first half of the request before the shutdown, the rest after: what was read
+        // before is kept.
+        client.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        let reader = proxy.clone();
+        let handle = tokio::spawn(async move { reader.handle_new_request(session).await });
+        // On this single-threaded runtime, yielding runs the task until it waits in
+        // `read_request` for the rest (a request whole before the shutdown is read first, as
+        // before: that is not the case tested).
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        proxy.http_cleanup().await;
+        // And again until it has seen the shutdown and waits for the rest within the wait.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        client.write_all(b"Host: h\r\n\r\n").await.unwrap();
+        let session = time::timeout(Duration::from_secs(5), handle)
+            .await
+            .expect("read within the wait")
+            .unwrap()
+            .expect("the request is read, not dropped");
+        assert_eq!(session.req_header().uri.path(), "/a");
+        assert_eq!(session.get_keepalive(), None, "the connection ends with it");
+    }
+
+    #[tokio::test]
+    async fn no_request_within_the_shutdown_wait_closes_the_connection() {
+        let wait = Some(Duration::from_millis(20));
+        let proxy = Arc::new(HttpProxy::new(
+            WaitingProxy(wait),
+            Arc::new(ServerConf::default()),
+        ));
+        proxy.http_cleanup().await;
+        let session = time::timeout(
+            Duration::from_secs(5),
+            proxy.handle_new_request(pending_session()),
+        )
+        .await
+        .expect("the wait ends");
         assert!(session.is_none());
     }
 }

@@ -84,6 +84,17 @@ pub trait ProxyHttp {
         true
     }
 
+    /// How long a client connection that is waiting for its next request when the service
+    /// starts shutting down is still given to send it: `None` (the default) closes it at
+    /// once. A connection accepted in the moment before the shutdown, whose first request is
+    /// still on its way, is otherwise closed without an answer; a request that comes within
+    /// the wait is served as any other (with `Connection: close`), and the connection is
+    /// closed after it. Keep the wait well inside the grace period, which must also cover
+    /// the request itself.
+    fn shutdown_request_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Set up upstream modules.
     ///
     /// In this phase, users can add [HttpModules] that will process upstream responses
