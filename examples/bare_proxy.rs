@@ -5,7 +5,8 @@
 //! adds to pingora; what this costs above nginx is pingora's own share. It is built with the
 //! same choices tollgate makes for pingora (the library's allocator, no downstream modules, no
 //! work stealing between threads, header names read without their spelling as tollgate reads
-//! them by default, the patched pingora-core of `vendor/`), so that the two
+//! them by default, idle upstream connections checked when taken rather than watched, the
+//! patched pingora crates of `vendor/`), so that the two
 //! differ only by what tollgate does per request.
 //!
 //! ```text
@@ -50,6 +51,8 @@ impl ProxyHttp for Bare {
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         peer.options.keep_h1_response_header_case = false;
+        // As tollgate (pingora-core patch 12).
+        peer.options.watch_idle_connections = false;
         Ok(Box::new(peer))
     }
 }
