@@ -315,20 +315,56 @@ impl TransportConnector {
     /// If a [Stream] is dropped instead of being returned via this function. it will be closed.
     pub fn release_stream(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
+        self.release(stream, key, idle_timeout, true);
+    }
+
+    /// [`Self::release_stream`] without an idle watcher: the stream waits in the pool with no
+    /// task and no timer of its own, and whether it can still be used (not closed by the
+    /// server, no unexpected data, within `idle_timeout`) is checked when a request takes it
+    /// ([`Self::reused_stream`], which then tries the next one). The pool's size bounds what
+    /// it holds as before (its eviction closes the oldest); what changes is when a connection
+    /// the server closed while idle, or one past its idle timeout, is closed here: when a
+    /// request for the same peer next asks the pool, or when the pool evicts it, instead of
+    /// at once. For an application that returns connections to busy peers, this saves a
+    /// spawned task, a timer and a wake-up per returned connection. With a
+    /// `keepalive_pool_callback` (which reports how long a watched connection stayed idle),
+    /// this is [`Self::release_stream`].
+    pub fn release_stream_unwatched(
+        &self,
+        stream: Stream,
+        key: u64, // usually peer.reuse_hash()
+        idle_timeout: Option<Duration>,
+    ) {
+        self.release(stream, key, idle_timeout, false);
+    }
+
+    /// [`Self::release_stream`] (`watched`) or [`Self::release_stream_unwatched`].
+    fn release(&self, mut stream: Stream, key: u64, idle_timeout: Option<Duration>, watched: bool) {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
+        // The callback reports what only a watcher measures.
+        let watched = watched || self.keepalive_pool_callback.is_some();
+        let unwatched = (!watched).then(|| Unwatched {
+            expires: idle_timeout.and_then(|t| Instant::now().checked_add(t)),
+        });
         let stream = Arc::new(Mutex::new(PooledStream {
             stream: Some(stream),
-            unwatched: None,
+            unwatched,
         }));
+        if !watched {
+            // Nobody waits on the notifications meant for a watcher: the pool's own reference
+            // is the stream's last, so that its eviction closes the connection.
+            let _ = self.connection_pool.put(&meta, stream);
+            return;
+        }
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
@@ -351,40 +387,6 @@ impl TransportConnector {
                 }
             }
         });
-    }
-
-    /// [`Self::release_stream`] without an idle watcher: the stream waits in the pool with no
-    /// task and no timer of its own, and whether it can still be used (not closed by the
-    /// server, no unexpected data, within `idle_timeout`) is checked when a request takes it
-    /// ([`Self::reused_stream`], which then tries the next one). The pool's size bounds what
-    /// it holds as before (its eviction closes the oldest); what changes is when a connection
-    /// the server closed while idle, or one past its idle timeout, is closed here: when a
-    /// request for the same peer next asks the pool, or when the pool evicts it, instead of
-    /// at once. For an application that returns connections to busy peers, this saves a
-    /// spawned task, a timer and a wake-up per returned connection. With a
-    /// `keepalive_pool_callback` (which reports how long a watched connection stayed idle),
-    /// this is [`Self::release_stream`].
-    pub fn release_stream_unwatched(
-        &self,
-        mut stream: Stream,
-        key: u64, // usually peer.reuse_hash()
-        idle_timeout: Option<Duration>,
-    ) {
-        if self.keepalive_pool_callback.is_some() {
-            return self.release_stream(stream, key, idle_timeout);
-        }
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
-        let meta = ConnectionMeta::new(key, stream.id());
-        let expires = idle_timeout.and_then(|t| Instant::now().checked_add(t));
-        let stream = Arc::new(Mutex::new(PooledStream {
-            stream: Some(stream),
-            unwatched: Some(Unwatched { expires }),
-        }));
-        // Nobody waits on the notifications meant for a watcher: the pool's own reference
-        // is the stream's last, so that its eviction closes the connection.
-        let _ = self.connection_pool.put(&meta, stream);
     }
 
     /// Get a stream to the given server [Peer]
