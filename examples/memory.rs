@@ -22,7 +22,7 @@
 //!   as any busy shared bucket is: the sync loop's round (`round::build`, `round::apply`, at
 //!   most 512 buckets a round, run after every 512 new buckets) against replies built as the
 //!   merge scripts answer for a key the two other nodes also wrote. A synced bucket's pace
-//!   keeps every node's demand of its last read. Eviction: `Store::evict_idle` once the
+//!   keeps the demand of its last read, summed over the nodes. Eviction: `Store::evict_idle` once the
 //!   bucket's Redis TTL has passed (a shared bucket is kept until then).
 //!
 //! No Redis runs: the store is driven by the same functions the sync loop calls around its
@@ -117,11 +117,15 @@ fn heap_in_use() -> u64 {
 }
 
 /// What mimalloc, the allocator the gateway ships with, takes for a request of `n` bytes: its
-/// size class. Up to 64 bytes a multiple of 8; above, four classes between powers of two
-/// (80, 96, 112, 128, 160, ...). It keeps no header in the block.
+/// size class. 8 bytes, then up to 64 bytes a multiple of 16 (x86-64's 16-byte alignment:
+/// its `MI_ALIGN2W`; a 24-byte request takes 32, a 40-byte one 48); above, four classes
+/// between powers of two (80, 96, 112, 128, 160, ...). It keeps no header in the block.
 fn chunk(n: usize) -> usize {
+    if n <= 8 {
+        return 8;
+    }
     if n <= 64 {
-        return n.div_ceil(8).max(1) * 8;
+        return n.div_ceil(16) * 16;
     }
     // The greatest power of two below n; its classes are a quarter of it apart.
     let step = (1usize << (usize::BITS - 1 - (n - 1).leading_zeros())) / 4;
@@ -486,9 +490,9 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
     println!("  store key, heap                                                   {key}");
     let mut total = slot as f64 + table + key as f64;
     if mode.shared() {
-        // SyncState = last sync (i64), own credit, a concurrency limit's cap and its count of
-        // the other nodes (u64 each) and the pace's box pointer (none until the first read).
-        let sync = 5 * 8;
+        // SyncState = last sync (i64), own credit (u64), the pace's box pointer (none until
+        // the first read) and a concurrency limit's slot state's (none for other limits).
+        let sync = 4 * 8;
         let sync_chunk = chunk(sync);
         println!(
             "  sync state box: SyncState ~{sync}, size class                             {sync_chunk}"
@@ -500,14 +504,14 @@ fn breakdown(mode: Mode, n: usize, avg_key: f64) {
         // A quiet bucket is on no list: the quiet check scans the slab.
         Mode::SharedQuiet => {}
         Mode::SharedSynced => {
-            // Once read: the pace, boxed, and in it (Pace::prev) every node's demand at the
-            // last read, one boxed slice of (node id: u64, Demand: three u64) per node.
-            let demands = chunk(pace) + chunk(NODES.len() * (8 + 24));
+            // Once read: the pace, boxed, with the demand of its last read summed over the
+            // nodes (whatever their number).
+            let paced = chunk(pace);
             println!(
-                "  pace box (size_of Pace {pace}) and its last reading ((id, Demand) x {} nodes) {demands}",
+                "  pace box (size_of Pace {pace}, the last read's demand summed over {} nodes) {paced}",
                 NODES.len()
             );
-            total += demands as f64;
+            total += paced as f64;
         }
     }
     println!("  estimate total                                                    ~{total:.0}");

@@ -2,7 +2,8 @@
 //!
 //! - [`bucket`]: one bucket as a CRDT of per-node monotone counters, and its parameters;
 //! - [`params`]: a bucket's or a quota's validated parameters;
-//! - [`pacing`]: how much of a shared bucket this node may spend between syncs;
+//! - [`pacing`]: how much of a shared bucket this node may spend between syncs (and
+//!   `pacing_demand`: the demand its shares are measured from);
 //! - [`clock`]: time sources (the core never reads the clock itself);
 //! - [`overrides`]: per-key parameters, `unlimited` and `deny` (plans);
 //! - [`window`]: the calendar windows of quotas;
@@ -18,7 +19,9 @@ pub mod bucket;
 pub mod clock;
 pub mod overrides;
 pub mod pacing;
+mod pacing_demand;
 pub mod params;
+mod slot_state;
 pub mod store;
 pub mod store_charge;
 pub mod store_entry;

@@ -28,6 +28,24 @@
 //! Shares are computed by each node at its own sync moments, so they can sum a little above 1;
 //! the simulation (`tests/pacing_simulation.rs`) bounds the excess.
 //!
+//! # What a pace remembers of the previous read
+//!
+//! The counters of the previous read summed over the nodes ([`Sums`]: this node's attempts,
+//! every node's attempts and tokens taken), not every node's: the sums of two reads differ by
+//! what the nodes asked in between as long as no node's counters went away, and a synced
+//! bucket carries 64 bytes of pace whatever the number of nodes. What the sums cannot tell:
+//!
+//! - A read from which a node's counters are gone (a store that lost the hash, a hash that
+//!   expired) keeps the share, on the new tokens, as a quota's first read of a window does;
+//!   the next read measures the demand again.
+//! - With `burst_guard`, a node that announced the bucket and has no counters yet counts as
+//!   asking as much as this one at the first read that shows its announcement later than the
+//!   latest write of another node the previous read showed (a node's own clock writes it), so
+//!   at one read. A node that announces again a bucket it wrote before (it dropped the bucket
+//!   and took it again) has counters, and counts from its next write.
+//! - Counters are kept as their low 32 bits: between two reads of one bucket no counter moves
+//!   by 2^31.
+//!
 //! # A bucket this node has not heard about lately
 //!
 //! A bucket new to this node (or idle: no sync for three intervals) has no demand history.
@@ -61,11 +79,11 @@
 //! spent unseen, over and over.
 
 use crate::limit::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
+use crate::limit::pacing_demand::{demand_share, reading, Sums};
 use crate::limit::window::Window;
 use std::collections::BTreeMap;
 
-/// The whole bucket, in parts per million.
-pub const WHOLE: u32 = 1_000_000;
+pub use crate::limit::pacing_demand::WHOLE;
 
 /// What a decision needs to know of the cluster and of the limit.
 #[derive(Debug, Clone, Copy)]
@@ -127,89 +145,63 @@ enum Phase {
     Outage,
 }
 
-/// This node's allowance for one shared bucket.
-#[derive(Debug, Clone, Default)]
+impl Phase {
+    const ALL: [Phase; 4] = [Phase::Unset, Phase::Starting, Phase::Synced, Phase::Outage];
+}
+
+/// This node's allowance for one shared bucket, in 64 bytes: with its sync state, the only
+/// allocations a synced bucket carries (`docs/performance.md`, "Memory per bucket"). The
+/// demand history is the previous read's counters summed over the nodes ([`Sums`]), not
+/// every node's: a list of every node's (32 bytes a node, in an allocation of its own) made
+/// a synced bucket 386 bytes with three nodes.
+#[derive(Debug, Clone)]
 pub struct Pace {
-    phase: Phase,
-    share_ppm: u32,
-    /// This node's share of the refill (and of the capacity, its allowance's cap): the
-    /// demand share, or the equal share while a guarded bucket starts.
-    refill_ppm: u32,
-    /// Allowance (units) at `since_ns`, already scaled by the share.
-    base: i128,
+    /// Allowance at `since_ns`, already scaled by the share, in `1 / FX_PER_TOKEN` of a token,
+    /// rounded up (see [`to_fx`]).
+    base_fx: i64,
     since_ns: i64,
     spent: u64,
     /// When this node's demand on the bucket began (the start of its active period).
     demand_since_ns: i64,
-    /// Every node's demand at the previous read, and when it was.
-    prev: Option<(Demands, i64)>,
+    /// When the previous read of this active period was: [`NO_READ`] before its first.
+    prev_ns: i64,
+    /// The share in ppm (the low 20 bits: at most [`WHOLE`]) and the phase (the two above).
+    share: u32,
+    /// This node's share of the refill (and of the capacity, its allowance's cap: the demand
+    /// share, or the equal share while a guarded bucket starts) in ppm (the low 20 bits), and
+    /// the nodes the previous read showed (the 12 above, at most [`MAX_NODES`]).
+    refill: u32,
+    /// The previous read's demand.
+    prev: Sums,
 }
 
-/// Every node's demand at one read, in one allocation of 32 bytes a node. A node is known by
-/// a 64-bit hash of its name ([`node_id`]): a map of the names (a B-tree's 544-byte leaf and a
-/// string per node) made the demand of a synced bucket cost 656 bytes with three nodes, 96
-/// here. Two nodes of one cluster whose names hash alike would count as one (odds 2^-64).
-/// A read writes into the allocation of the previous one when the cluster has as many nodes
-/// (see [`Demands::set`]), so that a synced bucket's sync allocates and frees nothing (it
-/// did once per read: the reading built in a vector, then boxed).
-#[derive(Debug, Clone, Default)]
-struct Demands(Box<[(u64, Demand)]>);
+/// [`Pace::prev_ns`] before the first read of an active period.
+const NO_READ: i64 = i64::MIN;
+/// Bits of [`Pace::share`] and [`Pace::refill`] that hold a share (`WHOLE` < 2^20).
+const PPM_BITS: u32 = 20;
+const PPM_MASK: u32 = (1 << PPM_BITS) - 1;
+/// The most nodes [`Pace::refill`] counts (more count as this many).
+const MAX_NODES: u32 = (1 << (32 - PPM_BITS)) - 1;
+/// A pace's allowance is kept in this fraction of a token (2^-20, about a millionth): an
+/// `i64` holds the largest capacity (10^12 tokens) where units (10^-18 of a token) need an
+/// `i128`. Rounded up, so that no allowance is smaller than the exact one.
+const FX_PER_TOKEN: i128 = 1 << 20;
 
-/// The demand of every node at one read, as it is built (on the stack for up to 4 nodes).
-type Reading = smallvec::SmallVec<[(u64, Demand); 4]>;
+// One size class of the allocator: a synced bucket's memory is checked by `scripts/memory.sh`.
+const _: () = assert!(std::mem::size_of::<Pace>() <= 64);
 
-impl Demands {
-    /// The demand of the node whose name hashes to `id`.
-    fn get(&self, id: u64) -> Option<Demand> {
-        demand_in(&self.0, id)
-    }
-
-    /// Now holds `reading`: in place when it has as many nodes, else in a new allocation.
-    fn set(&mut self, reading: &[(u64, Demand)]) {
-        if self.0.len() == reading.len() {
-            self.0.copy_from_slice(reading);
-        } else {
-            self.0 = reading.into();
-        }
-    }
+/// `units` (non-negative) in `1 / FX_PER_TOKEN` of a token, rounded up.
+fn to_fx(units: i128) -> i64 {
+    let units = units.max(0);
+    let fx = units / UNITS_PER_TOKEN * FX_PER_TOKEN
+        + (units % UNITS_PER_TOKEN * FX_PER_TOKEN + UNITS_PER_TOKEN - 1) / UNITS_PER_TOKEN;
+    i64::try_from(fx).unwrap_or(i64::MAX)
 }
 
-/// The demand of the node whose name hashes to `id` in `demand`.
-fn demand_in(demand: &[(u64, Demand)], id: u64) -> Option<Demand> {
-    demand.iter().find(|(n, _)| *n == id).map(|&(_, d)| d)
-}
-
-/// The demand of node `name` in a list being built, added if absent.
-fn demand_of<'d>(demand: &'d mut Reading, name: &str) -> &'d mut Demand {
-    let id = node_id(name);
-    let at = match demand.iter().position(|(n, _)| *n == id) {
-        Some(at) => at,
-        None => {
-            demand.push((id, Demand::default()));
-            demand.len() - 1
-        }
-    };
-    &mut demand[at].1
-}
-
-/// The id of a node's name in [`Demands`]: SipHash with fixed keys (the same in every
-/// process; only this node's reads are compared with each other).
-fn node_id(name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish()
-}
-
-/// One node's demand on a bucket, as its fields show it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Demand {
-    /// Requests decided (admitted or not).
-    attempts: u64,
-    /// Tokens taken.
-    consumed: u64,
-    /// When the node last wrote the bucket (or announced it: see `shared::round`).
-    seen_ms: u64,
+/// `fx` (from [`to_fx`]) in units: at least the units it was made from.
+fn from_fx(fx: i64) -> i128 {
+    let fx = i128::from(fx);
+    fx / FX_PER_TOKEN * UNITS_PER_TOKEN + fx % FX_PER_TOKEN * UNITS_PER_TOKEN / FX_PER_TOKEN
 }
 
 fn scale(units: i128, ppm: u32) -> i128 {
@@ -217,26 +209,75 @@ fn scale(units: i128, ppm: u32) -> i128 {
         + (units % i128::from(WHOLE)) * i128::from(ppm) / i128::from(WHOLE)
 }
 
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            base_fx: 0,
+            since_ns: 0,
+            spent: 0,
+            demand_since_ns: 0,
+            prev_ns: NO_READ,
+            share: 0,
+            refill: 0,
+            prev: Sums::default(),
+        }
+    }
+}
+
 impl Pace {
     /// A pace that never limits (a node alone).
     pub fn whole() -> Pace {
-        Pace {
-            phase: Phase::Synced,
-            share_ppm: WHOLE,
-            refill_ppm: WHOLE,
-            ..Default::default()
-        }
+        let mut pace = Pace::default();
+        pace.set_share(Phase::Synced, WHOLE);
+        pace.set_refill_ppm(WHOLE);
+        pace
     }
 
     pub fn share_ppm(&self) -> u32 {
-        self.share_ppm
+        self.share & PPM_MASK
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::ALL[(self.share >> PPM_BITS) as usize & 3]
+    }
+
+    fn set_share(&mut self, phase: Phase, share_ppm: u32) {
+        self.share = share_ppm.min(WHOLE) | (phase as u32) << PPM_BITS;
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.set_share(phase, self.share_ppm());
+    }
+
+    fn refill_ppm(&self) -> u32 {
+        self.refill & PPM_MASK
+    }
+
+    fn set_refill_ppm(&mut self, ppm: u32) {
+        self.refill = ppm.min(WHOLE) | (self.refill & !PPM_MASK);
+    }
+
+    /// The nodes the previous read showed.
+    fn prev_nodes(&self) -> u32 {
+        self.refill >> PPM_BITS
+    }
+
+    fn set_prev_nodes(&mut self, n: u32) {
+        self.refill = self.refill_ppm() | n.min(MAX_NODES) << PPM_BITS;
+    }
+
+    fn base(&self) -> i128 {
+        from_fx(self.base_fx)
+    }
+
+    fn set_base(&mut self, units: i128) {
+        self.base_fx = to_fx(units);
     }
 
     fn restart(&mut self, phase: Phase, share_ppm: u32, tokens_units: i128, now_ns: i64) {
-        self.phase = phase;
-        self.share_ppm = share_ppm.min(WHOLE);
-        self.refill_ppm = self.share_ppm;
-        self.base = scale(tokens_units.max(0), self.share_ppm);
+        self.set_share(phase, share_ppm);
+        self.set_refill_ppm(self.share_ppm());
+        self.set_base(scale(tokens_units.max(0), self.share_ppm()));
         self.since_ns = now_ns;
         self.spent = 0;
     }
@@ -246,30 +287,33 @@ impl Pace {
     fn start(&mut self, c: &Cluster, tokens_units: i128, now_ns: i64) {
         let share = if c.guard { c.guard_ppm() } else { WHOLE };
         self.restart(Phase::Starting, share, tokens_units, now_ns);
-        if self.share_ppm < WHOLE {
-            self.base = self.base.max(tokens_units.clamp(0, UNITS_PER_TOKEN));
+        if self.share_ppm() < WHOLE {
+            self.set_base(self.base().max(tokens_units.clamp(0, UNITS_PER_TOKEN)));
             // The refill is new tokens, which nobody has spent: shared equally.
-            self.refill_ppm = c.equal_ppm().max(self.share_ppm);
+            self.set_refill_ppm(c.equal_ppm().max(self.share_ppm()));
         }
         self.demand_since_ns = now_ns;
-        self.prev = None;
+        self.prev_ns = NO_READ;
     }
 
     /// Units this node may still spend now: its share of the tokens at the restart, plus its
     /// share of the refill since, less what it spent, at most its share of the capacity (a
     /// sub-bucket: what it does not spend is lost at that cap, as in the bucket itself).
     fn allowance(&mut self, p: &BucketParams, now_ns: i64) -> i128 {
-        let mut cap = scale(i128::from(p.capacity()) * UNITS_PER_TOKEN, self.refill_ppm);
-        if self.phase == Phase::Starting {
+        let mut cap = scale(
+            i128::from(p.capacity()) * UNITS_PER_TOKEN,
+            self.refill_ppm(),
+        );
+        if self.phase() == Phase::Starting {
             cap = cap.max(UNITS_PER_TOKEN);
         }
         let dt = i128::from(now_ns.saturating_sub(self.since_ns).max(0));
-        let refill = scale(dt * i128::from(p.rate_q()), self.refill_ppm);
-        let left = self.base + refill - i128::from(self.spent) * UNITS_PER_TOKEN;
+        let refill = scale(dt * i128::from(p.rate_q()), self.refill_ppm());
+        let left = self.base() + refill - i128::from(self.spent) * UNITS_PER_TOKEN;
         if left > cap {
             // Full: start again from the cap, so that a long time without a sync (an outage)
             // keeps accruing rather than stopping once the refill has reached the cap.
-            self.base = cap;
+            self.set_base(cap);
             self.since_ns = now_ns;
             self.spent = 0;
             return cap;
@@ -291,14 +335,14 @@ impl Pace {
             return Ok(());
         }
         let stale = now_ns.saturating_sub(self.since_ns) > c.stale_ns();
-        match self.phase {
+        match self.phase() {
             Phase::Unset => self.start(c, tokens_units, now_ns),
             Phase::Outage if c.connected => self.start(c, tokens_units, now_ns),
             Phase::Starting | Phase::Synced if stale && !c.connected => {
-                if self.share_ppm < WHOLE || !c.guard {
+                if self.share_ppm() < WHOLE || !c.guard {
                     // Keep the share (the whole bucket for one that had no pressure), and the
                     // allowance as it accrues at that share.
-                    self.phase = Phase::Outage;
+                    self.set_phase(Phase::Outage);
                 } else {
                     // Guarded, and no share: the equal one.
                     self.restart(Phase::Outage, c.equal_ppm(), tokens_units, now_ns);
@@ -307,14 +351,14 @@ impl Pace {
             Phase::Starting | Phase::Synced if stale => self.start(c, tokens_units, now_ns),
             _ => {}
         }
-        if self.share_ppm == WHOLE {
+        if self.share_ppm() == WHOLE {
             return Ok(());
         }
         let need = i128::from(cost) * UNITS_PER_TOKEN - self.allowance(p, now_ns);
         if need <= 0 {
             return Ok(());
         }
-        let rate = scale(i128::from(p.rate_q()), self.refill_ppm).max(1);
+        let rate = scale(i128::from(p.rate_q()), self.refill_ppm()).max(1);
         let wait = u64::try_from((need + rate - 1) / rate).unwrap_or(u64::MAX);
         // The next sync (or the stale restart) gives a new share: never announce a wait
         // longer than that.
@@ -341,8 +385,9 @@ impl Pace {
         self.spent = spent;
     }
 
-    /// After a sync read: a new allowance from every node's demand since the previous read
-    /// and the merged tokens now. `own` is this node's own counters.
+    /// After a sync read: a new allowance from the demand since the previous read and the
+    /// merged tokens now. `nodes`: the counters of every node that wrote some; `seen_ms`: when
+    /// each node last wrote the bucket (or announced it); `own`: this node's own counters.
     pub fn resync(
         &mut self,
         (me, own_demand): (&str, &Counters),
@@ -351,41 +396,36 @@ impl Pace {
         now_ns: i64,
         c: &Cluster,
     ) {
-        let mut demand = Reading::new();
-        for (n, c) in nodes {
-            let d = demand_of(&mut demand, n);
-            d.attempts = c.attempts;
-            d.consumed = c.consumed;
-        }
-        for (n, &ms) in seen_ms {
-            demand_of(&mut demand, n).seen_ms = ms;
-        }
-        // This node's own demand is what it counted, whatever the store shows (a store that
-        // restarted empty may not hold it yet).
-        let own = demand_of(&mut demand, me);
-        own.attempts = own.attempts.max(own_demand.attempts);
-        own.consumed = own.consumed.max(own_demand.consumed);
-        if matches!(self.phase, Phase::Unset | Phase::Outage) {
+        if matches!(self.phase(), Phase::Unset | Phase::Outage) {
             // A bucket read before its first decision (a warm start), or back from an outage:
             // its demand history starts here.
             self.start(c, tokens_units, now_ns);
         }
-        let Some((prev, at)) = self.prev.as_mut() else {
+        let first = self.prev_ns == NO_READ;
+        let (now, counted, announced) =
+            reading(me, own_demand, (nodes, seen_ms), &self.prev, first);
+        let (prev, prev_counted) = (self.prev, self.prev_nodes());
+        self.prev = now;
+        self.set_prev_nodes(counted);
+        let prev_ns = std::mem::replace(&mut self.prev_ns, now_ns);
+        if first {
             // The first read of this active period: the others' demand shows from the next.
-            self.prev = Some((Demands(demand.as_slice().into()), now_ns));
             return;
-        };
-        // The share from the demand since the previous read, before this read replaces it.
-        let share = demand_share(&prev.0, &demand, me, c);
-        prev.set(&demand);
-        let prev_ns = std::mem::replace(at, now_ns);
+        }
         if c.window
             .is_some_and(|w| w.index(prev_ns) != w.index(now_ns))
         {
-            self.resync_new_window(tokens_units, now_ns);
+            self.keep_share(tokens_units, now_ns);
             return;
         }
-        if self.phase == Phase::Starting && c.guard && !c.heard_since(self.demand_since_ns) {
+        if counted < prev_counted {
+            // Some node's counters are gone from the hash (a store that lost it, a hash that
+            // expired): the sums cannot tell what the others asked since, so the share stays.
+            self.keep_share(tokens_units, now_ns);
+            return;
+        }
+        let share = demand_share(prev, now, announced, (c.live, c.guard));
+        if self.phase() == Phase::Starting && c.guard && !c.heard_since(self.demand_since_ns) {
             // Guarded, and some node may still be spending unseen: keep the guard share.
             return;
         }
@@ -395,73 +435,28 @@ impl Pace {
             // they spent since their last write is not in this view). Take the share of what
             // is left after theirs: s x (1 - (1 - s)) = s^2 of the tokens. What no node takes
             // stays in the bucket for the next sync; the refill is shared in full.
-            self.base = scale(self.base, share);
+            self.set_base(scale(self.base(), share));
         }
     }
 
-    /// Whether node `n`, its counters now `c`, turned a request away since the previous read:
-    /// it decided more requests than it took tokens (a concurrency limit's request takes one
-    /// slot). False without a previous read.
-    pub fn refused_since_read(&self, n: &str, c: &Counters) -> bool {
-        let Some((prev, _)) = self.prev.as_ref() else {
-            return false;
-        };
-        let was = prev.get(node_id(n)).unwrap_or_default();
-        c.attempts.saturating_sub(was.attempts) > c.consumed.saturating_sub(was.consumed)
-    }
-
-    /// The first read of a quota in a new window. Its counters start from zero at each window,
-    /// so the previous read's are no baseline for this one's; and the others' first writes of
-    /// the window may not have come yet, so that this read would see no demand but this
-    /// node's, and hand it the whole quota while every node does the same. The share of the
-    /// previous window's demand stays instead, on the new window's tokens (s x s of them, as
-    /// at any read of a quota); the next read measures the demand within the window. A pace
-    /// still starting (guarded, not yet heard from the others) stays as it is.
-    fn resync_new_window(&mut self, tokens_units: i128, now_ns: i64) {
-        if self.phase != Phase::Synced {
+    /// A read that cannot measure the demand since the previous one: the first read of a
+    /// quota's new window (its counters start from zero at each window, so the previous
+    /// read's are no baseline for this one's; and the others' first writes of the window may
+    /// not have come yet, so that this read would see no demand but this node's, and hand it
+    /// the whole quota while every node does the same), or one from which a node's counters
+    /// are gone. The share stays instead, on the new tokens (s x s of them for a quota, as at
+    /// any read of one); the next read measures the demand again. A pace still starting
+    /// (guarded, not yet heard from the others) stays as it is.
+    fn keep_share(&mut self, tokens_units: i128, now_ns: i64) {
+        if self.phase() != Phase::Synced {
             return;
         }
-        let share = self.share_ppm;
+        let share = self.share_ppm();
         self.restart(Phase::Synced, share, tokens_units, now_ns);
         if share < WHOLE {
-            self.base = scale(self.base, share);
+            self.set_base(scale(self.base(), share));
         }
     }
-}
-
-/// The share from the demand since the previous read, `prev`, to this one, `now` (see the
-/// module docs).
-fn demand_share(prev: &[(u64, Demand)], now: &[(u64, Demand)], me: &str, c: &Cluster) -> u32 {
-    let since = |n: u64, d: &Demand| {
-        let was = demand_in(prev, n).unwrap_or_default();
-        let attempts = d.attempts.saturating_sub(was.attempts);
-        let consumed = d.consumed.saturating_sub(was.consumed);
-        (attempts, consumed, d.seen_ms > was.seen_ms)
-    };
-    let me = node_id(me);
-    let mine = demand_in(now, me).map_or(0, |d| since(me, &d).0);
-    let (mut total, mut spent, mut announced) = (0u64, 0u64, 0u64);
-    for &(n, ref d) in now {
-        let (attempts, consumed, seen) = since(n, d);
-        total = total.saturating_add(attempts);
-        spent = spent.saturating_add(consumed);
-        // Guarded: a node that announced the bucket but shows no demand yet (a new
-        // bucket on it) is counted as asking as much as this one.
-        if c.guard && n != me && attempts == 0 && seen {
-            announced += 1;
-        }
-    }
-    let total = total.saturating_add(announced.saturating_mul(mine.max(1)));
-    // Pressure: some request was turned away in the span (a request admitted took at
-    // least a token, so fewer tokens than requests means a refusal). Without one, every
-    // client got what it asked for, and a share could only turn one away.
-    if c.live <= 1 || total <= mine || (announced == 0 && spent >= total) {
-        return WHOLE;
-    }
-    let floor = c.equal_ppm() / 10;
-    u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total))
-        .unwrap_or(WHOLE)
-        .max(floor)
 }
 
 #[cfg(test)]
@@ -521,41 +516,38 @@ mod tests {
         }
     }
 
-    /// A read keeps the previous read's allocation when as many nodes show, so a synced
-    /// bucket costs no allocation per sync; and the share still comes from the demand since
-    /// the previous read (what it replaces).
+    /// A read keeps the demand it shows as sums over the nodes, in place: a synced bucket
+    /// costs no allocation per sync; and the share still comes from the demand since the
+    /// previous read (what it replaces).
     #[test]
-    fn a_read_of_as_many_nodes_writes_into_the_previous_reads_demand() {
+    fn a_read_keeps_the_demand_summed_over_the_nodes() {
         let c = cluster(2, false);
         let mut pace = Pace::default();
-        let place = |p: &Pace| p.prev.as_ref().map(|(d, _)| d.0.as_ptr());
         read_two(&mut pace, (10, 10), (10, 10), 100 * MS, &c);
-        let first = place(&pace).expect("the first read keeps its demand");
+        assert_eq!((pace.prev_ns, pace.prev_nodes()), (100 * MS, 2));
         // Both nodes asked 10 more, and only half were admitted: each has half the demand.
         read_two(&mut pace, (20, 15), (20, 15), 200 * MS, &c);
-        assert_eq!(place(&pace), Some(first), "written in place");
         assert_eq!(pace.share_ppm(), WHOLE / 2);
         assert_eq!(
-            pace.prev
-                .as_ref()
-                .map(|(d, at)| (d.get(node_id("me")), *at)),
-            Some((
-                Some(Demand {
-                    attempts: 20,
-                    consumed: 15,
-                    seen_ms: 0
-                }),
+            (pace.prev, pace.prev_ns),
+            (
+                Sums {
+                    own: 20,
+                    attempts: 40,
+                    consumed: 30,
+                    seen: 0
+                },
                 200 * MS
-            ))
+            )
         );
         // This node alone asked since: the whole bucket.
         read_two(&mut pace, (30, 20), (20, 15), 300 * MS, &c);
         assert_eq!(pace.share_ppm(), WHOLE);
-        // A third node: a new allocation, with every node's demand.
+        // A third node: its counters are all demand since the last read (it had none then).
         let nodes = BTreeMap::from([
             ("me".to_string(), counters(40, 25)),
             ("other".to_string(), counters(20, 15)),
-            ("third".to_string(), counters(5, 5)),
+            ("third".to_string(), counters(30, 5)),
         ]);
         let own = counters(40, 25);
         pace.resync(
@@ -565,7 +557,133 @@ mod tests {
             400 * MS,
             &c,
         );
-        assert_eq!(pace.prev.as_ref().map(|(d, _)| d.0.len()), Some(3));
+        assert_eq!(pace.prev_nodes(), 3);
+        assert_eq!(pace.share_ppm(), WHOLE / 4, "10 of 40 requests since");
+    }
+
+    /// Counters are kept as their low 32 bits: a read across 2^32 measures the same demand.
+    #[test]
+    fn counters_past_32_bits_measure_the_same_demand() {
+        let c = cluster(2, false);
+        let big = 1u64 << 32;
+        let mut pace = Pace::default();
+        read_two(
+            &mut pace,
+            (big - 10, big - 20),
+            (big - 5, big - 30),
+            100 * MS,
+            &c,
+        );
+        // 10 here and 30 there since, 20 turned away: a quarter.
+        read_two(
+            &mut pace,
+            (big, big - 10),
+            (big + 25, big - 10),
+            200 * MS,
+            &c,
+        );
+        assert_eq!(pace.share_ppm(), WHOLE / 4);
+    }
+
+    /// A node whose counters are gone from the hash (a store that lost it) leaves sums that
+    /// cannot tell what the others asked: the share stays until the next read measures it.
+    #[test]
+    fn a_node_gone_from_the_hash_keeps_the_share() {
+        let c = cluster(3, false);
+        let t0 = 1_000 * MS;
+        let three = |me: (u64, u64), b: (u64, u64), third: (u64, u64)| {
+            BTreeMap::from([
+                ("me".to_string(), counters(me.0, me.1)),
+                ("b".to_string(), counters(b.0, b.1)),
+                ("c".to_string(), counters(third.0, third.1)),
+            ])
+        };
+        let mut pace = Pace::default();
+        take(&mut pace, 1, t0, &c);
+        let read = |pace: &mut Pace, nodes: &BTreeMap<String, Counters>, at| {
+            let own = nodes["me"];
+            pace.resync(("me", &own), (nodes, &BTreeMap::new()), tokens(0), at, &c);
+        };
+        read(
+            &mut pace,
+            &three((10, 10), (10, 10), (10, 10)),
+            t0 + 100 * MS,
+        );
+        read(
+            &mut pace,
+            &three((20, 12), (40, 12), (50, 12)),
+            t0 + 200 * MS,
+        );
+        assert_eq!(pace.share_ppm(), WHOLE / 8, "10 of 80 since");
+        // "c" is gone: the others' 30 more would show as less than nothing.
+        let two = BTreeMap::from([
+            ("me".to_string(), counters(40, 14)),
+            ("b".to_string(), counters(70, 14)),
+        ]);
+        read(&mut pace, &two, t0 + 300 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 8, "kept");
+        // The next read measures from this one: 20 here, 10 there.
+        let two = BTreeMap::from([
+            ("me".to_string(), counters(60, 15)),
+            ("b".to_string(), counters(80, 15)),
+        ]);
+        read(&mut pace, &two, t0 + 400 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE * 2 / 3);
+    }
+
+    /// Guarded: another node that announced the bucket since the last read, with no counters
+    /// yet, counts as asking as much as this one, at that read only.
+    #[test]
+    fn a_node_that_announced_the_bucket_counts_once() {
+        let mut c = cluster(2, true);
+        let t0 = 1_000 * MS;
+        c.others_synced_ns = t0 + 1_000 * MS;
+        let me = |a: u64, k: u64| BTreeMap::from([("me".to_string(), counters(a, k))]);
+        let seen = |ms: u64| BTreeMap::from([("other".to_string(), ms)]);
+        let mut pace = Pace::default();
+        take(&mut pace, 1, t0, &c);
+        let read = |pace: &mut Pace, a, k, seen: &BTreeMap<String, u64>, at| {
+            pace.resync(
+                ("me", &counters(a, k)),
+                (&me(a, k), seen),
+                tokens(0),
+                at,
+                &c,
+            );
+        };
+        read(&mut pace, 10, 10, &BTreeMap::new(), t0 + 100 * MS);
+        read(&mut pace, 20, 20, &seen(1_000_150), t0 + 200 * MS);
+        assert_eq!(
+            pace.share_ppm(),
+            WHOLE / 2,
+            "announced: as much as this one"
+        );
+        read(&mut pace, 30, 30, &seen(1_000_150), t0 + 300 * MS);
+        assert_eq!(
+            pace.share_ppm(),
+            WHOLE,
+            "no refusal, no new node: the whole"
+        );
+    }
+
+    /// A pace's allowance in 2^-20 of a token: never less than the units it was made from, and
+    /// less than one more of those.
+    #[test]
+    fn an_allowance_kept_in_fractions_of_a_token_is_rounded_up() {
+        let step = UNITS_PER_TOKEN / FX_PER_TOKEN + 1;
+        let mut values = vec![0, 1, step - 1, step, UNITS_PER_TOKEN - 1, UNITS_PER_TOKEN];
+        values.push(1_000_000_000_000 * UNITS_PER_TOKEN);
+        let mut x: i128 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..10_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005) + 1_442_695_040_888_963_407;
+            values.push(x.rem_euclid(1_000_000_000_000 * UNITS_PER_TOKEN));
+        }
+        for u in values {
+            let back = from_fx(to_fx(u));
+            assert!(back >= u && back - u < step, "{u} -> {back}");
+        }
+        assert_eq!(from_fx(to_fx(7 * UNITS_PER_TOKEN)), 7 * UNITS_PER_TOKEN);
+        assert_eq!(to_fx(-5), 0);
     }
 
     #[test]

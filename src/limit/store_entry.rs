@@ -5,6 +5,7 @@
 use super::bucket::{Bucket, BucketParams, Decision, UNITS_PER_TOKEN};
 use super::overrides::Plan;
 use super::pacing::Pace;
+use super::slot_state::SlotState;
 use super::store_key::StoreKey;
 use super::store_slab::Entries;
 use parking_lot::{Mutex, MutexGuard};
@@ -89,9 +90,6 @@ pub(super) enum View {
     Lagging,
 }
 
-/// A concurrency limit's cap before its first sync: none (see [`SyncState::slot_cap`]).
-pub(super) const NO_CAP: u64 = u64::MAX;
-
 /// What a shared bucket needs besides its counters.
 #[derive(Default)]
 pub(super) struct SyncState {
@@ -100,17 +98,14 @@ pub(super) struct SyncState {
     /// This node's allowance between syncs: none until the bucket's first read, or its first
     /// decision when the limit is guarded. Until then a pace would start as the whole bucket
     /// (see [`Pace::check`]: a limit without `burst_guard` starts with the whole of it), so a
-    /// bucket that is never read, as a quiet one, carries 40 bytes of sync state instead of
+    /// bucket that is never read, as a quiet one, carries 32 bytes of sync state instead of
     /// the pace's too.
     pub(super) pace: Option<Box<Pace>>,
     /// Tokens this node credited to the bucket by resets, in total (its `NODE:credit`).
     pub(super) own_credit: u64,
-    /// A concurrency limit: the most slots this node may hold beyond its fair share until the
-    /// next sync (see [`super::store::Store::set_slot_cap`]).
-    pub(super) slot_cap: u64,
-    /// A concurrency limit: the slots the other live nodes were counted at by the previous
-    /// sync (see [`super::store::Store::set_slot_cap`]).
-    pub(super) slot_others: u64,
+    /// A concurrency limit's cap and last read, from its first sync (see
+    /// [`SlotState`]); a concurrency limit's bucket has no pace.
+    pub(super) slots: Option<Box<SlotState>>,
 }
 
 impl SyncState {
@@ -258,8 +253,7 @@ fn new_entry(p: &BucketParams, now: i64, shared: bool) -> Entry {
                 synced_ns: now,
                 pace: None,
                 own_credit: 0,
-                slot_cap: NO_CAP,
-                slot_others: 0,
+                slots: None,
             })
         }),
     }
@@ -384,5 +378,5 @@ const _: () = assert!(std::mem::size_of::<Entry>() <= 88);
 // A slot of the shard's slab: the key (one pointer) and the entry, 96 bytes as before the
 // plan was added.
 const _: () = assert!(std::mem::size_of::<Option<(StoreKey, Entry)>>() <= 96);
-// A shared bucket's sync state fits the allocator's 40-byte size class (its pace apart).
-const _: () = assert!(std::mem::size_of::<SyncState>() <= 40);
+// A shared bucket's sync state fits the allocator's 32-byte size class (its pace apart).
+const _: () = assert!(std::mem::size_of::<SyncState>() <= 32);

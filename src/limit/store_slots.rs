@@ -7,8 +7,9 @@
 use super::bucket::{Bucket, BucketParams, Counters, Decision};
 use super::overrides::LimitSpec;
 use super::params::SLOT_RETRY_NS;
+use super::slot_state::NO_CAP;
 use super::store::Store;
-use super::store_entry::{lock, Entry, NO_CAP};
+use super::store_entry::{lock, Entry};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Another live node's part in a concurrency limit, as a sync read it.
@@ -48,7 +49,7 @@ impl Store {
         let fair = wanted <= self.fair_slots(p);
         // Before its first sync a bucket has no cap: with burst_guard it holds its fair share
         // only; in the default mode, what the view allows.
-        let cap = match sync.slot_cap {
+        let cap = match sync.slots.as_ref().map_or(NO_CAP, |s| s.cap) {
             NO_CAP if limit.burst_guard => 0,
             cap => cap,
         };
@@ -73,12 +74,14 @@ impl Store {
         nodes: &BTreeMap<String, Counters>,
     ) -> BTreeSet<String> {
         let shard = lock(&self.shards[self.shard_of(store_key)]);
-        let Some(pace) = shard.map.get(store_key).and_then(Entry::pace) else {
+        let Some(slots) =
+            (shard.map.get(store_key)).and_then(|e| e.sync.as_ref()?.slots.as_deref())
+        else {
             return BTreeSet::new();
         };
         nodes
             .iter()
-            .filter(|(n, c)| pace.refused_since_read(n, c))
+            .filter(|(n, c)| slots.refused_since_read(n, c))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -128,8 +131,9 @@ impl Store {
             1 + active_others
         };
         if let Some(sync) = e.sync.as_mut() {
-            let others = counted.max(sync.slot_others);
-            sync.slot_others = counted;
+            let slots = sync.slots.get_or_insert_with(Box::default);
+            let others = counted.max(slots.others);
+            slots.others = counted;
             let free = viewed.min(
                 limit
                     .params
@@ -137,7 +141,7 @@ impl Store {
                     .saturating_sub(held)
                     .saturating_sub(others),
             );
-            sync.slot_cap = held.saturating_add(free / u64::from(divide));
+            slots.cap = held.saturating_add(free / u64::from(divide));
         }
     }
 

@@ -217,9 +217,11 @@ impl Store {
             let sync = e.sync.get_or_insert_with(Default::default);
             if params.is_slots() {
                 slot_sync(sync, own_stored.as_ref(), e_new);
+                (sync.slots.get_or_insert_with(Box::default)).remember(me, &own, nodes);
+            } else {
+                sync.pace_or_start()
+                    .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
             }
-            sync.pace_or_start()
-                .resync((me, &own), (nodes, seen_ms), tokens, now, &cluster);
             sync.synced_ns = now;
             let was_fresh = e.view != View::Current;
             let e_was_new = e.view == View::New;

@@ -1,0 +1,129 @@
+//! The demand a pace measures a share from ([`crate::limit::pacing`], "What a pace remembers
+//! of the previous read"): a read's counters summed over the nodes, and the share from two
+//! such sums.
+
+use crate::limit::bucket::Counters;
+use std::collections::BTreeMap;
+
+/// The whole bucket, in parts per million.
+pub const WHOLE: u32 = 1_000_000;
+
+/// The demand one read showed, summed over the nodes: what a share is measured from, against
+/// the next read. Counters are kept as their low 32 bits and compared with wrapping
+/// arithmetic ([`since`]): between two reads of one bucket no counter moves by 2^31.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Sums {
+    /// This node's attempts.
+    pub(super) own: u32,
+    /// Every node's attempts (this one's included).
+    pub(super) attempts: u32,
+    /// Every node's tokens taken.
+    pub(super) consumed: u32,
+    /// The latest `seen_ms` of another node, never 0 (0: none yet, see [`newer`]): a node
+    /// that announces the bucket later is new.
+    pub(super) seen: u32,
+}
+
+/// How much a counter kept as its low 32 bits grew from `was` to `now`: 0 when it went down
+/// (a counter that restarted: a quota's new window, a store that lost the hash).
+fn since(now: u32, was: u32) -> u64 {
+    let d = now.wrapping_sub(was);
+    if d > i32::MAX as u32 {
+        0
+    } else {
+        u64::from(d)
+    }
+}
+
+/// Whether `seen_ms` (its low 32 bits) is later than `was`, a [`Sums::seen`] (0: none).
+fn newer(ms: u32, was: u32) -> bool {
+    was == 0 || since(ms, was) > 0
+}
+
+/// The low 32 bits of a counter, as [`Sums`] keeps it.
+fn low(v: u64) -> u32 {
+    v as u32
+}
+
+/// The demand a read shows ([`Sums`]), the nodes whose counters it holds (this one always
+/// counts), and, against the previous read `prev` (unless this is the `first`), the other
+/// nodes that announced the bucket since without counters yet (see [`demand_share`]).
+pub(super) fn reading(
+    me: &str,
+    own_demand: &Counters,
+    (nodes, seen_ms): (&BTreeMap<String, Counters>, &BTreeMap<String, u64>),
+    prev: &Sums,
+    first: bool,
+) -> (Sums, u32, u64) {
+    let mut sums = Sums::default();
+    let mut counted = 1u32;
+    let (mut own_attempts, mut own_consumed) = (own_demand.attempts, own_demand.consumed);
+    for (n, c) in nodes {
+        if n == me {
+            // This node's own demand is what it counted, whatever the store shows (a store
+            // that restarted empty may not hold it yet).
+            own_attempts = own_attempts.max(c.attempts);
+            own_consumed = own_consumed.max(c.consumed);
+            continue;
+        }
+        sums.attempts = sums.attempts.wrapping_add(low(c.attempts));
+        sums.consumed = sums.consumed.wrapping_add(low(c.consumed));
+        counted = counted.saturating_add(1);
+    }
+    sums.own = low(own_attempts);
+    sums.attempts = sums.attempts.wrapping_add(sums.own);
+    sums.consumed = sums.consumed.wrapping_add(low(own_consumed));
+    let mut announced = 0u64;
+    sums.seen = if first { 0 } else { prev.seen };
+    let mut latest: Option<u32> = None;
+    for (n, &ms) in seen_ms {
+        if n == me {
+            continue;
+        }
+        // 0 is kept for "none".
+        let ms = low(ms).max(1);
+        if !first && !nodes.contains_key(n) && newer(ms, prev.seen) {
+            announced += 1;
+        }
+        if latest.is_none_or(|l| since(ms, l) > 0) {
+            latest = Some(ms);
+        }
+    }
+    if let Some(l) = latest {
+        if first || newer(l, prev.seen) {
+            sums.seen = l;
+        }
+    }
+    (sums, counted, announced)
+}
+
+/// The share from the demand since the previous read, `prev`, to this one, `now`, with
+/// `announced` other nodes that announced the bucket since without counters yet, `live` nodes
+/// and the limit's `burst_guard` (see [`crate::limit::pacing`]). The sums differ by every
+/// node's demand since the previous read as long as no node's counters went away in between
+/// (the caller checks the count of nodes).
+pub(super) fn demand_share(
+    prev: Sums,
+    now: Sums,
+    announced: u64,
+    (live, guard): (u32, bool),
+) -> u32 {
+    let mine = since(now.own, prev.own);
+    let spent = since(now.consumed, prev.consumed);
+    // Guarded: a node that announced the bucket but shows no demand yet (a new bucket on it)
+    // is counted as asking as much as this one.
+    let announced = if guard { announced } else { 0 };
+    let total = since(now.attempts, prev.attempts)
+        .max(mine)
+        .saturating_add(announced.saturating_mul(mine.max(1)));
+    // Pressure: some request was turned away in the span (a request admitted took at
+    // least a token, so fewer tokens than requests means a refusal). Without one, every
+    // client got what it asked for, and a share could only turn one away.
+    if live <= 1 || total <= mine || (announced == 0 && spent >= total) {
+        return WHOLE;
+    }
+    let floor = WHOLE / live.max(1) / 10;
+    u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total))
+        .unwrap_or(WHOLE)
+        .max(floor)
+}
