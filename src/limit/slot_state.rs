@@ -9,8 +9,9 @@ pub(super) const NO_CAP: u64 = u64::MAX;
 
 /// A shared concurrency limit's state between syncs, boxed in its bucket's sync state (the
 /// buckets of other limits carry none): this node's cap and the slots the others were counted
-/// at, from the last sync (see [`super::store::Store::set_slot_cap`]), and every node's counters at the last
-/// read, to tell which nodes turned a request away since (see [`super::store::Store::refusing`]).
+/// at, from the last sync (see [`super::store::Store::set_slot_cap`]), and every node's
+/// counters at the last read, to tell which nodes turned a request away since (see
+/// [`super::store::Store::refusing`]).
 pub(super) struct SlotState {
     /// The most slots this node may hold beyond its fair share until the next sync.
     pub(super) cap: u64,
