@@ -43,8 +43,8 @@
 //!   latest write of another node the previous read showed (a node's own clock writes it), so
 //!   at one read. A node that announces again a bucket it wrote before (it dropped the bucket
 //!   and took it again) has counters, and counts from its next write.
-//! - Counters are kept as their low 32 bits: between two reads of one bucket no counter moves
-//!   by 2^31.
+//! - Counters are kept as their low 32 bits: exact while no sum moves by 2^31 between two
+//!   reads of one bucket (requests never do; see [`Sums`] for tokens taken).
 //!
 //! # A bucket this node has not heard about lately
 //!
@@ -412,16 +412,21 @@ impl Pace {
             // The first read of this active period: the others' demand shows from the next.
             return;
         }
+        // Guarded or a quota: the others may be spending their shares of these tokens
+        // unseen (what they spent since their last write is not in this view). Take the share
+        // of what is left after theirs: s x (1 - (1 - s)) = s^2 of the tokens. What no node
+        // takes stays in the bucket for the next sync; the refill is shared in full.
+        let squared = c.guard || c.window.is_some();
         if c.window
             .is_some_and(|w| w.index(prev_ns) != w.index(now_ns))
         {
-            self.keep_share(tokens_units, now_ns);
+            self.keep_share(tokens_units, now_ns, squared);
             return;
         }
         if counted < prev_counted {
             // Some node's counters are gone from the hash (a store that lost it, a hash that
             // expired): the sums cannot tell what the others asked since, so the share stays.
-            self.keep_share(tokens_units, now_ns);
+            self.keep_share(tokens_units, now_ns, squared);
             return;
         }
         let share = demand_share(prev, now, announced, (c.live, c.guard));
@@ -430,11 +435,7 @@ impl Pace {
             return;
         }
         self.restart(Phase::Synced, share, tokens_units, now_ns);
-        if (c.guard || c.window.is_some()) && share < WHOLE {
-            // Guarded: the others may be spending their shares of these tokens unseen (what
-            // they spent since their last write is not in this view). Take the share of what
-            // is left after theirs: s x (1 - (1 - s)) = s^2 of the tokens. What no node takes
-            // stays in the bucket for the next sync; the refill is shared in full.
+        if squared && share < WHOLE {
             self.set_base(scale(self.base(), share));
         }
     }
@@ -444,16 +445,16 @@ impl Pace {
     /// read's are no baseline for this one's; and the others' first writes of the window may
     /// not have come yet, so that this read would see no demand but this node's, and hand it
     /// the whole quota while every node does the same), or one from which a node's counters
-    /// are gone. The share stays instead, on the new tokens (s x s of them for a quota, as at
-    /// any read of one); the next read measures the demand again. A pace still starting
-    /// (guarded, not yet heard from the others) stays as it is.
-    fn keep_share(&mut self, tokens_units: i128, now_ns: i64) {
+    /// are gone. The share stays instead, on the new tokens (s x s of them when `squared`, as
+    /// at any read of a quota or a guarded limit); the next read measures the demand again. A
+    /// pace still starting (guarded, not yet heard from the others) stays as it is.
+    fn keep_share(&mut self, tokens_units: i128, now_ns: i64, squared: bool) {
         if self.phase() != Phase::Synced {
             return;
         }
         let share = self.share_ppm();
         self.restart(Phase::Synced, share, tokens_units, now_ns);
-        if share < WHOLE {
+        if squared && share < WHOLE {
             self.set_base(scale(self.base(), share));
         }
     }
@@ -620,8 +621,12 @@ mod tests {
             ("me".to_string(), counters(40, 14)),
             ("b".to_string(), counters(70, 14)),
         ]);
-        read(&mut pace, &two, t0 + 300 * MS);
+        let own = two["me"];
+        let at = t0 + 300 * MS;
+        pace.resync(("me", &own), (&two, &BTreeMap::new()), tokens(80), at, &c);
         assert_eq!(pace.share_ppm(), WHOLE / 8, "kept");
+        // On the new tokens, as any read of a limit without burst_guard: an eighth of 80.
+        assert_eq!(take(&mut pace, 100, at, &c), 10);
         // The next read measures from this one: 20 here, 10 there.
         let two = BTreeMap::from([
             ("me".to_string(), counters(60, 15)),

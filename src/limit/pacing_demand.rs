@@ -10,7 +10,11 @@ pub const WHOLE: u32 = 1_000_000;
 
 /// The demand one read showed, summed over the nodes: what a share is measured from, against
 /// the next read. Counters are kept as their low 32 bits and compared with wrapping
-/// arithmetic ([`since`]): between two reads of one bucket no counter moves by 2^31.
+/// arithmetic ([`since`]), which is exact while no sum moves by 2^31 between two reads of one
+/// bucket. Requests never do. Tokens taken could only with more than two billion tokens spent
+/// on one key within one sync interval (a limit's capacity may be up to 10^12); that read
+/// would then see fewer tokens taken than requests, as if some were turned away, and the
+/// share it gives (by demand, instead of the whole bucket) lasts until the next read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Sums {
     /// This node's attempts.
