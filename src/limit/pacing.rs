@@ -387,10 +387,11 @@ impl Pace {
 
     /// After a sync read: a new allowance from the demand since the previous read and the
     /// merged tokens now. `nodes`: the counters of every node that wrote some; `seen_ms`: when
-    /// each node last wrote the bucket (or announced it); `own`: this node's own counters.
+    /// each node last wrote the bucket (or announced it); `own`: this node's counters, at
+    /// least what `nodes` shows of them (its entry there is not read).
     pub fn resync(
         &mut self,
-        (me, own_demand): (&str, &Counters),
+        (me, own): (&str, &Counters),
         (nodes, seen_ms): (&BTreeMap<String, Counters>, &BTreeMap<String, u64>),
         tokens_units: i128,
         now_ns: i64,
@@ -402,8 +403,7 @@ impl Pace {
             self.start(c, tokens_units, now_ns);
         }
         let first = self.prev_ns == NO_READ;
-        let (now, counted, announced) =
-            reading(me, own_demand, (nodes, seen_ms), &self.prev, first);
+        let (now, counted, announced) = reading(me, own, (nodes, seen_ms), &self.prev, first);
         let (prev, prev_counted) = (self.prev, self.prev_nodes());
         self.prev = now;
         self.set_prev_nodes(counted);

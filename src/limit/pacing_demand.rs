@@ -49,34 +49,29 @@ fn low(v: u64) -> u32 {
     v as u32
 }
 
-/// The demand a read shows ([`Sums`]), the nodes whose counters it holds (this one always
+/// The demand a read shows ([`Sums`]), `own` being this node's counters (the read's own
+/// fields are not counted again), the nodes whose counters it holds (this one always
 /// counts), and, against the previous read `prev` (unless this is the `first`), the other
 /// nodes that announced the bucket since without counters yet (see [`demand_share`]).
 pub(super) fn reading(
     me: &str,
-    own_demand: &Counters,
+    own: &Counters,
     (nodes, seen_ms): (&BTreeMap<String, Counters>, &BTreeMap<String, u64>),
     prev: &Sums,
     first: bool,
 ) -> (Sums, u32, u64) {
-    let mut sums = Sums::default();
+    let mut sums = Sums {
+        own: low(own.attempts),
+        attempts: low(own.attempts),
+        consumed: low(own.consumed),
+        seen: 0,
+    };
     let mut counted = 1u32;
-    let (mut own_attempts, mut own_consumed) = (own_demand.attempts, own_demand.consumed);
-    for (n, c) in nodes {
-        if n == me {
-            // This node's own demand is what it counted, whatever the store shows (a store
-            // that restarted empty may not hold it yet).
-            own_attempts = own_attempts.max(c.attempts);
-            own_consumed = own_consumed.max(c.consumed);
-            continue;
-        }
+    for (_, c) in nodes.iter().filter(|(n, _)| n.as_str() != me) {
         sums.attempts = sums.attempts.wrapping_add(low(c.attempts));
         sums.consumed = sums.consumed.wrapping_add(low(c.consumed));
         counted = counted.saturating_add(1);
     }
-    sums.own = low(own_attempts);
-    sums.attempts = sums.attempts.wrapping_add(sums.own);
-    sums.consumed = sums.consumed.wrapping_add(low(own_consumed));
     let mut announced = 0u64;
     sums.seen = if first { 0 } else { prev.seen };
     let mut latest: Option<u32> = None;

@@ -32,9 +32,8 @@ impl Default for SlotState {
 }
 
 impl SlotState {
-    /// Keeps a read's counters, `me`'s being at least `own` (what it counted, whatever the
-    /// store shows: a store that restarted empty may not hold it yet); in place when the read
-    /// shows as many nodes as the last one.
+    /// Keeps a read's counters, `me`'s being `own` (the read's own fields are not kept
+    /// again); in place when the read shows as many nodes as the last one.
     pub(super) fn remember(
         &mut self,
         me: &str,
@@ -42,16 +41,10 @@ impl SlotState {
         nodes: &BTreeMap<String, Counters>,
     ) {
         let mut read: SmallVec<[(u64, u64, u64); 4]> = (nodes.iter())
+            .filter(|(n, _)| n.as_str() != me)
             .map(|(n, c)| (node_id(n), c.attempts, c.consumed))
             .collect();
-        let me = node_id(me);
-        match read.iter_mut().find(|(n, ..)| *n == me) {
-            Some((_, attempts, consumed)) => {
-                *attempts = (*attempts).max(own.attempts);
-                *consumed = (*consumed).max(own.consumed);
-            }
-            None => read.push((me, own.attempts, own.consumed)),
-        }
+        read.push((node_id(me), own.attempts, own.consumed));
         if self.read.len() == read.len() {
             self.read.copy_from_slice(&read);
         } else {

@@ -212,7 +212,7 @@ impl Store {
                 (others_consumed, others_waste),
             );
             let tokens = e.bucket.tokens_units(params, now);
-            let own = *e.bucket.own();
+            let own = own_demand(e.bucket.own(), own_stored.as_ref());
             let e_new = e.view == View::New;
             let sync = e.sync.get_or_insert_with(Default::default);
             if params.is_slots() {
@@ -309,6 +309,17 @@ fn merge_stored(
         e.bucket
             .absorb(&own, others_consumed, others_waste.unwrap_or(i128::MIN));
     }
+}
+
+/// This node's counters for its pace or slot state at a sync: what it counted, whatever the
+/// store shows (a store that restarted empty may not hold it yet), and at least what the store
+/// shows of them.
+fn own_demand(counted: &Counters, stored: Option<&Counters>) -> Counters {
+    let mut own = *counted;
+    if let Some(stored) = stored {
+        own.merge(stored);
+    }
+    own
 }
 
 /// A concurrency limit at a sync: a fresh bucket (a restarted node, or one evicted and made
