@@ -278,8 +278,8 @@ impl Bucket {
     /// Tokens now, in units, after applying the cap. Over the cap, this node's waste is raised
     /// to A - X - capacity: the reflection, which does not change what the bucket holds. (A
     /// quota of a past window reads as full and keeps its counters: see [`Bucket::roll`].)
-    /// A - X is computed once: a full bucket, the common case of a client within its limit,
-    /// is over the cap at every evaluation.
+    /// A - X is computed once (a full bucket is over the cap at every evaluation). Inlined.
+    #[inline(always)]
     pub fn tokens_units(&mut self, p: &BucketParams, now_ns: i64) -> i128 {
         let (cap, free) = (p.cap_units(), self.free_credit(p, now_ns));
         let tokens = self.uncapped_from(p, now_ns, free);
@@ -716,8 +716,13 @@ mod tests {
 
     #[test]
     fn params_are_validated() {
+        // Every kind of bucket holds at least one token: a request's cost of 1 is never one
+        // that no wait could pay (the decision counts on it, see `request::decision`).
         let e = BucketParams::new(0, 1.0, 0);
         assert_eq!(e, Err(ParamError::CapacityTooSmall));
+        let e = BucketParams::quota(0, Window::Day);
+        assert_eq!(e, Err(ParamError::CapacityTooSmall));
+        assert_eq!(BucketParams::slots(0), Err(ParamError::CapacityTooSmall));
         for (c, r, i) in [
             (MAX_CAPACITY + 1, 1.0, 1),
             (1, 0.0, 1),

@@ -191,9 +191,13 @@ fn decide_with<'a>(
     if overridden {
         return decide_overridden(store, charged, &cost, fingerprint, (buf, ends), result);
     }
-    if let Some(at) = (charged.iter().enumerate())
-        .position(|(i, c)| !c.limit.shadow && cost(i) > c.limit.params.capacity())
-    {
+    // Every capacity is at least 1 (see `BucketParams`): a request's usual cost of 1 is
+    // never too costly, and needs no look at the limits.
+    let too_costly = |(i, c): (usize, &Charged<'_>)| {
+        let cost = cost(i);
+        cost > 1 && !c.limit.shadow && cost > c.limit.params.capacity()
+    };
+    if let Some(at) = charged.iter().enumerate().position(too_costly) {
         let capacity = charged[at].limit.params.capacity();
         return Verdict::TooCostly { at, capacity };
     }
