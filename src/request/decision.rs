@@ -192,7 +192,7 @@ fn decide_with<'a>(
         return decide_overridden(store, charged, &cost, fingerprint, (buf, ends), result);
     }
     // Every capacity is at least 1 (see `BucketParams`): a request's usual cost of 1 is
-    // never too costly, and needs no look at the limits.
+    // never too costly, and the limits' capacities are not read for it.
     let too_costly = |(i, c): (usize, &Charged<'_>)| {
         let cost = cost(i);
         cost > 1 && !c.limit.shadow && cost > c.limit.params.capacity()
