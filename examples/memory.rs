@@ -22,8 +22,8 @@
 //!   as any busy shared bucket is: the sync loop's round (`round::build`, `round::apply`, at
 //!   most 512 buckets a round, run after every 512 new buckets) against replies built as the
 //!   merge scripts answer for a key the two other nodes also wrote. A synced bucket's pace
-//!   keeps the demand of its last read, summed over the nodes. Eviction: `Store::evict_idle` once the
-//!   bucket's Redis TTL has passed (a shared bucket is kept until then).
+//!   keeps the demand of its last read, summed over the nodes. Eviction: `Store::evict_idle`
+//!   once the bucket's Redis TTL has passed (a shared bucket is kept until then).
 //!
 //! No Redis runs: the store is driven by the same functions the sync loop calls around its
 //! round trip, and the replies are dropped once merged (only what the store keeps is counted).

@@ -417,23 +417,29 @@ impl Pace {
         // of what is left after theirs: s x (1 - (1 - s)) = s^2 of the tokens. What no node
         // takes stays in the bucket for the next sync; the refill is shared in full.
         let squared = c.guard || c.window.is_some();
-        if c.window
-            .is_some_and(|w| w.index(prev_ns) != w.index(now_ns))
-        {
+        let new_window = (c.window).is_some_and(|w| w.index(prev_ns) != w.index(now_ns));
+        // Or some node's counters are gone from the hash (a store that lost it, a hash that
+        // expired): the sums cannot tell what the others asked since.
+        if new_window || counted < prev_counted {
             self.keep_share(tokens_units, now_ns, squared);
             return;
         }
-        if counted < prev_counted {
-            // Some node's counters are gone from the hash (a store that lost it, a hash that
-            // expired): the sums cannot tell what the others asked since, so the share stays.
-            self.keep_share(tokens_units, now_ns, squared);
-            return;
-        }
-        let share = demand_share(prev, now, announced, (c.live, c.guard));
         if self.phase() == Phase::Starting && c.guard && !c.heard_since(self.demand_since_ns) {
             // Guarded, and some node may still be spending unseen: keep the guard share.
             return;
         }
+        // A node alone takes the whole; a share by demand is at least a tenth of the equal one.
+        let share = if c.live <= 1 {
+            WHOLE
+        } else {
+            demand_share(prev, now, announced, c.guard).max(c.equal_ppm() / 10)
+        };
+        self.resynced(share, tokens_units, now_ns, squared);
+    }
+
+    /// Synced on `share` of the tokens now, of `share` x `share` of them when `squared` (see
+    /// [`Pace::resync`]).
+    fn resynced(&mut self, share: u32, tokens_units: i128, now_ns: i64, squared: bool) {
         self.restart(Phase::Synced, share, tokens_units, now_ns);
         if squared && share < WHOLE {
             self.set_base(scale(self.base(), share));
@@ -449,13 +455,8 @@ impl Pace {
     /// at any read of a quota or a guarded limit); the next read measures the demand again. A
     /// pace still starting (guarded, not yet heard from the others) stays as it is.
     fn keep_share(&mut self, tokens_units: i128, now_ns: i64, squared: bool) {
-        if self.phase() != Phase::Synced {
-            return;
-        }
-        let share = self.share_ppm();
-        self.restart(Phase::Synced, share, tokens_units, now_ns);
-        if squared && share < WHOLE {
-            self.set_base(scale(self.base(), share));
+        if self.phase() == Phase::Synced {
+            self.resynced(self.share_ppm(), tokens_units, now_ns, squared);
         }
     }
 }

@@ -97,16 +97,12 @@ pub(super) fn reading(
 }
 
 /// The share from the demand since the previous read, `prev`, to this one, `now`, with
-/// `announced` other nodes that announced the bucket since without counters yet, `live` nodes
-/// and the limit's `burst_guard` (see [`crate::limit::pacing`]). The sums differ by every
+/// `announced` other nodes that announced the bucket since without counters yet and the
+/// limit's `burst_guard` (see [`crate::limit::pacing`], which takes the whole bucket for a
+/// node alone and floors a share at a tenth of the equal one). The sums differ by every
 /// node's demand since the previous read as long as no node's counters went away in between
 /// (the caller checks the count of nodes).
-pub(super) fn demand_share(
-    prev: Sums,
-    now: Sums,
-    announced: u64,
-    (live, guard): (u32, bool),
-) -> u32 {
+pub(super) fn demand_share(prev: Sums, now: Sums, announced: u64, guard: bool) -> u32 {
     let mine = since(now.own, prev.own);
     let spent = since(now.consumed, prev.consumed);
     // Guarded: a node that announced the bucket but shows no demand yet (a new bucket on it)
@@ -118,11 +114,8 @@ pub(super) fn demand_share(
     // Pressure: some request was turned away in the span (a request admitted took at
     // least a token, so fewer tokens than requests means a refusal). Without one, every
     // client got what it asked for, and a share could only turn one away.
-    if live <= 1 || total <= mine || (announced == 0 && spent >= total) {
+    if total <= mine || (announced == 0 && spent >= total) {
         return WHOLE;
     }
-    let floor = WHOLE / live.max(1) / 10;
-    u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total))
-        .unwrap_or(WHOLE)
-        .max(floor)
+    u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total)).unwrap_or(WHOLE)
 }
