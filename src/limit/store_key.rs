@@ -31,11 +31,22 @@ pub fn limit_of(store_key: &str) -> &str {
 /// The `LIMIT:` that starts every store key of `limit`.
 #[inline]
 pub fn push_limit_prefix(out: &mut String, limit: &str) {
-    out.reserve(limit.len() + 1);
-    push_short(out, limit);
-    // SAFETY: an ASCII byte after a whole `str` keeps the string valid UTF-8 (a byte push
-    // where `String::push` would encode a `char`).
-    unsafe { out.as_mut_vec().push(b':') };
+    let n = limit.len();
+    // SAFETY: a whole `str` then an ASCII byte keep the string valid UTF-8 (a byte where
+    // `String::push` would encode a `char`); room for both is reserved once, and the name
+    // (another allocation) is read before anything is written.
+    unsafe {
+        let v = out.as_mut_vec();
+        v.reserve(n + 1);
+        let end = v.as_mut_ptr().add(v.len());
+        if n > SHORT {
+            std::ptr::copy_nonoverlapping(limit.as_ptr(), end, n);
+        } else {
+            copy_short(limit.as_ptr(), end, n);
+        }
+        *end.add(n) = b':';
+        v.set_len(v.len() + n + 1);
+    }
 }
 
 /// The longest string [`push_short`] and [`eq_short`] handle without a call to `memcpy` or
@@ -341,6 +352,12 @@ mod tests {
             let mut out = String::from("pre");
             push_short(&mut out, s);
             assert_eq!(out, format!("pre{s}"), "push_short {n}");
+            // A limit's prefix, into a buffer with no room and one with some.
+            for mut prefixed in [String::new(), String::with_capacity(100)] {
+                prefixed.push_str("x|");
+                push_limit_prefix(&mut prefixed, s);
+                assert_eq!(prefixed, format!("x|{s}:"), "push_limit_prefix {n}");
+            }
             // From within: the copy lands after the current end, the buffer may grow.
             let mut within = String::from(&text[..n + 3]);
             within.shrink_to_fit();

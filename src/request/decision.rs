@@ -17,6 +17,7 @@ use crate::limit::store_plans::Stop;
 use crate::request::key::{self, Fingerprint, KeyError, RequestView};
 use smallvec::SmallVec;
 use std::cell::Cell;
+use std::mem::ManuallyDrop;
 
 /// One limit to charge, and where its key comes from.
 #[derive(Clone, Copy)]
@@ -74,7 +75,11 @@ pub enum Verdict<'a> {
 thread_local! {
     /// The store keys of one decision, back to back: reused, so building keys allocates
     /// nothing.
-    static KEYS: Cell<String> = const { Cell::new(String::new()) };
+    ///
+    /// Kept without drop glue (`ManuallyDrop`): a thread-local with a destructor checks on
+    /// every access that the destructor is registered. A thread that ends leaves its buffer
+    /// (a few hundred bytes, once per thread) to the process's exit.
+    static KEYS: Cell<ManuallyDrop<String>> = const { Cell::new(ManuallyDrop::new(String::new())) };
 }
 
 /// Charges `cost` to every limit in `charged` or to none of them. `fingerprint`: whether an
@@ -92,7 +97,7 @@ pub fn decide<'a>(
     // `KEYS.with`, so that the verdict is written where the caller wants it instead of being
     // copied out of a closure. Not reentrant in practice; if it were, the inner call would
     // find the buffer taken and start an empty one.
-    let mut keys = PutBack(KEYS.take());
+    let mut keys = PutBack(ManuallyDrop::into_inner(KEYS.take()));
     let mut ends = SmallVec::new();
     decide_with(
         store,
@@ -138,7 +143,7 @@ impl Drop for PutBack {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.0);
         // A thread that is ending has no buffer to keep.
-        let _ = KEYS.try_with(|k| k.set(buf));
+        let _ = KEYS.try_with(|k| k.set(ManuallyDrop::new(buf)));
     }
 }
 
