@@ -403,7 +403,9 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // Boxed: connecting (TCP, TLS) is a large future that a request taking a pooled
+            // connection would otherwise carry, and copy, for nothing.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }

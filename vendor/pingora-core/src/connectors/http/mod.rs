@@ -83,7 +83,8 @@ where
                 return Ok((HttpSession::H1(h1), true));
             }
             // Step 3: Try and create a new Custom session
-            let (connection, reused) = self.custom.get_http_session(peer).await?;
+            // Boxed, as a new connection in `TransportConnector::get_stream` is.
+            let (connection, reused) = Box::pin(self.custom.get_http_session(peer)).await?;
             // We create the Connector before TLS, so we need to make sure that the server also supports the same custom protocol
             match connection {
                 Connection::Session(s) => {
@@ -127,7 +128,8 @@ where
                     return Ok((HttpSession::H1(h1), true));
                 }
             }
-            let session = self.h2.new_http_session(peer).await?;
+            // Boxed, as a new connection in `TransportConnector::get_stream` is.
+            let session = Box::pin(self.h2.new_http_session(peer)).await?;
             Ok((session, false))
         }
     }
@@ -163,6 +165,24 @@ where
     /// Return a shared reference to the unexpected data connection counter for periodic metric reporting.
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.h1.unexpected_data_connection_counter()
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::upstreams::peer::HttpPeer;
+
+    /// Making a connection (TCP, TLS, an HTTP/2 handshake, a custom protocol) is boxed where
+    /// it starts, so that the future of a request that takes a pooled connection does not
+    /// carry that state: without the boxes this future was about 8,800 bytes, part of every
+    /// proxied request's future and copied with it.
+    #[test]
+    fn test_get_http_session_future_is_small() {
+        let connector = Connector::new(None);
+        let peer = HttpPeer::new(("127.0.0.1", 80), false, "".into());
+        let size = std::mem::size_of_val(&connector.get_http_session(&peer));
+        assert!(size < 1024, "{size} bytes");
     }
 }
 
