@@ -1575,14 +1575,26 @@ impl SubrequestSpawner {
     }
 }
 
-#[async_trait]
-impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+/// `make()`'s future in a box of its own. `Box::pin(future)` (what `#[async_trait]` writes)
+/// builds the future on the stack and then copies all of it into the box, several KiB for a
+/// request's future, whatever part of it the first state uses; written into the box's memory,
+/// the optimizer builds it there (in a release build: nothing is copied).
+#[inline(always)]
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let mut b = Box::<F>::new_uninit();
+    b.write(make());
+    // SAFETY: written just above.
+    Box::into_pin(unsafe { b.assume_init() })
+}
+
+impl<SV, C> HttpProxy<SV, C>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
+    /// [`HttpServerApp::process_new_http`], whose future that method builds in its box.
+    async fn process_new_http_in_place(
         self: &Arc<Self>,
         mut session: HttpSession,
         shutdown: &ShutdownWatch,
@@ -1618,6 +1630,27 @@ where
         }
 
         self.process_request(session, ctx).await
+    }
+}
+
+#[async_trait]
+impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: HttpSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        boxed_in_place(|| self.process_new_http_in_place(session, shutdown))
     }
 
     async fn http_cleanup(&self) {
@@ -1910,6 +1943,21 @@ mod tests {
     use std::sync::Mutex;
     use std::task::{Context, Poll};
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    #[tokio::test]
+    async fn boxed_in_place_holds_the_future_made_once() {
+        let mut made = 0;
+        let big = [7u8; 4096];
+        let fut = boxed_in_place(|| {
+            made += 1;
+            async move {
+                tokio::task::yield_now().await;
+                big.iter().map(|&b| u32::from(b)).sum::<u32>()
+            }
+        });
+        assert_eq!(made, 1);
+        assert_eq!(fut.await, 7 * 4096);
+    }
 
     #[derive(Debug)]
     struct StaticVirtualSocket {
