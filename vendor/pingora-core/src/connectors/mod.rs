@@ -289,7 +289,10 @@ impl TransportConnector {
         // first on an idle stream.
         #[cfg(unix)]
         {
-            peer.matches_fd(stream.id())
+            let check_fd = peer
+                .get_peer_options()
+                .is_none_or(|o| o.check_fd_match_on_reuse);
+            (!check_fd || peer.matches_fd(stream.id()))
                 && test_reusable_stream(stream, &self.unexpected_data_conn_count)
         }
         #[cfg(windows)]
@@ -301,7 +304,10 @@ impl TransportConnector {
                     self.0
                 }
             }
-            peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+            let check_fd = peer
+                .get_peer_options()
+                .is_none_or(|o| o.check_fd_match_on_reuse);
+            (!check_fd || peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket)))
                 && test_reusable_stream(stream, &self.unexpected_data_conn_count)
         }
     }
@@ -988,6 +994,32 @@ mod reuse_tests {
         assert_eq!(reused.id(), id);
         // Handed out once.
         assert!(connector.reused_stream(&peer).await.is_none());
+    }
+
+    /// A pooled stream connected elsewhere than its peer (two peers whose reuse hashes are
+    /// the same) is not reused while `check_fd_match_on_reuse` is on, the default, and is
+    /// reused, unchecked, when the peer turns it off.
+    #[tokio::test]
+    async fn test_fd_match_on_reuse_checked_unless_turned_off() {
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        let hour = Some(Duration::from_secs(3600));
+        let (stream, _server_side) = connection(&elsewhere).await;
+        connector.release_stream_unwatched(stream, peer.reuse_hash(), hour);
+        assert!(peer.options.check_fd_match_on_reuse, "on by default");
+        assert!(connector.reused_stream(&peer).await.is_none());
+
+        peer.options.check_fd_match_on_reuse = false;
+        let (stream, _server_side) = connection(&elsewhere).await;
+        let id = stream.id();
+        connector.release_stream_unwatched(stream, peer.reuse_hash(), hour);
+        let reused = connector
+            .reused_stream(&peer)
+            .await
+            .expect("reused unchecked");
+        assert_eq!(reused.id(), id);
     }
 
     /// An unwatched stream the server closed while it waited is dropped when a request takes

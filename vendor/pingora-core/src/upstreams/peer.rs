@@ -550,6 +550,15 @@ pub struct PeerOptions {
     /// or checked only when a request takes it: see
     /// [`crate::connectors::TransportConnector::release_stream_unwatched`].
     pub watch_idle_connections: bool,
+    /// Whether a pooled connection taken for reuse is first checked to be connected to this
+    /// peer ([`Peer::matches_fd`]: a `getpeername` on every reuse), the default, or not. The
+    /// pool hands out a connection by the peer's [`Peer::reuse_hash`], and a pooled stream
+    /// owns its socket from connect to close, so that its remote address cannot change while
+    /// it waits; the check guards against two peers whose reuse hashes collide, a custom
+    /// `matches_fd`, and a descriptor closed behind its stream's back. Applies to connections
+    /// reused through [`crate::connectors::TransportConnector::reused_stream`] (HTTP/1 and
+    /// new connections' transport), not to HTTP/2 connections shared between requests.
+    pub check_fd_match_on_reuse: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
     pub extra_proxy_headers: BTreeMap<String, Vec<u8>>,
@@ -611,6 +620,7 @@ impl PeerOptions {
             allow_h1_response_invalid_content_length: false,
             keep_h1_response_header_case: true,
             watch_idle_connections: true,
+            check_fd_match_on_reuse: true,
             http_upstream_request_policy: HttpUpstreamRequestPolicy::default(),
             extra_proxy_headers: BTreeMap::new(),
             curves: None,
