@@ -335,12 +335,13 @@ impl ProxyHttp for Gateway {
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         // A connection given back to the pool is checked when a request takes it, not watched
-        // by a task of its own while idle (pingora-core patch 12, vendor/README.md).
+        // by a task of its own while idle, nor asked for its peer's address (pingora-core
+        // patches 12 and 17, vendor/README.md: the pool keys it by this peer, address and all).
         peer.options.watch_idle_connections = false;
+        peer.options.check_fd_match_on_reuse = false;
         // The response's names' spelling recorded only to be kept (see `keep_header_case`).
         peer.options.keep_h1_response_header_case = rt.config.preserve_header_case;
-        // Certificate and host name verification stay on (pingora's defaults); a private CA
-        // replaces the system roots for this upstream.
+        // Certificates and host names verified (pingora's defaults); a private CA replaces the roots.
         peer.options.ca = pool.ca.clone();
         Ok(Box::new(peer))
     }
