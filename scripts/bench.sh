@@ -24,6 +24,10 @@
 #                         the upstream to the others (taskset), so that scheduling does not mix
 #                         them; default on when the machine has 2 CPUs or more. A table whose
 #                         W workers do not leave a CPU to the load runs unpinned.
+#   BENCH_KERNEL=1        after the target table's rounds, one more run of each proxy under the
+#                         same load with its kernel side counted (perf stat): syscalls,
+#                         getpeername and wake-ups of other tasks per request, and how busy the
+#                         load's CPU was (see "The kernel view" below); needs perf
 #   BENCH_H2=1            the HTTP/2-over-TLS table (below), default on; BENCH_H2=0 skips it
 #   BENCH_H2_PROFILE=1    after that table, where tollgate_on's time goes under its load: its
 #                         threads' scheduler accounting, its syscalls per request against
@@ -84,7 +88,7 @@
 # pinned to the same CPU, and ksoftirqd) and asleep 0.4-0.5%, with 0.0001 voluntary switches
 # per request (a few a second): it almost never blocks. It makes 3.59-3.61 syscalls per request
 # (nginx 5.65-6.05): sendto 1.13, recvfrom 1.13, getpeername 0.97 (pingora checking a pooled
-# upstream connection's peer before reusing it), epoll_wait 0.077 (returning at once), and
+# upstream connection's peer before reusing it; none since pingora-core patch 17), epoll_wait 0.077 (returning at once), and
 # 0.027-0.028 new upstream connections per request at 10 syscalls each; no futex, so no lock
 # waited on. Its CPU was busy 99.8%: user 66-68%, system 15-17%, softirq 15-19% (loopback
 # delivery). The upstream connections it opens (28-66 per 1,000 requests: 200 requests in
@@ -96,6 +100,16 @@
 # 44-46 us per request, comes from other load on the machine: with a cargo build on its CPU,
 # tollgate_on made 8,100 req/s on 38% of that CPU, with 1,237 involuntary against 129 voluntary
 # switches in 4 s: the run queue, not a syscall or a lock.
+#
+# The kernel view (BENCH_KERNEL=1): a proxy's system time per request is not its own alone. At
+# this load each proxy is the bottleneck, so the slower it is, the more often wrk and the
+# upstream on the load's CPU have nothing to do and sleep, and the more of its sends must wake
+# them (sched_waking, charged to the sender): measured on 2026-12-01, nginx woke a peer 0.06-0.10
+# times per request (the load's CPU 90% busy), HAProxy 0.11 (70%), tollgate 0.62-0.67 (53%) and
+# bare pingora 0.47-0.55 (55%), with about the same syscalls per request (4.05 tollgate's since
+# pingora-core patch 17, 5.05 nginx's and bare pingora's, its getpeername included). The path
+# that wakes a reader (sock_def_readable, inclusive, perf record -g) took 3.6 us of tollgate's
+# system time per request (of 12-14) against 1.3 of nginx's (of 8-10). Informational: no target.
 #
 # Targets, checked on the 1-worker table (else the first) and the latency row, each printed
 # PASS or FAIL: CPU µs/request tollgate_on / nginx <= 1.5; p99 tollgate_on / nginx <= 1.5; added
@@ -135,6 +149,7 @@ LAT_SECS=${BENCH_LATENCY_SECONDS:-$((SECS < 5 ? SECS : 5))}
 NO_TARGETS=${BENCH_NO_TARGETS:-0}
 H2=${BENCH_H2:-1}
 H2_PROFILE=${BENCH_H2_PROFILE:-0}
+KERNEL=${BENCH_KERNEL:-0}
 H2_CONNS=20
 H2_STREAMS=10
 NCPU=$(nproc)
@@ -151,7 +166,7 @@ for w in "${WORKER_LIST[@]}"; do [ "$w" = 1 ] && TARGET_W=1; done
 . scripts/lib.sh
 ensure nginx:nginx haproxy:haproxy wrk:wrk curl:curl python3:python3 taskset:util-linux \
   cmake:cmake cc:build-essential
-if [ "$PERF" = 1 ]; then ensure perf:linux-perf; fi
+if [ "$PERF" = 1 ] || [ "$KERNEL" = 1 ]; then ensure perf:linux-perf; fi
 if [ "$H2" = 1 ]; then ensure h2load:nghttp2-client openssl:openssl; fi
 if [ "$H2" = 1 ] && [ "$H2_PROFILE" = 1 ]; then ensure perf:linux-perf ss:iproute2; fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -476,6 +491,7 @@ run_table() { # $1 = W
     done
     python3 "$SUMMARIZE" latency "$LATENCY"
     WRK_PIN=("${PIN_LOAD[@]}")
+    if [ "$KERNEL" = 1 ]; then kernel_view "$W"; fi
 
     if [ "$PERF" = 1 ]; then
       echo
@@ -498,6 +514,37 @@ run_table() { # $1 = W
 
   stop_all "${PIDS[@]}"
   PIDS=()
+}
+
+# BENCH_KERNEL=1: one more run of each proxy under the table's load, its kernel side counted
+# (see "The kernel view" in the header). Called from run_table (PID, PORT, PIN_*).
+kernel_view() { # $1 = W
+  local W=$1 p pids out u0 s0 u1 s1 reqs threads=$ROOT/scripts/bench/threads.py
+  local ev=raw_syscalls:sys_enter,syscalls:sys_enter_getpeername,sched:sched_waking
+  echo
+  echo "== kernel view: one more ${SECS}s run of each proxy under the same load, perf stat -e $ev" \
+    "on the proxy's process(es)"
+  printf '   %-14s%9s%9s%11s%13s%10s   %s\n' proxy "user us" "sys us" "syscalls" "getpeername" \
+    wakings "load CPU(s) ${PIN_LOAD[2]:-all} busy"
+  for p in "${ORDER[@]}"; do
+    pids=${PID[$p]}
+    [ "$p" = nginx ] && pids=$(pgrep -P "${PID[nginx]}" | paste -sd, -)
+    out=$DIR/kernel.$p
+    read -r u0 s0 < <(cpu_ticks "${PID[$p]}")
+    python3 "$threads" cpus "$out.cpus0"
+    if ! perf stat -e "$ev" -p "$pids" -x, -o "$out.stat" -- \
+      timeout $((SECS + 30)) "${PIN_LOAD[@]}" wrk -t"$W" -c"$CONNS" -d"${SECS}s" --latency \
+      -H 'x-api-key: bench' "http://127.0.0.1:${PORT[$p]}/rating/42" >"$out.wrk" 2>&1; then
+      echo "   $p: perf stat failed: $(tail -n 2 "$out.stat" "$out.wrk" 2>/dev/null | tr '\n' ' ')"
+      continue
+    fi
+    python3 "$threads" cpus "$out.cpus1"
+    read -r u1 s1 < <(cpu_ticks "${PID[$p]}")
+    read -r reqs _ < <(python3 "$SUMMARIZE" wrk "$out.wrk")
+    python3 "$threads" kernel "$out.stat" "$reqs" "$p" $((u1 - u0)) $((s1 - s0)) \
+      "$out.cpus0" "$out.cpus1" "${PIN_LOAD[2]:-all}"
+  done
+  echo "   (per request; wakings: sched_waking events the proxy raised, peers it woke from sleep)"
 }
 
 # One h2load run, bounded, on the load CPU(s). $1 = port, $2 = seconds, $3 = output file,

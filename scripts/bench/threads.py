@@ -23,6 +23,19 @@
       run that served REQUESTS requests: all syscalls per request (raw_syscalls), then each
       counted one per request, most frequent first. perf stat counts in the kernel and loses
       nothing (perf trace drops events under this load).
+
+  threads.py cpus FILE
+      Writes to FILE (JSON) the monotonic time and /proc/stat's per-CPU counters.
+
+  threads.py kernel PERFSTAT REQUESTS LABEL USER SYS CPUS0 CPUS1 LOADCPUS
+      One row of the kernel view of scripts/bench.sh (BENCH_KERNEL=1): a proxy's CPU per request
+      (USER and SYS: its ticks over a run that served REQUESTS requests), its syscalls per request
+      and getpeername per request, and its wake-ups of other tasks per request (sched_waking
+      events it raised: a sleeping peer woken by what it sent), from `perf stat -x, -o PERFSTAT
+      -e raw_syscalls:sys_enter,syscalls:sys_enter_getpeername,sched:sched_waking`; then how
+      busy the load's CPUs (LOADCPUS, as taskset's lists) were between the snapshots CPUS0 and
+      CPUS1 (`threads.py cpus`): the busier the load generator and the upstream, the fewer of
+      them are asleep when the proxy sends to them.
 """
 
 import json
@@ -138,6 +151,43 @@ def diff(path0, path1, rps, cpus=""):
     print(f"   this process's threads together: {used / wall * 100:.1f}% of one CPU")
 
 
+def cpus(path):
+    json.dump(dict(t=time.monotonic(), cpus=cpu_counters()), open(path, "w"))
+
+
+def perf_counts(path):
+    """`perf stat -x,` output: event name (its last part) -> count."""
+    counts = {}
+    for line in open(path, encoding="utf-8", errors="replace"):
+        f = line.strip().split(",")
+        if len(f) > 2 and f[0].isdigit():
+            counts[f[2].split(":")[-1]] = int(f[0])
+    return counts
+
+
+def kernel(path, requests, label, user, system, cpus0, cpus1, loadcpus):
+    reqs = max(int(requests), 1)
+    hz = os.sysconf("SC_CLK_TCK")
+    c = perf_counts(path)
+    a, b = json.load(open(cpus0))["cpus"], json.load(open(cpus1))["cpus"]
+    busy = []
+    for cpu in expand(loadcpus, a):
+        if cpu in a and cpu in b:
+            d = {k: b[cpu][k] - a[cpu][k] for k in CPU_FIELDS}
+            total = sum(d.values())
+            if total > 0:
+                busy.append(f"{(total - d['idle']) * 100 / total:.0f}%")
+
+    def per(name):
+        return f"{c[name] / reqs:.3f}" if name in c else "?"
+
+    print(
+        f"   {label:<14}{int(user) / hz * 1e6 / reqs:>9.2f}{int(system) / hz * 1e6 / reqs:>9.2f}"
+        f"{per('sys_enter'):>11}{per('sys_enter_getpeername'):>13}{per('sched_waking'):>10}"
+        f"   {' '.join(busy) or '?'}"
+    )
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "snap":
         snap(sys.argv[2], sys.argv[3])
@@ -145,6 +195,10 @@ def main():
         diff(*sys.argv[2:])
     elif len(sys.argv) == 5 and sys.argv[1] == "syscalls":
         syscalls(*sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "cpus":
+        cpus(sys.argv[2])
+    elif len(sys.argv) == 10 and sys.argv[1] == "kernel":
+        kernel(*sys.argv[2:])
     else:
         raise SystemExit(__doc__)
 
