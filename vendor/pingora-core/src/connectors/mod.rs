@@ -287,11 +287,11 @@ impl TransportConnector {
     fn reusable<P: Peer + Send + Sync>(&self, peer: &P, stream: &mut Stream) -> bool {
         // test_reusable_stream: we assume server would never actively send data
         // first on an idle stream.
+        let check_fd = peer
+            .get_peer_options()
+            .is_none_or(|o| o.check_fd_match_on_reuse);
         #[cfg(unix)]
         {
-            let check_fd = peer
-                .get_peer_options()
-                .is_none_or(|o| o.check_fd_match_on_reuse);
             (!check_fd || peer.matches_fd(stream.id()))
                 && test_reusable_stream(stream, &self.unexpected_data_conn_count)
         }
@@ -304,9 +304,6 @@ impl TransportConnector {
                     self.0
                 }
             }
-            let check_fd = peer
-                .get_peer_options()
-                .is_none_or(|o| o.check_fd_match_on_reuse);
             (!check_fd || peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket)))
                 && test_reusable_stream(stream, &self.unexpected_data_conn_count)
         }

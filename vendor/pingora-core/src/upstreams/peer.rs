@@ -555,9 +555,9 @@ pub struct PeerOptions {
     /// pool hands out a connection by the peer's [`Peer::reuse_hash`], and a pooled stream
     /// owns its socket from connect to close, so that its remote address cannot change while
     /// it waits; the check guards against two peers whose reuse hashes collide, a custom
-    /// `matches_fd`, and a descriptor closed behind its stream's back. Applies to connections
-    /// reused through [`crate::connectors::TransportConnector::reused_stream`] (HTTP/1 and
-    /// new connections' transport), not to HTTP/2 connections shared between requests.
+    /// `matches_fd`, and a descriptor closed behind its stream's back. Applies to the
+    /// connections [`crate::connectors::TransportConnector::reused_stream`] hands out (HTTP/1),
+    /// not to HTTP/2 connections, which the HTTP/2 connector shares and checks itself.
     pub check_fd_match_on_reuse: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
