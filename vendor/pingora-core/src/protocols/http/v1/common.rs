@@ -174,10 +174,14 @@ pub(crate) const ADDED_FIELDS_ROOM: usize = 4;
 /// Check if chunked encoding is the final encoding across all transfer-encoding headers
 pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
     // Get the last Transfer-Encoding header value
-    let last_te = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .into_iter()
-        .next_back();
+    let last_te = if headers.len() <= WALK_UP_TO {
+        walk(headers, &header::TRANSFER_ENCODING).last()
+    } else {
+        headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .into_iter()
+            .next_back()
+    };
 
     let Some(last_header_value) = last_te else {
         return false;
@@ -360,12 +364,11 @@ fn reconcile_content_length(headers: &HMap) -> std::result::Result<Option<u64>, 
         Some(prev) if prev != n => Err(()),
         Some(_) => Ok(()),
     };
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    let mut read = |value: &HeaderValue| {
         // The usual field is one plain number, read as such; `from_digits` refuses anything
         // else (a list, spaces, overflow), which the general reading below decides on.
         if let Some(n) = from_digits(value.as_bytes()) {
-            reconcile(n)?;
-            continue;
+            return reconcile(n);
         }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
@@ -373,9 +376,36 @@ fn reconcile_content_length(headers: &HMap) -> std::result::Result<Option<u64>, 
         for v in line.split(',') {
             reconcile(from_digits(v.trim().as_bytes()).ok_or(())?)?;
         }
+        Ok(())
+    };
+    if headers.len() <= WALK_UP_TO {
+        walk(headers, &header::CONTENT_LENGTH).try_for_each(&mut read)?;
+    } else {
+        headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .try_for_each(read)?;
     }
 
     Ok(content_length)
+}
+
+/// The most fields a message may have for the framing fields (`Content-Length`,
+/// `Transfer-Encoding`) to be read by a walk through its fields ([`walk`]) instead of a lookup,
+/// which hashes the name and probes the map: framing reads both of each message's fields
+/// several times (its reader, its writer), and a message usually has a handful of fields.
+const WALK_UP_TO: usize = 16;
+
+/// The values of field `name` in `headers`, in the order of `get_all(name)`: the map's
+/// iteration yields each field's values together, in order.
+fn walk<'h>(
+    headers: &'h HMap,
+    name: &'h header::HeaderName,
+) -> impl Iterator<Item = &'h HeaderValue> {
+    headers
+        .iter()
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v)
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -649,6 +679,53 @@ mod test {
         response.set_status(StatusCode::OK).unwrap();
         response.set_version(Version::HTTP_11);
         assert!(!is_upgrade_resp(&response));
+    }
+
+    /// The framing fields are read alike whether a message's fields are walked (up to
+    /// `WALK_UP_TO`) or looked up (more): every value, in order, repeated fields included.
+    #[test]
+    fn framing_fields_read_alike_walked_and_looked_up() {
+        let cases: &[(&[&str], &[&str], Option<Option<usize>>, bool)] = &[
+            (&[], &[], Some(None), false),
+            (&["5"], &[], Some(Some(5)), false),
+            (&["5", "5"], &[], Some(Some(5)), false),
+            (&["5", "6"], &[], None, false),
+            (&["5, 5", "5"], &[], Some(Some(5)), false),
+            (&["5", "x"], &[], None, false),
+            (&[], &["chunked"], Some(None), true),
+            (&[], &["chunked", "identity"], Some(None), false),
+            (&[], &["identity", "chunked"], Some(None), true),
+        ];
+        for &(lengths, encodings, length, chunked) in cases {
+            for filler in [0, 3, WALK_UP_TO + 4] {
+                let mut headers = HMap::new();
+                for i in 0..filler / 2 {
+                    headers.append(
+                        format!("x-before-{i}").parse::<http::HeaderName>().unwrap(),
+                        "a".try_into().unwrap(),
+                    );
+                }
+                for v in lengths {
+                    headers.append(header::CONTENT_LENGTH, (*v).try_into().unwrap());
+                }
+                for v in encodings {
+                    headers.append(TRANSFER_ENCODING, (*v).try_into().unwrap());
+                }
+                for i in filler / 2..filler {
+                    headers.append(
+                        format!("x-after-{i}").parse::<http::HeaderName>().unwrap(),
+                        "a".try_into().unwrap(),
+                    );
+                }
+                let read = content_length_for_framing(&headers).ok();
+                assert_eq!(read, length, "{lengths:?} with {filler} other fields");
+                assert_eq!(
+                    is_chunked_encoding_from_headers(&headers),
+                    chunked,
+                    "{encodings:?} with {filler} other fields"
+                );
+            }
+        }
     }
 
     #[test]
