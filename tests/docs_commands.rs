@@ -293,14 +293,16 @@ const NOT_RUN: &[Listed] = &[
             "wrk *",
             "valgrind --tool=callgrind",
             "strace -c",
-            "perf record",
+            "perf record*",
+            "perf stat",
         ],
         exercised: "the tools the benchmark scripts run (scripts/bench.sh: wrk and, with \
-                    BENCH_PERF=1, perf record; scripts/bench_instructions.sh: callgrind and \
-                    strace -c)",
+                    BENCH_PERF=1, perf record, with BENCH_KERNEL=1, perf stat; \
+                    scripts/bench_instructions.sh: callgrind and strace -c)",
         places: &[
             ("scripts/bench.sh", "wrk -t"),
             ("scripts/bench.sh", "perf record -F 999 -g"),
+            ("scripts/bench.sh", "if ! perf stat -e"),
             ("scripts/bench_instructions.sh", "valgrind --tool=callgrind"),
             ("scripts/bench_instructions.sh", r#"["strace", "-f", "-c""#),
         ],
