@@ -95,14 +95,20 @@ def expand(cpus, known):
     return out
 
 
-def syscalls(path, requests, label):
-    """A `perf stat -x, -e syscalls:sys_enter_...,raw_syscalls:sys_enter` output: per request."""
-    reqs = max(int(requests), 1)
+def perf_counts(path):
+    """`perf stat -x,` output: event name (its last part) -> count."""
     counts = {}
     for line in open(path, encoding="utf-8", errors="replace"):
         f = line.strip().split(",")
         if len(f) > 2 and f[0].isdigit():
-            counts[f[2].split(":")[-1].removeprefix("sys_enter_")] = int(f[0])
+            counts[f[2].split(":")[-1]] = int(f[0])
+    return counts
+
+
+def syscalls(path, requests, label):
+    """A `perf stat -x, -e syscalls:sys_enter_...,raw_syscalls:sys_enter` output: per request."""
+    reqs = max(int(requests), 1)
+    counts = {k.removeprefix("sys_enter_"): v for k, v in perf_counts(path).items()}
     total = counts.pop("sys_enter", None)
     each = ", ".join(
         f"{k} {v / reqs:.3f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v
@@ -153,16 +159,6 @@ def diff(path0, path1, rps, cpus=""):
 
 def cpus(path):
     json.dump(dict(t=time.monotonic(), cpus=cpu_counters()), open(path, "w"))
-
-
-def perf_counts(path):
-    """`perf stat -x,` output: event name (its last part) -> count."""
-    counts = {}
-    for line in open(path, encoding="utf-8", errors="replace"):
-        f = line.strip().split(",")
-        if len(f) > 2 and f[0].isdigit():
-            counts[f[2].split(":")[-1]] = int(f[0])
-    return counts
 
 
 def kernel(path, requests, label, user, system, cpus0, cpus1, loadcpus):

@@ -175,8 +175,9 @@ mod size_tests {
 
     /// Making a connection (TCP, TLS, an HTTP/2 handshake, a custom protocol) is boxed where
     /// it starts, so that the future of a request that takes a pooled connection does not
-    /// carry that state: without the boxes this future was about 8,800 bytes, part of every
-    /// proxied request's future and copied with it.
+    /// carry that state: without the boxes this future was about 2,400 bytes in this crate's
+    /// test build (8,840 in a build with TLS), part of every proxied request's future and
+    /// copied with it.
     #[test]
     fn test_get_http_session_future_is_small() {
         let connector = Connector::new(None);
