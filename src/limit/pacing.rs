@@ -20,10 +20,17 @@
 //! - **No pressure** (the attempts of every node over the last read's span, scaled to two sync
 //!   intervals, do not exceed the merged tokens: the bucket cannot run dry before the next
 //!   sync): the whole bucket.
-//! - Otherwise a **demand share**: s = own attempts / all attempts (at least a tenth of the equal
-//!   share 1/N, so that a node whose demand starts right after a sync is not shut out for an
-//!   interval). Until the next sync the node may spend s x (the merged tokens at the sync) plus
-//!   s x the refill since, capped at s x capacity, on top of the bucket's own check.
+//! - Otherwise a **demand share**: s = own rate of attempts / every node's (at least a tenth of
+//!   the equal share 1/N, so that a node whose demand starts right after a sync is not shut out
+//!   for an interval). Until the next sync the node may spend s x (the merged tokens at the
+//!   sync) plus s x the refill since, capped at s x capacity, on top of the bucket's own check.
+//!   A share after a share is the mean of the two (the few requests of one span are noisy).
+//!
+//! The others' attempts since the previous read count over the span of their writes (their
+//! `seen_ms`; see [`Spans`]), this node's over its own. A read that shows no write of another
+//! node since the previous one, a sync interval after it, keeps the share and leaves the
+//! demand to the next read, measured from the previous one: the others' rounds drifted, and
+//! their next writes are due.
 //!
 //! Shares are computed by each node at its own sync moments, so they can sum a little above 1;
 //! the simulation (`tests/pacing_simulation.rs`) bounds the excess.
@@ -79,7 +86,7 @@
 //! spent unseen, over and over.
 
 use crate::limit::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
-use crate::limit::pacing_demand::{demand_share, reading, Sums};
+use crate::limit::pacing_demand::{demand_share, nothing_new, reading, Spans, Sums};
 use crate::limit::window::Window;
 use std::collections::BTreeMap;
 
@@ -123,6 +130,10 @@ impl Cluster {
 
     fn equal_ppm(&self) -> u32 {
         WHOLE / self.live.max(1)
+    }
+
+    fn sync_ms(&self) -> u64 {
+        u64::try_from(self.sync_interval_ns / 1_000_000).unwrap_or(0)
     }
 
     /// Every other live node has synced at least one interval after `since_ns`.
@@ -404,20 +415,36 @@ impl Pace {
         }
         let first = self.prev_ns == NO_READ;
         let (now, counted, announced) = reading(me, own, (nodes, seen_ms), &self.prev, first);
-        let (prev, prev_counted) = (self.prev, self.prev_nodes());
-        self.prev = now;
-        self.set_prev_nodes(counted);
-        let prev_ns = std::mem::replace(&mut self.prev_ns, now_ns);
-        if first {
-            // The first read of this active period: the others' demand shows from the next.
-            return;
-        }
         // Guarded or a quota: the others may be spending their shares of these tokens
         // unseen (what they spent since their last write is not in this view). Take the share
         // of what is left after theirs: s x (1 - (1 - s)) = s^2 of the tokens. What no node
         // takes stays in the bucket for the next sync; the refill is shared in full.
         let squared = c.guard || c.window.is_some();
-        let new_window = (c.window).is_some_and(|w| w.index(prev_ns) != w.index(now_ns));
+        let (prev, prev_counted, prev_ns) = (self.prev, self.prev_nodes(), self.prev_ns);
+        let new_window = !first && (c.window).is_some_and(|w| w.index(prev_ns) != w.index(now_ns));
+        let own_ms = u64::try_from(now_ns.saturating_sub(prev_ns) / 1_000_000).unwrap_or(0);
+        if !first
+            && !new_window
+            && counted > 1
+            && counted >= prev_counted
+            && announced == 0
+            && nothing_new(&prev, &now, own_ms, c.sync_ms())
+        {
+            // No other node wrote since the previous read, a sync interval ago: their next
+            // writes are due. Keep the share, and measure the demand from the previous read
+            // at the next (so that a read never finds no demand but its own merely because
+            // the others' rounds drifted against this node's). A read longer after the
+            // previous one measures: the others asked nothing.
+            self.keep_share(tokens_units, now_ns, squared);
+            return;
+        }
+        self.prev = now;
+        self.set_prev_nodes(counted);
+        self.prev_ns = now_ns;
+        if first {
+            // The first read of this active period: the others' demand shows from the next.
+            return;
+        }
         // Or some node's counters are gone from the hash (a store that lost it, a hash that
         // expired): the sums cannot tell what the others asked since.
         if new_window || counted < prev_counted {
@@ -432,7 +459,17 @@ impl Pace {
         let share = if c.live <= 1 {
             WHOLE
         } else {
-            demand_share(prev, now, announced, c.guard).max(c.equal_ppm() / 10)
+            let spans = Spans::of(&prev, &now, own_ms);
+            let share = demand_share(prev, now, announced, c.guard, spans);
+            let last = self.share_ppm();
+            if self.phase() == Phase::Synced && share < WHOLE && last < WHOLE {
+                // A share after a share: their mean, which halves the noise of a span's few
+                // requests and keeps the sum over the nodes (each takes the mean of two
+                // shares that summed to about the whole).
+                (share / 2 + last / 2).max(c.equal_ppm() / 10)
+            } else {
+                share.max(c.equal_ppm() / 10)
+            }
         };
         self.resynced(share, tokens_units, now_ns, squared);
     }
@@ -633,8 +670,9 @@ mod tests {
             ("me".to_string(), counters(60, 15)),
             ("b".to_string(), counters(80, 15)),
         ]);
+        // 2/3 measured, after an eighth: the mean of the two.
         read(&mut pace, &two, t0 + 400 * MS);
-        assert_eq!(pace.share_ppm(), WHOLE * 2 / 3);
+        assert_eq!(pace.share_ppm(), WHOLE / 16 + WHOLE / 3);
     }
 
     /// Guarded: another node that announced the bucket since the last read, with no counters
@@ -761,6 +799,62 @@ mod tests {
         assert_eq!(pace.share_ppm(), WHOLE);
     }
 
+    /// A read of the bucket by "me" finding "other"'s counters written at `other_ms` (its
+    /// `seen_ms`), (attempts, consumed) each, and no tokens left.
+    fn read_seen(pace: &mut Pace, me: (u64, u64), other: (u64, u64, u64), at: i64, c: &Cluster) {
+        let nodes = BTreeMap::from([
+            ("me".to_string(), counters(me.0, me.1)),
+            ("other".to_string(), counters(other.0, other.1)),
+        ]);
+        let seen = BTreeMap::from([("other".to_string(), other.2)]);
+        let own = counters(me.0, me.1);
+        pace.resync(("me", &own), (&nodes, &seen), tokens(0), at, c);
+    }
+
+    /// Sync rounds drift against each other: a read may show none of the other node's writes
+    /// since the previous one. It keeps the share (rather than finding no demand but its own,
+    /// the whole bucket), and the next read measures from the read before it.
+    #[test]
+    fn a_read_that_shows_no_new_write_keeps_the_share() {
+        let c = cluster(2, false);
+        let t0 = 1_000 * MS;
+        let mut pace = Pace::default();
+        take(&mut pace, 1, t0, &c);
+        let read = |pace: &mut Pace, me, other, at| read_seen(pace, me, other, at, &c);
+        read(&mut pace, (10, 5), (10, 5, 1_050), t0 + 100 * MS);
+        read(&mut pace, (20, 10), (20, 10, 1_150), t0 + 200 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 2);
+        // Nothing written there since (its round is late): kept.
+        read(&mut pace, (30, 15), (20, 10, 1_150), t0 + 300 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 2, "kept, not the whole");
+        // Two writes there since the read before: 20 requests over 200 ms, as here.
+        read(&mut pace, (40, 20), (40, 20, 1_350), t0 + 400 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 2);
+        // Nothing written there for longer than a round takes: it asked nothing.
+        read(&mut pace, (60, 30), (40, 20, 1_350), t0 + 500 * MS);
+        read(&mut pace, (80, 30), (40, 20, 1_350), t0 + 600 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE);
+    }
+
+    /// The other node's writes carry its demand up to when it wrote: its attempts since the
+    /// previous read count over the span between its writes, not over this node's.
+    #[test]
+    fn the_others_demand_counts_over_the_span_of_their_writes() {
+        let c = cluster(2, false);
+        let t0 = 1_000 * MS;
+        let mut pace = Pace::default();
+        take(&mut pace, 1, t0, &c);
+        let read = |pace: &mut Pace, me, other, at| read_seen(pace, me, other, at, &c);
+        read(&mut pace, (10, 5), (10, 5, 1_000), t0 + 100 * MS);
+        // 10 here in 100 ms; 20 there in the 200 ms between its writes: the same rate (by
+        // counts alone a third).
+        read(&mut pace, (20, 10), (30, 10, 1_200), t0 + 200 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 2);
+        // 10 here in 100 ms, 10 there in 50 ms: a third, after a half (their mean).
+        read(&mut pace, (30, 15), (40, 15, 1_250), t0 + 300 * MS);
+        assert_eq!(pace.share_ppm(), WHOLE / 4 + WHOLE / 6);
+    }
+
     /// A quota's counters start from zero at each window: the first read of a window keeps
     /// the share of the window before (rather than finding no demand but its own, the whole),
     /// and the reads after it measure the demand within the window.
@@ -786,8 +880,9 @@ mod tests {
         // first read, 90 there since the minute began, some turned away.
         read(&mut pace, (60, 10), (90, 10), t0 + 400 * MS);
         assert_eq!(pace.share_ppm(), WHOLE / 4);
+        // 3/4 measured, after a quarter: the mean of the two.
         read(&mut pace, (90, 15), (100, 15), t0 + 500 * MS);
-        assert_eq!(pace.share_ppm(), WHOLE * 3 / 4);
+        assert_eq!(pace.share_ppm(), WHOLE / 2);
     }
 
     #[test]

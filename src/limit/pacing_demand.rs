@@ -96,26 +96,76 @@ pub(super) fn reading(
     (sums, counted, announced)
 }
 
-/// The share from the demand since the previous read, `prev`, to this one, `now`, with
-/// `announced` other nodes that announced the bucket since without counters yet and the
-/// limit's `burst_guard` (see [`crate::limit::pacing`], which takes the whole bucket for a
-/// node alone and floors a share at a tenth of the equal one). The sums differ by every
-/// node's demand since the previous read as long as no node's counters went away in between
-/// (the caller checks the count of nodes).
-pub(super) fn demand_share(prev: Sums, now: Sums, announced: u64, guard: bool) -> u32 {
+/// How long the read spans of a share are, in ms: this node's, from its previous read to
+/// this one, and the others', from the latest write of another node the previous read showed
+/// to the latest this one shows. A node's write carries its counters as they were when it
+/// wrote, so the others' demand since the previous read is their demand over their span, not
+/// over this node's: with sync rounds that drift against each other, a read sees none, one
+/// or two of another node's writes since the previous one, and the counts alone would give
+/// this node the whole bucket, or a third of it, where a half is its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Spans {
+    pub(super) own_ms: u64,
+    pub(super) others_ms: u64,
+}
+
+impl Spans {
+    /// The spans of a read `own_ms` after the previous one, which showed `prev` (see
+    /// [`Spans`]). The others' span is taken as this node's when it cannot be measured (no
+    /// write of another node seen before, or none since), and kept within half and twice
+    /// this node's: the latest write may be of another node than the previous read's, whose
+    /// clock may differ.
+    pub(super) fn of(prev: &Sums, now: &Sums, own_ms: u64) -> Spans {
+        let own_ms = own_ms.max(1);
+        let others_ms = if prev.seen == 0 || now.seen == prev.seen {
+            own_ms
+        } else {
+            since(now.seen, prev.seen).clamp(own_ms.div_ceil(2), own_ms.saturating_mul(2))
+        };
+        Spans { own_ms, others_ms }
+    }
+}
+
+/// Whether a read `own_ms` after the previous one (`prev`), with a sync every `sync_ms`,
+/// shows no write of any other node since, while others wrote before (`prev` knows the
+/// latest of their writes): it cannot tell their demand since from none (see [`Spans`]),
+/// unless it comes longer than a round takes after the previous one.
+pub(super) fn nothing_new(prev: &Sums, now: &Sums, own_ms: u64, sync_ms: u64) -> bool {
+    prev.seen != 0 && now.seen == prev.seen && own_ms.saturating_mul(2) < sync_ms.saturating_mul(3)
+}
+
+/// The share from the demand since the previous read, `prev`, to this one, `now`, over
+/// `spans`, with `announced` other nodes that announced the bucket since without counters
+/// yet and the limit's `burst_guard` (see [`crate::limit::pacing`], which takes the whole
+/// bucket for a node alone and floors a share at a tenth of the equal one). The sums differ
+/// by every node's demand since the previous read as long as no node's counters went away in
+/// between (the caller checks the count of nodes). The share is this node's rate of demand
+/// over every node's: the others' attempts count over their span.
+pub(super) fn demand_share(
+    prev: Sums,
+    now: Sums,
+    announced: u64,
+    guard: bool,
+    spans: Spans,
+) -> u32 {
     let mine = since(now.own, prev.own);
     let spent = since(now.consumed, prev.consumed);
     // Guarded: a node that announced the bucket but shows no demand yet (a new bucket on it)
     // is counted as asking as much as this one.
     let announced = if guard { announced } else { 0 };
-    let total = since(now.attempts, prev.attempts)
-        .max(mine)
-        .saturating_add(announced.saturating_mul(mine.max(1)));
+    let total = since(now.attempts, prev.attempts).max(mine);
     // Pressure: some request was turned away in the span (a request admitted took at
     // least a token, so fewer tokens than requests means a refusal). Without one, every
     // client got what it asked for, and a share could only turn one away.
-    if total <= mine || (announced == 0 && spent >= total) {
+    if announced == 0 && (total <= mine || spent >= total) {
         return WHOLE;
     }
-    u32::try_from(u128::from(mine) * u128::from(WHOLE) / u128::from(total)).unwrap_or(WHOLE)
+    // Rates in attempts per ms, scaled by both spans: mine x others_ms against the others'
+    // x own_ms.
+    let (own_ms, others_ms) = (u128::from(spans.own_ms), u128::from(spans.others_ms));
+    let mine_w = u128::from(mine) * others_ms;
+    let all_w = mine_w
+        + u128::from(total - mine) * own_ms
+        + u128::from(announced) * u128::from(mine.max(1)) * others_ms;
+    u32::try_from(mine_w * u128::from(WHOLE) / all_w.max(1)).unwrap_or(WHOLE)
 }
