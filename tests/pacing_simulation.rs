@@ -311,6 +311,27 @@ fn overload_stays_within_the_bounds_whatever_the_syncs_timing() {
     }
 }
 
+/// Demand that moves between the nodes every 2 s (jittered syncs): each node's share
+/// follows its demand within a few syncs, and the bounds of a steady skew hold over the run.
+#[test]
+fn overload_that_moves_between_the_nodes_stays_within_the_bounds() {
+    for guard in [false, true] {
+        let ratios: Vec<f64> = (1..=5)
+            .map(|seed| {
+                let mut sim = Sim::jittered(3, limit(100, 200.0, guard), 30, seed);
+                let loads: [&[u32]; 5] =
+                    [&[1, 1, 1], &[8, 1, 1], &[1, 8, 1], &[0, 1, 8], &[3, 0, 0]];
+                let admitted: u64 = loads.iter().map(|load| sim.run(2_000, load)).sum();
+                admitted as f64 / ideal(&sim.limit, 10_000)
+            })
+            .collect();
+        println!("moving demand, guard {guard}: ratios {ratios:.4?}");
+        for r in &ratios {
+            assert!((0.90..=1.05).contains(r), "guard {guard}: {r}");
+        }
+    }
+}
+
 /// A burst onto a full bucket (capacity 300, 1 token/s) through 3 nodes whose loads start
 /// `gap_ms` apart, each node then sending 3 requests a millisecond for a second.
 fn staggered_burst(guard: bool, gap_ms: i64) -> u64 {
@@ -423,7 +444,9 @@ fn outage_ratio(mut sim: Sim) -> f64 {
         let mut admitted = 0;
         for t in 0..ms {
             if t % 33 == 0 {
-                admitted += u64::from(sim.request(0, "k")) + u64::from(sim.request(1, "k"));
+                for i in 0..sim.nodes.len() {
+                    admitted += u64::from(sim.request(i, "k"));
+                }
             }
             sim.tick();
         }
@@ -455,12 +478,17 @@ fn while_redis_is_down_the_nodes_admit_about_the_refill() {
 /// leaves a node with must still be its share of the demand.
 #[test]
 fn while_redis_is_down_the_nodes_admit_about_the_refill_whatever_the_syncs_timing() {
-    let ratios: Vec<f64> = (1..=40)
-        .map(|seed| outage_ratio(Sim::jittered(2, limit(50, 20.0, false), 30, seed)))
-        .collect();
-    println!("outage with jittered syncs: ratios {ratios:.2?}");
-    for (seed, ratio) in (1..).zip(&ratios) {
-        assert!((0.85..=1.10).contains(ratio), "seed {seed}: {ratio}");
+    for (n, guard) in [(2, false), (2, true), (3, false), (3, true)] {
+        let ratios: Vec<f64> = (1..=40)
+            .map(|seed| outage_ratio(Sim::jittered(n, limit(50, 20.0, guard), 30, seed)))
+            .collect();
+        println!("outage with jittered syncs, {n} nodes, guard {guard}: ratios {ratios:.2?}");
+        for (seed, ratio) in (1..).zip(&ratios) {
+            assert!(
+                (0.85..=1.10).contains(ratio),
+                "{n} nodes, guard {guard}, seed {seed}: {ratio}"
+            );
+        }
     }
 }
 

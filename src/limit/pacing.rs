@@ -24,7 +24,8 @@
 //!   the equal share 1/N, so that a node whose demand starts right after a sync is not shut out
 //!   for an interval). Until the next sync the node may spend s x (the merged tokens at the
 //!   sync) plus s x the refill since, capped at s x capacity, on top of the bucket's own check.
-//!   A share after a share is the mean of the two (the few requests of one span are noisy).
+//!   A share after a share weighs the new one a third and the last two thirds (the few
+//!   requests of one span are noisy).
 //!
 //! The others' attempts since the previous read count over the span of their writes (their
 //! `seen_ms`; see [`Spans`]), this node's over its own. A read that shows no write of another
@@ -86,7 +87,7 @@
 //! spent unseen, over and over.
 
 use crate::limit::bucket::{BucketParams, Counters, UNITS_PER_TOKEN};
-use crate::limit::pacing_demand::{demand_share, nothing_new, reading, Spans, Sums};
+use crate::limit::pacing_demand::{demand_share, nothing_new, reading, smoothed, Spans, Sums};
 use crate::limit::window::Window;
 use std::collections::BTreeMap;
 
@@ -463,10 +464,7 @@ impl Pace {
             let share = demand_share(prev, now, announced, c.guard, spans);
             let last = self.share_ppm();
             if self.phase() == Phase::Synced && share < WHOLE && last < WHOLE {
-                // A share after a share: their mean, which halves the noise of a span's few
-                // requests and keeps the sum over the nodes (each takes the mean of two
-                // shares that summed to about the whole).
-                (share / 2 + last / 2).max(c.equal_ppm() / 10)
+                smoothed(last, share).max(c.equal_ppm() / 10)
             } else {
                 share.max(c.equal_ppm() / 10)
             }
@@ -670,9 +668,9 @@ mod tests {
             ("me".to_string(), counters(60, 15)),
             ("b".to_string(), counters(80, 15)),
         ]);
-        // 2/3 measured, after an eighth: the mean of the two.
+        // 2/3 measured, after an eighth: a third of the one and two of the other.
         read(&mut pace, &two, t0 + 400 * MS);
-        assert_eq!(pace.share_ppm(), WHOLE / 16 + WHOLE / 3);
+        assert_eq!(pace.share_ppm(), (666_666 + 2 * 125_000) / 3);
     }
 
     /// Guarded: another node that announced the bucket since the last read, with no counters
@@ -850,9 +848,10 @@ mod tests {
         // counts alone a third).
         read(&mut pace, (20, 10), (30, 10, 1_200), t0 + 200 * MS);
         assert_eq!(pace.share_ppm(), WHOLE / 2);
-        // 10 here in 100 ms, 10 there in 50 ms: a third, after a half (their mean).
+        // 10 here in 100 ms, 10 there in 50 ms: a third, after a half (a third of the one
+        // and two of the other).
         read(&mut pace, (30, 15), (40, 15, 1_250), t0 + 300 * MS);
-        assert_eq!(pace.share_ppm(), WHOLE / 4 + WHOLE / 6);
+        assert_eq!(pace.share_ppm(), (333_333 + 2 * 500_000) / 3);
     }
 
     /// A quota's counters start from zero at each window: the first read of a window keeps
@@ -880,9 +879,9 @@ mod tests {
         // first read, 90 there since the minute began, some turned away.
         read(&mut pace, (60, 10), (90, 10), t0 + 400 * MS);
         assert_eq!(pace.share_ppm(), WHOLE / 4);
-        // 3/4 measured, after a quarter: the mean of the two.
+        // 3/4 measured, after a quarter: a third of the one and two of the other.
         read(&mut pace, (90, 15), (100, 15), t0 + 500 * MS);
-        assert_eq!(pace.share_ppm(), WHOLE / 2);
+        assert_eq!(pace.share_ppm(), (750_000 + 2 * 250_000) / 3);
     }
 
     #[test]

@@ -169,3 +169,12 @@ pub(super) fn demand_share(
         + u128::from(announced) * u128::from(mine.max(1)) * others_ms;
     u32::try_from(mine_w * u128::from(WHOLE) / all_w.max(1)).unwrap_or(WHOLE)
 }
+
+/// A share measured after a share (`last`): a third of the new one and two of the last, which
+/// smooths the noise of a span's few requests (a fifth of its variance is left, a third after
+/// the mean of the two) and keeps the sum over the nodes (each weighs shares that summed to
+/// about the whole). A change of demand shows in full within a few syncs.
+pub(super) fn smoothed(last: u32, share: u32) -> u32 {
+    let mean = (u64::from(share) + 2 * u64::from(last)) / 3;
+    u32::try_from(mean).unwrap_or(WHOLE)
+}
