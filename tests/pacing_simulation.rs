@@ -335,7 +335,12 @@ fn overload_that_moves_between_the_nodes_stays_within_the_bounds() {
 /// A burst onto a full bucket (capacity 300, 1 token/s) through 3 nodes whose loads start
 /// `gap_ms` apart, each node then sending 3 requests a millisecond for a second.
 fn staggered_burst(guard: bool, gap_ms: i64) -> u64 {
-    let mut sim = Sim::new(3, limit(300, 1.0, guard));
+    staggered_burst_in(Sim::new(3, limit(300, 1.0, guard)), gap_ms)
+}
+
+/// [`staggered_burst`] in `sim` (3 nodes, capacity 300, 1/s).
+fn staggered_burst_in(mut sim: Sim, gap_ms: i64) -> u64 {
+    let guard = sim.limit.burst_guard;
     let mut admitted = 0;
     for t in 0..1_000 {
         for i in 0..3 {
@@ -361,6 +366,19 @@ fn a_burst_through_every_node_admits_at_most_n_capacities_by_default() {
         // Each node may spend the whole bucket before it hears from the others: at most
         // 3 x 300, and at least one capacity (plus the refill of the second).
         assert!((300..=900 + 1).contains(&admitted), "gap {gap}: {admitted}");
+    }
+}
+
+#[test]
+fn a_guarded_burst_admits_at_most_a_quarter_more_whatever_the_syncs_timing() {
+    for gap in [0, 50, 150, 300] {
+        let admitted: Vec<u64> = (1..=10)
+            .map(|seed| staggered_burst_in(Sim::jittered(3, limit(300, 1.0, true), 30, seed), gap))
+            .collect();
+        println!("guarded, jittered syncs, loads {gap} ms apart: admitted {admitted:?}");
+        for a in admitted {
+            assert!((270..=375).contains(&a), "gap {gap}: {a}");
+        }
     }
 }
 
