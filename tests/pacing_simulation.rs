@@ -91,6 +91,16 @@ impl Sim {
         sim
     }
 
+    /// [`Sim::new`] for `seed` 0 (syncs exactly `SYNC` apart), else [`Sim::jittered`] by
+    /// 30 ms.
+    fn seeded(n: usize, limit: LimitSpec, seed: u64) -> Sim {
+        if seed == 0 {
+            Sim::new(n, limit)
+        } else {
+            Sim::jittered(n, limit, 30, seed)
+        }
+    }
+
     /// The next sync interval, ms.
     fn interval_ms(&mut self) -> i64 {
         if self.jitter_ms == 0 {
@@ -247,6 +257,16 @@ fn merge_field(hash: &mut HashMap<String, String>, field: &str, value: &str) {
         hash.insert(field.to_string(), value.to_string());
     }
 }
+
+/// Both modes (`burst_guard`), with syncs exactly 100 ms apart (seed 0) and jittered.
+const MODES_AND_TIMINGS: [(bool, u64); 6] = [
+    (false, 0),
+    (true, 0),
+    (false, 1),
+    (true, 2),
+    (false, 3),
+    (true, 4),
+];
 
 /// What one sequential bucket would admit over `ms` of overload from full.
 fn ideal(l: &LimitSpec, ms: i64) -> f64 {
@@ -413,7 +433,11 @@ fn a_guarded_burst_through_one_node_gets_the_guard_share_then_the_whole_bucket()
 /// `spacing_ms` apart, at its own moment, through one node (sticky) or round robin (spread);
 /// then again 6 s later. Returns (sent, refused).
 fn within_limits(guard: bool, spread: bool, spacing_ms: i64, keys: usize) -> (u64, u64) {
-    let mut sim = Sim::new(3, limit(5, 1.0, guard));
+    within_limits_in(Sim::new(3, limit(5, 1.0, guard)), spread, spacing_ms, keys)
+}
+
+/// [`within_limits`] in `sim` (3 nodes, capacity 5, 1/s).
+fn within_limits_in(mut sim: Sim, spread: bool, spacing_ms: i64, keys: usize) -> (u64, u64) {
     let starts: Vec<i64> = (0..keys).map(|k| (k as i64 * 7919) % 2_000).collect();
     let (mut sent, mut refused) = (0, 0);
     for t in 0..9_000 {
@@ -442,6 +466,25 @@ fn clients_within_their_limits_are_admitted_sticky_or_spread() {
             assert_eq!(sent, 2_000);
             assert_eq!(refused, 0, "spread {spread}, spacing {spacing}");
         }
+    }
+}
+
+#[test]
+fn clients_within_their_limits_are_admitted_whatever_the_syncs_timing() {
+    for seed in 1..=3 {
+        for (guard, spread, spacing) in [(false, false, 0), (false, true, 0), (false, true, 50)] {
+            let sim = Sim::jittered(3, limit(5, 1.0, guard), 30, seed);
+            let (sent, refused) = within_limits_in(sim, spread, spacing, 200);
+            println!("jittered syncs, seed {seed}, spread {spread}, {spacing} ms apart: {refused} of {sent} refused");
+            assert_eq!(sent, 2_000);
+            assert_eq!(
+                refused, 0,
+                "seed {seed}, spread {spread}, spacing {spacing}"
+            );
+        }
+        let sim = Sim::jittered(3, limit(5, 1.0, true), 30, seed);
+        let (_, refused) = within_limits_in(sim, true, 150, 200);
+        assert_eq!(refused, 0, "guarded, seed {seed}");
     }
 }
 
@@ -512,14 +555,15 @@ fn while_redis_is_down_the_nodes_admit_about_the_refill_whatever_the_syncs_timin
 
 #[test]
 fn a_node_leaving_returns_its_share_and_a_node_joining_gets_one() {
-    for guard in [false, true] {
-        let mut sim = Sim::new(3, limit(100, 200.0, guard));
+    for (guard, seed) in MODES_AND_TIMINGS {
+        let l = limit(100, 200.0, guard);
+        let mut sim = Sim::seeded(3, l, seed);
         sim.run(2_000, &[1, 1, 1]);
         // Node 2 leaves: within a second the two others take the whole refill.
         sim.leave(2);
         sim.run(1_000, &[1, 1, 0]);
         let ratio = sim.run(4_000, &[1, 1, 0]) as f64 / (200.0 * 4.0);
-        println!("guard {guard}, after a leave: ratio {ratio:.4}");
+        println!("guard {guard}, seed {seed}, after a leave: ratio {ratio:.4}");
         assert!(
             (0.95..=1.05).contains(&ratio),
             "leave, guard {guard}: {ratio}"
@@ -528,7 +572,7 @@ fn a_node_leaving_returns_its_share_and_a_node_joining_gets_one() {
         sim.join(2);
         sim.run(1_000, &[1, 1, 1]);
         let ratio = sim.run(4_000, &[1, 1, 1]) as f64 / (200.0 * 4.0);
-        println!("guard {guard}, after a join: ratio {ratio:.4}");
+        println!("guard {guard}, seed {seed}, after a join: ratio {ratio:.4}");
         assert!(
             (0.95..=1.05).contains(&ratio),
             "join, guard {guard}: {ratio}"
@@ -575,7 +619,7 @@ fn a_new_node_joining_a_busy_key_owes_at_most_one_capacity_once() {
 #[test]
 fn a_quota_under_balanced_overload_admits_its_quota_in_each_window() {
     use tollgate::limit::window::Window;
-    for guard in [false, true] {
+    for (guard, seed) in MODES_AND_TIMINGS {
         let l = LimitSpec {
             name: "l".into(),
             params: BucketParams::quota(600, Window::Minute).expect("params"),
@@ -583,7 +627,8 @@ fn a_quota_under_balanced_overload_admits_its_quota_in_each_window() {
             burst_guard: guard,
             overrides: Default::default(),
         };
-        let mut sim = Sim::new(3, l);
+        // Seed 0: syncs exactly 100 ms apart; else 100 +- 30 ms.
+        let mut sim = Sim::seeded(3, l, seed);
         let minute = |sim: &Sim| Window::Minute.index(sim.clock.now_ns());
         // Idle until 5 s before a boundary.
         let first = minute(&sim) + 1;
@@ -605,7 +650,9 @@ fn a_quota_under_balanced_overload_admits_its_quota_in_each_window() {
         }
         let got = |m: i64| admitted.get(&m).copied().unwrap_or(0) as f64 / 600.0;
         let (start, whole, end) = (got(first - 1), got(first), got(first + 1));
-        println!("guard {guard}: start {start:.3}, whole minute {whole:.3}, end {end:.3}");
+        println!(
+            "guard {guard}, seed {seed}: start {start:.3}, whole minute {whole:.3}, end {end:.3}"
+        );
         assert!((0.95..=1.05).contains(&whole), "guard {guard}: {whole}");
         assert!(end <= 1.05 && end > 0.0, "guard {guard}: {end}");
         assert!((0.95..=3.0).contains(&start), "guard {guard}: {start}");
