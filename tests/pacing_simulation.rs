@@ -319,7 +319,7 @@ fn overload_stays_within_the_bounds_whatever_the_syncs_timing() {
         ] {
             let ratios: Vec<f64> = (1..=5)
                 .map(|seed| {
-                    let mut sim = Sim::jittered(n, limit(100, 200.0, guard), 30, seed);
+                    let mut sim = Sim::seeded(n, limit(100, 200.0, guard), seed);
                     ratio_of(&mut sim, 10_000, load)
                 })
                 .collect();
@@ -338,7 +338,7 @@ fn overload_that_moves_between_the_nodes_stays_within_the_bounds() {
     for guard in [false, true] {
         let ratios: Vec<f64> = (1..=5)
             .map(|seed| {
-                let mut sim = Sim::jittered(3, limit(100, 200.0, guard), 30, seed);
+                let mut sim = Sim::seeded(3, limit(100, 200.0, guard), seed);
                 let loads: [&[u32]; 5] =
                     [&[1, 1, 1], &[8, 1, 1], &[1, 8, 1], &[0, 1, 8], &[3, 0, 0]];
                 let admitted: u64 = loads.iter().map(|load| sim.run(2_000, load)).sum();
@@ -393,7 +393,7 @@ fn a_burst_through_every_node_admits_at_most_n_capacities_by_default() {
 fn a_guarded_burst_admits_at_most_a_quarter_more_whatever_the_syncs_timing() {
     for gap in [0, 50, 150, 300] {
         let admitted: Vec<u64> = (1..=10)
-            .map(|seed| staggered_burst_in(Sim::jittered(3, limit(300, 1.0, true), 30, seed), gap))
+            .map(|seed| staggered_burst_in(Sim::seeded(3, limit(300, 1.0, true), seed), gap))
             .collect();
         println!("guarded, jittered syncs, loads {gap} ms apart: admitted {admitted:?}");
         for a in admitted {
@@ -473,7 +473,7 @@ fn clients_within_their_limits_are_admitted_sticky_or_spread() {
 fn clients_within_their_limits_are_admitted_whatever_the_syncs_timing() {
     for seed in 1..=3 {
         for (guard, spread, spacing) in [(false, false, 0), (false, true, 0), (false, true, 50)] {
-            let sim = Sim::jittered(3, limit(5, 1.0, guard), 30, seed);
+            let sim = Sim::seeded(3, limit(5, 1.0, guard), seed);
             let (sent, refused) = within_limits_in(sim, spread, spacing, 200);
             println!("jittered syncs, seed {seed}, spread {spread}, {spacing} ms apart: {refused} of {sent} refused");
             assert_eq!(sent, 2_000);
@@ -482,7 +482,7 @@ fn clients_within_their_limits_are_admitted_whatever_the_syncs_timing() {
                 "seed {seed}, spread {spread}, spacing {spacing}"
             );
         }
-        let sim = Sim::jittered(3, limit(5, 1.0, true), 30, seed);
+        let sim = Sim::seeded(3, limit(5, 1.0, true), seed);
         let (_, refused) = within_limits_in(sim, true, 150, 200);
         assert_eq!(refused, 0, "guarded, seed {seed}");
     }
@@ -541,7 +541,7 @@ fn while_redis_is_down_the_nodes_admit_about_the_refill() {
 fn while_redis_is_down_the_nodes_admit_about_the_refill_whatever_the_syncs_timing() {
     for (n, guard) in [(2, false), (2, true), (3, false), (3, true)] {
         let ratios: Vec<f64> = (1..=40)
-            .map(|seed| outage_ratio(Sim::jittered(n, limit(50, 20.0, guard), 30, seed)))
+            .map(|seed| outage_ratio(Sim::seeded(n, limit(50, 20.0, guard), seed)))
             .collect();
         println!("outage with jittered syncs, {n} nodes, guard {guard}: ratios {ratios:.2?}");
         for (seed, ratio) in (1..).zip(&ratios) {

@@ -536,12 +536,24 @@ mod tests {
     /// A read of the bucket by node "me" finding its own counters and one other node's,
     /// (attempts, consumed) each, and no tokens left.
     fn read_two(pace: &mut Pace, me: (u64, u64), other: (u64, u64), at: i64, c: &Cluster) {
+        read_two_seen(pace, me, other, &BTreeMap::new(), at, c);
+    }
+
+    /// [`read_two`], the nodes' `seen_ms` being `seen`.
+    fn read_two_seen(
+        pace: &mut Pace,
+        me: (u64, u64),
+        other: (u64, u64),
+        seen: &BTreeMap<String, u64>,
+        at: i64,
+        c: &Cluster,
+    ) {
         let nodes = BTreeMap::from([
             ("me".to_string(), counters(me.0, me.1)),
             ("other".to_string(), counters(other.0, other.1)),
         ]);
         let own = counters(me.0, me.1);
-        pace.resync(("me", &own), (&nodes, &BTreeMap::new()), tokens(0), at, c);
+        pace.resync(("me", &own), (&nodes, seen), tokens(0), at, c);
     }
 
     /// A node's counters: `attempts` requests, of which `consumed` admitted (cost 1).
@@ -800,13 +812,8 @@ mod tests {
     /// A read of the bucket by "me" finding "other"'s counters written at `other_ms` (its
     /// `seen_ms`), (attempts, consumed) each, and no tokens left.
     fn read_seen(pace: &mut Pace, me: (u64, u64), other: (u64, u64, u64), at: i64, c: &Cluster) {
-        let nodes = BTreeMap::from([
-            ("me".to_string(), counters(me.0, me.1)),
-            ("other".to_string(), counters(other.0, other.1)),
-        ]);
         let seen = BTreeMap::from([("other".to_string(), other.2)]);
-        let own = counters(me.0, me.1);
-        pace.resync(("me", &own), (&nodes, &seen), tokens(0), at, c);
+        read_two_seen(pace, me, (other.0, other.1), &seen, at, c);
     }
 
     /// Sync rounds drift against each other: a read may show none of the other node's writes
