@@ -47,3 +47,5 @@ echo "== pingora-timeout's own tests (the crate is patched in vendor/, see vendo
 cargo test -p pingora-timeout --lib -- --test-threads="${TEST_THREADS:-2}"
 echo "== pingora-pool's own tests (the crate is patched in vendor/, see vendor/README.md)"
 cargo test -p pingora-pool --lib -- --test-threads="${TEST_THREADS:-2}"
+echo "== pingora-http's own tests (the crate is patched in vendor/, see vendor/README.md)"
+cargo test -p pingora-http --lib -- --test-threads="${TEST_THREADS:-2}"
