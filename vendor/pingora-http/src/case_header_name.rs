@@ -38,6 +38,17 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The name as a [`HeaderName`] when it is one already (`Ok`), which needs no parsing;
+    /// otherwise (`Err`) the case-sensitive name, to be parsed. Inserting a [`HeaderName`]
+    /// spells it out ([`Self::into_case_header_name`]) only when a header case map keeps the
+    /// spelling.
+    fn into_header_name(self) -> std::result::Result<HeaderName, CaseHeaderName>
+    where
+        Self: Sized,
+    {
+        Err(self.into_case_header_name())
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +73,19 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn into_header_name(self) -> std::result::Result<HeaderName, CaseHeaderName> {
+        Ok(self)
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn into_header_name(self) -> std::result::Result<HeaderName, CaseHeaderName> {
+        Ok(self.clone())
     }
 }
 

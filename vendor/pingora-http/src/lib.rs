@@ -852,13 +852,9 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = header_name_and_case(name, name_map.is_some())?;
     // store the original case in the map
-    if let Some(name_map) = name_map {
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // Use the non-panicking `try_append`: the infallible `append` calls
         // `.expect("size overflows MAX_SIZE")` internally, which would abort the
         // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
@@ -874,6 +870,30 @@ fn append_header_value<T>(
     )
 }
 
+/// The [`HeaderName`] of `name`, and its spelling for a header case map when `spelled` (the
+/// message keeps one). A name given as a [`HeaderName`] is taken as it is: it is spelled out
+/// only for a case map and never parsed back from that spelling, which gave the same name.
+/// A name given as text is parsed, and its spelling is the text.
+#[inline]
+fn header_name_and_case(
+    name: impl IntoCaseHeaderName,
+    spelled: bool,
+) -> Result<(HeaderName, Option<CaseHeaderName>)> {
+    match name.into_header_name() {
+        Ok(header_name) => {
+            let case_header_name = spelled.then(|| (&header_name).into_case_header_name());
+            Ok((header_name, case_header_name))
+        }
+        Err(case_header_name) => {
+            let header_name: HeaderName = case_header_name
+                .as_slice()
+                .try_into()
+                .or_err(InvalidHTTPHeader, "invalid header name")?;
+            Ok((header_name, Some(case_header_name)))
+        }
+    }
+}
+
 #[inline]
 fn insert_header_value<T>(
     name_map: Option<&mut CaseMap>,
@@ -881,12 +901,8 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
-    if let Some(name_map) = name_map {
+    let (header_name, case_header_name) = header_name_and_case(name, name_map.is_some())?;
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }
@@ -1118,6 +1134,76 @@ mod tests {
         resp.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"foo: Bar\r\n");
         assert!(resp.case_header_iter().next().is_none());
+    }
+
+    /// A name given as a `HeaderName` (not parsed: see `header_name_and_case`) gives the same
+    /// fields, and with a case map the same spelling, as the text the map would keep for it.
+    #[test]
+    fn header_name_given_as_a_header_name_is_inserted_as_its_text() {
+        use http::header;
+        let custom = HeaderName::from_static("x-custom");
+        let wire = |fill: &dyn Fn(&mut RequestHeader, &mut ResponseHeader), case: bool| {
+            let (mut req, mut resp) = if case {
+                (
+                    RequestHeader::build("GET", b"/", None).unwrap(),
+                    ResponseHeader::build(200, None).unwrap(),
+                )
+            } else {
+                (
+                    RequestHeader::build_no_case("GET", b"/", None).unwrap(),
+                    ResponseHeader::build_no_case(200, None).unwrap(),
+                )
+            };
+            fill(&mut req, &mut resp);
+            let (mut req_buf, mut resp_buf): (Vec<u8>, Vec<u8>) = (vec![], vec![]);
+            req.header_to_h1_wire(&mut req_buf);
+            resp.header_to_h1_wire(&mut resp_buf);
+            (req.headers.clone(), resp.headers.clone(), req_buf, resp_buf)
+        };
+        for case in [true, false] {
+            let by_name = wire(
+                &|req, resp| {
+                    req.insert_header(&custom, "a").unwrap();
+                    req.append_header(custom.clone(), "b").unwrap();
+                    req.insert_header(header::CONTENT_LENGTH, "1").unwrap();
+                    resp.insert_header(header::DATE, "d").unwrap();
+                    resp.insert_header(header::CONNECTION, "keep-alive")
+                        .unwrap();
+                    resp.insert_header(&header::CONNECTION, "close").unwrap();
+                    resp.append_header(&custom, "c").unwrap();
+                },
+                case,
+            );
+            let by_text = wire(
+                &|req, resp| {
+                    req.insert_header("x-custom", "a").unwrap();
+                    req.append_header("x-custom", "b").unwrap();
+                    req.insert_header("Content-Length", "1").unwrap();
+                    resp.insert_header("Date", "d").unwrap();
+                    resp.insert_header("Connection", "keep-alive").unwrap();
+                    resp.insert_header("Connection", "close").unwrap();
+                    resp.append_header("x-custom", "c").unwrap();
+                },
+                case,
+            );
+            assert_eq!(by_name, by_text, "case map: {case}");
+        }
+        // The spelling a case map keeps for a standard name, and without a map the writer's own
+        // (it title-cases the standard names).
+        let (_, _, req_wire, resp_wire) = wire(
+            &|req, resp| {
+                req.insert_header(header::CONTENT_LENGTH, "1").unwrap();
+                resp.insert_header(header::DATE, "d").unwrap();
+            },
+            true,
+        );
+        assert_eq!(req_wire, b"Content-Length: 1\r\n");
+        assert_eq!(resp_wire, b"Date: d\r\n");
+        let (_, _, req_wire, _) = wire(
+            &|req, _| req.insert_header(header::CONTENT_LENGTH, "1").unwrap(),
+            false,
+        );
+        assert_eq!(req_wire, b"Content-Length: 1\r\n");
     }
 
     #[test]
