@@ -73,16 +73,17 @@ pub(super) fn set_forwarded(
     preserve_case: bool,
 ) -> Result<()> {
     // With the spelling kept, or none recorded (a request read without it: pingora-core patch
-    // 11, see `Gateway::keep_header_case`), the fields go in as they are. Named by static
-    // text: pingora turns a `HeaderName` into text first (a search of the standard names and,
-    // for another, a copy), then parses it back, as it parses text.
+    // 11, see `Gateway::keep_header_case`), the fields go in as they are. The forwarding
+    // fields are named by their `HeaderName`s, which pingora-http (patch 19) inserts without
+    // parsing; a case map spells them in lower case, as the text did. `content-length` stays
+    // text: a case map would spell the standard name `Content-Length`.
     if preserve_case || !req.has_case() {
-        req.insert_header("x-forwarded-for", f.xff)?;
+        req.insert_header(&X_FORWARDED_FOR, f.xff)?;
         if let Some(n) = f.length {
             req.insert_header("content-length", n)?;
         }
         if let Some(p) = f.proto {
-            req.insert_header("x-forwarded-proto", p)?;
+            req.insert_header(&X_FORWARDED_PROTO, p)?;
         }
         return Ok(());
     }
