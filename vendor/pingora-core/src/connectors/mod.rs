@@ -347,14 +347,17 @@ impl TransportConnector {
 
     /// [`Self::release_stream`] (`watched`) or [`Self::release_stream_unwatched`].
     fn release(&self, mut stream: Stream, key: u64, idle_timeout: Option<Duration>, watched: bool) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+        // The callback reports what only a watcher measures.
+        let watched = watched || self.keepalive_pool_callback.is_some();
+        // An unwatched stream is checked when a request takes it ([`Self::reusable`]), which
+        // finds whatever this check would find now (the server's close or unexpected data
+        // stays readable): checked here too, it was checked twice per reuse.
+        if watched && !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        // The callback reports what only a watcher measures.
-        let watched = watched || self.keepalive_pool_callback.is_some();
         let unwatched = (!watched).then(|| Unwatched {
             expires: idle_timeout.and_then(|t| Instant::now().checked_add(t)),
         });
@@ -1040,6 +1043,32 @@ mod reuse_tests {
             .expect("the second is reused");
         assert_eq!(reused.id(), second_id);
         assert!(connector.reused_stream(&peer).await.is_none());
+    }
+
+    /// An unwatched stream given back with unexpected data from the server (checked when taken,
+    /// not when given back) is never reused: a request that takes it closes it, counts it once
+    /// and gets none.
+    #[tokio::test]
+    async fn test_unwatched_stream_with_unexpected_data_is_not_reused() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        let (stream, mut server_side) = connection(&listener).await;
+        server_side.write_all(b"surprise").await.unwrap();
+        let_the_driver_run().await;
+        let hour = Some(Duration::from_secs(3600));
+        connector.release_stream_unwatched(stream, peer.reuse_hash(), hour);
+        assert!(connector.reused_stream(&peer).await.is_none());
+        assert_eq!(
+            connector.unexpected_data_conn_count.load(Ordering::Relaxed),
+            1
+        );
+        // Closed with the data unread: the kernel resets the connection rather than ending it.
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(10), server_side.read(&mut buf));
+        assert!(matches!(read.await, Ok(Ok(0) | Err(_))));
     }
 
     /// An unwatched stream past its idle timeout is closed when a request takes it, and not
