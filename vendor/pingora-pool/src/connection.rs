@@ -19,6 +19,11 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 use pingora_timeout::{sleep, timeout};
 use std::collections::HashMap;
+
+/// The hasher of the pool's maps, whose keys are small integers (a descriptor's number, a
+/// peer's reuse hash) that no client chooses: foldhash, a few instructions per key, where
+/// std's SipHash took about a hundred (five keyed lookups per reused connection).
+pub(crate) type PoolHasher = foldhash::fast::RandomState;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +80,7 @@ use crossbeam_queue::ArrayQueue;
 
 /// A pool of exchangeable items
 pub struct PoolNode<T> {
-    connections: Mutex<HashMap<ID, T>>,
+    connections: Mutex<HashMap<ID, T, PoolHasher>>,
     // a small lock free queue to avoid lock contention
     hot_queue: ArrayQueue<(ID, T)>,
     // to avoid race between 2 evictions on the queue
@@ -90,7 +95,7 @@ impl<T> PoolNode<T> {
     /// Create a new [PoolNode]
     pub fn new() -> Self {
         PoolNode {
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::with_hasher(PoolHasher::default())),
             hot_queue: ArrayQueue::new(HOT_QUEUE_SIZE),
             hot_queue_remove_lock: Mutex::new(()),
         }
@@ -186,7 +191,7 @@ type Pool<S> = PoolNode<PoolConnection<S>>;
 /// be picked up by another user/request.
 pub struct ConnectionPool<S> {
     // Concurrent per-key pool index; each value handles per-key connection storage.
-    pools: DashMap<GroupKey, Arc<Pool<S>>>,
+    pools: DashMap<GroupKey, Arc<Pool<S>>, PoolHasher>,
     lru: Lru<ID, ConnectionMeta>,
     /// The pool's size: empty nodes are swept once the map holds more than twice as many
     /// (see [`Self::insert_pool_connection`]).
@@ -200,7 +205,7 @@ impl<S> ConnectionPool<S> {
     /// or above `size`, the least recently used connection is dropped.
     pub fn new(size: usize) -> Self {
         ConnectionPool {
-            pools: DashMap::with_capacity(size),
+            pools: DashMap::with_capacity_and_hasher(size, PoolHasher::default()),
             lru: Lru::new(size),
             size,
         }

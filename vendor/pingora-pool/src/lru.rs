@@ -12,10 +12,11 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-use core::hash::{Hash, Hasher};
+use crate::connection::PoolHasher;
+use core::hash::Hash;
 use lru::LruCache;
 use parking_lot::Mutex;
-use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -56,7 +57,9 @@ where
     T: Send,
 {
     /// Per-shard caches. Individually unbounded; global cap enforced via `len`.
-    lrus: [Mutex<LruCache<K, Node<T>>>; N_SHARDS],
+    lrus: [Mutex<LruCache<K, Node<T>, PoolHasher>>; N_SHARDS],
+    /// Picks a key's shard.
+    hasher: PoolHasher,
     /// Total live entries across shards. Lower `order` = older entry.
     len: AtomicUsize,
     /// Monotonic stamp assigned at insert; used to compare age across shards.
@@ -73,7 +76,10 @@ where
 {
     pub fn new(size: usize) -> Self {
         Lru {
-            lrus: std::array::from_fn(|_| Mutex::new(LruCache::unbounded())),
+            lrus: std::array::from_fn(|_| {
+                Mutex::new(LruCache::unbounded_with_hasher(PoolHasher::default()))
+            }),
+            hasher: PoolHasher::default(),
             len: AtomicUsize::new(0),
             order: AtomicU64::new(0),
             size,
@@ -82,10 +88,8 @@ where
     }
 
     #[inline]
-    fn shard(&self, key: &K) -> &Mutex<LruCache<K, Node<T>>> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        &self.lrus[(hasher.finish() as usize) % N_SHARDS]
+    fn shard(&self, key: &K) -> &Mutex<LruCache<K, Node<T>, PoolHasher>> {
+        &self.lrus[(self.hasher.hash_one(key) as usize) % N_SHARDS]
     }
 
     /// Drain to `size - headroom` by globally oldest `order`.
@@ -190,6 +194,28 @@ mod tests {
     use futures::FutureExt;
     use log::debug;
 
+    /// Descriptor numbers, the pool's keys (small integers in a row), spread over every shard
+    /// with the pool's hasher: no shard takes more than twice its share.
+    #[test]
+    fn test_small_integer_keys_spread_over_the_shards() {
+        let lru: Lru<i32, ()> = Lru::new(1024);
+        let mut per_shard = [0usize; N_SHARDS];
+        let keys = N_SHARDS as i32 * 64;
+        for fd in 0..keys {
+            let shard = lru.shard(&fd) as *const _;
+            let at = lru
+                .lrus
+                .iter()
+                .position(|m| std::ptr::eq(m, shard))
+                .unwrap();
+            per_shard[at] += 1;
+        }
+        let share = keys as usize / N_SHARDS;
+        assert!(
+            per_shard.iter().all(|&n| n > 0 && n <= 2 * share),
+            "{per_shard:?}"
+        );
+    }
     #[tokio::test]
     async fn test_evict_close() {
         let pool: Lru<i32, ()> = Lru::new(2);
