@@ -47,9 +47,7 @@ pub use pingora_http::authority::{
 /// [RFC 9112 section 3.2]: https://www.rfc-editor.org/rfc/rfc9112.html#section-3.2
 /// [RFC 9112 section 3.2.2]: https://www.rfc-editor.org/rfc/rfc9112.html#section-3.2.2
 pub fn validate_request_authority(req: &RequestHeader) -> Result<()> {
-    validate_request_authority_fields(req)?;
-
-    let host = req.headers.get(header::HOST);
+    let host = validated_host(req)?;
 
     if req.method == http::Method::CONNECT {
         return validate_connect_authority(req.raw_path(), host);
@@ -92,6 +90,12 @@ pub fn validate_request_authority(req: &RequestHeader) -> Result<()> {
 
 /// Validate authority fields shared by H1 and H2 ingress.
 pub(super) fn validate_request_authority_fields(req: &RequestHeader) -> Result<()> {
+    validated_host(req).map(|_| ())
+}
+
+/// The checks of [`validate_request_authority_fields`], which return the request's one `Host`
+/// (if any) to [`validate_request_authority`], which looked it up a second time before.
+fn validated_host(req: &RequestHeader) -> Result<Option<&HeaderValue>> {
     let mut hosts = req.headers.get_all(header::HOST).iter();
     let (host, duplicate_host) = (hosts.next(), hosts.next());
 
@@ -115,7 +119,7 @@ pub(super) fn validate_request_authority_fields(req: &RequestHeader) -> Result<(
         return Error::e_explain(InvalidHTTPHeader, "Host header differs from URI authority");
     }
 
-    Ok(())
+    Ok(host)
 }
 
 /// Reconcile authority-like CONNECT targets with `Host` while preserving custom target forms.
@@ -249,6 +253,21 @@ mod tests {
             request.append_header(header::HOST, *host).unwrap();
         }
         request
+    }
+
+    #[test]
+    fn the_host_validated_is_the_one_host_of_the_request() {
+        let host = |hosts: &[&str]| {
+            validated_host(&request("GET", "/test", hosts))
+                .map(|h| h.map(|v| v.to_str().unwrap().to_owned()))
+        };
+        assert_eq!(host(&[]).unwrap(), None);
+        assert_eq!(
+            host(&["authority.example"]).unwrap().as_deref(),
+            Some("authority.example")
+        );
+        assert!(host(&["authority.example", "authority.example"]).is_err());
+        assert!(host(&["user@authority.example"]).is_err());
     }
 
     #[test]
