@@ -37,6 +37,7 @@ pub use http::version::Version;
 pub use http::HeaderMap as HMap;
 
 pub mod authority;
+pub mod fields;
 use authority::{raw_target_authority, RawTargetAuthority};
 
 mod case_header_name;

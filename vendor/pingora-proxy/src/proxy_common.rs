@@ -16,6 +16,7 @@ use http::header::{self, HeaderName};
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
+use pingora_http::fields::{field, has_field};
 use pingora_http::RequestHeader;
 
 const MAX_CONNECTION_NOMINATIONS: usize = 10;
@@ -81,9 +82,7 @@ fn is_tchar(byte: u8) -> bool {
 
 fn is_websocket_upgrade_request(req: &RequestHeader, downstream_is_http11: bool) -> bool {
     downstream_is_http11
-        && req
-            .headers
-            .get(header::UPGRADE)
+        && field(&req.headers, &header::UPGRADE)
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
@@ -252,7 +251,7 @@ pub(crate) fn set_h1_host_from_authority(req: &mut RequestHeader) -> Result<()> 
 
     let Some(authority) = authority else {
         // No authority, use Host header.
-        if req.headers.contains_key(header::HOST) {
+        if has_field(&req.headers, &header::HOST) {
             return Ok(());
         }
         // H1.1 requires Host even when the target has no authority; the H1 caller skips this for
@@ -282,7 +281,7 @@ pub(crate) fn set_h1_host_from_authority(req: &mut RequestHeader) -> Result<()> 
 
 /// Preserve the historical Custom behavior by synthesizing Host only when it is absent.
 pub(crate) fn set_h1_host_from_authority_if_absent(req: &mut RequestHeader) -> Result<()> {
-    if req.headers.contains_key(header::HOST) {
+    if has_field(&req.headers, &header::HOST) {
         return Ok(());
     }
     let host = req
@@ -394,7 +393,7 @@ pub(crate) fn sanitize_h1_upstream_request(
         .then(|| ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations))
         .transpose()?;
 
-    if policy.h1_upgrade == H1UpgradePolicy::Preserve && req.headers.contains_key(header::UPGRADE) {
+    if policy.h1_upgrade == H1UpgradePolicy::Preserve && has_field(&req.headers, &header::UPGRADE) {
         // An arbitrary upgrade may require any of the connection-nominated fields. Preserve the
         // complete request metadata rather than forwarding a partial handshake.
         return Ok(());
@@ -431,8 +430,8 @@ pub(crate) fn finalize_h1_upstream_request_framing(
     downstream_has_body: bool,
 ) -> Result<()> {
     if downstream_has_body
-        && req.headers.get(header::CONTENT_LENGTH).is_none()
-        && req.headers.get(header::TRANSFER_ENCODING).is_none()
+        && !has_field(&req.headers, &header::CONTENT_LENGTH)
+        && !has_field(&req.headers, &header::TRANSFER_ENCODING)
     {
         req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }

@@ -24,6 +24,7 @@ use pingora_core::protocols::http::{
     custom::CUSTOM_MESSAGE_QUEUE_SIZE,
     v1::common::is_upgrade_req as is_h1_upgrade_req,
 };
+use pingora_http::fields::has_field;
 
 impl<SV, C> HttpProxy<SV, C>
 where
@@ -47,7 +48,7 @@ where
 
         let mut req = take_upstream_request(session.req_header_mut());
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
-        let downstream_had_host = req.headers.contains_key(http::header::HOST);
+        let downstream_had_host = has_field(&req.headers, &http::header::HOST);
         req.set_version(Version::HTTP_11);
 
         // H2 requires :authority but not Host; most H1 servers expect Host, so synthesize it when
@@ -940,11 +941,8 @@ where
                     || matches!(header.status.as_u16(), 204 | 304);
                 if !no_body
                     && !header.status.is_informational()
-                    && header
-                        .headers
-                        .get(http::header::TRANSFER_ENCODING)
-                        .is_none()
-                    && header.headers.get(http::header::CONTENT_LENGTH).is_none()
+                    && !has_field(&header.headers, &http::header::TRANSFER_ENCODING)
+                    && !has_field(&header.headers, &http::header::CONTENT_LENGTH)
                     && !end
                 {
                     // Upgrade the http version to 1.1 because 1.0/0.9 doesn't support chunked

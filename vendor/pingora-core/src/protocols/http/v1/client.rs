@@ -15,9 +15,10 @@
 //! HTTP/1.x client session
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{header, header::AsHeaderName, HeaderValue, StatusCode, Version};
+use http::{header, header::AsHeaderName, HeaderName, HeaderValue, StatusCode, Version};
 use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
+use pingora_http::fields::{field, has_field};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
@@ -339,11 +340,10 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
+                        let contains_transfer_encoding =
+                            has_field(&response_header.headers, &header::TRANSFER_ENCODING);
                         let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
+                            has_field(&response_header.headers, &header::CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
@@ -600,8 +600,7 @@ impl HttpSession {
         if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
             && self
                 .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
+                .is_some_and(|h| has_field(&h.headers, &header::TRANSFER_ENCODING))
         {
             self.set_keepalive(None);
             return;
@@ -633,7 +632,7 @@ impl HttpSession {
         let request_keepalive = self
             .request_written
             .as_ref()
-            .and_then(|req| is_buf_keepalive(req.headers.get(header::CONNECTION)));
+            .and_then(|req| is_buf_keepalive(field(&req.headers, &header::CONNECTION)));
 
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
@@ -647,7 +646,12 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
+        static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+        let Some(keep_alive_header) = self
+            .response_header
+            .as_ref()
+            .and_then(|h| field(&h.headers, &KEEP_ALIVE))
+        else {
             return (None, None);
         };
 

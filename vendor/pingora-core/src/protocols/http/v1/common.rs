@@ -17,6 +17,7 @@
 use http::{header, HeaderValue};
 use log::{debug, warn};
 use pingora_error::{Error, ErrorType::*, Result};
+use pingora_http::fields::{field, has_field};
 use pingora_http::{HMap, RequestHeader, ResponseHeader};
 use std::str;
 use std::time::Duration;
@@ -199,13 +200,13 @@ pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
 }
 
 pub fn is_upgrade_req(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11 && req.headers.get(header::UPGRADE).is_some()
+    req.version == http::Version::HTTP_11 && has_field(&req.headers, &header::UPGRADE)
 }
 
 pub fn is_expect_continue_req(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
         // https://www.rfc-editor.org/rfc/rfc9110#section-10.1.1
-        && req.headers.get(header::EXPECT).is_some_and(|v| {
+        && field(&req.headers, &header::EXPECT).is_some_and(|v| {
             v.as_bytes().eq_ignore_ascii_case(b"100-continue")
         })
 }
@@ -452,7 +453,7 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
 /// ambiguous values before they cross a proxy boundary.
 pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
-    if headers.get(header::TRANSFER_ENCODING).is_some() {
+    if has_field(headers, &header::TRANSFER_ENCODING) {
         // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
         return Ok(());
     }
@@ -467,7 +468,7 @@ pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
 /// before they reach Pingora, but this keeps the shared H2 validation path
 /// explicit and defensive.
 pub(crate) fn validate_content_length_without_transfer_encoding(headers: &HMap) -> Result<()> {
-    if headers.get(header::TRANSFER_ENCODING).is_some() {
+    if has_field(headers, &header::TRANSFER_ENCODING) {
         return Error::e_explain(InvalidHTTPHeader, "invalid Transfer-Encoding header");
     }
     content_length_for_framing(headers).map(|_| ())

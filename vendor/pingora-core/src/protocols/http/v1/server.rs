@@ -24,6 +24,7 @@ use log::{debug, trace, warn};
 use once_cell::sync::Lazy;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
+use pingora_http::fields::{field, has_field};
 use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use regex::bytes::Regex;
@@ -432,9 +433,9 @@ impl HttpSession {
                         }
 
                         let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
+                            has_field(&request_header.headers, &TRANSFER_ENCODING);
                         let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
+                            has_field(&request_header.headers, &CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -528,7 +529,7 @@ impl HttpSession {
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
         super::common::validate_content_length(&req_header.headers)?;
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if has_field(&req_header.headers, &TRANSFER_ENCODING) {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
@@ -812,7 +813,11 @@ impl HttpSession {
     }
 
     fn is_connection_keepalive(&self) -> Option<bool> {
-        is_buf_keepalive(self.get_header(header::CONNECTION))
+        is_buf_keepalive(
+            self.request_header
+                .as_ref()
+                .and_then(|h| field(&h.headers, &header::CONNECTION)),
+        )
     }
 
     // calculate write timeout from min_send_rate if set, otherwise return write_timeout
@@ -961,7 +966,7 @@ impl HttpSession {
         // 1. 1xx response: client needs to see it before the rest of response
         // 2. No content length: the response could be generated in real time
         let should_flush = header.status.is_informational()
-            || header.headers.get(header::CONTENT_LENGTH).is_none();
+            || !has_field(&header.headers, &header::CONTENT_LENGTH);
 
         Ok(Some((write_buf.freeze(), should_flush)))
     }
