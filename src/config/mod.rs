@@ -50,6 +50,9 @@ pub struct Config {
     pub max_buckets: u64,
     /// The file as parsed, defaults filled in (for `GET /config`, see [`Config::masked_json`]).
     pub raw: raw::RawConfig,
+    /// Some route matches on the request's host: only then is each request's `Host`
+    /// normalized for routing ([`Config::routes_match_hosts`]).
+    routes_match_hosts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,6 +404,11 @@ impl Config {
     #[inline]
     pub fn upstream(&self, id: UpstreamId) -> &Upstream {
         &self.upstreams[id.0]
+    }
+
+    /// Whether some route matches on the request's host (`match.host`).
+    pub fn routes_match_hosts(&self) -> bool {
+        self.routes_match_hosts
     }
 
     /// The routes with their ids, in match order.

@@ -74,6 +74,7 @@ pub(super) fn validate(
         redis,
         upstreams,
         limits,
+        routes_match_hosts: routes.iter().any(|r| r.host.is_some()),
         routes,
         trusted_proxies,
         access_log: raw.access_log,
@@ -109,15 +110,6 @@ fn objects_not_arrays(c: &mut Checker, raw: &RawConfig) {
             c.err(&p, "expected an object, found an array");
         }
     }
-}
-
-/// The hostname when it is usable as a node id, else `tollgate`.
-fn default_node_id() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| check_name("node_id", h, usize::MAX).is_ok())
-        .unwrap_or_else(|| "tollgate".to_string())
 }
 
 fn listeners(c: &mut Checker, raw: &[RawListener]) -> Vec<Listener> {

@@ -8,6 +8,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
+/// The hostname when it is usable as a node id, else `tollgate`.
+pub(super) fn default_node_id() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| check_name("node_id", h, usize::MAX).is_ok())
+        .unwrap_or_else(|| "tollgate".to_string())
+}
+
 /// Names end up in Redis keys and fields and in metric labels.
 pub(super) fn check_name(kind: &str, name: &str, max_len: usize) -> Result<(), String> {
     if name.is_empty() {

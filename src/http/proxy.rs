@@ -22,7 +22,7 @@ use crate::http::headers;
 use crate::http::limits::{self, Refused, Reported};
 use crate::http::respond::{failure_answer, json_header, respond};
 use crate::request::client_ip;
-use crate::request::key::{self, RequestView};
+use crate::request::key::RequestView;
 use crate::request::{path, route};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -269,12 +269,8 @@ impl ProxyHttp for Gateway {
             }
         };
         let method = req.method.as_str();
-        let host = key::host_of(&req.headers)
-            .or_else(|| target.authority.as_deref().and_then(key::normalize_host));
-        if host.is_none()
-            && req.version == http::Version::HTTP_11
-            && !req.headers.contains_key(http::header::HOST)
-        {
+        let (host, has_host) = route::routing_host(cfg, &req.headers, target.authority.as_deref());
+        if host.is_none() && req.version == http::Version::HTTP_11 && !has_host {
             return self
                 .reject_bad(session, ctx, 400, "HTTP/1.1 request without Host")
                 .await;

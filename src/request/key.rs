@@ -176,6 +176,16 @@ pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Ke
 /// (which hashes the name byte by byte): a request or an API's response carries a handful.
 const WALK_UP_TO: usize = 16;
 
+/// Whether `headers` has field `name`, as [`HeaderMap::contains_key`] finds it: by a walk
+/// through the names when there are few (see [`WALK_UP_TO`]), else by the lookup.
+pub fn has_header(headers: &HeaderMap, name: &HeaderName) -> bool {
+    if headers.keys_len() <= WALK_UP_TO {
+        headers.keys().any(|n| n == name)
+    } else {
+        headers.contains_key(name)
+    }
+}
+
 /// The first value of field `name` in `headers`, as [`HeaderMap::get`] finds it: by a walk
 /// through the fields when there are few (see [`WALK_UP_TO`]), else by the lookup.
 pub fn first_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
@@ -350,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn first_value_finds_what_the_maps_lookup_finds_with_few_fields_and_many() {
+    fn first_value_and_has_header_find_what_the_maps_lookup_finds_with_few_fields_and_many() {
         let name = HeaderName::from_static("x-usage-tokens");
         for fields in [0, 3, WALK_UP_TO - 2, WALK_UP_TO + 4] {
             let mut h = HeaderMap::new();
@@ -361,9 +371,11 @@ mod tests {
                 );
             }
             assert_eq!(first_value(&h, &name), None);
+            assert!(!has_header(&h, &name));
             h.append(name.clone(), HeaderValue::from_static("7"));
             h.append(name.clone(), HeaderValue::from_static("8"));
             assert_eq!(first_value(&h, &name), h.get(&name), "{fields} fields");
+            assert!(has_header(&h, &name), "{fields} fields");
             assert_eq!(
                 first_value(&h, &name).map(|v| v.as_bytes()),
                 Some(&b"7"[..])

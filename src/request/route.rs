@@ -1,8 +1,9 @@
 //! Which route a request takes, and what it costs.
 
 use crate::config::{Config, Cost, Route, RouteId};
-use crate::request::path;
+use crate::request::{key, path};
 use http::HeaderMap;
+use std::borrow::Cow;
 
 /// Whether `route` matches a request with this method, normalized path and host.
 pub fn matches(route: &Route, method: &str, norm_path: &str, host: Option<&str>) -> bool {
@@ -17,6 +18,23 @@ pub fn matches(route: &Route, method: &str, norm_path: &str, host: Option<&str>)
         }
     }
     path::matches_prefix(norm_path, &route.path_prefix)
+}
+
+/// The host a request is routed on, and whether it has a `Host` field: normalized from its
+/// `Host` (or an absolute-form target's `authority`) when some route matches on hosts or the
+/// request has no `Host` (an HTTP/1.1 request needs one or an authority); otherwise none, as
+/// no route reads it.
+pub fn routing_host<'r>(
+    config: &Config,
+    headers: &'r HeaderMap,
+    authority: Option<&'r str>,
+) -> (Option<Cow<'r, str>>, bool) {
+    let has_host = key::has_header(headers, &http::header::HOST);
+    if !config.routes_match_hosts() && has_host {
+        return (None, true);
+    }
+    let host = key::host_of(headers).or_else(|| authority.and_then(key::normalize_host));
+    (host, has_host)
 }
 
 /// The first route of `config` that matches (routes match in order).
