@@ -47,6 +47,25 @@ pub fn field<'h>(headers: &'h HMap, name: &HeaderName) -> Option<&'h HeaderValue
     headers.get(name)
 }
 
+/// The first value of field `name` in `headers`, and whether the field has another, as
+/// `headers.get_all(name)` tells: for a small header in which no name has two values
+/// (`len() == keys_len()`), by a walk through its fields up to `name`, which reaches a
+/// message's first field (`Host`, as clients send it) at once; otherwise by the lookup.
+pub fn first_and_repeated<'h>(
+    headers: &'h HMap,
+    name: &HeaderName,
+) -> (Option<&'h HeaderValue>, bool) {
+    if headers.len() <= WALK_UP_TO && headers.len() == headers.keys_len() {
+        (
+            headers.iter().find_map(|(n, v)| (n == name).then_some(v)),
+            false,
+        )
+    } else {
+        let mut values = headers.get_all(name).iter();
+        (values.next(), values.next().is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,11 +115,32 @@ mod tests {
                     "{name} among {filler} more fields"
                 );
                 assert_eq!(has_field(&h, name), h.contains_key(name), "{name}");
+                let mut all = h.get_all(name).iter();
+                let looked_up = (all.next(), all.next().is_some());
+                assert_eq!(first_and_repeated(&h, name), looked_up, "{name}");
             }
         }
         let h = header_with(2, fields);
         assert_eq!(field(&h, &header::HOST).unwrap(), "a.example");
         assert_eq!(field(&h, &custom).unwrap(), "k1");
+    }
+
+    #[test]
+    fn a_header_without_repeated_names_is_walked_to_its_field() {
+        let mut h = HMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a.example"));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(h.len(), h.keys_len());
+        assert_eq!(
+            first_and_repeated(&h, &header::HOST),
+            (h.get(header::HOST), false)
+        );
+        assert_eq!(first_and_repeated(&h, &header::UPGRADE), (None, false));
+        h.append(header::HOST, HeaderValue::from_static("b.example"));
+        assert_eq!(
+            first_and_repeated(&h, &header::HOST),
+            (h.get(header::HOST), true)
+        );
     }
 
     #[test]

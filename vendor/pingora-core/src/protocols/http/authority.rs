@@ -19,6 +19,7 @@
 
 use http::{header, HeaderValue};
 use pingora_error::{Error, ErrorType::InvalidHTTPHeader, Result};
+use pingora_http::fields::first_and_repeated;
 use pingora_http::RequestHeader;
 
 pub use pingora_http::authority::{
@@ -96,10 +97,9 @@ pub(super) fn validate_request_authority_fields(req: &RequestHeader) -> Result<(
 /// The checks of [`validate_request_authority_fields`], which return the request's one `Host`
 /// (if any) to [`validate_request_authority`], which looked it up a second time before.
 fn validated_host(req: &RequestHeader) -> Result<Option<&HeaderValue>> {
-    let mut hosts = req.headers.get_all(header::HOST).iter();
-    let (host, duplicate_host) = (hosts.next(), hosts.next());
+    let (host, duplicate_host) = first_and_repeated(&req.headers, &header::HOST);
 
-    if duplicate_host.is_some() {
+    if duplicate_host {
         return Error::e_explain(InvalidHTTPHeader, "multiple Host header fields");
     }
 
