@@ -26,8 +26,19 @@ use super::HMap;
 use http::header::{HeaderName, HeaderValue};
 
 /// The most names a header may have for a field to be found absent by a walk through them
-/// instead of a lookup.
+/// instead of a lookup; and the most fields (values) a message may have for its framing fields
+/// (`Content-Length`, `Transfer-Encoding`, read several times: each message's reader and
+/// writer) to be read by a walk through its fields ([`walk`]).
 pub const WALK_UP_TO: usize = 16;
+
+/// The values of field `name` in `headers`, in the order of `get_all(name)`: the map's
+/// iteration yields each field's values together, in order.
+pub fn walk<'h>(headers: &'h HMap, name: &'h HeaderName) -> impl Iterator<Item = &'h HeaderValue> {
+    headers
+        .iter()
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
 
 /// Whether `headers` has field `name`, as `headers.contains_key(name)`.
 pub fn has_field(headers: &HMap, name: &HeaderName) -> bool {
@@ -53,13 +64,10 @@ pub fn field<'h>(headers: &'h HMap, name: &HeaderName) -> Option<&'h HeaderValue
 /// message's first field (`Host`, as clients send it) at once; otherwise by the lookup.
 pub fn first_and_repeated<'h>(
     headers: &'h HMap,
-    name: &HeaderName,
+    name: &'h HeaderName,
 ) -> (Option<&'h HeaderValue>, bool) {
     if headers.len() <= WALK_UP_TO && headers.len() == headers.keys_len() {
-        (
-            headers.iter().find_map(|(n, v)| (n == name).then_some(v)),
-            false,
-        )
+        (walk(headers, name).next(), false)
     } else {
         let mut values = headers.get_all(name).iter();
         (values.next(), values.next().is_some())

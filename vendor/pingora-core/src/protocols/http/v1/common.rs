@@ -17,7 +17,7 @@
 use http::{header, HeaderValue};
 use log::{debug, warn};
 use pingora_error::{Error, ErrorType::*, Result};
-use pingora_http::fields::{field, has_field};
+use pingora_http::fields::{field, has_field, walk, WALK_UP_TO};
 use pingora_http::{HMap, RequestHeader, ResponseHeader};
 use std::str;
 use std::time::Duration;
@@ -389,24 +389,6 @@ fn reconcile_content_length(headers: &HMap) -> std::result::Result<Option<u64>, 
     }
 
     Ok(content_length)
-}
-
-/// The most fields a message may have for the framing fields (`Content-Length`,
-/// `Transfer-Encoding`) to be read by a walk through its fields ([`walk`]) instead of a lookup,
-/// which hashes the name and probes the map: framing reads both of each message's fields
-/// several times (its reader, its writer), and a message usually has a handful of fields.
-const WALK_UP_TO: usize = 16;
-
-/// The values of field `name` in `headers`, in the order of `get_all(name)`: the map's
-/// iteration yields each field's values together, in order.
-fn walk<'h>(
-    headers: &'h HMap,
-    name: &'h header::HeaderName,
-) -> impl Iterator<Item = &'h HeaderValue> {
-    headers
-        .iter()
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, v)| v)
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
