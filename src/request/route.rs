@@ -33,7 +33,9 @@ pub fn routing_host<'r>(
     if !config.routes_match_hosts() && has_host {
         return (None, true);
     }
-    let host = key::host_of(headers).or_else(|| authority.and_then(key::normalize_host));
+    // A request without the field has no `Host` to look up.
+    let from_field = has_host.then(|| key::host_of(headers)).flatten();
+    let host = from_field.or_else(|| authority.and_then(key::normalize_host));
     (host, has_host)
 }
 
