@@ -22,6 +22,7 @@ use pingora_http::fields::{field, has_field};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -286,9 +287,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // Not initialized: the parser writes the fields it finds (an 8 KiB array of
+                // empty headers was zeroed for every parse).
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -911,14 +915,17 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+/// `headers`: room for the fields, which need not be initialized (the parser writes those it
+/// finds; `resp.headers` is set to them when the parse completes).
+fn parse_resp_buffer<'h, 'buf>(
+    resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1003,6 +1010,37 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// The parser's room for fields is not initialized (patch 26): a response with as many
+    /// fields as it has room for, read in pieces (each piece a parse that stops short), has
+    /// every field with its value; one more field is refused.
+    #[tokio::test]
+    async fn a_response_is_parsed_into_uninitialized_room_for_its_fields() {
+        init_log();
+        let fields: String = (0..MAX_HEADERS)
+            .map(|i| format!("X-F{i}: v{i}\r\n"))
+            .collect();
+        let head = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        let (a, b) = head.as_bytes().split_at(head.len() / 2);
+        let mock_io = Builder::new().read(a).read(b).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        assert_eq!(http_stream.read_response().await.unwrap(), head.len());
+        let resp = http_stream.resp_header().unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.headers.len(), MAX_HEADERS);
+        for i in 0..MAX_HEADERS {
+            assert_eq!(
+                resp.headers[format!("x-f{i}").as_str()],
+                format!("v{i}").as_str()
+            );
+        }
+
+        let over = format!("HTTP/1.1 200 OK\r\n{fields}X-Over: 1\r\n\r\n");
+        let mock_io = Builder::new().read(over.as_bytes()).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let e = http_stream.read_response().await.unwrap_err();
+        assert_eq!(*e.etype(), InvalidHTTPHeader);
     }
 
     /// A parsed response has room for the fields a proxy adds before sending it on, so that

@@ -30,6 +30,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -362,9 +363,11 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                // Not initialized: the parser writes the fields it finds (an 8 KiB array of
+                // empty headers was zeroed for every parse).
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -1840,23 +1843,44 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+/// `headers`: room for the fields, which need not be initialized (the parser writes those it
+/// finds; `req.headers` is set to them when the parse completes).
+fn parse_req_buffer<'h, 'buf>(
+    req: &mut httparse::Request<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        // The patched parser takes initialized headers, as before.
+        for h in headers.iter_mut() {
+            h.write(httparse::EMPTY_HEADER);
+        }
+        // SAFETY: every element was just written.
+        let headers = unsafe {
+            &mut *(headers as *mut [MaybeUninit<httparse::Header<'buf>>]
+                as *mut [httparse::Header<'buf>])
+        };
+        *req = httparse::Request::new(headers);
         req.parse_unchecked(buf)
     }
 
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        req.parse_with_uninit_headers(buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1929,6 +1953,38 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    /// The parser's room for fields is not initialized (patch 26): a request with as many
+    /// fields as it has room for, read in pieces (each piece a parse that stops short), has
+    /// every field with its value; one more field is refused.
+    #[tokio::test]
+    async fn a_request_is_parsed_into_uninitialized_room_for_its_fields() {
+        init_log();
+        let fields: String = (0..MAX_HEADERS)
+            .map(|i| format!("X-F{i}: v{i}\r\n"))
+            .collect();
+        let head = format!("GET /p HTTP/1.1\r\n{fields}\r\n");
+        let (a, b) = head.as_bytes().split_at(head.len() / 2);
+        let mock_io = Builder::new().read(a).read(b).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let read = http_stream.read_request().await.unwrap();
+        assert_eq!(read, Some(head.len()));
+        let headers = &http_stream.req_header().headers;
+        assert_eq!(headers.len(), MAX_HEADERS);
+        for i in 0..MAX_HEADERS {
+            assert_eq!(
+                headers[format!("x-f{i}").as_str()],
+                format!("v{i}").as_str()
+            );
+        }
+        assert_eq!(b"/p", http_stream.get_path());
+
+        let over = format!("GET /p HTTP/1.1\r\n{fields}X-Over: 1\r\n\r\n");
+        let mock_io = Builder::new().read(over.as_bytes()).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let e = http_stream.read_request().await.unwrap_err();
+        assert_eq!(*e.etype(), InvalidHTTPHeader);
     }
 
     /// A parsed request has room for the fields a proxy adds before sending it on, so that
