@@ -891,11 +891,12 @@ impl HttpSession {
             /* update headers */
             header.insert_header(header::DATE, date::get_cached_date())?;
 
-            // TODO: make these lazy static
+            // Static values: a `&str` would be checked and copied into a new allocation for
+            // every response.
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                HeaderValue::from_static("close")
             };
             header.insert_header(header::CONNECTION, connection_value)?;
         }
@@ -2762,6 +2763,37 @@ mod tests_stream {
             http_stream.keepalive_timeout,
             KeepaliveStatus::Timeout(Duration::from_secs(60))
         );
+    }
+
+    /// The `Connection` field of a response says whether the connection is kept (written from
+    /// static values, patch 27): `keep-alive` unless the request asked to close it.
+    #[tokio::test]
+    async fn the_connection_field_written_says_whether_the_connection_is_kept() {
+        for (request_connection, expected) in [
+            ("", "keep-alive"),
+            ("Connection: keep-alive\r\n", "keep-alive"),
+            ("Connection: close\r\n", "close"),
+        ] {
+            let input = format!("GET / HTTP/1.1\r\nHost: pingora.org\r\n{request_connection}\r\n");
+            let mock_io = Builder::new().read(input.as_bytes()).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_request().await.unwrap();
+            let mut resp = ResponseHeader::build(StatusCode::OK, None).unwrap();
+            resp.insert_header("Content-Length", "0").unwrap();
+            let (wire, _) = http_stream
+                .prepare_response_header(&mut resp)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                resp.headers["connection"], expected,
+                "{request_connection:?}"
+            );
+            let line = format!("Connection: {expected}\r\n");
+            assert!(
+                wire.windows(line.len()).any(|w| w == line.as_bytes()),
+                "{wire:?}"
+            );
+        }
     }
 
     #[tokio::test]
