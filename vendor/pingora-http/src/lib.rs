@@ -26,7 +26,7 @@ use bytes::BufMut;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
 use http::request::Parts as ReqParts;
 use http::response::Parts as RespParts;
-use http::uri::Uri;
+use http::uri::{PathAndQuery, Uri};
 use pingora_error::{ErrorType::*, OrErr, Result};
 use std::borrow::Cow;
 use std::ops::Deref;
@@ -692,6 +692,13 @@ impl ResponseHeader {
 /// Build a [Uri] carrying only a path-and-query component. `target` is the original
 /// request-target, used for error context.
 fn path_and_query_uri(path_and_query: &str, target: &str) -> Result<Uri> {
+    // The builder's Uri made without the builder, which moves its parts through each step
+    // and checks them again: a path-and-query alone is a Uri (`From<PathAndQuery>`, the
+    // scheme and authority empty, as `Uri::from_parts` leaves them). Any error is the
+    // builder's own, as before.
+    if let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) {
+        return Ok(Uri::from(path_and_query));
+    }
     Uri::builder()
         .path_and_query(path_and_query)
         .build()
@@ -1210,6 +1217,44 @@ mod tests {
             false,
         );
         assert_eq!(req_wire, b"Content-Length: 1\r\n");
+    }
+
+    /// A path-and-query's Uri, made without the builder (patch 28), is the builder's: the
+    /// same Uri, parts and error for every kind of target the request line may carry.
+    #[test]
+    fn a_path_and_query_uri_is_the_builders() {
+        let targets = [
+            "/",
+            "/a/b?c=d&e",
+            "",
+            "*",
+            "?q=1",
+            "/%20x",
+            "/caf\u{e9}",
+            "/a?b#c",
+            "//x",
+            "/a b",
+            "/\x7f",
+            "/a\"b",
+            "/{x}",
+            "http://h/p",
+        ];
+        for t in targets {
+            let builder = Uri::builder().path_and_query(t).build();
+            match (path_and_query_uri(t, t), builder) {
+                (Ok(ours), Ok(theirs)) => {
+                    assert_eq!(ours, theirs, "{t:?}");
+                    assert_eq!(ours.scheme(), theirs.scheme(), "{t:?}");
+                    assert_eq!(ours.authority(), theirs.authority(), "{t:?}");
+                    assert_eq!(ours.path_and_query(), theirs.path_and_query(), "{t:?}");
+                    assert_eq!(ours.path(), theirs.path(), "{t:?}");
+                    assert_eq!(ours.query(), theirs.query(), "{t:?}");
+                    assert_eq!(ours.to_string(), theirs.to_string(), "{t:?}");
+                }
+                (Err(_), Err(_)) => {}
+                (ours, theirs) => panic!("{t:?}: {ours:?} against the builder's {theirs:?}"),
+            }
+        }
     }
 
     /// The parts made without `http`'s builder are the builder's, and a clone keeps every part.
