@@ -1220,7 +1220,8 @@ mod tests {
     }
 
     /// A path-and-query's Uri, made without the builder (patch 28), is the builder's: the
-    /// same Uri, parts and error for every kind of target the request line may carry.
+    /// same Uri and parts for every kind of target the request line may carry, and an error
+    /// where the builder errs.
     #[test]
     fn a_path_and_query_uri_is_the_builders() {
         let targets = [

@@ -914,9 +914,9 @@ impl HttpSession {
     }
 }
 
-#[inline]
 /// `headers`: room for the fields, which need not be initialized (the parser writes those it
 /// finds; `resp.headers` is set to them when the parse completes).
+#[inline]
 fn parse_resp_buffer<'h, 'buf>(
     resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],

@@ -1843,9 +1843,9 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     }
 }
 
-#[inline]
 /// `headers`: room for the fields, which need not be initialized (the parser writes those it
 /// finds; `req.headers` is set to them when the parse completes).
+#[inline]
 fn parse_req_buffer<'h, 'buf>(
     req: &mut httparse::Request<'h, 'buf>,
     buf: &'buf [u8],
