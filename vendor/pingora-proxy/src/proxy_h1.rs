@@ -114,7 +114,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade_req = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade_req);
 
         session.upstream_compression.request_filter(&req);
 
@@ -140,10 +141,33 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        // A request without a body from an HTTP/1 client, with nothing else to carry (no
+        // custom messages, no cache, not an upgrade): the two halves below, one after the
+        // other in this task, without the pipes between them (see `proxy_bodiless_1to1`).
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && bodiless_allowed()
+            && !upgrade_req
+            && session.as_http1().is_some()
+            && !session.downstream_session.supports_proxy_task_api()
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.as_mut().is_body_done()
+            && session.as_mut().is_body_empty()
+            && session.as_ref().get_retry_buffer().is_none()
+        {
+            return match self.proxy_bodiless_1to1(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -190,6 +214,150 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// [`Self::proxy_1to1`]'s two halves for a request without a body, run one after the
+    /// other in this task instead of side by side with two task pipes between them (two
+    /// channels, a shared state and a join per request): the downstream half's empty body
+    /// through the request body filters, the upstream half's writing of it, then the response
+    /// read from the upstream while the downstream is watched (its close, or bytes it should
+    /// not send) and written to the downstream with the filters, the tasks that are ready
+    /// together, as the downstream half takes them from its pipe. The same hooks and session
+    /// calls in the same order, the same errors, the same reuse of both connections. What
+    /// differs is when the upstream is read: the pipes let the upstream half read up to
+    /// [`TASK_BUFFER_SIZE`] tasks ahead of a downstream write that waits; here the next read
+    /// waits for the write (a slow client's response is read as fast as it is written).
+    ///
+    /// Only for a session `proxy_1to1` has found eligible: an HTTP/1 client whose request
+    /// body is empty and done, no retry buffer, no custom messages, no cache (neither enabled
+    /// nor bypassing), not an upgrade request.
+    async fn proxy_bodiless_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The downstream half's first step (`send_body_to_pipe`): the end of the body through
+        // the request body filters, which may give the upstream a body of their own.
+        let is_body_done = session.as_mut().is_body_done();
+        let (body, _) = self
+            .filter_request_body(session, None, is_body_done, ctx)
+            .await?;
+
+        // The upstream half's (`proxy_handle_upstream`): that body written; should it fail,
+        // the response is still read and forwarded, and the connection not reused.
+        #[cfg(test)]
+        tests::BODILESS.with(|b| b.set((b.get().0, b.get().1 + 1)));
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, body).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut downstream_state = DownstreamStateMachine::new(true);
+        let mut response_state = ResponseStateMachine::new();
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        // The upstream half is done once it has read the end of the response or an error.
+        let mut upstream_done = false;
+
+        while !response_state.is_done() {
+            if upstream_done {
+                // The downstream half's "empty upstream event": its pipe closed.
+                response_state.maybe_set_upstream_done(true);
+                break;
+            }
+            let read = tokio::select! {
+                res = client_session.read_response_task() => res,
+
+                body = session.downstream_session.read_body_or_idle(true),
+                    if downstream_state.can_poll() => {
+                    // A client that goes away (or sends what it should not) while the
+                    // response is awaited: the error ends the request, as in the downstream
+                    // half without a cache.
+                    let body = body.map_err(|e| e.into_down())?;
+                    let is_body_done = session.is_body_done();
+                    // What the downstream half would send down its pipe, which the upstream
+                    // half, done with the request, no longer reads.
+                    let (_, request_done) = self
+                        .filter_request_body(session, body, is_body_done, ctx)
+                        .await?;
+                    downstream_state.maybe_finished(request_done);
+                    continue;
+                }
+            };
+
+            // The tasks that are ready now, as the downstream half takes them from its pipe.
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut read = Some(read);
+            while let Some(res) = read.take() {
+                match res {
+                    Ok(task) => {
+                        upstream_done = task.is_end();
+                        tasks.push(task);
+                    }
+                    Err(e) => {
+                        // The upstream half's read error: handed down as a failed task.
+                        upstream_can_reuse = false;
+                        upstream_done = true;
+                        tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                    }
+                }
+                // A read that is not ready is dropped, as the upstream half's `select!` drops
+                // one: the session keeps what a read brought (a head's bytes in its header
+                // buffer, a body's in its reader), and the next read goes on from there.
+                if !upstream_done && tasks.len() < TASK_BUFFER_SIZE {
+                    read = tokio::task::unconstrained(client_session.read_response_task())
+                        .now_or_never();
+                }
+            }
+
+            let Some(response_done) = self
+                .write_upstream_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await?
+            else {
+                continue;
+            };
+            response_state.maybe_set_upstream_done(response_done);
+            downstream_state.maybe_finished(session.is_body_done());
+        }
+
+        let mut reuse_downstream = !downstream_state.is_errored();
+        if reuse_downstream {
+            match session.as_mut().finish_body().await {
+                Ok(_) => {
+                    debug!("finished sending body to downstream");
+                }
+                Err(e) => {
+                    error!("Error finish sending body to downstream: {}", e);
+                    reuse_downstream = false;
+                }
+            }
+        }
+
+        // A response the downstream finished by its own framing before the upstream half read
+        // its end: the upstream half reads once more, and the connection is reused only if
+        // that read is the end (otherwise bytes are left unread on it).
+        if !upstream_done {
+            match client_session.read_response_task().await {
+                Ok(task) if task.is_end() => {}
+                _ => upstream_can_reuse = false,
+            }
+        }
+        Ok((reuse_downstream, upstream_can_reuse))
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -395,6 +563,32 @@ where
             }
         }
 
+        self.write_upstream_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// The second part of [`Self::process_upstream_tasks`]: `tasks` (read from the upstream)
+    /// through the response filters and written to the downstream.
+    async fn write_upstream_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
@@ -1018,11 +1212,34 @@ where
     async fn send_body_to_pipe(
         &self,
         session: &mut Session,
-        mut data: Option<Bytes>,
+        data: Option<Bytes>,
         end_of_body: bool,
         tx: mpsc::Permit<'_, HttpTask>,
         ctx: &mut SV::CTX,
     ) -> Result<bool>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let (task, end_of_body) = self
+            .filter_request_body(session, data, end_of_body, ctx)
+            .await?;
+        if let Some(task) = task {
+            tx.send(task);
+        }
+        Ok(end_of_body)
+    }
+
+    /// The first part of [`Self::send_body_to_pipe`]: `data` read from the downstream
+    /// through the request body filters, and the task to send to the upstream (none for an
+    /// empty piece of a body not yet ended), with whether the downstream finished its body.
+    async fn filter_request_body(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<(Option<HttpTask>, bool)>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
@@ -1051,7 +1268,7 @@ where
          * Don't write 0 bytes to the network since it will be
          * treated as the terminating chunk */
         if !upstream_end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
-            return Ok(false);
+            return Ok((None, false));
         }
 
         debug!(
@@ -1060,14 +1277,24 @@ where
         );
 
         // upgraded body needs to be marked
-        if session.was_upgraded() {
-            tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
+        let task = if session.was_upgraded() {
+            HttpTask::UpgradedBody(data, upstream_end_of_body)
         } else {
-            tx.send(HttpTask::Body(data, upstream_end_of_body));
-        }
+            HttpTask::Body(data, upstream_end_of_body)
+        };
 
-        Ok(end_of_body)
+        Ok((Some(task), end_of_body))
     }
+}
+
+/// Whether [`HttpProxy::proxy_1to1`] may take its path for bodiless requests: always, but in
+/// the tests that compare it with the two halves.
+#[inline(always)]
+fn bodiless_allowed() -> bool {
+    #[cfg(test)]
+    return tests::BODILESS.with(|b| b.get().0);
+    #[cfg(not(test))]
+    true
 }
 
 pub(crate) async fn send_body_to1(
@@ -1158,8 +1385,272 @@ pub(crate) async fn send_body_to1(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use tokio::io::AsyncWriteExt;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    thread_local! {
+        /// Whether `proxy_1to1` may take its path for bodiless requests, and how many times
+        /// it took it, on this test's thread.
+        pub(super) static BODILESS: std::cell::Cell<(bool, u32)> =
+            const { std::cell::Cell::new((true, 0)) };
+    }
+
+    /// A proxy that writes down the hooks a request went through.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl ProxyHttp for Arc<Recorder> {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("the test calls proxy_1to1 directly")
+        }
+
+        async fn request_body_filter(
+            &self,
+            _session: &mut Session,
+            body: &mut Option<Bytes>,
+            end_of_stream: bool,
+            _ctx: &mut Self::CTX,
+        ) -> Result<()> {
+            let line = format!("request body {body:?} end {end_of_stream}");
+            self.calls.lock().unwrap().push(line);
+            Ok(())
+        }
+
+        async fn response_filter(
+            &self,
+            _session: &mut Session,
+            response: &mut ResponseHeader,
+            _ctx: &mut Self::CTX,
+        ) -> Result<()> {
+            let line = format!("response {}", response.status);
+            self.calls.lock().unwrap().push(line);
+            Ok(())
+        }
+
+        fn response_body_filter(
+            &self,
+            _session: &mut Session,
+            body: &mut Option<Bytes>,
+            end_of_stream: bool,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Option<std::time::Duration>> {
+            let line = format!("response body {body:?} end {end_of_stream}");
+            self.calls.lock().unwrap().push(line);
+            Ok(None)
+        }
+    }
+
+    /// What one exchange through `proxy_1to1` came to: the reuse of each side, the error, the
+    /// bytes the upstream and the client received (the client's without its `Date` line),
+    /// the hooks called.
+    #[derive(Debug, PartialEq)]
+    struct Exchange {
+        reuse: (bool, bool),
+        error: Option<String>,
+        upstream_got: String,
+        client_got: String,
+        hooks: Vec<String>,
+    }
+
+    /// `request` from a client, through `proxy_1to1`, to an upstream that answers with
+    /// `answer`'s pieces, one write each (and closes if `close`), and the client's `after`
+    /// bytes written once the request is read; through the path for bodiless requests when
+    /// `bodiless`, else through the two halves.
+    async fn exchange(
+        bodiless: bool,
+        request: &[u8],
+        after: &[u8],
+        answer: &[&[u8]],
+        close: bool,
+    ) -> Exchange {
+        BODILESS.with(|b| b.set((bodiless, 0)));
+        let recorder = Arc::new(Recorder::default());
+        let proxy = HttpProxy::new(recorder.clone(), Arc::new(ServerConf::default()));
+
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(request).await.unwrap();
+        let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        session.read_request().await.expect("the request parses");
+        if !after.is_empty() {
+            client.write_all(after).await.unwrap();
+        }
+
+        let (upstream_end, mut upstream) = tokio::io::duplex(64 * 1024);
+        let mut client_session =
+            HttpSessionV1::new(Box::new(upstream_end) as pingora_core::protocols::Stream);
+        let answer: Vec<Vec<u8>> = answer.iter().map(|a| a.to_vec()).collect();
+        let upstream_task = tokio::spawn(async move {
+            // The request head (these requests have no body), then the answer.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = upstream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            for piece in answer {
+                upstream.write_all(&piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            // Kept open until the exchange is over, unless it closes.
+            let open = (!close).then_some(upstream);
+            (String::from_utf8(got).unwrap(), open)
+        });
+
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+        let mut ctx = ();
+        let (reuse_down, reuse_up, error) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer, &mut ctx)
+            .await;
+        let (upstream_got, _open) = upstream_task.await.unwrap();
+        let taken = BODILESS.with(|b| b.get().1);
+        assert_eq!(taken, u32::from(bodiless), "the path taken");
+
+        drop(session);
+        let mut client_got = Vec::new();
+        client.read_to_end(&mut client_got).await.unwrap();
+        let client_got = String::from_utf8(client_got)
+            .unwrap()
+            .split_inclusive("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+            .collect();
+        let hooks = recorder.calls.lock().unwrap().clone();
+        Exchange {
+            reuse: (reuse_down, reuse_up),
+            error: error.map(|e| format!("{:?} {:?}", e.etype(), e.esource())),
+            upstream_got,
+            client_got,
+            hooks,
+        }
+    }
+
+    /// A response as the client got it, with a chunked body's chunks joined: how a body is cut
+    /// into chunks depends on which pieces are ready together, in either path.
+    fn dechunked(response: &str) -> String {
+        let Some((head, mut body)) = response.split_once("\r\n\r\n") else {
+            return response.to_string();
+        };
+        if !head.contains("Transfer-Encoding: chunked") {
+            return response.to_string();
+        }
+        let mut joined = String::new();
+        while let Some((size, rest)) = body.split_once("\r\n") {
+            let size = usize::from_str_radix(size, 16).expect("a chunk size");
+            joined.push_str(&rest[..size]);
+            body = &rest[size + 2..];
+            if size == 0 {
+                break;
+            }
+        }
+        format!("{head}\r\n\r\n{joined} (chunked)")
+    }
+
+    /// The same exchange through both paths: the same outcome.
+    async fn both_ways(request: &[u8], after: &[u8], answer: &[&[u8]], close: bool) -> Exchange {
+        let mut piped = exchange(false, request, after, answer, close).await;
+        let mut bodiless = exchange(true, request, after, answer, close).await;
+        piped.client_got = dechunked(&piped.client_got);
+        bodiless.client_got = dechunked(&bodiless.client_got);
+        assert_eq!(bodiless, piped);
+        bodiless
+    }
+
+    const GET: &[u8] = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Key: k\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_bodiless_request_is_proxied_without_pipes_as_with_them() {
+        // A response read with its head, and one whose body comes in a second read.
+        let whole: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"];
+        let split: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe", b"llo"];
+        for answer in [whole, split] {
+            let e = both_ways(GET, b"", answer, false).await;
+            assert_eq!(e.reuse, (true, true), "{e:?}");
+            assert_eq!(e.error, None);
+            assert!(
+                e.upstream_got.starts_with("GET /a?b=1 HTTP/1.1\r\n"),
+                "{e:?}"
+            );
+            assert!(e.upstream_got.contains("X-Key: k\r\n"), "{e:?}");
+            assert!(e.client_got.starts_with("HTTP/1.1 200 OK\r\n"), "{e:?}");
+            assert!(e.client_got.ends_with("\r\n\r\nhello"), "{e:?}");
+            assert_eq!(e.hooks[0], "request body None end true");
+            assert_eq!(e.hooks[1], "response 200 OK");
+            assert!(e.hooks.last().unwrap().ends_with("end true"), "{e:?}");
+        }
+
+        // Chunked, in three reads.
+        let chunked: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"3\r\nabc\r\n",
+            b"2\r\nde\r\n0\r\n\r\n",
+        ];
+        let e = both_ways(GET, b"", chunked, false).await;
+        assert_eq!(e.reuse, (true, true), "{e:?}");
+        assert!(e.client_got.ends_with("\r\n\r\nabcde (chunked)"), "{e:?}");
+
+        // An informational head first, the final head cut in two reads.
+        let early: &[&[u8]] = &[
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nCont",
+            b"ent-Length: 2\r\n\r\nok",
+        ];
+        let e = both_ways(GET, b"", early, false).await;
+        assert_eq!(e.reuse, (true, true), "{e:?}");
+        assert!(e.client_got.ends_with("\r\n\r\nok"), "{e:?}");
+        assert!(e.hooks.contains(&"response 200 OK".to_string()), "{e:?}");
+
+        // HEAD, and a 204: no body.
+        let head = b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let e = both_ways(
+            head,
+            b"",
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"],
+            false,
+        )
+        .await;
+        assert_eq!(e.reuse, (true, true), "{e:?}");
+        let e = both_ways(GET, b"", &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
+        assert_eq!(e.reuse, (true, true), "{e:?}");
+        assert!(e.client_got.starts_with("HTTP/1.1 204"), "{e:?}");
+
+        // The client asks to close: told so on the response (the session, not this
+        // function's answer, keeps the connection from being reused).
+        let close = b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n";
+        let e = both_ways(close, b"", whole, false).await;
+        assert!(e.client_got.contains("Connection: close\r\n"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_requests_failures_are_those_of_the_pipes() {
+        // The upstream closes before its body is all there, or before it answers.
+        let short: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"];
+        let e = both_ways(GET, b"", short, true).await;
+        assert_eq!(e.reuse, (false, false), "{e:?}");
+        assert!(e.error.is_some(), "{e:?}");
+        let e = both_ways(GET, b"", &[], true).await;
+        assert_eq!(e.reuse, (false, false), "{e:?}");
+        assert!(e.error.is_some(), "{e:?}");
+        assert!(e.client_got.is_empty(), "{e:?}");
+
+        // A client that sends bytes after a request without a body while the response is
+        // awaited (the upstream never answers): the downstream's error ends the request.
+        let e = both_ways(GET, b"junk", &[], false).await;
+        assert_eq!(e.reuse, (false, false), "{e:?}");
+        let error = e.error.as_deref().unwrap_or_default();
+        assert!(error.ends_with("Downstream"), "{e:?}");
+    }
 
     struct ResponseFilter101;
 
