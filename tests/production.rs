@@ -81,7 +81,11 @@ fn https_get(addr: SocketAddr, ca: &Path, path: &str) -> (String, Option<Vec<u8>
 }
 
 /// One HTTP/2 GET over TLS (ALPN h2); returns the status and the RateLimit header.
-fn h2_get(addr: SocketAddr, ca: &Path, path: &str) -> (u16, Option<String>) {
+/// What an HTTP/2 response came to: its status, its `ratelimit` field, its body.
+type H2Answer = (u16, Option<String>, String);
+
+/// GETs `paths` over one HTTP/2 connection, all at once (one stream each).
+fn h2_get(addr: SocketAddr, ca: &Path, paths: &[&str]) -> Vec<H2Answer> {
     let cfg = tls_client_config(ca, &[b"h2"]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -95,22 +99,41 @@ fn h2_get(addr: SocketAddr, ca: &Path, path: &str) -> (u16, Option<String>) {
             .await
             .expect("tls handshake");
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+        let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let req = http::Request::builder()
-            .uri(format!("https://localhost{path}"))
-            .body(())
-            .expect("request");
-        let (resp, _) = client.send_request(req, true).expect("send");
-        let resp = resp.await.expect("response");
-        let rl = resp
-            .headers()
-            .get("ratelimit")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        (resp.status().as_u16(), rl)
+        let mut client = client.ready().await.expect("ready");
+        let pending: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                let req = http::Request::builder()
+                    .uri(format!("https://localhost{path}"))
+                    .body(())
+                    .expect("request");
+                let (resp, _) = client.send_request(req, true).expect("send");
+                resp
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for resp in pending {
+            let resp = resp.await.expect("response");
+            let rl = resp
+                .headers()
+                .get("ratelimit")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("body");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            answers.push((status, rl, String::from_utf8(bytes).expect("utf-8 body")));
+        }
+        answers
     })
 }
 
@@ -123,9 +146,25 @@ fn https_and_http2_on_a_tls_listener() {
     let (status, alpn) = https_get(addr, &cert, "/rating/1");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
-    let (status, rl) = h2_get(addr, &cert, "/rating/1");
-    assert_eq!(status, 200);
-    assert!(rl.is_some_and(|v| v.starts_with("\"per-ip\";r=")));
+    // Three requests at once on one connection, each answered whole: the upstream's body,
+    // /big's 5,000 bytes in their JSON (11 more).
+    let answers = h2_get(addr, &cert, &["/rating/1", "/rating/2", "/big?bytes=5000"]);
+    for (i, (status, rl, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{i}: {body}");
+        assert!(
+            rl.as_ref().is_some_and(|v| v.starts_with("\"per-ip\";r=")),
+            "{rl:?}"
+        );
+        if i < 2 {
+            assert!(body.contains(&format!("\"item\":\"{}\"", i + 1)), "{body}");
+        }
+    }
+    let big = &answers[2].2;
+    assert_eq!(big.len(), 5011, "{}", big.len());
+    assert!(
+        big.starts_with("{\"data\":\"") && big.ends_with("\"}"),
+        "{big}"
+    );
 }
 
 #[test]

@@ -143,14 +143,15 @@ where
 
         session.as_mut().enable_retry_buffering();
 
-        // A request without a body from an HTTP/1 client, with nothing else to carry (no
-        // custom messages, no cache, not an upgrade): the two halves below, one after the
-        // other in this task, without the pipes between them (see `proxy_bodiless_1to1`).
+        // A request without a body from an HTTP/1 or HTTP/2 client, with nothing else to
+        // carry (no custom messages, no cache, not an upgrade): the two halves below, one
+        // after the other in this task, without the pipes between them (see
+        // `proxy_bodiless_1to1`).
         if downstream_custom_message_writer.is_none()
             && downstream_custom_message_reader.is_none()
             && bodiless_allowed()
             && !upgrade_req
-            && session.as_http1().is_some()
+            && (session.as_http1().is_some() || session.downstream_session.is_http2())
             && !session.downstream_session.supports_proxy_task_api()
             && !session.cache.enabled()
             && !session.cache.bypassing()
@@ -228,9 +229,10 @@ where
     /// [`TASK_BUFFER_SIZE`] tasks ahead of a downstream write that waits; here the next read
     /// waits for the write (a slow client's response is read as fast as it is written).
     ///
-    /// Only for a session `proxy_1to1` has found eligible: an HTTP/1 client whose request
-    /// body is empty and done, no retry buffer, no custom messages, no cache (neither enabled
-    /// nor bypassing), not an upgrade request.
+    /// Only for a session `proxy_1to1` has found eligible: an HTTP/1 or HTTP/2 client (whose
+    /// `read_body_or_idle` for a finished body only ends in an error, the client gone or
+    /// misbehaving) whose request body is empty and done, no retry buffer, no custom
+    /// messages, no cache (neither enabled nor bypassing), not an upgrade request.
     async fn proxy_bodiless_1to1(
         &self,
         session: &mut Session,
