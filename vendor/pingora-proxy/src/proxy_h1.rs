@@ -243,17 +243,15 @@ where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
-        // The downstream half's first step (`send_body_to_pipe`): the end of the body through
-        // the request body filters, which may give the upstream a body of their own.
-        let is_body_done = session.as_mut().is_body_done();
-        let (body, _) = self
-            .filter_request_body(session, None, is_body_done, ctx)
-            .await?;
+        #[cfg(test)]
+        tests::BODILESS.with(|b| b.set((b.get().0, b.get().1 + 1)));
+        // The downstream half's first step (`send_body_to_pipe`): the end of the body (done,
+        // as `proxy_1to1` checked) through the request body filters, which may give the
+        // upstream a body of their own.
+        let (body, _) = self.filter_request_body(session, None, true, ctx).await?;
 
         // The upstream half's (`proxy_handle_upstream`): that body written; should it fail,
         // the response is still read and forwarded, and the connection not reused.
-        #[cfg(test)]
-        tests::BODILESS.with(|b| b.set((b.get().0, b.get().1 + 1)));
         let mut upstream_can_reuse = true;
         let mut send_error = None;
         if let Err(e) = send_body_to1(client_session, body).await {
