@@ -254,39 +254,8 @@ EOF
 
 haproxy_conf() { # $1 = directory name, $2 = port, $3 = threads, [$4 = bind options, $5 = X-Forwarded-Proto]
   mkdir -p "$DIR/$1"
-  cat >"$DIR/$1/haproxy.cfg" <<EOF
-global
-  nbthread $3
-  maxconn 4096
-  pidfile $DIR/$1/haproxy.pid
-
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 65s
-  timeout server 65s
-  timeout http-keep-alive 65s
-  option http-keep-alive
-
-# The stick tables: one per limit key, as nginx's two limit_req zones.
-backend per_api_key
-  stick-table type string len 64 size 100k expire 10s store http_req_rate(1s)
-backend per_ip
-  stick-table type ip size 100k expire 10s store http_req_rate(1s)
-
-frontend bench
-  bind 127.0.0.1:$2${4:+ $4}
-  http-request track-sc0 req.hdr(x-api-key) table per_api_key
-  http-request track-sc1 src table per_ip
-  http-request deny deny_status 429 if { sc0_http_req_rate gt 100000000 } || { sc1_http_req_rate gt 100000000 }
-  option forwardfor
-  http-request set-header X-Forwarded-Proto ${5:-http}
-  default_backend up
-
-backend up
-  http-reuse always
-  server up 127.0.0.1:$UP_PORT
-EOF
+  haproxy_cfg "$2" "$3" "127.0.0.1:$UP_PORT" 1 "${4:-}" "${5:-http}" "$DIR/$1/haproxy.pid" \
+    >"$DIR/$1/haproxy.cfg"
   "$HAPROXY" -c -q -f "$DIR/$1/haproxy.cfg"
 }
 

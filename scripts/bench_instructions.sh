@@ -40,6 +40,13 @@
 #   INSTR_FEATURES=1  "limits on" with metering too: a concurrency limit, a limit charged by
 #                  the response's x-usage-tokens and refund_statuses on the route (both
 #                  configurations request /v1/complete?tokens=3); the target is the same
+#   INSTR_PEERS=1  also count what nginx's `limit_req` and HAProxy's stick tables add to their
+#                  own proxies, on the same two keys, the same load and upstream (see
+#                  `peer_run`): informational, no target. Each peer runs under callgrind
+#                  from start to exit, serving N/3 and then N requests, and the difference is
+#                  divided by the requests between (its start-up and shut-down cancel out;
+#                  `callgrind_control` cannot be used, as an idle nginx never runs the code
+#                  that would answer it)
 #
 # Exit status: 2 when limits on / limits off is over 1.03 (the target), 1 on an error.
 set -euo pipefail
@@ -49,6 +56,7 @@ N=${1:-3000}
 
 . scripts/lib.sh
 ensure valgrind:valgrind strace:strace cmake:cmake cc:build-essential
+if [ "${INSTR_PEERS:-0}" = 1 ]; then ensure nginx:nginx haproxy:haproxy; fi
 cargo build --release --bins
 if [ "${INSTR_BARE:-0}" = 1 ]; then cargo build --release --example bare_proxy; fi
 DIR=$(mktemp -d /tmp/tollgate-instr.XXXXXX)
@@ -220,6 +228,81 @@ def timer_share(out):
             total += int(line.split()[0].replace(",", ""))
     return total
 
+def peer_conf(kind, port, limits):
+    """nginx with two `limit_req` zones, or HAProxy with two stick tables, on the benchmark's
+    two keys (the API key header and the client address), at rates no request reaches, in
+    front of the example upstream: the configurations of scripts/bench.sh, one worker."""
+    if kind == "nginx":
+        zones = ("limit_req_zone $http_x_api_key zone=k:10m rate=1000000r/s;\n"
+                 "  limit_req_zone $binary_remote_addr zone=ip:10m rate=1000000r/s;") if limits else ""
+        req = ("limit_req zone=k burst=1000000 nodelay; "
+               "limit_req zone=ip burst=1000000 nodelay;") if limits else ""
+        return f"""daemon off; master_process off; worker_processes 1;
+error_log {work}/nginx-error.log warn; pid {work}/nginx-{port}.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; {zones}
+  upstream api {{ server {up_addr}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port}; keepalive_requests 1000000;
+    location / {{
+      {req}
+      proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+  }}
+}}
+"""
+    # The HAProxy configuration of scripts/bench.sh (scripts/lib.sh), one thread.
+    return subprocess.run(["bash", "-c", '. scripts/lib.sh; haproxy_cfg "$@"', "haproxy_cfg",
+                           str(port), "1", up_addr, "1" if limits else "0"],
+                          check=True, capture_output=True, text=True).stdout
+
+def peer_run(kind, limits, requests):
+    """Instructions of one whole run of peer `kind` ("nginx" or "haproxy") under callgrind,
+    serving `requests` (after one warm-up request on each of 10 keep-alive connections)."""
+    port = free_port()
+    name = f"{kind}-{'on' if limits else 'off'}"
+    path = os.path.join(work, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(peer_conf(kind, port, limits))
+    out = os.path.join(work, f"callgrind.{name}.{requests}")
+    program = (["nginx", "-c", path, "-p", work] if kind == "nginx"
+               else ["haproxy", "-db", "-f", path])
+    with open(out + ".log", "w") as log:
+        p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                              *program], stdout=log, stderr=log, env=measured_env())
+    wait_port(port, 120)
+    cons = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(10)]
+    for i in range(requests + len(cons)):
+        c = cons[i % len(cons)]
+        c.request("GET", TARGET, headers={"x-api-key": "bench"})
+        r = c.getresponse(); r.read()
+        if r.status != 200:
+            raise SystemExit(f"{name}: status {r.status}")
+    for c in cons:
+        c.close()
+    # Graceful stops: nginx's SIGQUIT, HAProxy's SIGUSR1.
+    os.kill(p.pid, signal.SIGQUIT if kind == "nginx" else signal.SIGUSR1)
+    p.wait(timeout=120)
+    return instructions(out)
+
+def peers():
+    """What nginx's and HAProxy's limiters add to their own proxies, per request, in the same
+    count as tollgate's (informational)."""
+    low = n // 3
+    for kind in ("nginx", "haproxy"):
+        per = {}
+        for limits in (True, False):
+            runs = [(peer_run(kind, limits, n) - peer_run(kind, limits, low)) / (n - low)
+                    for _ in range(2)]
+            per[limits] = statistics.median(runs)
+            print(f"{kind} {'with' if limits else 'without'} its limiter: "
+                  f"{per[limits]:,.0f} instr/request (runs {', '.join(f'{r:,.0f}' for r in runs)})")
+        print(f"{kind}: limiter on / off = {per[True] / per[False]:.3f}  "
+              f"({per[True] - per[False]:,.0f} instructions; informational)")
+
 def label(name):
     return "bare pingora" if name == "bare" else f"limits {name:3}"
 
@@ -254,6 +337,8 @@ for name, limits in configs:
     c_busy = syscalls(run(name, limits, n, "strace"))
     calls[name] = (c_busy - c_idle) / n
     print(f"{label(name)}: {calls[name]:.2f} system calls/request (strace -c, {c_busy - c_idle} over {n} requests)")
+if os.environ.get("INSTR_PEERS") == "1":
+    peers()
 up.kill()
 results = {name: statistics.median(v) for name, v in per_round.items()}
 # The same without pingora's timer wheel, whose share follows the wall-clock time a run takes

@@ -28,3 +28,47 @@ stop_all() {
   for p in "$@" "${kids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
+
+# haproxy_cfg PORT THREADS UPSTREAM LIMITS [BIND_OPTIONS] [X_FORWARDED_PROTO] [PIDFILE]
+# Prints the HAProxy configuration the benchmarks compare tollgate with: one frontend on
+# 127.0.0.1:PORT in front of UPSTREAM (HOST:PORT), THREADS threads, and with LIMITS=1 two stick
+# tables tracking `http_req_rate` on the API key header and the client address, as nginx's two
+# `limit_req` zones (at rates no benchmark reaches). Used by bench.sh and bench_instructions.sh.
+haproxy_cfg() {
+  local port=$1 threads=$2 upstream=$3 limits=$4 bind=${5:-} xfp=${6:-http} pidfile=${7:-}
+  local track=""
+  [ "$limits" = 1 ] && track="
+  http-request track-sc0 req.hdr(x-api-key) table per_api_key
+  http-request track-sc1 src table per_ip
+  http-request deny deny_status 429 if { sc0_http_req_rate gt 100000000 } || { sc1_http_req_rate gt 100000000 }"
+  cat <<CFG
+global
+  nbthread $threads
+  maxconn 4096${pidfile:+
+  pidfile $pidfile}
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 65s
+  timeout server 65s
+  timeout http-keep-alive 65s
+  option http-keep-alive
+
+# The stick tables: one per limit key, as nginx's two limit_req zones.
+backend per_api_key
+  stick-table type string len 64 size 100k expire 10s store http_req_rate(1s)
+backend per_ip
+  stick-table type ip size 100k expire 10s store http_req_rate(1s)
+
+frontend bench
+  bind 127.0.0.1:$port${bind:+ $bind}$track
+  option forwardfor
+  http-request set-header X-Forwarded-Proto $xfp
+  default_backend up
+
+backend up
+  http-reuse always
+  server up $upstream
+CFG
+}
