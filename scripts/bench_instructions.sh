@@ -242,6 +242,9 @@ error_log {work}/nginx-error.log warn; pid {work}/nginx-{port}.pid;
 events {{ worker_connections 1024; }}
 http {{
   access_log off; {zones}
+  client_body_temp_path {work}/nginx-body; proxy_temp_path {work}/nginx-proxy;
+  fastcgi_temp_path {work}/nginx-fastcgi; uwsgi_temp_path {work}/nginx-uwsgi;
+  scgi_temp_path {work}/nginx-scgi;
   upstream api {{ server {up_addr}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port}; keepalive_requests 1000000;
@@ -273,19 +276,24 @@ def peer_run(kind, limits, requests):
     with open(out + ".log", "w") as log:
         p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                               *program], stdout=log, stderr=log, env=measured_env())
-    wait_port(port, 120)
-    cons = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(10)]
-    for i in range(requests + len(cons)):
-        c = cons[i % len(cons)]
-        c.request("GET", TARGET, headers={"x-api-key": "bench"})
-        r = c.getresponse(); r.read()
-        if r.status != 200:
-            raise SystemExit(f"{name}: status {r.status}")
-    for c in cons:
-        c.close()
-    # Graceful stops: nginx's SIGQUIT, HAProxy's SIGUSR1.
-    os.kill(p.pid, signal.SIGQUIT if kind == "nginx" else signal.SIGUSR1)
-    p.wait(timeout=120)
+    try:
+        wait_port(port, 120)
+        cons = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(10)]
+        for i in range(requests + len(cons)):
+            c = cons[i % len(cons)]
+            c.request("GET", TARGET, headers={"x-api-key": "bench"})
+            r = c.getresponse(); r.read()
+            if r.status != 200:
+                raise SystemExit(f"{name}: status {r.status} (see {out}.log)")
+        for c in cons:
+            c.close()
+        # Graceful stops: nginx's SIGQUIT, HAProxy's SIGUSR1.
+        os.kill(p.pid, signal.SIGQUIT if kind == "nginx" else signal.SIGUSR1)
+        p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     return instructions(out)
 
 def peers():
