@@ -202,31 +202,9 @@ EOF
 }
 
 BODY='{"item":"42","rating":4.5,"votes":1234,"source":"bench"}'
-USER_LINE=""
-[ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
-
 nginx_conf() { # $1 = directory name, $2 = worker processes, $3 = http block body
   mkdir -p "$DIR/$1/logs"
-  cat >"$DIR/$1/nginx.conf" <<EOF
-$USER_LINE
-worker_processes $2;
-daemon off;
-master_process on;
-pid $DIR/$1/nginx.pid;
-error_log $DIR/$1/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $DIR/$1/client_body;
-  proxy_temp_path $DIR/$1/proxy;
-  fastcgi_temp_path $DIR/$1/fastcgi;
-  uwsgi_temp_path $DIR/$1/uwsgi;
-  scgi_temp_path $DIR/$1/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 65s;
-$3
-}
-EOF
+  nginx_cfg "$DIR/$1" "$2" on "$3" >"$DIR/$1/nginx.conf"
 }
 
 tollgate_conf() { # $1 = name, $2 = port, $3 = admin port, $4 = route limits (JSON array), $5 = threads,
@@ -261,28 +239,7 @@ haproxy_conf() { # $1 = directory name, $2 = port, $3 = threads, [$4 = bind opti
 
 nginx_proxy() { # the http block of the nginx proxy (upstream: UP_PORT); $1 = its server's first
   # line(s): listen and, for TLS, the certificate
-  cat <<EOF
-  limit_req_zone \$http_x_api_key zone=per_api_key:10m rate=100000000r/s;
-  limit_req_zone \$binary_remote_addr zone=per_ip:10m rate=100000000r/s;
-  limit_req_status 429;
-  upstream up {
-    server 127.0.0.1:$UP_PORT;
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-  server {
-    $1
-    location / {
-      limit_req zone=per_api_key burst=100000 nodelay;
-      limit_req zone=per_ip burst=100000 nodelay;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_pass http://up;
-    }
-  }
-EOF
+  nginx_proxy_http "127.0.0.1:$UP_PORT" 1 "$1"
 }
 
 cpu_ticks() { # "utime stime" of a process and its direct children (nginx workers), in ticks

@@ -228,38 +228,19 @@ def timer_share(out):
             total += int(line.split()[0].replace(",", ""))
     return total
 
-def peer_conf(kind, port, limits):
-    """nginx with two `limit_req` zones, or HAProxy with two stick tables, on the benchmark's
-    two keys (the API key header and the client address), at rates no request reaches, in
-    front of the example upstream: the configurations of scripts/bench.sh, one worker."""
+def peer_conf(kind, port, limits, where):
+    """The configuration of scripts/bench.sh's nginx (two `limit_req` zones; its worker run
+    alone, without a master process) or HAProxy (two stick tables), one worker, on the
+    benchmark's two keys, in front of the example upstream (scripts/lib.sh); without the
+    limits when `limits` is false. nginx keeps its files in `where`."""
     if kind == "nginx":
-        zones = ("limit_req_zone $http_x_api_key zone=k:10m rate=1000000r/s;\n"
-                 "  limit_req_zone $binary_remote_addr zone=ip:10m rate=1000000r/s;") if limits else ""
-        req = ("limit_req zone=k burst=1000000 nodelay; "
-               "limit_req zone=ip burst=1000000 nodelay;") if limits else ""
-        return f"""daemon off; master_process off; worker_processes 1;
-error_log {work}/nginx-error.log warn; pid {work}/nginx-{port}.pid;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off; {zones}
-  client_body_temp_path {work}/nginx-body; proxy_temp_path {work}/nginx-proxy;
-  fastcgi_temp_path {work}/nginx-fastcgi; uwsgi_temp_path {work}/nginx-uwsgi;
-  scgi_temp_path {work}/nginx-scgi;
-  upstream api {{ server {up_addr}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{port}; keepalive_requests 1000000;
-    location / {{
-      {req}
-      proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }}
-  }}
-}}
-"""
-    # The HAProxy configuration of scripts/bench.sh (scripts/lib.sh), one thread.
-    return subprocess.run(["bash", "-c", '. scripts/lib.sh; haproxy_cfg "$@"', "haproxy_cfg",
-                           str(port), "1", up_addr, "1" if limits else "0"],
+        script = ('. scripts/lib.sh; '
+                  'nginx_cfg "$1" 1 off "$(nginx_proxy_http "$2" "$3" "listen 127.0.0.1:$4;")"')
+        args = [where, up_addr, "1" if limits else "0", str(port)]
+    else:
+        script = '. scripts/lib.sh; haproxy_cfg "$@"'
+        args = [str(port), "1", up_addr, "1" if limits else "0"]
+    return subprocess.run(["bash", "-c", script, "peer_conf", *args],
                           check=True, capture_output=True, text=True).stdout
 
 def peer_run(kind, limits, requests):
@@ -267,11 +248,14 @@ def peer_run(kind, limits, requests):
     serving `requests` (after one warm-up request on each of 10 keep-alive connections)."""
     port = free_port()
     name = f"{kind}-{'on' if limits else 'off'}"
-    path = os.path.join(work, f"{name}.conf")
+    where = os.path.join(work, name)
+    os.makedirs(os.path.join(where, "logs"), exist_ok=True)
+    path = os.path.join(where, f"{kind}.conf")
     with open(path, "w") as f:
-        f.write(peer_conf(kind, port, limits))
+        f.write(peer_conf(kind, port, limits, where))
     out = os.path.join(work, f"callgrind.{name}.{requests}")
-    program = (["nginx", "-c", path, "-p", work] if kind == "nginx"
+    program = (["nginx", "-c", path, "-p", where, "-e", os.path.join(where, "logs", "error.log")]
+               if kind == "nginx"
                else ["haproxy", "-db", "-f", path])
     with open(out + ".log", "w") as log:
         p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",

@@ -72,3 +72,70 @@ backend up
   server up $upstream
 CFG
 }
+
+# nginx_cfg DIR WORKERS MASTER_PROCESS HTTP_BODY
+# Prints an nginx configuration for the benchmarks: WORKERS worker processes, `master_process`
+# MASTER_PROCESS (on, or off to run the worker alone, as under callgrind), its pid file, error
+# log (DIR/logs, which the caller makes) and temporary files in DIR, keep-alive for a million
+# requests, and HTTP_BODY inside `http`. Used by bench.sh and bench_instructions.sh.
+nginx_cfg() {
+  local dir=$1 workers=$2 master=$3 body=$4 user=""
+  [ "$(id -u)" -eq 0 ] && user="user root;"
+  cat <<CFG
+$user
+worker_processes $workers;
+daemon off;
+master_process $master;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 65s;
+$body
+}
+CFG
+}
+
+# nginx_proxy_http UPSTREAM LIMITS SERVER_LINES
+# Prints the `http` body of the nginx proxy the benchmarks compare tollgate with (for
+# nginx_cfg): in front of UPSTREAM (HOST:PORT) with a keep-alive pool, SERVER_LINES first in its
+# server (listen and, for TLS, the certificate), and with LIMITS=1 two `limit_req` zones on the
+# API key header and the client address (at rates no benchmark reaches), as HAProxy's two
+# stick tables (haproxy_cfg).
+nginx_proxy_http() {
+  local upstream=$1 limits=$2 server=$3 zones="" req=""
+  if [ "$limits" = 1 ]; then
+    zones='  limit_req_zone $http_x_api_key zone=per_api_key:10m rate=100000000r/s;
+  limit_req_zone $binary_remote_addr zone=per_ip:10m rate=100000000r/s;
+  limit_req_status 429;
+'
+    req='
+      limit_req zone=per_api_key burst=100000 nodelay;
+      limit_req zone=per_ip burst=100000 nodelay;'
+  fi
+  printf '%s' "$zones"
+  cat <<CFG
+  upstream up {
+    server $upstream;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    $server
+    location / {$req
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_pass http://up;
+    }
+  }
+CFG
+}
